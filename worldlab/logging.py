@@ -1,0 +1,86 @@
+"""Run logging: TensorBoard scalars plus ``metrics.jsonl`` (one JSON object per logged value).
+
+``metrics.jsonl`` lines: ``{"stage": ..., "step": ..., "name": ..., "value": ..., "time": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard (``RUN/tb/<stage>``) and ``RUN/metrics.jsonl``.
+
+    Args:
+        run_dir: the run folder (created if needed).
+        stage: name of the stage logging now (``collect``, ``vae``, ``mdrnn``, ``evolve`` ...);
+            used as the TensorBoard sub-folder and in every JSON line.
+        tensorboard: set False to skip TensorBoard (``metrics.jsonl`` is always written).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, stage: str, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.stage = stage
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb" / stage))
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        value = float(value)
+        self._jsonl.write(json.dumps({"stage": self.stage, "step": int(step), "name": name,
+                                      "value": value, "time": time.time()}) + "\n")
+        if self._tb is not None:
+            self._tb.add_scalar(name, value, int(step))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.scalar(k, v, step)
+
+    def image(self, name: str, img_hwc_uint8: Any, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_image(name, img_hwc_uint8, int(step), dataformats="HWC")
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: str | os.PathLike, stage: str | None = None, name: str | None = None) -> list[dict]:
+    """Read ``metrics.jsonl`` back, optionally filtered by stage and name."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: skip it
+                continue
+            if (stage is None or rec["stage"] == stage) and (name is None or rec["name"] == name):
+                out.append(rec)
+    return out

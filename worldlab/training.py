@@ -1,0 +1,259 @@
+"""The one training-loop skeleton of the lab, shared by V, M and every generator family.
+
+A model trains here if it has ``loss(batch) -> Tensor | dict[str, Tensor]`` (a dict holds the
+total under ``"loss"`` plus named parts that are logged). Models with several optimizers
+(GANs) instead define ``configure_optimizers(lr) -> dict[str, Optimizer]`` and
+``training_step(batch, optimizers, step) -> dict[str, float]`` and do their own backward passes.
+
+The loop gives every model: a tqdm progress bar, TensorBoard + metrics.jsonl scalars, an
+optional EMA copy of the weights, bf16 autocast on CPU when asked, gradient clipping, periodic
+callbacks (sample grids), and atomic checkpoints that resume exactly where a killed run stopped
+(model, EMA, optimizers, step, RNG states).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from worldlab.io import atomic_torch_save, torch_load
+from worldlab.logging import RunLogger
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (any model)."""
+
+    steps: int = 1000
+    """optimizer steps in total (a resumed run continues up to this number)."""
+    lr: float = 1e-3
+    """learning rate of the default Adam optimizer."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (0 = plain Adam behaviour)."""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this (0 = off)."""
+    ema: float = 0.0
+    """decay of an exponential moving average of the weights (0 = off; 0.999 in the book's DDIM)."""
+    amp: str = "none"
+    """"bf16" for bfloat16 autocast (about 1.7x faster conv training on CPU), or "none"."""
+    log_every: int = 10
+    """steps between logged scalars."""
+    sample_every: int = 0
+    """steps between calls of the ``on_sample`` callback (0 = only at the end)."""
+    checkpoint_every: int = 200
+    """steps between resumable checkpoints (also written at the end)."""
+    seed: int = 0
+    """seed of torch/numpy/python RNGs at the start of the run."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's and torch's global RNGs (lab code draws numpy randomness from explicit Generators)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cycle(batches: Iterable[Any]) -> Iterator[Any]:
+    """Repeat an iterable (a DataLoader over an IterableDataset) forever, calling set_epoch."""
+    for epoch in itertools.count():
+        ds = getattr(batches, "dataset", None)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+        n = 0
+        for b in batches:
+            n += 1
+            yield b
+        if n == 0:
+            raise ValueError("the training data is empty: collect more episodes or lower the batch size")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def default_optimizers(model: nn.Module, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    if hasattr(model, "configure_optimizers"):
+        return model.configure_optimizers(cfg.lr)
+    return {"model": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+
+
+def train(
+    model: nn.Module,
+    data: Iterable[Any],
+    cfg: TrainConfig,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    logger: RunLogger | None = None,
+    device: str | torch.device = "cpu",
+    on_sample: Callable[[nn.Module, int], None] | None = None,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Train ``model`` for ``cfg.steps`` optimizer steps over ``data`` (cycled).
+
+    Resumes from ``checkpoint_path`` when it exists. ``on_sample(model_or_ema, step)`` is called
+    every ``cfg.sample_every`` steps and at the end (use it to save sample grids). ``extra_state``
+    adds entries (e.g. the model's config) to every checkpoint. Returns the logged history,
+    ``{name: [values...]}``, of this call.
+    """
+    device = torch.device(device)
+    model.to(device)
+    opts = default_optimizers(model, cfg)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    step = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = torch_load(checkpoint_path, map_location=device)
+        model.load_state_dict(state["model"])
+        for k, o in opts.items():
+            o.load_state_dict(state["optimizers"][k])
+        if ema is not None and "ema" in state:
+            ema.model.load_state_dict(state["ema"])
+        step = int(state["step"])
+        _set_rng(state.get("rng"))
+    else:
+        seed_everything(cfg.seed)
+
+    def save(at: int) -> None:
+        if checkpoint_path is None:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "step": at,
+            "train_config": asdict(cfg),
+            "rng": _get_rng(),
+        }
+        if ema is not None:
+            state["ema"] = ema.model.state_dict()
+        if extra_state is not None:
+            state.update(extra_state())
+        atomic_torch_save(state, checkpoint_path)
+
+    history: dict[str, list[float]] = {}
+    if step >= cfg.steps:
+        return history
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if cfg.amp == "bf16" else nullcontext())
+    custom = hasattr(model, "training_step")
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    it = cycle(data)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    running: dict[str, float] = {}
+    while step < cfg.steps:
+        batch = to_device(next(it), device)
+        if custom:
+            with autocast:
+                logs = model.training_step(batch, opts, step)
+        else:
+            opt = opts["model"]
+            with autocast:
+                out = model.loss(batch)
+            losses = out if isinstance(out, dict) else {"loss": out}
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "
+                                         f"lower the learning rate (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            logs = {k: float(v.detach()) for k, v in losses.items()}
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        for k, v in logs.items():
+            running[k] = running.get(k, 0.0) + v
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            means = {k: v / n for k, v in running.items()}
+            running = {}
+            for k, v in means.items():
+                history.setdefault(k, []).append(v)
+                if logger is not None:
+                    logger.scalar(f"{desc}/{k}", v, step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
+        bar.update(1)
+        if on_sample is not None and cfg.sample_every and step % cfg.sample_every == 0:
+            _call_sample(on_sample, ema.model if ema else model, step)
+            model.train()
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save(step)
+    bar.close()
+    save(step)
+    if on_sample is not None:
+        _call_sample(on_sample, ema.model if ema else model, step)
+    if logger is not None:
+        logger.flush()
+    model.eval()
+    if ema is not None:  # hand back the averaged weights as the result
+        model.load_state_dict(ema.model.state_dict())
+    return history
+
+
+def _call_sample(fn: Callable[[nn.Module, int], None], model: nn.Module, step: int) -> None:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        fn(model, step)
+    model.train(was)
+
+
+def _get_rng() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python_seed": torch.tensor(random.getrandbits(62))}
+
+
+def _set_rng(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    random.seed(int(state["python_seed"]))
+
+
+def finite_mean(xs: list[float]) -> float:
+    xs = [x for x in xs if math.isfinite(x)]
+    return sum(xs) / max(1, len(xs))
