@@ -1,0 +1,172 @@
+"""Rollout collection on Ray: each worker keeps its env alive, plays episodes and writes one
+compressed shard per episode itself; the driver only records the manifest and shows progress.
+
+Episode ``i`` of a collection with seed ``s`` always uses the reset seed
+``episode_seed(s, i)``, so the data set does not depend on the number of workers, and a
+killed collection resumes by collecting only the episodes the folder lacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from agents.policies import POLICIES, PolicySpec, make_policy
+from agents.rollout import run_episode
+from worldlab.storage import Manifest, write_shard
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The reset seed of episode ``index`` of a collection seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+class RolloutWorker:
+    """Plays and writes episodes; one per process (a Ray actor, or in-process with workers=0)."""
+
+    def __init__(self, task: str, out_dir: str, policy: PolicySpec, env_kwargs: dict[str, Any] | None = None,
+                 threads: int = 1) -> None:
+        import torch
+
+        import envs
+
+        torch.set_num_threads(threads)
+        self.env = envs.make(task, **(env_kwargs or {}))
+        self.policy = make_policy(policy, self.env.action_space, task)
+        self.out_dir = out_dir
+
+    def collect(self, index: int, seed: int) -> tuple[int, dict[str, Any]]:
+        ep = run_episode(self.env, self.policy, seed, record=True)
+        return index, write_shard(self.out_dir, index, ep["arrays"])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def collection_meta(task: str, policy: PolicySpec, seed: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    import envs
+
+    spec = envs.get_task(task) if task in envs.TASKS else None
+    env = envs.make(task, **env_kwargs)
+    try:
+        meta = {
+            "task": task,
+            "policy": policy.name,
+            "policy_kwargs": policy.kwargs,
+            "seed": int(seed),
+            "env_kwargs": env_kwargs,
+            "action_space": envs.task_of(env),
+            "frame_size": int(env.observation_space.shape[0]),
+            "max_episode_steps": int(env_kwargs.get("max_episode_steps")
+                                     or (spec.max_episode_steps if spec else env.spec.max_episode_steps or 0)),
+        }
+    finally:
+        env.close()
+    if spec is not None:
+        meta.update(z_size=spec.z_size, rnn_hidden=spec.rnn_hidden)
+    return meta
+
+
+def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, policy: str | PolicySpec = "brownian",
+            seed: int = 0, address: str | None = None, env_kwargs: dict[str, Any] | None = None,
+            progress: bool = True, start_index: int = 0) -> Manifest:
+    """Collect ``episodes`` episodes (indices ``start_index .. start_index+episodes-1``) into ``out_dir``.
+
+    Resumes: episodes already recorded (or shards left by a killed run) are not collected again.
+    ``workers=0`` runs in this process without Ray; otherwise Ray workers are used, on a local
+    Ray or on the cluster at ``address``.
+    """
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    spec = policy if isinstance(policy, PolicySpec) else PolicySpec(policy)
+    if spec.name not in POLICIES:
+        raise ValueError(f"unknown policy {spec.name!r}; choose one of {', '.join(POLICIES)}")
+    out_dir = Path(out_dir)
+    if not out_dir.parent.exists():
+        raise FileNotFoundError(f"the parent of the output folder does not exist: {out_dir.parent} "
+                                f"(create it first, or choose another --out)")
+    env_kwargs = dict(env_kwargs or {})
+    meta = collection_meta(task, spec, seed, env_kwargs)
+    out_dir.mkdir(exist_ok=True)
+    manifest = Manifest(out_dir, kind="frames")
+    if manifest.episodes or manifest.meta:
+        for k in ("task", "env_kwargs"):
+            if k in manifest.meta and manifest.meta[k] != meta[k]:
+                raise ValueError(f"{out_dir} already holds {k}={manifest.meta[k]!r}, not {meta[k]!r}; "
+                                 f"use another --out")
+    manifest.meta = {**meta, **{k: v for k, v in manifest.meta.items() if k in ("policy", "policy_kwargs", "seed")
+                                and manifest.episodes}}
+    manifest.adopt_orphans()
+    manifest.save()
+    todo = [i for i in range(start_index, start_index + episodes) if i not in manifest.episodes]
+    done = episodes - len(todo)
+    bar = tqdm(total=episodes, initial=done, desc=f"collect {task}", unit="ep", disable=not progress,
+               dynamic_ncols=True)
+    t0, frames, last_save = time.perf_counter(), 0, time.perf_counter()
+
+    def record(index: int, info: dict[str, Any]) -> None:
+        nonlocal frames, last_save
+        manifest.add(index, info, save=False)
+        if time.perf_counter() - last_save > 2.0:
+            manifest.save()
+            last_save = time.perf_counter()
+        frames += info["length"]
+        dt = max(time.perf_counter() - t0, 1e-9)
+        bar.update(1)
+        bar.set_postfix(ep_s=f"{(bar.n - done) / dt:.2f}", frames_s=f"{frames / dt:.0f}")
+
+    try:
+        if not todo:
+            pass
+        elif workers == 0:
+            w = RolloutWorker(task, str(out_dir), spec, env_kwargs)
+            try:
+                for i in todo:
+                    record(*w.collect(i, episode_seed(seed, i)))
+            finally:
+                w.close()
+        else:
+            _collect_ray(task, out_dir, spec, env_kwargs, todo, seed, workers, address, record)
+    finally:
+        manifest.save()
+        bar.close()
+    return manifest
+
+
+def _collect_ray(task: str, out_dir: Path, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
+                 seed: int, workers: int, address: str | None, record: Any) -> None:
+    import ray
+
+    from worldlab.ray_utils import init_ray
+
+    init_ray(address)
+    Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(RolloutWorker)
+    n = min(workers, len(todo))
+    actors = [Actor.remote(task, str(out_dir.resolve()), spec, env_kwargs) for _ in range(n)]
+    queue = deque(todo)
+    pending: dict[Any, Any] = {}
+
+    def submit(actor: Any) -> None:
+        if queue:
+            i = queue.popleft()
+            pending[actor.collect.remote(i, episode_seed(seed, i))] = actor
+
+    try:
+        for a in actors:  # two in flight per actor hides the driver's round trip
+            submit(a)
+            submit(a)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ready[0])
+            record(*ray.get(ready[0]))
+            submit(actor)
+    finally:
+        for a in actors:
+            ray.kill(a)

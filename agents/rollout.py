@@ -1,0 +1,51 @@
+"""The one real-environment rollout loop of the lab (collection and evaluation both use it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from agents.policies import Policy
+
+
+def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = True,
+                max_steps: int | None = None) -> dict[str, Any]:
+    """Play one episode from ``env.reset(seed=seed)`` with ``policy`` (reset with the same seed).
+
+    Returns a shard dict (see ``worldlab.storage``) when ``record`` is set, else only the
+    summary: ``{"return", "length", "seed"}`` (evaluation does not keep frames).
+    """
+    policy.reset(seed)
+    obs, _ = env.reset(seed=seed)
+    frames, actions, rewards, terms, truncs = [obs] if record else None, [], [], [], []
+    total, t = 0.0, 0
+    while True:
+        action = policy.act(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        t += 1
+        if record:
+            frames.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terms.append(terminated)
+            truncs.append(truncated)
+        if max_steps is not None and t >= max_steps and not (terminated or truncated):
+            truncated = True
+            if record:
+                truncs[-1] = True
+        if terminated or truncated:
+            break
+    out: dict[str, Any] = {"return": total, "length": t, "seed": seed}
+    if record:
+        out["arrays"] = {
+            "obs": np.stack(frames).astype(np.uint8),
+            "actions": np.asarray(actions, dtype=np.int64 if np.ndim(actions[0]) == 0 else np.float32),
+            "rewards": np.asarray(rewards, dtype=np.float32),
+            "terminated": np.asarray(terms, dtype=bool),
+            "truncated": np.asarray(truncs, dtype=bool),
+            "seed": np.int64(seed),
+        }
+    return out

@@ -1,0 +1,43 @@
+"""Shared fixtures: headless pygame, one Ray session for the whole test run, tiny real data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY_EPISODES = 6
+TINY_STEPS = 120
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (``ray.init`` costs seconds)."""
+    import ray
+
+    from worldlab.ray_utils import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder of 6 real car_racing episodes of 120 steps (brownian policy, 64x64 frames)."""
+    from agents.collect import collect
+
+    out = tmp_path_factory.mktemp("tiny_run") / "data"
+    collect("car_racing", out, TINY_EPISODES, workers=0, policy="brownian", seed=0,
+            env_kwargs={"max_episode_steps": TINY_STEPS}, progress=False)
+    return out

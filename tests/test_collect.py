@@ -1,0 +1,104 @@
+"""Rollout collection: shards, manifest, resume after a kill, corruption, errors, Ray workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.collect import collect, episode_seed
+from worldlab.storage import CorruptShardError, Manifest, ShardStream, load_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"max_episode_steps": 40}
+
+
+def test_tiny_data_shards(tiny_data: Path) -> None:
+    m = Manifest.open(tiny_data)
+    assert m.num_episodes == 6 and m.meta["task"] == "car_racing"
+    assert m.meta["action_space"]["type"] == "box" and m.meta["z_size"] == 32
+    for path, sha in m.files():
+        ep = load_shard(path, sha)
+        T = ep["rewards"].shape[0]
+        assert ep["obs"].shape == (T + 1, 64, 64, 3) and ep["obs"].dtype == np.uint8
+        assert ep["actions"].shape == (T, 3) and ep["actions"].dtype == np.float32
+        assert ep["terminated"].dtype == bool and (ep["terminated"][-1] or ep["truncated"][-1])
+    seeds = {e["seed"] for e in m.episodes.values()}
+    assert len(seeds) == 6
+
+
+def test_stream_reader(tiny_data: Path) -> None:
+    m = Manifest.open(tiny_data)
+    frames = list(ShardStream(tiny_data, mode="frames", seed=1))
+    assert len(frames) == m.num_steps + m.num_episodes
+    assert frames[0].shape == (3, 64, 64) and frames[0].dtype == torch.uint8
+    seqs = list(ShardStream(tiny_data, mode="sequences", seq_len=32))
+    assert all(s["obs"].shape == (33, 64, 64, 3) and s["actions"].shape == (32, 3) for s in seqs)
+    assert sum(int(s["mask"].sum()) for s in seqs) >= m.num_steps
+    loader = torch.utils.data.DataLoader(ShardStream(tiny_data, mode="frames"), batch_size=64, num_workers=2)
+    assert sum(b.shape[0] for b in loader) == m.num_steps + m.num_episodes
+
+
+def test_same_seed_same_data_any_worker_count(tmp_path: Path, ray_session) -> None:
+    a = collect("car_racing", tmp_path / "a", 3, workers=0, seed=5, env_kwargs=SHORT, progress=False)
+    b = collect("car_racing", tmp_path / "b", 3, workers=2, seed=5, env_kwargs=SHORT, progress=False)
+    for i in range(3):
+        assert a.episodes[i]["sha256"] == b.episodes[i]["sha256"]
+        assert a.episodes[i]["seed"] == episode_seed(5, i)
+
+
+def test_corrupt_shard_is_rejected(tmp_path: Path) -> None:
+    m = collect("car_racing", tmp_path / "d", 2, workers=0, env_kwargs=SHORT, progress=False)
+    path = tmp_path / "d" / m.episodes[1]["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=f"shard {path} is corrupt"):
+        list(ShardStream(tmp_path / "d", mode="frames", shuffle=False))
+
+
+def test_resume_after_kill(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    cmd = [sys.executable, str(ROOT / "scripts" / "collect.py"), "car_racing", "--episodes", "8", "--workers", "0",
+           "--out", str(out), "--max-steps", "60", "--no-progress", "--seed", "3"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("ep_*.npz"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = {p.name for p in out.glob("ep_*.npz")}
+    assert 3 <= len(partial) < 8, partial
+    subprocess.run(cmd, check=True)
+    m = Manifest.open(out)
+    assert sorted(m.episodes) == list(range(8))
+    assert len({e["file"] for e in m.episodes.values()}) == 8
+    ref = collect("car_racing", tmp_path / "ref", 8, workers=0, seed=3, env_kwargs={"max_episode_steps": 60},
+                  progress=False)
+    assert [m.episodes[i]["sha256"] for i in range(8)] == [ref.episodes[i]["sha256"] for i in range(8)]
+    for path, sha in m.files():
+        load_shard(path, sha)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--episodes", "0", "--out", "{tmp}/x"], "--episodes must be >= 1"),
+    (["--episodes", "2", "--out", "{tmp}/missing/x"], "the parent of the output folder does not exist"),
+])
+def test_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "collect.py"), "car_racing"] + [a.format(tmp=tmp_path) for a in args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_task_cli(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), "car_racin", "--episodes", "1",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown task 'car_racin'" in r.stderr
