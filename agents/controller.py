@@ -1,0 +1,175 @@
+"""Controllers C: a linear map (or a small MLP) from [z, h] to an action, as flat parameter
+vectors for CMA-ES, evaluated for thousands of candidates at once.
+
+The paper's CarRacing controller: ``a = squash(W [z, h] + b)`` with W of shape (3, 32+256),
+867 parameters; steering ``tanh``, gas ``(tanh + 1) / 2``, brake ``clip(tanh, 0, 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldlab.io import atomic_savez
+
+SQUASHES = ("tanh", "unit", "relu_tanh", "scaled")
+
+
+@dataclass
+class ControllerConfig:
+    """Shape of a controller; saved beside its parameters."""
+
+    input_size: int = 288
+    """size of the controller's input [z, h] (32 + 256 for CarRacing)."""
+    action_low: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.0])
+    """lower bounds of the Box action space."""
+    action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """upper bounds of the Box action space."""
+    squash: list[str] = field(default_factory=lambda: ["tanh", "unit", "relu_tanh"])
+    """per action dimension: "tanh" (range [-1, 1]), "unit" ((tanh+1)/2, range [0, 1]),
+    "relu_tanh" (clip(tanh, 0, 1): the paper's brake, off by default), "scaled" (tanh mapped
+    onto [low, high])."""
+    hidden: int = 0
+    """0: the paper's linear controller; > 0: one tanh hidden layer of this size (the paper's
+    "z only + 40-unit hidden layer" variant)."""
+
+    def __post_init__(self) -> None:
+        if not (len(self.action_low) == len(self.action_high) == len(self.squash)):
+            raise ValueError("action_low, action_high and squash need one entry per action dimension")
+        bad = [s for s in self.squash if s not in SQUASHES]
+        if bad:
+            raise ValueError(f"unknown squash {bad}; choose from {SQUASHES}")
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.squash)
+
+    @property
+    def num_params(self) -> int:
+        A, F, H = self.action_dim, self.input_size, self.hidden
+        return (F * A + A) if H == 0 else (F * H + H + H * A + A)
+
+    @classmethod
+    def for_task(cls, action_space: dict[str, Any], input_size: int, task: str = "", hidden: int = 0
+                 ) -> ControllerConfig:
+        """The paper's squashing for CarRacing; ``tanh`` onto [low, high] for any other Box space."""
+        if action_space["type"] != "box":
+            raise ValueError(f"controllers act in Box action spaces; got {action_space}")
+        low, high = [float(x) for x in action_space["low"]], [float(x) for x in action_space["high"]]
+        if task == "car_racing":
+            squash = ["tanh", "unit", "relu_tanh"]
+        else:
+            squash = ["tanh" if (lo, hi) == (-1.0, 1.0) else "scaled" for lo, hi in zip(low, high, strict=True)]
+        return cls(input_size=input_size, action_low=low, action_high=high, squash=squash, hidden=hidden)
+
+
+def squash_actions(raw: torch.Tensor, cfg: ControllerConfig) -> torch.Tensor:
+    """Map raw outputs (..., A) into the action space, per dimension."""
+    t = torch.tanh(raw)
+    outs = []
+    for i, s in enumerate(cfg.squash):
+        ti = t[..., i]
+        if s == "tanh":
+            outs.append(ti)
+        elif s == "unit":
+            outs.append((ti + 1.0) * 0.5)
+        elif s == "relu_tanh":
+            outs.append(ti.clamp(0.0, 1.0))
+        else:
+            lo, hi = cfg.action_low[i], cfg.action_high[i]
+            outs.append(lo + (ti + 1.0) * 0.5 * (hi - lo))
+    return torch.stack(outs, dim=-1)
+
+
+class BatchedController:
+    """N controllers evaluated together: one per row of a (N, num_params) parameter matrix.
+
+    ``act(x)`` with x of shape (N, F) returns actions (N, A): one batched matmul, so a whole
+    CMA-ES population times its rollouts runs as one computation.
+    """
+
+    def __init__(self, cfg: ControllerConfig, params: torch.Tensor | np.ndarray) -> None:
+        self.cfg = cfg
+        p = torch.as_tensor(params, dtype=torch.float32)
+        if p.ndim == 1:
+            p = p[None]
+        if p.shape[1] != cfg.num_params:
+            raise ValueError(f"controller needs {cfg.num_params} parameters, got {p.shape[1]} "
+                             f"(input {cfg.input_size}, {cfg.action_dim} actions, hidden {cfg.hidden})")
+        N, F, A, H = p.shape[0], cfg.input_size, cfg.action_dim, cfg.hidden
+        if H == 0:
+            self.W = p[:, : F * A].reshape(N, F, A).contiguous()  # (N, F, A)
+            self.b = p[:, F * A:].reshape(N, A).contiguous()  # (N, A)
+        else:
+            o = 0
+            self.W1 = p[:, o:o + F * H].reshape(N, F, H).contiguous()
+            o += F * H
+            self.b1 = p[:, o:o + H].contiguous()
+            o += H
+            self.W2 = p[:, o:o + H * A].reshape(N, H, A).contiguous()
+            o += H * A
+            self.b2 = p[:, o:].contiguous()
+
+    @property
+    def n(self) -> int:
+        return (self.W if self.cfg.hidden == 0 else self.W1).shape[0]
+
+    def to(self, device: torch.device | str) -> BatchedController:
+        for k, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.to(device))
+        return self
+
+    def repeat_interleave(self, r: int) -> BatchedController:
+        """Each controller repeated ``r`` times (candidate-major), for r rollouts per candidate."""
+        out = object.__new__(BatchedController)
+        out.cfg = self.cfg
+        for k, v in vars(self).items():
+            if isinstance(v, torch.Tensor):
+                setattr(out, k, v.repeat_interleave(r, dim=0))
+        return out
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.cfg.hidden == 0:
+            return torch.baddbmm(self.b[:, None, :], x[:, None, :], self.W)[:, 0]  # (N, A)
+        hid = torch.tanh(torch.baddbmm(self.b1[:, None, :], x[:, None, :], self.W1))
+        return torch.baddbmm(self.b2[:, None, :], hid, self.W2)[:, 0]
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return squash_actions(self.raw(x), self.cfg)
+
+
+def init_params(cfg: ControllerConfig, rng: np.random.Generator, std: float | None = None) -> np.ndarray:
+    """Random parameters, the paper's way: N(0, std^2) with std drawn uniformly in [0, 0.01)
+    when not given (a "randomly initialised controller" for data collection)."""
+    std = float(rng.uniform(0.0, 0.01)) if std is None else std
+    return rng.standard_normal(cfg.num_params) * std
+
+
+def save_controller(path: str | Path, cfg: ControllerConfig, params: np.ndarray, **extra: Any) -> Path:
+    """Save parameters and config (as JSON text inside the npz: no pickle)."""
+    import json
+
+    return atomic_savez(path, params=np.asarray(params, dtype=np.float64),
+                        config=np.array(json.dumps(asdict(cfg))),
+                        extra=np.array(json.dumps(extra, default=float)))
+
+
+def load_controller(path: str | Path) -> tuple[ControllerConfig, np.ndarray, dict[str, Any]]:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no controller at {path}; evolve one first (scripts/dream_train.py)")
+    with np.load(path, allow_pickle=False) as z:
+        cfg = ControllerConfig(**json.loads(str(z["config"])))
+        params = z["params"]
+        extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+    if params.shape != (cfg.num_params,):
+        raise ValueError(f"controller {path} holds {params.shape} parameters, its config needs {cfg.num_params}")
+    return cfg, params, extra

@@ -1,0 +1,111 @@
+"""The run report: loss curves, the CMA-ES curve and links to videos, as ``RUN/report.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldlab.io import atomic_write_text
+from worldlab.logging import read_metrics
+
+
+def _plot_series(ax: Any, recs: list[dict], label: str) -> None:
+    if recs:
+        ax.plot([r["step"] for r in recs], [r["value"] for r in recs], label=label)
+
+
+def plot_losses(run_dir: Path, out: Path) -> Path | None:
+    """One panel per training stage that logged a ``*/loss`` scalar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(run_dir)
+    names = sorted({(r["stage"], r["name"]) for r in recs if r["name"].split("/")[-1] in
+                    ("loss", "recon", "kl", "nll", "gmm", "reward", "done", "mse", "bce")})
+    stages = sorted({s for s, _ in names})
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        for s, n in names:
+            if s == stage:
+                _plot_series(ax, [r for r in recs if r["stage"] == s and r["name"] == n], n)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_yscale("symlog")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_cma(run_dir: Path, out: Path) -> Path | None:
+    """Best / mean / worst return per generation, for every evolution stage in the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(run_dir)
+    stages = sorted({r["stage"] for r in recs if r["name"].endswith("/best")})
+    if not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        for k in ("best", "mean", "worst"):
+            rs = [r for r in recs if r["stage"] == stage and r["name"].endswith(f"/{k}")]
+            # a resumed stage may log a generation twice: keep the last value of each step
+            by_step = {r["step"]: r["value"] for r in rs}
+            if by_step:
+                steps = sorted(by_step)
+                ax.plot(steps, [by_step[s] for s in steps], label=k)
+        ax.set_title(stage)
+        ax.set_xlabel("generation")
+        ax.set_ylabel("return")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def write_report(run_dir: str | Path, config: dict[str, Any], extra_sections: list[str] | None = None) -> Path:
+    """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
+    run_dir = Path(run_dir)
+    figs = run_dir / "figures"
+    figs.mkdir(exist_ok=True)
+    lines = [f"# worldlab run: {config.get('task', '?')}", ""]
+    ev = run_dir / "eval.json"
+    if ev.exists():
+        e = json.loads(ev.read_text())
+        lines += ["## Score in the real environment", "",
+                  f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes "
+                  f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
+                  f"{config.get('train_in', 'dream')}.", ""]
+    losses = plot_losses(run_dir, figs / "losses.png")
+    cma_plot = plot_cma(run_dir, figs / "cma.png")
+    if losses:
+        lines += ["## Training losses", "", "![losses](figures/losses.png)", ""]
+    if cma_plot:
+        lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation.", "",
+                  "![cma](figures/cma.png)", ""]
+    videos = sorted(p.relative_to(run_dir) for p in (run_dir / "videos").glob("*.mp4")) \
+        if (run_dir / "videos").exists() else []
+    if videos:
+        lines += ["## Videos", ""] + [f"- [{v.name}]({v.as_posix()})" for v in videos] + [""]
+    for sec in extra_sections or []:
+        lines += [sec, ""]
+    lines += ["## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str), "```", ""]
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def summarize_returns(task: str, returns: list[float]) -> dict[str, Any]:
+    r = np.asarray(returns, dtype=np.float64)
+    return {"task": task, "episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
+            "min": float(r.min()), "max": float(r.max()), "returns": [float(x) for x in r]}
