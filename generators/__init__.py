@@ -1,1 +1,29 @@
-"""generators package."""
+"""generators: the generative families of *Generative Deep Learning* behind one small API.
+
+    import generators
+    generators.available()                       # ['cgan', 'dcgan', 'ddpm', 'ebm', ...]
+    data = generators.data.load("digits")         # images (N, 1, 8, 8) in [-1, 1] + labels
+    model = generators.make("dcgan", shape=data.shape)
+    generators.fit(model, data, generators.FitConfig(steps=500), out="runs/dcgan")
+    x = model.sample(16, generator=0)             # (16, 1, 8, 8) float32 in [-1, 1]
+    model.save("dcgan.pt"); same = generators.load("dcgan.pt")
+
+Every model: ``loss(batch)`` (or ``training_step`` for GANs), ``sample(n, cond=None,
+generator=seed)``, ``log_prob`` (realnvp, pixelcnn) / ``energy`` (ebm), ``save``/``load``. Image
+convention: :mod:`generators.images`. Data sources: :mod:`generators.data`. Roles in the lab:
+:mod:`generators.augment` (data mixer, observation wrapper) and :mod:`generators.reward`
+(reward-shaping wrapper); these import gymnasium and are not loaded here.
+"""
+
+from generators import data, images
+from generators import diffusion as _diffusion  # noqa: F401  (registers ddpm)
+from generators import ebm as _ebm  # noqa: F401  (registers ebm)
+from generators import flow as _flow  # noqa: F401  (registers realnvp)
+from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cgan)
+from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
+from generators.base import GenConfig, Generator
+from generators.registry import Family, available, family, load, make
+from generators.train import FitConfig, fit, model_for, train_generator
+
+__all__ = ["FitConfig", "Family", "GenConfig", "Generator", "available", "data", "family", "fit", "images",
+           "load", "make", "model_for", "train_generator"]

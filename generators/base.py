@@ -1,0 +1,171 @@
+"""The one small API every generative family implements.
+
+A family is a :class:`Generator` (an ``nn.Module``) built from a config dataclass:
+
+- ``loss(batch) -> Tensor | dict[str, Tensor]`` for models trained by gradient descent on one
+  objective (the dict holds the total under ``"loss"``), or ``configure_optimizers(lr)`` and
+  ``training_step(batch, optimizers, step)`` for adversarial ones (GANs); both plug into the lab's
+  one training loop, :func:`worldlab.training.train`.
+- ``sample(n, cond=None, generator=seed) -> Tensor``: images ``(n, C, H, W)`` float32 in
+  ``[-1, 1]`` (see :mod:`generators.images`) or points ``(n, D)`` float32.
+- ``log_prob(x)`` (flows, PixelCNN) or ``energy(x)`` (EBM) where the family has one.
+- ``save(path)`` / ``generators.load(path)``: a ``weights_only`` checkpoint that carries the
+  family name and its config, so the model is rebuilt without knowing its class.
+
+A batch is a tensor ``x`` or a pair ``(x, y)`` with integer class labels ``y`` ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from worldlab.io import atomic_torch_save, torch_load
+
+CHECKPOINT_FORMAT = 1
+
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
+
+
+@dataclasses.dataclass
+class GenConfig:
+    """Fields every family's config has (each family's config extends this)."""
+
+    shape: tuple[int, ...] = (1, 32, 32)
+    """shape of one sample: ``(C, H, W)`` for images, ``(D,)`` for points (set from the data)."""
+    num_classes: int = 0
+    """number of class labels the model is conditioned on (0 = unconditional)."""
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        if len(self.shape) not in (1, 3) or any(s < 1 for s in self.shape):
+            raise ValueError(f"shape must be (C, H, W) or (D,), got {self.shape}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+
+    @property
+    def kind(self) -> str:
+        """``"image"`` for ``(C, H, W)`` data, ``"points"`` for ``(D,)``."""
+        return "image" if len(self.shape) == 3 else "points"
+
+    def require_image(self, family: str, square_pow2: bool = True, min_size: int = 4) -> None:
+        if self.kind != "image":
+            raise ValueError(f"{family} models images, not points of shape {self.shape}; "
+                             f"train it on an image source (digits, mnist, car_racing:RUN)")
+        _, h, w = self.shape
+        if square_pow2 and (h != w or h < min_size or h & (h - 1)):
+            raise ValueError(f"{family} needs square images with a power-of-two side >= {min_size}, "
+                             f"got {h}x{w}; pass --image-size 8/16/32/64")
+
+
+def as_generator(generator: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A seed becomes a fresh ``torch.Generator``; a Generator or None passes through."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    g = torch.Generator(device=device)
+    g.manual_seed(int(generator))
+    return g
+
+
+def unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x`` or ``(x, y)`` -> ``(x, y or None)``."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        return batch[0], None
+    return batch, None
+
+
+class Generator(nn.Module):
+    """Base class of every family: holds the config, saves and loads with it."""
+
+    family: ClassVar[str] = ""
+    """registry name of the family (set by :func:`generators.registry.register`)."""
+
+    def __init__(self, config: GenConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # --- the API --------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.config.shape
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def sample(self, n: int, cond: torch.Tensor | None = None,
+               generator: int | torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples: images ``(n, C, H, W)`` in [-1, 1] or points ``(n, D)``."""
+        raise NotImplementedError
+
+    def check_cond(self, n: int, cond: torch.Tensor | int | None,
+                   generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Validate/complete the labels of a conditional model (random labels when None)."""
+        k = self.config.num_classes
+        if k == 0:
+            if cond is not None:
+                raise ValueError(f"{self.family} is unconditional; call sample(n) without cond")
+            return None
+        if cond is None:
+            return torch.randint(0, k, (n,), generator=generator, device=self.device)
+        cond = torch.as_tensor(cond, device=self.device).long()
+        if cond.ndim == 0:
+            cond = cond.expand(n)
+        if cond.shape != (n,):
+            raise ValueError(f"cond must hold one label per sample, shape ({n},), got {tuple(cond.shape)}")
+        if int(cond.min()) < 0 or int(cond.max()) >= k:
+            raise ValueError(f"labels must be in [0, {k}), got {cond.min().item()}..{cond.max().item()}")
+        return cond
+
+    # --- persistence ------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What identifies the model: family, config and format (added to every checkpoint)."""
+        return {"family": self.family, "config": dataclasses.asdict(self.config), "format": CHECKPOINT_FORMAT}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save weights + family + config atomically (loads with ``weights_only=True``)."""
+        return atomic_torch_save({**self.checkpoint_state(), "model": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Generator:
+        """Rebuild a model from :meth:`save` output or a training checkpoint."""
+        from generators.registry import load
+
+        model = load(path, map_location=map_location)
+        if cls is not Generator and not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {model.family} model, not {cls.__name__}")
+        return model
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode and no grad inside the block; the previous mode is restored after."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    state = torch_load(path, map_location=map_location)
+    if not isinstance(state, dict) or "family" not in state or "model" not in state:
+        raise ValueError(f"{path} is not a generators checkpoint (no family/config inside); "
+                         f"save models with model.save(path)")
+    return state

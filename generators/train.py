@@ -1,0 +1,168 @@
+"""Training a generator on a data source through the lab's one loop (:func:`worldlab.training.train`).
+
+A run folder ``OUT`` holds::
+
+    OUT/config.json                 family, data source, model config, training config
+    OUT/checkpoints/generator.pt    resumable training checkpoint (model, EMA, optimizers, step, RNG)
+    OUT/generator.pt                the final model (EMA weights where used), ``generators.load``-able
+    OUT/samples/step_XXXXXX.png     sample grids (scatter plots for points) during training
+    OUT/samples.png                 the final grid
+    OUT/metrics.jsonl, OUT/tb/      scalars (TensorBoard)
+
+Rerunning with the same ``OUT`` resumes from the checkpoint (up to the new ``steps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generators import images
+from generators.base import Generator
+from generators.data import GenData
+from generators.data import load as load_data
+from generators.registry import family, from_state, make, make_config
+from worldlab.io import atomic_write_json, read_json, torch_load
+from worldlab.logging import RunLogger
+from worldlab.training import TrainConfig
+from worldlab.training import train as train_loop
+
+
+@dataclass
+class FitConfig:
+    """How to train one generator (defaults: the family's book settings)."""
+
+    steps: int = 1000
+    """optimizer steps (generator steps for GANs)."""
+    batch_size: int | None = None
+    """batch size (None = the family's book default)."""
+    lr: float | None = None
+    """learning rate (None = the family's book default)."""
+    ema: float | None = None
+    """EMA decay of the weights (None = family default: 0.999 for ddpm, else off)."""
+    sample_every: int = 0
+    """steps between sample grids (0 = only at the end)."""
+    samples: int = 64
+    """samples per grid."""
+    checkpoint_every: int = 200
+    """steps between resumable checkpoints."""
+    log_every: int = 10
+    """steps between logged scalars."""
+    seed: int = 0
+    """seed of the run (model init, batches, training noise)."""
+    amp: str = "none"
+    """"bf16" autocast or "none"."""
+
+
+def model_for(name: str, data: GenData, preset: str | None = None, **overrides: Any) -> Generator:
+    """A fresh model of family ``name`` shaped for ``data`` (shape, classes, data levels)."""
+    fam = family(name)
+    fields = {f.name for f in dataclasses.fields(fam.config)}
+    cfg: dict[str, Any] = {"shape": data.shape}
+    if fam.conditional or ("num_classes" in overrides and overrides["num_classes"]):
+        cfg["num_classes"] = data.num_classes
+        if data.num_classes == 0:
+            raise ValueError(f"{name} is conditional but {data.name} has no labels; use digits, mnist or moons")
+    if "data_levels" in fields and data.kind == "image":
+        cfg["data_levels"] = data.levels
+    cfg.update(overrides)
+    return make(name, preset=preset, **cfg)
+
+
+def train_config(name: str, fit: FitConfig) -> tuple[TrainConfig, int]:
+    """The loop's TrainConfig and the batch size for family ``name`` under ``fit``."""
+    d = family(name).train
+    ema = fit.ema if fit.ema is not None else d.get("ema", 0.0)
+    tc = TrainConfig(steps=fit.steps, lr=fit.lr if fit.lr is not None else d.get("lr", 1e-3),
+                     weight_decay=d.get("weight_decay", 0.0), ema=ema, amp=fit.amp, log_every=fit.log_every,
+                     sample_every=fit.sample_every, checkpoint_every=fit.checkpoint_every, seed=fit.seed)
+    return tc, fit.batch_size or d.get("batch_size", 128)
+
+
+def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu", progress: bool = True, tensorboard: bool = True) -> dict[str, list[float]]:
+    """Train ``model`` on ``data``; with ``out``, log, draw sample grids and checkpoint there (resumable).
+
+    Returns the logged history ``{name: [values]}`` of this call. After it, ``model`` holds the
+    final weights (the EMA average where EMA is on).
+    """
+    settings = settings or FitConfig()
+    if data.kind != model.kind or data.shape != model.shape:
+        raise ValueError(f"{model.family} was built for {model.kind} {model.shape}, the data are "
+                         f"{data.kind} {data.shape}; rebuild it with generators.train.model_for")
+    tc, batch_size = train_config(model.family, settings)
+    batches = data.batches(batch_size, seed=settings.seed, labels=model.config.num_classes > 0)
+    logger = RunLogger(out, stage="generator", tensorboard=tensorboard) if out is not None else None
+    ckpt = Path(out) / "checkpoints" / "generator.pt" if out is not None else None
+    n_grid = settings.samples
+    cond = (torch.arange(n_grid) % model.config.num_classes) if model.config.num_classes else None
+    reference = data.tensor(torch.arange(min(len(data), 1000))) if data.kind == "points" else None
+
+    def on_sample(m: torch.nn.Module, step: int) -> None:
+        if out is None:
+            return
+        assert isinstance(m, Generator)
+        x = m.sample(n_grid, cond=cond, generator=settings.seed + 12345)  # same noise every grid
+        pic = images.picture(x.cpu(), reference, nrow=model.config.num_classes or None)
+        images.save_png(Path(out) / "samples" / f"step_{step:06d}.png", pic)
+        if logger is not None:
+            logger.image("generator/samples", pic, step)
+
+    try:
+        history = train_loop(model, batches, tc, checkpoint_path=ckpt, logger=logger, device=device,
+                             on_sample=on_sample if out is not None else None,
+                             extra_state=model.checkpoint_state, desc=model.family, progress=progress)
+    finally:
+        if logger is not None:
+            logger.close()
+    return history
+
+
+def train_generator(name: str, source: str, settings: FitConfig | None = None, out: str | os.PathLike | None = None,
+                    image_size: int | None = None, max_items: int | None = None, preset: str | None = None,
+                    device: str | torch.device = "cpu", progress: bool = True,
+                    **overrides: Any) -> tuple[Generator, dict[str, list[float]]]:
+    """Load ``source``, build (or resume) family ``name``, train it, write ``OUT`` (see module doc)."""
+    settings = settings or FitConfig()
+    family(name)  # unknown family: fail before loading data
+    data = load_data(source, image_size=image_size, max_items=max_items, seed=settings.seed)
+    ckpt = Path(out) / "checkpoints" / "generator.pt" if out is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch_load(ckpt)
+        if state.get("family") != name:
+            raise ValueError(f"{out} holds a {state.get('family')} run, not {name}; use another --out")
+        model = from_state(state)
+        prev = read_json(Path(out) / "config.json") if (Path(out) / "config.json").exists() else {}
+        if prev.get("data", source) != source:
+            raise ValueError(f"{out} was trained on {prev['data']}, not {source}; use another --out")
+    else:
+        model = model_for(name, data, preset=preset, **overrides)
+    if out is not None:
+        tc, bs = train_config(name, settings)
+        atomic_write_json(Path(out) / "config.json", {
+            "family": name, "data": source, "image_size": image_size, "max_items": max_items, "preset": preset,
+            "model": dataclasses.asdict(model.config), "train": dataclasses.asdict(tc), "batch_size": bs,
+            "num_examples": len(data)})
+    history = fit(model, data, settings, out, device, progress)
+    if out is not None:
+        model.save(Path(out) / "generator.pt")
+        final = sorted((Path(out) / "samples").glob("step_*.png"))
+        if final:
+            images.save_png(Path(out) / "samples.png", _read_png(final[-1]))
+    return model, history
+
+
+def _read_png(path: Path) -> Any:
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
+def check_config(name: str, preset: str | None = None, **config: Any) -> None:
+    """Validate a config without building the model (used by the CLI for early errors)."""
+    make_config(name, preset, **config)
