@@ -1,0 +1,357 @@
+"""M: the mixture-density recurrent network of World Models (Ha & Schmidhuber 2018, A.2).
+
+An LSTM (256 units for CarRacing, 512 for Doom) reads ``[z_t, a_t]`` and its output feeds one
+linear head that predicts, for every latent dimension ``j``, a mixture of ``K`` (= 5)
+Gaussians over ``z_{t+1, j}``; plus the reward ``r_{t+1}`` (regression) and the episode-end
+flag (a Bernoulli logit).
+
+The mixture math lives here once and is shared by the sequence model (training), the
+one-step cell (``MDRNN.step``) and the fused batched step the dream runs
+(:class:`FusedDreamStep`, thousands of rollouts at once). All three use the same
+``nn.LSTM`` and head parameters.
+
+Mixture density of one latent dimension, with ``pi = softmax(logits)``::
+
+    log p(z) = logsumexp_k [ log pi_k - log sigma_k - log sqrt(2 pi) - (z - mu_k)^2 / (2 sigma_k^2) ]
+
+Temperature ``tau`` as in the paper: mixture logits are divided by ``tau`` and every sigma
+is multiplied by ``sqrt(tau)``. The deterministic mode takes the most likely component's mean.
+
+Head layout (one row per step): ``[logits (K, Z) | mu (K, Z) | log sigma (K, Z) | reward | done]``,
+component-major, so each component's parameters for all latent dims are contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldlab.io import atomic_torch_save, torch_load
+
+FAMILY = "mdrnn"
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass
+class MDRNNConfig:
+    """Architecture and loss weights of M."""
+
+    z_size: int = 32
+    """latent size of V."""
+    action_dim: int = 3
+    """width of the action input: the Box shape, or the number of discrete actions (one-hot)."""
+    discrete_actions: bool = False
+    """actions arrive as integer indices and are one-hot encoded to ``action_dim``."""
+    hidden: int = 256
+    """LSTM units (the paper: 256 for CarRacing, 512 for Doom)."""
+    gaussians: int = 5
+    """mixture components per latent dimension."""
+    reward_weight: float = 1.0
+    """weight of the reward MSE in the loss."""
+    done_weight: float = 1.0
+    """weight of the done-flag binary cross-entropy in the loss."""
+    logsigma_min: float = -7.0
+    """lower clamp of predicted log sigma (keeps the NLL finite)."""
+    logsigma_max: float = 3.0
+    """upper clamp of predicted log sigma."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """free-form notes kept with the config (ignored by the model)."""
+
+    def __post_init__(self) -> None:
+        for name in ("z_size", "action_dim", "hidden", "gaussians"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"MDRNNConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def head_size(self) -> int:
+        return 3 * self.gaussians * self.z_size + 2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MDRNNConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class MixtureOutput(NamedTuple):
+    """M's prediction for the next step; leading dims ``...`` are (B,) or (B, T)."""
+
+    logits: torch.Tensor      # (..., K, Z) mixture logits
+    mu: torch.Tensor          # (..., K, Z) component means
+    logsigma: torch.Tensor    # (..., K, Z) component log standard deviations
+    reward: torch.Tensor      # (...) predicted reward
+    done_logit: torch.Tensor  # (...) logit of the episode-end flag
+
+
+def split_head(out: torch.Tensor, z_size: int, gaussians: int, logsigma_min: float = -7.0,
+               logsigma_max: float = 3.0) -> MixtureOutput:
+    """Head output ``(..., 3*K*Z + 2)`` -> :class:`MixtureOutput`."""
+    K, Z = gaussians, z_size
+    lead = out.shape[:-1]
+    kz = K * Z
+    logits = out[..., :kz].reshape(*lead, K, Z)
+    mu = out[..., kz:2 * kz].reshape(*lead, K, Z)
+    logsigma = out[..., 2 * kz:3 * kz].reshape(*lead, K, Z).clamp(logsigma_min, logsigma_max)
+    return MixtureOutput(logits, mu, logsigma, out[..., 3 * kz], out[..., 3 * kz + 1])
+
+
+def mixture_log_prob(target: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor,
+                     logsigma: torch.Tensor) -> torch.Tensor:
+    """log p(target) under a per-dimension Gaussian mixture, with a stable log-sum-exp.
+
+    target ``(..., Z)``; logits, mu, logsigma ``(..., K, Z)``; returns ``(..., Z)``.
+    """
+    log_pi = F.log_softmax(logits, dim=-2)                       # (..., K, Z)
+    zs = (target.unsqueeze(-2) - mu) * torch.exp(-logsigma)      # (..., K, Z) standardised
+    log_n = -0.5 * zs.pow(2) - logsigma - LOG_SQRT_2PI           # (..., K, Z)
+    return torch.logsumexp(log_pi + log_n, dim=-2)               # (..., Z)
+
+
+def sample_mixture(logits: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, *, tau: float = 1.0,
+                   deterministic: bool = False, generator: torch.Generator | None = None,
+                   u: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw z from the mixture at temperature ``tau``: one categorical + one normal draw per dim.
+
+    logits, mu, logsigma ``(..., K, Z)`` -> z ``(..., Z)``. The component is chosen by inverse
+    CDF with one uniform ``u`` ``(..., 1, Z)`` per dimension; the Gaussian noise is ``eps``
+    ``(..., Z)``. Both are drawn from ``generator`` unless given. ``deterministic`` returns the
+    mean of the most likely component (``tau`` then has no effect).
+    """
+    if deterministic:
+        idx = logits.argmax(dim=-2, keepdim=True)                 # (..., 1, Z)
+        return mu.gather(-2, idx).squeeze(-2)
+    if tau <= 0:
+        raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
+    lead, Z = logits.shape[:-2], logits.shape[-1]
+    if u is None:
+        u = torch.rand(*lead, 1, Z, device=logits.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(*lead, Z, device=logits.device, generator=generator)
+    scaled = (logits - logits.amax(dim=-2, keepdim=True)).div_(tau)
+    cum = scaled.exp_().cumsum(dim=-2)                             # (..., K, Z) unnormalised CDF
+    idx = (cum < u * cum[..., -1:, :]).sum(dim=-2, keepdim=True)   # (..., 1, Z)
+    idx.clamp_(max=logits.shape[-2] - 1)
+    m = mu.gather(-2, idx).squeeze(-2)                             # (..., Z)
+    s = logsigma.gather(-2, idx).squeeze(-2).exp_()                # (..., Z)
+    return m.addcmul_(s, eps, value=math.sqrt(tau))
+
+
+class MDRNN(nn.Module):
+    """LSTM over ``[z_t, a_t]`` with a mixture-density head for ``z_{t+1}``, reward and done."""
+
+    def __init__(self, config: MDRNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or MDRNNConfig()
+        self.meta: dict[str, Any] = {}
+        """what the checkpoint carried besides weights (task, start bank, ids, steps, ...)."""
+        self.rnn = nn.LSTM(cfg.z_size + cfg.action_dim, cfg.hidden, batch_first=True)
+        self.head = nn.Linear(cfg.hidden, cfg.head_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def action_input(self, a: torch.Tensor) -> torch.Tensor:
+        """Actions as stored (float (..., A), or int indices (...)) -> float (..., action_dim)."""
+        if self.config.discrete_actions:
+            if a.dtype.is_floating_point and a.shape[-1:] == (self.config.action_dim,):
+                return a.float()  # already one-hot
+            return F.one_hot(a.long(), self.config.action_dim).float()
+        a = a.float()
+        if a.shape[-1] != self.config.action_dim:
+            raise ValueError(f"M expects actions of width {self.config.action_dim}, got shape {tuple(a.shape)}")
+        return a
+
+    def _split(self, out: torch.Tensor) -> MixtureOutput:
+        c = self.config
+        return split_head(out, c.z_size, c.gaussians, c.logsigma_min, c.logsigma_max)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero LSTM state ``(h, c)``, each (B, H)."""
+        device = device or self.device
+        z = torch.zeros(batch, self.config.hidden, device=device)
+        return z, z.clone()
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor,
+                state: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[MixtureOutput, tuple[torch.Tensor, torch.Tensor]]:
+        """Sequence model: z (B, T, Z), a (B, T, A) or (B, T) -> predictions for steps 1..T, final (h, c)."""
+        x = torch.cat([z, self.action_input(a)], dim=-1)  # (B, T, Z + A)
+        hx = None if state is None else (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        out, (h, c) = self.rnn(x, hx)  # out (B, T, H)
+        return self._split(self.head(out)), (h.squeeze(0), c.squeeze(0))
+
+    def step(self, z: torch.Tensor, a: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[MixtureOutput, tuple[torch.Tensor, torch.Tensor]]:
+        """One-step cell sharing the LSTM's weights: z (B, Z), a (B, A) or (B,) -> prediction, (h, c)."""
+        if state is None:
+            state = self.initial_state(z.shape[0], z.device)
+        x = torch.cat([z, self.action_input(a)], dim=-1)  # (B, Z + A)
+        r = self.rnn
+        h, c = torch.lstm_cell(x, state, r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
+        return self._split(self.head(h)), (h, c)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Teacher-forced loss on latent windows from ``ShardStream(mode="sequences")``.
+
+        batch: ``mu``, ``logvar`` (B, L+1, Z); ``actions`` (B, L, A) or (B, L); ``rewards``,
+        ``terminated``, ``mask`` (B, L). z is sampled from (mu, logvar) as in the paper.
+        Returns ``loss`` = nll + reward_weight * reward_mse + done_weight * done_bce, and the parts;
+        ``nll`` is per latent dimension.
+        """
+        mu, logvar = batch["mu"].float(), batch["logvar"].float()
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L+1, Z)
+        pred, _ = self(z[:, :-1], batch["actions"])
+        mask = batch["mask"].float() if "mask" in batch else torch.ones(z.shape[:1] + (z.shape[1] - 1,), device=z.device)
+        denom = mask.sum().clamp(min=1.0)
+        logp = mixture_log_prob(z[:, 1:], pred.logits.float(), pred.mu.float(), pred.logsigma.float())  # (B, L, Z)
+        nll = -(logp.mean(-1) * mask).sum() / denom
+        reward_mse = ((pred.reward.float() - batch["rewards"].float()).pow(2) * mask).sum() / denom
+        done_bce = (F.binary_cross_entropy_with_logits(pred.done_logit.float(), batch["terminated"].float(),
+                                                       reduction="none") * mask).sum() / denom
+        c = self.config
+        total = nll + c.reward_weight * reward_mse + c.done_weight * done_bce
+        return {"loss": total, "nll": nll, "reward_mse": reward_mse, "done_bce": done_bce}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        meta = dict(meta or {})
+        meta.setdefault("id", uuid.uuid4().hex)
+        return {"family": FAMILY, "config": asdict(self.config),
+                "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": meta}
+
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Write weights + config (+ ``meta``, e.g. the task and the start bank) atomically."""
+        return atomic_torch_save(self.checkpoint(meta), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> MDRNN:
+        state = torch_load(path, map_location="cpu")
+        return cls.from_checkpoint(state, path).to(device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MDRNN:
+        if not isinstance(state, dict) or state.get("family") != FAMILY or "config" not in state:
+            raise ValueError(f"{path} is not a worldlab MDN-RNN checkpoint (no family='mdrnn' + config); "
+                             f"retrain M or point to RUN/checkpoints/mdrnn.pt")
+        model = cls(MDRNNConfig.from_dict(state["config"]))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match the config stored with them "
+                             f"({str(e).splitlines()[0][:160]}); the file is damaged, retrain M") from e
+        model.meta = dict(state.get("meta", {}))
+        return model
+
+
+class FusedDreamStep:
+    """M's one-step cell plus mixture sampling for N rollouts at once, in preallocated buffers.
+
+    The hot loop of the dream. Per step: one ``addmm`` for all four LSTM gates over the packed
+    input ``x = [z | h | a]`` (the two LSTM matrices concatenated), one in-place sigmoid over all
+    gates (the cell-candidate rows are pre-scaled by 2 so ``tanh(g) = 2 sigmoid(2g) - 1``), a few
+    in-place updates of ``c`` and ``h``, one ``addmm`` for the head, then one uniform draw (the
+    component, by inverse CDF) and one normal draw per latent dimension. ``h`` and the sampled
+    ``z`` are written straight into ``x``, so ``x[:, :Z+H]`` is the ``[z, h]`` observation.
+
+    The weights are copied from ``mdrnn`` when this object is built (rebuild it after training).
+    """
+
+    def __init__(self, mdrnn: MDRNN, num_envs: int, device: torch.device | str | None = None) -> None:
+        cfg = mdrnn.config
+        self.num_envs = N = int(num_envs)
+        self.device = dev = torch.device(device) if device is not None else mdrnn.device
+        Z, A, H, K = cfg.z_size, cfg.action_dim, cfg.hidden, cfg.gaussians
+        self.Z, self.A, self.H, self.K = Z, A, H, K
+        self.discrete = cfg.discrete_actions
+        self.logsigma_min, self.logsigma_max = cfg.logsigma_min, cfg.logsigma_max
+        D = Z + H + A
+        Dp = -(-D // 8) * 8  # pad the inner matmul dimension to a multiple of 8 (faster GEMM)
+        with torch.no_grad():
+            r = mdrnn.rnn
+            w_ih = r.weight_ih_l0.detach().float()  # (4H, Z + A): columns [z | a]
+            w_hh = r.weight_hh_l0.detach().float()  # (4H, H)
+            w = torch.zeros(4 * H, Dp)
+            w[:, :Z] = w_ih[:, :Z]
+            w[:, Z:Z + H] = w_hh
+            w[:, Z + H:D] = w_ih[:, Z:]
+            b = (r.bias_ih_l0 + r.bias_hh_l0).detach().float().clone()
+            w[2 * H:3 * H] *= 2.0  # gate order i, f, g, o: g rows x2 for the tanh-by-sigmoid trick
+            b[2 * H:3 * H] *= 2.0
+            self.w = w.to(dev)                                    # (4H, Dp)
+            self.b = b.to(dev)                                    # (4H,)
+            self.head_w = mdrnn.head.weight.detach().float().to(dev).contiguous()  # (O, H)
+            self.head_b = mdrnn.head.bias.detach().float().to(dev).contiguous()    # (O,)
+        n_out = self.head_w.shape[0]
+        self.x = torch.zeros(N, Dp, device=dev)       # (N, Dp) packed [z | h | a | pad]
+        self.c = torch.zeros(N, H, device=dev)        # (N, H) cell state
+        self.gates = torch.empty(N, 4 * H, device=dev)  # (N, 4H)
+        self.tmp = torch.empty(N, H, device=dev)      # (N, H)
+        self.out = torch.empty(N, n_out, device=dev)  # (N, O) head output
+        self.u = torch.empty(N, 1, Z, device=dev)     # (N, 1, Z) component uniforms
+        self.eps = torch.empty(N, Z, device=dev)      # (N, Z) Gaussian noise
+        self.ud = torch.empty(N, device=dev)          # (N,) done uniforms
+        self.z = self.x[:, :Z]                        # (N, Z) views into x
+        self.h = self.x[:, Z:Z + H]                   # (N, H)
+        self.a = self.x[:, Z + H:D]                   # (N, A)
+        self.obs = self.x[:, :Z + H]                  # (N, Z + H) = [z, h]
+
+    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
+        """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
+        self.x[rows, :self.Z] = z0.to(self.device, torch.float32)
+        self.x[rows, self.Z:] = 0.0
+        self.c[rows] = 0.0
+
+    def set_actions(self, actions: torch.Tensor) -> None:
+        """Write actions (N, A) floats, or (N,) integer indices when discrete, into the packed input."""
+        if self.discrete:
+            self.a.zero_()
+            self.a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
+        else:
+            self.a.copy_(actions.reshape(self.num_envs, self.A))
+
+    def step(self, tau: float = 1.0, deterministic: bool = False,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every rollout one step (actions already set). Returns (reward (N,), done (N,) bool).
+
+        The new z and h are in ``self.z`` / ``self.h`` (views of ``self.x``).
+        """
+        H, Z, K = self.H, self.Z, self.K
+        g = self.gates
+        torch.addmm(self.b, self.x, self.w.t(), out=g)  # (N, 4H) all gates
+        g.sigmoid_()
+        i, f, gg, o = g.split(H, dim=1)                  # (N, H) each
+        gg.mul_(2.0).sub_(1.0)                           # tanh of the cell candidate
+        self.c.mul_(f).addcmul_(i, gg)                   # c' = f c + i g
+        t = torch.mul(self.c, 2.0, out=self.tmp)
+        t.sigmoid_().mul_(2.0).sub_(1.0)                 # tanh(c')
+        torch.mul(o, t, out=self.h)                      # h' = o tanh(c'), written into x
+        out = torch.addmm(self.head_b, self.h, self.head_w.t(), out=self.out)  # (N, O)
+        kz = K * Z
+        logits = out[:, :kz].view(-1, K, Z)
+        mu = out[:, kz:2 * kz].view(-1, K, Z)
+        logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z).clamp(self.logsigma_min, self.logsigma_max)
+        done_logit = out[:, 3 * kz + 1]
+        if deterministic:
+            self.z.copy_(sample_mixture(logits, mu, logsigma, deterministic=True))
+            done = done_logit > 0
+        else:
+            self.u.uniform_(generator=generator)
+            self.eps.normal_(generator=generator)
+            self.ud.uniform_(generator=generator)
+            self.z.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps))
+            done = self.ud < torch.sigmoid(done_logit)
+        return out[:, 3 * kz], done
+
+    @staticmethod
+    def flops_per_step(z_size: int, hidden: int, action_dim: int, gaussians: int) -> int:
+        """Multiply-add FLOPs (2 per MAC) of the two matmuls of one rollout step, unpadded."""
+        D = z_size + hidden + action_dim
+        return 2 * (D * 4 * hidden + hidden * (3 * gaussians * z_size + 2))
