@@ -1,0 +1,315 @@
+"""generators: the API, every registered family, data sources, the CLI.
+
+Fast by default (tiny presets on 64 sklearn digits); ``-m slow`` adds longer training checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import generators
+from generators.data import GenData
+from generators.pixelcnn import MaskedConv2d
+from generators.train import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = generators.available()
+EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm"}
+
+# per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
+FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
+
+
+@pytest.fixture(scope="module")
+def digits() -> GenData:
+    return generators.data.load("digits").take(64, seed=0)
+
+
+def tiny(name: str, data: GenData, **kw) -> generators.Generator:
+    torch.manual_seed(0)
+    return generators.model_for(name, data, preset="tiny", **kw)
+
+
+def test_registry_lists_every_family() -> None:
+    assert EXPECTED <= set(FAMILIES)
+    assert FAMILIES == sorted(FAMILIES)
+    for name in FAMILIES:
+        fam = generators.family(name)
+        assert fam.name == name and fam.cls.family == name and fam.summary
+    with pytest.raises(ValueError, match="unknown generator family 'dcgn'.*did you mean 'dcgan'"):
+        generators.make("dcgn")
+    with pytest.raises(ValueError, match="dcgan has no option 'zdim'"):
+        generators.make("dcgan", zdim=3)
+    with pytest.raises(ValueError, match="pixelcnn models images"):
+        generators.make("pixelcnn", shape=(2,))
+    with pytest.raises(ValueError, match="power-of-two"):
+        generators.make("dcgan", shape=(1, 12, 12))
+
+
+def test_config_defaults_are_the_books() -> None:
+    from generators.diffusion import DDPMConfig
+    from generators.ebm import EBMConfig
+    from generators.gan import DCGANConfig, WGANGPConfig
+    from generators.pixelcnn import PixelCNNConfig
+
+    w = WGANGPConfig(shape=(1, 32, 32))
+    assert (w.gp_weight, w.critic_steps, w.objective, w.batch_norm) == (10.0, 3, "wgan-gp", False)
+    assert DCGANConfig(shape=(1, 32, 32)).z_dim == 100
+    e = EBMConfig(shape=(1, 32, 32))
+    assert (e.langevin_steps, e.step_size, e.noise, e.buffer_size, e.fresh) == (60, 10.0, 0.005, 8192, 0.05)
+    d = DDPMConfig(shape=(1, 32, 32))
+    assert (d.sampling_steps, d.min_signal_rate, d.max_signal_rate, d.widths) == (20, 0.02, 0.95, (32, 64, 96, 128))
+    assert generators.family("ddpm").train["ema"] == 0.999
+    p = PixelCNNConfig()
+    assert (p.levels, p.filters, p.residual_blocks) == (4, 128, 5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_training_losses_are_finite_and_fall(name: str, digits: GenData) -> None:
+    steps, lr = FALLING.get(name, (30, 2e-3))
+    model = tiny(name, digits)
+    hist = generators.fit(model, digits, FitConfig(steps=steps, batch_size=32, lr=lr, log_every=1, seed=0),
+                          progress=False)
+    for k, v in hist.items():
+        assert len(v) == steps and all(math.isfinite(x) for x in v), k
+    vals = hist[generators.family(name).monitor]
+    k = max(3, steps // 5)
+    first, last = np.mean(vals[:k]), np.mean(vals[-k:])
+    assert last < first, f"{name}: {generators.family(name).monitor} went {first:.4f} -> {last:.4f}"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sample_shape_dtype_range_and_seed(name: str, digits: GenData) -> None:
+    model = tiny(name, digits)
+    x = model.sample(5, generator=1)
+    assert x.shape == (5, 1, 8, 8) and x.dtype == torch.float32
+    assert torch.isfinite(x).all() and x.min() >= -1.0 and x.max() <= 1.0
+    assert torch.equal(x, model.sample(5, generator=1))
+    assert not torch.equal(x, model.sample(5, generator=2))
+    assert model.training  # sample leaves the module's mode alone
+    if model.config.num_classes:
+        assert model.sample(4, cond=torch.tensor([0, 1, 2, 3]), generator=0).shape == (4, 1, 8, 8)
+        assert model.sample(3, cond=7, generator=0).shape == (3, 1, 8, 8)
+        with pytest.raises(ValueError, match="labels must be in"):
+            model.sample(2, cond=torch.tensor([0, 10]))
+    else:
+        with pytest.raises(ValueError, match="unconditional"):
+            model.sample(2, cond=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if "points" in generators.family(n).kinds])
+def test_point_families_on_moons(name: str) -> None:
+    moons = generators.data.load("moons", max_items=256)
+    model = tiny(name, moons)
+    hist = generators.fit(model, moons, FitConfig(steps=5, batch_size=64, log_every=1), progress=False)
+    assert all(math.isfinite(v) for vs in hist.values() for v in vs)
+    x = model.sample(7, generator=0)
+    assert x.shape == (7, 2) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_save_load_round_trip_gives_identical_samples(name: str, digits: GenData, tmp_path: Path) -> None:
+    model = tiny(name, digits)
+    generators.fit(model, digits, FitConfig(steps=2, batch_size=16), progress=False)
+    model.save(tmp_path / "m.pt")
+    loaded = generators.load(tmp_path / "m.pt")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert torch.equal(model.sample(6, generator=3), loaded.sample(6, generator=3))
+    assert type(model).load(tmp_path / "m.pt").family == name
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain, safe checkpoint
+    assert raw["family"] == name and raw["config"]["shape"] == (1, 8, 8)
+
+
+def test_load_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        generators.load(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a generators checkpoint"):
+        generators.load(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("shape", [(2,), (3,), (1, 4, 4), (2, 4, 4)])
+def test_flow_is_exactly_invertible_and_logdet_matches_autograd(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    flow = generators.make("realnvp", preset="tiny", shape=shape).double()
+    for p in flow.parameters():  # leave the identity initialisation: make every coupling act
+        p.data.add_(0.1 * torch.randn_like(p))
+    flow.eval()
+    x = (torch.rand(3, *shape, dtype=torch.float64) * 1.8 - 0.9)
+    z, logdet = flow(x)
+    assert z.shape == x.shape
+    assert torch.allclose(flow.inverse(z), x, atol=1e-10)
+    assert (z - x).abs().max() > 1e-3  # not the identity
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0].flatten(), x[i])
+        jac = jac.reshape(x[i].numel(), x[i].numel())
+        assert torch.allclose(torch.linalg.slogdet(jac)[1], logdet[i], atol=1e-8)
+
+
+def test_flow_bits_per_dim_and_sampling_invert(digits: GenData) -> None:
+    flow = tiny("realnvp", digits)
+    assert flow.config.data_levels == 17
+    bpd = flow.bits_per_dim(digits.tensor(torch.arange(8)), generator=0)
+    assert bpd.shape == (8,) and torch.isfinite(bpd).all() and (bpd > 0).all()
+    assert torch.equal(bpd, flow.bits_per_dim(digits.tensor(torch.arange(8)), generator=0))
+
+
+def test_pixelcnn_masks_are_causal_and_likelihood_normalised() -> None:
+    # type A hides the centre; type B shows it; colour groups order R -> G -> B
+    a = MaskedConv2d(3, 6, 3, "A", colours=3)
+    assert a.mask[:, :, 2].sum() == 0 and a.mask[:, :, 1, 2].sum() == 0
+    assert a.mask[0:2, :, 1, 1].sum() == 0 and a.mask[2:4, 0, 1, 1].all() and a.mask[2:4, 1:, 1, 1].sum() == 0
+    b = MaskedConv2d(3, 6, 3, "B", colours=3)
+    assert b.mask[0:2, 0, 1, 1].all() and b.mask[0:2, 1:, 1, 1].sum() == 0
+    # the probabilities of all 2-level images of shape (3, 1, 2) sum to one
+    torch.manual_seed(0)
+    m = generators.make("pixelcnn", shape=(3, 1, 2), levels=2, filters=12, residual_blocks=1, first_kernel=3)
+    for p in m.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    allx = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=6))).reshape(-1, 3, 1, 2)
+    with torch.no_grad():
+        total = m.log_prob(allx).exp().sum()
+    assert abs(float(total) - 1.0) < 1e-5
+    # the first sub-pixel's distribution ignores the image
+    x = torch.rand(2, 3, 1, 2, requires_grad=True)
+    m.net(x)[:, 0:2, 0, 0].sum().backward()
+    assert x.grad.abs().sum() == 0
+
+
+def test_ebm_learns_lower_energy_for_data_than_noise(digits: GenData) -> None:
+    ebm = tiny("ebm", digits)
+    generators.fit(ebm, digits, FitConfig(steps=40, batch_size=32, lr=1e-3), progress=False)
+    with torch.no_grad():
+        e_data = ebm.energy(digits.tensor()).mean()
+        e_noise = ebm.energy(ebm.uniform(64, torch.Generator().manual_seed(0))).mean()
+    assert e_data < e_noise
+
+
+def test_ddpm_schedule_is_offset_cosine() -> None:
+    m = generators.make("ddpm", preset="tiny", shape=(1, 8, 8))
+    t = torch.linspace(0, 1, 11)
+    noise, signal = m.schedule(t)
+    assert torch.allclose(noise ** 2 + signal ** 2, torch.ones(11))
+    assert abs(float(signal[0]) - 0.95) < 1e-6 and abs(float(signal[-1]) - 0.02) < 1e-6
+    assert (signal[1:] < signal[:-1]).all()
+    assert {"start_angle", "end_angle"} <= {n for n, _ in m.named_buffers()}
+
+
+def test_data_sources() -> None:
+    d = generators.data.load("digits")
+    assert d.shape == (1, 8, 8) and len(d) == 1797 and d.levels == 17 and d.num_classes == 10
+    x = d.tensor(torch.arange(4))
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    m = generators.data.load("mnist", max_items=100)
+    assert m.shape == (1, 32, 32) and len(m) == 100 and m.levels == 256
+    assert generators.data.load("mnist", image_size=16, max_items=10).shape == (1, 16, 16)
+    moons = generators.data.load("moons")
+    assert moons.shape == (2,) and len(moons) == 3000
+    assert torch.allclose(moons.x.mean(0), torch.zeros(2), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown data source 'cifar'; use one of: digits, mnist"):
+        generators.data.load("cifar")
+    with pytest.raises(ValueError, match="use car_racing:RUN"):
+        generators.data.load("car_racing")
+    with pytest.raises(FileNotFoundError, match="collect them first: python scripts/collect.py doom_take_cover"):
+        generators.data.load("doom_take_cover:/nonexistent/run")
+
+
+def _fake_run(run: Path, task: str = "car_racing", episodes: int = 3, steps: int = 9) -> Path:
+    from worldlab.storage import Manifest, write_shard
+
+    m = Manifest(run / "data", meta={"task": task})
+    rng = np.random.default_rng(0)
+    for i in range(episodes):
+        obs = rng.integers(0, 256, size=(steps + 1, 64, 64, 3), dtype=np.uint8)
+        m.add(i, write_shard(run / "data", i, {"obs": obs, "actions": np.zeros((steps, 3), np.float32),
+                                               "rewards": np.zeros(steps, np.float32),
+                                               "terminated": np.zeros(steps, bool),
+                                               "truncated": np.zeros(steps, bool), "seed": np.int64(i)}))
+    return run
+
+
+def test_frames_from_rollout_shards(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "run")
+    d = generators.data.load(f"car_racing:{run}")
+    assert d.shape == (3, 64, 64) and len(d) == 30 and d.levels == 256 and d.y is None
+    assert generators.data.load(f"car_racing:{run / 'data'}", image_size=16, max_items=7).shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="holds car_racing frames, not doom_take_cover; use car_racing:"):
+        generators.data.load(f"doom_take_cover:{run}")
+    model = generators.model_for("dcgan", generators.data.load(f"car_racing:{run}", image_size=8), preset="tiny")
+    assert model.sample(2, generator=0).shape == (2, 3, 8, 8)
+
+
+def test_fit_writes_grids_and_resumes(digits: GenData, tmp_path: Path) -> None:
+    model = tiny("dcgan", digits)
+    generators.fit(model, digits, FitConfig(steps=4, batch_size=16, sample_every=2, samples=9), out=tmp_path,
+                   progress=False, tensorboard=False)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
+    again = generators.load(tmp_path / "checkpoints" / "generator.pt")
+    assert again.family == "dcgan"
+    state = torch.load(tmp_path / "checkpoints" / "generator.pt", weights_only=True)
+    assert state["step"] == 4
+    model2 = tiny("dcgan", digits)
+    hist = generators.fit(model2, digits, FitConfig(steps=6, batch_size=16), out=tmp_path, progress=False,
+                          tensorboard=False)
+    assert len(hist["g_loss"]) == 1  # steps 5..6 only: resumed at 4
+    assert torch.load(tmp_path / "checkpoints" / "generator.pt", weights_only=True)["step"] == 6
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train_generator.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_cli_trains_writes_files_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = _cli("cgan", "--data", "digits", "--steps", "3", "--preset", "tiny", "--batch-size", "16",
+             "--out", str(out), "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    for f in ("config.json", "generator.pt", "checkpoints/generator.pt", "samples.png", "metrics.jsonl",
+              "samples/step_000003.png"):
+        assert (out / f).is_file(), f
+    assert list((out / "tb").rglob("events.out.tfevents*"))
+    m = generators.load(out / "generator.pt")
+    assert m.family == "cgan" and m.sample(2, cond=torch.tensor([3, 4]), generator=0).shape == (2, 1, 8, 8)
+    r = _cli("cgan", "--data", "digits", "--steps", "5", "--preset", "tiny", "--batch-size", "16",
+             "--out", str(out), "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out / "checkpoints" / "generator.pt", weights_only=True)["step"] == 5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["gaan", "--data", "digits"], "unknown generator family 'gaan'"),
+    (["dcgan", "--data", "cifar"], "unknown data source 'cifar'; use one of"),
+    (["dcgan", "--data", "car_racing:/no/such/run"], "collect them first: python scripts/collect.py car_racing"),
+    (["pixelcnn", "--data", "moons"], "pixelcnn models images"),
+    (["dcgan", "--data", "digits", "--preset", "huge"], "dcgan has no preset 'huge'"),
+])
+def test_cli_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_generator
+    finally:
+        sys.path.pop(0)
+    assert train_generator.main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_longer_training_keeps_improving(name: str) -> None:
+    data = generators.data.load("digits")
+    model = tiny(name, data)
+    steps, lr = FALLING.get(name, (30, 2e-3))
+    hist = generators.fit(model, data, FitConfig(steps=steps * 5, batch_size=64, lr=lr, log_every=1),
+                          progress=False)
+    vals = hist[generators.family(name).monitor]
+    assert np.mean(vals[-20:]) < np.mean(vals[:20])
