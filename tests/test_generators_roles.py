@@ -1,0 +1,162 @@
+"""generators in their lab roles: data mixer, observation wrapper (inside SB3), reward wrapper."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import generators
+from generators.augment import GeneratedObservations, MixedDataset, to_observation
+from generators.reward import GeneratorReward, discriminator_logit, log_density, neg_energy
+
+
+class DotEnv(gym.Env):
+    """A tiny pixel task: a dot on a 36x36 RGB canvas; move it (left/right) to the green column."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, size: int = 36) -> None:
+        self.size = size
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+        self.pos, self.t = 0, 0
+
+    def _obs(self) -> np.ndarray:
+        img = np.zeros((self.size, self.size, 3), np.uint8)
+        img[:, self.size - 3:, 1] = 255
+        img[16:20, self.pos:self.pos + 4] = 255
+        return img
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.pos, self.t = int(self.np_random.integers(0, self.size // 2)), 0
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.pos = int(np.clip(self.pos + (2 if action == 1 else -2), 0, self.size - 4))
+        self.t += 1
+        done = self.pos >= self.size - 6
+        return self._obs(), 1.0 if done else -0.01, done, self.t >= 30, {}
+
+
+@pytest.fixture(scope="module")
+def digits() -> generators.data.GenData:
+    return generators.data.load("digits")
+
+
+def _tiny(name: str, data: generators.data.GenData) -> generators.Generator:
+    torch.manual_seed(0)
+    return generators.model_for(name, data, preset="tiny")
+
+
+def test_mixed_dataset_ratio_labels_and_determinism(digits: generators.data.GenData) -> None:
+    real = digits.take(100, seed=0)
+    cgan = _tiny("cgan", real)
+    ds = MixedDataset(real, cgan, ratio=0.2, batch_size=8, seed=5)
+    assert len(ds) == 125 and sum(ds.is_generated(i) for i in range(len(ds))) == 25
+    x, y = ds[0]
+    assert torch.equal(x, real.tensor(torch.tensor([0]))[0]) and y == real.y[0]
+    gx, gy = ds[124]
+    assert gx.shape == (1, 8, 8) and gx.dtype == torch.float32 and int(gy) == 24 % 10
+    again = MixedDataset(real, cgan, ratio=0.2, batch_size=8, seed=5, cache=False)
+    assert torch.equal(again[124][0], gx) and torch.equal(again[101][0], ds[101][0])  # any access order
+    xb, yb = next(iter(DataLoader(ds, batch_size=32, shuffle=True)))
+    assert xb.shape == (32, 1, 8, 8) and yb.shape == (32,)
+    # unconditional generator, unlabeled data
+    plain = MixedDataset(real.tensor(), _tiny("dcgan", real), ratio=0.5, seed=0)
+    assert len(plain) == 200 and plain[150].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="unconditional"):
+        MixedDataset(real, _tiny("dcgan", real), ratio=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        MixedDataset(real, cgan, ratio=1.0)
+
+
+def test_to_observation_matches_the_space() -> None:
+    x = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
+    hwc = to_observation(x, gym.spaces.Box(0, 255, (16, 16, 3), np.uint8))
+    assert hwc.shape == (2, 16, 16, 3) and hwc.dtype == np.uint8 and hwc.min() == 0 and hwc.max() == 255
+    chw = to_observation(x, gym.spaces.Box(0.0, 1.0, (1, 8, 8), np.float32))
+    assert chw.shape == (2, 1, 8, 8) and chw.dtype == np.float32 and chw.min() == 0.0 and chw.max() == 1.0
+
+
+@pytest.mark.parametrize("mode", ["replace", "blend"])
+def test_observation_wrapper_seeded(mode: str, digits: generators.data.GenData) -> None:
+    gen = _tiny("dcgan", digits)
+
+    def run() -> tuple[list[np.ndarray], int]:
+        env = GeneratedObservations(DotEnv(), gen, p=0.5, mode=mode, pool=4, seed=0)
+        obs, _ = env.reset(seed=3)
+        seen = [obs]
+        for _ in range(12):
+            obs, *_ = env.step(1)
+            seen.append(obs)
+        return seen, env.augmented
+
+    a, n = run()
+    b, _ = run()
+    assert 0 < n < 13 and all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(o.shape == (36, 36, 3) and o.dtype == np.uint8 for o in a)
+    env = DotEnv()
+    plain = [env.reset(seed=3)[0]] + [env.step(1)[0] for _ in range(12)]
+    assert sum(not np.array_equal(u, v) for u, v in zip(a, plain, strict=True)) == n  # the rest untouched
+    with pytest.raises(ValueError, match="image Box observation space"):
+        GeneratedObservations(gym.make("CartPole-v1"), gen)
+
+
+def test_observation_wrapper_inside_sb3_ppo(digits: generators.data.GenData) -> None:
+    from stable_baselines3 import PPO
+
+    env = GeneratedObservations(DotEnv(), _tiny("dcgan", digits), p=0.2, seed=0)
+    model = PPO("CnnPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"features_extractor_kwargs": {"features_dim": 32}})
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256 and env.augmented > 10
+    action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(int(action))
+
+
+@pytest.mark.parametrize("family", ["realnvp", "ebm", "dcgan"])
+def test_reward_wrapper_adds_scaled_term_exactly(family: str) -> None:
+    torch.manual_seed(0)
+    model = generators.make(family, preset="tiny", shape=(4,))  # CartPole observations
+    term = {"realnvp": log_density, "ebm": neg_energy, "dcgan": discriminator_logit}[family](model)
+    scale = -0.25
+    base = gym.make("CartPole-v1")
+    wrapped = GeneratorReward(gym.make("CartPole-v1"), term, scale=scale)
+    o1, _ = base.reset(seed=7)
+    o2, _ = wrapped.reset(seed=7)
+    assert np.array_equal(o1, o2)
+    for t in range(15):
+        a = t % 2
+        o1, r1, d1, tr1, _ = base.step(a)
+        o2, r2, d2, tr2, info = wrapped.step(a)
+        assert np.array_equal(o1, o2) and (d1, tr1) == (d2, tr2)
+        with torch.no_grad():
+            expected = float(term(torch.as_tensor(o1, dtype=torch.float32)[None])[0])
+        assert info["base_reward"] == r1 and info["generator_term"] == pytest.approx(expected, abs=1e-6)
+        assert r2 == pytest.approx(r1 + scale * expected, abs=1e-6)
+        if d1 or tr1:
+            break
+    # a generator itself picks its natural term; clip bounds it
+    clipped = GeneratorReward(gym.make("CartPole-v1"), model, scale=1.0, clip=1e-3)
+    clipped.reset(seed=0)
+    _, r, *_, info = clipped.step(0)
+    assert abs(info["generator_term"]) <= 1e-3 and r == pytest.approx(1.0 + info["generator_term"])
+
+
+def test_reward_wrapper_on_image_observations(digits: generators.data.GenData) -> None:
+    gan = _tiny("dcgan", digits)
+    env = GeneratorReward(DotEnv(), gan, scale=2.0)
+    env.reset(seed=0)
+    obs, r, *_, info = env.step(1)
+    from generators.images import from_uint8, resize
+
+    with gan.evaluating():  # eval mode: no dropout
+        want = float(gan.discriminate(resize(from_uint8(obs), 8).mean(1, keepdim=True))[0])
+    assert info["generator_term"] == pytest.approx(want, abs=1e-5)
+    assert r == pytest.approx(info["base_reward"] + 2.0 * want, abs=1e-5)
+    with pytest.raises(ValueError, match="no density, energy or discriminator"):
+        GeneratorReward(DotEnv(), _tiny("ddpm", digits))
