@@ -152,6 +152,8 @@ class MDRNN(nn.Module):
         """what the checkpoint carried besides weights (task, start bank, ids, steps, ...)."""
         self.rnn = nn.LSTM(cfg.z_size + cfg.action_dim, cfg.hidden, batch_first=True)
         self.head = nn.Linear(cfg.hidden, cfg.head_size)
+        with torch.no_grad():  # prior: episode ends are rare (sigmoid(-3) ~ 5%)
+            self.head.bias[-1] = -3.0
 
     @property
     def device(self) -> torch.device:
@@ -262,11 +264,17 @@ class FusedDreamStep:
     ``z`` are written straight into ``x``, so ``x[:, :Z+H]`` is the ``[z, h]`` observation.
 
     The weights are copied from ``mdrnn`` when this object is built (rebuild it after training).
+
+    Buffers hold at least ``min_rows`` rows (extra rows are computed and ignored): BLAS kernels
+    sum in a different order for 1-3 rows than for many, and padding keeps a single dream
+    bit-identical to the same rollout inside a large batch.
     """
 
-    def __init__(self, mdrnn: MDRNN, num_envs: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, mdrnn: MDRNN, num_envs: int, device: torch.device | str | None = None,
+                 min_rows: int = 8) -> None:
         cfg = mdrnn.config
-        self.num_envs = N = int(num_envs)
+        self.num_envs = n_envs = int(num_envs)
+        self.rows = N = max(n_envs, int(min_rows))
         self.device = dev = torch.device(device) if device is not None else mdrnn.device
         Z, A, H, K = cfg.z_size, cfg.action_dim, cfg.hidden, cfg.gaussians
         self.Z, self.A, self.H, self.K = Z, A, H, K
@@ -298,10 +306,12 @@ class FusedDreamStep:
         self.u = torch.empty(N, 1, Z, device=dev)     # (N, 1, Z) component uniforms
         self.eps = torch.empty(N, Z, device=dev)      # (N, Z) Gaussian noise
         self.ud = torch.empty(N, device=dev)          # (N,) done uniforms
-        self.z = self.x[:, :Z]                        # (N, Z) views into x
-        self.h = self.x[:, Z:Z + H]                   # (N, H)
-        self.a = self.x[:, Z + H:D]                   # (N, A)
-        self.obs = self.x[:, :Z + H]                  # (N, Z + H) = [z, h]
+        self.z = self.x[:n_envs, :Z]                  # (n, Z) views into x (the real rollouts)
+        self.h = self.x[:n_envs, Z:Z + H]             # (n, H)
+        self.a = self.x[:n_envs, Z + H:D]             # (n, A)
+        self.obs = self.x[:n_envs, :Z + H]            # (n, Z + H) = [z, h]
+        self._z_all = self.x[:, :Z]                   # (N, Z) incl. padding rows
+        self._h_all = self.x[:, Z:Z + H]              # (N, H)
 
     def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
         """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
@@ -310,7 +320,7 @@ class FusedDreamStep:
         self.c[rows] = 0.0
 
     def set_actions(self, actions: torch.Tensor) -> None:
-        """Write actions (N, A) floats, or (N,) integer indices when discrete, into the packed input."""
+        """Write actions (n, A) floats, or (n,) integer indices when discrete, into the packed input."""
         if self.discrete:
             self.a.zero_()
             self.a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
@@ -319,7 +329,7 @@ class FusedDreamStep:
 
     def step(self, tau: float = 1.0, deterministic: bool = False,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance every rollout one step (actions already set). Returns (reward (N,), done (N,) bool).
+        """Advance every rollout one step (actions already set). Returns (reward (n,), done (n,) bool).
 
         The new z and h are in ``self.z`` / ``self.h`` (views of ``self.x``).
         """
@@ -332,23 +342,24 @@ class FusedDreamStep:
         self.c.mul_(f).addcmul_(i, gg)                   # c' = f c + i g
         t = torch.mul(self.c, 2.0, out=self.tmp)
         t.sigmoid_().mul_(2.0).sub_(1.0)                 # tanh(c')
-        torch.mul(o, t, out=self.h)                      # h' = o tanh(c'), written into x
-        out = torch.addmm(self.head_b, self.h, self.head_w.t(), out=self.out)  # (N, O)
+        torch.mul(o, t, out=self._h_all)                 # h' = o tanh(c'), written into x
+        out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
         kz = K * Z
         logits = out[:, :kz].view(-1, K, Z)
         mu = out[:, kz:2 * kz].view(-1, K, Z)
         logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z).clamp(self.logsigma_min, self.logsigma_max)
         done_logit = out[:, 3 * kz + 1]
         if deterministic:
-            self.z.copy_(sample_mixture(logits, mu, logsigma, deterministic=True))
+            self._z_all.copy_(sample_mixture(logits, mu, logsigma, deterministic=True))
             done = done_logit > 0
         else:
             self.u.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
             self.ud.uniform_(generator=generator)
-            self.z.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps))
+            self._z_all.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps))
             done = self.ud < torch.sigmoid(done_logit)
-        return out[:, 3 * kz], done
+        n = self.num_envs
+        return out[:n, 3 * kz], done[:n]
 
     @staticmethod
     def flops_per_step(z_size: int, hidden: int, action_dim: int, gaussians: int) -> int:

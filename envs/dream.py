@@ -1,0 +1,460 @@
+"""The dream: Gymnasium environments that run entirely inside a learned :class:`WorldModel`.
+
+## Description
+
+Reset draws a starting latent from the world model's bank of real first frames (seeded);
+each step feeds ``[z_t, a_t]`` to M, samples ``z_{t+1}`` from its mixture at temperature
+``tau``, takes the reward from M's reward head and ``terminated`` from its done head
+(a Bernoulli draw; ``logit > 0`` in deterministic mode), and truncates at the task's episode
+limit. ``DreamEnv`` is one dream; ``DreamVectorEnv`` runs N of them as one batched torch
+computation (N in the thousands, CPU or CUDA), and offers :meth:`DreamVectorEnv.step_torch`
+for callers that stay in torch (CMA-ES evaluates whole populations through it).
+
+## Action Space
+
+The real task's: ``Box(low, high, shape)`` (actions are clipped to it) or ``Discrete(n)``.
+
+## Observation Space
+
+``obs_mode="latent"``: ``[z, h]`` float32 of size ``z_size + hidden`` (the paper's controller
+input). ``obs_mode="pixels"``: the current z decoded by V (or by ``renderer``), uint8 (64, 64, 3).
+
+## Rewards and episode end
+
+Predicted by M. ``truncated`` is set at ``max_episode_steps`` (the task's limit by default).
+
+## Arguments
+
+``run_dir`` (a run folder with ``checkpoints/vae.pt`` and ``mdrnn.pt``) or ``world_model``;
+``temperature`` (tau; the paper's Doom agent used 1.15); ``obs_mode``; ``device``;
+``deterministic`` (no sampling: the most likely component's mean, the done logit's sign);
+``render_mode`` ``"rgb_array"`` or ``"human"`` (a pygame window, upscaled); ``renderer``: any
+callable mapping latents ``(B, Z)`` to frames (uint8 ``(B, H, W, 3)`` or floats in [0, 1]
+``(B, 3, H, W)``), used in place of V's decoder for rendering and pixel observations.
+
+## Seeding
+
+Each sub-environment draws its starting latents from its own ``numpy`` generator
+(``reset(seed=s)`` seeds sub-env ``i`` with ``s + i``, or pass a list of seeds), so sub-env ``i``
+of a vector env starts where ``DreamEnv`` reset with the same seed starts. The transition noise
+of a vector env comes from one torch generator for the whole batch, seeded by the first seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from worldlab.world_model import WorldModel
+
+DREAM_ID = "worldlab/Dream-v0"
+Renderer = Callable[[torch.Tensor], Any]
+OBS_MODES = ("latent", "pixels")
+
+
+def register_envs() -> None:
+    """Register ``worldlab/Dream-v0`` (single and vector entry points); idempotent."""
+    if DREAM_ID not in gym.envs.registry:
+        gym.register(id=DREAM_ID, entry_point="envs.dream:DreamEnv", vector_entry_point="envs.dream:DreamVectorEnv",
+                     disable_env_checker=False)
+
+
+def action_space_from(desc: dict[str, Any]) -> spaces.Space:
+    """The Gymnasium space of an action-space dict from a manifest or checkpoint."""
+    if desc["type"] == "box":
+        return spaces.Box(np.asarray(desc["low"], np.float32), np.asarray(desc["high"], np.float32),
+                          shape=tuple(desc["shape"]), dtype=np.float32)
+    if desc["type"] == "discrete":
+        return spaces.Discrete(int(desc["n"]))
+    raise ValueError(f"unsupported action space {desc!r}")
+
+
+def frames_uint8(frames: Any) -> np.ndarray:
+    """A renderer's output -> uint8 (B, H, W, 3): accepts uint8 HWC, or floats in [0, 1] CHW/HWC."""
+    if isinstance(frames, torch.Tensor):
+        x = frames.detach()
+        if x.dtype != torch.uint8:
+            x = x.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        if x.dim() == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+            x = x.permute(0, 2, 3, 1)
+        return np.ascontiguousarray(x.cpu().numpy())
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(arr)
+
+
+def _load_world_model(run_dir: str | os.PathLike | None, world_model: WorldModel | None,
+                      device: torch.device) -> WorldModel:
+    if (run_dir is None) == (world_model is None):
+        raise ValueError("pass exactly one of run_dir (a run folder with checkpoints/) or world_model")
+    if world_model is None:
+        world_model = WorldModel.load(run_dir, device=device)  # type: ignore[arg-type]
+    return world_model.to(device).eval()
+
+
+class _DreamCore:
+    """State and stepping of N dreams; shared by :class:`DreamEnv` (N=1) and :class:`DreamVectorEnv`."""
+
+    def __init__(self, wm: WorldModel, num_envs: int, temperature: float, deterministic: bool,
+                 device: torch.device, max_episode_steps: int | None) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if not deterministic and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature} (use deterministic=True for no sampling)")
+        self.wm, self.n, self.device = wm, int(num_envs), device
+        self.temperature, self.deterministic = float(temperature), bool(deterministic)
+        self.limit = int(max_episode_steps or wm.max_episode_steps)
+        self.fs = wm.fused_step(self.n, device)
+        self.gen = torch.Generator(device=device)
+        self.rngs: list[np.random.Generator] = [np.random.default_rng(i) for i in range(self.n)]
+        self.t = torch.zeros(self.n, dtype=torch.int64, device=device)
+        self.bank_mu = wm.start_mu.detach().to(device)                              # (M, Z)
+        self.bank_std = torch.exp(0.5 * wm.start_logvar.detach().to(device))      # (M, Z)
+        self.seeded = False
+
+    def seed(self, seeds: Sequence[int]) -> None:
+        self.rngs = [np.random.default_rng(int(s)) for s in seeds]
+        self.gen.manual_seed(int(seeds[0]) & 0x7FFF_FFFF_FFFF_FFFF)
+        self.seeded = True
+
+    def draw_starts(self, rows: Sequence[int]) -> torch.Tensor:
+        """Starting latents (len(rows), Z) from each row's own generator."""
+        m, z = self.bank_mu.shape
+        idx = np.array([self.rngs[r].integers(m) for r in rows], dtype=np.int64)
+        start = self.bank_mu[torch.from_numpy(idx).to(self.device)]
+        if not self.deterministic:
+            noise = np.stack([self.rngs[r].standard_normal(z) for r in rows]).astype(np.float32)
+            std = self.bank_std[torch.from_numpy(idx).to(self.device)]
+            start = start + std * torch.from_numpy(noise).to(self.device) * math.sqrt(self.temperature)
+        return start
+
+    def reset_rows(self, rows: Sequence[int], z0: torch.Tensor | None = None) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        if z0 is None:
+            z0 = self.draw_starts(rows)
+        z0 = torch.as_tensor(z0, dtype=torch.float32, device=self.device).reshape(len(rows), -1)
+        if z0.shape[1] != self.wm.z_size:
+            raise ValueError(f"start latents must have {self.wm.z_size} dims, got {tuple(z0.shape)}")
+        idx = torch.as_tensor(rows, device=self.device)
+        self.fs.reset_rows(idx, z0)
+        self.t[idx] = 0
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors."""
+        self.fs.set_actions(actions)
+        reward, done = self.fs.step(self.temperature, self.deterministic, self.gen)
+        self.t += 1
+        truncated = (self.t >= self.limit) & ~done
+        return reward, done, truncated
+
+    def frames(self, renderer: Renderer | None, rows: slice | torch.Tensor = slice(None)) -> np.ndarray:
+        """Current latents of ``rows`` drawn as uint8 (B, H, W, 3) frames."""
+        z = self.fs.z[rows]
+        with torch.inference_mode():
+            if renderer is not None:
+                return frames_uint8(renderer(z.clone()))
+            return self.wm.decode_frames(z)
+
+
+def _clip_tensor(space: spaces.Space, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if isinstance(space, spaces.Box):
+        return (torch.as_tensor(space.low, device=device).reshape(-1),
+                torch.as_tensor(space.high, device=device).reshape(-1))
+    return None
+
+
+class DreamEnv(gym.Env):
+    """One dream inside a :class:`WorldModel` (see the module docstring for the full contract)."""
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 50}
+
+    def __init__(self, run_dir: str | os.PathLike | None = None, world_model: WorldModel | None = None, *,
+                 temperature: float = 1.0, obs_mode: str = "latent", device: str | torch.device = "cpu",
+                 deterministic: bool = False, render_mode: str | None = None, renderer: Renderer | None = None,
+                 max_episode_steps: int | None = None, window_scale: int = 4) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
+        self.device = torch.device(device)
+        self.world_model = _load_world_model(run_dir, world_model, self.device)
+        self.obs_mode, self.render_mode, self.renderer = obs_mode, render_mode, renderer
+        self._core = _DreamCore(self.world_model, 1, temperature, deterministic, self.device, max_episode_steps)
+        self.action_space = action_space_from(self.world_model.action_space)
+        self.observation_space = _obs_space(self.world_model, obs_mode, renderer)
+        self._clip = _clip_tensor(self.action_space, self.device)
+        self._window: Any = None
+        self._window_scale = int(window_scale)
+
+    @property
+    def temperature(self) -> float:
+        return self._core.temperature
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self._core.limit
+
+    def _obs(self) -> np.ndarray:
+        if self.obs_mode == "latent":
+            return self._core.fs.obs[0].detach().cpu().numpy().copy()
+        return self._core.frames(self.renderer)[0]
+
+    @torch.inference_mode()
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a dream from a banked real first frame (``options={"z0": latent}`` starts from ``z0``)."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self._core.seed([seed])
+        elif not self._core.seeded:
+            self._core.seed([int(self.np_random.integers(2**63 - 1))])
+        z0 = None if not options or options.get("z0") is None else torch.as_tensor(options["z0"]).reshape(1, -1)
+        self._core.reset_rows([0], z0)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), {}
+
+    @torch.inference_mode()
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        a = torch.as_tensor(np.asarray(action), device=self.device)
+        if self._clip is not None:
+            a = a.float().reshape(1, -1).clamp(self._clip[0], self._clip[1])
+        else:
+            a = a.long().reshape(1)
+        reward, terminated, truncated = self._core.step(a)
+        obs = self._obs()
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            gym.logger.warn("DreamEnv.render() called without a render_mode; pass render_mode='rgb_array' or 'human'")
+            return None
+        frame = self._core.frames(self.renderer)[0]  # (H, W, 3)
+        if self.render_mode == "rgb_array":
+            return frame
+        self._window = _show(self._window, frame, self._window_scale, "worldlab dream", self.metadata["render_fps"])
+        return None
+
+    def close(self) -> None:
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None
+
+
+def _obs_space(wm: WorldModel, obs_mode: str, renderer: Renderer | None) -> spaces.Box:
+    if obs_mode == "latent":
+        return spaces.Box(-np.inf, np.inf, shape=(wm.obs_size,), dtype=np.float32)
+    if renderer is not None:
+        probe = frames_uint8(renderer(wm.start_mu[:1].clone()))
+        shape = probe.shape[1:]
+    else:
+        shape = (64, 64, 3)
+    return spaces.Box(0, 255, shape=shape, dtype=np.uint8)
+
+
+def _show(window: Any, frame: np.ndarray, scale: int, caption: str, fps: int) -> Any:
+    """Blit a uint8 (H, W, 3) frame, upscaled, into a pygame window (created on first use)."""
+    import pygame
+
+    h, w = frame.shape[:2]
+    size = (w * scale, h * scale)
+    if window is None:
+        pygame.init()
+        pygame.display.set_caption(caption)
+        window = {"screen": pygame.display.set_mode(size), "clock": pygame.time.Clock()}
+    surf = pygame.surfarray.make_surface(np.ascontiguousarray(frame.transpose(1, 0, 2)))
+    window["screen"].blit(pygame.transform.scale(surf, size), (0, 0))
+    pygame.event.pump()
+    pygame.display.flip()
+    window["clock"].tick(fps)
+    return window
+
+
+class DreamVectorEnv(VectorEnv):
+    """N dreams stepped as one batched torch computation (see the module docstring).
+
+    Autoreset follows Gymnasium 1.x ``NEXT_STEP`` by default: the step after an episode ends
+    resets that sub-env (its action is ignored; reward 0, not done). ``autoreset_mode=SAME_STEP``
+    resets in the same step and puts the last observation in ``info["final_obs"]``.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 50, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, run_dir: str | os.PathLike | None = None,
+                 world_model: WorldModel | None = None, *, temperature: float = 1.0, obs_mode: str = "latent",
+                 device: str | torch.device = "cpu", deterministic: bool = False, render_mode: str | None = None,
+                 renderer: Renderer | None = None, max_episode_steps: int | None = None,
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if render_mode not in (None, "rgb_array", "human"):
+            raise ValueError(f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        if self.autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {self.autoreset_mode}")
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self.device = torch.device(device)
+        self.world_model = _load_world_model(run_dir, world_model, self.device)
+        self.num_envs = int(num_envs)
+        self.obs_mode, self.render_mode, self.renderer = obs_mode, render_mode, renderer
+        self._core = _DreamCore(self.world_model, self.num_envs, temperature, deterministic, self.device,
+                                max_episode_steps)
+        self.single_action_space = action_space_from(self.world_model.action_space)
+        self.single_observation_space = _obs_space(self.world_model, obs_mode, renderer)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._clip = _clip_tensor(self.single_action_space, self.device)
+        self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self._zero_reward = torch.zeros((), device=self.device)
+        self.final_obs: torch.Tensor | None = None
+        """SAME_STEP mode: the last observations of the sub-envs that just ended (torch, latent mode)."""
+        self._window: Any = None
+        self._window_scale = int(window_scale)
+        self._np_random_seed: int | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self._core.temperature
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self._core.limit
+
+    # -- torch API -----------------------------------------------------------------------------
+
+    def observe_torch(self) -> torch.Tensor:
+        """Current observations as a new torch tensor: (N, Z + H) float32 or (N, 64, 64, 3) uint8."""
+        if self.obs_mode == "latent":
+            return self._core.fs.obs.clone()
+        return torch.from_numpy(self._core.frames(self.renderer)).to(self.device)
+
+    @torch.inference_mode()
+    def reset_torch(self, seed: int | Sequence[int] | None = None, z0: torch.Tensor | None = None,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Reset all sub-envs (or the bool mask ``rows``) and return the observations (torch)."""
+        if seed is not None:
+            seeds = [int(seed) + i for i in range(self.num_envs)] if np.isscalar(seed) else [int(s) for s in seed]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} sub-environments")
+            self._core.seed(seeds)
+            self._np_random_seed = seeds[0]
+        elif not self._core.seeded:
+            self._core.seed(list(np.random.SeedSequence().generate_state(self.num_envs, dtype=np.uint32)))
+        if rows is None:
+            idx = list(range(self.num_envs))
+        else:
+            idx = torch.as_tensor(rows, dtype=torch.bool).nonzero().flatten().tolist()
+        if z0 is not None:
+            z0 = torch.as_tensor(z0, dtype=torch.float32)
+            if rows is not None and z0.shape[0] == self.num_envs:
+                z0 = z0[torch.as_tensor(idx, dtype=torch.long)]
+        self._core.reset_rows(idx, z0)
+        self._needs_reset[torch.as_tensor(idx, dtype=torch.long, device=self.device)] = False
+        return self.observe_torch()
+
+    @torch.inference_mode()
+    def step_torch(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step all sub-envs with torch actions ((N, A) float or (N,) int) on the env's device.
+
+        Returns ``(obs, reward, terminated, truncated)`` as torch tensors (obs is a new tensor).
+        Autoreset as configured (``NEXT_STEP``: sub-envs that ended on the previous call restart
+        now, their reward 0 and flags False; ``SAME_STEP``: ended sub-envs restart at once and
+        their last observations are in ``self.final_obs``).
+        """
+        core = self._core
+        if self._clip is not None:
+            actions = actions.reshape(self.num_envs, -1).to(self.device, torch.float32)
+            core.fs.a.copy_(actions)
+            torch.clamp(core.fs.a, self._clip[0], self._clip[1], out=core.fs.a)
+            reward, terminated, truncated = core.step(core.fs.a)
+        else:
+            reward, terminated, truncated = core.step(actions.to(self.device).reshape(self.num_envs))
+        reward = reward.clone()
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            resetting = self._needs_reset
+            if bool(resetting.any()):
+                rows = resetting.nonzero().flatten()
+                core.reset_rows(rows.tolist())
+                reward[rows] = 0.0
+                terminated[rows] = False
+                truncated[rows] = False
+            self._needs_reset = terminated | truncated
+            return self.observe_torch(), reward, terminated, truncated
+        ended = terminated | truncated
+        self.final_obs = None
+        if bool(ended.any()):
+            self.final_obs = self.observe_torch()
+            core.reset_rows(ended.nonzero().flatten().tolist())
+        return self.observe_torch(), reward, terminated, truncated
+
+    # -- Gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset; ``options``: ``"z0"`` (N, Z) start latents, ``"reset_mask"`` (N,) bool partial reset."""
+        options = options or {}
+        mask = options.get("reset_mask")
+        obs = self.reset_torch(seed=seed, z0=options.get("z0"),
+                               rows=None if mask is None else torch.as_tensor(np.asarray(mask)))
+        if self.render_mode == "human":
+            self.render()
+        return obs.cpu().numpy(), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        a = torch.as_tensor(np.asarray(actions))
+        obs, reward, terminated, truncated = self.step_torch(a)
+        infos: dict[str, Any] = {}
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and self.final_obs is not None:
+            ended = (terminated | truncated).cpu().numpy()
+            final = self.final_obs.cpu().numpy()
+            infos = {"final_obs": np.array([final[i] if ended[i] else None for i in range(self.num_envs)],
+                                           dtype=object),
+                     "_final_obs": ended,
+                     "final_info": {}, "_final_info": ended}
+        if self.render_mode == "human":
+            self.render()
+        return (obs.cpu().numpy(), reward.cpu().numpy(), terminated.cpu().numpy(), truncated.cpu().numpy(),
+                infos)
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        if self.render_mode is None:
+            gym.logger.warn("DreamVectorEnv.render() called without a render_mode")
+            return None
+        if self.render_mode == "rgb_array":
+            return tuple(self._core.frames(self.renderer))
+        k = min(self.num_envs, 16)
+        frames = self._core.frames(self.renderer, slice(0, k))  # (k, H, W, 3)
+        cols = math.ceil(math.sqrt(k))
+        rows = math.ceil(k / cols)
+        h, w = frames.shape[1:3]
+        tile = np.zeros((rows * h, cols * w, 3), np.uint8)
+        for i, f in enumerate(frames):
+            r, c = divmod(i, cols)
+            tile[r * h:(r + 1) * h, c * w:(c + 1) * w] = f
+        self._window = _show(self._window, tile, self._window_scale, "worldlab dreams", self.metadata["render_fps"])
+        return None
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None

@@ -1,0 +1,221 @@
+"""The world-model stages of a run: train V, encode every episode, train M.
+
+Each stage reads and writes the run folder only, is skipped when its output is complete, and
+resumes after a kill (the training loop's resumable checkpoint; encode's per-episode shards)::
+
+    RUN/data/                 frame shards + manifest (from collection)
+    RUN/checkpoints/vae.pt    train_vae   (resumable state: checkpoints/vae.train.pt)
+    RUN/latents/              encode      (one latent shard per episode + manifest)
+    RUN/checkpoints/mdrnn.pt  train_mdrnn (resumable state: checkpoints/mdrnn.train.pt)
+    RUN/samples/              V's reconstruction and sample grids (PNG)
+
+Held-out episodes (``holdout``) are kept out of V's and M's training and recorded in the
+checkpoints' meta for the fidelity report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from worldlab.io import torch_load
+from worldlab.logging import RunLogger
+from worldlab.mdrnn import MDRNN, MDRNNConfig
+from worldlab.storage import Manifest, ShardStream, load_shard, split_episodes, write_shard
+from worldlab.training import TrainConfig, train
+from worldlab.vae import ConvVAE, VAEConfig, image_grid, save_png, to_uint8_hwc
+from worldlab.world_model import WorldModelError, action_dim_of, checkpoint_paths
+
+LATENT_KEYS = ("actions", "rewards", "terminated", "truncated", "seed")
+
+
+def _data_meta(run_dir: Path) -> tuple[Manifest, dict[str, Any]]:
+    m = Manifest.open(run_dir / "data")
+    if m.num_episodes == 0:
+        raise ValueError(f"{run_dir / 'data'} holds no episodes; collect rollouts first")
+    return m, m.meta
+
+
+def _check_train_state(path: Path, config: dict[str, Any], what: str) -> None:
+    """Refuse to resume a training checkpoint made for another architecture."""
+    if not path.exists():
+        return
+    state = torch_load(path)
+    old = state.get("config") if isinstance(state, dict) else None
+    if old is not None and old != config:
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise WorldModelError(f"{path} was trained with another {what} config (differs in {diff}); "
+                              f"delete it to start over, or pass the same config")
+
+
+def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, train_cfg: TrainConfig | None = None,
+              *, batch_size: int = 64, holdout: float = 0.1, split_seed: int = 0, shuffle_shards: int = 16,
+              num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+              tensorboard: bool = True) -> ConvVAE:
+    """Train V on the frames of ``RUN/data`` (streamed) and write ``RUN/checkpoints/vae.pt``.
+
+    Skipped when ``vae.pt`` already holds ``train_cfg.steps`` steps. ``model_cfg`` defaults to the
+    data's ``z_size``. Writes reconstruction / sample grids to ``RUN/samples/vae_*.png``.
+    """
+    run_dir = Path(run_dir)
+    manifest, meta = _data_meta(run_dir)
+    model_cfg = model_cfg or VAEConfig(z_size=int(meta.get("z_size", 32)))
+    train_cfg = train_cfg or TrainConfig(steps=2000, lr=1e-3, amp="bf16")
+    vae_path, _ = checkpoint_paths(run_dir)
+    state_path = vae_path.with_name("vae.train.pt")
+    if vae_path.exists():
+        done = ConvVAE.load(vae_path, device)
+        if done.meta.get("steps", 0) >= train_cfg.steps and asdict(done.config) == asdict(model_cfg):
+            return done
+    _check_train_state(state_path, asdict(model_cfg), "V")
+    train_eps, held = split_episodes(manifest, holdout, split_seed)
+    stream = ShardStream(run_dir / "data", mode="frames", episodes=train_eps, shuffle_shards=shuffle_shards,
+                         seed=train_cfg.seed)
+    loader = DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)
+    probe = _probe_frames(run_dir / "data", held or train_eps, 16)
+    model = ConvVAE(model_cfg)
+    samples = run_dir / "samples"
+
+    def on_sample(m: torch.nn.Module, step: int) -> None:
+        vae: ConvVAE = m  # type: ignore[assignment]
+        rec = to_uint8_hwc(vae.reconstruct(probe.to(vae.device)))  # (16, 64, 64, 3)
+        real = probe.permute(0, 2, 3, 1).numpy()
+        save_png(samples / "vae_recon.png", image_grid(np.concatenate([real, rec]), nrow=16))
+        save_png(samples / "vae_samples.png", image_grid(to_uint8_hwc(vae.sample(32, generator=0)), nrow=8))
+
+    logger = RunLogger(run_dir, "vae", tensorboard=tensorboard)
+    try:
+        train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+              on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)}, desc="vae", progress=progress)
+    finally:
+        logger.close()
+    model.save(vae_path, {"task": meta.get("task"), "steps": train_cfg.steps, "heldout": held,
+                          "train_config": asdict(train_cfg)})
+    return ConvVAE.load(vae_path, device)
+
+
+def _probe_frames(data_dir: Path, episodes: list[int], n: int) -> torch.Tensor:
+    """``n`` frames spread over the first of ``episodes``, uint8 (n, 3, 64, 64)."""
+    m = Manifest.open(data_dir)
+    ep = load_shard(data_dir / m.episodes[episodes[0]]["file"], m.episodes[episodes[0]]["sha256"])
+    obs = ep["obs"]
+    idx = np.linspace(0, len(obs) - 1, n).round().astype(int)
+    return torch.from_numpy(obs[idx]).permute(0, 3, 1, 2).contiguous()
+
+
+def encode(run_dir: str | os.PathLike, *, batch_size: int = 256, device: str | torch.device = "cpu",
+           progress: bool = True) -> Manifest:
+    """Encode every frame shard of ``RUN/data`` into a latent shard of ``RUN/latents`` (mu, logvar).
+
+    Resumable: episodes already encoded by the same V (and from the same frame shard) are skipped.
+    When V changed since the last encode, every episode is encoded again.
+    """
+    run_dir = Path(run_dir)
+    data, meta = _data_meta(run_dir)
+    vae_path, _ = checkpoint_paths(run_dir)
+    vae = ConvVAE.load(vae_path, device)
+    vae_id = vae.meta.get("id")
+    out_dir = run_dir / "latents"
+    lat = Manifest(out_dir, kind="latents")
+    if lat.meta.get("vae_id") != vae_id:
+        lat.episodes = {}
+    lat.meta = {**meta, "vae_id": vae_id, "z_size": vae.z_size}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lat.save()
+    todo = [i for i, e in sorted(data.episodes.items())
+            if lat.episodes.get(i, {}).get("source_sha256") != e["sha256"]]
+    for i in tqdm(todo, desc="encode", disable=not progress, dynamic_ncols=True):
+        info = data.episodes[i]
+        ep = load_shard(data.dir / info["file"], info["sha256"])
+        obs = torch.from_numpy(ep["obs"])  # (T+1, 64, 64, 3) uint8
+        mus, logvars = [], []
+        with torch.inference_mode():
+            for s in range(0, obs.shape[0], batch_size):
+                mu, logvar = vae.encode(obs[s:s + batch_size])
+                mus.append(mu.cpu())
+                logvars.append(logvar.cpu())
+        arrays = {"mu": torch.cat(mus).numpy(), "logvar": torch.cat(logvars).numpy()}  # (T+1, Z) each
+        arrays.update({k: ep[k] for k in LATENT_KEYS if k in ep})
+        entry = write_shard(out_dir, i, arrays)
+        entry["source_sha256"] = info["sha256"]
+        lat.add(i, entry)
+    stale = [i for i in lat.episodes if i not in data.episodes]
+    for i in stale:
+        del lat.episodes[i]
+    if stale:
+        lat.save()
+    return lat
+
+
+def start_bank(latents_dir: str | os.PathLike, episodes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoded first frames of real episodes: (mu, logvar), each (N, Z)."""
+    m = Manifest.open(latents_dir)
+    ids = sorted(m.episodes) if episodes is None else episodes
+    mus, logvars = [], []
+    for i in ids:
+        ep = load_shard(m.dir / m.episodes[i]["file"], m.episodes[i]["sha256"])
+        mus.append(ep["mu"][0])
+        logvars.append(ep["logvar"][0])
+    return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
+
+
+def train_mdrnn(run_dir: str | os.PathLike, model_cfg: MDRNNConfig | None = None,
+                train_cfg: TrainConfig | None = None, *, batch_size: int = 16, seq_len: int = 64,
+                holdout: float = 0.1, split_seed: int = 0, num_workers: int = 0,
+                device: str | torch.device = "cpu", progress: bool = True, tensorboard: bool = True) -> MDRNN:
+    """Train M on the latent windows of ``RUN/latents`` and write ``RUN/checkpoints/mdrnn.pt``.
+
+    The checkpoint carries the task metadata, the start bank (first latents of the training
+    episodes) and V's id. Skipped when ``mdrnn.pt`` already holds ``train_cfg.steps`` steps for the
+    current V; a training state left by a different V is discarded (its latents are stale).
+    """
+    run_dir = Path(run_dir)
+    lat = Manifest.open(run_dir / "latents")
+    meta = lat.meta
+    vae_path, m_path = checkpoint_paths(run_dir)
+    vae_id = ConvVAE.load(vae_path).meta.get("id")
+    if meta.get("vae_id") != vae_id or len(lat) == 0:
+        raise WorldModelError(f"{run_dir / 'latents'} is not encoded with the current V; run the encode stage first")
+    space = meta.get("action_space")
+    if space is None:
+        raise WorldModelError(f"{lat.path} lacks meta.action_space; the data manifest must record the task's action space")
+    adim, discrete = action_dim_of(space)
+    model_cfg = model_cfg or MDRNNConfig(z_size=int(meta["z_size"]), action_dim=adim, discrete_actions=discrete,
+                                         hidden=int(meta.get("rnn_hidden", 256)))
+    if (model_cfg.z_size, model_cfg.action_dim, model_cfg.discrete_actions) != (int(meta["z_size"]), adim, discrete):
+        raise WorldModelError(f"MDRNNConfig(z_size={model_cfg.z_size}, action_dim={model_cfg.action_dim}) does not fit "
+                              f"the latents (z_size={meta['z_size']}) and action space {space}")
+    train_cfg = train_cfg or TrainConfig(steps=2000, lr=1e-3)
+    state_path = m_path.with_name("mdrnn.train.pt")
+    if m_path.exists():
+        done = MDRNN.load(m_path, device)
+        if (done.meta.get("steps", 0) >= train_cfg.steps and done.meta.get("vae_id") == vae_id
+                and asdict(done.config) == asdict(model_cfg)):
+            return done
+    if state_path.exists() and torch_load(state_path).get("vae_id") != vae_id:
+        state_path.unlink()  # trained on latents of an older V: start over
+    _check_train_state(state_path, asdict(model_cfg), "M")
+    train_eps, held = split_episodes(lat, holdout, split_seed)
+    stream = ShardStream(run_dir / "latents", mode="sequences", episodes=train_eps, seq_len=seq_len,
+                         seed=train_cfg.seed, keys=("mu", "logvar", "actions", "rewards", "terminated"))
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers)
+    model = MDRNN(model_cfg)
+    logger = RunLogger(run_dir, "mdrnn", tensorboard=tensorboard)
+    try:
+        train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+              extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, desc="mdrnn", progress=progress)
+    finally:
+        logger.close()
+    bank_mu, bank_logvar = start_bank(run_dir / "latents", train_eps)
+    model.save(m_path, {"task": meta.get("task"), "action_space": space,
+                        "max_episode_steps": int(meta.get("max_episode_steps", 1000)), "vae_id": vae_id,
+                        "start_mu": bank_mu, "start_logvar": bank_logvar, "steps": train_cfg.steps,
+                        "heldout": held, "seq_len": seq_len, "train_config": asdict(train_cfg)})
+    return MDRNN.load(m_path, device)

@@ -1,0 +1,203 @@
+"""The WorldModel: V and M bundled with what the dream needs to know about the task.
+
+A run folder holds it as two checkpoints, each carrying its config::
+
+    RUN/checkpoints/vae.pt     {"family": "vae", "config", "model", "meta": {"task", "id", ...}}
+    RUN/checkpoints/mdrnn.pt   {"family": "mdrnn", "config", "model", "meta": {"task",
+                                "action_space", "max_episode_steps", "vae_id",
+                                "start_mu", "start_logvar", ...}}
+
+``mdrnn.pt`` carries the task metadata and the bank of real starting latents (the encoded
+first frames of real episodes), and the id of the V whose latents M was trained on, so a
+stale M (V retrained since) is refused instead of silently dreaming nonsense.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worldlab.io import torch_load
+from worldlab.mdrnn import MDRNN, FusedDreamStep, MDRNNConfig
+from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
+
+CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
+
+
+class WorldModelError(ValueError):
+    """A run folder's checkpoints are missing, corrupt, or do not fit together or the task."""
+
+
+def checkpoint_paths(run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``(RUN/checkpoints/vae.pt, RUN/checkpoints/mdrnn.pt)``."""
+    ck = Path(run_dir) / "checkpoints"
+    return ck / "vae.pt", ck / "mdrnn.pt"
+
+
+def action_dim_of(action_space: dict[str, Any]) -> tuple[int, bool]:
+    """(width of M's action input, whether actions are discrete) for an action-space dict."""
+    kind = action_space.get("type")
+    if kind == "box":
+        return int(np.prod(action_space["shape"])), False
+    if kind == "discrete":
+        return int(action_space["n"]), True
+    raise WorldModelError(f"unsupported action space {action_space!r}: expected type 'box' or 'discrete'")
+
+
+class WorldModel(nn.Module):
+    """V (ConvVAE) + M (MDN-RNN) + task metadata + a bank of real starting latents.
+
+    Args:
+        vae, mdrnn: the two models (their z sizes must agree).
+        task: the task name (e.g. ``"car_racing"``).
+        action_space: ``{"type": "box", "shape", "low", "high"}`` or ``{"type": "discrete", "n"}``.
+        max_episode_steps: the task's episode limit (the dream truncates there).
+        start_mu, start_logvar: ``(N, Z)`` encoded first frames of real episodes.
+    """
+
+    def __init__(self, vae: ConvVAE, mdrnn: MDRNN, *, task: str, action_space: dict[str, Any],
+                 max_episode_steps: int, start_mu: torch.Tensor, start_logvar: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if vae.z_size != mdrnn.config.z_size:
+            raise WorldModelError(f"V has z_size {vae.z_size} but M expects {mdrnn.config.z_size}: "
+                                  f"retrain M on this V's latents")
+        adim, discrete = action_dim_of(action_space)
+        if (adim, discrete) != (mdrnn.config.action_dim, mdrnn.config.discrete_actions):
+            raise WorldModelError(f"M takes actions of width {mdrnn.config.action_dim} "
+                                  f"(discrete={mdrnn.config.discrete_actions}) but the task's action space is "
+                                  f"{action_space}: retrain M for this task")
+        start_mu = torch.as_tensor(start_mu, dtype=torch.float32)
+        if start_mu.dim() != 2 or start_mu.shape[0] < 1 or start_mu.shape[1] != vae.z_size:
+            raise WorldModelError(f"the start bank must be (N >= 1, {vae.z_size}) latents, got {tuple(start_mu.shape)}")
+        if start_logvar is None:
+            start_logvar = torch.full_like(start_mu, -20.0)  # point starts
+        start_logvar = torch.as_tensor(start_logvar, dtype=torch.float32)
+        if start_logvar.shape != start_mu.shape:
+            raise WorldModelError(f"start_logvar {tuple(start_logvar.shape)} must match start_mu {tuple(start_mu.shape)}")
+        if int(max_episode_steps) < 1:
+            raise WorldModelError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.vae, self.mdrnn = vae.eval(), mdrnn.eval()
+        self.task = str(task)
+        self.action_space = dict(action_space)
+        self.max_episode_steps = int(max_episode_steps)
+        self.register_buffer("start_mu", start_mu.clone())          # (N, Z)
+        self.register_buffer("start_logvar", start_logvar.clone())  # (N, Z)
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    @property
+    def z_size(self) -> int:
+        return self.vae.z_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mdrnn.config.hidden
+
+    @property
+    def action_dim(self) -> int:
+        return self.mdrnn.config.action_dim
+
+    @property
+    def discrete_actions(self) -> bool:
+        return self.mdrnn.config.discrete_actions
+
+    @property
+    def obs_size(self) -> int:
+        """Width of the dream's latent observation ``[z, h]``."""
+        return self.z_size + self.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.start_mu.device
+
+    # -- use -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (B, 3, 64, 64) or (B, 64, 64, 3) uint8 -> (mu, logvar) (B, Z)."""
+        return self.vae.encode(frames)
+
+    @torch.no_grad()
+    def decode_frames(self, z: torch.Tensor) -> np.ndarray:
+        """Latents (B, Z) -> uint8 frames (B, 64, 64, 3)."""
+        return to_uint8_hwc(self.vae.decode(z.to(self.vae.device)))
+
+    def fused_step(self, num_envs: int, device: torch.device | str | None = None) -> FusedDreamStep:
+        """M's batched dream step for ``num_envs`` rollouts (see :class:`FusedDreamStep`)."""
+        return FusedDreamStep(self.mdrnn, num_envs, device=device or self.device)
+
+    def meta(self) -> dict[str, Any]:
+        return {"task": self.task, "action_space": self.action_space, "max_episode_steps": self.max_episode_steps}
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, run_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``RUN/checkpoints/vae.pt`` and ``mdrnn.pt`` (configs, task meta, start bank)."""
+        vae_path, m_path = checkpoint_paths(run_dir)
+        vae_meta = {**self.vae.meta, "task": self.task}
+        vae_meta.setdefault("id", os.urandom(16).hex())
+        self.vae.save(vae_path, vae_meta)
+        self.vae.meta = vae_meta
+        m_meta = {**self.mdrnn.meta, **self.meta(), "vae_id": vae_meta["id"],
+                  "start_mu": self.start_mu.detach().cpu(), "start_logvar": self.start_logvar.detach().cpu()}
+        self.mdrnn.save(m_path, m_meta)
+        self.mdrnn.meta = m_meta
+        return vae_path, m_path
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu", *, task: str | None = None,
+             z_size: int | None = None) -> WorldModel:
+        """Rebuild the world model of a run folder; ``task`` / ``z_size``, when given, must match.
+
+        Every failure (missing, corrupt, foreign or mismatched checkpoint) raises one clear line.
+        """
+        vae_path, m_path = checkpoint_paths(run_dir)
+        for p, stage in ((vae_path, "V (train_vae)"), (m_path, "M (train_mdrnn)")):
+            if not p.is_file():
+                raise FileNotFoundError(f"no world model in {run_dir}: {p} is missing; train {stage} first")
+        vae = ConvVAE.from_checkpoint(torch_load(vae_path), vae_path)
+        mdrnn = MDRNN.from_checkpoint(torch_load(m_path), m_path)
+        vm, mm = vae.meta, mdrnn.meta
+        for key in ("task", "action_space", "max_episode_steps", "start_mu"):
+            if key not in mm:
+                raise WorldModelError(f"{m_path} lacks '{key}' in its meta: it was not written by the lab's "
+                                      f"train_mdrnn / WorldModel.save; retrain M")
+        if vm.get("task") not in (None, mm["task"]):
+            raise WorldModelError(f"{vae_path} is for task {vm.get('task')!r} but {m_path} is for {mm['task']!r}; "
+                                  f"retrain one of them on this run's data")
+        if task is not None and mm["task"] != task:
+            raise WorldModelError(f"{run_dir} holds a world model of task {mm['task']!r}, not {task!r}")
+        if vae.z_size != mdrnn.config.z_size:
+            raise WorldModelError(f"{vae_path} has z_size {vae.z_size} but {m_path} expects z_size "
+                                  f"{mdrnn.config.z_size}; re-encode and retrain M with this V")
+        if z_size is not None and vae.z_size != z_size:
+            raise WorldModelError(f"{run_dir} holds a world model with z_size {vae.z_size}, not {z_size}")
+        if mm.get("vae_id") is not None and vm.get("id") is not None and mm["vae_id"] != vm["id"]:
+            raise WorldModelError(f"{m_path} was trained on latents of another {vae_path.name} (V was retrained "
+                                  f"since); re-run the encode and train-M stages")
+        wm = cls(vae, mdrnn, task=mm["task"], action_space=mm["action_space"],
+                 max_episode_steps=int(mm["max_episode_steps"]), start_mu=mm["start_mu"],
+                 start_logvar=mm.get("start_logvar"))
+        return wm.to(device).eval()
+
+    @classmethod
+    def untrained(cls, *, task: str = "car_racing", action_space: dict[str, Any] | None = None,
+                  max_episode_steps: int = 1000, z_size: int = 32, hidden: int = 256, gaussians: int = 5,
+                  bank: int = 8, seed: int = 0) -> WorldModel:
+        """A freshly initialised world model with a random start bank (tests, demos, benchmarks)."""
+        action_space = dict(action_space or CAR_RACING_ACTIONS)
+        adim, discrete = action_dim_of(action_space)
+        torch.manual_seed(seed)
+        vae = ConvVAE(VAEConfig(z_size=z_size))
+        mdrnn = MDRNN(MDRNNConfig(z_size=z_size, action_dim=adim, discrete_actions=discrete, hidden=hidden,
+                                  gaussians=gaussians))
+        g = torch.Generator().manual_seed(seed)
+        start_mu = torch.randn(bank, z_size, generator=g)
+        start_logvar = torch.full((bank, z_size), -4.0)
+        return cls(vae, mdrnn, task=task, action_space=action_space, max_episode_steps=max_episode_steps,
+                   start_mu=start_mu, start_logvar=start_logvar)
