@@ -21,6 +21,7 @@ from generators import ebm as _ebm  # noqa: F401  (registers ebm)
 from generators import flow as _flow  # noqa: F401  (registers realnvp)
 from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cgan)
 from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
+from generators import vae as _vae  # noqa: F401  (registers vae, the lab's V)
 from generators.base import GenConfig, Generator
 from generators.registry import Family, available, family, load, make
 from generators.train import FitConfig, fit, model_for, train_generator

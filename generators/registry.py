@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Family:
     """training defaults of the book: lr, batch_size, ema."""
     monitor: str = "loss"
     """the logged loss that falls early in training (used by the tests)."""
+    from_state: Callable[[dict[str, Any]], Generator] | None = None
+    """rebuilds a model from a checkpoint dict when the family's format is its own (the lab's V)."""
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -97,6 +100,8 @@ def make(name: str, preset: str | None = None, **config: Any) -> Generator:
 def from_state(state: dict[str, Any]) -> Generator:
     """Rebuild a model from a checkpoint dict holding ``family``, ``config`` and ``model``."""
     fam = family(state["family"])
+    if fam.from_state is not None:
+        return fam.from_state(state)
     model = fam.cls(fam.config(**state["config"]))
     model.load_state_dict(state["model"])
     return model

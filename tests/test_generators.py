@@ -22,7 +22,8 @@ from generators.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = generators.available()
-EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm"}
+EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae"}
+FRAME_ONLY = {"vae"}  # the lab's V models 64x64 RGB frames
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
@@ -31,6 +32,27 @@ FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "dd
 @pytest.fixture(scope="module")
 def digits() -> GenData:
     return generators.data.load("digits").take(64, seed=0)
+
+
+def synthetic_frames(n: int = 32, size: int = 64, seed: int = 0) -> GenData:
+    """``n`` RGB frames of coloured rectangles on grey, as uint8 levels (a stand-in for rollouts)."""
+    rng = np.random.default_rng(seed)
+    x = np.full((n, 3, size, size), 100, np.uint8)
+    for i in range(n):
+        r0, c0 = rng.integers(0, size // 2, 2)
+        x[i, :, r0:r0 + size // 3, c0:c0 + size // 3] = rng.integers(0, 256, 3)[:, None, None]
+    return GenData("frames", torch.from_numpy(x), None, 256, 0)
+
+
+@pytest.fixture(scope="module")
+def frames() -> GenData:
+    return synthetic_frames()
+
+
+@pytest.fixture
+def data_of(digits: GenData, frames: GenData):
+    """The tiny training set of a family: 64 digits, or 32 frames for the frame-only V."""
+    return lambda name: frames if name in FRAME_ONLY else digits
 
 
 def tiny(name: str, data: GenData, **kw) -> generators.Generator:
@@ -73,10 +95,11 @@ def test_config_defaults_are_the_books() -> None:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_training_losses_are_finite_and_fall(name: str, digits: GenData) -> None:
+def test_training_losses_are_finite_and_fall(name: str, data_of) -> None:
     steps, lr = FALLING.get(name, (30, 2e-3))
-    model = tiny(name, digits)
-    hist = generators.fit(model, digits, FitConfig(steps=steps, batch_size=32, lr=lr, log_every=1, seed=0),
+    data = data_of(name)
+    model = tiny(name, data)
+    hist = generators.fit(model, data, FitConfig(steps=steps, batch_size=32, lr=lr, log_every=1, seed=0),
                           progress=False)
     for k, v in hist.items():
         assert len(v) == steps and all(math.isfinite(x) for x in v), k
@@ -87,10 +110,11 @@ def test_training_losses_are_finite_and_fall(name: str, digits: GenData) -> None
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_sample_shape_dtype_range_and_seed(name: str, digits: GenData) -> None:
-    model = tiny(name, digits)
+def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
+    data = data_of(name)
+    model = tiny(name, data)
     x = model.sample(5, generator=1)
-    assert x.shape == (5, 1, 8, 8) and x.dtype == torch.float32
+    assert x.shape == (5, *data.shape) and x.dtype == torch.float32
     assert torch.isfinite(x).all() and x.min() >= -1.0 and x.max() <= 1.0
     assert torch.equal(x, model.sample(5, generator=1))
     assert not torch.equal(x, model.sample(5, generator=2))
@@ -116,16 +140,35 @@ def test_point_families_on_moons(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_save_load_round_trip_gives_identical_samples(name: str, digits: GenData, tmp_path: Path) -> None:
-    model = tiny(name, digits)
-    generators.fit(model, digits, FitConfig(steps=2, batch_size=16), progress=False)
+def test_save_load_round_trip_gives_identical_samples(name: str, data_of, tmp_path: Path) -> None:
+    data = data_of(name)
+    model = tiny(name, data)
+    generators.fit(model, data, FitConfig(steps=2, batch_size=16), progress=False)
     model.save(tmp_path / "m.pt")
     loaded = generators.load(tmp_path / "m.pt")
     assert type(loaded) is type(model) and loaded.config == model.config
     assert torch.equal(model.sample(6, generator=3), loaded.sample(6, generator=3))
     assert type(model).load(tmp_path / "m.pt").family == name
     raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain, safe checkpoint
-    assert raw["family"] == name and raw["config"]["shape"] == (1, 8, 8)
+    assert raw["family"] == name and isinstance(raw["config"], dict)
+
+
+def test_vae_is_the_labs_v_and_loads_its_checkpoints(frames: GenData, tmp_path: Path) -> None:
+    from worldlab.vae import ConvVAE, VAEConfig
+
+    torch.manual_seed(0)
+    v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
+    v.save(tmp_path / "vae.pt", meta={"task": "car_racing"})  # as the lab's V stage writes it
+    g = generators.load(tmp_path / "vae.pt")
+    assert g.family == "vae" and isinstance(g.vae, ConvVAE) and g.vae.meta["task"] == "car_racing"
+    x = frames.tensor(torch.arange(4))
+    mu, _ = g.encode(x)
+    assert torch.allclose(mu, v.encode((x + 1) / 2)[0])
+    assert torch.allclose(g.sample(3, generator=0), v.sample(3, generator=0) * 2 - 1)
+    g.save(tmp_path / "again.pt")
+    assert isinstance(ConvVAE.load(tmp_path / "again.pt"), ConvVAE)  # and back to the lab's loader
+    with pytest.raises(ValueError, match="64x64 RGB frames"):
+        generators.make("vae", shape=(1, 8, 8))
 
 
 def test_load_errors_name_the_fix(tmp_path: Path) -> None:
@@ -306,7 +349,7 @@ def test_cli_errors_are_one_line(args: list[str], message: str, capsys: pytest.C
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_longer_training_keeps_improving(name: str) -> None:
-    data = generators.data.load("digits")
+    data = synthetic_frames(256) if name in FRAME_ONLY else generators.data.load("digits")
     model = tiny(name, data)
     steps, lr = FALLING.get(name, (30, 2e-3))
     hist = generators.fit(model, data, FitConfig(steps=steps * 5, batch_size=64, lr=lr, log_every=1),

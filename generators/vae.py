@@ -1,0 +1,112 @@
+"""The lab's V (:class:`worldlab.vae.ConvVAE`, World Models' convolutional VAE) as a generator family.
+
+V is reused, not rewritten: :class:`VAE` holds a ``ConvVAE`` and only translates between the
+generators' image space (``[-1, 1]``) and V's (``[0, 1]``). It models 64x64 RGB frames
+(``car_racing:RUN`` / ``doom_take_cover:RUN``). Its checkpoints are V's own format, so
+``generators.load("RUN/checkpoints/vae.pt")`` loads the lab's trained V, and
+``ConvVAE.load`` reads a checkpoint saved here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generators.base import Batch, GenConfig, Generator, unpack
+from generators.registry import Family, register
+from worldlab.io import atomic_torch_save
+from worldlab.vae import ConvVAE, VAEConfig
+
+
+@dataclass
+class VAEGenConfig(GenConfig):
+    """V's config (see :class:`worldlab.vae.VAEConfig`; the World Models paper's sizes)."""
+
+    shape: tuple[int, ...] = (3, 64, 64)
+    """V models 64x64 RGB frames only."""
+    z_size: int = 32
+    """latent size (the paper: 32 for CarRacing, 64 for Doom)."""
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    """filters of the 4 encoder convolutions (kernel 4, stride 2)."""
+    dec_channels: tuple[int, ...] = (128, 64, 32)
+    """filters of the first 3 decoder transposed convolutions."""
+    kl_tolerance: float = 0.5
+    """free bits per latent dimension (the paper: 0.5)."""
+    kl_weight: float = 1.0
+    """weight of the floored KL term."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shape != (3, 64, 64):
+            raise ValueError(f"vae is the lab's V for 64x64 RGB frames, not {self.shape}; train it on "
+                             f"car_racing:RUN or doom_take_cover:RUN at --image-size 64")
+        self.vae_config()  # validate
+
+    def vae_config(self) -> VAEConfig:
+        return VAEConfig(z_size=self.z_size, channels=self.channels, dec_channels=self.dec_channels,
+                         kl_tolerance=self.kl_tolerance, kl_weight=self.kl_weight, image_size=64)
+
+    @classmethod
+    def from_vae_config(cls, cfg: VAEConfig) -> VAEGenConfig:
+        return cls(z_size=cfg.z_size, channels=cfg.channels, dec_channels=cfg.dec_channels,
+                   kl_tolerance=cfg.kl_tolerance, kl_weight=cfg.kl_weight)
+
+
+class VAE(Generator):
+    """The lab's ConvVAE behind the generators API (images in ``[-1, 1]``)."""
+
+    config: VAEGenConfig
+
+    def __init__(self, config: VAEGenConfig) -> None:
+        super().__init__(config)
+        self.vae = ConvVAE(config.vae_config())
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, 3, 64, 64)`` in [-1, 1] -> ``(mu, logvar)``, each ``(B, Z)``."""
+        return self.vae.encode((x + 1.0) / 2.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> images ``(B, 3, 64, 64)`` in [-1, 1]."""
+        return self.vae.decode(z) * 2.0 - 1.0
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x, _ = unpack(batch)
+        return self.vae.loss((x + 1.0) / 2.0)  # V's own loss on [0, 1] frames
+
+    def sample(self, n: int, cond: torch.Tensor | None = None,
+               generator: int | torch.Generator | None = None) -> torch.Tensor:
+        self.check_cond(n, cond)
+        with self.evaluating():
+            return self.vae.sample(n, generator=generator) * 2.0 - 1.0
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"family": "vae", "config": dataclasses.asdict(self.config.vae_config()), "meta": dict(self.vae.meta)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """V's own checkpoint format (``ConvVAE.load`` reads it too)."""
+        return atomic_torch_save(self.vae.checkpoint(self.vae.meta), path)
+
+
+def _from_state(state: dict[str, Any]) -> VAE:
+    """Rebuild from V's checkpoint format or from a training checkpoint of the wrapper."""
+    model = VAE(VAEGenConfig.from_vae_config(VAEConfig.from_dict(state["config"])))
+    weights = state["model"]
+    if any(k.startswith("vae.") for k in weights):
+        model.load_state_dict(weights)
+    else:
+        model.vae.load_state_dict(weights)
+    model.vae.meta = dict(state.get("meta", {}))
+    return model
+
+
+register(Family(
+    "vae", VAE, VAEGenConfig, "the lab's V: World Models ConvVAE over 64x64 frames (worldlab.vae)",
+    kinds=("image",),
+    presets={"tiny": {"z_size": 4, "channels": (4, 8, 8, 8), "dec_channels": (8, 8, 4)},
+             "small": {"z_size": 32, "channels": (16, 32, 64, 128), "dec_channels": (64, 32, 16)}},
+    train={"lr": 1e-3, "batch_size": 100}, monitor="loss", from_state=_from_state))
