@@ -1,0 +1,36 @@
+"""Dream fidelity report of a run: python scripts/fidelity.py RUN [--episodes 0 3] [--horizon 32]."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from worldlab.fidelity import fidelity_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run", help="run folder with data/ and checkpoints/{vae,mdrnn}.pt")
+    p.add_argument("--episodes", type=int, nargs="*", default=None,
+                   help="episode indices (default: the held-out episodes recorded by train_mdrnn)")
+    p.add_argument("--max-episodes", type=int, default=3, help="at most this many episodes")
+    p.add_argument("--context", type=int, default=16, help="real steps fed to M before the open-loop prediction")
+    p.add_argument("--horizon", type=int, default=32, help="open-loop steps predicted from actions alone")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-video", action="store_true", help="skip the mp4 videos")
+    a = p.parse_args(argv)
+    try:
+        r = fidelity_report(a.run, episodes=a.episodes, max_episodes=a.max_episodes, context=a.context,
+                            horizon=a.horizon, device=a.device, video=not a.no_video)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = {k: r[k] for k in ("vae_recon_mse", "mdrnn_nll_per_dim", "reward_mse", "reward_mae", "done_accuracy")}
+    print(json.dumps({"episodes": r["episodes"], **summary}, indent=None))
+    print(f"wrote {a.run}/fidelity.json and {len(r['files'])} files under {a.run}/fidelity/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
