@@ -315,6 +315,8 @@ class FusedDreamStep:
 
     def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
         """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
+        if isinstance(rows, slice):  # a slice of the real rollouts, never the padding rows
+            rows = torch.arange(self.num_envs, device=self.device)[rows]
         self.x[rows, :self.Z] = z0.to(self.device, torch.float32)
         self.x[rows, self.Z:] = 0.0
         self.c[rows] = 0.0
