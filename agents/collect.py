@@ -1,5 +1,6 @@
-"""Rollout collection on Ray: each worker keeps its env alive, plays episodes and writes one
-compressed shard per episode itself; the driver only records the manifest and shows progress.
+"""Rollout collection on Ray: each worker keeps its env alive, plays episodes and compresses
+each into one shard; the driver writes the shard atomically, records the manifest and shows
+progress.
 
 Episode ``i`` of a collection with seed ``s`` always uses the reset seed
 ``episode_seed(s, i)``, so the data set does not depend on the number of workers, and a
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 
 from agents.policies import POLICIES, PolicySpec, make_policy
 from agents.rollout import run_episode
-from worldlab.storage import Manifest, write_shard
+from worldlab.io import atomic_write_bytes
+from worldlab.storage import Manifest, encode_shard
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -27,9 +29,11 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 class RolloutWorker:
-    """Plays and writes episodes; one per process (a Ray actor, or in-process with workers=0)."""
+    """Plays episodes and compresses each into shard bytes; one per process (a Ray actor, or
+    in-process with workers=0). The driver writes the bytes, so workers on other nodes need no
+    shared filesystem; it holds one episode at a time, never the data set."""
 
-    def __init__(self, task: str, out_dir: str, policy: PolicySpec, env_kwargs: dict[str, Any] | None = None,
+    def __init__(self, task: str, policy: PolicySpec, env_kwargs: dict[str, Any] | None = None,
                  threads: int = 1) -> None:
         import torch
 
@@ -38,11 +42,11 @@ class RolloutWorker:
         torch.set_num_threads(threads)
         self.env = envs.make(task, **(env_kwargs or {}))
         self.policy = make_policy(policy, self.env.action_space, task)
-        self.out_dir = out_dir
 
-    def collect(self, index: int, seed: int) -> tuple[int, dict[str, Any]]:
+    def collect(self, index: int, seed: int) -> tuple[int, bytes, dict[str, Any]]:
         ep = run_episode(self.env, self.policy, seed, record=True)
-        return index, write_shard(self.out_dir, index, ep["arrays"])
+        data, info = encode_shard(ep["arrays"], index)
+        return index, data, info
 
     def close(self) -> None:
         self.env.close()
@@ -111,8 +115,9 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
                dynamic_ncols=True)
     t0, frames, last_save = time.perf_counter(), 0, time.perf_counter()
 
-    def record(index: int, info: dict[str, Any]) -> None:
+    def record(index: int, data: bytes, info: dict[str, Any]) -> None:
         nonlocal frames, last_save
+        atomic_write_bytes(out_dir / info["file"], data)
         manifest.add(index, info, save=False)
         if time.perf_counter() - last_save > 2.0:
             manifest.save()
@@ -126,21 +131,21 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
         if not todo:
             pass
         elif workers == 0:
-            w = RolloutWorker(task, str(out_dir), spec, env_kwargs)
+            w = RolloutWorker(task, spec, env_kwargs)
             try:
                 for i in todo:
                     record(*w.collect(i, episode_seed(seed, i)))
             finally:
                 w.close()
         else:
-            _collect_ray(task, out_dir, spec, env_kwargs, todo, seed, workers, address, record)
+            _collect_ray(task, spec, env_kwargs, todo, seed, workers, address, record)
     finally:
         manifest.save()
         bar.close()
     return manifest
 
 
-def _collect_ray(task: str, out_dir: Path, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
+def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
                  seed: int, workers: int, address: str | None, record: Any) -> None:
     import ray
 
@@ -149,7 +154,7 @@ def _collect_ray(task: str, out_dir: Path, spec: PolicySpec, env_kwargs: dict[st
     init_ray(address)
     Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(RolloutWorker)
     n = min(workers, len(todo))
-    actors = [Actor.remote(task, str(out_dir.resolve()), spec, env_kwargs) for _ in range(n)]
+    actors = [Actor.remote(task, spec, env_kwargs) for _ in range(n)]
     queue = deque(todo)
     pending: dict[Any, Any] = {}
 

@@ -54,24 +54,29 @@ def shard_name(index: int) -> str:
     return f"ep_{index:06d}.npz"
 
 
-def write_shard(data_dir: str | os.PathLike, index: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Write one episode shard atomically and return its manifest entry.
-
-    ``arrays`` must contain ``rewards`` (T,) and may contain anything else (see module doc).
-    """
+def encode_shard(arrays: dict[str, np.ndarray], index: int) -> tuple[bytes, dict[str, Any]]:
+    """Compress one episode into shard bytes and its manifest entry (a worker does this)."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     data = buf.getvalue()
-    path = Path(data_dir) / shard_name(index)
-    atomic_write_bytes(path, data)
     rewards = np.asarray(arrays["rewards"])
-    return {
-        "file": path.name,
+    return data, {
+        "file": shard_name(index),
         "length": int(rewards.shape[0]),
         "sha256": sha256_bytes(data),
         "seed": int(np.asarray(arrays.get("seed", -1))),
         "return": float(rewards.sum(dtype=np.float64)),
     }
+
+
+def write_shard(data_dir: str | os.PathLike, index: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Write one episode shard atomically and return its manifest entry.
+
+    ``arrays`` must contain ``rewards`` (T,) and may contain anything else (see module doc).
+    """
+    data, info = encode_shard(arrays, index)
+    atomic_write_bytes(Path(data_dir) / info["file"], data)
+    return info
 
 
 def load_shard(path: str | os.PathLike, sha256: str | None = None) -> dict[str, np.ndarray]:
