@@ -115,17 +115,21 @@ def mixture_log_prob(target: torch.Tensor, logits: torch.Tensor, mu: torch.Tenso
 
 def sample_mixture(logits: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, *, tau: float = 1.0,
                    deterministic: bool = False, generator: torch.Generator | None = None,
-                   u: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+                   u: torch.Tensor | None = None, eps: torch.Tensor | None = None,
+                   logsigma_range: tuple[float, float] | None = None, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """Draw z from the mixture at temperature ``tau``: one categorical + one normal draw per dim.
 
     logits, mu, logsigma ``(..., K, Z)`` -> z ``(..., Z)``. The component is chosen by inverse
     CDF with one uniform ``u`` ``(..., 1, Z)`` per dimension; the Gaussian noise is ``eps``
     ``(..., Z)``. Both are drawn from ``generator`` unless given. ``deterministic`` returns the
-    mean of the most likely component (``tau`` then has no effect).
+    mean of the most likely component (``tau`` then has no effect). ``logsigma_range`` clamps the
+    chosen log sigmas (cheaper than clamping all K); ``out`` receives the result.
     """
     if deterministic:
         idx = logits.argmax(dim=-2, keepdim=True)                 # (..., 1, Z)
-        return mu.gather(-2, idx).squeeze(-2)
+        z = mu.gather(-2, idx).squeeze(-2)
+        return z if out is None else out.copy_(z)
     if tau <= 0:
         raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
     lead, Z = logits.shape[:-2], logits.shape[-1]
@@ -133,13 +137,20 @@ def sample_mixture(logits: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tenso
         u = torch.rand(*lead, 1, Z, device=logits.device, generator=generator)
     if eps is None:
         eps = torch.randn(*lead, Z, device=logits.device, generator=generator)
-    scaled = (logits - logits.amax(dim=-2, keepdim=True)).div_(tau)
+    scaled = logits - logits.amax(dim=-2, keepdim=True)            # (..., K, Z) <= 0
+    if tau != 1.0:
+        scaled.div_(tau)
     cum = scaled.exp_().cumsum(dim=-2)                             # (..., K, Z) unnormalised CDF
-    idx = (cum < u * cum[..., -1:, :]).sum(dim=-2, keepdim=True)   # (..., 1, Z)
+    idx = (cum < u * cum[..., -1:, :]).sum(dim=-2, keepdim=True)   # (..., 1, Z) component index
     idx.clamp_(max=logits.shape[-2] - 1)
     m = mu.gather(-2, idx).squeeze(-2)                             # (..., Z)
-    s = logsigma.gather(-2, idx).squeeze(-2).exp_()                # (..., Z)
-    return m.addcmul_(s, eps, value=math.sqrt(tau))
+    s = logsigma.gather(-2, idx).squeeze(-2)                       # (..., Z)
+    if logsigma_range is not None:
+        s.clamp_(*logsigma_range)
+    s.exp_()
+    if out is None:
+        return m.addcmul_(s, eps, value=math.sqrt(tau))
+    return torch.addcmul(m, s, eps, value=math.sqrt(tau), out=out)
 
 
 class MDRNN(nn.Module):
@@ -253,6 +264,31 @@ class MDRNN(nn.Module):
         return model
 
 
+def _cell_update(g: torch.Tensor, c: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSTM nonlinearities on gate pre-activations (N, 4H) whose cell-candidate block is doubled.
+
+    Out-of-place twin of the in-place sequence in :meth:`FusedDreamStep.step`, for torch.compile.
+    """
+    s = torch.sigmoid(g)
+    H = hidden
+    i, f, gg, o = s[:, :H], s[:, H:2 * H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+    c2 = f * c + i * (2.0 * gg - 1.0)
+    h = o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0)
+    return h, c2
+
+
+def _sample_head(out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, z_size: int,
+                 gaussians: int, tau: float, logsigma_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample (z (N, Z), done (N,)) from head outputs (N, O) with given uniforms and normals."""
+    K, Z = gaussians, z_size
+    kz = K * Z
+    logits = out[:, :kz].reshape(-1, K, Z)
+    mu = out[:, kz:2 * kz].reshape(-1, K, Z)
+    logsigma = out[:, 2 * kz:3 * kz].reshape(-1, K, Z)
+    z = sample_mixture(logits, mu, logsigma, tau=tau, u=u, eps=eps, logsigma_range=logsigma_range)
+    return z, ud < torch.sigmoid(out[:, 3 * kz + 1])
+
+
 class FusedDreamStep:
     """M's one-step cell plus mixture sampling for N rollouts at once, in preallocated buffers.
 
@@ -268,10 +304,13 @@ class FusedDreamStep:
     Buffers hold at least ``min_rows`` rows (extra rows are computed and ignored): BLAS kernels
     sum in a different order for 1-3 rows than for many, and padding keeps a single dream
     bit-identical to the same rollout inside a large batch.
+
+    ``compile=True`` fuses the element-wise work (gate nonlinearities, sampling) with
+    ``torch.compile`` (needs a C++ compiler on CPU; the first step takes seconds to compile).
     """
 
     def __init__(self, mdrnn: MDRNN, num_envs: int, device: torch.device | str | None = None,
-                 min_rows: int = 8) -> None:
+                 min_rows: int = 8, compile: bool = False) -> None:
         cfg = mdrnn.config
         self.num_envs = n_envs = int(num_envs)
         self.rows = N = max(n_envs, int(min_rows))
@@ -303,15 +342,20 @@ class FusedDreamStep:
         self.gates = torch.empty(N, 4 * H, device=dev)  # (N, 4H)
         self.tmp = torch.empty(N, H, device=dev)      # (N, H)
         self.out = torch.empty(N, n_out, device=dev)  # (N, O) head output
-        self.u = torch.empty(N, 1, Z, device=dev)     # (N, 1, Z) component uniforms
+        self.uni = torch.empty(N, Z + 1, device=dev)  # (N, Z + 1) uniforms: components, done flag
+        self.u = self.uni[:, None, :Z]                # (N, 1, Z) component uniforms
+        self.ud = self.uni[:, Z]                      # (N,) done uniforms
         self.eps = torch.empty(N, Z, device=dev)      # (N, Z) Gaussian noise
-        self.ud = torch.empty(N, device=dev)          # (N,) done uniforms
         self.z = self.x[:n_envs, :Z]                  # (n, Z) views into x (the real rollouts)
         self.h = self.x[:n_envs, Z:Z + H]             # (n, H)
         self.a = self.x[:n_envs, Z + H:D]             # (n, A)
         self.obs = self.x[:n_envs, :Z + H]            # (n, Z + H) = [z, h]
         self._z_all = self.x[:, :Z]                   # (N, Z) incl. padding rows
         self._h_all = self.x[:, Z:Z + H]              # (N, H)
+        self.compiled = bool(compile)
+        if self.compiled:
+            self._cell_fn = torch.compile(_cell_update, dynamic=False)
+            self._sample_fn = torch.compile(_sample_head, dynamic=False)
 
     def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
         """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
@@ -336,31 +380,50 @@ class FusedDreamStep:
         The new z and h are in ``self.z`` / ``self.h`` (views of ``self.x``).
         """
         H, Z, K = self.H, self.Z, self.K
-        g = self.gates
+        g, c = self.gates, self.c
         torch.addmm(self.b, self.x, self.w.t(), out=g)  # (N, 4H) all gates
+        if self.compiled:
+            return self._step_compiled(tau, deterministic, generator)
         g.sigmoid_()
-        i, f, gg, o = g.split(H, dim=1)                  # (N, H) each
-        gg.mul_(2.0).sub_(1.0)                           # tanh of the cell candidate
-        self.c.mul_(f).addcmul_(i, gg)                   # c' = f c + i g
-        t = torch.mul(self.c, 2.0, out=self.tmp)
+        i, f, gg, o = g.split(H, dim=1)                  # (N, H) each; gg = sigmoid(2 g_pre)
+        c.mul_(f).addcmul_(i, gg, value=2.0).sub_(i)     # c' = f c + i tanh(g_pre), tanh = 2 sigmoid(2x) - 1
+        t = torch.mul(c, 2.0, out=self.tmp)
         t.sigmoid_().mul_(2.0).sub_(1.0)                 # tanh(c')
         torch.mul(o, t, out=self._h_all)                 # h' = o tanh(c'), written into x
         out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
         kz = K * Z
         logits = out[:, :kz].view(-1, K, Z)
         mu = out[:, kz:2 * kz].view(-1, K, Z)
-        logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z).clamp(self.logsigma_min, self.logsigma_max)
+        logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z)
         done_logit = out[:, 3 * kz + 1]
         if deterministic:
-            self._z_all.copy_(sample_mixture(logits, mu, logsigma, deterministic=True))
+            sample_mixture(logits, mu, logsigma, deterministic=True, out=self._z_all)
             done = done_logit > 0
         else:
-            self.u.uniform_(generator=generator)
+            self.uni.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
-            self.ud.uniform_(generator=generator)
-            self._z_all.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps))
+            sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps,
+                           logsigma_range=(self.logsigma_min, self.logsigma_max), out=self._z_all)
             done = self.ud < torch.sigmoid(done_logit)
         n = self.num_envs
+        return out[:n, 3 * kz], done[:n]
+
+    def _step_compiled(self, tau: float, deterministic: bool,
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c2 = self._cell_fn(self.gates, self.c, self.H)
+        self._h_all.copy_(h)
+        self.c.copy_(c2)
+        out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
+        kz, n = self.K * self.Z, self.num_envs
+        if deterministic:
+            logits, mu = out[:, :kz].view(-1, self.K, self.Z), out[:, kz:2 * kz].view(-1, self.K, self.Z)
+            sample_mixture(logits, mu, mu, deterministic=True, out=self._z_all)
+            return out[:n, 3 * kz], (out[:, 3 * kz + 1] > 0)[:n]
+        self.uni.uniform_(generator=generator)
+        self.eps.normal_(generator=generator)
+        z, done = self._sample_fn(out, self.u, self.eps, self.ud, self.Z, self.K, float(tau),
+                                  (self.logsigma_min, self.logsigma_max))
+        self._z_all.copy_(z)
         return out[:n, 3 * kz], done[:n]
 
     @staticmethod

@@ -1,0 +1,173 @@
+"""Benchmark: the batched dream against the real game and against the machine's matmul roofline.
+
+    python benchmarks/dream.py [--envs 1024] [--steps 300] [--threads 2] [--run RUN] [--json OUT]
+
+Measured in one run, on this machine:
+
+1. ``DreamVectorEnv`` steps/s: ``--envs`` dreams (CarRacing sizes: z 32, LSTM 256, 5 Gaussians)
+   stepped through ``step_torch`` with a linear controller in the loop (one 867-parameter
+   controller per env, ``a = squash(W [z, h] + b)``, as CMA-ES evaluates a population),
+   temperature 1 (sampling on), autoreset on.
+2. Gymnasium ``CarRacing-v3`` steps/s on one core (random actions, resets included).
+3. Matrix-multiply FLOP/s of torch on the same threads: ``addmm`` of the dream's own GEMM
+   shapes (N x 296 @ 296 x 1024 for the LSTM gates, N x 256 @ 256 x 482 for the head), and a
+   1024^3 GEMM; the roofline is the best of these rates.
+
+FLOPs of one dream step (counted, not measured): 2 x multiply-adds of its matrix products,
+unpadded: LSTM gates 2*(32+256+3)*1024 = 595,968; MDN head 2*256*(3*5*32+2) = 246,784;
+controller 2*(32+256)*3 = 1,728; total 844,480 per env-step. Element-wise work (gates,
+sampling, squashing) is not counted. Roofline fraction = dream FLOP/s / roofline FLOP/s.
+
+Dream and matmul timings are interleaved in rounds (the machine may be shared), and the median
+round of each is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def timed_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each fn (returning a rate) once per round, interleaved; rates per name."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            out[k].append(f())
+    return out
+
+
+def matmul_rate(m: int, k: int, n: int, reps: int) -> Callable[[], float]:
+    a, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    c = torch.empty(m, n)
+    for _ in range(3):
+        torch.addmm(b, a, w.t(), out=c)
+
+    def run() -> float:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.addmm(b, a, w.t(), out=c)
+        return 2.0 * m * k * n * reps / (time.perf_counter() - t)
+
+    return run
+
+
+def car_racing_rate(steps: int, seed: int = 0) -> float:
+    """Steps/s of gymnasium's CarRacing-v3 in this process (single-threaded Python + Box2D)."""
+    import gymnasium as gym
+
+    env = gym.make("CarRacing-v3")
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    env.step(np.zeros(3, np.float32))
+    n, t = 0, time.perf_counter()
+    while n < steps:
+        a = rng.uniform([-1, 0, 0], [1, 1, 1]).astype(np.float32)
+        _, _, term, trunc, _ = env.step(a)
+        n += 1
+        if term or trunc:
+            env.reset()
+    rate = n / (time.perf_counter() - t)
+    env.close()
+    return rate
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--envs", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=200, help="dream steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--car-steps", type=int, default=1000, help="CarRacing-v3 steps to time")
+    p.add_argument("--run", default=None, help="use the world model of this run folder (default: untrained, same sizes)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    a = p.parse_args(argv)
+
+    from envs.dream import DreamVectorEnv
+    from worldlab.mdrnn import FusedDreamStep
+    from worldlab.world_model import WorldModel
+
+    # 2. the real game, one core (it is single-threaded); measured first, on a quiet process
+    torch.set_num_threads(1)
+    car = car_racing_rate(a.car_steps)
+
+    torch.set_num_threads(a.threads)
+    if a.run:
+        wm = WorldModel.load(a.run)
+    else:
+        wm = WorldModel.untrained()
+        with torch.no_grad():  # an untrained done head fires on ~5% of steps; a trained CarRacing M
+            wm.mdrnn.head.bias[-1] = -9.0  # almost never does: episodes run to the time limit, as in the game
+    N, Z, H, A = a.envs, wm.z_size, wm.hidden_size, wm.action_dim
+    K = wm.mdrnn.config.gaussians
+    venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device)
+    g = torch.Generator().manual_seed(0)
+    ctrl_w = (torch.randn(N, Z + H, A, generator=g) * 0.1).to(a.device)  # (N, Z+H, A): one controller per env
+    ctrl_b = torch.zeros(N, 1, A, device=a.device)
+    act = torch.empty(N, 1, A, device=a.device)
+    low = torch.as_tensor(venv.single_action_space.low, device=a.device)
+    high = torch.as_tensor(venv.single_action_space.high, device=a.device)
+    obs = venv.reset_torch(seed=0)
+
+    def dream() -> float:
+        nonlocal obs
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            torch.baddbmm(ctrl_b, obs.unsqueeze(1), ctrl_w, out=act)  # (N, 1, A) linear controllers
+            act.tanh_()
+            a_t = low + (act.view(N, A) + 1.0) * 0.5 * (high - low)   # squash into the action box
+            obs, _, _, _ = venv.step_torch(a_t)
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return N * a.steps / (time.perf_counter() - t)
+
+    dream()  # warm up
+    mm = {"gates": matmul_rate(N, -(-(Z + H + A) // 8) * 8, 4 * H, 50),
+          "head": matmul_rate(N, H, 3 * K * Z + 2, 100),
+          "square1024": matmul_rate(1024, 1024, 1024, 10)}
+    rates = timed_rounds({"dream": dream, **{f"mm_{k}": f for k, f in mm.items()}}, a.rounds)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    flops = FusedDreamStep.flops_per_step(Z, H, A, K) + 2 * (Z + H) * A
+    roof_name = max(mm, key=lambda k: med[f"mm_{k}"])
+    roof = med[f"mm_{roof_name}"]
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{a.threads} threads",
+        "device": a.device,
+        "envs": N,
+        "dream_steps_per_s": med["dream"],
+        "dream_steps_per_s_rounds": rates["dream"],
+        "car_racing_v3_steps_per_s_one_core": car,
+        "speedup_vs_car_racing": med["dream"] / car,
+        "flops_per_env_step": flops,
+        "dream_gflops": med["dream"] * flops / 1e9,
+        "matmul_gflops": {k: med[f"mm_{k}"] / 1e9 for k in mm},
+        "roofline": roof_name,
+        "roofline_fraction": med["dream"] * flops / roof,
+        "load_average_before": os.getloadavg()[0],
+    }
+    print(f"dream ({N} envs, linear controller in the loop): {res['dream_steps_per_s']:,.0f} steps/s "
+          f"(rounds: {', '.join(f'{r:,.0f}' for r in rates['dream'])})")
+    print(f"CarRacing-v3, one core: {car:,.1f} steps/s -> dream is {res['speedup_vs_car_racing']:,.0f}x")
+    print("matmul: " + ", ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in res["matmul_gflops"].items()))
+    print(f"dream: {flops:,} FLOP/env-step x {res['dream_steps_per_s']:,.0f} = {res['dream_gflops']:.1f} GFLOP/s "
+          f"= {res['roofline_fraction']:.2f} of the {roof_name} matmul roofline")
+    if a.json:
+        from worldlab.io import atomic_write_json
+
+        atomic_write_json(a.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
