@@ -13,40 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import cma
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldlab.config import CMAConfig
 from worldlab.io import atomic_savez
 from worldlab.logging import RunLogger
-
-
-@dataclass
-class CMAConfig:
-    """Settings of the evolution of C."""
-
-    popsize: int = 64
-    """candidates per generation (the paper: 64)."""
-    rollouts: int = 16
-    """rollouts averaged per candidate (the paper: 16)."""
-    sigma0: float = 0.1
-    """initial step size."""
-    generations: int = 100
-    """generations in total (a resumed run continues up to this number)."""
-    seed: int = 0
-    """seed of cma's sampling (and of the rollouts' start states)."""
-
-    def __post_init__(self) -> None:
-        for k in ("popsize", "rollouts", "generations"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"cma {k} must be >= 1, got {getattr(self, k)}")
-        if self.popsize < 2:
-            raise ValueError("cma popsize must be >= 2")
-        if self.sigma0 <= 0:
-            raise ValueError(f"cma sigma0 must be > 0, got {self.sigma0}")
-
 
 # fitness(params (P, D), generation) -> mean return per candidate (P,), higher is better
 Fitness = Callable[[np.ndarray, int], np.ndarray]
@@ -106,9 +80,10 @@ class EvolutionState:
         return st
 
 
-def replay(dim: int, cfg: CMAConfig, state: EvolutionState) -> cma.CMAEvolutionStrategy:
+def replay(dim: int, cfg: CMAConfig, state: EvolutionState, x0: np.ndarray | None = None
+           ) -> cma.CMAEvolutionStrategy:
     """Rebuild the strategy after ``len(state.fitness)`` generations, exactly."""
-    es = new_strategy(dim, cfg)
+    es = new_strategy(dim, cfg, x0)
     for g, (fit, h) in enumerate(zip(state.fitness, state.hashes, strict=True)):
         X = np.asarray(es.ask())
         if _hash(X) != h:
@@ -120,9 +95,12 @@ def replay(dim: int, cfg: CMAConfig, state: EvolutionState) -> cma.CMAEvolutionS
 
 def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | None = None,
            logger: RunLogger | None = None, progress: bool = True, desc: str = "evolve",
-           on_generation: Callable[[int, EvolutionState, dict[str, float]], None] | None = None
-           ) -> EvolutionState:
+           on_generation: Callable[[int, EvolutionState, dict[str, float]], None] | None = None,
+           x0: np.ndarray | None = None) -> EvolutionState:
     """Run CMA-ES up to ``cfg.generations`` generations, resuming from ``state_path`` if present.
+
+    ``x0`` is the initial mean (zeros by default; a previous round's controller to warm-start);
+    a resumed run must pass the same ``x0``.
 
     Logs ``evolve/best``, ``evolve/mean``, ``evolve/worst`` (returns of the generation's
     candidates), ``evolve/sigma`` and ``evolve/seconds`` per generation.
@@ -130,10 +108,10 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.exists():
         state = EvolutionState.load(state_path, cfg, dim)
-        es = replay(dim, cfg, state)
+        es = replay(dim, cfg, state, x0)
     else:
         state = EvolutionState(np.zeros((0, cfg.popsize)), [], np.zeros(dim), -np.inf, np.zeros(dim))
-        es = new_strategy(dim, cfg)
+        es = new_strategy(dim, cfg, x0)
     g = len(state.fitness)
     bar = tqdm(total=cfg.generations, initial=g, desc=desc, unit="gen", disable=not progress, dynamic_ncols=True)
     while g < cfg.generations:
@@ -163,7 +141,3 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
         bar.set_postfix(best=f"{stats['best']:.1f}", mean=f"{stats['mean']:.1f}", sigma=f"{es.sigma:.3g}")
     bar.close()
     return state
-
-
-def strategy_summary(es: cma.CMAEvolutionStrategy) -> dict[str, Any]:
-    return {"mean": np.asarray(es.mean).copy(), "sigma": float(es.sigma), "countiter": int(es.countiter)}

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from envs.tasks import TASKS, TaskSpec, get_task
 from envs.wrappers import PreprocessFrame, ThresholdAction
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "make", "task_of", "PreprocessFrame", "ThresholdAction",
+__all__ = ["TASKS", "TaskSpec", "get_task", "make", "task_of", "task_of_space", "PreprocessFrame", "ThresholdAction",
            "register_envs"]
 
 
@@ -95,7 +95,11 @@ def _make_doom(spec: TaskSpec, size: int, render_mode: str | None, limit: int, p
 
 def task_of(env: gym.Env) -> dict[str, Any]:
     """A JSON-able description of an env's action space (stored in manifests and checkpoints)."""
-    space = env.action_space
+    return task_of_space(env.action_space)
+
+
+def task_of_space(space: spaces.Space) -> dict[str, Any]:
+    """A JSON-able description of an action space."""
     if isinstance(space, spaces.Box):
         return {"type": "box", "shape": list(space.shape), "low": np.asarray(space.low).tolist(),
                 "high": np.asarray(space.high).tolist()}

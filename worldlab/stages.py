@@ -67,7 +67,7 @@ def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, tr
     run_dir = Path(run_dir)
     manifest, meta = _data_meta(run_dir)
     model_cfg = model_cfg or VAEConfig(z_size=int(meta.get("z_size", 32)))
-    train_cfg = train_cfg or TrainConfig(steps=2000, lr=1e-3, amp="bf16")
+    train_cfg = train_cfg or TrainConfig(steps=2000, lr=1e-3, amp="auto")
     vae_path, _ = checkpoint_paths(run_dir)
     state_path = vae_path.with_name("vae.train.pt")
     if vae_path.exists():

@@ -1,0 +1,147 @@
+"""Fitness back-ends of CMA-ES: a generation of controllers scored in the dream or in the real game.
+
+Both are callables ``fitness(params (P, D), generation) -> mean return (P,)`` and average
+``rollouts`` episodes per candidate. Rollout ``r`` of every candidate starts from the same seed
+(common random numbers), which makes candidates comparable within a generation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.controller import BatchedController, ControllerConfig
+from worldlab.world_model import WorldModel
+
+
+def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
+    """Seeds of the ``rollouts`` episodes every candidate of ``generation`` plays."""
+    ss = np.random.SeedSequence([int(seed), int(generation), 0xC0FFEE])
+    return [int(s) for s in ss.generate_state(rollouts)]
+
+
+class DreamFitness:
+    """Every candidate x rollout as one sub-env of a single :class:`envs.dream.DreamVectorEnv`.
+
+    Population 64 x 16 rollouts = 1,024 dreams stepped together; the controllers run as one
+    batched matmul. An episode's return stops accumulating once it terminates or truncates.
+
+    Args:
+        world_model: the trained V + M.
+        cfg: controller shape; ``rollouts``: episodes per candidate; ``temperature``: tau.
+        max_steps: dream episode limit (default: the task's).
+        device: "cpu" or "cuda".
+        seed: base seed of the dream starts and sampling.
+    """
+
+    def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
+                 temperature: float = 1.0, max_steps: int | None = None, device: str | torch.device = "cpu",
+                 seed: int = 0) -> None:
+        from envs.dream import DreamVectorEnv
+
+        self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
+        self.device = torch.device(device)
+        self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
+                                  temperature=temperature, device=self.device, max_episode_steps=max_steps)
+        self.max_steps = self.env.max_episode_steps
+
+    @torch.inference_mode()
+    def returns(self, params: np.ndarray, generation: int) -> torch.Tensor:
+        """(P, R) returns of every candidate's rollouts."""
+        P, R = params.shape[0], self.rollouts
+        if P * R != self.env.num_envs:
+            raise ValueError(f"DreamFitness was built for {self.env.num_envs // R} candidates, got {P}")
+        ctrl = BatchedController(self.cfg, params).to(self.device).repeat_interleave(R)
+        seeds = generation_seeds(self.seed, generation, R)
+        obs = self.env.reset_torch(seed=[seeds[i % R] for i in range(P * R)])
+        total = torch.zeros(P * R, device=self.device)
+        alive = torch.ones(P * R, dtype=torch.bool, device=self.device)
+        for _ in range(self.max_steps):
+            obs, reward, terminated, truncated = self.env.step_torch(ctrl.act(obs))
+            total += reward * alive
+            alive &= ~(terminated | truncated)
+            if not bool(alive.any()):
+                break
+        return total.view(P, R)
+
+    def __call__(self, params: np.ndarray, generation: int) -> np.ndarray:
+        return self.returns(params, generation).mean(dim=1).cpu().double().numpy()
+
+
+class RealEvalWorker:
+    """Keeps one real env and the world model alive; plays batches of (params, seed) episodes."""
+
+    def __init__(self, task: str, world_model: WorldModel, cfg: ControllerConfig,
+                 env_kwargs: dict[str, Any] | None = None, threads: int = 1) -> None:
+        import envs
+
+        torch.set_num_threads(threads)
+        self.env = envs.make(task, **(env_kwargs or {}))
+        self.wm, self.cfg = world_model.cpu().eval(), cfg
+
+    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
+        from agents.controller_policy import ControllerPolicy
+        from agents.rollout import run_episode
+
+        out = []
+        for params, seed in jobs:
+            policy = ControllerPolicy(self.wm, self.cfg, params)
+            ep = run_episode(self.env, policy, int(seed), record=record)
+            out.append({"return": ep["return"], "length": ep["length"], "seed": ep["seed"],
+                        **({"frames": ep["arrays"]["obs"]} if record else {})})
+        return out
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RealPool:
+    """A pool of Ray actors running :class:`RealEvalWorker`; a killed actor is restarted by Ray
+    and its batch retried, so a generation still completes."""
+
+    def __init__(self, task: str, world_model: WorldModel, cfg: ControllerConfig, workers: int,
+                 env_kwargs: dict[str, Any] | None = None, address: str | None = None) -> None:
+        import ray
+
+        from worldlab.ray_utils import init_ray
+
+        init_ray(address)
+        Actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RealEvalWorker)
+        wm_ref = ray.put(world_model.cpu())
+        self.actors = [Actor.remote(task, wm_ref, cfg, env_kwargs) for _ in range(max(1, workers))]
+
+    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
+        """Play every job, spread in batches over the actors (several episodes per call)."""
+        import ray
+
+        if not jobs:
+            return []
+        n = len(self.actors)
+        per = max(1, math.ceil(len(jobs) / (n * 2)))  # ~2 batches per actor balances the load
+        batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
+        refs = [self.actors[i % n].play.remote(b, record) for i, b in enumerate(batches)]
+        return [r for batch in ray.get(refs) for r in batch]
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+class RealFitness:
+    """CMA-ES fitness in the real environment, on a :class:`RealPool`."""
+
+    def __init__(self, pool: RealPool, rollouts: int, seed: int = 0) -> None:
+        self.pool, self.rollouts, self.seed = pool, rollouts, seed
+
+    def __call__(self, params: np.ndarray, generation: int) -> np.ndarray:
+        seeds = generation_seeds(self.seed, generation, self.rollouts)
+        jobs = [(p, s) for p in params for s in seeds]
+        res = self.pool.play(jobs)
+        return np.array([r["return"] for r in res], dtype=np.float64).reshape(len(params), self.rollouts).mean(1)

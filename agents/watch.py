@@ -1,0 +1,169 @@
+"""Watching a controller: in the real game, in its dream, or both side by side, in a pygame
+window or recorded to a video file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from agents.controller import BatchedController, ControllerConfig, load_controller
+from agents.controller_policy import ControllerPolicy
+from worldlab.world_model import WorldModel
+
+PANE = 384  # pixels per side of one pane
+
+
+def _pane(frame: np.ndarray, label: str, size: int = PANE) -> np.ndarray:
+    h, w = frame.shape[:2]
+    interp = cv2.INTER_NEAREST if max(h, w) <= 128 else cv2.INTER_AREA
+    img = cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=interp)
+    cv2.putText(img, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 3, cv2.LINE_AA)
+    cv2.putText(img, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (20, 20, 20), 1, cv2.LINE_AA)
+    return img
+
+
+def real_episode(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
+                 max_steps: int | None = None) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Yield (rendered frame, return so far, done) for one real episode with the controller."""
+    import envs
+
+    env = envs.make(task, render_mode="rgb_array", **({"max_episode_steps": max_steps} if max_steps else {}))
+    policy = ControllerPolicy(wm, ccfg, params)
+    policy.reset(seed)
+    obs, _ = env.reset(seed=seed)
+    total = 0.0
+    try:
+        yield env.render(), total, False
+        while True:
+            obs, r, term, trunc, _ = env.step(policy.act(obs))
+            total += float(r)
+            yield env.render(), total, bool(term or trunc)
+            if term or trunc:
+                return
+    finally:
+        env.close()
+
+
+@torch.inference_mode()
+def dream_episode(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int, temperature: float = 1.0,
+                  max_steps: int | None = None) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Yield (decoded dream frame, return so far, done) for one dream episode with the controller."""
+    from envs.dream import DreamEnv
+
+    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps)
+    ctrl = BatchedController(ccfg, params)
+    obs, _ = env.reset(seed=seed)
+    total = 0.0
+    try:
+        yield env.render(), total, False
+        while True:
+            a = ctrl.act(torch.as_tensor(obs)[None])[0].numpy()
+            obs, r, term, trunc, _ = env.step(a)
+            total += float(r)
+            yield env.render(), total, bool(term or trunc)
+            if term or trunc:
+                return
+    finally:
+        env.close()
+
+
+def real_frames(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
+                max_steps: int | None = None) -> np.ndarray:
+    return np.stack([_pane(f, f"real {R:7.1f}") for f, R, _ in real_episode(task, wm, ccfg, params, seed, max_steps)])
+
+
+def dream_frames(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int, temperature: float = 1.0,
+                 max_steps: int | None = None) -> np.ndarray:
+    return np.stack([_pane(f, f"dream {R:7.1f}")
+                     for f, R, _ in dream_episode(wm, ccfg, params, seed, temperature, max_steps)])
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, WorldModel, ControllerConfig, np.ndarray]:
+    """The run's config, world model and final controller, with one-line errors when absent."""
+    from worldlab.config import RunConfig
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist; train one with "
+                                f"python scripts/dream_train.py TASK --out {run_dir}")
+    cfg = RunConfig.load(run_dir)
+    wm = WorldModel.load(run_dir, task=cfg.task)
+    ccfg, params, _ = load_controller(run_dir / "checkpoints" / "controller.npz")
+    if ccfg.input_size != wm.obs_size:
+        raise ValueError(f"the controller takes inputs of size {ccfg.input_size} but the world model gives "
+                         f"{wm.obs_size}: it belongs to another world model; evolve it again")
+    return cfg, wm, ccfg, params
+
+
+def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None,
+          fps: int = 50, max_steps: int | None = None) -> dict[str, list[float]]:
+    """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
+
+    ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
+    the same controller in the world model). Returns the returns of each pane's episodes.
+    """
+    if mode not in ("real", "dream", "both"):
+        raise ValueError(f"mode must be real, dream or both, got {mode!r}")
+    cfg, wm, ccfg, params = load_run(run_dir)
+    window = None
+    if record is None:
+        import pygame
+
+        pygame.init()
+        width = PANE * (2 if mode == "both" else 1)
+        window = pygame.display.set_mode((width, PANE))
+        pygame.display.set_caption(f"worldlab: {cfg.task} ({mode})")
+        clock = pygame.time.Clock()
+    frames: list[np.ndarray] = []
+    returns: dict[str, list[float]] = {"real": [], "dream": []}
+    try:
+        for ep in range(episodes):
+            s = seed + ep
+            streams: dict[str, Iterator[tuple[np.ndarray, float, bool]]] = {}
+            if mode in ("real", "both"):
+                streams["real"] = real_episode(cfg.task, wm, ccfg, params, s, max_steps)
+            if mode in ("dream", "both"):
+                streams["dream"] = dream_episode(wm, ccfg, params, s, cfg.dream.temperature, max_steps)
+            last: dict[str, tuple[np.ndarray, float, bool]] = {}
+            while streams:
+                for name in list(streams):
+                    try:
+                        last[name] = next(streams[name])
+                    except StopIteration:
+                        returns[name].append(last[name][1])
+                        del streams[name]
+                panes = [_pane(last[n][0], f"{n} {last[n][1]:7.1f}{' (done)' if n not in streams else ''}")
+                         for n in ("real", "dream") if n in last]
+                img = np.concatenate(panes, axis=1)
+                if window is not None:
+                    import pygame
+
+                    for event in pygame.event.get():
+                        if event.type == pygame.QUIT or (event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE):
+                            return returns
+                    window.blit(pygame.surfarray.make_surface(img.swapaxes(0, 1)), (0, 0))
+                    pygame.display.flip()
+                    clock.tick(fps)
+                else:
+                    frames.append(img)
+    finally:
+        if window is not None:
+            import pygame
+
+            pygame.display.quit()
+    if record is not None:
+        from worldlab.fidelity import save_video
+
+        save_video(record, np.stack(frames), fps=min(fps, 30))
+    return returns
+
+
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen"))

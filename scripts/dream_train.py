@@ -1,0 +1,91 @@
+"""World Models end to end: collect real rollouts, train V and M, evolve C in the dream, judge C
+in the real game.
+
+    python scripts/dream_train.py car_racing                      # the default preset, runs/car_racing
+    python scripts/dream_train.py doom_take_cover --preset smoke --out runs/doom_smoke
+    python scripts/dream_train.py car_racing --resume --out runs/car_racing   # after a kill
+    python scripts/dream_train.py car_racing --address HEAD:6379 --workers 64 --preset paper
+
+Every stage writes to the run folder and is skipped when its output is complete; rerunning the
+same command (or --resume) continues where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
+    import envs
+    from worldlab.config import RunConfig, override, preset
+
+    spec = envs.get_task(args.task)
+    run_dir = Path(args.out or f"runs/{args.task}")
+    if args.resume:
+        if not (run_dir / "config.json").exists():
+            raise FileNotFoundError(f"nothing to resume: {run_dir} holds no config.json (drop --resume to start it)")
+        cfg = RunConfig.load(run_dir)
+        if cfg.task != args.task:
+            raise ValueError(f"{run_dir} is a {cfg.task} run, not {args.task}")
+        return cfg, run_dir
+    cfg = preset(args.preset, args.task, spec.z_size, spec.rnn_hidden, spec.action_dim)
+    sets = list(args.set)
+    for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
+                      ("rounds", "rounds"), ("train_in", "train_in"), ("seed", "seed"),
+                      ("generations", "cma.generations"), ("eval_episodes", "eval.episodes")):
+        v = getattr(args, flag)
+        if v is not None:
+            sets.append(f"{key}={v}")
+    return override(cfg, sets), run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", help="car_racing or doom_take_cover")
+    p.add_argument("--preset", choices=("smoke", "default", "paper"), default="default",
+                   help="smoke: minutes (tests); default: ~1-2 h on a 2-core laptop; paper: a cluster or GPU")
+    p.add_argument("--out", default=None, help="run folder (default runs/TASK)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its saved config")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers for real rollouts")
+    p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT) instead of a local Ray")
+    p.add_argument("--device", default=None, help="torch device for training and the dream (cpu, cuda)")
+    p.add_argument("--temperature", type=float, default=None, help="dream temperature tau")
+    p.add_argument("--rounds", type=int, default=None, help="iterative training rounds")
+    p.add_argument("--train-in", dest="train_in", choices=("dream", "real"), default=None,
+                   help="evolve C in the dream (World Models) or in the real env")
+    p.add_argument("--generations", type=int, default=None, help="CMA-ES generations per round")
+    p.add_argument("--eval-episodes", dest="eval_episodes", type=int, default=None, help="real evaluation episodes")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set cma.popsize=32 --set vae_train.steps=500")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        cfg, run_dir = build_config(args)
+        if run_dir.exists() and (run_dir / "config.json").exists() and not args.resume:
+            from worldlab.config import RunConfig
+
+            if RunConfig.load(run_dir) != cfg:
+                raise ValueError(f"{run_dir} already holds a run with other settings; pass --resume to continue it "
+                                 f"or choose another --out")
+        if not run_dir.parent.exists():
+            raise FileNotFoundError(f"the parent of the run folder does not exist: {run_dir.parent}")
+        from agents.world_models import WorldModels
+
+        algo = WorldModels(cfg, run_dir, address=args.address, progress=not args.no_progress)
+        res = algo.learn()
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes "
+          f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min) -> "
+          f"{run_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

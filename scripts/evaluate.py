@@ -1,0 +1,43 @@
+"""Score a run's controller in the real game on Ray workers.
+
+    python scripts/evaluate.py runs/car_racing --episodes 100 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder written by scripts/dream_train.py")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT)")
+    p.add_argument("--json", default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+        from agents.evaluate import evaluate_run
+
+        res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
+                           address=args.address)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        from worldlab.io import atomic_write_json
+
+        atomic_write_json(args.json, res)
+    print(json.dumps({k: v for k, v in res.items() if k != "returns"}))
+    print(f"{res['task']}: {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Watch a run's controller drive: in the real game, in its dream, or both side by side.
+
+    python scripts/watch.py runs/car_racing                  # pygame window, real | dream
+    python scripts/watch.py runs/car_racing --real --episodes 3
+    python scripts/watch.py runs/car_racing --record drive.mp4   # headless: write a video instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder written by scripts/dream_train.py")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--dream", action="store_const", const="dream", dest="mode", help="only the dream")
+    g.add_argument("--real", action="store_const", const="real", dest="mode", help="only the real game")
+    p.add_argument("--record", default=None, metavar="FILE", help="write an mp4 instead of opening a window")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=50)
+    p.add_argument("--max-steps", type=int, default=None)
+    args = p.parse_args(argv)
+    from agents.watch import has_display, watch
+
+    try:
+        if args.record is None and not has_display():
+            raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set SDL_VIDEODRIVER=dummy)")
+        res = watch(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
+                    fps=args.fps, max_steps=args.max_steps)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, rs in res.items():
+        if rs:
+            print(f"{name}: " + ", ".join(f"{r:.1f}" for r in rs))
+    if args.record:
+        print(f"wrote {args.record}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

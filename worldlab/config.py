@@ -1,0 +1,247 @@
+"""Run configuration: one dataclass per component, composed into a :class:`RunConfig`, with the
+named presets ``smoke`` (a couple of minutes; the tests use it), ``default`` (a useful result on a
+2-core laptop in about 1-2 hours) and ``paper`` (the paper's scale, for a cluster or a GPU).
+
+The resolved config is saved as ``RUN/config.json`` and every stage reads it back from there;
+``override(cfg, ["cma.popsize=32", "vae_train.steps=500"])`` changes single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worldlab.io import atomic_write_json
+from worldlab.mdrnn import MDRNNConfig
+from worldlab.training import TrainConfig
+from worldlab.vae import VAEConfig
+
+PRESETS = ("smoke", "default", "paper")
+
+
+@dataclass
+class CollectConfig:
+    """Real-environment rollouts for V and M."""
+
+    episodes: int = 200
+    """episodes collected before the first round."""
+    policy: str = "brownian"
+    """first-round policy: "brownian" or "random_controller" (the paper's)."""
+    max_steps: int | None = None
+    """cut episodes at this many steps (None: the task's limit)."""
+    episodes_per_round: int = 100
+    """episodes added per later round, played by the evolved controller plus noise."""
+    noise_std: float = 0.1
+    """exploration noise of the later rounds' controller."""
+
+
+@dataclass
+class CMAConfig:
+    """Settings of the evolution of C (the ``cma`` package)."""
+
+    popsize: int = 64
+    """candidates per generation (the paper: 64)."""
+    rollouts: int = 16
+    """rollouts averaged per candidate (the paper: 16)."""
+    sigma0: float = 0.1
+    """initial step size."""
+    generations: int = 100
+    """generations per round (a resumed run continues up to this number)."""
+    seed: int = 0
+    """seed of cma's sampling and of the rollouts' starts."""
+
+    def __post_init__(self) -> None:
+        for k in ("rollouts", "generations"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"cma.{k} must be >= 1, got {getattr(self, k)}")
+        if self.popsize < 2:
+            raise ValueError(f"cma.popsize must be >= 2, got {self.popsize}")
+        if self.sigma0 <= 0:
+            raise ValueError(f"cma.sigma0 must be > 0, got {self.sigma0}")
+
+
+@dataclass
+class DreamConfig:
+    """The dream the controller is evolved in."""
+
+    temperature: float = 1.0
+    """tau: mixture logits / tau, sigmas * sqrt(tau) (the paper's Doom optimum: 1.15)."""
+    max_steps: int | None = None
+    """dream episode limit (None: the task's)."""
+
+
+@dataclass
+class EvalConfig:
+    """Judging the controller in the real environment."""
+
+    episodes: int = 100
+    """real episodes (the paper: 100)."""
+    max_steps: int | None = None
+    """cut episodes at this many steps (None: the task's limit)."""
+    videos: bool = True
+    """record a real and a dream video of the final controller."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a ``dream_train`` run needs; saved as ``RUN/config.json``."""
+
+    task: str = "car_racing"
+    preset: str = "default"
+    seed: int = 0
+    """base seed of collection, training and evolution."""
+    device: str = "cpu"
+    """torch device of training and the dream ("cpu", "cuda")."""
+    workers: int = 2
+    """Ray workers for real rollouts (collection, evaluation, real-env fitness)."""
+    train_in: str = "dream"
+    """where C is evolved: "dream" (the World Models way) or "real"."""
+    rounds: int = 1
+    """iterative training rounds: collect -> V -> M -> evolve, then again with new real data."""
+    controller_hidden: int = 0
+    """0: the paper's linear controller on [z, h]; > 0: one hidden layer of this size."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    vae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3, amp="auto"))
+    vae_batch: int = 64
+    mdrnn: MDRNNConfig = field(default_factory=MDRNNConfig)
+    mdrnn_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3))
+    mdrnn_batch: int = 32
+    seq_len: int = 64
+    cma: CMAConfig = field(default_factory=CMAConfig)
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.train_in not in ("dream", "real"):
+            raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, d)
+
+    def save(self, run_dir: str | Path) -> Path:
+        return atomic_write_json(Path(run_dir) / "config.json", self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunConfig:
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a worldlab run folder (no config.json); "
+                                    f"create one with scripts/dream_train.py TASK --out {run_dir}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        t, v = hints[f.name], d[f.name]
+        kwargs[f.name] = _from_dict(t, v) if dataclasses.is_dataclass(t) and isinstance(v, dict) else v
+    return cls(**kwargs)
+
+
+def preset(name: str, task: str, z_size: int, rnn_hidden: int, action_dim: int) -> RunConfig:
+    """The named preset for a task, sized by the task table's z and LSTM sizes.
+
+    ``smoke``: seconds per stage, only checks that everything runs. ``default``: sized from this
+    machine's measured speeds (2 cores: ConvVAE ~400 frames/s fp32, fast CarRacing several
+    hundred steps/s per worker, the dream ~100k steps/s): a few hundred thousand frames.
+    ``paper``: 10,000 rollouts, population 64 x 16, for a cluster or GPU machine.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    vae = VAEConfig(z_size=z_size)
+    mdrnn = MDRNNConfig(z_size=z_size, action_dim=action_dim, hidden=rnn_hidden)
+    doom = task == "doom_take_cover"
+    if name == "smoke":
+        return RunConfig(
+            task=task, preset=name, workers=2, rounds=1,
+            collect=CollectConfig(episodes=6, max_steps=120, episodes_per_round=2),
+            vae=vae, vae_train=TrainConfig(steps=40, lr=1e-3, amp="auto", log_every=5, checkpoint_every=20),
+            vae_batch=32,
+            mdrnn=MDRNNConfig(z_size=z_size, action_dim=action_dim, hidden=64),
+            mdrnn_train=TrainConfig(steps=40, lr=3e-3, log_every=5, checkpoint_every=20), mdrnn_batch=8, seq_len=32,
+            cma=CMAConfig(popsize=8, rollouts=2, generations=3, sigma0=0.1),
+            dream=DreamConfig(temperature=1.15 if doom else 1.0, max_steps=120),
+            eval=EvalConfig(episodes=4, max_steps=120),
+        )
+    if name == "default":
+        return RunConfig(
+            task=task, preset=name, workers=2, rounds=2,
+            collect=CollectConfig(episodes=300 if doom else 200, episodes_per_round=100, noise_std=0.1),
+            vae=vae, vae_train=TrainConfig(steps=4000, lr=1e-3, amp="auto", sample_every=1000),
+            vae_batch=64,
+            mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
+            cma=CMAConfig(popsize=64, rollouts=16, generations=60 if doom else 80, sigma0=0.1),
+            dream=DreamConfig(temperature=1.15 if doom else 1.0),
+            eval=EvalConfig(episodes=100),
+        )
+    return RunConfig(
+        task=task, preset=name, workers=64, rounds=1 if doom else 2,
+        collect=CollectConfig(episodes=10000, policy="random_controller", episodes_per_round=2000),
+        vae=vae, vae_train=TrainConfig(steps=160000, lr=1e-4, amp="auto", sample_every=5000), vae_batch=100,
+        mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=40000, lr=1e-3), mdrnn_batch=100, seq_len=100,
+        cma=CMAConfig(popsize=64, rollouts=16, generations=600 if doom else 1800, sigma0=0.1),
+        dream=DreamConfig(temperature=1.15 if doom else 1.0),
+        eval=EvalConfig(episodes=100),
+    )
+
+
+def _coerce(text: str, current: Any, hint: Any) -> Any:
+    if isinstance(current, bool) or hint is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if text.lower() in ("none", "null") and (current is None or "None" in str(hint)):
+        return None
+    if isinstance(current, int) or "int" in str(hint):
+        return int(text)
+    if isinstance(current, float) or "float" in str(hint):
+        return float(text)
+    if isinstance(current, (list, tuple)):
+        return type(current)(json.loads(text))
+    return text
+
+
+def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply ``"section.field=value"`` (or ``"field=value"``) overrides; unknown keys fail clearly."""
+    d = cfg.to_dict()
+    for a in assignments:
+        if "=" not in a:
+            raise ValueError(f"override {a!r} must look like section.field=value (e.g. cma.popsize=32)")
+        key, text = a.split("=", 1)
+        parts = key.strip().split(".")
+        obj: Any = cfg
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+                raise ValueError(f"unknown config key {key!r}; sections: "
+                                 f"{', '.join(f.name for f in dataclasses.fields(cfg))}")
+            obj = getattr(obj, p)
+        if not dataclasses.is_dataclass(obj) or parts[-1] not in {f.name for f in dataclasses.fields(obj)}:
+            raise ValueError(f"unknown config key {key!r}")
+        hint = typing.get_type_hints(type(obj))[parts[-1]]
+        try:
+            value = _coerce(text.strip(), getattr(obj, parts[-1]), hint)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"bad value for {key}: {e}") from None
+        target = d
+        for p in parts[:-1]:
+            target = target[p]
+        target[parts[-1]] = value
+    return RunConfig.from_dict(d)
