@@ -229,6 +229,22 @@ def test_bad_arguments_fail_clearly(wm: WorldModel, tmp_path: Path) -> None:
         DreamEnv(run_dir=tmp_path)
 
 
+@pytest.mark.slow
+def test_compiled_step_matches_eager(wm: WorldModel) -> None:
+    n = 64
+    z0 = wm.start_mu[torch.arange(n) % wm.start_mu.shape[0]]
+    envs = [DreamVectorEnv(n, world_model=wm, deterministic=True, compile=c) for c in (False, True)]
+    obs = [e.reset_torch(seed=0, z0=z0) for e in envs]
+    a = torch.rand(10, n, 3, generator=torch.Generator().manual_seed(0))
+    for t in range(10):
+        obs = [e.step_torch(a[t])[0] for e in envs]
+        torch.testing.assert_close(obs[1], obs[0], atol=1e-4, rtol=1e-4)
+    hot = DreamVectorEnv(n, world_model=wm, compile=True)
+    hot.reset_torch(seed=0)
+    o, r, *_ = hot.step_torch(a[0])
+    assert torch.isfinite(o).all() and torch.isfinite(r).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_vector_env_on_cuda(wm: WorldModel) -> None:
     venv = DreamVectorEnv(256, world_model=wm, device="cuda")
