@@ -153,9 +153,13 @@ class _DreamCore:
         self.fs.reset_rows(idx, z0)
         self.t[idx] = 0
 
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors."""
-        self.fs.set_actions(actions)
+    def step(self, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors.
+
+        ``actions=None``: the actions are already in ``self.fs.a``.
+        """
+        if actions is not None:
+            self.fs.set_actions(actions)
         reward, done = self.fs.step(self.temperature, self.deterministic, self.gen)
         self.t += 1
         truncated = (self.t >= self.limit) & ~done
@@ -387,7 +391,7 @@ class DreamVectorEnv(VectorEnv):
             actions = actions.reshape(self.num_envs, -1).to(self.device, torch.float32)
             core.fs.a.copy_(actions)
             torch.clamp(core.fs.a, self._clip[0], self._clip[1], out=core.fs.a)
-            reward, terminated, truncated = core.step(core.fs.a)
+            reward, terminated, truncated = core.step(None)
         else:
             reward, terminated, truncated = core.step(actions.to(self.device).reshape(self.num_envs))
         reward = reward.clone()
