@@ -112,8 +112,9 @@ class RealPool:
 
         init_ray(address)
         Actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RealEvalWorker)
-        wm_ref = ray.put(world_model.cpu())
-        self.actors = [Actor.remote(task, wm_ref, cfg, env_kwargs) for _ in range(max(1, workers))]
+        # keep the reference: a restarted actor is rebuilt from the same constructor arguments
+        self.wm_ref = ray.put(world_model.cpu())
+        self.actors = [Actor.remote(task, self.wm_ref, cfg, env_kwargs) for _ in range(max(1, workers))]
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
         """Play every job, spread in batches over the actors (several episodes per call)."""
