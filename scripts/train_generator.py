@@ -11,7 +11,6 @@ mnist, moons, car_racing:RUN, doom_take_cover:RUN (RUN/data holds collected roll
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import generators
     from generators.data import SOURCES
-    from generators.train import FitConfig, train_generator
+    from generators.train import FitConfig, suggested_threads, train_generator
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", help=f"one of: {', '.join(generators.available())}")
@@ -40,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 2 on an idle machine, 1 when other jobs load it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(max(1, args.threads or suggested_threads()))
     out = Path(args.out or Path("runs") / "generators" / f"{args.family}-{args.data.replace(':', '-').replace('/', '_')}")
     settings = FitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema,
                          sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, seed=args.seed)

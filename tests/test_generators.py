@@ -29,6 +29,17 @@ FRAME_ONLY = {"vae"}  # the lab's V models 64x64 RGB frames
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    """1 torch thread when other jobs load the machine (2 threads then run 3-10x slower), else 2."""
+    from generators.train import suggested_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(suggested_threads())
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def digits() -> GenData:
     return generators.data.load("digits").take(64, seed=0)
@@ -221,6 +232,16 @@ def test_pixelcnn_masks_are_causal_and_likelihood_normalised() -> None:
     with torch.no_grad():
         total = m.log_prob(allx).exp().sum()
     assert abs(float(total) - 1.0) < 1e-5
+    # sampling's cropped windows give the logits of the whole image
+    torch.manual_seed(1)
+    big = generators.make("pixelcnn", shape=(2, 9, 9), levels=3, filters=8, residual_blocks=1, first_kernel=3)
+    k = torch.randint(0, 3, (2, 2, 9, 9))
+    with torch.no_grad():
+        full = big.logits(k)
+        for i, j in [(0, 0), (4, 4), (8, 8), (8, 0), (3, 8)]:
+            r0, c0, c1 = big.window(i, j, 9, 9)
+            part = big.logits(k[:, :, r0:i + 1, c0:c1])[:, :, :, i - r0, j - c0]
+            assert torch.allclose(part, full[:, :, :, i, j], atol=1e-5)
     # the first sub-pixel's distribution ignores the image
     x = torch.rand(2, 3, 1, 2, requires_grad=True)
     m.net(x)[:, 0:2, 0, 0].sum().backward()

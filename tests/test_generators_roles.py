@@ -42,6 +42,17 @@ class DotEnv(gym.Env):
         return self._obs(), 1.0 if done else -0.01, done, self.t >= 30, {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    """1 torch thread when other jobs load the machine (2 threads then run 3-10x slower), else 2."""
+    from generators.train import suggested_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(suggested_threads())
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def digits() -> generators.data.GenData:
     return generators.data.load("digits")

