@@ -113,38 +113,55 @@ def mixture_log_prob(target: torch.Tensor, logits: torch.Tensor, mu: torch.Tenso
     return torch.logsumexp(log_pi + log_n, dim=-2)               # (..., Z)
 
 
+def mixture_workspace(batch: int, gaussians: int, z_size: int, device: torch.device | str = "cpu"
+                      ) -> dict[str, torch.Tensor]:
+    """Preallocated buffers for :func:`sample_mixture` on (batch, K, Z) inputs (no allocation per call)."""
+    N, K, Z = batch, gaussians, z_size
+    f = {"device": device}
+    return {"max": torch.empty(N, 1, Z, **f), "cdf": torch.empty(N, K, Z, **f), "cum": torch.empty(N, K, Z, **f),
+            "thr": torch.empty(N, 1, Z, **f), "lt": torch.empty(N, K, Z, dtype=torch.bool, **f),
+            "idx": torch.empty(N, 1, Z, dtype=torch.int64, **f), "m": torch.empty(N, 1, Z, **f),
+            "s": torch.empty(N, 1, Z, **f)}
+
+
 def sample_mixture(logits: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, *, tau: float = 1.0,
                    deterministic: bool = False, generator: torch.Generator | None = None,
                    u: torch.Tensor | None = None, eps: torch.Tensor | None = None,
-                   logsigma_range: tuple[float, float] | None = None, out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   logsigma_range: tuple[float, float] | None = None, out: torch.Tensor | None = None,
+                   work: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Draw z from the mixture at temperature ``tau``: one categorical + one normal draw per dim.
 
     logits, mu, logsigma ``(..., K, Z)`` -> z ``(..., Z)``. The component is chosen by inverse
     CDF with one uniform ``u`` ``(..., 1, Z)`` per dimension; the Gaussian noise is ``eps``
     ``(..., Z)``. Both are drawn from ``generator`` unless given. ``deterministic`` returns the
     mean of the most likely component (``tau`` then has no effect). ``logsigma_range`` clamps the
-    chosen log sigmas (cheaper than clamping all K); ``out`` receives the result.
+    chosen log sigmas (cheaper than clamping all K); ``out`` receives the result; ``work``
+    (from :func:`mixture_workspace`, for (B, K, Z) inputs) holds every intermediate, so the hot
+    loop of the dream allocates nothing.
     """
+    lead, Z = logits.shape[:-2], logits.shape[-1]
+    w = {} if work is None else work
     if deterministic:
-        idx = logits.argmax(dim=-2, keepdim=True)                 # (..., 1, Z)
-        z = mu.gather(-2, idx).squeeze(-2)
+        idx = torch.argmax(logits, dim=-2, keepdim=True, out=w.get("idx"))   # (..., 1, Z)
+        z = torch.gather(mu, -2, idx, out=w.get("m")).squeeze(-2)
         return z if out is None else out.copy_(z)
     if tau <= 0:
         raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
-    lead, Z = logits.shape[:-2], logits.shape[-1]
     if u is None:
         u = torch.rand(*lead, 1, Z, device=logits.device, generator=generator)
     if eps is None:
         eps = torch.randn(*lead, Z, device=logits.device, generator=generator)
-    scaled = logits - logits.amax(dim=-2, keepdim=True)            # (..., K, Z) <= 0
+    mx = torch.amax(logits, dim=-2, keepdim=True, out=w.get("max"))
+    scaled = torch.sub(logits, mx, out=w.get("cdf"))               # (..., K, Z) <= 0
     if tau != 1.0:
         scaled.div_(tau)
-    cum = scaled.exp_().cumsum(dim=-2)                             # (..., K, Z) unnormalised CDF
-    idx = (cum < u * cum[..., -1:, :]).sum(dim=-2, keepdim=True)   # (..., 1, Z) component index
+    cum = torch.cumsum(scaled.exp_(), dim=-2, out=w.get("cum"))    # (..., K, Z) unnormalised CDF
+    thr = torch.mul(u, cum[..., -1:, :], out=w.get("thr"))         # (..., 1, Z)
+    below = torch.lt(cum, thr, out=w.get("lt"))
+    idx = torch.sum(below, dim=-2, keepdim=True, out=w.get("idx"))  # (..., 1, Z) component index
     idx.clamp_(max=logits.shape[-2] - 1)
-    m = mu.gather(-2, idx).squeeze(-2)                             # (..., Z)
-    s = logsigma.gather(-2, idx).squeeze(-2)                       # (..., Z)
+    m = torch.gather(mu, -2, idx, out=w.get("m")).squeeze(-2)       # (..., Z)
+    s = torch.gather(logsigma, -2, idx, out=w.get("s")).squeeze(-2)  # (..., Z)
     if logsigma_range is not None:
         s.clamp_(*logsigma_range)
     s.exp_()
@@ -346,6 +363,7 @@ class FusedDreamStep:
         self.u = self.uni[:, None, :Z]                # (N, 1, Z) component uniforms
         self.ud = self.uni[:, Z]                      # (N,) done uniforms
         self.eps = torch.empty(N, Z, device=dev)      # (N, Z) Gaussian noise
+        self.work = mixture_workspace(N, K, Z, dev)   # sampling intermediates
         self.z = self.x[:n_envs, :Z]                  # (n, Z) views into x (the real rollouts)
         self.h = self.x[:n_envs, Z:Z + H]             # (n, H)
         self.a = self.x[:n_envs, Z + H:D]             # (n, A)
@@ -397,13 +415,14 @@ class FusedDreamStep:
         logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z)
         done_logit = out[:, 3 * kz + 1]
         if deterministic:
-            sample_mixture(logits, mu, logsigma, deterministic=True, out=self._z_all)
+            sample_mixture(logits, mu, logsigma, deterministic=True, out=self._z_all, work=self.work)
             done = done_logit > 0
         else:
             self.uni.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
             sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps,
-                           logsigma_range=(self.logsigma_min, self.logsigma_max), out=self._z_all)
+                           logsigma_range=(self.logsigma_min, self.logsigma_max), out=self._z_all,
+                           work=self.work)
             done = self.ud < torch.sigmoid(done_logit)
         n = self.num_envs
         return out[:n, 3 * kz], done[:n]
