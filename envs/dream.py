@@ -30,7 +30,13 @@ Predicted by M. ``truncated`` is set at ``max_episode_steps`` (the task's limit 
 ``deterministic`` (no sampling: the most likely component's mean, the done logit's sign);
 ``render_mode`` ``"rgb_array"`` or ``"human"`` (a pygame window, upscaled); ``renderer``: any
 callable mapping latents ``(B, Z)`` to frames (uint8 ``(B, H, W, 3)`` or floats in [0, 1]
-``(B, 3, H, W)``), used in place of V's decoder for rendering and pixel observations.
+``(B, 3, H, W)``), used in place of V's decoder for rendering and pixel observations;
+``max_episode_steps`` (override the task's limit). ``DreamVectorEnv`` also takes ``num_envs``,
+``autoreset_mode`` (``NEXT_STEP`` or ``SAME_STEP``) and ``compile`` (fuse the step's
+element-wise work with ``torch.compile``).
+
+Tensors returned by the torch API are created under ``torch.inference_mode``: use them as
+controller inputs, not in autograd graphs.
 
 ## Seeding
 
