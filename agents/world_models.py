@@ -17,6 +17,7 @@ it stopped::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import asdict
@@ -70,9 +71,9 @@ class WorldModels:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.json"
         if cfg_path.exists():
-            saved = read_json(cfg_path)
-            if saved != config.to_dict():
-                diff = _diff(saved, config.to_dict())
+            saved, now = read_json(cfg_path), json.loads(json.dumps(config.to_dict()))  # tuples -> lists
+            if saved != now:
+                diff = _diff(saved, now)
                 raise ValueError(f"{self.run_dir} was started with another config (differs in {', '.join(diff[:6])}); "
                                  f"resume it without changing settings, or choose another --out")
         else:

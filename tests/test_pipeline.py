@@ -1,0 +1,124 @@
+"""The main job end to end on the smoke preset, resume, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
+
+
+def run(script: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                       env=env or ENV, timeout=1500, cwd=ROOT)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("runs") / "car"
+    return out, run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--no-progress")
+
+
+def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, r = smoke_run
+    summary = r.stdout.strip().splitlines()[-1]
+    assert summary.startswith("car_racing: real score ") and "over 4 episodes" in summary
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["task"] == "car_racing" and ev["episodes"] == 4 and len(ev["returns"]) == 4
+    assert np.isclose(ev["mean"], np.mean(ev["returns"])) and all(np.isfinite(ev["returns"]))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "smoke" and cfg["task"] == "car_racing"
+    for f in ("checkpoints/vae.pt", "checkpoints/mdrnn.pt", "checkpoints/controller.npz", "checkpoints/cma_r0.npz",
+              "figures/losses.png", "figures/cma.png", "videos/real.mp4", "videos/dream.mp4",
+              "samples/vae_recon.png", "data/manifest.json", "latents/manifest.json"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    report = (out / "report.md").read_text()
+    assert "figures/cma.png" in report and "videos/real.mp4" in report and f"{ev['mean']:.1f}" in report
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gens = sorted({m["step"] for m in metrics if m["name"] == "evolve/best"})
+    assert gens == [0, 1, 2]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
+
+
+def test_rerun_resumes_without_redoing_work(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = smoke_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    eval_before = (out / "eval.json").read_text()
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--no-progress")
+    assert "collecting" not in r.stdout and "evolving" not in r.stdout and "evaluating" not in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
+    assert (out / "eval.json").read_text() == eval_before
+
+
+def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess.CompletedProcess],
+                                               tmp_path: Path) -> None:
+    out, _ = smoke_run
+    r = run("watch.py", str(out), "--record", str(tmp_path / "w.mp4"), "--max-steps", "30")
+    assert (tmp_path / "w.mp4").stat().st_size > 0 and "real:" in r.stdout and "dream:" in r.stdout
+    import imageio.v3 as iio
+
+    frames = iio.imread(tmp_path / "w.mp4")
+    assert frames.shape[2] == 2 * frames.shape[1]  # real | dream side by side
+    r = run("evaluate.py", str(out), "--episodes", "2", "--workers", "2", "--max-steps", "50")
+    assert "over 2 episodes" in r.stdout.strip().splitlines()[-1]
+
+
+def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = smoke_run
+    r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--temperature", "1.3",
+            check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: {out} already holds a run with other settings; pass --resume to continue "
+                                f"it or choose another --out")
+
+
+def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.CompletedProcess],
+                                            tmp_path: Path) -> None:
+    import shutil
+
+    from agents.controller import ControllerConfig, save_controller
+
+    out, _ = smoke_run
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad, ignore=shutil.ignore_patterns("data", "latents", "videos", "tb"))
+    cfg = ControllerConfig.for_task({"type": "box", "shape": [3], "low": [-1, 0, 0], "high": [1, 1, 1]}, 288,
+                                    "car_racing")
+    save_controller(bad / "checkpoints" / "controller.npz", cfg, np.zeros(cfg.num_params))
+    r = run("evaluate.py", str(bad), "--episodes", "1", check=False)
+    assert r.returncode == 2 and "belongs to another world model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("dream_train.py", ["car_racin", "--preset", "smoke"], "error: unknown task 'car_racin'; known tasks:"),
+    ("dream_train.py", ["car_racing", "--resume", "--out", "/nonexistent/run"], "error: nothing to resume"),
+    ("dream_train.py", ["car_racing", "--set", "cma.popsiz=3"], "error: unknown config key 'cma.popsiz'"),
+    ("watch.py", ["/nonexistent/run", "--record", "x.mp4"], "error: run folder /nonexistent/run does not exist"),
+    ("evaluate.py", ["/nonexistent/run"], "error: run folder /nonexistent/run does not exist"),
+])
+def test_bad_input_gives_one_line(script: str, args: list[str], message: str) -> None:
+    r = run(script, *args, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_doom_smoke_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "doom"
+    r = run("dream_train.py", "doom_take_cover", "--preset", "smoke", "--out", str(out), "--no-progress",
+            "--set", "eval.videos=false")
+    assert r.stdout.strip().splitlines()[-1].startswith("doom_take_cover: real score ")
+    ev = json.loads((out / "eval.json").read_text())
+    # living reward 1 per tic: a return equals the episode length, capped by the smoke limit of 120
+    assert ev["returns"] == [float(n) for n in ev["lengths"]] and max(ev["lengths"]) <= 120
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vae"]["z_size"] == 64 and cfg["dream"]["temperature"] == 1.15
