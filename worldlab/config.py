@@ -180,14 +180,23 @@ def preset(name: str, task: str, z_size: int, rnn_hidden: int, action_dim: int) 
             eval=EvalConfig(episodes=4, max_steps=120),
         )
     if name == "default":
+        if doom:  # one round, as the paper did for Doom; LSTM 512 makes each dream step ~4x dearer
+            return RunConfig(
+                task=task, preset=name, workers=2, rounds=1,
+                collect=CollectConfig(episodes=300),
+                vae=vae, vae_train=TrainConfig(steps=3000, lr=1e-3, amp="auto", sample_every=1000), vae_batch=64,
+                mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
+                cma=CMAConfig(popsize=32, rollouts=8, generations=50, sigma0=0.1),
+                dream=DreamConfig(temperature=1.15, max_steps=1000),
+                eval=EvalConfig(episodes=100),
+            )
         return RunConfig(
             task=task, preset=name, workers=2, rounds=2,
-            collect=CollectConfig(episodes=300 if doom else 200, episodes_per_round=100, noise_std=0.1),
-            vae=vae, vae_train=TrainConfig(steps=4000, lr=1e-3, amp="auto", sample_every=1000),
-            vae_batch=64,
+            collect=CollectConfig(episodes=200, episodes_per_round=100, noise_std=0.1),
+            vae=vae, vae_train=TrainConfig(steps=4000, lr=1e-3, amp="auto", sample_every=1000), vae_batch=64,
             mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
-            cma=CMAConfig(popsize=64, rollouts=16, generations=60 if doom else 80, sigma0=0.1),
-            dream=DreamConfig(temperature=1.15 if doom else 1.0),
+            cma=CMAConfig(popsize=64, rollouts=16, generations=60, sigma0=0.1),
+            dream=DreamConfig(temperature=1.0),
             eval=EvalConfig(episodes=100),
         )
     return RunConfig(
