@@ -73,6 +73,17 @@ def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess
     assert "over 2 episodes" in r.stdout.strip().splitlines()[-1]
 
 
+def test_temperature_sweep_with_ray_tune(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = smoke_run
+    r = run("sweep_temperature.py", str(out), "--taus", "0.5", "1.3", "--generations", "2", "--popsize", "4",
+            "--rollouts", "2", "--eval-episodes", "2", "--dream-steps", "40", "--real-steps", "40")
+    rows = json.loads((out / "tau_sweep.json").read_text())["rows"]
+    assert [row["temperature"] for row in rows] == [0.5, 1.3]
+    assert all(len(row["real_returns"]) == 2 and np.isfinite(row["dream_mean"]) for row in rows)
+    assert (out / "tau_sweep" / "tau_1.3" / "controller.npz").is_file()
+    assert "| 1.3 |" in (out / "tau_sweep.md").read_text() and "1.3" in r.stdout
+
+
 def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--temperature", "1.3",
