@@ -75,3 +75,15 @@ def test_join_without_token_says_how_to_fix(ray_cluster: tuple[str, dict[str, st
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: could not join the Ray cluster at {address}")
     assert "RAY_AUTH_MODE=token" in last and "RAY_AUTH_TOKEN" in last
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_through_address(ray_cluster: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dream_train.py"), "car_racing", "--preset", "smoke",
+                        "--out", str(out), "--address", address, "--no-progress", "--set", "eval.videos=false"],
+                       env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("car_racing: real score ")
+    assert (out / "eval.json").is_file() and (out / "checkpoints" / "controller.npz").is_file()
