@@ -54,6 +54,20 @@ def test_same_seed_same_data_any_worker_count(tmp_path: Path, ray_session) -> No
         assert a.episodes[i]["seed"] == episode_seed(5, i)
 
 
+def test_random_controller_policy(tmp_path: Path) -> None:
+    """The paper's data policy: untrained V and M, a fresh random linear controller per episode."""
+    a = collect("car_racing", tmp_path / "a", 2, workers=0, policy="random_controller", seed=1, env_kwargs=SHORT,
+                progress=False)
+    b = collect("car_racing", tmp_path / "b", 2, workers=0, policy="random_controller", seed=1, env_kwargs=SHORT,
+                progress=False)
+    assert [a.episodes[i]["sha256"] for i in range(2)] == [b.episodes[i]["sha256"] for i in range(2)]
+    acts = [load_shard(p, s)["actions"] for p, s in a.files()]
+    assert not np.array_equal(acts[0], acts[1])  # a different controller each episode
+    for x in acts:
+        assert (x[:, 0] >= -1).all() and (x[:, 0] <= 1).all() and (x[:, 1:] >= 0).all() and (x[:, 1:] <= 1).all()
+    assert a.meta["policy"] == "random_controller"
+
+
 def test_corrupt_shard_is_rejected(tmp_path: Path) -> None:
     m = collect("car_racing", tmp_path / "d", 2, workers=0, env_kwargs=SHORT, progress=False)
     path = tmp_path / "d" / m.episodes[1]["file"]

@@ -123,10 +123,17 @@ def test_bad_input_gives_one_line(script: str, args: list[str], message: str) ->
     assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_doom_smoke_end_to_end(tmp_path: Path) -> None:
+def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
+    """Doom, with a second round of iterative training (the evolved controller collects new data)."""
     out = tmp_path / "doom"
     r = run("dream_train.py", "doom_take_cover", "--preset", "smoke", "--out", str(out), "--no-progress",
-            "--set", "eval.videos=false")
+            "--rounds", "2", "--set", "eval.videos=false")
+    assert "round 1: collecting 2 real episodes (controller)" in r.stdout
+    from worldlab.storage import Manifest
+
+    m = Manifest.open(out / "data")
+    assert sorted(m.episodes) == list(range(8))  # 6 + 2 episodes
+    assert (out / "checkpoints" / "controller_r1.npz").is_file()
     assert r.stdout.strip().splitlines()[-1].startswith("doom_take_cover: real score ")
     ev = json.loads((out / "eval.json").read_text())
     # living reward 1 per tic: a return equals the episode length, capped by the smoke limit of 120
