@@ -56,13 +56,16 @@ class WorldModels:
         run_dir: the run folder; its ``config.json`` must match ``config`` when it exists.
         address: Ray cluster address (None: a local Ray).
         progress: show progress bars.
+        threads: torch threads of this process (default: every core; on a machine shared with
+            other jobs, 1 avoids OpenMP threads spinning against each other).
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path, address: str | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, threads: int | None = None) -> None:
         import envs
 
         self.cfg, self.run_dir, self.address, self.progress = config, Path(run_dir), address, progress
+        self.threads = threads or max(1, os.cpu_count() or 1)
         self.spec = envs.get_task(config.task)
         self.ckpt = self.run_dir / "checkpoints"
         self.device = torch.device(config.device)
@@ -197,7 +200,7 @@ class WorldModels:
 
     def learn(self) -> dict[str, Any]:
         c = self.cfg
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         wm: WorldModel | None = None
         params: np.ndarray | None = None

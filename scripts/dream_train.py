@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set cma.popsize=32 --set vae_train.steps=500")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores; 1 on a machine busy with other jobs)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"the parent of the run folder does not exist: {run_dir.parent}")
         from agents.world_models import WorldModels
 
-        algo = WorldModels(cfg, run_dir, address=args.address, progress=not args.no_progress)
+        algo = WorldModels(cfg, run_dir, address=args.address, progress=not args.no_progress, threads=args.threads)
         res = algo.learn()
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
