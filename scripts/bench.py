@@ -1,0 +1,128 @@
+"""Run every benchmark in one go and write docs/BENCHMARKS.md from what they measured.
+
+    python scripts/bench.py                 # all, default sizes (~10-15 min on 2 cores)
+    python scripts/bench.py --only car_racing collect
+    python scripts/bench.py --quick         # small sizes, to check the machinery
+
+Each benchmark is a script in benchmarks/ that measures ratios against a baseline in the same
+process (the machines are shared and noisy); this runner calls them one after another (never in
+parallel), keeps their JSON in benchmarks/results/, and renders the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+BENCHES: dict[str, tuple[list[str], list[str]]] = {
+    # name: (default args, --quick args)
+    "car_racing": (["--steps", "1000", "--seeds", "0", "1", "2", "--repeats", "3"],
+                   ["--steps", "200", "--seeds", "0", "--repeats", "1"]),
+    "collect": (["--episodes", "12", "--max-steps", "500"], ["--episodes", "4", "--max-steps", "100"]),
+    "dream": ([], ["--steps", "50", "--rounds", "1"]),
+    "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
+}
+
+
+def run(name: str, quick: bool) -> dict:
+    args = BENCHES[name][1 if quick else 0]
+    out = RESULTS / f"{name}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args, "--json", str(out)]
+    print(f"$ {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
+    res = json.loads(out.read_text())
+    res["_command"] = f"python benchmarks/{name}.py {' '.join(args)}"
+    res["_wall_s"] = time.perf_counter() - t0
+    out.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def fmt(x: float, d: int = 1) -> str:
+    return f"{x:,.{d}f}"
+
+
+def render(results: dict[str, dict]) -> str:
+    L = ["# Benchmarks", "",
+         "Produced by `python scripts/bench.py` (raw JSON in `benchmarks/results/`). Speed is reported as",
+         "ratios against a baseline measured in the same process, since the machines are shared and noisy.",
+         f"Machine of this run: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+         f"Python {platform.python_version()}, no GPU.", ""]
+    r = results.get("car_racing")
+    if r:
+        L += ["## Fast CarRacing vs Gymnasium's (one core)", "", f"Command: `{r['_command']}`", "",
+              "| env | steps/s (wall) | steps/s (process CPU) |", "|---|---|---|",
+              f"| gymnasium CarRacing-v3 | {fmt(r['gymnasium_steps_per_s'])} | {fmt(r['gymnasium_steps_per_cpu_s'])} |",
+              f"| worldlab/CarRacing-v3 | {fmt(r['fast_steps_per_s'])} | {fmt(r['fast_steps_per_cpu_s'])} |",
+              f"| **ratio** | **{fmt(r['ratio'], 2)}x** | **{fmt(r['cpu_ratio'], 2)}x** |", "",
+              f"Bit-identical trajectories on this run (obs, reward, terminated, truncated, info at every step): "
+              f"**{r['identical']}**.", ""]
+    r = results.get("collect")
+    if r:
+        one, two = r["one_worker"], r["two_workers"]
+        L += ["## ViZDoom TakeCover and Ray collection", "", f"Command: `{r['_command']}`", "",
+              f"- `doom_take_cover` (64x64 preprocessing, paper actions): **{fmt(r['doom_take_cover_steps_per_s'], 0)}"
+              f" steps/s** on one core.",
+              f"- Collection of {one['episodes']} `{r['task']}` episodes ({one['frames']} frames), shards included: "
+              f"1 worker {fmt(one['frames_per_s'], 0)} frames/s, 2 workers {fmt(two['frames_per_s'], 0)} frames/s: "
+              f"**{fmt(r['parallel_speedup'], 2)}x** (parallel efficiency {fmt(100 * r['parallel_speedup'] / 2, 0)}%).",
+              ""]
+    r = results.get("dream")
+    if r:
+        L += ["## The batched dream", "", f"Command: `{r['_command']}`", "",
+              f"- `DreamVectorEnv`, {r['envs']} envs with a linear controller in the loop: "
+              f"**{fmt(r['dream_steps_per_s'] if 'dream_steps_per_s' in r else r.get('steps_per_s', 0), 0)} steps/s**",
+              f"- vs gymnasium CarRacing-v3 on one core ({fmt(r['car_racing_steps_per_s'], 1)} steps/s): "
+              f"**{fmt(r['speedup_vs_car_racing'], 0)}x**",
+              f"- {fmt(r['flops_per_env_step'], 0)} FLOP per env-step -> {fmt(r['dream_gflops'], 1)} GFLOP/s = "
+              f"**{fmt(r['roofline_fraction'], 2)}** of the measured matmul roofline ({r['roofline']}; matmul "
+              + ", ".join(f"{k} {fmt(v, 1)}" for k, v in r["matmul_gflops"].items()) + " GFLOP/s).",
+              "- FLOPs counted as 2 x multiply-adds of the step's matrix products (LSTM gates, MDN head, controller), "
+              "unpadded; element-wise work not counted. See `benchmarks/dream.py`.", ""]
+    r = results.get("cma")
+    if r:
+        L += ["## One CMA-ES generation: dream vs real game", "", f"Command: `{r['_command']}`", "",
+              f"- {r['popsize']} x {r['rollouts']} = {r['popsize'] * r['rollouts']} rollouts of {r['steps']} steps in "
+              f"the dream: **{fmt(r['dream_generation_s'], 1)} s** ({fmt(r['dream_steps_per_s'], 0)} steps/s, "
+              f"{r['torch_threads']} threads).",
+              f"- The same generation in the real CarRacing with V and M in the loop, {r['real_workers']} Ray workers: "
+              f"{fmt(r['real_steps_per_s'], 0)} steps/s measured on {r['real_episodes']} episodes -> "
+              f"{fmt(r['real_generation_s_projected'] / 60, 1)} min projected: the dream is "
+              f"**{fmt(r['ratio_real_over_dream'], 0)}x** faster.", ""]
+    return "\n".join(L)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHES), default=None)
+    p.add_argument("--quick", action="store_true", help="small sizes (checks the machinery, figures not kept)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = p.parse_args()
+    names = args.only or list(BENCHES)
+    results = {}
+    for n in BENCHES:
+        path = RESULTS / f"{n}.json"
+        if n in names:
+            results[n] = run(n, args.quick)
+        elif path.exists():  # keep the figures of benchmarks not rerun this time
+            results[n] = json.loads(path.read_text())
+    if not args.quick:
+        Path(args.out).write_text(render(results) + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
