@@ -2,10 +2,13 @@
 
 Both environments run in this one process, pinned to one CPU with one BLAS /
 OpenMP thread, over the same seeds and the same brownian-noise action
-sequence. Repeats are interleaved (gymnasium, ours, gymnasium, ours, ...) so
-that drifts in machine load hit both alike, and the median over repeats is
-reported. Every repeat's trajectories (observation, reward, terminated,
-truncated, info at every step) are checked to be bit-identical.
+sequence. Episodes are interleaved (gymnasium seed 0, ours seed 0, gymnasium
+seed 1, ...) so that drifts in machine load hit both alike, and the median
+over repeats is reported. Steps/s are given per wall-clock second and per
+second of this process's CPU time (the two agree on an idle machine; on a
+shared one the CPU figure leaves out the time other processes held the
+core). Every episode's trajectory (observation, reward, terminated,
+truncated, info at every step) is checked to be bit-identical.
 
 Usage::
 
@@ -50,6 +53,9 @@ class Result:
     gymnasium_steps_per_s: float
     fast_steps_per_s: float
     ratio: float
+    gymnasium_steps_per_cpu_s: float
+    fast_steps_per_cpu_s: float
+    cpu_ratio: float
     identical: bool
     steps_per_repeat: int
     gymnasium_runs_steps_per_s: list[float] = field(default_factory=list)
@@ -74,43 +80,43 @@ def brownian_actions(seed: int, steps: int) -> list[np.ndarray]:
 Trajectory = list[tuple[Any, ...]]
 
 
-def run_episodes(
-    env_id: str, seeds: list[int], actions: dict[int, list[np.ndarray]]
-) -> tuple[float, int, list[Trajectory]]:
-    """Run one episode per seed; return (seconds spent in step(), steps, trajectories)."""
-    env = gym.make(env_id)
-    elapsed = 0.0
-    steps = 0
-    trajectories = []
-    try:
-        for seed in seeds:
-            obs, info = env.reset(seed=seed)
-            trajectory: Trajectory = [(obs, info)]
-            step = env.step
-            start = time.perf_counter()
-            for action in actions[seed]:
-                result = step(action)
-                trajectory.append(result)
-                if result[2] or result[3]:
-                    break
-            elapsed += time.perf_counter() - start
-            steps += len(trajectory) - 1
-            trajectories.append(trajectory)
-    finally:
-        env.close()
-    return elapsed, steps, trajectories
+@dataclass
+class Timing:
+    """Time spent in ``step()`` and steps taken, summed over episodes."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    steps: int = 0
+
+    def add(self, wall_s: float, cpu_s: float, steps: int) -> None:
+        """Account for one more episode."""
+        self.wall_s += wall_s
+        self.cpu_s += cpu_s
+        self.steps += steps
 
 
-def identical(a: list[Trajectory], b: list[Trajectory]) -> bool:
-    """Whether two runs produced the same observations, rewards, flags and infos."""
+def run_episode(env: gym.Env, seed: int, actions: list[np.ndarray], timing: Timing) -> Trajectory:
+    """Reset with ``seed``, step through ``actions`` until the episode ends; time the steps."""
+    obs, info = env.reset(seed=seed)
+    trajectory: Trajectory = [(obs, info)]
+    step = env.step
+    wall, cpu = time.perf_counter(), time.process_time()
+    for action in actions:
+        result = step(action)
+        trajectory.append(result)
+        if result[2] or result[3]:
+            break
+    timing.add(time.perf_counter() - wall, time.process_time() - cpu, len(trajectory) - 1)
+    return trajectory
+
+
+def identical(a: Trajectory, b: Trajectory) -> bool:
+    """Whether two episodes produced the same observations, rewards, flags and infos."""
     if len(a) != len(b):
         return False
-    for ta, tb in zip(a, b, strict=True):
-        if len(ta) != len(tb):
+    for ra, rb in zip(a, b, strict=True):
+        if not np.array_equal(ra[0], rb[0]) or ra[1:] != rb[1:]:
             return False
-        for ra, rb in zip(ta, tb, strict=True):
-            if not np.array_equal(ra[0], rb[0]) or ra[1:] != rb[1:]:
-                return False
     return True
 
 
@@ -129,45 +135,55 @@ def main(argv: list[str] | None = None) -> Result:
     register_envs()
     actions = {seed: brownian_actions(seed, args.steps) for seed in args.seeds}
 
+    ref_env, fast_env = gym.make(REFERENCE_ID), gym.make(ENV_ID)
     # Warm up both (imports, fonts, first surfaces) outside the measurement.
-    for env_id in (REFERENCE_ID, ENV_ID):
-        run_episodes(env_id, args.seeds[:1], {args.seeds[0]: actions[args.seeds[0]][:20]})
+    for env in (ref_env, fast_env):
+        run_episode(env, args.seeds[0], actions[args.seeds[0]][:20], Timing())
 
-    ref_rates: list[float] = []
-    fast_rates: list[float] = []
+    ref_runs: list[Timing] = []
+    fast_runs: list[Timing] = []
     same = True
-    steps = 0
     for repeat in range(args.repeats):
-        ref_time, ref_steps, ref_traj = run_episodes(REFERENCE_ID, args.seeds, actions)
-        fast_time, steps, fast_traj = run_episodes(ENV_ID, args.seeds, actions)
-        same = same and ref_steps == steps and identical(ref_traj, fast_traj)
-        ref_rates.append(ref_steps / ref_time)
-        fast_rates.append(steps / fast_time)
+        ref, fast = Timing(), Timing()
+        for seed in args.seeds:
+            ref_traj = run_episode(ref_env, seed, actions[seed], ref)
+            fast_traj = run_episode(fast_env, seed, actions[seed], fast)
+            same = same and identical(ref_traj, fast_traj)
+            del ref_traj, fast_traj
+        ref_runs.append(ref)
+        fast_runs.append(fast)
         print(
-            f"repeat {repeat}: gymnasium {ref_rates[-1]:7.1f} steps/s, "
-            f"fast {fast_rates[-1]:7.1f} steps/s, identical={same}",
+            f"repeat {repeat}: gymnasium {ref.steps / ref.wall_s:7.1f} steps/s "
+            f"({ref.steps / ref.cpu_s:7.1f} per CPU s), fast {fast.steps / fast.wall_s:7.1f} "
+            f"steps/s ({fast.steps / fast.cpu_s:7.1f} per CPU s), identical={same}",
             flush=True,
         )
-        del ref_traj, fast_traj
+    ref_env.close()
+    fast_env.close()
 
-    ref_median = statistics.median(ref_rates)
-    fast_median = statistics.median(fast_rates)
+    def median(runs: list[Timing], cpu: bool) -> float:
+        return statistics.median(r.steps / (r.cpu_s if cpu else r.wall_s) for r in runs)
+
     result = Result(
         steps_per_episode=args.steps,
         seeds=list(args.seeds),
         repeats=args.repeats,
-        gymnasium_steps_per_s=round(ref_median, 1),
-        fast_steps_per_s=round(fast_median, 1),
-        ratio=round(fast_median / ref_median, 2),
+        gymnasium_steps_per_s=round(median(ref_runs, False), 1),
+        fast_steps_per_s=round(median(fast_runs, False), 1),
+        ratio=round(median(fast_runs, False) / median(ref_runs, False), 2),
+        gymnasium_steps_per_cpu_s=round(median(ref_runs, True), 1),
+        fast_steps_per_cpu_s=round(median(fast_runs, True), 1),
+        cpu_ratio=round(median(fast_runs, True) / median(ref_runs, True), 2),
         identical=same,
-        steps_per_repeat=steps,
-        gymnasium_runs_steps_per_s=[round(r, 1) for r in ref_rates],
-        fast_runs_steps_per_s=[round(r, 1) for r in fast_rates],
+        steps_per_repeat=fast_runs[-1].steps,
+        gymnasium_runs_steps_per_s=[round(r.steps / r.wall_s, 1) for r in ref_runs],
+        fast_runs_steps_per_s=[round(r.steps / r.wall_s, 1) for r in fast_runs],
     )
     print(
-        f"median over {args.repeats} repeats of {steps} steps: gymnasium "
-        f"{result.gymnasium_steps_per_s} steps/s, fast {result.fast_steps_per_s} steps/s, "
-        f"ratio {result.ratio}x, bit-identical: {result.identical}"
+        f"median over {args.repeats} repeats of {result.steps_per_repeat} steps: "
+        f"gymnasium {result.gymnasium_steps_per_s} steps/s, fast {result.fast_steps_per_s} "
+        f"steps/s, ratio {result.ratio}x (per CPU second: {result.gymnasium_steps_per_cpu_s} "
+        f"vs {result.fast_steps_per_cpu_s}, {result.cpu_ratio}x); bit-identical: {same}"
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
