@@ -61,7 +61,7 @@ def collection_meta(task: str, policy: PolicySpec, seed: int, env_kwargs: dict[s
         meta = {
             "task": task,
             "policy": policy.name,
-            "policy_kwargs": policy.kwargs,
+            "policy_kwargs": {k: v for k, v in policy.kwargs.items() if isinstance(v, (bool, int, float, str))},
             "seed": int(seed),
             "env_kwargs": env_kwargs,
             "action_space": envs.task_of(env),
