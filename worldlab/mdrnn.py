@@ -281,29 +281,30 @@ class MDRNN(nn.Module):
         return model
 
 
-def _cell_update(g: torch.Tensor, c: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_update(g: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, hidden: int) -> None:
     """LSTM nonlinearities on gate pre-activations (N, 4H) whose cell-candidate block is doubled.
 
-    Out-of-place twin of the in-place sequence in :meth:`FusedDreamStep.step`, for torch.compile.
+    Writes the new cell state into ``c`` and the new hidden state into ``h_out`` (no allocation
+    when compiled). The twin of the in-place sequence in :meth:`FusedDreamStep.step`, for torch.compile.
     """
     s = torch.sigmoid(g)
     H = hidden
     i, f, gg, o = s[:, :H], s[:, H:2 * H], s[:, 2 * H:3 * H], s[:, 3 * H:]
     c2 = f * c + i * (2.0 * gg - 1.0)
-    h = o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0)
-    return h, c2
+    h_out.copy_(o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0))
+    c.copy_(c2)
 
 
-def _sample_head(out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, z_size: int,
-                 gaussians: int, tau: float, logsigma_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (z (N, Z), done (N,)) from head outputs (N, O) with given uniforms and normals."""
+def _sample_head(out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, z_out: torch.Tensor,
+                 z_size: int, gaussians: int, tau: float, logsigma_range: tuple[float, float]) -> torch.Tensor:
+    """Sample z from head outputs (N, O) into ``z_out`` (N, Z); return done (N,) bool."""
     K, Z = gaussians, z_size
     kz = K * Z
     logits = out[:, :kz].reshape(-1, K, Z)
     mu = out[:, kz:2 * kz].reshape(-1, K, Z)
     logsigma = out[:, 2 * kz:3 * kz].reshape(-1, K, Z)
-    z = sample_mixture(logits, mu, logsigma, tau=tau, u=u, eps=eps, logsigma_range=logsigma_range)
-    return z, ud < torch.sigmoid(out[:, 3 * kz + 1])
+    z_out.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=u, eps=eps, logsigma_range=logsigma_range))
+    return ud < torch.sigmoid(out[:, 3 * kz + 1])
 
 
 class FusedDreamStep:
@@ -429,9 +430,7 @@ class FusedDreamStep:
 
     def _step_compiled(self, tau: float, deterministic: bool,
                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c2 = self._cell_fn(self.gates, self.c, self.H)
-        self._h_all.copy_(h)
-        self.c.copy_(c2)
+        self._cell_fn(self.gates, self.c, self._h_all, self.H)
         out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
         kz, n = self.K * self.Z, self.num_envs
         if deterministic:
@@ -440,9 +439,8 @@ class FusedDreamStep:
             return out[:n, 3 * kz], (out[:, 3 * kz + 1] > 0)[:n]
         self.uni.uniform_(generator=generator)
         self.eps.normal_(generator=generator)
-        z, done = self._sample_fn(out, self.u, self.eps, self.ud, self.Z, self.K, float(tau),
-                                  (self.logsigma_min, self.logsigma_max))
-        self._z_all.copy_(z)
+        done = self._sample_fn(out, self.u, self.eps, self.ud, self._z_all, self.Z, self.K, float(tau),
+                               (self.logsigma_min, self.logsigma_max))
         return out[:n, 3 * kz], done[:n]
 
     @staticmethod
