@@ -143,7 +143,7 @@ class _DreamCore:
         if not self.deterministic:
             noise = np.stack([self.rngs[r].standard_normal(z) for r in rows]).astype(np.float32)
             std = self.bank_std[torch.from_numpy(idx).to(self.device)]
-            start = start + std * torch.from_numpy(noise).to(self.device) * math.sqrt(self.temperature)
+            start = start + std * torch.from_numpy(noise).to(self.device)  # z0 ~ N(mu, sigma^2) of a real frame
         return start
 
     def reset_rows(self, rows: Sequence[int], z0: torch.Tensor | None = None) -> None:

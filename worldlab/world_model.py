@@ -193,10 +193,11 @@ class WorldModel(nn.Module):
         """A freshly initialised world model with a random start bank (tests, demos, benchmarks)."""
         action_space = dict(action_space or CAR_RACING_ACTIONS)
         adim, discrete = action_dim_of(action_space)
-        torch.manual_seed(seed)
-        vae = ConvVAE(VAEConfig(z_size=z_size))
-        mdrnn = MDRNN(MDRNNConfig(z_size=z_size, action_dim=adim, discrete_actions=discrete, hidden=hidden,
-                                  gaussians=gaussians))
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
+            torch.manual_seed(seed)
+            vae = ConvVAE(VAEConfig(z_size=z_size))
+            mdrnn = MDRNN(MDRNNConfig(z_size=z_size, action_dim=adim, discrete_actions=discrete, hidden=hidden,
+                                      gaussians=gaussians))
         g = torch.Generator().manual_seed(seed)
         start_mu = torch.randn(bank, z_size, generator=g)
         start_logvar = torch.full((bank, z_size), -4.0)
