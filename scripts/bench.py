@@ -28,7 +28,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "car_racing": (["--steps", "1000", "--seeds", "0", "1", "2", "--repeats", "3"],
                    ["--steps", "200", "--seeds", "0", "--repeats", "1"]),
     "collect": (["--episodes", "12", "--max-steps", "500"], ["--episodes", "4", "--max-steps", "100"]),
-    "dream": ([], ["--steps", "50", "--rounds", "1"]),
+    "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
 }
 
@@ -81,7 +81,7 @@ def render(results: dict[str, dict]) -> str:
     if r:
         L += ["## The batched dream", "", f"Command: `{r['_command']}`", "",
               f"- `DreamVectorEnv`, {r['envs']} envs with a linear controller in the loop: "
-              f"**{fmt(r['dream_steps_per_s'] if 'dream_steps_per_s' in r else r.get('steps_per_s', 0), 0)} steps/s**",
+              f"**{fmt(r[r['best'] + '_steps_per_s'], 0)} steps/s** ({r['best'].replace('_', ' ')} step, {r['machine']})",
               f"- vs gymnasium CarRacing-v3 on one core ({fmt(r['car_racing_steps_per_s'], 1)} steps/s): "
               f"**{fmt(r['speedup_vs_car_racing'], 0)}x**",
               f"- {fmt(r['flops_per_env_step'], 0)} FLOP per env-step -> {fmt(r['dream_gflops'], 1)} GFLOP/s = "
