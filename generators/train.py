@@ -45,6 +45,8 @@ class FitConfig:
     """learning rate (None = the family's book default)."""
     ema: float | None = None
     """EMA decay of the weights (None = family default: 0.999 for ddpm, else off)."""
+    grad_clip: float | None = None
+    """clip the gradient norm to this, 0 = off (None = family default: off for realnvp as in the book, else 1)."""
     sample_every: int = 0
     """steps between sample grids (0 = only at the end)."""
     samples: int = 64
@@ -78,7 +80,8 @@ def train_config(name: str, fit: FitConfig) -> tuple[TrainConfig, int]:
     """The loop's TrainConfig and the batch size for family ``name`` under ``fit``."""
     d = family(name).train
     ema = fit.ema if fit.ema is not None else d.get("ema", 0.0)
-    tc = TrainConfig(steps=fit.steps, lr=fit.lr if fit.lr is not None else d.get("lr", 1e-3),
+    clip = fit.grad_clip if fit.grad_clip is not None else d.get("grad_clip", 1.0)
+    tc = TrainConfig(steps=fit.steps, lr=fit.lr if fit.lr is not None else d.get("lr", 1e-3), grad_clip=clip,
                      weight_decay=d.get("weight_decay", 0.0), ema=ema, amp=fit.amp, log_every=fit.log_every,
                      sample_every=fit.sample_every, checkpoint_every=fit.checkpoint_every, seed=fit.seed)
     return tc, fit.batch_size or d.get("batch_size", 128)

@@ -49,17 +49,20 @@ class Plan:
     note: str = ""
 
 
+SHORT = "for this short run"
 PLANS = [
-    Plan("dcgan", "mnist", 1500, 64),
-    Plan("wgan_gp", "mnist", 1000, 64),
-    Plan("cgan", "mnist", 1000, 64),
-    Plan("ddpm", "mnist", 1500, 64, ema=0.995, note="EMA 0.995 instead of the book's 0.999 for this short run"),
-    Plan("ebm", "mnist", 600, 64),
-    Plan("pixelcnn", "mnist", 1500, 64),
-    Plan("realnvp", "mnist", 1500, 64, lr=1e-3),
-    Plan("realnvp", "moons", 3600, 256, preset=None, note="the book's moons model and settings"),
-    Plan("vae", "frames", 400, 32),
-    Plan("dcgan", "frames", 400, 32, config={"channels": 16}),
+    Plan("dcgan", "mnist", 1000, 64),
+    Plan("wgan_gp", "mnist", 500, 64, lr=5e-4, note=f"lr 5e-4 instead of the book's 2e-4 {SHORT}"),
+    Plan("cgan", "mnist", 600, 64, lr=5e-4, note=f"lr 5e-4 instead of the book's 2e-4 {SHORT}"),
+    Plan("ddpm", "mnist", 600, 64, ema=0.995, config={"widths": (16, 32, 64)},
+         note=f"U-Net widths 16/32/64; EMA 0.995 instead of the book's 0.999 {SHORT}"),
+    Plan("ebm", "mnist", 200, 64, preset=None, lr=1e-3,
+         note=f"the book's sizes; lr 1e-3 instead of 1e-4 {SHORT}; samples: 256 Langevin steps from noise"),
+    Plan("pixelcnn", "mnist", 500, 64),
+    Plan("realnvp", "mnist", 400, 64, lr=1e-3, note=f"lr 1e-3 instead of 1e-4 {SHORT}"),
+    Plan("realnvp", "moons", 1500, 256, preset=None, note="the book's moons settings, 6 couplings"),
+    Plan("vae", "frames", 300, 32),
+    Plan("dcgan", "frames", 300, 32, config={"channels": 16}),
 ]
 
 
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = mnist.split(N_EVAL, seed=0)
     log(f"MNIST {args.image_size}x{args.image_size}: {len(train)} train, {len(test)} held out")
     t0 = time.time()
-    clf = metrics.train_classifier(train, steps=max(50, int(1500 * min(1.0, args.scale * 4))), seed=0)
+    clf = metrics.train_classifier(train, steps=max(50, int(800 * min(1.0, args.scale * 4))), seed=0)
     clf_time = time.time() - t0
     x_test, y_test = test.tensor(), test.y
     assert y_test is not None
@@ -268,6 +271,48 @@ def _vae_features(vae: generators.Generator):
     return enc
 
 
+STATIC_SECTIONS = """## The API in brief
+
+```python
+import generators
+data = generators.data.load("mnist", image_size=16)     # or digits, moons, car_racing:RUN
+model = generators.model_for("ddpm", data, preset="small")  # config shaped for the data
+generators.fit(model, data, generators.FitConfig(steps=600), out="runs/ddpm")  # the lab's loop
+x = model.sample(16, generator=0)     # (16, 1, 16, 16) float32 in [-1, 1]; same seed, same images
+model.save("ddpm.pt"); generators.load("ddpm.pt")
+```
+
+Images are float32 `(N, C, H, W)` in `[-1, 1]` both from `generators.data` and from `sample`
+(`generators.images.to_uint8` gives `(N, H, W, C)` uint8); points are `(N, D)` float32.
+`log_prob` exists for `realnvp` and `pixelcnn`, `energy` for `ebm`, `discriminate` for the GANs,
+`encode`/`decode` for `vae` (the lab's V, `worldlab.vae.ConvVAE`, reused). Book defaults are the
+dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU minutes) shrink them.
+
+## Roles in the lab
+
+- **Data augmenter**: `generators.augment.MixedDataset(real, model, ratio)` mixes generated
+  samples into a data set; `generators.augment.GeneratedObservations(env, model, p)` shows an
+  agent generated frames with probability `p`. With Stable-Baselines3:
+
+  ```python
+  import gymnasium as gym
+  from stable_baselines3 import PPO
+  from generators.augment import GeneratedObservations
+  env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
+  env = GeneratedObservations(env, generators.load("runs/generators/vae-car_racing/generator.pt"),
+                              p=0.1, mode="replace", seed=0)
+  PPO("CnnPolicy", env, n_steps=256).learn(10_000)
+  ```
+
+- **Reward synthesizer**: `generators.reward.GeneratorReward(env, term, scale)` adds
+  `scale * term(next_obs)`: a flow's `log p(z)` (`log_density`), an EBM's `-E` (`neg_energy`) or a
+  discriminator logit (`discriminator_logit`), on observation vectors, latents or images.
+- **Renderer** (a generator conditioned on the dream's `z` drawn by `DreamEnv`): not built yet.
+
+"""
+STATIC_SECTIONS = STATIC_SECTIONS.splitlines()
+
+
 def render(info: dict[str, Any]) -> str:
     rows = info["rows"]
     by = {(r["family"], r["data"]): r for r in rows}
@@ -341,6 +386,7 @@ def render(info: dict[str, Any]) -> str:
             lines += ["V's reconstructions (top: held-out frames, bottom: decoded posterior means):", "",
                       "![V reconstructions](generators/vae_frames_recon.png)", "",
                       "Real held-out frames:", "", "![real frames](generators/car_racing_real.png)", ""]
+    lines += STATIC_SECTIONS
     lines += ["## How to reproduce", "", "```", info["command"].strip(), "```", "",
               "Each model's run folder (`runs/generator_report/FAMILY-DATA/`) holds its checkpoint, TensorBoard "
               "logs and sample grids during training; a rerun reuses finished models. Train any family on any "

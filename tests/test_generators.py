@@ -377,3 +377,42 @@ def test_longer_training_keeps_improving(name: str) -> None:
                           progress=False)
     vals = hist[generators.family(name).monitor]
     assert np.mean(vals[-20:]) < np.mean(vals[:20])
+
+
+def test_frechet_distance_matches_its_formula() -> None:
+    from scipy import linalg
+
+    from generators.metrics import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    b = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    assert frechet_distance(a, a + 2.0) == pytest.approx(6 * 4.0, rel=1e-6)  # a shift by 2 in 6 dims
+    with pytest.raises(ValueError, match="same F"):
+        frechet_distance(a, b[:, :3])
+
+
+def test_digit_classifier_learns(digits: GenData) -> None:
+    from generators import metrics
+
+    data = generators.data.load("digits")
+    train, test = data.split(300, seed=0)
+    clf = metrics.train_classifier(train, steps=150, batch_size=64)
+    assert metrics.accuracy(clf, test.tensor(), test.y) > 0.8
+    assert metrics.batched(clf.features, test.tensor(torch.arange(10))).shape == (10, 128)
+
+
+@pytest.mark.slow
+def test_report_script_runs_end_to_end(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "generator_report.py"), "--scale", "0.005",
+                        "--no-frames", "--out", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = (tmp_path / "docs" / "GENERATORS.md").read_text()
+    for name in ("dcgan", "wgan_gp", "cgan", "ddpm", "ebm", "pixelcnn", "realnvp"):
+        assert f"| {name} |" in doc and (tmp_path / "docs" / "generators" / f"{name}_mnist.png").is_file()
+    assert "bits/dim" in doc and "class accuracy" in doc and "NLL" in doc
