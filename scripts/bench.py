@@ -44,6 +44,7 @@ def run(name: str, quick: bool) -> dict:
     res = json.loads(out.read_text())
     res["_command"] = f"python benchmarks/{name}.py {' '.join(args)}"
     res["_wall_s"] = time.perf_counter() - t0
+    res.setdefault("load_average_1min", os.getloadavg()[0])
     out.write_text(json.dumps(res, indent=2))
     return res
 
@@ -57,7 +58,13 @@ def render(results: dict[str, dict]) -> str:
          "Produced by `python scripts/bench.py` (raw JSON in `benchmarks/results/`). Speed is reported as",
          "ratios against a baseline measured in the same process, since the machines are shared and noisy.",
          f"Machine of this run: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-         f"Python {platform.python_version()}, no GPU.", ""]
+         f"Python {platform.python_version()}, no GPU.",
+         "Per-area notes, with runs made on a quieter machine by the same scripts: "
+         "[car_racing](benchmarks/car_racing.md), [dream](benchmarks/dream.md).", ""]
+    loads = {n: r.get("load_average_1min") for n, r in results.items() if r.get("load_average_1min") is not None}
+    if loads:
+        L += ["Load average (1 min) when measured: " + ", ".join(f"{n} {v:.1f}" for n, v in loads.items())
+              + " (2 cores: above 2 means other jobs shared the machine).", ""]
     r = results.get("car_racing")
     if r:
         L += ["## Fast CarRacing vs Gymnasium's (one core)", "", f"Command: `{r['_command']}`", "",
