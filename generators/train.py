@@ -26,7 +26,7 @@ from generators import images
 from generators.base import Generator
 from generators.data import GenData
 from generators.data import load as load_data
-from generators.registry import family, from_state, make, make_config
+from generators.registry import family, from_state, make
 from worldlab.io import atomic_write_json, read_json, torch_load
 from worldlab.logging import RunLogger
 from worldlab.training import TrainConfig
@@ -135,7 +135,8 @@ def train_generator(name: str, source: str, settings: FitConfig | None = None, o
     family(name)  # unknown family: fail before loading data
     data = load_data(source, image_size=image_size, max_items=max_items, seed=settings.seed)
     ckpt = Path(out) / "checkpoints" / "generator.pt" if out is not None else None
-    if ckpt is not None and ckpt.exists():
+    prev: dict[str, Any] = {}
+    if ckpt is not None and ckpt.exists():  # resume: the model is rebuilt from the checkpoint's config
         state = torch_load(ckpt)
         if state.get("family") != name:
             raise ValueError(f"{out} holds a {state.get('family')} run, not {name}; use another --out")
@@ -143,14 +144,17 @@ def train_generator(name: str, source: str, settings: FitConfig | None = None, o
         prev = read_json(Path(out) / "config.json") if (Path(out) / "config.json").exists() else {}
         if prev.get("data", source) != source:
             raise ValueError(f"{out} was trained on {prev['data']}, not {source}; use another --out")
+        if model.shape != data.shape:
+            raise ValueError(f"{out} holds a model of {model.shape} data, these are {data.shape}; "
+                             f"use the run's --image-size or another --out")
     else:
         model = model_for(name, data, preset=preset, **overrides)
     if out is not None:
         tc, bs = train_config(name, settings)
         atomic_write_json(Path(out) / "config.json", {
-            "family": name, "data": source, "image_size": image_size, "max_items": max_items, "preset": preset,
-            "model": dataclasses.asdict(model.config), "train": dataclasses.asdict(tc), "batch_size": bs,
-            "num_examples": len(data)})
+            "family": name, "data": source, "image_size": prev.get("image_size", image_size),
+            "max_items": max_items, "preset": prev.get("preset", preset), "model": dataclasses.asdict(model.config),
+            "train": dataclasses.asdict(tc), "batch_size": bs, "num_examples": len(data)})
     history = fit(model, data, settings, out, device, progress)
     if out is not None:
         model.save(Path(out) / "generator.pt")
@@ -164,11 +168,6 @@ def _read_png(path: Path) -> Any:
     import imageio.v3 as iio
 
     return iio.imread(path)
-
-
-def check_config(name: str, preset: str | None = None, **config: Any) -> None:
-    """Validate a config without building the model (used by the CLI for early errors)."""
-    make_config(name, preset, **config)
 
 
 def suggested_threads(max_threads: int = 2) -> int:

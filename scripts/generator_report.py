@@ -51,16 +51,16 @@ class Plan:
 
 SHORT = "for this short run"
 PLANS = [
-    Plan("dcgan", "mnist", 1000, 64),
+    Plan("dcgan", "mnist", 800, 64),
     Plan("wgan_gp", "mnist", 500, 64, lr=5e-4, note=f"lr 5e-4 instead of the book's 2e-4 {SHORT}"),
     Plan("cgan", "mnist", 600, 64, lr=5e-4, note=f"lr 5e-4 instead of the book's 2e-4 {SHORT}"),
-    Plan("ddpm", "mnist", 600, 64, ema=0.995, config={"widths": (16, 32, 64)},
+    Plan("ddpm", "mnist", 1000, 64, ema=0.995, config={"widths": (16, 32, 64)},
          note=f"U-Net widths 16/32/64; EMA 0.995 instead of the book's 0.999 {SHORT}"),
     Plan("ebm", "mnist", 200, 64, preset=None, lr=1e-3,
          note=f"the book's sizes; lr 1e-3 instead of 1e-4 {SHORT}; samples: 256 Langevin steps from noise"),
     Plan("pixelcnn", "mnist", 500, 64),
     Plan("realnvp", "mnist", 400, 64, lr=1e-3, note=f"lr 1e-3 instead of 1e-4 {SHORT}"),
-    Plan("realnvp", "moons", 1500, 256, preset=None, note="the book's moons settings, 6 couplings"),
+    Plan("realnvp", "moons", 1200, 256, preset=None, note="the book's moons settings, 6 couplings"),
     Plan("vae", "frames", 300, 32),
     Plan("dcgan", "frames", 300, 32, config={"channels": 16}),
 ]
@@ -136,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 2 on an idle machine, 1 when other jobs load it)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite GENERATORS.md from OUT/generators/report.json of an earlier run (no training)")
     args = p.parse_args(argv)
+    out_dir = Path(args.out)
+    if args.render_only:
+        atomic_write_text(out_dir / "GENERATORS.md", render(read_json(out_dir / "generators" / "report.json")))
+        return 0
     args.threads = args.threads or suggested_threads()
     torch.set_num_threads(args.threads)
     t_start = time.time()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out_dir = Path(args.out)
     fig_dir = out_dir / "generators"
     rows: list[dict[str, Any]] = []
 
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             "load_start": load_start, "load_end": load_end, "torch": torch.__version__,
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "command": "python scripts/generator_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "frames_source": None if args.no_frames else (
+                args.frames or f"collected here: {args.episodes} episodes x {args.episode_steps} steps, brownian policy"),
+            "num_frames": None if frames is None else len(frames),
             "rows": rows}
     atomic_write_json(out_dir / "generators" / "report.json", info)
     atomic_write_text(out_dir / "GENERATORS.md", render(info))
@@ -347,9 +355,12 @@ def render(info: dict[str, Any]) -> str:
         "- **Moons NLL**: mean negative log-likelihood in nats of 1,000 fresh `make_moons` points (seed 1, "
         "noise 0.05, standardised with the training set's statistics), against a full-covariance Gaussian "
         "fitted to the training points.",
-        "- **Env frames**: CarRacing-v3 frames (64x64 RGB) from the lab's collector (brownian policy); FD is "
-        "computed in the latent space of the lab's V (`worldlab.vae.ConvVAE`, the posterior mean `mu`) "
-        "trained here on the same frames, between generated and held-out frames.",
+        f"- **Env frames**: {info.get('num_frames') or 0} frames (64x64 RGB) of the lab's `car_racing` task "
+        f"(`worldlab/CarRacing-v3` through `agents.collect`; {info.get('frames_source') or 'skipped'}), "
+        f"one fifth held out. FD is computed in the latent space of the lab's V (`worldlab.vae.ConvVAE`, the "
+        f"posterior mean `mu`, 32 dimensions) trained here on the training frames: {N_EVAL} generated against "
+        f"the held-out frames; the reference is real training frames against the held-out ones. V's own "
+        f"samples are decoded from z ~ N(0, I).",
         "",
         "## Results",
         "",

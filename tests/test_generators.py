@@ -327,6 +327,18 @@ def test_fit_writes_grids_and_resumes(digits: GenData, tmp_path: Path) -> None:
     assert torch.load(tmp_path / "checkpoints" / "generator.pt", weights_only=True)["step"] == 6
 
 
+def test_train_generator_refuses_a_mismatched_resume(tmp_path: Path) -> None:
+    settings = FitConfig(steps=2, batch_size=16)
+    model, _ = generators.train_generator("dcgan", "digits", settings, out=tmp_path, preset="tiny", progress=False)
+    assert (tmp_path / "generator.pt").is_file() and model.shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="use the run's --image-size or another --out"):
+        generators.train_generator("dcgan", "digits", settings, out=tmp_path, image_size=16, progress=False)
+    with pytest.raises(ValueError, match="holds a dcgan run, not ebm"):
+        generators.train_generator("ebm", "digits", settings, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="was trained on digits, not mnist"):
+        generators.train_generator("dcgan", "mnist", settings, out=tmp_path, progress=False)
+
+
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "train_generator.py"), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
