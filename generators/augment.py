@@ -17,7 +17,7 @@ Show an SB3 agent generated frames 10% of the time (observation augmentation)::
     from stable_baselines3 import PPO
     from generators.augment import GeneratedObservations
     env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
-    gen = generators.load("runs/generators/ddpm-car_racing-runs_cr/generator.pt")
+    gen = generators.load("RUN/checkpoints/vae.pt")   # the lab's V, or any image generator
     env = GeneratedObservations(env, gen, p=0.1, mode="replace", seed=0)
     PPO("CnnPolicy", env, n_steps=256).learn(10_000)
 """

@@ -307,8 +307,8 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   from stable_baselines3 import PPO
   from generators.augment import GeneratedObservations
   env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
-  env = GeneratedObservations(env, generators.load("runs/generators/vae-car_racing/generator.pt"),
-                              p=0.1, mode="replace", seed=0)
+  v = generators.load("RUN/checkpoints/vae.pt")   # the lab's trained V loads as a generator
+  env = GeneratedObservations(env, v, p=0.1, mode="replace", seed=0)
   PPO("CnnPolicy", env, n_steps=256).learn(10_000)
   ```
 
@@ -329,7 +329,7 @@ def render(info: dict[str, Any]) -> str:
         "# Generators: quality figures",
         "",
         f"Produced by `{info['command'].strip()}` in **{info['wall_seconds'] / 60:.1f} min** of wall time "
-        f"on {info['cpus']} CPU cores ({info['threads']} torch threads; load average {info['load_start']:.1f} at the "
+        f"on {info['cpus']} CPU cores (torch threads: {info['threads']}; load average {info['load_start']:.1f} at the "
         f"start and {info['load_end']:.1f} at the end: other jobs shared the machine), torch {info['torch']}. "
         f"Every number below comes from that run (`docs/generators/report.json` holds them all). The "
         f"models are small and trained for minutes on a CPU; the figures measure that, not what the "
@@ -360,7 +360,8 @@ def render(info: dict[str, Any]) -> str:
         f"one fifth held out. FD is computed in the latent space of the lab's V (`worldlab.vae.ConvVAE`, the "
         f"posterior mean `mu`, 32 dimensions) trained here on the training frames: {N_EVAL} generated against "
         f"the held-out frames; the reference is real training frames against the held-out ones. V's own "
-        f"samples are decoded from z ~ N(0, I).",
+        f"samples are decoded from z ~ N(0, I); their FD in V's own latent space is not independent of V "
+        f"(it checks that decoded prior samples encode like real frames), so read it beside the DCGAN's.",
         "",
         "## Results",
         "",
