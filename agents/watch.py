@@ -28,6 +28,21 @@ def _pane(frame: np.ndarray, label: str, size: int = PANE) -> np.ndarray:
     return img
 
 
+def _play(env: Any, obs: Any, act: Any) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Step ``env`` (already reset to ``obs``) with ``act(obs)``; yield (frame, return so far, done)."""
+    total = 0.0
+    try:
+        yield env.render(), total, False
+        while True:
+            obs, r, term, trunc, _ = env.step(act(obs))
+            total += float(r)
+            yield env.render(), total, bool(term or trunc)
+            if term or trunc:
+                return
+    finally:
+        env.close()
+
+
 def real_episode(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
                  max_steps: int | None = None) -> Iterator[tuple[np.ndarray, float, bool]]:
     """Yield (rendered frame, return so far, done) for one real episode with the controller."""
@@ -37,17 +52,7 @@ def real_episode(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.n
     policy = ControllerPolicy(wm, ccfg, params)
     policy.reset(seed)
     obs, _ = env.reset(seed=seed)
-    total = 0.0
-    try:
-        yield env.render(), total, False
-        while True:
-            obs, r, term, trunc, _ = env.step(policy.act(obs))
-            total += float(r)
-            yield env.render(), total, bool(term or trunc)
-            if term or trunc:
-                return
-    finally:
-        env.close()
+    yield from _play(env, obs, policy.act)
 
 
 @torch.inference_mode()
@@ -59,18 +64,7 @@ def dream_episode(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, se
     env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps)
     ctrl = BatchedController(ccfg, params)
     obs, _ = env.reset(seed=seed)
-    total = 0.0
-    try:
-        yield env.render(), total, False
-        while True:
-            a = ctrl.act(torch.as_tensor(obs)[None])[0].numpy()
-            obs, r, term, trunc, _ = env.step(a)
-            total += float(r)
-            yield env.render(), total, bool(term or trunc)
-            if term or trunc:
-                return
-    finally:
-        env.close()
+    yield from _play(env, obs, lambda o: ctrl.act(torch.as_tensor(o)[None])[0].numpy())
 
 
 def real_frames(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
