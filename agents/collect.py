@@ -35,11 +35,13 @@ class RolloutWorker:
 
     def __init__(self, task: str, policy: PolicySpec, env_kwargs: dict[str, Any] | None = None,
                  threads: int = 1) -> None:
+        import cv2
         import torch
 
         import envs
 
         torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)  # a worker holds one CPU: no pool threads fighting the other worker
         self.env = envs.make(task, **(env_kwargs or {}))
         self.policy = make_policy(policy, self.env.action_space, task)
 

@@ -28,9 +28,11 @@ Predicted by M. ``truncated`` is set at ``max_episode_steps`` (the task's limit 
 ``run_dir`` (a run folder with ``checkpoints/vae.pt`` and ``mdrnn.pt``) or ``world_model``;
 ``temperature`` (tau; the paper's Doom agent used 1.15); ``obs_mode``; ``device``;
 ``deterministic`` (no sampling: the most likely component's mean, the done logit's sign);
-``render_mode`` ``"rgb_array"`` or ``"human"`` (a pygame window, upscaled); ``renderer``: any
-callable mapping latents ``(B, Z)`` to frames (uint8 ``(B, H, W, 3)`` or floats in [0, 1]
-``(B, 3, H, W)``), used in place of V's decoder for rendering and pixel observations;
+``render_mode`` ``"rgb_array"`` or ``"human"`` (a pygame window, upscaled); ``renderer``: drawn
+with in place of V's decoder, for rendering and pixel observations: a trained
+:mod:`generators.renderer` (the model, or the path of its ``generator.pt``; checked against this
+world model's V), or any callable mapping latents ``(B, Z)`` to frames (uint8 ``(B, H, W, 3)``
+or floats in [0, 1] ``(B, 3, H, W)``);
 ``max_episode_steps`` (override the task's limit). ``DreamVectorEnv`` also takes ``num_envs``,
 ``autoreset_mode`` (``NEXT_STEP`` or ``SAME_STEP``) and ``compile`` (fuse the step's
 element-wise work with ``torch.compile``).
@@ -108,6 +110,30 @@ def _load_world_model(run_dir: str | os.PathLike | None, world_model: WorldModel
     if world_model is None:
         world_model = WorldModel.load(run_dir, device=device)  # type: ignore[arg-type]
     return world_model.to(device).eval()
+
+
+def resolve_renderer(renderer: Any, world_model: WorldModel, device: torch.device) -> Renderer | None:
+    """``renderer`` as given to the dream envs -> a callable ``z (B, Z) -> frames``, or None.
+
+    A path loads a generators checkpoint (``generators.load``); a model with ``render`` (the
+    :mod:`generators.renderer` family) is moved to ``device``, checked against the world model's V
+    and drawn with through ``render``; any other callable is used as it is.
+    """
+    if renderer is None:
+        return None
+    if isinstance(renderer, (str, os.PathLike)):
+        import generators
+
+        renderer = generators.load(renderer)
+    if hasattr(renderer, "check_world_model"):
+        renderer.check_world_model(world_model)
+    if isinstance(renderer, torch.nn.Module):
+        renderer = renderer.to(device).eval()
+    fn = getattr(renderer, "render", renderer)
+    if not callable(fn):
+        raise TypeError(f"renderer must be a generators renderer, its checkpoint path, or a callable z -> frames; "
+                        f"got {type(renderer).__name__}")
+    return fn
 
 
 class _DreamCore:
@@ -194,7 +220,7 @@ class DreamEnv(gym.Env):
 
     def __init__(self, run_dir: str | os.PathLike | None = None, world_model: WorldModel | None = None, *,
                  temperature: float = 1.0, obs_mode: str = "latent", device: str | torch.device = "cpu",
-                 deterministic: bool = False, render_mode: str | None = None, renderer: Renderer | None = None,
+                 deterministic: bool = False, render_mode: str | None = None, renderer: Renderer | str | os.PathLike | None = None,
                  max_episode_steps: int | None = None, window_scale: int = 4) -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
@@ -202,7 +228,8 @@ class DreamEnv(gym.Env):
             raise ValueError(f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
         self.device = torch.device(device)
         self.world_model = _load_world_model(run_dir, world_model, self.device)
-        self.obs_mode, self.render_mode, self.renderer = obs_mode, render_mode, renderer
+        self.obs_mode, self.render_mode = obs_mode, render_mode
+        self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
         self._core = _DreamCore(self.world_model, 1, temperature, deterministic, self.device, max_episode_steps)
         self.action_space = action_space_from(self.world_model.action_space)
         self.observation_space = _obs_space(self.world_model, obs_mode, renderer)
@@ -313,7 +340,7 @@ class DreamVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, run_dir: str | os.PathLike | None = None,
                  world_model: WorldModel | None = None, *, temperature: float = 1.0, obs_mode: str = "latent",
                  device: str | torch.device = "cpu", deterministic: bool = False, render_mode: str | None = None,
-                 renderer: Renderer | None = None, max_episode_steps: int | None = None,
+                 renderer: Renderer | str | os.PathLike | None = None, max_episode_steps: int | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4,
                  compile: bool = False) -> None:
         if obs_mode not in OBS_MODES:
@@ -327,7 +354,8 @@ class DreamVectorEnv(VectorEnv):
         self.device = torch.device(device)
         self.world_model = _load_world_model(run_dir, world_model, self.device)
         self.num_envs = int(num_envs)
-        self.obs_mode, self.render_mode, self.renderer = obs_mode, render_mode, renderer
+        self.obs_mode, self.render_mode = obs_mode, render_mode
+        self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
         self._core = _DreamCore(self.world_model, self.num_envs, temperature, deterministic, self.device,
                                 max_episode_steps, compile=compile)
         self.single_action_space = action_space_from(self.world_model.action_space)

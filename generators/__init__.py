@@ -11,8 +11,9 @@
 Every model: ``loss(batch)`` (or ``training_step`` for GANs), ``sample(n, cond=None,
 generator=seed)``, ``log_prob`` (realnvp, pixelcnn) / ``energy`` (ebm), ``save``/``load``. Image
 convention: :mod:`generators.images`. Data sources: :mod:`generators.data`. Roles in the lab:
-:mod:`generators.augment` (data mixer, observation wrapper) and :mod:`generators.reward`
-(reward-shaping wrapper); these import gymnasium and are not loaded here.
+:mod:`generators.augment` (data mixer, observation wrapper), :mod:`generators.reward`
+(reward-shaping wrapper; these two import gymnasium and are not loaded here) and
+:mod:`generators.renderer` (a z-conditioned renderer that ``DreamEnv(renderer=...)`` draws with).
 """
 
 from generators import data, images
@@ -21,6 +22,7 @@ from generators import ebm as _ebm  # noqa: F401  (registers ebm)
 from generators import flow as _flow  # noqa: F401  (registers realnvp)
 from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cgan)
 from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
+from generators import renderer as _renderer  # noqa: F401  (registers renderer, the dream's sharper decoder)
 from generators import vae as _vae  # noqa: F401  (registers vae, the lab's V)
 from generators.base import GenConfig, Generator
 from generators.registry import Family, available, family, load, make

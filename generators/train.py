@@ -148,6 +148,11 @@ def train_generator(name: str, source: str, settings: FitConfig | None = None, o
             raise ValueError(f"{out} holds a model of {model.shape} data, these are {data.shape}; "
                              f"use the run's --image-size or another --out")
     else:
+        if name == "renderer" and not overrides.get("vae"):  # the V of the run whose frames it learns
+            from generators.data import frames_dir
+
+            d = frames_dir(source)[1]
+            overrides["vae"] = str(d.parent if (d.parent / "checkpoints" / "vae.pt").exists() else d)
         model = model_for(name, data, preset=preset, **overrides)
     if out is not None:
         tc, bs = train_config(name, settings)

@@ -27,7 +27,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # name: (default args, --quick args)
     "car_racing": (["--steps", "1000", "--seeds", "0", "1", "2", "--repeats", "3"],
                    ["--steps", "200", "--seeds", "0", "--repeats", "1"]),
-    "collect": (["--episodes", "12", "--max-steps", "500"], ["--episodes", "4", "--max-steps", "100"]),
+    "collect": (["--episodes", "8", "--max-steps", "1000", "--repeats", "5"],
+                ["--episodes", "4", "--max-steps", "100", "--repeats", "1"]),
     "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
 }
@@ -82,7 +83,9 @@ def render(results: dict[str, dict]) -> str:
               f" steps/s** on one core.",
               f"- Collection of {one['episodes']} `{r['task']}` episodes ({one['frames']} frames), shards included: "
               f"1 worker {fmt(one['frames_per_s'], 0)} frames/s, 2 workers {fmt(two['frames_per_s'], 0)} frames/s: "
-              f"**{fmt(r['parallel_speedup'], 2)}x** (parallel efficiency {fmt(100 * r['parallel_speedup'] / 2, 0)}%).",
+              f"**{fmt(r['parallel_speedup'], 2)}x** (parallel efficiency {fmt(100 * r['parallel_speedup'] / 2, 0)}%)"
+              + (f"; the median of {len(r['speedups'])} alternating rounds ("
+                 + ", ".join(f"{x:.2f}x" for x in r["speedups"]) + ")." if r.get("speedups") else "."),
               ""]
     r = results.get("dream")
     if r:

@@ -1,0 +1,262 @@
+"""The renderer role: a generator conditioned on the dream's latent ``z`` that draws the frame.
+
+V's decoder was trained with a squared error, so it draws the mean of every frame that could
+have the latent ``z``: a blur. :class:`LatentRenderer` is a conditional GAN in the pix2pix manner
+(Isola et al. 2017; book chapter 4): a generator ``G(z)`` with V's decoder architecture, started
+from V's own decoder weights, trained with an L1 term to the real frame (so it keeps drawing the
+right scene) plus an adversarial term from a patch discriminator ``D(x, z)`` that sees the frame
+and the latent (so it draws the sharp track edges, walls and fireballs a real frame has, not
+their average). It is deterministic: the same ``z`` always gives the same frame, so a watched
+dream does not flicker.
+
+Training pairs come from the run itself: the frames of its rollout shards and ``z`` sampled from
+V's posterior ``q(z | x)`` (the dream's ``z`` are samples of M, which was trained on such
+samples). The renderer carries a frozen copy of V's encoder for that, so its checkpoint is
+self-contained::
+
+    python scripts/train_generator.py renderer --data car_racing:RUN --steps 2000 --out runs/renderer
+    env = gymnasium.make("worldlab/Dream-v0", run_dir=RUN, render_mode="rgb_array",
+                         renderer="runs/renderer/generator.pt")
+
+``RUN`` (the ``--data`` source) supplies both the frames and V (``RUN/checkpoints/vae.pt``); pass
+``--set vae=PATH`` to use another V. A renderer refuses a world model whose V has another
+latent size or another checkpoint id (``check_world_model``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generators.base import Batch, GenConfig, Generator, as_generator, unpack
+from generators.registry import Family, register
+from worldlab.vae import ConvVAE, VAEConfig
+
+
+@dataclass
+class RendererConfig(GenConfig):
+    """A latent-conditioned pix2pix-style renderer over V's latent space."""
+
+    shape: tuple[int, ...] = (3, 64, 64)
+    """64x64 RGB frames (V's)."""
+    vae: str = ""
+    """V whose latents it renders: a ``vae.pt`` checkpoint or a run folder (``RUN/checkpoints/vae.pt``).
+    Set from ``--data TASK:RUN`` by ``train_generator``; not needed to load a trained renderer."""
+    vae_config: dict[str, Any] | None = None
+    """V's config (filled in from the checkpoint; rebuilds the encoder and decoder on load)."""
+    vae_id: str = ""
+    """V's checkpoint id (``meta["id"]``): a world model with another V is refused."""
+    l1_weight: float = 100.0
+    """weight of the L1 term to the real frame (pix2pix: 100)."""
+    adv_weight: float = 1.0
+    """weight of the adversarial term."""
+    d_channels: int = 64
+    """filters of the discriminator's first layer (doubling at each of 3 stride-2 layers)."""
+    init_from_vae: bool = True
+    """start G from V's decoder weights (else from scratch)."""
+    posterior_samples: bool = True
+    """train on ``z ~ q(z | x)`` (as the dream's z are) rather than on the posterior mean."""
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shape != (3, 64, 64):
+            raise ValueError(f"renderer draws V's 64x64 RGB frames, not {self.shape}; train it on "
+                             f"car_racing:RUN or doom_take_cover:RUN at --image-size 64")
+        if self.num_classes:
+            raise ValueError("renderer is conditioned on V's latent z, not on class labels")
+        if self.vae_config is None and not self.vae:
+            raise ValueError("renderer needs the V whose latents it renders: train it with --data TASK:RUN "
+                             "(or --set vae=RUN/checkpoints/vae.pt)")
+
+
+def vae_checkpoint_path(vae: str) -> Path:
+    """A ``vae.pt`` file, or a run folder holding ``checkpoints/vae.pt``."""
+    p = Path(vae)
+    if p.is_dir():
+        p = p / "checkpoints" / "vae.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"no V checkpoint at {p}: train the world model first "
+                                f"(python scripts/dream_train.py TASK --out RUN), or pass --set vae=PATH")
+    return p
+
+
+class _PatchD(nn.Module):
+    """``D(x, z)``: a 64x64 frame and its latent -> an 8x8 map of real/fake logits (70x70-style patches).
+
+    z enters at 8x8 resolution, broadcast over the feature map, so each patch judges whether it
+    is a sharp, real-looking piece of *this* scene.
+    """
+
+    def __init__(self, z_size: int, ch: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),                                       # (B, ch, 32, 32)
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.BatchNorm2d(2 * ch), nn.LeakyReLU(0.2),          # (B, 2ch, 16, 16)
+            nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.BatchNorm2d(4 * ch), nn.LeakyReLU(0.2),      # (B, 4ch, 8, 8)
+        )
+        self.z_proj = nn.Linear(z_size, 4 * ch)
+        self.head = nn.Sequential(nn.Conv2d(8 * ch, 4 * ch, 3, 1, 1), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(4 * ch, 1, 3, 1, 1))                                # (B, 1, 8, 8)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)  # (B, 4ch, 8, 8)
+        zz = self.z_proj(z)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])  # (B, 4ch, 8, 8)
+        return self.head(torch.cat([h, zz], dim=1)).flatten(1)  # (B, 64)
+
+
+class LatentRenderer(Generator):
+    """``G(z)`` -> frame, trained as a conditional GAN with an L1 anchor (see module docstring)."""
+
+    config: RendererConfig
+
+    def __init__(self, config: RendererConfig) -> None:
+        super().__init__(config)
+        v: ConvVAE | None = None
+        if config.vae_config is None:  # a fresh renderer: read V
+            from worldlab.io import torch_load
+
+            path = vae_checkpoint_path(config.vae)
+            state = torch_load(path)
+            v = ConvVAE.from_checkpoint(state, path)
+            config.vae_config = dict(state["config"])
+            config.vae_id = str(v.meta.get("id", ""))
+        vae = v if v is not None else ConvVAE(VAEConfig.from_dict(config.vae_config))
+        self.z_size = vae.config.z_size
+        # the frozen encoder that turns training frames into z (a copy of V's)
+        self.encoder = vae.encoder
+        self.fc_mu, self.fc_logvar = vae.fc_mu, vae.fc_logvar
+        for m in (self.encoder, self.fc_mu, self.fc_logvar):
+            m.requires_grad_(False)
+        # G: V's decoder architecture (and, fresh, V's decoder weights)
+        self.fc_dec = vae.fc_dec if config.init_from_vae else copy.deepcopy(vae.fc_dec).apply(_reset)
+        self.decoder = vae.decoder if config.init_from_vae else copy.deepcopy(vae.decoder).apply(_reset)
+        self.discriminator_net = _PatchD(self.z_size, config.d_channels)
+
+    # --- the networks ----------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``(B, 3, 64, 64)`` in [-1, 1] -> V's ``(mu, logvar)``, each ``(B, Z)``."""
+        with torch.no_grad():
+            h = self.encoder(((x + 1.0) / 2.0).contiguous(memory_format=torch.channels_last))
+            return self.fc_mu(h).float(), self.fc_logvar(h).float()
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]."""
+        h = self.fc_dec(z).view(z.shape[0], -1, 1, 1).contiguous(memory_format=torch.channels_last)
+        return torch.tanh(self.decoder(h).float() * 0.5)  # = 2 sigmoid(logits) - 1: V's decoder output, rescaled
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The renderer as ``DreamEnv`` calls it: latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [0, 1]."""
+        return self.render(z)
+
+    @torch.no_grad()
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` float32 in [0, 1] (deterministic)."""
+        if z.ndim != 2 or z.shape[1] != self.z_size:
+            raise ValueError(f"this renderer draws latents of size {self.z_size}, got shape {tuple(z.shape)}; "
+                             f"use a renderer trained on this world model's V")
+        with self.evaluating():
+            return (self.generate(z.to(self.device, torch.float32)) + 1.0) / 2.0
+
+    def check_world_model(self, world_model: Any) -> None:
+        """Refuse a world model whose V is not the one this renderer was trained on."""
+        vae = world_model.vae
+        if vae.config.z_size != self.z_size:
+            raise ValueError(f"the renderer draws z of size {self.z_size}, this world model's V has z "
+                             f"{vae.config.z_size}; train a renderer on its run (train_generator.py renderer "
+                             f"--data TASK:RUN)")
+        vid = str(vae.meta.get("id", ""))
+        if self.config.vae_id and vid and vid != self.config.vae_id:
+            raise ValueError(f"the renderer was trained on V {self.config.vae_id}, this world model's V is {vid} "
+                             f"(retrained since?); train a renderer on its run (train_generator.py renderer "
+                             f"--data TASK:RUN)")
+
+    # --- training ----------------------------------------------------------------------------------
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.config.beta1, self.config.beta2)
+        g_params = [*self.fc_dec.parameters(), *self.decoder.parameters()]
+        return {"generator": torch.optim.Adam(g_params, lr=lr, betas=betas),
+                "discriminator": torch.optim.Adam(self.discriminator_net.parameters(), lr=lr, betas=betas)}
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.encode(x)
+        if self.config.posterior_samples and self.training:
+            return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return mu
+
+    def training_step(self, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
+        """One discriminator update, then one generator update (adversarial + L1 to the real frame)."""
+        x, _ = unpack(batch)
+        cfg = self.config
+        opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
+        z = self.latents(x)  # (B, Z)
+        fake = self.generate(z)  # (B, 3, 64, 64)
+        r, f = self.discriminator_net(x, z), self.discriminator_net(fake.detach(), z)  # (B, 64) each
+        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        f = self.discriminator_net(fake, z)
+        adv = F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+        l1 = (fake - x).abs().mean()
+        g_loss = cfg.adv_weight * adv + cfg.l1_weight * l1
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"g_loss": float(g_loss.detach()), "l1": float(l1.detach()), "g_adv": float(adv.detach()),
+                "d_loss": float(d_loss.detach()), "d_real_acc": float((r > 0).float().mean()),
+                "d_fake_acc": float((f.detach() < 0).float().mean())}
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The generator's reconstruction term alone (L1 to the real frame), for evaluation."""
+        x, _ = unpack(batch)
+        return {"loss": (self.generate(self.latents(x)) - x).abs().mean()}
+
+    # --- sampling ----------------------------------------------------------------------------------
+    def sample(self, n: int, cond: torch.Tensor | None = None,
+               generator: int | torch.Generator | None = None) -> torch.Tensor:
+        """Frames for the latents ``cond`` ``(n, Z)``; without ``cond``, for ``z ~ N(0, I)`` (V's prior)."""
+        if cond is None:
+            g = as_generator(generator, self.device)
+            cond = torch.randn(n, self.z_size, generator=g, device=self.device)
+        cond = torch.as_tensor(cond, dtype=torch.float32, device=self.device)
+        if cond.shape != (n, self.z_size):
+            raise ValueError(f"renderer.sample needs latents cond of shape ({n}, {self.z_size}), got {tuple(cond.shape)}")
+        return self.render(cond) * 2.0 - 1.0
+
+    def sample_grid_cond(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents of real frames (posterior means), for grids that compare renders with the frames."""
+        return self.encode(x)[0]
+
+
+def _reset(m: nn.Module) -> None:
+    if hasattr(m, "reset_parameters"):
+        m.reset_parameters()
+
+
+def sharpness(frames: torch.Tensor | np.ndarray) -> float:
+    """Mean squared Laplacian of frames (B, 3, H, W) in [0, 1] or uint8 HWC: the high-frequency energy
+    a blurred frame lacks (higher = sharper)."""
+    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    if x.dtype == torch.uint8:
+        x = x.permute(0, 3, 1, 2).float() / 255.0 if x.shape[-1] == 3 else x.float() / 255.0
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    lap = F.conv2d(x.float().reshape(-1, 1, *x.shape[2:]), k[None, None])
+    return float(lap.pow(2).mean())
+
+
+register(Family(
+    "renderer", LatentRenderer, RendererConfig,
+    "dream renderer: pix2pix-style conditional GAN on V's latent z, started from V's decoder (role: renderer)",
+    kinds=("image",),
+    presets={"tiny": {"d_channels": 8}, "small": {"d_channels": 32}},
+    train={"lr": 2e-4, "batch_size": 32}, monitor="l1"))
