@@ -22,8 +22,8 @@ from generators.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = generators.available()
-EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae"}
-FRAME_ONLY = {"vae"}  # the lab's V models 64x64 RGB frames
+EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae", "renderer"}
+FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x64 RGB frames
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
@@ -66,7 +66,26 @@ def data_of(digits: GenData, frames: GenData):
     return lambda name: frames if name in FRAME_ONLY else digits
 
 
+_TINY_V: list[Path] = []
+
+
+def tiny_v() -> Path:
+    """A small V checkpoint (z 4) for the renderer, which renders some V's latents; made once."""
+    if not _TINY_V:
+        import tempfile
+
+        from worldlab.vae import ConvVAE, VAEConfig
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
+        _TINY_V.append(v.save(Path(tempfile.mkdtemp(prefix="tiny_v_")) / "vae.pt", meta={"task": "car_racing"}))
+    return _TINY_V[0]
+
+
 def tiny(name: str, data: GenData, **kw) -> generators.Generator:
+    if name == "renderer":
+        kw.setdefault("vae", str(tiny_v()))
     torch.manual_seed(0)
     return generators.model_for(name, data, preset="tiny", **kw)
 
@@ -130,7 +149,12 @@ def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
     assert torch.equal(x, model.sample(5, generator=1))
     assert not torch.equal(x, model.sample(5, generator=2))
     assert model.training  # sample leaves the module's mode alone
-    if model.config.num_classes:
+    if name == "renderer":  # conditioned on V's latents z, not on labels
+        z = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(model.sample(4, cond=z), model.sample(4, cond=z))  # deterministic in z
+        with pytest.raises(ValueError, match=r"needs latents cond of shape \(2, 4\)"):
+            model.sample(2, cond=torch.tensor([0, 1]))
+    elif model.config.num_classes:
         assert model.sample(4, cond=torch.tensor([0, 1, 2, 3]), generator=0).shape == (4, 1, 8, 8)
         assert model.sample(3, cond=7, generator=0).shape == (3, 1, 8, 8)
         with pytest.raises(ValueError, match="labels must be in"):

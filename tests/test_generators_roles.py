@@ -171,3 +171,93 @@ def test_reward_wrapper_on_image_observations(digits: generators.data.GenData) -
     assert r == pytest.approx(info["base_reward"] + 2.0 * want, abs=1e-5)
     with pytest.raises(ValueError, match="no density, energy or discriminator"):
         GeneratorReward(DotEnv(), _tiny("ddpm", digits))
+
+
+# --- renderer: a z-conditioned generator the dream draws with -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dream_run(tiny_data, tmp_path_factory: pytest.TempPathFactory):
+    """A run folder: a (fresh) world model's checkpoints beside the tiny real rollouts."""
+    from worldlab.world_model import WorldModel
+
+    run = tmp_path_factory.mktemp("renderer_run")
+    (run / "data").symlink_to(tiny_data, target_is_directory=True)
+    WorldModel.untrained(z_size=8, hidden=32, bank=4).save(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained_renderer(dream_run, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("renderer_out")
+    torch.manual_seed(0)
+    model, hist = generators.train_generator(
+        "renderer", f"car_racing:{dream_run}", generators.FitConfig(steps=24, batch_size=16, log_every=1),
+        out=out, preset="tiny", progress=False)
+    return model, hist, out
+
+
+def test_renderer_learns_the_runs_frames(trained_renderer, dream_run) -> None:
+    from worldlab.vae import ConvVAE
+
+    model, hist, out = trained_renderer
+    assert model.config.vae == str(dream_run)  # V taken from the --data run
+    v = ConvVAE.load(dream_run / "checkpoints" / "vae.pt")
+    assert model.config.vae_id == v.meta["id"] and model.z_size == 8
+    l1 = hist["l1"]
+    assert all(np.isfinite(hist["d_loss"])) and np.mean(l1[-5:]) < np.mean(l1[:5]), l1
+    assert (out / "generator.pt").exists() and (out / "samples.png").exists()
+    # self-contained checkpoint: loads without V's file, draws the same frames
+    loaded = generators.load(out / "generator.pt")
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    frames = loaded.render(z)
+    assert frames.shape == (3, 3, 64, 64) and frames.min() >= 0 and frames.max() <= 1
+    assert torch.equal(frames, model.render(z))
+    # G started from V's decoder and moved away from it
+    assert not torch.allclose(frames, v.decode(z), atol=1e-3)
+
+
+def test_renderer_plugs_into_the_dream(trained_renderer, dream_run) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    from envs.dream import DreamEnv, DreamVectorEnv
+
+    model, _, out = trained_renderer
+    plain = DreamEnv(run_dir=dream_run, render_mode="rgb_array", obs_mode="pixels")
+    drawn = DreamEnv(run_dir=dream_run, render_mode="rgb_array", obs_mode="pixels",
+                     renderer=str(out / "generator.pt"))  # by checkpoint path
+    o1, _ = plain.reset(seed=3)
+    o2, _ = drawn.reset(seed=3)
+    assert o2.shape == o1.shape == (64, 64, 3) and o2.dtype == np.uint8
+    z = drawn._core.fs.z[:1].clone()
+    expected = (model.render(z).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8)[0].numpy()
+    assert np.array_equal(o2, expected) and not np.array_equal(o1, o2)  # drawn by the renderer, not V
+    frame = drawn.render()
+    assert frame.shape == (64, 64, 3) and np.array_equal(frame, o2)
+    obs, *_ = drawn.step(drawn.action_space.sample())
+    assert obs.shape == (64, 64, 3)
+    check_env(DreamEnv(run_dir=dream_run, obs_mode="pixels", renderer=model), skip_render_check=True)
+    # the vector dream and gymnasium.make take it too
+    vec = DreamVectorEnv(4, run_dir=dream_run, obs_mode="pixels", render_mode="rgb_array", renderer=model)
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (4, 64, 64, 3)
+    env = gym.make("worldlab/Dream-v0", run_dir=dream_run, render_mode="rgb_array", renderer=model)
+    env.reset(seed=0)
+    assert env.render().shape == (64, 64, 3)
+
+
+def test_renderer_refuses_another_world_models_v(trained_renderer, tmp_path) -> None:
+    from envs.dream import DreamEnv
+    from worldlab.world_model import WorldModel
+
+    model, _, _ = trained_renderer
+    with pytest.raises(ValueError, match="draws z of size 8, this world model's V has z 16"):
+        DreamEnv(world_model=WorldModel.untrained(z_size=16, hidden=32, bank=2), renderer=model)
+    other = tmp_path / "other"
+    WorldModel.untrained(z_size=8, hidden=32, bank=2, seed=1).save(other)  # same size, another V
+    with pytest.raises(ValueError, match="trained on V .* this world model's V is"):
+        DreamEnv(run_dir=other, renderer=model)
+    with pytest.raises(ValueError, match="renderer needs the V whose latents it renders"):
+        generators.make("renderer")
+    with pytest.raises(FileNotFoundError, match="no V checkpoint at"):
+        generators.make("renderer", vae=str(tmp_path / "nothing"))
