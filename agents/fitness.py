@@ -8,6 +8,7 @@ Both are callables ``fitness(params (P, D), generation) -> mean return (P,)`` an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,11 +36,16 @@ class DreamFitness:
         max_steps: dream episode limit (default: the task's).
         device: "cpu" or "cuda".
         seed: base seed of the dream starts and sampling.
+        reward_term: a learned reward term over the dream's latents, ``z (B, Z) -> (B,)``, added to
+            M's reward at every step as ``term_scale * reward_term(z_{t+1})``: e.g.
+            :func:`generators.reward.novelty_penalty` of a flow trained on real latents, which
+            penalises dream states unlike the real data (the reward-synthesizer role).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
                  temperature: float = 1.0, max_steps: int | None = None, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 term_scale: float = 1.0) -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
@@ -47,6 +53,10 @@ class DreamFitness:
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
                                   temperature=temperature, device=self.device, max_episode_steps=max_steps)
         self.max_steps = self.env.max_episode_steps
+        self.reward_term, self.term_scale = reward_term, float(term_scale)
+        self.z_size = world_model.z_size
+        self.last_base_returns: torch.Tensor | None = None
+        """(P, R) returns of M's reward alone in the last call (equal to the fitness without a term)."""
 
     @torch.inference_mode()
     def returns(self, params: np.ndarray, generation: int) -> torch.Tensor:
@@ -58,13 +68,19 @@ class DreamFitness:
         seeds = generation_seeds(self.seed, generation, R)
         obs = self.env.reset_torch(seed=[seeds[i % R] for i in range(P * R)])
         total = torch.zeros(P * R, device=self.device)
+        base = total.clone() if self.reward_term is not None else total
         alive = torch.ones(P * R, dtype=torch.bool, device=self.device)
         for _ in range(self.max_steps):
             obs, reward, terminated, truncated = self.env.step_torch(ctrl.act(obs))
+            if self.reward_term is not None:
+                base += reward * alive
+                term = self.reward_term(obs[:, :self.z_size]).reshape(-1).to(reward)
+                reward = reward + self.term_scale * term
             total += reward * alive
             alive &= ~(terminated | truncated)
             if not bool(alive.any()):
                 break
+        self.last_base_returns = base.view(P, R)
         return total.view(P, R)
 
     def __call__(self, params: np.ndarray, generation: int) -> np.ndarray:

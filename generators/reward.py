@@ -6,7 +6,10 @@
   states and penalises states unlike the training data (in the dream: states the world model
   has never seen, so an evolved controller cannot farm the model's blind spots);
 - :func:`neg_energy` - an EBM's ``-E(x)``, the same idea with an unnormalised density;
-- :func:`discriminator_logit` - a GAN discriminator's logit, "how real does this look".
+- :func:`discriminator_logit` - a GAN discriminator's logit, "how real does this look";
+- :func:`novelty_penalty` - ``min(0, log p(x) - q)``: a penalty for states rarer than the real
+  data's ``q`` quantile, with no constant offset (``scripts/reward_compare.py`` evolves Doom
+  controllers in the dream with and without it and scores both in the real game).
 
 Written against observation vectors / latents, so it wraps a dream env whose observation is
 ``z`` (or ``[z, h]``: pass ``encode=lambda o: o[..., :32]``) as well as any Box env::
@@ -45,6 +48,28 @@ def log_density(model: Generator) -> Term:
         with model.evaluating():
             return model.log_prob(x)  # type: ignore[attr-defined]
 
+    return term
+
+
+def novelty_penalty(model: Generator, reference: torch.Tensor, quantile: float = 0.05,
+                    clip: float = 10.0) -> Term:
+    """``x -> min(0, log p(x) - q)``, clipped at ``-clip``: zero for states as likely as real ones.
+
+    ``q`` is the ``quantile`` of ``log p`` over ``reference`` (real data, e.g. the latents of real
+    frames): states at least as likely as 95% of real ones (by default) cost nothing, rarer ones
+    cost the nats they fall short by. A penalty only: unlike ``log p`` itself it adds no constant
+    per step, so it does not change how much a long episode is worth (in Doom, 1 per step alive).
+    """
+    logp = log_density(model) if hasattr(model, "log_prob") else neg_energy(model)
+    with torch.no_grad():
+        ref = torch.cat([logp(reference[i:i + 4096].to(model.device)) for i in range(0, len(reference), 4096)])
+    q = float(torch.quantile(ref.float().cpu(), quantile))
+
+    def term(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (logp(x.to(model.device)) - q).clamp(min=-clip, max=0.0)
+
+    term.threshold = q  # type: ignore[attr-defined]
     return term
 
 

@@ -96,6 +96,27 @@ def test_dream_fitness_shapes_and_determinism() -> None:
     assert fit(X, 0).shape == (4,)
 
 
+def test_dream_fitness_adds_a_learned_reward_term() -> None:
+    wm = small_wm()
+    cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")
+    X = np.random.default_rng(0).standard_normal((4, cfg.num_params)) * 0.1
+    plain = DreamFitness(wm, cfg, popsize=4, rollouts=3, temperature=1.0, seed=7, max_steps=20)
+    seen: list[torch.Tensor] = []
+
+    def term(z: torch.Tensor) -> torch.Tensor:  # -1 per step, and records what it was given
+        seen.append(z.clone())
+        return -torch.ones(z.shape[0])
+
+    shaped = DreamFitness(wm, cfg, popsize=4, rollouts=3, temperature=1.0, seed=7, max_steps=20,
+                          reward_term=term, term_scale=0.5)
+    base, total = plain.returns(X, 0), shaped.returns(X, 0)
+    assert seen[0].shape == (12, wm.z_size)  # the dream's latents z, not [z, h]
+    assert torch.equal(shaped.last_base_returns, base)  # same dreams: the term changes no trajectory
+    # every step alive costs 0.5: a dream that ran to the limit (20 steps) lost exactly 10
+    steps_alive = (base - total) / 0.5
+    assert torch.all((steps_alive >= 1) & (steps_alive <= 20)) and steps_alive.max() == 20
+
+
 EVOLVE_SCRIPT = """
 import sys, numpy as np, torch
 sys.path.insert(0, {tests!r})

@@ -158,6 +158,24 @@ def test_reward_wrapper_adds_scaled_term_exactly(family: str) -> None:
     assert abs(info["generator_term"]) <= 1e-3 and r == pytest.approx(1.0 + info["generator_term"])
 
 
+def test_novelty_penalty_is_zero_on_real_data_and_negative_off_it() -> None:
+    from generators.reward import novelty_penalty
+
+    moons = generators.data.load("moons", max_items=512)
+    flow = generators.model_for("realnvp", moons, preset="tiny")
+    generators.fit(flow, moons, generators.FitConfig(steps=150, batch_size=128, lr=3e-3), progress=False)
+    real = moons.tensor()
+    term = novelty_penalty(flow, real, quantile=0.05, clip=10.0)
+    t_real = term(real)
+    assert t_real.shape == (512,) and (t_real <= 0).all()
+    assert (t_real == 0).float().mean() >= 0.94  # 95% of real points are at least as likely as q
+    far = torch.tensor([[6.0, 6.0], [-5.0, 7.0], [30.0, -30.0]])
+    t_far = term(far)
+    assert (t_far < -1.0).all() and t_far.min() == -10.0  # far off the moons: penalised, clipped
+    with torch.no_grad():
+        assert term.threshold == pytest.approx(float(torch.quantile(flow.log_prob(real), 0.05)), abs=1e-4)
+
+
 def test_reward_wrapper_on_image_observations(digits: generators.data.GenData) -> None:
     gan = _tiny("dcgan", digits)
     env = GeneratorReward(DotEnv(), gan, scale=2.0)
