@@ -57,11 +57,13 @@ def real_episode(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.n
 
 @torch.inference_mode()
 def dream_episode(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int, temperature: float = 1.0,
-                  max_steps: int | None = None) -> Iterator[tuple[np.ndarray, float, bool]]:
-    """Yield (decoded dream frame, return so far, done) for one dream episode with the controller."""
+                  max_steps: int | None = None, renderer: Any = None) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Yield (dream frame, return so far, done) for one dream episode with the controller; frames are
+    V's decodings, or drawn by ``renderer`` (a :mod:`generators.renderer` model or its path)."""
     from envs.dream import DreamEnv
 
-    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps)
+    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps,
+                   renderer=renderer)
     ctrl = BatchedController(ccfg, params)
     obs, _ = env.reset(seed=seed)
     yield from _play(env, obs, lambda o: ctrl.act(torch.as_tensor(o)[None])[0].numpy())
@@ -96,15 +98,24 @@ def load_run(run_dir: str | Path) -> tuple[Any, WorldModel, ControllerConfig, np
 
 
 def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None,
-          fps: int = 50, max_steps: int | None = None) -> dict[str, list[float]]:
+          fps: int = 50, max_steps: int | None = None, renderer: str | Path | None = None) -> dict[str, list[float]]:
     """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
 
     ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
-    the same controller in the world model). Returns the returns of each pane's episodes.
+    the same controller in the world model). ``renderer``: a trained :mod:`generators.renderer`
+    checkpoint that draws the dream pane instead of V's decoder. Returns the returns of each
+    pane's episodes.
     """
     if mode not in ("real", "dream", "both"):
         raise ValueError(f"mode must be real, dream or both, got {mode!r}")
     cfg, wm, ccfg, params = load_run(run_dir)
+    if renderer is not None:
+        if not Path(renderer).is_file():
+            raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "
+                                    f"python scripts/renderer_report.py {run_dir}")
+        import generators
+
+        renderer = generators.load(renderer)
     window = None
     if record is None:
         import pygame
@@ -123,7 +134,7 @@ def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int 
             if mode in ("real", "both"):
                 streams["real"] = real_episode(cfg.task, wm, ccfg, params, s, max_steps)
             if mode in ("dream", "both"):
-                streams["dream"] = dream_episode(wm, ccfg, params, s, cfg.dream.temperature, max_steps)
+                streams["dream"] = dream_episode(wm, ccfg, params, s, cfg.dream.temperature, max_steps, renderer)
             last: dict[str, tuple[np.ndarray, float, bool]] = {}
             while streams:
                 for name in list(streams):

@@ -3,6 +3,7 @@
     python scripts/watch.py runs/car_racing                  # pygame window, real | dream
     python scripts/watch.py runs/car_racing --real --episodes 3
     python scripts/watch.py runs/car_racing --record drive.mp4   # headless: write a video instead
+    python scripts/watch.py runs/car_racing --renderer runs/car_racing/renderer/generator.pt   # sharper dream
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--renderer", default=None, metavar="PT",
+                   help="draw the dream with a trained renderer (scripts/renderer_report.py) instead of V")
     args = p.parse_args(argv)
     from agents.watch import has_display, watch
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.record is None and not has_display():
             raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set SDL_VIDEODRIVER=dummy)")
         res = watch(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
-                    fps=args.fps, max_steps=args.max_steps)
+                    fps=args.fps, max_steps=args.max_steps, renderer=args.renderer)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -73,6 +73,34 @@ def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess
     assert "over 2 episodes" in r.stdout.strip().splitlines()[-1]
 
 
+def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, subprocess.CompletedProcess],
+                                                       tmp_path: Path) -> None:
+    out, _ = smoke_run
+    rend = tmp_path / "renderer"
+    run("renderer_report.py", str(out), "--steps", "4", "--batch-size", "8", "--max-frames", "200",
+        "--out", str(rend), "--no-progress")
+    res = json.loads((rend / "report.json").read_text())
+    for who in ("v_decoder", "renderer"):
+        assert 0 < res[who]["l1"] < 1 and res[who]["sharpness_vs_real"] > 0 and np.isfinite(res[who]["frechet_v_latent"])
+    assert (rend / "compare.png").exists() and (rend / "dream_strip.png").exists()
+    r = run("watch.py", str(out), "--dream", "--record", str(tmp_path / "d.mp4"), "--max-steps", "20",
+            "--renderer", str(rend / "generator.pt"))
+    assert "dream:" in r.stdout and (tmp_path / "d.mp4").stat().st_size > 0
+    r = run("watch.py", str(out), "--record", str(tmp_path / "x.mp4"), "--renderer", str(tmp_path / "no.pt"),
+            check=False)
+    assert r.returncode == 2 and "no renderer checkpoint at" in r.stderr
+
+
+def test_reward_compare_evolves_with_and_without_the_penalty(smoke_run: tuple[Path, subprocess.CompletedProcess]
+                                                             ) -> None:
+    out, _ = smoke_run
+    run("reward_compare.py", str(out), "--flow-steps", "20", "--episodes", "2", "--no-progress")
+    res = json.loads((out / "reward_compare" / "result.json").read_text())
+    assert set(res["real"]) == {"with", "without"} and all(len(v) == 2 for v in res["real_returns"].values())
+    assert np.isfinite(res["penalty_threshold_logp"]) and res["cma"]["generations"] == 3
+    assert (out / "reward_compare" / "controller_penalised.npz").exists()
+
+
 def test_temperature_sweep_with_ray_tune(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     r = run("sweep_temperature.py", str(out), "--taus", "0.5", "1.3", "--generations", "2", "--popsize", "4",

@@ -295,16 +295,41 @@ def _cell_update(g: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, hidden: 
     c.copy_(c2)
 
 
-def _sample_head(out: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, z_out: torch.Tensor,
-                 z_size: int, gaussians: int, tau: float, logsigma_range: tuple[float, float]) -> torch.Tensor:
-    """Sample z from head outputs (N, O) into ``z_out`` (N, Z); return done (N,) bool."""
-    K, Z = gaussians, z_size
+def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: torch.Tensor, head_w: torch.Tensor,
+                         head_b: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, H: int, Z: int,
+                         K: int, tau: float, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole sampling step as one graph for ``torch.compile``: updates ``c`` and ``x`` (new h, z) in place.
+
+    Same arithmetic as the eager step, arranged for fusion: the biases are added inside the
+    element-wise kernels (plain ``mm``, not ``addmm``, which would first copy the broadcast bias into
+    its output), the mixture CDF over the K components is unrolled (no ``cumsum`` kernel), and the
+    gate nonlinearities, cell update, component choice and Gaussian draw run in a few fused loops.
+    Returns (reward (N,), done (N,) bool).
+    """
+    g = torch.sigmoid(torch.mm(x, w.t()) + b)  # (N, 4H); cell-candidate rows pre-scaled by 2
+    i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+    c2 = f * c + i * (2.0 * gg - 1.0)
+    h = o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0)  # (N, H)
+    out = torch.mm(h, head_w.t()) + head_b  # (N, O)
     kz = K * Z
     logits = out[:, :kz].reshape(-1, K, Z)
     mu = out[:, kz:2 * kz].reshape(-1, K, Z)
     logsigma = out[:, 2 * kz:3 * kz].reshape(-1, K, Z)
-    z_out.copy_(sample_mixture(logits, mu, logsigma, tau=tau, u=u, eps=eps, logsigma_range=logsigma_range))
-    return ud < torch.sigmoid(out[:, 3 * kz + 1])
+    e = ((logits - logits.amax(dim=1, keepdim=True)) / tau).exp()  # (N, K, Z)
+    cdf = [e[:, 0]]
+    for k in range(1, K):
+        cdf.append(cdf[-1] + e[:, k])  # (N, Z) unnormalised CDF, unrolled
+    thr = u[:, 0] * cdf[-1]  # (N, Z)
+    idx = (cdf[0] < thr).long()
+    for k in range(1, K - 1):
+        idx = idx + (cdf[k] < thr).long()  # component index in [0, K-1]
+    idx = idx.unsqueeze(1)  # (N, 1, Z)
+    m = torch.gather(mu, 1, idx).squeeze(1)
+    sd = torch.gather(logsigma, 1, idx).squeeze(1).clamp(lo, hi).exp()
+    c.copy_(c2)
+    x[:, Z:Z + H].copy_(h)
+    x[:, :Z].copy_(m + sd * eps * math.sqrt(tau))
+    return out[:, 3 * kz], ud < torch.sigmoid(out[:, 3 * kz + 1])
 
 
 class FusedDreamStep:
@@ -374,7 +399,7 @@ class FusedDreamStep:
         self.compiled = bool(compile)
         if self.compiled:
             self._cell_fn = torch.compile(_cell_update, dynamic=False)
-            self._sample_fn = torch.compile(_sample_head, dynamic=False)
+            self._step_fn = torch.compile(_fused_sampling_step, dynamic=False)
 
     def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
         """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
@@ -400,6 +425,13 @@ class FusedDreamStep:
         """
         H, Z, K = self.H, self.Z, self.K
         g, c = self.gates, self.c
+        if self.compiled and not deterministic:
+            self.uni.uniform_(generator=generator)
+            self.eps.normal_(generator=generator)
+            reward, done = self._step_fn(self.x, self.w, self.b, c, self.head_w, self.head_b, self.u, self.eps,
+                                         self.ud, H, Z, K, float(tau), self.logsigma_min, self.logsigma_max)
+            n = self.num_envs
+            return reward[:n], done[:n]
         torch.addmm(self.b, self.x, self.w.t(), out=g)  # (N, 4H) all gates
         if self.compiled:
             return self._step_compiled(tau, deterministic, generator)
@@ -430,18 +462,13 @@ class FusedDreamStep:
 
     def _step_compiled(self, tau: float, deterministic: bool,
                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic mode, compiled: the fused cell, then the most likely component's mean."""
         self._cell_fn(self.gates, self.c, self._h_all, self.H)
         out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
         kz, n = self.K * self.Z, self.num_envs
-        if deterministic:
-            logits, mu = out[:, :kz].view(-1, self.K, self.Z), out[:, kz:2 * kz].view(-1, self.K, self.Z)
-            sample_mixture(logits, mu, mu, deterministic=True, out=self._z_all)
-            return out[:n, 3 * kz], (out[:, 3 * kz + 1] > 0)[:n]
-        self.uni.uniform_(generator=generator)
-        self.eps.normal_(generator=generator)
-        done = self._sample_fn(out, self.u, self.eps, self.ud, self._z_all, self.Z, self.K, float(tau),
-                               (self.logsigma_min, self.logsigma_max))
-        return out[:n, 3 * kz], done[:n]
+        logits, mu = out[:, :kz].view(-1, self.K, self.Z), out[:, kz:2 * kz].view(-1, self.K, self.Z)
+        sample_mixture(logits, mu, mu, deterministic=True, out=self._z_all)
+        return out[:n, 3 * kz], (out[:, 3 * kz + 1] > 0)[:n]
 
     @staticmethod
     def flops_per_step(z_size: int, hidden: int, action_dim: int, gaussians: int) -> int:
