@@ -6,8 +6,8 @@ novelty penalty, and score both controllers in the real game on the same episode
 ``RUN`` is a finished `dream_train.py` run (its V, M, latents, CMA-ES settings and controller).
 Steps, each resumable (outputs in ``RUN/reward_compare/``):
 
-1. a RealNVP flow (``generators``, points) on the latents ``mu`` of the run's real frames
-   (every tenth episode held out, for the held-out NLL);
+1. a RealNVP flow (``generators``, points) on the latents ``z ~ q(z | x)`` of the run's real
+   frames, as M saw them (every tenth episode held out, for the held-out NLL);
 2. CMA-ES in the dream exactly as the run evolved its controller (same population, rollouts,
    generations, temperature, seed), but with the reward ``r + scale * novelty_penalty(z)``
    (:func:`generators.reward.novelty_penalty`: ``min(0, log p(z) - q)``, ``q`` the 5% quantile of
@@ -52,15 +52,25 @@ FLOW = {"hidden": 128, "mlp_layers": 2}
 the penalty is evaluated for every dream at every step, so it must cost less than M's step."""
 
 
-def latents(run: Path, held_out: bool, every: int = 10) -> torch.Tensor:
-    """Posterior means ``mu`` (N, Z) of the run's latent shards: held-out episodes (index % every == 0) or the rest."""
+def latents(run: Path, held_out: bool, every: int = 10, seed: int = 0) -> torch.Tensor:
+    """Latents ``z ~ q(z | x)`` (N, Z) of the run's real frames: held-out episodes (index % every == 0) or the rest.
+
+    Posterior samples, not means: M was trained on such samples and the dream's z are drawn like
+    them, so the flow must know their spread (a flow of the means alone calls most dream states novel).
+    """
     d = run / "latents"
     m = Manifest.open(d)
-    out = [torch.from_numpy(load_shard(d / e["file"], e.get("sha256"))["mu"])
-           for i, e in sorted(m.episodes.items()) if (i % every == 0) == held_out]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, e in sorted(m.episodes.items()):
+        if (i % every == 0) != held_out:
+            continue
+        sh = load_shard(d / e["file"], e.get("sha256"))
+        mu, logvar = torch.from_numpy(sh["mu"]).float(), torch.from_numpy(sh["logvar"]).float()
+        out.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g))
     if not out:
         raise ValueError(f"{d} holds no latent shards; run the encode stage (dream_train.py) first")
-    return torch.cat(out).float()
+    return torch.cat(out)
 
 
 def train_flow(run: Path, out: Path, steps: int, progress: bool) -> tuple[Any, dict[str, float]]:
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ccfg, base_params, _ = load_controller(final)
 
     flow, flow_info = train_flow(run, out / "flow", args.flow_steps, args.progress)
-    term = novelty_penalty(flow, latents(run, False), quantile=args.quantile, clip=args.clip)
+    term = novelty_penalty(flow, latents(run, False, seed=1), quantile=args.quantile, clip=args.clip)
     print(f"flow: held-out NLL {flow_info['heldout_nll_per_dim']:.3f} nats/dim; penalty threshold "
           f"log p = {term.threshold:.1f}", flush=True)
 
@@ -162,7 +172,8 @@ def render_doc(r: dict[str, Any], doc: str) -> str:
         "# The reward synthesizer: a flow's novelty penalty in the dream", "",
         f"Produced by `{r['command']} --doc {doc}` ({r['minutes']:.0f} min). Run: `{r['run']}` ({r['task']}).", "",
         "A controller evolved in the dream learns whatever M rewards, including states M gets wrong. "
-        "The penalty asks a RealNVP flow trained on the latents of real frames how likely each dream "
+        "The penalty asks a RealNVP flow trained on the latents of real frames (`z ~ q(z | x)`, as M "
+        "saw them) how likely each dream "
         "state `z` is, and charges `scale * min(0, log p(z) - q)` per step, where `q` is the "
         f"{r['quantile']:.0%} quantile of `log p` over real latents (here {r['penalty_threshold_logp']:.1f}; "
         f"clipped at -{r['clip']:g} nats; scale {r['scale']:g} reward per nat). States as likely as real ones "

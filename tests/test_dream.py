@@ -248,8 +248,9 @@ def test_compiled_step_matches_eager(wm: WorldModel) -> None:
         fs.reset_rows(slice(None), z0)
         fs.set_actions(a[0])
         g = torch.Generator().manual_seed(5)
-        steps.append([(*fs.step(1.15, False, g), fs.x.clone(), fs.c.clone()) for _ in range(3)])
-    for (r0, d0, x0, c0), (r1, d1, x1, c1) in zip(*steps):
+        steps.append([(*(t.clone() for t in fs.step(1.15, False, g)), fs.x.clone(), fs.c.clone())
+                      for _ in range(3)])
+    for (r0, d0, x0, c0), (r1, d1, x1, c1) in zip(*steps, strict=True):
         assert torch.equal(d0, d1)
         for u, v in ((r0, r1), (x0, x1), (c0, c1)):
             torch.testing.assert_close(v, u, atol=1e-5, rtol=1e-5)
