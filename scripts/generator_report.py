@@ -315,7 +315,13 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
 - **Reward synthesizer**: `generators.reward.GeneratorReward(env, term, scale)` adds
   `scale * term(next_obs)`: a flow's `log p(z)` (`log_density`), an EBM's `-E` (`neg_energy`) or a
   discriminator logit (`discriminator_logit`), on observation vectors, latents or images.
-- **Renderer** (a generator conditioned on the dream's `z` drawn by `DreamEnv`): not built yet.
+- **Renderer**: `generators.renderer` (family `renderer`), a pix2pix-style conditional GAN on V's
+  latent `z`, started from V's decoder; `DreamEnv(..., renderer="RUN/renderer/generator.pt")`
+  draws the dream with it. Trained and measured against V's decoder by
+  `python scripts/renderer_report.py RUN`: see [RENDERER.md](RENDERER.md).
+- **Reward synthesizer in evolution**: `generators.reward.novelty_penalty` (a flow's `log p(z)`
+  below the real data's 5% quantile) as `DreamFitness(reward_term=...)`; real scores of controllers
+  evolved with and without it: `python scripts/reward_compare.py RUN`, see [REWARD.md](REWARD.md).
 
 """
 STATIC_SECTIONS = STATIC_SECTIONS.splitlines()
