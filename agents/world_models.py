@@ -74,11 +74,16 @@ class WorldModels:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.json"
         if cfg_path.exists():
-            saved, now = read_json(cfg_path), json.loads(json.dumps(config.to_dict()))  # tuples -> lists
-            if saved != now:
-                diff = _diff(saved, now)
+            # the saved config as this version reads it (fields added since take their defaults)
+            saved = json.loads(json.dumps(RunConfig.from_dict(read_json(cfg_path)).to_dict()))  # tuples -> lists
+            now = json.loads(json.dumps(config.to_dict()))
+            diff = [k for k in _diff(saved, now) if k not in RESUMABLE_CHANGES]
+            if diff:
                 raise ValueError(f"{self.run_dir} was started with another config (differs in {', '.join(diff[:6])}); "
-                                 f"resume it without changing settings, or choose another --out")
+                                 f"resume it without changing settings (--rounds and --workers may change), "
+                                 f"or choose another --out")
+            if saved != now:  # more or fewer rounds, other workers: every finished stage is kept
+                config.save(self.run_dir)
         else:
             config.save(self.run_dir)
         self._pool: RealPool | None = None
@@ -116,15 +121,18 @@ class WorldModels:
 
         c = self.cfg
         vae_train = TrainConfig(**{**asdict(c.vae_train), "steps": c.vae_train.steps * (k + 1)})
-        _say(f"round {k}: V (ConvVAE z={c.vae.z_size}) to {vae_train.steps} steps")
+        on = f" on {c.train_workers} Ray Train workers" if c.train_workers > 1 else ""
+        _say(f"round {k}: V (ConvVAE z={c.vae.z_size}) to {vae_train.steps} steps{on}")
         stages.train_vae(self.run_dir, c.vae, vae_train, batch_size=c.vae_batch, device=self.device,
-                         progress=self.progress, split_seed=c.seed)
+                         progress=self.progress, split_seed=c.seed, train_workers=c.train_workers,
+                         address=self.address)
         _say(f"round {k}: encoding frames to latents")
         stages.encode(self.run_dir, device=self.device, progress=self.progress)
         _say(f"round {k}: M (MDN-RNN LSTM {c.mdrnn.hidden}, {c.mdrnn.gaussians} Gaussians) to "
-             f"{c.mdrnn_train.steps} steps")
+             f"{c.mdrnn_train.steps} steps{on}")
         stages.train_mdrnn(self.run_dir, c.mdrnn, c.mdrnn_train, batch_size=c.mdrnn_batch, seq_len=c.seq_len,
-                           device=self.device, progress=self.progress, split_seed=c.seed)
+                           device=self.device, progress=self.progress, split_seed=c.seed,
+                           train_workers=c.train_workers, address=self.address)
         return WorldModel.load(self.run_dir, device=self.device, task=c.task)
 
     def controller_config(self, wm: WorldModel) -> ControllerConfig:
@@ -224,6 +232,12 @@ class WorldModels:
         write_report(self.run_dir, c.to_dict())
         result = {**result, "wall_s": time.perf_counter() - t0}
         return result
+
+
+RESUMABLE_CHANGES = ("rounds", "workers")
+"""Settings a resumed run may change: each round's stages are keyed by the round, so a run can go on
+for more rounds (or stop after fewer: its last finished round's controller becomes the final one),
+and collection does not depend on the number of workers."""
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

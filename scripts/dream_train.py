@@ -24,16 +24,17 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
 
     spec = envs.get_task(args.task)
     run_dir = Path(args.out or f"runs/{args.task}")
-    if args.resume:
+    if args.resume:  # the saved config; flags given beside --resume still apply (and are checked)
         if not (run_dir / "config.json").exists():
             raise FileNotFoundError(f"nothing to resume: {run_dir} holds no config.json (drop --resume to start it)")
         cfg = RunConfig.load(run_dir)
         if cfg.task != args.task:
             raise ValueError(f"{run_dir} is a {cfg.task} run, not {args.task}")
-        return cfg, run_dir
-    cfg = preset(args.preset, args.task, spec.z_size, spec.rnn_hidden, spec.action_dim)
+    else:
+        cfg = preset(args.preset, args.task, spec.z_size, spec.rnn_hidden, spec.action_dim)
     sets = list(args.set)
     for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
+                      ("train_workers", "train_workers"),
                       ("rounds", "rounds"), ("train_in", "train_in"), ("seed", "seed"),
                       ("generations", "cma.generations"), ("eval_episodes", "eval.episodes")):
         v = getattr(args, flag)
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="run folder (default runs/TASK)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its saved config")
     p.add_argument("--workers", type=int, default=None, help="Ray workers for real rollouts")
+    p.add_argument("--train-workers", dest="train_workers", type=int, default=None,
+                   help="processes that train V and M (Ray Train, DDP); default 1: this process")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT) instead of a local Ray")
     p.add_argument("--device", default=None, help="torch device for training and the dream (cpu, cuda)")
     p.add_argument("--temperature", type=float, default=None, help="dream temperature tau")

@@ -98,6 +98,9 @@ class RunConfig:
     """torch device of training and the dream ("cpu", "cuda")."""
     workers: int = 2
     """Ray workers for real rollouts (collection, evaluation, real-env fitness)."""
+    train_workers: int = 1
+    """processes that train V and M together (Ray Train, DDP; gloo on CPU, nccl on cuda). 1: train
+    in this process; N > 1: N Ray workers, each streaming 1/N of the episodes with 1/N of the batch."""
     train_in: str = "dream"
     """where C is evolved: "dream" (the World Models way) or "real"."""
     rounds: int = 1
@@ -123,6 +126,9 @@ class RunConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
+            raise ValueError(f"train_workers must be an integer >= 1, got {self.train_workers!r}; pass "
+                             f"--train-workers 1 (one process) or N > 1 (N Ray Train workers)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,12 +11,18 @@ resumes after a kill (the training loop's resumable checkpoint; encode's per-epi
 
 Held-out episodes (``holdout``) are kept out of V's and M's training and recorded in the
 checkpoints' meta for the fidelity report.
+
+With ``train_workers=N > 1`` V and M train on N Ray Train workers (DDP, see
+:mod:`worldlab.distributed`): worker r streams the training episodes ``r::N`` in batches of
+``batch_size // N`` (the global batch stays ``batch_size``), and only rank 0 writes the same
+checkpoints as a single-process run.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from worldlab.distributed import check_train_workers, train_distributed
 from worldlab.io import torch_load
 from worldlab.logging import RunLogger
 from worldlab.mdrnn import MDRNN, MDRNNConfig
@@ -55,15 +62,51 @@ def _check_train_state(path: Path, config: dict[str, Any], what: str) -> None:
                               f"delete it to start over, or pass the same config")
 
 
+def _check_shares(train_workers: int, batch_size: int, episodes: list[int], what: str) -> None:
+    """Every worker needs episodes of its own and a batch of at least one."""
+    if train_workers > len(episodes):
+        raise ValueError(f"{what} on {train_workers} training workers needs at least {train_workers} training "
+                         f"episodes, the data has {len(episodes)}; collect more or lower --train-workers")
+    if batch_size < train_workers:
+        raise ValueError(f"{what}: a batch of {batch_size} cannot be split over {train_workers} training workers; "
+                         f"raise the batch size or lower --train-workers")
+
+
+def vae_batches(run_dir: Path, episodes: list[int], batch_size: int, shuffle_shards: int, seed: int,
+                num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """V's training batches: frames (B, 3, 64, 64) uint8 streamed from ``RUN/data``.
+
+    With ``world_size > 1`` the batches of worker ``rank``: the episodes ``rank::world_size`` in
+    batches of ``batch_size // world_size``.
+    """
+    stream = ShardStream(run_dir / "data", mode="frames", episodes=episodes[rank::world_size],
+                         shuffle_shards=shuffle_shards, seed=seed)
+    return DataLoader(stream, batch_size=batch_size // world_size, drop_last=True, num_workers=num_workers)
+
+
+def mdrnn_batches(run_dir: Path, episodes: list[int], batch_size: int, seq_len: int, seed: int,
+                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """M's training batches: latent windows of ``seq_len`` steps streamed from ``RUN/latents``.
+
+    With ``world_size > 1`` the batches of worker ``rank``: the episodes ``rank::world_size`` in
+    batches of ``batch_size // world_size``.
+    """
+    stream = ShardStream(run_dir / "latents", mode="sequences", episodes=episodes[rank::world_size],
+                         seq_len=seq_len, seed=seed, keys=("mu", "logvar", "actions", "rewards", "terminated"))
+    return DataLoader(stream, batch_size=batch_size // world_size, num_workers=num_workers)
+
+
 def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, train_cfg: TrainConfig | None = None,
               *, batch_size: int = 64, holdout: float = 0.1, split_seed: int = 0, shuffle_shards: int = 16,
               num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = True,
-              tensorboard: bool = True) -> ConvVAE:
+              tensorboard: bool = True, train_workers: int = 1, address: str | None = None) -> ConvVAE:
     """Train V on the frames of ``RUN/data`` (streamed) and write ``RUN/checkpoints/vae.pt``.
 
     Skipped when ``vae.pt`` already holds ``train_cfg.steps`` steps. ``model_cfg`` defaults to the
     data's ``z_size``. Writes reconstruction / sample grids to ``RUN/samples/vae_*.png``.
+    ``train_workers > 1`` trains on that many Ray Train workers (Ray at ``address``, or local).
     """
+    check_train_workers(train_workers)
     run_dir = Path(run_dir)
     manifest, meta = _data_meta(run_dir)
     model_cfg = model_cfg or VAEConfig(z_size=int(meta.get("z_size", 32)))
@@ -76,9 +119,6 @@ def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, tr
             return done
     _check_train_state(state_path, asdict(model_cfg), "V")
     train_eps, held = split_episodes(manifest, holdout, split_seed)
-    stream = ShardStream(run_dir / "data", mode="frames", episodes=train_eps, shuffle_shards=shuffle_shards,
-                         seed=train_cfg.seed)
-    loader = DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)
     probe = _probe_frames(run_dir / "data", held or train_eps, 16)
     model = ConvVAE(model_cfg)
     samples = run_dir / "samples"
@@ -90,14 +130,26 @@ def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, tr
         save_png(samples / "vae_recon.png", image_grid(np.concatenate([real, rec]), nrow=16))
         save_png(samples / "vae_samples.png", image_grid(to_uint8_hwc(vae.sample(32, generator=0)), nrow=8))
 
-    logger = RunLogger(run_dir, "vae", tensorboard=tensorboard)
-    try:
-        train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
-              on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)}, desc="vae", progress=progress)
-    finally:
-        logger.close()
+    extra: dict[str, Any] = {}
+    if train_workers > 1:
+        _check_shares(train_workers, batch_size, train_eps, "V")
+        train_distributed(model, partial(vae_batches, run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed,
+                                         num_workers), train_cfg, workers=train_workers,
+                          checkpoint_path=state_path, make_logger=partial(RunLogger, run_dir, "vae", tensorboard),
+                          device=device, on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)},
+                          desc="vae", progress=progress, address=address)
+        extra = {"train_workers": train_workers}
+    else:
+        loader = vae_batches(run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed, num_workers)
+        logger = RunLogger(run_dir, "vae", tensorboard=tensorboard)
+        try:
+            train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+                  on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)}, desc="vae",
+                  progress=progress)
+        finally:
+            logger.close()
     model.save(vae_path, {"task": meta.get("task"), "steps": train_cfg.steps, "heldout": held,
-                          "train_config": asdict(train_cfg)})
+                          "train_config": asdict(train_cfg), **extra})
     return ConvVAE.load(vae_path, device)
 
 
@@ -169,13 +221,16 @@ def start_bank(latents_dir: str | os.PathLike, episodes: list[int] | None = None
 def train_mdrnn(run_dir: str | os.PathLike, model_cfg: MDRNNConfig | None = None,
                 train_cfg: TrainConfig | None = None, *, batch_size: int = 16, seq_len: int = 64,
                 holdout: float = 0.1, split_seed: int = 0, num_workers: int = 0,
-                device: str | torch.device = "cpu", progress: bool = True, tensorboard: bool = True) -> MDRNN:
+                device: str | torch.device = "cpu", progress: bool = True, tensorboard: bool = True,
+                train_workers: int = 1, address: str | None = None) -> MDRNN:
     """Train M on the latent windows of ``RUN/latents`` and write ``RUN/checkpoints/mdrnn.pt``.
 
     The checkpoint carries the task metadata, the start bank (first latents of the training
     episodes) and V's id. Skipped when ``mdrnn.pt`` already holds ``train_cfg.steps`` steps for the
     current V; a training state left by a different V is discarded (its latents are stale).
+    ``train_workers > 1`` trains on that many Ray Train workers (Ray at ``address``, or local).
     """
+    check_train_workers(train_workers)
     run_dir = Path(run_dir)
     lat = Manifest.open(run_dir / "latents")
     meta = lat.meta
@@ -203,19 +258,28 @@ def train_mdrnn(run_dir: str | os.PathLike, model_cfg: MDRNNConfig | None = None
         state_path.unlink()  # trained on latents of an older V: start over
     _check_train_state(state_path, asdict(model_cfg), "M")
     train_eps, held = split_episodes(lat, holdout, split_seed)
-    stream = ShardStream(run_dir / "latents", mode="sequences", episodes=train_eps, seq_len=seq_len,
-                         seed=train_cfg.seed, keys=("mu", "logvar", "actions", "rewards", "terminated"))
-    loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers)
     model = MDRNN(model_cfg)
-    logger = RunLogger(run_dir, "mdrnn", tensorboard=tensorboard)
-    try:
-        train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
-              extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, desc="mdrnn", progress=progress)
-    finally:
-        logger.close()
+    extra: dict[str, Any] = {}
+    if train_workers > 1:
+        _check_shares(train_workers, batch_size, train_eps, "M")
+        train_distributed(model, partial(mdrnn_batches, run_dir, train_eps, batch_size, seq_len, train_cfg.seed,
+                                         num_workers), train_cfg, workers=train_workers,
+                          checkpoint_path=state_path, make_logger=partial(RunLogger, run_dir, "mdrnn", tensorboard),
+                          device=device, extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id},
+                          desc="mdrnn", progress=progress, address=address)
+        extra = {"train_workers": train_workers}
+    else:
+        loader = mdrnn_batches(run_dir, train_eps, batch_size, seq_len, train_cfg.seed, num_workers)
+        logger = RunLogger(run_dir, "mdrnn", tensorboard=tensorboard)
+        try:
+            train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+                  extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, desc="mdrnn",
+                  progress=progress)
+        finally:
+            logger.close()
     bank_mu, bank_logvar = start_bank(run_dir / "latents", train_eps)
     model.save(m_path, {"task": meta.get("task"), "action_space": space,
                         "max_episode_steps": int(meta.get("max_episode_steps", 1000)), "vae_id": vae_id,
                         "start_mu": bank_mu, "start_logvar": bank_logvar, "steps": train_cfg.steps,
-                        "heldout": held, "seq_len": seq_len, "train_config": asdict(train_cfg)})
+                        "heldout": held, "seq_len": seq_len, "train_config": asdict(train_cfg), **extra})
     return MDRNN.load(m_path, device)
