@@ -62,14 +62,22 @@ def _check_train_state(path: Path, config: dict[str, Any], what: str) -> None:
                               f"delete it to start over, or pass the same config")
 
 
-def _check_shares(train_workers: int, batch_size: int, episodes: list[int], what: str) -> None:
-    """Every worker needs episodes of its own and a batch of at least one."""
+def _check_shares(train_workers: int, batch_size: int, episodes: list[int], what: str,
+                  manifest: Manifest | None = None) -> None:
+    """Every worker needs episodes of its own, a batch of at least one and (V: ``manifest``, whole
+    batches only) enough frames for one batch; checked here rather than in the workers."""
     if train_workers > len(episodes):
         raise ValueError(f"{what} on {train_workers} training workers needs at least {train_workers} training "
                          f"episodes, the data has {len(episodes)}; collect more or lower --train-workers")
     if batch_size < train_workers:
         raise ValueError(f"{what}: a batch of {batch_size} cannot be split over {train_workers} training workers; "
                          f"raise the batch size or lower --train-workers")
+    if manifest is not None:
+        frames = min(sum(manifest.episodes[i]["length"] + 1 for i in episodes[r::train_workers])
+                     for r in range(train_workers))
+        if frames < batch_size // train_workers:
+            raise ValueError(f"{what}: a worker's share of the data holds {frames} frames, less than its batch of "
+                             f"{batch_size // train_workers}; collect more, lower the batch size or --train-workers")
 
 
 def vae_batches(run_dir: Path, episodes: list[int], batch_size: int, shuffle_shards: int, seed: int,
@@ -132,7 +140,7 @@ def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, tr
 
     extra: dict[str, Any] = {}
     if train_workers > 1:
-        _check_shares(train_workers, batch_size, train_eps, "V")
+        _check_shares(train_workers, batch_size, train_eps, "V", manifest)
         train_distributed(model, partial(vae_batches, run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed,
                                          num_workers), train_cfg, workers=train_workers,
                           checkpoint_path=state_path, make_logger=partial(RunLogger, run_dir, "vae", tensorboard),
