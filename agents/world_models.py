@@ -80,7 +80,8 @@ class WorldModels:
             diff = [k for k in _diff(saved, now) if k not in RESUMABLE_CHANGES]
             if diff:
                 raise ValueError(f"{self.run_dir} was started with another config (differs in {', '.join(diff[:6])}); "
-                                 f"resume it without changing settings (--rounds and --workers may change), "
+                                 f"resume it without changing settings (--rounds, --workers and --train-workers "
+                                 f"may change), "
                                  f"or choose another --out")
             if saved != now:  # more or fewer rounds, other workers: every finished stage is kept
                 config.save(self.run_dir)
@@ -234,10 +235,11 @@ class WorldModels:
         return result
 
 
-RESUMABLE_CHANGES = ("rounds", "workers")
+RESUMABLE_CHANGES = ("rounds", "workers", "train_workers")
 """Settings a resumed run may change: each round's stages are keyed by the round, so a run can go on
 for more rounds (or stop after fewer: its last finished round's controller becomes the final one),
-and collection does not depend on the number of workers."""
+collection does not depend on the number of workers, and V's and M's resumable checkpoints are the
+same whatever the number of training workers that wrote them."""
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

@@ -5,6 +5,7 @@ step, and a bad ``--train-workers`` is one clear line."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import subprocess
@@ -185,3 +186,18 @@ def test_bad_worker_counts_fail_with_one_line(tiny_data: Path, tmp_path: Path, r
     with pytest.raises(ValueError, match="less than its batch of 2000"):
         train_vae(run, SMALL_V, v_cfg(), batch_size=4000, progress=False, tensorboard=False, train_workers=2)
     assert not (run / "checkpoints").exists()
+
+
+def test_a_run_may_resume_with_another_number_of_training_workers(tmp_path: Path) -> None:
+    from agents.world_models import WorldModels
+    from worldlab.config import RunConfig, override, preset
+
+    cfg = preset("smoke", "car_racing", 32, 256, 3)
+    WorldModels(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train_workers"]  # a run started before the field existed reads as train_workers=1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    WorldModels(override(cfg, ["train_workers=2"]), tmp_path, progress=False)
+    assert RunConfig.load(tmp_path).train_workers == 2
+    with pytest.raises(ValueError, match="differs in cma.popsize"):
+        WorldModels(override(cfg, ["train_workers=2", "cma.popsize=4"]), tmp_path, progress=False)
