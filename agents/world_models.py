@@ -123,6 +123,9 @@ class WorldModels:
         c = self.cfg
         vae_train = TrainConfig(**{**asdict(c.vae_train), "steps": c.vae_train.steps * (k + 1)})
         on = f" on {c.train_workers} Ray Train workers" if c.train_workers > 1 else ""
+        if c.train_workers > 1 and self._pool is not None:  # its actors hold the CPUs the training workers need
+            self._pool.close()
+            self._pool = None
         _say(f"round {k}: V (ConvVAE z={c.vae.z_size}) to {vae_train.steps} steps{on}")
         stages.train_vae(self.run_dir, c.vae, vae_train, batch_size=c.vae_batch, device=self.device,
                          progress=self.progress, split_seed=c.seed, train_workers=c.train_workers,

@@ -64,7 +64,7 @@ def test_v_trains_on_two_workers_from_the_saved_step(ddp_run: Path) -> None:
     ddp = values[FIRST // 2:]
     assert falling(ddp) and max(ddp[-2:]) < values[0], values
     assert (ddp_run / "samples" / "vae_recon.png").stat().st_size > 0  # rank 0's sample grids
-    assert not list((ddp_run / "checkpoints").glob(".*tmp")) and not list(ddp_run.glob("**/ray_results"))
+    assert not list((ddp_run / "checkpoints").glob(".*")) and not list(ddp_run.glob("**/ray_results"))  # no scratch
 
 
 def test_checkpoints_are_the_single_process_format(ddp_run: Path) -> None:
@@ -162,6 +162,7 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(tiny_data: Path, ray_
     new = read_metrics(run, "vae", "vae/loss")[n_logged:]
     assert [r["step"] for r in new] == [saved + 2, saved + 4]
     assert vae.meta["steps"] == saved + 4 and torch_load(state_path)["step"] == saved + 4
+    assert not list((run / "checkpoints").glob(".*"))  # the killed run's scratch folder was cleared
 
 
 def test_bad_worker_counts_fail_with_one_line(tiny_data: Path, tmp_path: Path, ray_session,

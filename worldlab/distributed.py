@@ -16,8 +16,10 @@ The checkpoint is the single-process one: the plain model's ``state_dict`` (no D
 prefix), the optimizers, the step, the EMA, the RNG state and ``extra_state`` -- so
 ``ConvVAE.load`` / ``MDRNN.load`` on what the stage saves, resume (with any number of workers)
 and the rest of the pipeline work unchanged. A killed run resumes from the last checkpoint: every
-worker loads it (the other ranks through a private link to it; their own saves go to a
-temporary folder that is removed) and continues from its step.
+worker loads it (the other ranks through a link to it in a scratch folder, where their own saves
+go) and continues from its step. The scratch folder, ``.<checkpoint name>.ray_train`` beside the
+checkpoint, also holds Ray Train's own run state (nothing goes to ``~/ray_results``); it is
+removed at the end, and one left by a killed run is cleared by the next.
 
 Logged scalars are averaged over the workers (one small all-reduce per logged value), so
 ``metrics.jsonl`` and TensorBoard show the loss of the whole global batch.
@@ -32,7 +34,6 @@ import copy
 import dataclasses
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -138,16 +139,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(_LossForward(model), move_to_device=device, parallel_strategy="ddp")
     trainee = _DDPTrainee(model, ddp)
     data = config["make_data"](rank, world)
-    private = None
     if rank == 0:
         path: Path = ckpt
         logger = config["make_logger"]() if config["make_logger"] is not None else None
         on_sample = config["on_sample"]
     else:
-        # Other ranks resume from rank 0's checkpoint through a link in a private folder; their
-        # own (end-of-run) save replaces that link there, so the run folder is written by rank 0 only.
-        private = tempfile.mkdtemp(prefix=f"worldlab-rank{rank}-")
-        path = Path(private) / ckpt.name
+        # Other ranks resume from rank 0's checkpoint through a link in the scratch folder; their
+        # own (end-of-run) save replaces that link there, so the run's files are written by rank 0 only.
+        private = Path(config["scratch"]) / f"rank{rank}"
+        shutil.rmtree(private, ignore_errors=True)
+        private.mkdir(parents=True)
+        path = private / ckpt.name
         if ckpt.exists():
             try:
                 os.symlink(ckpt.resolve(), path)
@@ -170,8 +172,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     finally:
         if logger is not None:
             logger.close()
-        if private is not None:
-            shutil.rmtree(private, ignore_errors=True)
 
 
 def _check_in_sync(model: nn.Module, device: torch.device) -> None:
@@ -242,15 +242,18 @@ def train_distributed(
                              f"{int(resources.get(k, 0))}; lower --train-workers or join a bigger cluster with --address")
 
     channel = Queue(actor_options={"num_cpus": 0})
-    storage = tempfile.mkdtemp(prefix="worldlab-raytrain-")  # Ray Train's own run state: kept out of ~/ray_results
+    scratch = checkpoint_path.with_name(f".{checkpoint_path.name}.ray_train")
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a killed run
+    storage = scratch / "ray"  # Ray Train's own run state: kept out of ~/ray_results
+    storage.mkdir(parents=True)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"model": model.cpu(), "cfg": cfg, "checkpoint_path": str(checkpoint_path),
                            "make_data": make_data, "make_logger": make_logger, "on_sample": on_sample,
-                           "extra_state": extra_state, "desc": desc, "channel": channel},
+                           "extra_state": extra_state, "desc": desc, "channel": channel, "scratch": str(scratch)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=f"worldlab-{desc}", storage_path=storage,
+        run_config=RunConfig(name=f"worldlab-{desc}", storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=0)),
     )
     history: dict[str, list[float]] = {}
@@ -292,7 +295,7 @@ def train_distributed(
                 break
         bar.close()
         channel.shutdown(force=True)
-        shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"rank 0 finished but {checkpoint_path} is not visible here; on a multi-node "
                                 f"cluster put the run folder on storage every node mounts")
