@@ -17,7 +17,8 @@ prefix), the optimizers, the step, the EMA, the RNG state and ``extra_state`` --
 ``ConvVAE.load`` / ``MDRNN.load`` on what the stage saves, resume (with any number of workers)
 and the rest of the pipeline work unchanged. A killed run resumes from the last checkpoint: every
 worker loads it (the other ranks through a link to it in a scratch folder, where their own saves
-go) and continues from its step. The scratch folder, ``.<checkpoint name>.ray_train`` beside the
+go) and continues from its step (rank r > 0 draws its noise from seed + r on a fresh start, from
+rank 0's saved RNG state after a resume; the data shares differ either way). The scratch folder, ``.<checkpoint name>.ray_train`` beside the
 checkpoint, also holds Ray Train's own run state (nothing goes to ``~/ray_results``); it is
 removed at the end, and one left by a killed run is cleared by the next.
 
