@@ -234,10 +234,6 @@ class LatentRenderer(Generator):
             raise ValueError(f"renderer.sample needs latents cond of shape ({n}, {self.z_size}), got {tuple(cond.shape)}")
         return self.render(cond) * 2.0 - 1.0
 
-    def sample_grid_cond(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents of real frames (posterior means), for grids that compare renders with the frames."""
-        return self.encode(x)[0]
-
 
 def _reset(m: nn.Module) -> None:
     if hasattr(m, "reset_parameters"):

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     k = torch.linspace(0, len(test) - 1, 8).long()
     pic = images.grid(torch.cat([x01[k], drawn["v_decoder"][k], drawn["renderer"][k]]) * 2 - 1, nrow=8, upscale=2)
     images.save_png(out / "compare.png", pic)
-    images.save_png(out / "dream_strip.png", dream_strip(run, model, 200))
+    strip = dream_strip(run, model, 200)
+    images.save_png(out / "dream_strip.png", strip)
     res.update(run=str(run), task=train.name, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, seconds=time.time() - t0, train_seconds=train_s,
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         figs.mkdir(parents=True, exist_ok=True)
         tag = train.name
         images.save_png(figs / f"{tag}_compare.png", pic)
-        images.save_png(figs / f"{tag}_dream_strip.png", dream_strip(run, model, 200))
+        images.save_png(figs / f"{tag}_dream_strip.png", strip)
         atomic_write_text(doc, render_doc(res, tag, doc))
     return 0
 

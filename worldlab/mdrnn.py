@@ -300,16 +300,13 @@ def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: t
                          K: int, tau: float, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole sampling step as one graph for ``torch.compile``: updates ``c`` and ``x`` (new h, z) in place.
 
-    Same arithmetic as the eager step, arranged for fusion: the biases are added inside the
-    element-wise kernels (plain ``mm``, not ``addmm``, which would first copy the broadcast bias into
-    its output), the mixture CDF over the K components is unrolled (no ``cumsum`` kernel), and the
-    gate nonlinearities, cell update, component choice and Gaussian draw run in a few fused loops.
-    Returns (reward (N,), done (N,) bool).
+    Same arithmetic as the eager step (the cell is :func:`_cell_update`; the sampling is
+    :func:`sample_mixture` with the CDF over the K components unrolled, so no ``cumsum`` kernel
+    breaks the graph): the gate nonlinearities, cell update, component choice and Gaussian draw
+    compile into a few fused loops around the two matrix products. Returns (reward (N,), done (N,) bool).
     """
-    g = torch.sigmoid(torch.mm(x, w.t()) + b)  # (N, 4H); cell-candidate rows pre-scaled by 2
-    i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
-    c2 = f * c + i * (2.0 * gg - 1.0)
-    h = o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0)  # (N, H)
+    h = x[:, Z:Z + H]
+    _cell_update(torch.mm(x, w.t()) + b, c, h, H)  # cell-candidate rows pre-scaled by 2; writes c and h
     out = torch.mm(h, head_w.t()) + head_b  # (N, O)
     kz = K * Z
     logits = out[:, :kz].reshape(-1, K, Z)
@@ -326,8 +323,6 @@ def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: t
     idx = idx.unsqueeze(1)  # (N, 1, Z)
     m = torch.gather(mu, 1, idx).squeeze(1)
     sd = torch.gather(logsigma, 1, idx).squeeze(1).clamp(lo, hi).exp()
-    c.copy_(c2)
-    x[:, Z:Z + H].copy_(h)
     x[:, :Z].copy_(m + sd * eps * math.sqrt(tau))
     return out[:, 3 * kz], ud < torch.sigmoid(out[:, 3 * kz + 1])
 

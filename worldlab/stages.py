@@ -21,6 +21,7 @@ checkpoints as a single-process run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -78,6 +79,30 @@ def _check_shares(train_workers: int, batch_size: int, episodes: list[int], what
         if frames < batch_size // train_workers:
             raise ValueError(f"{what}: a worker's share of the data holds {frames} frames, less than its batch of "
                              f"{batch_size // train_workers}; collect more, lower the batch size or --train-workers")
+
+
+def _fit(model: Any, make_data: Callable[..., Any], train_cfg: TrainConfig, stage: str, run_dir: Path,
+         state_path: Path, train_workers: int, tensorboard: bool, device: Any,
+         on_sample: Callable[[Any, int], None] | None, extra_state: Callable[[], dict[str, Any]], progress: bool,
+         address: str | None) -> dict[str, Any]:
+    """Train a stage's model in this process, or on ``train_workers`` Ray Train workers (DDP).
+
+    ``make_data(rank=, world_size=)`` builds one worker's batches. Returns what the stage adds to
+    its checkpoint's meta (the worker count when distributed).
+    """
+    if train_workers > 1:
+        train_distributed(model, make_data, train_cfg, workers=train_workers, checkpoint_path=state_path,
+                          make_logger=partial(RunLogger, run_dir, stage, tensorboard), device=device,
+                          on_sample=on_sample, extra_state=extra_state, desc=stage, progress=progress,
+                          address=address)
+        return {"train_workers": train_workers}
+    logger = RunLogger(run_dir, stage, tensorboard=tensorboard)
+    try:
+        train(model, make_data(), train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+              on_sample=on_sample, extra_state=extra_state, desc=stage, progress=progress)
+    finally:
+        logger.close()
+    return {}
 
 
 def vae_batches(run_dir: Path, episodes: list[int], batch_size: int, shuffle_shards: int, seed: int,
@@ -138,24 +163,11 @@ def train_vae(run_dir: str | os.PathLike, model_cfg: VAEConfig | None = None, tr
         save_png(samples / "vae_recon.png", image_grid(np.concatenate([real, rec]), nrow=16))
         save_png(samples / "vae_samples.png", image_grid(to_uint8_hwc(vae.sample(32, generator=0)), nrow=8))
 
-    extra: dict[str, Any] = {}
     if train_workers > 1:
         _check_shares(train_workers, batch_size, train_eps, "V", manifest)
-        train_distributed(model, partial(vae_batches, run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed,
-                                         num_workers), train_cfg, workers=train_workers,
-                          checkpoint_path=state_path, make_logger=partial(RunLogger, run_dir, "vae", tensorboard),
-                          device=device, on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)},
-                          desc="vae", progress=progress, address=address)
-        extra = {"train_workers": train_workers}
-    else:
-        loader = vae_batches(run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed, num_workers)
-        logger = RunLogger(run_dir, "vae", tensorboard=tensorboard)
-        try:
-            train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
-                  on_sample=on_sample, extra_state=lambda: {"config": asdict(model_cfg)}, desc="vae",
-                  progress=progress)
-        finally:
-            logger.close()
+    extra = _fit(model, partial(vae_batches, run_dir, train_eps, batch_size, shuffle_shards, train_cfg.seed,
+                                num_workers), train_cfg, "vae", run_dir, state_path, train_workers, tensorboard,
+                 device, on_sample, lambda: {"config": asdict(model_cfg)}, progress, address)
     model.save(vae_path, {"task": meta.get("task"), "steps": train_cfg.steps, "heldout": held,
                           "train_config": asdict(train_cfg), **extra})
     return ConvVAE.load(vae_path, device)
@@ -267,24 +279,11 @@ def train_mdrnn(run_dir: str | os.PathLike, model_cfg: MDRNNConfig | None = None
     _check_train_state(state_path, asdict(model_cfg), "M")
     train_eps, held = split_episodes(lat, holdout, split_seed)
     model = MDRNN(model_cfg)
-    extra: dict[str, Any] = {}
     if train_workers > 1:
         _check_shares(train_workers, batch_size, train_eps, "M")
-        train_distributed(model, partial(mdrnn_batches, run_dir, train_eps, batch_size, seq_len, train_cfg.seed,
-                                         num_workers), train_cfg, workers=train_workers,
-                          checkpoint_path=state_path, make_logger=partial(RunLogger, run_dir, "mdrnn", tensorboard),
-                          device=device, extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id},
-                          desc="mdrnn", progress=progress, address=address)
-        extra = {"train_workers": train_workers}
-    else:
-        loader = mdrnn_batches(run_dir, train_eps, batch_size, seq_len, train_cfg.seed, num_workers)
-        logger = RunLogger(run_dir, "mdrnn", tensorboard=tensorboard)
-        try:
-            train(model, loader, train_cfg, checkpoint_path=state_path, logger=logger, device=device,
-                  extra_state=lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, desc="mdrnn",
-                  progress=progress)
-        finally:
-            logger.close()
+    extra = _fit(model, partial(mdrnn_batches, run_dir, train_eps, batch_size, seq_len, train_cfg.seed, num_workers),
+                 train_cfg, "mdrnn", run_dir, state_path, train_workers, tensorboard, device, None,
+                 lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, progress, address)
     bank_mu, bank_logvar = start_bank(run_dir / "latents", train_eps)
     model.save(m_path, {"task": meta.get("task"), "action_space": space,
                         "max_episode_steps": int(meta.get("max_episode_steps", 1000)), "vae_id": vae_id,
