@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             if RunConfig.load(run_dir) != cfg:
                 raise ValueError(f"{run_dir} already holds a run with other settings; pass --resume to continue it "
                                  f"or choose another --out")
+        if args.out is None:  # the default runs/TASK: runs/ is made on a fresh clone
+            run_dir.parent.mkdir(exist_ok=True)
         if not run_dir.parent.exists():
             raise FileNotFoundError(f"the parent of the run folder does not exist: {run_dir.parent}")
         from agents.world_models import WorldModels
