@@ -80,13 +80,17 @@ def collection_meta(task: str, policy: PolicySpec, seed: int, env_kwargs: dict[s
 
 def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, policy: str | PolicySpec = "brownian",
             seed: int = 0, address: str | None = None, env_kwargs: dict[str, Any] | None = None,
-            progress: bool = True, start_index: int = 0) -> Manifest:
+            progress: bool = True, start_index: int = 0, backend: str = "ray") -> Manifest:
     """Collect ``episodes`` episodes (indices ``start_index .. start_index+episodes-1``) into ``out_dir``.
 
     Resumes: episodes already recorded (or shards left by a killed run) are not collected again.
-    ``workers=0`` runs in this process without Ray; otherwise Ray workers are used, on a local
-    Ray or on the cluster at ``address``.
+    ``workers=0`` runs in this process without Ray; otherwise ``workers`` Ray workers are used, on
+    a local Ray or on the cluster at ``address`` (``backend="ray"``), or ``workers`` local
+    processes (``backend="processes"``, for a machine without Ray; see :mod:`agents.processes`).
     """
+    from agents.processes import check_backend
+
+    check_backend(backend, address)
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if workers < 0:
@@ -139,6 +143,8 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
                     record(*w.collect(i, episode_seed(seed, i)))
             finally:
                 w.close()
+        elif backend == "processes":
+            _collect_processes(task, spec, env_kwargs, todo, seed, workers, record)
         else:
             _collect_ray(task, spec, env_kwargs, todo, seed, workers, address, record)
     finally:
@@ -177,3 +183,33 @@ def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: 
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _collect_processes(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
+                       seed: int, workers: int, record: Any) -> None:
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from agents.processes import ProcessActor
+
+    actors = [ProcessActor(RolloutWorker, task, spec, env_kwargs) for _ in range(min(workers, len(todo)))]
+    queue = deque(todo)
+    pending: dict[Any, Any] = {}
+
+    def submit(actor: ProcessActor) -> None:
+        if queue:
+            i = queue.popleft()
+            pending[actor.submit("collect", i, episode_seed(seed, i))] = actor
+
+    try:
+        for a in actors:  # two in flight per worker, as with Ray
+            submit(a)
+            submit(a)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for f in done:
+                actor = pending.pop(f)
+                record(*f.result())
+                submit(actor)
+    finally:
+        for a in actors:
+            a.close()

@@ -1,4 +1,4 @@
-"""Evaluate a run's final controller in the real environment, on Ray workers."""
+"""Evaluate a run's final controller in the real environment, on Ray workers (or local processes)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from agents.watch import load_run
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 100, workers: int = 2, seed: int = 12345,
-                 max_steps: int | None = None, address: str | None = None) -> dict[str, Any]:
+                 max_steps: int | None = None, address: str | None = None,
+                 backend: str = "ray") -> dict[str, Any]:
     cfg, wm, ccfg, params = load_run(run_dir)
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
-    pool = RealPool(cfg.task, wm, ccfg, workers, env_kwargs, address)
+    pool = RealPool(cfg.task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:
         seeds = generation_seeds(seed, 10**6, episodes)
         res = pool.play([(params, s) for s in seeds])

@@ -118,10 +118,20 @@ class RealEvalWorker:
 
 class RealPool:
     """A pool of Ray actors running :class:`RealEvalWorker`; a killed actor is restarted by Ray
-    and its batch retried, so a generation still completes."""
+    and its batch retried, so a generation still completes. ``backend="processes"``: local
+    processes instead of Ray actors (:mod:`agents.processes`; no restarts)."""
 
     def __init__(self, task: str, world_model: WorldModel, cfg: ControllerConfig, workers: int,
-                 env_kwargs: dict[str, Any] | None = None, address: str | None = None) -> None:
+                 env_kwargs: dict[str, Any] | None = None, address: str | None = None,
+                 backend: str = "ray") -> None:
+        from agents.processes import ProcessActor, check_backend
+
+        check_backend(backend, address)
+        self.backend = backend
+        if backend == "processes":
+            self.actors = [ProcessActor(RealEvalWorker, task, world_model.cpu(), cfg, env_kwargs)
+                           for _ in range(max(1, workers))]
+            return
         import ray
 
         from worldlab.ray_utils import init_ray
@@ -134,17 +144,24 @@ class RealPool:
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
         """Play every job, spread in batches over the actors (several episodes per call)."""
-        import ray
-
         if not jobs:
             return []
         n = len(self.actors)
         per = max(1, math.ceil(len(jobs) / (n * 2)))  # ~2 batches per actor balances the load
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
+        if self.backend == "processes":
+            futures = [self.actors[i % n].submit("play", b, record) for i, b in enumerate(batches)]
+            return [r for f in futures for r in f.result()]
+        import ray
+
         refs = [self.actors[i % n].play.remote(b, record) for i, b in enumerate(batches)]
         return [r for batch in ray.get(refs) for r in batch]
 
     def close(self) -> None:
+        if self.backend == "processes":
+            for a in self.actors:
+                a.close()
+            return
         import ray
 
         for a in self.actors:

@@ -63,7 +63,9 @@ class WorldModels:
     def __init__(self, config: RunConfig, run_dir: str | Path, address: str | None = None,
                  progress: bool = True, threads: int | None = None) -> None:
         import envs
+        from agents.processes import check_backend
 
+        check_backend(config.backend, address)  # before any work, not at the first rollout
         self.cfg, self.run_dir, self.address, self.progress = config, Path(run_dir), address, progress
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.spec = envs.get_task(config.task)
@@ -80,8 +82,8 @@ class WorldModels:
             diff = [k for k in _diff(saved, now) if k not in RESUMABLE_CHANGES]
             if diff:
                 raise ValueError(f"{self.run_dir} was started with another config (differs in {', '.join(diff[:6])}); "
-                                 f"resume it without changing settings (--rounds, --workers and --train-workers "
-                                 f"may change), "
+                                 f"resume it without changing settings (--rounds, --generations, --workers, "
+                                 f"--train-workers, --backend and loader_workers may change), "
                                  f"or choose another --out")
             if saved != now:  # more or fewer rounds, other workers: every finished stage is kept
                 config.save(self.run_dir)
@@ -115,7 +117,8 @@ class WorldModels:
             return m
         _say(f"round {k}: collecting {n} real episodes ({spec.name}) with {self.cfg.workers} workers")
         return collect(self.cfg.task, data, n, workers=self.cfg.workers, policy=spec, seed=self.cfg.seed,
-                       address=self.address, env_kwargs=env_kwargs, progress=self.progress, start_index=start)
+                       address=self.address, env_kwargs=env_kwargs, progress=self.progress, start_index=start,
+                       backend=self.cfg.backend)
 
     def world_model(self, k: int) -> WorldModel:
         from worldlab import stages
@@ -129,14 +132,14 @@ class WorldModels:
         _say(f"round {k}: V (ConvVAE z={c.vae.z_size}) to {vae_train.steps} steps{on}")
         stages.train_vae(self.run_dir, c.vae, vae_train, batch_size=c.vae_batch, device=self.device,
                          progress=self.progress, split_seed=c.seed, train_workers=c.train_workers,
-                         address=self.address)
+                         address=self.address, num_workers=c.loader_workers)
         _say(f"round {k}: encoding frames to latents")
         stages.encode(self.run_dir, device=self.device, progress=self.progress)
         _say(f"round {k}: M (MDN-RNN LSTM {c.mdrnn.hidden}, {c.mdrnn.gaussians} Gaussians) to "
              f"{c.mdrnn_train.steps} steps{on}")
         stages.train_mdrnn(self.run_dir, c.mdrnn, c.mdrnn_train, batch_size=c.mdrnn_batch, seq_len=c.seq_len,
                            device=self.device, progress=self.progress, split_seed=c.seed,
-                           train_workers=c.train_workers, address=self.address)
+                           train_workers=c.train_workers, address=self.address, num_workers=c.loader_workers)
         return WorldModel.load(self.run_dir, device=self.device, task=c.task)
 
     def controller_config(self, wm: WorldModel) -> ControllerConfig:
@@ -147,7 +150,7 @@ class WorldModels:
             self._pool.close()
         env_kwargs = {"max_episode_steps": self.cfg.eval.max_steps} if self.cfg.eval.max_steps else {}
         self._pool = RealPool(self.cfg.task, wm, self.controller_config(wm), self.cfg.workers, env_kwargs,
-                              self.address)
+                              self.address, backend=self.cfg.backend)
         return self._pool
 
     def evolve(self, k: int, wm: WorldModel) -> np.ndarray:
@@ -156,7 +159,9 @@ class WorldModels:
         ccfg = self.controller_config(wm)
         if out.exists():
             saved_cfg, params, extra = load_controller(out)
-            if saved_cfg == ccfg and extra.get("generations") == c.cma.generations:
+            # a round that later rounds built on is final: its controller played their data
+            later = (self.ckpt / f"cma_r{k + 1}.npz").exists() or (self.ckpt / f"controller_r{k + 1}.npz").exists()
+            if saved_cfg == ccfg and (extra.get("generations") == c.cma.generations or k < c.rounds - 1 or later):
                 return params
         x0 = None
         if k > 0:
@@ -238,10 +243,12 @@ class WorldModels:
         return result
 
 
-RESUMABLE_CHANGES = ("rounds", "workers", "train_workers")
+RESUMABLE_CHANGES = ("rounds", "workers", "train_workers", "backend", "loader_workers", "cma.generations")
 """Settings a resumed run may change: each round's stages are keyed by the round, so a run can go on
-for more rounds (or stop after fewer: its last finished round's controller becomes the final one),
-collection does not depend on the number of workers, and V's and M's resumable checkpoints are the
+for more rounds (or stop after fewer: its last finished round's controller becomes the final one)
+or more generations (the last round's evolution continues from its saved CMA state; an earlier
+round's controller, which later rounds' data was played with, is kept),
+collection does not depend on the number of workers or on where they run, and V's and M's resumable checkpoints are the
 same whatever the number of training workers that wrote them."""
 
 

@@ -21,13 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (created; its parent must exist)")
     p.add_argument("--seed", type=int, default=0, help="base seed; episode i uses a seed derived from (seed, i)")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes at this many steps")
+    p.add_argument("--backend", choices=("ray", "processes"), default="ray",
+                   help="ray (default) or processes: local processes, for a machine without Ray")
     p.add_argument("--address", default=None, help="join a running Ray cluster (HOST:PORT) instead of a local Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     env_kwargs = {"max_episode_steps": args.max_steps} if args.max_steps else {}
     try:
         m = collect(args.task, args.out, args.episodes, workers=args.workers, policy=args.policy, seed=args.seed,
-                    address=args.address, env_kwargs=env_kwargs, progress=not args.no_progress)
+                    address=args.address, env_kwargs=env_kwargs, progress=not args.no_progress,
+                    backend=args.backend)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
         cfg = preset(args.preset, args.task, spec.z_size, spec.rnn_hidden, spec.action_dim)
     sets = list(args.set)
     for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
-                      ("train_workers", "train_workers"),
+                      ("train_workers", "train_workers"), ("backend", "backend"),
                       ("rounds", "rounds"), ("train_in", "train_in"), ("seed", "seed"),
                       ("generations", "cma.generations"), ("eval_episodes", "eval.episodes")):
         v = getattr(args, flag)
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-workers", dest="train_workers", type=int, default=None,
                    help="processes that train V and M (Ray Train, DDP); default 1: this process")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT) instead of a local Ray")
+    p.add_argument("--backend", choices=("ray", "processes"), default=None,
+                   help="where real rollouts run: ray (default) or processes (local processes, no Ray needed)")
     p.add_argument("--device", default=None, help="torch device for training and the dream (cpu, cuda)")
     p.add_argument("--temperature", type=float, default=None, help="dream temperature tau")
     p.add_argument("--rounds", type=int, default=None, help="iterative training rounds")

@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--backend", choices=("ray", "processes"), default="ray",
+                   help="ray (default) or processes: local processes, for a machine without Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         from agents.evaluate import evaluate_run
 
         res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
-                           address=args.address)
+                           address=args.address, backend=args.backend)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,6 +101,12 @@ class RunConfig:
     train_workers: int = 1
     """processes that train V and M together (Ray Train, DDP; gloo on CPU, nccl on cuda). 1: train
     in this process; N > 1: N Ray workers, each streaming 1/N of the episodes with 1/N of the batch."""
+    backend: str = "ray"
+    """where real rollouts run: "ray" (Ray workers: a local Ray, or the cluster at --address) or
+    "processes" (local processes, for a machine without Ray; see agents/processes.py)."""
+    loader_workers: int = 0
+    """DataLoader worker processes that read and decompress shards for V and M (0: in the
+    training process; a few pay off on a GPU, whose training outruns one reader)."""
     train_in: str = "dream"
     """where C is evolved: "dream" (the World Models way) or "real"."""
     rounds: int = 1
@@ -124,6 +130,10 @@ class RunConfig:
             raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.backend not in ("ray", "processes"):
+            raise ValueError(f"backend must be 'ray' or 'processes', got {self.backend!r}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:

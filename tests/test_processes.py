@@ -1,0 +1,224 @@
+"""The ``processes`` backend (no Ray): same data and returns as in-process runs, one-line errors,
+and the whole job on it, resumed with more generations."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from agents.collect import collect, episode_seed
+from agents.controller import ControllerConfig, load_controller
+from agents.fitness import RealEvalWorker, RealPool
+from agents.processes import BACKENDS, ProcessActor, check_backend
+from worldlab.storage import Manifest, load_shard
+from worldlab.world_model import WorldModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"max_episode_steps": 40}
+CAR = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
+
+
+def _script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module, to call its ``main(argv)`` in this process (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("ep_*")}
+
+
+def test_process_actor_keeps_state_and_reports_errors() -> None:
+    actor = ProcessActor(collections.Counter, "ab")
+    try:
+        actor.submit("update", "bb").result(timeout=60)  # the instance lives on between calls
+        assert actor.submit("most_common", 1).result(timeout=60) == [("b", 3)]
+        with pytest.raises(AttributeError, match="no_such_method"):
+            actor.submit("no_such_method").result(timeout=60)
+        assert actor.submit("total").result(timeout=60) == 4  # an error does not kill the worker
+    finally:
+        actor.close()
+
+
+def test_processes_collect_equals_in_process_and_resumes(tmp_path: Path) -> None:
+    ref = collect("car_racing", tmp_path / "ref", 4, workers=0, seed=5, env_kwargs=SHORT, progress=False)
+    out = tmp_path / "p"
+    m = collect("car_racing", out, 3, workers=2, seed=5, env_kwargs=SHORT, progress=False, backend="processes")
+    assert sorted(m.episodes) == [0, 1, 2]
+    assert m.meta["task"] == "car_racing" and m.meta["max_episode_steps"] == 40
+    for i in range(3):
+        assert m.episodes[i]["sha256"] == ref.episodes[i]["sha256"]
+        assert m.episodes[i]["seed"] == episode_seed(5, i) and m.episodes[i]["length"] == ref.episodes[i]["length"]
+        a = load_shard(out / m.episodes[i]["file"], m.episodes[i]["sha256"])
+        b = load_shard(tmp_path / "ref" / ref.episodes[i]["file"])
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert Manifest.open(out).episodes == m.episodes  # the manifest on disk is complete
+
+    before = _mtimes(out)
+    assert len(before) == 3
+    again = collect("car_racing", out, 3, workers=2, seed=5, env_kwargs=SHORT, progress=False, backend="processes")
+    assert again.episodes == m.episodes and _mtimes(out) == before  # nothing collected again
+
+    more = collect("car_racing", out, 4, workers=2, seed=5, env_kwargs=SHORT, progress=False, backend="processes")
+    after = _mtimes(out)
+    assert sorted(more.episodes) == [0, 1, 2, 3] and len(after) == 4
+    assert {k: v for k, v in after.items() if k in before} == before  # only the missing episode was played
+    assert [more.episodes[i]["sha256"] for i in range(4)] == [ref.episodes[i]["sha256"] for i in range(4)]
+
+
+def test_check_backend_errors(tmp_path: Path) -> None:
+    assert BACKENDS == ("ray", "processes")
+    check_backend("ray")
+    check_backend("ray", "127.0.0.1:6379")
+    check_backend("processes")
+    check_backend("processes", None)
+    with pytest.raises(ValueError) as e:
+        check_backend("bogus")
+    msg = str(e.value)
+    assert msg == "unknown backend 'bogus'; choose one of ray, processes" and "\n" not in msg
+    with pytest.raises(ValueError) as e:
+        check_backend("processes", "127.0.0.1:6379")
+    msg = str(e.value)
+    assert "--address" in msg and "--backend ray" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        collect("car_racing", tmp_path / "x", 1, workers=2, env_kwargs=SHORT, progress=False, backend="bogus")
+    with pytest.raises(ValueError, match="needs --backend ray"):
+        collect("car_racing", tmp_path / "y", 1, workers=2, env_kwargs=SHORT, progress=False, backend="processes",
+                address="127.0.0.1:6379")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before any work
+
+
+def test_collect_cli_refuses_address_without_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = _script("collect").main(["car_racing", "--episodes", "1", "--out", str(tmp_path / "x"), "--backend", "processes",
+                   "--address", "127.0.0.1:6379", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --address joins a Ray cluster") and len(err.splitlines()) == 1
+
+
+def test_real_pool_on_processes_equals_in_process_worker() -> None:
+    wm = WorldModel.untrained(task="car_racing", action_space=CAR, z_size=32, hidden=64, max_episode_steps=30)
+    cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")
+    rng = np.random.default_rng(0)
+    cands = [rng.standard_normal(cfg.num_params) * 0.5 for _ in range(3)]
+    jobs = [(p, s) for p in cands for s in (11, 12)]
+    env_kwargs = {"max_episode_steps": 30}
+    threads = torch.get_num_threads()
+    try:
+        expected = RealEvalWorker("car_racing", wm, cfg, env_kwargs).play(jobs)
+    finally:
+        torch.set_num_threads(threads)  # the worker sets 1 thread for this process
+    pool = RealPool("car_racing", wm, cfg, workers=2, env_kwargs=env_kwargs, backend="processes")
+    try:
+        pids = {a.submit("pid").result(timeout=120) for a in pool.actors}
+        assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
+        got = pool.play(jobs)
+        assert pool.play([]) == []
+    finally:
+        pool.close()
+    assert [r["seed"] for r in got] == [s for _, s in jobs]  # results come back in job order
+    assert [r["return"] for r in got] == [r["return"] for r in expected]
+    assert [r["length"] for r in got] == [r["length"] for r in expected]
+    assert all(0 < r["length"] <= 30 for r in got)
+    assert len({r["return"] for r in got}) > 1  # the jobs really differ
+
+
+def test_real_pool_refuses_address_without_ray() -> None:
+    wm = WorldModel.untrained(task="car_racing", action_space=CAR, z_size=32, hidden=64)
+    cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")
+    with pytest.raises(ValueError, match="needs --backend ray"):
+        RealPool("car_racing", wm, cfg, workers=2, address="127.0.0.1:6379", backend="processes")
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        RealPool("car_racing", wm, cfg, workers=2, backend="bogus")
+
+
+def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dream_train = _script("dream_train")
+    out = tmp_path / "doom"
+    threads = torch.get_num_threads()
+    ray_before = "ray" in sys.modules
+    try:
+        rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--out", str(out),
+                               "--no-progress", "--set", "eval.videos=false"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        assert r.out.strip().splitlines()[-1].startswith("doom_take_cover: real score ")
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["backend"] == "processes" and cfg["cma"]["generations"] == 3
+        ev = json.loads((out / "eval.json").read_text())
+        assert ev["episodes"] == 4 and len(ev["returns"]) == 4 and all(np.isfinite(ev["returns"]))
+        assert sorted(Manifest.open(out / "data").episodes) == list(range(6))
+        _, _, extra = load_controller(out / "checkpoints" / "controller.npz")
+        assert extra["generations"] == 3
+        with np.load(out / "checkpoints" / "cma_r0.npz") as z:
+            fit3 = z["fitness"].copy()
+        assert fit3.shape == (3, 8)
+        vae_mtime = (out / "checkpoints" / "vae.pt").stat().st_mtime_ns
+
+        # a resumed run may go on for more generations: evolution continues from the saved CMA state
+        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--generations", "4",
+                               "--no-progress"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        assert "collecting" not in r.out and "evolving" in r.out and "evaluating" in r.out
+        assert (out / "checkpoints" / "vae.pt").stat().st_mtime_ns == vae_mtime  # V and M not retrained
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["cma"]["generations"] == 4 and cfg["backend"] == "processes"
+        with np.load(out / "checkpoints" / "cma_r0.npz") as z:
+            fit4 = z["fitness"].copy()
+        assert fit4.shape == (4, 8) and np.array_equal(fit4[:3], fit3)  # generations 0-2 kept, one more played
+        for name in ("controller_r0.npz", "controller.npz"):
+            _, _, extra = load_controller(out / "checkpoints" / name)
+            assert extra["generations"] == 4, name
+        ev4 = json.loads((out / "eval.json").read_text())
+        assert ev4["controller"] != ev["controller"] and len(ev4["returns"]) == 4  # the new C was evaluated
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert sorted({m["step"] for m in metrics if m["name"] == "evolve/best"}) == [0, 1, 2, 3]
+
+        # any other change still needs another folder
+        saved = (out / "config.json").read_text()
+        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--temperature", "0.5",
+                               "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "differs in dream.temperature" in err and len(err.splitlines()) == 1, err
+        assert (out / "config.json").read_text() == saved
+        if not ray_before:  # run alone: the whole job never even imported Ray
+            assert "ray" not in sys.modules
+    finally:
+        torch.set_num_threads(threads)  # the run sets this process's torch threads
+
+
+def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With two rounds, --generations on resume extends the last round only: round 0's controller
+    played round 1's data, so it stays as it was (re-evolving it would break round 1's replay)."""
+    dream_train = _script("dream_train")
+    out = tmp_path / "doom2"
+    threads = torch.get_num_threads()
+    try:
+        rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--rounds", "2",
+                               "--out", str(out), "--no-progress", "--set", "eval.videos=false"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        ck = out / "checkpoints"
+        r0 = (ck / "controller_r0.npz").read_bytes()
+        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--generations", "4", "--no-progress"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        assert "round 1: evolving" in r.out and "round 0: evolving" not in r.out
+        assert (ck / "controller_r0.npz").read_bytes() == r0
+        with np.load(ck / "cma_r1.npz") as z:
+            assert z["fitness"].shape == (4, 8)
+        assert load_controller(ck / "controller.npz")[2]["generations"] == 4
+    finally:
+        torch.set_num_threads(threads)
