@@ -295,7 +295,7 @@ def _cell_update(g: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, hidden: 
     c.copy_(c2)
 
 
-def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: torch.Tensor, head_w: torch.Tensor,
+def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, head_w: torch.Tensor,
                          head_b: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, H: int, Z: int,
                          K: int, tau: float, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole sampling step as one graph for ``torch.compile``: updates ``c`` and ``x`` (new h, z) in place.
@@ -306,32 +306,36 @@ def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: t
     compile into a few fused loops around the two matrix products. Returns (reward (N,), done (N,) bool).
     """
     h = x[:, Z:Z + H]
-    _cell_update(torch.mm(x, w.t()) + b, c, h, H)  # cell-candidate rows pre-scaled by 2; writes c and h
+    _cell_update(torch.mm(x, w.t()), c, h, H)  # bias in w's last used column; g rows pre-scaled by 2
     out = torch.mm(h, head_w.t()) + head_b  # (N, O)
     kz = K * Z
     logits = out[:, :kz].reshape(-1, K, Z)
     mu = out[:, kz:2 * kz].reshape(-1, K, Z)
     logsigma = out[:, 2 * kz:3 * kz].reshape(-1, K, Z)
-    e = ((logits - logits.amax(dim=1, keepdim=True)) / tau).exp()  # (N, K, Z)
-    cdf = [e[:, 0]]
+    top = logits[:, 0]
     for k in range(1, K):
-        cdf.append(cdf[-1] + e[:, k])  # (N, Z) unnormalised CDF, unrolled
+        top = torch.maximum(top, logits[:, k])  # (N, Z) max over the components, unrolled
+    cdf = [((logits[:, 0] - top) / tau).exp()]
+    for k in range(1, K):
+        cdf.append(cdf[-1] + ((logits[:, k] - top) / tau).exp())  # (N, Z) unnormalised CDF, unrolled
     thr = u[:, 0] * cdf[-1]  # (N, Z)
-    idx = (cdf[0] < thr).long()
-    for k in range(1, K - 1):
-        idx = idx + (cdf[k] < thr).long()  # component index in [0, K-1]
-    idx = idx.unsqueeze(1)  # (N, 1, Z)
-    m = torch.gather(mu, 1, idx).squeeze(1)
-    sd = torch.gather(logsigma, 1, idx).squeeze(1).clamp(lo, hi).exp()
-    x[:, :Z].copy_(m + sd * eps * math.sqrt(tau))
+    # the component is the first k with cdf[k] >= thr (the CDF is monotone: the same k as counting
+    # cdf[k] < thr); chosen by selects from the last to the first, which vectorize where a gather does not
+    m, ls = mu[:, K - 1], logsigma[:, K - 1]
+    for k in range(K - 2, -1, -1):
+        pick = cdf[k] >= thr
+        m = torch.where(pick, mu[:, k], m)
+        ls = torch.where(pick, logsigma[:, k], ls)
+    x[:, :Z].copy_(m + ls.clamp(lo, hi).exp() * eps * math.sqrt(tau))
     return out[:, 3 * kz], ud < torch.sigmoid(out[:, 3 * kz + 1])
 
 
 class FusedDreamStep:
     """M's one-step cell plus mixture sampling for N rollouts at once, in preallocated buffers.
 
-    The hot loop of the dream. Per step: one ``addmm`` for all four LSTM gates over the packed
-    input ``x = [z | h | a]`` (the two LSTM matrices concatenated), one in-place sigmoid over all
+    The hot loop of the dream. Per step: one ``mm`` for all four LSTM gates over the packed
+    input ``x = [z | h | a | 1]`` (the two LSTM matrices concatenated, and the bias as the column
+    that meets x's constant 1, so no separate bias pass over the gates), one in-place sigmoid over all
     gates (the cell-candidate rows are pre-scaled by 2 so ``tanh(g) = 2 sigmoid(2g) - 1``), a few
     in-place updates of ``c`` and ``h``, one ``addmm`` for the head, then one uniform draw (the
     component, by inverse CDF) and one normal draw per latent dimension. ``h`` and the sampled
@@ -358,7 +362,8 @@ class FusedDreamStep:
         self.discrete = cfg.discrete_actions
         self.logsigma_min, self.logsigma_max = cfg.logsigma_min, cfg.logsigma_max
         D = Z + H + A
-        Dp = -(-D // 8) * 8  # pad the inner matmul dimension to a multiple of 8 (faster GEMM)
+        self.D = D
+        Dp = -(-(D + 1) // 8) * 8  # [z | h | a | 1], padded to a multiple of 8 (faster GEMM)
         with torch.no_grad():
             r = mdrnn.rnn
             w_ih = r.weight_ih_l0.detach().float()  # (4H, Z + A): columns [z | a]
@@ -367,15 +372,14 @@ class FusedDreamStep:
             w[:, :Z] = w_ih[:, :Z]
             w[:, Z:Z + H] = w_hh
             w[:, Z + H:D] = w_ih[:, Z:]
-            b = (r.bias_ih_l0 + r.bias_hh_l0).detach().float().clone()
+            w[:, D] = r.bias_ih_l0 + r.bias_hh_l0  # the bias rides in the GEMM on x's constant-1 column
             w[2 * H:3 * H] *= 2.0  # gate order i, f, g, o: g rows x2 for the tanh-by-sigmoid trick
-            b[2 * H:3 * H] *= 2.0
-            self.w = w.to(dev)                                    # (4H, Dp)
-            self.b = b.to(dev)                                    # (4H,)
+            self.w = w.to(dev)                                    # (4H, Dp) incl. the bias column
             self.head_w = mdrnn.head.weight.detach().float().to(dev).contiguous()  # (O, H)
             self.head_b = mdrnn.head.bias.detach().float().to(dev).contiguous()    # (O,)
         n_out = self.head_w.shape[0]
-        self.x = torch.zeros(N, Dp, device=dev)       # (N, Dp) packed [z | h | a | pad]
+        self.x = torch.zeros(N, Dp, device=dev)       # (N, Dp) packed [z | h | a | 1 | pad]
+        self.x[:, D] = 1.0
         self.c = torch.zeros(N, H, device=dev)        # (N, H) cell state
         self.gates = torch.empty(N, 4 * H, device=dev)  # (N, 4H)
         self.tmp = torch.empty(N, H, device=dev)      # (N, H)
@@ -401,7 +405,7 @@ class FusedDreamStep:
         if isinstance(rows, slice):  # a slice of the real rollouts, never the padding rows
             rows = torch.arange(self.num_envs, device=self.device)[rows]
         self.x[rows, :self.Z] = z0.to(self.device, torch.float32)
-        self.x[rows, self.Z:] = 0.0
+        self.x[rows, self.Z:self.D] = 0.0
         self.c[rows] = 0.0
 
     def set_actions(self, actions: torch.Tensor) -> None:
@@ -423,11 +427,11 @@ class FusedDreamStep:
         if self.compiled and not deterministic:
             self.uni.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
-            reward, done = self._step_fn(self.x, self.w, self.b, c, self.head_w, self.head_b, self.u, self.eps,
+            reward, done = self._step_fn(self.x, self.w, c, self.head_w, self.head_b, self.u, self.eps,
                                          self.ud, H, Z, K, float(tau), self.logsigma_min, self.logsigma_max)
             n = self.num_envs
             return reward[:n], done[:n]
-        torch.addmm(self.b, self.x, self.w.t(), out=g)  # (N, 4H) all gates
+        torch.mm(self.x, self.w.t(), out=g)  # (N, 4H) all gates, bias included
         if self.compiled:
             return self._step_compiled(tau, deterministic, generator)
         g.sigmoid_()
