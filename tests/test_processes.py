@@ -220,5 +220,16 @@ def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.Cap
         with np.load(ck / "cma_r1.npz") as z:
             assert z["fitness"].shape == (4, 8)
         assert load_controller(ck / "controller.npz")[2]["generations"] == 4
+
+        # a run trained on a GPU box goes on (here: every stage is done) with --device cpu elsewhere
+        cfg = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**cfg, "device": "cuda"}))
+        before = {p.name: p.stat().st_mtime_ns for p in ck.iterdir()}
+        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--device", "cpu", "--no-progress"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        assert "evolving" not in r.out and "collecting" not in r.out
+        assert {p.name: p.stat().st_mtime_ns for p in ck.iterdir()} == before
+        assert json.loads((out / "config.json").read_text())["device"] == "cpu"
     finally:
         torch.set_num_threads(threads)
