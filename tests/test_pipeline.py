@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
 
 
-def run(script: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, check: bool = True, env: dict | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
-                       env=env or ENV, timeout=1500, cwd=ROOT)
+                       env=env or ENV, timeout=1500, cwd=cwd)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
@@ -25,8 +26,10 @@ def run(script: str, *args: str, check: bool = True, env: dict | None = None) ->
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("runs") / "car"
-    return out, run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--no-progress")
+    # as the README's main command: no --out, in a folder that has no runs/ yet (a fresh clone)
+    fresh = tmp_path_factory.mktemp("fresh_clone")
+    r = run("dream_train.py", "car_racing", "--preset", "smoke", "--no-progress", cwd=fresh)
+    return fresh / "runs" / "car_racing", r
 
 
 def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
