@@ -105,3 +105,52 @@ def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"checkpoint {path} is corrupt or not a worldlab checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]}); delete it and rerun that stage") from e
+
+
+class ConfigCheckpoint:
+    """Save/load for a torch module built from one config dataclass: the checkpoint is
+    ``{"family", "config", "model" (CPU weights), "meta"}`` and the module is rebuilt from its config.
+
+    A subclass sets ``FAMILY`` (the tag checked on load), ``CONFIG`` (the dataclass, with
+    ``from_dict``), ``WHAT`` (``"VAE"``) and ``STAGE`` (``"V"``: named in the one-line errors), and
+    keeps ``config`` and ``meta`` attributes.
+    """
+
+    FAMILY: str
+    CONFIG: Any
+    WHAT: str
+    STAGE: str
+
+    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The content of the checkpoint: family, config, weights, meta (a fresh ``id`` unless given)."""
+        import uuid
+        from dataclasses import asdict
+
+        meta = dict(meta or {})
+        meta.setdefault("id", uuid.uuid4().hex)
+        return {"family": self.FAMILY, "config": asdict(self.config),  # type: ignore[attr-defined]
+                "model": {k: v.detach().cpu() for k, v in self.state_dict().items()},  # type: ignore[attr-defined]
+                "meta": meta}
+
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Write weights + config (+ ``meta``, e.g. the task) to ``path`` atomically."""
+        return atomic_torch_save(self.checkpoint(meta), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+        """Rebuild the module from a checkpoint written by :meth:`save`; its meta is on ``.meta``."""
+        return cls.from_checkpoint(torch_load(path, map_location="cpu"), path).to(device).eval()  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> Any:
+        if not isinstance(state, dict) or state.get("family") != cls.FAMILY or "config" not in state:
+            raise ValueError(f"{path} is not a worldlab {cls.WHAT} checkpoint (no family='{cls.FAMILY}' + config); "
+                             f"retrain {cls.STAGE} or point to RUN/checkpoints/{cls.FAMILY}.pt")
+        model = cls(cls.CONFIG.from_dict(state["config"]))  # type: ignore[call-arg]
+        try:
+            model.load_state_dict(state["model"])  # type: ignore[attr-defined]
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match the config stored with them "
+                             f"({str(e).splitlines()[0][:160]}); the file is damaged, retrain {cls.STAGE}") from e
+        model.meta = dict(state.get("meta", {}))
+        return model

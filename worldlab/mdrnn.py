@@ -24,17 +24,14 @@ component-major, so each component's parameters for all latent dims are contiguo
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldlab.io import atomic_torch_save, torch_load
+from worldlab.io import ConfigCheckpoint
 
 FAMILY = "mdrnn"
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -170,8 +167,12 @@ def sample_mixture(logits: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tenso
     return torch.addcmul(m, s, eps, value=math.sqrt(tau), out=out)
 
 
-class MDRNN(nn.Module):
-    """LSTM over ``[z_t, a_t]`` with a mixture-density head for ``z_{t+1}``, reward and done."""
+class MDRNN(ConfigCheckpoint, nn.Module):
+    """LSTM over ``[z_t, a_t]`` with a mixture-density head for ``z_{t+1}``, reward and done.
+
+    ``save(path, meta)`` / ``MDRNN.load(path)``: weights with their config (:class:`ConfigCheckpoint`)."""
+
+    FAMILY, CONFIG, WHAT, STAGE = FAMILY, MDRNNConfig, "MDN-RNN", "M"
 
     def __init__(self, config: MDRNNConfig | None = None) -> None:
         super().__init__()
@@ -248,37 +249,6 @@ class MDRNN(nn.Module):
         c = self.config
         total = nll + c.reward_weight * reward_mse + c.done_weight * done_bce
         return {"loss": total, "nll": nll, "reward_mse": reward_mse, "done_bce": done_bce}
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        meta = dict(meta or {})
-        meta.setdefault("id", uuid.uuid4().hex)
-        return {"family": FAMILY, "config": asdict(self.config),
-                "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": meta}
-
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        """Write weights + config (+ ``meta``, e.g. the task and the start bank) atomically."""
-        return atomic_torch_save(self.checkpoint(meta), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> MDRNN:
-        state = torch_load(path, map_location="cpu")
-        return cls.from_checkpoint(state, path).to(device).eval()
-
-    @classmethod
-    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MDRNN:
-        if not isinstance(state, dict) or state.get("family") != FAMILY or "config" not in state:
-            raise ValueError(f"{path} is not a worldlab MDN-RNN checkpoint (no family='mdrnn' + config); "
-                             f"retrain M or point to RUN/checkpoints/mdrnn.pt")
-        model = cls(MDRNNConfig.from_dict(state["config"]))
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match the config stored with them "
-                             f"({str(e).splitlines()[0][:160]}); the file is damaged, retrain M") from e
-        model.meta = dict(state.get("meta", {}))
-        return model
 
 
 def _cell_update(g: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, hidden: int) -> None:

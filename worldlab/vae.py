@@ -17,8 +17,7 @@ the config inside the checkpoint.
 from __future__ import annotations
 
 import os
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldlab.io import atomic_torch_save, atomic_write_bytes, torch_load
+from worldlab.io import ConfigCheckpoint, atomic_write_bytes
 
 FAMILY = "vae"
 
@@ -108,8 +107,12 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return atomic_write_bytes(path, data)
 
 
-class ConvVAE(nn.Module):
-    """The paper's convolutional VAE over 64x64x3 frames."""
+class ConvVAE(ConfigCheckpoint, nn.Module):
+    """The paper's convolutional VAE over 64x64x3 frames.
+
+    ``save(path, meta)`` / ``ConvVAE.load(path)``: weights with their config (:class:`ConfigCheckpoint`)."""
+
+    FAMILY, CONFIG, WHAT, STAGE = FAMILY, VAEConfig, "VAE", "V"
 
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
@@ -201,40 +204,6 @@ class ConvVAE(nn.Module):
             generator = torch.Generator(device="cpu").manual_seed(generator)
         z = torch.randn(n, self.config.z_size, generator=generator).to(self.device)
         return self.decode(z)
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The content of a V checkpoint: family, config, weights, meta (task, ids, steps)."""
-        meta = dict(meta or {})
-        meta.setdefault("id", uuid.uuid4().hex)
-        return {"family": FAMILY, "config": asdict(self.config),
-                "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": meta}
-
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        """Write weights + config (+ ``meta``) to ``path`` atomically."""
-        return atomic_torch_save(self.checkpoint(meta), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> ConvVAE:
-        """Rebuild a ConvVAE from a checkpoint written by :meth:`save`; the meta is on ``.meta``."""
-        state = torch_load(path, map_location="cpu")
-        model = cls.from_checkpoint(state, path)
-        return model.to(device).eval()
-
-    @classmethod
-    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> ConvVAE:
-        if not isinstance(state, dict) or state.get("family") != FAMILY or "config" not in state:
-            raise ValueError(f"{path} is not a worldlab VAE checkpoint (no family='vae' + config); "
-                             f"retrain V or point to RUN/checkpoints/vae.pt")
-        model = cls(VAEConfig.from_dict(state["config"]))
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise ValueError(f"{path}: weights do not match the config stored with them "
-                             f"({str(e).splitlines()[0][:160]}); the file is damaged, retrain V") from e
-        model.meta = dict(state.get("meta", {}))
-        return model
 
 
 def vae_recon_mse(vae: ConvVAE, frames: torch.Tensor, batch_size: int = 256) -> float:
