@@ -12,8 +12,8 @@ from agents.watch import load_run
 
 def evaluate_run(run_dir: str | Path, episodes: int = 100, workers: int = 2, seed: int = 12345,
                  max_steps: int | None = None, address: str | None = None,
-                 backend: str = "ray") -> dict[str, Any]:
-    cfg, wm, ccfg, params = load_run(run_dir)
+                 backend: str = "ray", controller: str | Path | None = None) -> dict[str, Any]:
+    cfg, wm, ccfg, params = load_run(run_dir, controller)
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
     pool = RealPool(cfg.task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:

@@ -80,8 +80,10 @@ def dream_frames(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, see
                      for f, R, _ in dream_episode(wm, ccfg, params, seed, temperature, max_steps)])
 
 
-def load_run(run_dir: str | Path) -> tuple[Any, WorldModel, ControllerConfig, np.ndarray]:
-    """The run's config, world model and final controller, with one-line errors when absent."""
+def load_run(run_dir: str | Path, controller: str | Path | None = None
+             ) -> tuple[Any, WorldModel, ControllerConfig, np.ndarray]:
+    """The run's config, world model and final controller (or the ``controller`` file given, e.g.
+    one of ``RUN/tau_sweep/tau_*/controller.npz``), with one-line errors when absent."""
     from worldlab.config import RunConfig
 
     run_dir = Path(run_dir)
@@ -90,7 +92,11 @@ def load_run(run_dir: str | Path) -> tuple[Any, WorldModel, ControllerConfig, np
                                 f"python scripts/dream_train.py TASK --out {run_dir}")
     cfg = RunConfig.load(run_dir)
     wm = WorldModel.load(run_dir, task=cfg.task)
-    ccfg, params, _ = load_controller(run_dir / "checkpoints" / "controller.npz")
+    path = Path(controller) if controller is not None else run_dir / "checkpoints" / "controller.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"controller {path} does not exist; evolve one with scripts/dream_train.py "
+                                f"(or scripts/sweep_temperature.py), or pass another --controller")
+    ccfg, params, _ = load_controller(path)
     if ccfg.input_size != wm.obs_size:
         raise ValueError(f"the controller takes inputs of size {ccfg.input_size} but the world model gives "
                          f"{wm.obs_size}: it belongs to another world model; evolve it again")

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("ray", "processes"), default="ray",
                    help="ray (default) or processes: local processes, for a machine without Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT)")
+    p.add_argument("--controller", default=None,
+                   help="score this controller file instead of RUN/checkpoints/controller.npz "
+                        "(e.g. RUN/tau_sweep/tau_1.3/controller.npz)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     try:
@@ -28,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         from agents.evaluate import evaluate_run
 
         res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
-                           address=args.address, backend=args.backend)
+                           address=args.address, backend=args.backend,
+                           controller=args.controller)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

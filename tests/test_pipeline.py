@@ -87,6 +87,11 @@ def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess
     assert frames.shape[2] == 2 * frames.shape[1]  # real | dream side by side
     r = run("evaluate.py", str(out), "--episodes", "2", "--workers", "2", "--max-steps", "50")
     assert "over 2 episodes" in r.stdout.strip().splitlines()[-1]
+    r = run("evaluate.py", str(out), "--episodes", "1", "--workers", "1", "--max-steps", "20",
+            "--controller", str(out / "checkpoints" / "controller_r0.npz"))
+    assert "over 1 episodes" in r.stdout.strip().splitlines()[-1]
+    r = run("evaluate.py", str(out), "--controller", str(out / "nothing.npz"), check=False)
+    assert r.returncode == 2 and "nothing.npz does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, subprocess.CompletedProcess],
