@@ -88,20 +88,32 @@ class DreamFitness:
 
 
 class RealEvalWorker:
-    """Keeps one real env and the world model alive; plays batches of (params, seed) episodes."""
+    """Keeps one real env and the world model alive; plays batches of (params, seed) episodes.
 
-    def __init__(self, task: str, world_model: WorldModel, cfg: ControllerConfig,
+    The world model comes with the constructor, or (Ray actors) with ``play`` as a Ray object
+    reference wrapped in a list: fetched once and kept, and fetched again by an actor that Ray
+    restarted, so the actor's constructor holds no object-store reference."""
+
+    def __init__(self, task: str, world_model: WorldModel | None, cfg: ControllerConfig,
                  env_kwargs: dict[str, Any] | None = None, threads: int = 1) -> None:
         import envs
 
         torch.set_num_threads(threads)
         self.env = envs.make(task, **(env_kwargs or {}))
-        self.wm, self.cfg = world_model.cpu().eval(), cfg
+        self.wm = world_model.cpu().eval() if world_model is not None else None
+        self.cfg, self._wm_key = cfg, ""
 
-    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
+    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
+             world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
         from agents.controller_policy import ControllerPolicy
         from agents.rollout import run_episode
 
+        if world_model_ref is not None and world_model_ref[0].hex() != self._wm_key:
+            import ray  # [ref]: a list, so Ray hands over the reference, not a copy per call
+
+            self.wm, self._wm_key = ray.get(world_model_ref[0]).cpu().eval(), world_model_ref[0].hex()
+        if self.wm is None:
+            raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
         out = []
         for params, seed in jobs:
             policy = ControllerPolicy(self.wm, self.cfg, params)
@@ -138,9 +150,10 @@ class RealPool:
 
         init_ray(address)
         Actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RealEvalWorker)
-        # keep the reference: a restarted actor is rebuilt from the same constructor arguments
+        # the world model travels with each call as a reference (fetched once per actor, and again by a
+        # restarted one), not as a constructor argument held in the object store
         self.wm_ref = ray.put(world_model.cpu())
-        self.actors = [Actor.remote(task, self.wm_ref, cfg, env_kwargs) for _ in range(max(1, workers))]
+        self.actors = [Actor.remote(task, None, cfg, env_kwargs) for _ in range(max(1, workers))]
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
         """Play every job, spread in batches over the actors (several episodes per call)."""
@@ -154,7 +167,7 @@ class RealPool:
             return [r for f in futures for r in f.result()]
         import ray
 
-        refs = [self.actors[i % n].play.remote(b, record) for i, b in enumerate(batches)]
+        refs = [self.actors[i % n].play.remote(b, record, [self.wm_ref]) for i, b in enumerate(batches)]
         return [r for batch in ray.get(refs) for r in batch]
 
     def close(self) -> None:
