@@ -153,6 +153,28 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
     return manifest
 
 
+def _feed(actors: list[Any], call: Any, next_done: Any, todo: list[int], seed: int, record: Any) -> None:
+    """Play the episodes ``todo`` on ``actors``, two in flight per actor (hides the driver's round
+    trip), recording each as it finishes. ``call(actor, index, seed)`` starts one episode and returns
+    a handle; ``next_done(handles)`` waits for one and returns ``(handle, result)``."""
+    queue = deque(todo)
+    pending: dict[Any, Any] = {}
+
+    def submit(actor: Any) -> None:
+        if queue:
+            i = queue.popleft()
+            pending[call(actor, i, episode_seed(seed, i))] = actor
+
+    for a in actors:
+        submit(a)
+        submit(a)
+    while pending:
+        handle, result = next_done(list(pending))
+        actor = pending.pop(handle)
+        record(*result)
+        submit(actor)
+
+
 def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
                  seed: int, workers: int, address: str | None, record: Any) -> None:
     import ray
@@ -161,25 +183,14 @@ def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: 
 
     init_ray(address)
     Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(RolloutWorker)
-    n = min(workers, len(todo))
-    actors = [Actor.remote(task, spec, env_kwargs) for _ in range(n)]
-    queue = deque(todo)
-    pending: dict[Any, Any] = {}
+    actors = [Actor.remote(task, spec, env_kwargs) for _ in range(min(workers, len(todo)))]
 
-    def submit(actor: Any) -> None:
-        if queue:
-            i = queue.popleft()
-            pending[actor.collect.remote(i, episode_seed(seed, i))] = actor
+    def next_done(refs: list[Any]) -> tuple[Any, Any]:
+        ready = ray.wait(refs, num_returns=1)[0][0]
+        return ready, ray.get(ready)
 
     try:
-        for a in actors:  # two in flight per actor hides the driver's round trip
-            submit(a)
-            submit(a)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ready[0])
-            record(*ray.get(ready[0]))
-            submit(actor)
+        _feed(actors, lambda a, i, s: a.collect.remote(i, s), next_done, todo, seed, record)
     finally:
         for a in actors:
             ray.kill(a)
@@ -187,29 +198,18 @@ def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: 
 
 def _collect_processes(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
                        seed: int, workers: int, record: Any) -> None:
-    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
 
     from agents.processes import ProcessActor
 
     actors = [ProcessActor(RolloutWorker, task, spec, env_kwargs) for _ in range(min(workers, len(todo)))]
-    queue = deque(todo)
-    pending: dict[Any, Any] = {}
 
-    def submit(actor: ProcessActor) -> None:
-        if queue:
-            i = queue.popleft()
-            pending[actor.submit("collect", i, episode_seed(seed, i))] = actor
+    def next_done(futures: list[Future]) -> tuple[Future, Any]:
+        done = next(iter(wait(futures, return_when=FIRST_COMPLETED)[0]))
+        return done, done.result()
 
     try:
-        for a in actors:  # two in flight per worker, as with Ray
-            submit(a)
-            submit(a)
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for f in done:
-                actor = pending.pop(f)
-                record(*f.result())
-                submit(actor)
+        _feed(actors, lambda a, i, s: a.submit("collect", i, s), next_done, todo, seed, record)
     finally:
         for a in actors:
             a.close()

@@ -17,7 +17,7 @@ import multiprocessing as mp
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-BACKENDS = ("ray", "processes")
+from worldlab.config import BACKENDS
 
 _instance: Any = None  # the object a worker process holds
 

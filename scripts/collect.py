@@ -10,6 +10,7 @@ import sys
 
 from agents.collect import collect
 from agents.policies import POLICIES
+from worldlab.config import BACKENDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (created; its parent must exist)")
     p.add_argument("--seed", type=int, default=0, help="base seed; episode i uses a seed derived from (seed, i)")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes at this many steps")
-    p.add_argument("--backend", choices=("ray", "processes"), default="ray",
+    p.add_argument("--backend", choices=BACKENDS, default="ray",
                    help="ray (default) or processes: local processes, for a machine without Ray")
     p.add_argument("--address", default=None, help="join a running Ray cluster (HOST:PORT) instead of a local Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

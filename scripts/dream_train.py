@@ -44,6 +44,8 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldlab.config import BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="car_racing or doom_take_cover")
     p.add_argument("--preset", choices=("smoke", "default", "paper"), default="default",
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-workers", dest="train_workers", type=int, default=None,
                    help="processes that train V and M (Ray Train, DDP); default 1: this process")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT) instead of a local Ray")
-    p.add_argument("--backend", choices=("ray", "processes"), default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="where real rollouts run: ray (default) or processes (local processes, no Ray needed)")
     p.add_argument("--device", default=None, help="torch device for training and the dream (cpu, cuda)")
     p.add_argument("--temperature", type=float, default=None, help="dream temperature tau")

@@ -11,13 +11,15 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldlab.config import BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by scripts/dream_train.py")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--backend", choices=("ray", "processes"), default="ray",
+    p.add_argument("--backend", choices=BACKENDS, default="ray",
                    help="ray (default) or processes: local processes, for a machine without Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster (HOST:PORT)")
     p.add_argument("--controller", default=None,

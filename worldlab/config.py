@@ -21,6 +21,8 @@ from worldlab.training import TrainConfig
 from worldlab.vae import VAEConfig
 
 PRESETS = ("smoke", "default", "paper")
+BACKENDS = ("ray", "processes")
+"""Where real rollouts run: Ray workers (a local Ray or a cluster), or local processes (no Ray)."""
 
 
 @dataclass
@@ -130,8 +132,8 @@ class RunConfig:
             raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        if self.backend not in ("ray", "processes"):
-            raise ValueError(f"backend must be 'ray' or 'processes', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:
