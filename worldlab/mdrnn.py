@@ -251,32 +251,38 @@ class MDRNN(ConfigCheckpoint, nn.Module):
         return {"loss": total, "nll": nll, "reward_mse": reward_mse, "done_bce": done_bce}
 
 
-def _cell_update(g: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor, hidden: int) -> None:
+def _cell_update(g: torch.Tensor, c: torch.Tensor, hidden: int) -> torch.Tensor:
     """LSTM nonlinearities on gate pre-activations (N, 4H) whose cell-candidate block is doubled.
 
-    Writes the new cell state into ``c`` and the new hidden state into ``h_out`` (no allocation
-    when compiled). The twin of the in-place sequence in :meth:`FusedDreamStep.step`, for torch.compile.
+    Writes the new cell state into ``c`` and returns the new hidden state (N, H). The twin of the
+    in-place sequence in :meth:`FusedDreamStep.step`, for torch.compile: each gate's sigmoid is taken
+    on its own slice and ``h`` is a fresh tensor (not a view of the packed input), so inductor makes
+    one loop over (N, H) that reads the four gates once and writes ``c`` and ``h``; a full-width
+    sigmoid, or ``h`` written into a view of ``x``, cost an extra pass over the gates and a masked
+    copy of all of ``x``.
     """
-    s = torch.sigmoid(g)
     H = hidden
-    i, f, gg, o = s[:, :H], s[:, H:2 * H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+    i, f = torch.sigmoid(g[:, :H]), torch.sigmoid(g[:, H:2 * H])
+    gg, o = torch.sigmoid(g[:, 2 * H:3 * H]), torch.sigmoid(g[:, 3 * H:])
     c2 = f * c + i * (2.0 * gg - 1.0)
-    h_out.copy_(o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0))
     c.copy_(c2)
+    return o * (2.0 * torch.sigmoid(2.0 * c2) - 1.0)
 
 
 def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, head_w: torch.Tensor,
                          head_b: torch.Tensor, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor, H: int, Z: int,
-                         K: int, tau: float, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole sampling step as one graph for ``torch.compile``: updates ``c`` and ``x`` (new h, z) in place.
+                         K: int, tau: float, lo: float, hi: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole sampling step as one graph for ``torch.compile``: updates ``c`` in place.
 
     Same arithmetic as the eager step (the cell is :func:`_cell_update`; the sampling is
     :func:`sample_mixture` with the CDF over the K components unrolled, so no ``cumsum`` kernel
     breaks the graph): the gate nonlinearities, cell update, component choice and Gaussian draw
-    compile into a few fused loops around the two matrix products. Returns (reward (N,), done (N,) bool).
+    compile into a few fused loops around the two matrix products. Returns the new h (N, H) and
+    z (N, Z) as fresh tensors (the caller writes them into ``x``: mutating a view of ``x`` inside the
+    graph made inductor copy all of ``x``), reward (N,) and done (N,) bool.
     """
-    h = x[:, Z:Z + H]
-    _cell_update(torch.mm(x, w.t()), c, h, H)  # bias in w's last used column; g rows pre-scaled by 2
+    h = _cell_update(torch.mm(x, w.t()), c, H)  # bias in w's last used column; g rows pre-scaled by 2
     out = torch.mm(h, head_w.t()) + head_b  # (N, O)
     kz = K * Z
     logits = out[:, :kz].reshape(-1, K, Z)
@@ -296,8 +302,8 @@ def _fused_sampling_step(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, head
         pick = cdf[k] >= thr
         m = torch.where(pick, mu[:, k], m)
         ls = torch.where(pick, logsigma[:, k], ls)
-    x[:, :Z].copy_(m + ls.clamp(lo, hi).exp() * eps * math.sqrt(tau))
-    return out[:, 3 * kz], ud < torch.sigmoid(out[:, 3 * kz + 1])
+    z = m + ls.clamp(lo, hi).exp() * eps * math.sqrt(tau)
+    return h, z, out[:, 3 * kz], ud < torch.sigmoid(out[:, 3 * kz + 1])
 
 
 class FusedDreamStep:
@@ -397,8 +403,10 @@ class FusedDreamStep:
         if self.compiled and not deterministic:
             self.uni.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
-            reward, done = self._step_fn(self.x, self.w, c, self.head_w, self.head_b, self.u, self.eps,
-                                         self.ud, H, Z, K, float(tau), self.logsigma_min, self.logsigma_max)
+            h, z, reward, done = self._step_fn(self.x, self.w, c, self.head_w, self.head_b, self.u, self.eps,
+                                               self.ud, H, Z, K, float(tau), self.logsigma_min, self.logsigma_max)
+            self._h_all.copy_(h)
+            self._z_all.copy_(z)
             n = self.num_envs
             return reward[:n], done[:n]
         torch.mm(self.x, self.w.t(), out=g)  # (N, 4H) all gates, bias included
@@ -432,7 +440,7 @@ class FusedDreamStep:
     def _step_compiled(self, tau: float, deterministic: bool,
                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic mode, compiled: the fused cell, then the most likely component's mean."""
-        self._cell_fn(self.gates, self.c, self._h_all, self.H)
+        self._h_all.copy_(self._cell_fn(self.gates, self.c, self.H))
         out = torch.addmm(self.head_b, self._h_all, self.head_w.t(), out=self.out)  # (N, O)
         kz, n = self.K * self.Z, self.num_envs
         logits, mu = out[:, :kz].view(-1, self.K, self.Z), out[:, kz:2 * kz].view(-1, self.K, self.Z)
