@@ -108,10 +108,11 @@ class RealEvalWorker:
         from agents.controller_policy import ControllerPolicy
         from agents.rollout import run_episode
 
-        if world_model_ref is not None and world_model_ref[0].hex() != self._wm_key:
+        key = None if world_model_ref is None else world_model_ref[0].hex()
+        if key is not None and key != self._wm_key:
             import ray  # [ref]: a list, so Ray hands over the reference, not a copy per call
 
-            self.wm, self._wm_key = ray.get(world_model_ref[0]).cpu().eval(), world_model_ref[0].hex()
+            self.wm, self._wm_key = ray.get(world_model_ref[0]).cpu().eval(), key
         if self.wm is None:
             raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
         out = []
