@@ -33,7 +33,7 @@ class RolloutWorker:
     in-process with workers=0). The driver writes the bytes, so workers on other nodes need no
     shared filesystem; it holds one episode at a time, never the data set."""
 
-    def __init__(self, task: str, policy: PolicySpec, env_kwargs: dict[str, Any] | None = None,
+    def __init__(self, task: str, policy: PolicySpec | None, env_kwargs: dict[str, Any] | None = None,
                  threads: int = 1) -> None:
         import cv2
         import torch
@@ -42,10 +42,22 @@ class RolloutWorker:
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)  # a worker holds one CPU: no pool threads fighting the other worker
+        self.task = task
         self.env = envs.make(task, **(env_kwargs or {}))
-        self.policy = make_policy(policy, self.env.action_space, task)
+        self.policy = None if policy is None else make_policy(policy, self.env.action_space, task)
+        self._policy_key: str | None = None
 
-    def collect(self, index: int, seed: int) -> tuple[int, bytes, dict[str, Any]]:
+    def collect(self, index: int, seed: int, policy_ref: list[Any] | None = None) -> tuple[int, bytes, dict[str, Any]]:
+        """Play and compress one episode. ``policy_ref``: ``[ObjectRef]`` of a :class:`PolicySpec`
+        (Ray actors get the policy this way, fetched once per actor and again after a restart,
+        rather than as a constructor argument: a controller's spec holds the world model)."""
+        key = None if policy_ref is None else policy_ref[0].hex()
+        if key is not None and key != self._policy_key:
+            import ray
+
+            self.policy, self._policy_key = make_policy(ray.get(policy_ref[0]), self.env.action_space, self.task), key
+        if self.policy is None:
+            raise RuntimeError("RolloutWorker has no policy: pass one to the constructor or to collect()")
         ep = run_episode(self.env, self.policy, seed, record=True)
         data, info = encode_shard(ep["arrays"], index)
         return index, data, info
@@ -183,14 +195,17 @@ def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: 
 
     init_ray(address)
     Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(RolloutWorker)
-    actors = [Actor.remote(task, spec, env_kwargs) for _ in range(min(workers, len(todo)))]
+    # the policy travels with each call as [ref] (a controller's spec holds V and M): as a constructor
+    # argument it would sit in the object store, which Ray flags for restartable actors
+    spec_ref = [ray.put(spec)]
+    actors = [Actor.remote(task, None, env_kwargs) for _ in range(min(workers, len(todo)))]
 
     def next_done(refs: list[Any]) -> tuple[Any, Any]:
         ready = ray.wait(refs, num_returns=1)[0][0]
         return ready, ray.get(ready)
 
     try:
-        _feed(actors, lambda a, i, s: a.collect.remote(i, s), next_done, todo, seed, record)
+        _feed(actors, lambda a, i, s: a.collect.remote(i, s, spec_ref), next_done, todo, seed, record)
     finally:
         for a in actors:
             ray.kill(a)

@@ -68,6 +68,24 @@ def test_random_controller_policy(tmp_path: Path) -> None:
     assert a.meta["policy"] == "random_controller"
 
 
+def test_policy_travels_to_ray_workers_per_call(tmp_path: Path, ray_session) -> None:
+    """Ray actors get the policy with each call ([ObjectRef], fetched once per actor), not in their
+    constructor: the same shards as in-process collection, for a policy that carries V and M."""
+    a = collect("car_racing", tmp_path / "a", 2, workers=0, policy="random_controller", seed=3, env_kwargs=SHORT,
+                progress=False)
+    b = collect("car_racing", tmp_path / "b", 2, workers=2, policy="random_controller", seed=3, env_kwargs=SHORT,
+                progress=False)
+    assert [a.episodes[i]["sha256"] for i in range(2)] == [b.episodes[i]["sha256"] for i in range(2)]
+    from agents.collect import RolloutWorker
+
+    w = RolloutWorker("car_racing", None, SHORT)
+    try:
+        with pytest.raises(RuntimeError, match="no policy"):
+            w.collect(0, 1)
+    finally:
+        w.close()
+
+
 def test_corrupt_shard_is_rejected(tmp_path: Path) -> None:
     m = collect("car_racing", tmp_path / "d", 2, workers=0, env_kwargs=SHORT, progress=False)
     path = tmp_path / "d" / m.episodes[1]["file"]
