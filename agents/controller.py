@@ -113,6 +113,8 @@ class BatchedController:
             self.W2 = p[:, o:o + H * A].reshape(N, H, A).contiguous()
             o += H * A
             self.b2 = p[:, o:].contiguous()
+        self.group = 1
+        """rows of input per controller (see :meth:`repeat_interleave`)."""
 
     @property
     def n(self) -> int:
@@ -125,20 +127,26 @@ class BatchedController:
         return self
 
     def repeat_interleave(self, r: int) -> BatchedController:
-        """Each controller repeated ``r`` times (candidate-major), for r rollouts per candidate."""
+        """Each controller applied to ``r`` consecutive rows (candidate-major), for r rollouts per
+        candidate. The weights are not copied: ``act`` multiplies each candidate's (r, F) block of
+        inputs by its own matrix, so a step reads every candidate's weights once rather than r times."""
+        if r < 1:
+            raise ValueError(f"rollouts per controller must be >= 1, got {r}")
         out = object.__new__(BatchedController)
-        out.cfg = self.cfg
-        for k, v in vars(self).items():
-            if isinstance(v, torch.Tensor):
-                setattr(out, k, v.repeat_interleave(r, dim=0))
+        out.__dict__.update(self.__dict__)
+        out.group = self.group * r
         return out
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
+        n, g = self.n, self.group
+        if x.shape[0] != n * g:
+            raise ValueError(f"{n} controllers x {g} rows each need {n * g} inputs, got {x.shape[0]}")
+        xb = x.reshape(n, g, -1)  # (N, g, F): each controller's rows
         if self.cfg.hidden == 0:
-            return torch.baddbmm(self.b[:, None, :], x[:, None, :], self.W)[:, 0]  # (N, A)
-        hid = torch.tanh(torch.baddbmm(self.b1[:, None, :], x[:, None, :], self.W1))
-        return torch.baddbmm(self.b2[:, None, :], hid, self.W2)[:, 0]
+            return torch.baddbmm(self.b[:, None, :], xb, self.W).reshape(n * g, -1)  # (N g, A)
+        hid = torch.tanh(torch.baddbmm(self.b1[:, None, :], xb, self.W1))
+        return torch.baddbmm(self.b2[:, None, :], hid, self.W2).reshape(n * g, -1)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         return squash_actions(self.raw(x), self.cfg)

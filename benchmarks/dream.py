@@ -5,8 +5,9 @@
 Measured in one run, on this machine:
 
 1. ``DreamVectorEnv`` steps/s: ``--envs`` dreams (CarRacing sizes: z 32, LSTM 256, 5 Gaussians)
-   stepped through ``step_torch`` with a linear controller in the loop (one 867-parameter
-   controller per env, ``a = squash(W [z, h] + b)``, as CMA-ES evaluates a population),
+   stepped through ``step_torch`` with a linear controller in the loop: ``--envs / --rollouts``
+   candidates of 867 parameters, each applied to its ``--rollouts`` envs' rows in one batched
+   matmul (``a = squash(W [z, h] + b)``), as ``DreamFitness`` evaluates a CMA-ES population),
    temperature 1 (sampling on), autoreset on.
 2. Gymnasium ``CarRacing-v3`` steps/s on one core (random actions, resets included).
 3. Matrix-multiply FLOP/s of torch on the same threads: ``addmm`` of the dream's own GEMM
@@ -82,6 +83,7 @@ def car_racing_rate(steps: int, seed: int = 0) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--envs", type=int, default=1024)
+    p.add_argument("--rollouts", type=int, default=16, help="envs per controller (CMA-ES: 64 candidates x 16)")
     p.add_argument("--steps", type=int, default=200, help="dream steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -109,10 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
             wm.mdrnn.head.bias[-1] = -9.0  # almost never does: episodes run to the time limit, as in the game
     N, Z, H, A = a.envs, wm.z_size, wm.hidden_size, wm.action_dim
     K = wm.mdrnn.config.gaussians
+    if N % a.rollouts:
+        raise SystemExit(f"--envs ({N}) must be a multiple of --rollouts ({a.rollouts})")
+    P, R = N // a.rollouts, a.rollouts
     g = torch.Generator().manual_seed(0)
-    ctrl_w = (torch.randn(N, Z + H, A, generator=g) * 0.1).to(a.device)  # (N, Z+H, A): one controller per env
-    ctrl_b = torch.zeros(N, 1, A, device=a.device)
-    act = torch.empty(N, 1, A, device=a.device)
+    ctrl_w = (torch.randn(P, Z + H, A, generator=g) * 0.1).to(a.device)  # (P, Z+H, A): one controller per candidate
+    ctrl_b = torch.zeros(P, 1, A, device=a.device)
+    act = torch.empty(P, R, A, device=a.device)
 
     def make_dream(compiled: bool) -> Callable[[], float]:
         venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device, compile=compiled)
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(a.steps):
-                torch.baddbmm(ctrl_b, obs.unsqueeze(1), ctrl_w, out=act)  # (N, 1, A) linear controllers
+                torch.baddbmm(ctrl_b, obs.view(P, R, -1), ctrl_w, out=act)  # (P, R, A): each candidate's rollouts
                 act.tanh_()
                 a_t = torch.addcmul(low, act.view(N, A).add_(1.0), span, value=0.5)  # squash into the box
                 obs, _, _, _ = venv.step_torch(a_t)

@@ -55,8 +55,13 @@ def test_batched_equals_one_by_one(hidden: int) -> None:
     together = BatchedController(cfg, params).act(x)
     alone = torch.cat([BatchedController(cfg, params[i]).act(x[i:i + 1]) for i in range(4)])
     assert torch.allclose(together, alone, atol=1e-6)
-    rep = BatchedController(cfg, params).repeat_interleave(3)
+    rep = BatchedController(cfg, params).repeat_interleave(3)  # each controller on 3 rows, weights not copied
     assert torch.equal(rep.act(x.repeat_interleave(3, 0)), together.repeat_interleave(3, 0))
+    xr = torch.randn(12, 40)  # 3 different rows per controller
+    assert torch.allclose(rep.act(xr), torch.cat([BatchedController(cfg, params[i // 3]).act(xr[i:i + 1])
+                                                  for i in range(12)]), atol=1e-6)
+    with pytest.raises(ValueError, match="need 12 inputs"):
+        rep.act(x)
 
 
 def test_controller_file_round_trip(tmp_path: Path) -> None:
