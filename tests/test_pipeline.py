@@ -178,6 +178,8 @@ def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
     r = run("dream_train.py", "doom_take_cover", "--preset", "smoke", "--out", str(out), "--no-progress",
             "--rounds", "2", "--set", "eval.videos=false")
     assert "round 1: collecting 2 real episodes (controller)" in r.stdout
+    # the controller's spec (V and M) reaches the Ray workers per call, not as a constructor argument
+    assert "constructor arguments in the object store" not in r.stdout + r.stderr
     from worldlab.storage import Manifest
 
     m = Manifest.open(out / "data")
