@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from agents.policies import POLICIES, PolicySpec, make_policy
 from agents.rollout import run_episode
 from worldlab.io import atomic_write_bytes
+from worldlab.ray_utils import fetch_if_new
 from worldlab.storage import Manifest, encode_shard
 
 
@@ -51,11 +52,10 @@ class RolloutWorker:
         """Play and compress one episode. ``policy_ref``: ``[ObjectRef]`` of a :class:`PolicySpec`
         (Ray actors get the policy this way, fetched once per actor and again after a restart,
         rather than as a constructor argument: a controller's spec holds the world model)."""
-        key = None if policy_ref is None else policy_ref[0].hex()
-        if key is not None and key != self._policy_key:
-            import ray
-
-            self.policy, self._policy_key = make_policy(ray.get(policy_ref[0]), self.env.action_space, self.task), key
+        fetched = fetch_if_new(policy_ref, self._policy_key)
+        if fetched is not None:
+            spec, self._policy_key = fetched
+            self.policy = make_policy(spec, self.env.action_space, self.task)
         if self.policy is None:
             raise RuntimeError("RolloutWorker has no policy: pass one to the constructor or to collect()")
         ep = run_episode(self.env, self.policy, seed, record=True)

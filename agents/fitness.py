@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from agents.controller import BatchedController, ControllerConfig
+from worldlab.ray_utils import fetch_if_new
 from worldlab.world_model import WorldModel
 
 
@@ -101,18 +102,17 @@ class RealEvalWorker:
         torch.set_num_threads(threads)
         self.env = envs.make(task, **(env_kwargs or {}))
         self.wm = world_model.cpu().eval() if world_model is not None else None
-        self.cfg, self._wm_key = cfg, ""
+        self.cfg, self._wm_key = cfg, None
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
              world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
         from agents.controller_policy import ControllerPolicy
         from agents.rollout import run_episode
 
-        key = None if world_model_ref is None else world_model_ref[0].hex()
-        if key is not None and key != self._wm_key:
-            import ray  # [ref]: a list, so Ray hands over the reference, not a copy per call
-
-            self.wm, self._wm_key = ray.get(world_model_ref[0]).cpu().eval(), key
+        fetched = fetch_if_new(world_model_ref, self._wm_key)
+        if fetched is not None:
+            wm, self._wm_key = fetched
+            self.wm = wm.cpu().eval()
         if self.wm is None:
             raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
         out = []

@@ -61,3 +61,17 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def fetch_if_new(ref: list[Any] | None, key: str | None) -> tuple[Any, str] | None:
+    """``(object, key)`` behind ``[ObjectRef]`` when it is not the one already held (``key``), else None.
+
+    For actors that receive a large object with each call as a reference in a list (so Ray hands
+    over the reference, not a copy per call) instead of as a constructor argument held in the
+    object store: the object is fetched once per actor, and again by an actor Ray restarted.
+    """
+    if ref is None or ref[0].hex() == key:
+        return None
+    import ray
+
+    return ray.get(ref[0]), ref[0].hex()
