@@ -67,22 +67,25 @@ class ControllerConfig:
         return cls(input_size=input_size, action_low=low, action_high=high, squash=squash, hidden=hidden)
 
 
-def squash_actions(raw: torch.Tensor, cfg: ControllerConfig) -> torch.Tensor:
-    """Map raw outputs (..., A) into the action space, per dimension."""
-    t = torch.tanh(raw)
-    outs = []
+def squash_affine(cfg: ControllerConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per action dimension (4, A): scale and offset applied to ``tanh``, then the clamp bounds.
+
+    ``tanh``: t; ``unit``: (t + 1) / 2 = t / 2 + 1/2 (the same float: halving is exact);
+    ``relu_tanh``: clip(t, 0, 1); ``scaled``: onto [low, high].
+    """
+    rows = []
     for i, s in enumerate(cfg.squash):
-        ti = t[..., i]
-        if s == "tanh":
-            outs.append(ti)
-        elif s == "unit":
-            outs.append((ti + 1.0) * 0.5)
-        elif s == "relu_tanh":
-            outs.append(ti.clamp(0.0, 1.0))
-        else:
-            lo, hi = cfg.action_low[i], cfg.action_high[i]
-            outs.append(lo + (ti + 1.0) * 0.5 * (hi - lo))
-    return torch.stack(outs, dim=-1)
+        lo, hi = cfg.action_low[i], cfg.action_high[i]
+        rows.append({"tanh": (1.0, 0.0, -1.0, 1.0), "unit": (0.5, 0.5, 0.0, 1.0), "relu_tanh": (1.0, 0.0, 0.0, 1.0),
+                     "scaled": ((hi - lo) / 2, lo + (hi - lo) / 2, lo, hi)}[s])
+    return torch.tensor(rows, dtype=torch.float32, device=device).t().contiguous()
+
+
+def squash_actions(raw: torch.Tensor, cfg: ControllerConfig, affine: torch.Tensor | None = None) -> torch.Tensor:
+    """Map raw outputs (..., A) into the action space, per dimension (see :func:`squash_affine`,
+    which ``affine`` caches): three element-wise passes whatever the mix of squashes."""
+    k = squash_affine(cfg, raw.device) if affine is None else affine
+    return torch.addcmul(k[1], torch.tanh(raw), k[0]).clamp_(k[2], k[3])
 
 
 class BatchedController:
@@ -102,8 +105,10 @@ class BatchedController:
                              f"(input {cfg.input_size}, {cfg.action_dim} actions, hidden {cfg.hidden})")
         N, F, A, H = p.shape[0], cfg.input_size, cfg.action_dim, cfg.hidden
         if H == 0:
-            self.W = p[:, : F * A].reshape(N, F, A).contiguous()  # (N, F, A)
-            self.b = p[:, F * A:].reshape(N, A).contiguous()  # (N, A)
+            # stored transposed, (N, A, F): each controller's block of rows is multiplied as
+            # W^T (A, F) @ x^T (F, g), ~3x faster in MKL's batched GEMM than x (g, F) @ W (F, A) for A = 3
+            self.Wt = p[:, : F * A].reshape(N, F, A).transpose(1, 2).contiguous()  # (N, A, F)
+            self.b = p[:, F * A:].reshape(N, A, 1).contiguous()  # (N, A, 1)
         else:
             o = 0
             self.W1 = p[:, o:o + F * H].reshape(N, F, H).contiguous()
@@ -113,12 +118,13 @@ class BatchedController:
             self.W2 = p[:, o:o + H * A].reshape(N, H, A).contiguous()
             o += H * A
             self.b2 = p[:, o:].contiguous()
+        self.affine = squash_affine(cfg)  # (4, A) see squash_actions
         self.group = 1
         """rows of input per controller (see :meth:`repeat_interleave`)."""
 
     @property
     def n(self) -> int:
-        return (self.W if self.cfg.hidden == 0 else self.W1).shape[0]
+        return (self.Wt if self.cfg.hidden == 0 else self.W1).shape[0]
 
     def to(self, device: torch.device | str) -> BatchedController:
         for k, v in list(vars(self).items()):
@@ -144,12 +150,13 @@ class BatchedController:
             raise ValueError(f"{n} controllers x {g} rows each need {n * g} inputs, got {x.shape[0]}")
         xb = x.reshape(n, g, -1)  # (N, g, F): each controller's rows
         if self.cfg.hidden == 0:
-            return torch.baddbmm(self.b[:, None, :], xb, self.W).reshape(n * g, -1)  # (N g, A)
+            out = torch.baddbmm(self.b, self.Wt, xb.transpose(1, 2))  # (N, A, g)
+            return out.transpose(1, 2).reshape(n * g, -1)  # (N g, A)
         hid = torch.tanh(torch.baddbmm(self.b1[:, None, :], xb, self.W1))
         return torch.baddbmm(self.b2[:, None, :], hid, self.W2).reshape(n * g, -1)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        return squash_actions(self.raw(x), self.cfg)
+        return squash_actions(self.raw(x), self.cfg, self.affine)
 
 
 def init_params(cfg: ControllerConfig, rng: np.random.Generator, std: float | None = None) -> np.ndarray:

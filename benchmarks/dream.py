@@ -5,14 +5,16 @@
 Measured in one run, on this machine:
 
 1. ``DreamVectorEnv`` steps/s: ``--envs`` dreams (CarRacing sizes: z 32, LSTM 256, 5 Gaussians)
-   stepped through ``step_torch`` with a linear controller in the loop: ``--envs / --rollouts``
-   candidates of 867 parameters, each applied to its ``--rollouts`` envs' rows in one batched
-   matmul (``a = squash(W [z, h] + b)``), as ``DreamFitness`` evaluates a CMA-ES population),
-   temperature 1 (sampling on), autoreset on.
+   stepped through ``step_torch`` with the paper's linear controller in the loop, exactly as
+   ``DreamFitness`` evaluates a CMA-ES population: ``--envs / --rollouts`` candidates of 867
+   parameters (``agents.controller.BatchedController``), each applied to its ``--rollouts`` envs'
+   rows in one batched matmul, ``a = squash(W [z, h] + b)``; temperature 1 (sampling on),
+   autoreset on.
 2. Gymnasium ``CarRacing-v3`` steps/s on one core (random actions, resets included).
 3. Matrix-multiply FLOP/s of torch on the same threads: ``addmm`` of the dream's own GEMM
-   shapes (N x 296 @ 296 x 1024 for the LSTM gates, N x 256 @ 256 x 482 for the head), and a
-   1024^3 GEMM; the roofline is the best of these rates.
+   shapes (N x 292 @ 292 x 1024 for the LSTM gates with the bias column, N x 256 @ 256 x 496 for
+   the head padded to a multiple of 16 outputs), and a 1024^3 GEMM; the roofline is the best of
+   these rates, each counted with the FLOPs of its own shape.
 
 FLOPs of one dream step (counted, not measured): 2 x multiply-adds of its matrix products,
 unpadded: LSTM gates 2*(32+256+3)*1024 = 595,968; MDN head 2*256*(3*5*32+2) = 246,784;
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = p.parse_args(argv)
 
+    from agents.controller import BatchedController, ControllerConfig
     from envs.dream import DreamVectorEnv
     from worldlab.mdrnn import FusedDreamStep
     from worldlab.world_model import WorldModel
@@ -114,15 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
     if N % a.rollouts:
         raise SystemExit(f"--envs ({N}) must be a multiple of --rollouts ({a.rollouts})")
     P, R = N // a.rollouts, a.rollouts
-    g = torch.Generator().manual_seed(0)
-    ctrl_w = (torch.randn(P, Z + H, A, generator=g) * 0.1).to(a.device)  # (P, Z+H, A): one controller per candidate
-    ctrl_b = torch.zeros(P, 1, A, device=a.device)
-    act = torch.empty(P, R, A, device=a.device)
+    cfg = ControllerConfig.for_task(wm.action_space, Z + H, wm.task)
+    params = np.random.default_rng(0).standard_normal((P, cfg.num_params)) * 0.1  # one controller per candidate
+    ctrl = BatchedController(cfg, params).to(a.device).repeat_interleave(R)
 
     def make_dream(compiled: bool) -> Callable[[], float]:
         venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device, compile=compiled)
-        low = torch.as_tensor(venv.single_action_space.low, device=a.device)
-        span = torch.as_tensor(venv.single_action_space.high, device=a.device) - low
         obs = venv.reset_torch(seed=0)
 
         def dream() -> float:
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.synchronize()
             t = time.perf_counter()
             for _ in range(a.steps):
-                torch.baddbmm(ctrl_b, obs.view(P, R, -1), ctrl_w, out=act)  # (P, R, A): each candidate's rollouts
-                act.tanh_()
-                a_t = torch.addcmul(low, act.view(N, A).add_(1.0), span, value=0.5)  # squash into the box
-                obs, _, _, _ = venv.step_torch(a_t)
+                obs, _, _, _ = venv.step_torch(ctrl.act(obs))  # as DreamFitness steps a CMA-ES generation
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             return N * a.steps / (time.perf_counter() - t)
@@ -145,8 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     dreams = {"dream": make_dream(False)}
     if a.compile:
         dreams["dream_compiled"] = make_dream(True)
-    mm = {"gates": matmul_rate(N, -(-(Z + H + A) // 8) * 8, 4 * H, 50),
-          "head": matmul_rate(N, H, 3 * K * Z + 2, 100),
+    probe = FusedDreamStep(wm.mdrnn, 8)  # the GEMM shapes the dream step runs
+    mm = {"gates": matmul_rate(N, probe.w.shape[1], probe.w.shape[0], 50),
+          "head": matmul_rate(N, H, probe.head_w.shape[0], 100),
           "square1024": matmul_rate(1024, 1024, 1024, 10)}
     rates = timed_rounds({**dreams, **{f"mm_{k}": f for k, f in mm.items()}}, a.rounds)
     med = {k: statistics.median(v) for k, v in rates.items()}

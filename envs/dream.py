@@ -35,7 +35,7 @@ world model's V), or any callable mapping latents ``(B, Z)`` to frames (uint8 ``
 or floats in [0, 1] ``(B, 3, H, W)``);
 ``max_episode_steps`` (override the task's limit). ``DreamVectorEnv`` also takes ``num_envs``,
 ``autoreset_mode`` (``NEXT_STEP`` or ``SAME_STEP``) and ``compile`` (fuse the step's
-element-wise work with ``torch.compile``).
+element-wise work with inductor, the compiler of ``torch.compile``).
 
 Tensors returned by the torch API are created under ``torch.inference_mode``: use them as
 controller inputs, not in autograd graphs.
@@ -331,7 +331,7 @@ class DreamVectorEnv(VectorEnv):
     Autoreset follows Gymnasium 1.x ``NEXT_STEP`` by default: the step after an episode ends
     resets that sub-env (its action is ignored; reward 0, not done). ``autoreset_mode=SAME_STEP``
     resets in the same step and puts the last observation in ``info["final_obs"]``.
-    ``compile=True`` fuses the step's element-wise work with ``torch.compile`` (seconds of
+    ``compile=True`` fuses the step's element-wise work with inductor (seconds of
     compilation on first use; faster for large N).
     """
 
@@ -384,7 +384,7 @@ class DreamVectorEnv(VectorEnv):
     def observe_torch(self) -> torch.Tensor:
         """Current observations as a new torch tensor: (N, Z + H) float32 or (N, 64, 64, 3) uint8."""
         if self.obs_mode == "latent":
-            return self._core.fs.obs.clone()
+            return self._core.fs.take_obs()
         return torch.from_numpy(self._core.frames(self.renderer)).to(self.device)
 
     @torch.inference_mode()

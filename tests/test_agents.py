@@ -20,6 +20,7 @@ from agents.controller import (
     init_params,
     load_controller,
     save_controller,
+    squash_actions,
 )
 from agents.fitness import DreamFitness, RealPool
 from worldlab.config import CMAConfig
@@ -41,6 +42,13 @@ def test_paper_controller_size_and_squash() -> None:
     a = ctrl.act(torch.randn(5, 288) * 3)
     assert a.shape == (5, 3)
     assert (a[:, 0].abs() <= 1).all() and (a[:, 1:] >= 0).all() and (a[:, 1:] <= 1).all()
+    x = torch.randn(1000, 3) * 3  # the paper's squashes, to the bit: tanh, (tanh + 1) / 2, clip(tanh, 0, 1)
+    t = torch.tanh(x)
+    assert torch.equal(squash_actions(x, cfg), torch.stack([t[:, 0], (t[:, 1] + 1.0) * 0.5, t[:, 2].clamp(0.0, 1.0)], -1))
+    box = ControllerConfig(input_size=4, action_low=[-2.0], action_high=[3.0], squash=["scaled"])
+    y = squash_actions(x[:, :1], box)
+    torch.testing.assert_close(y, -2.0 + (t[:, :1] + 1.0) * 2.5)
+    assert y.min() >= -2.0 and y.max() <= 3.0
     doom = ControllerConfig.for_task({"type": "box", "shape": [1], "low": [-1.0], "high": [1.0]}, 64 + 512, "doom")
     assert doom.num_params == 577 and doom.squash == ["tanh"]
     with pytest.raises(ValueError, match="controller needs 867 parameters, got 866"):

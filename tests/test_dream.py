@@ -256,6 +256,37 @@ def test_compiled_step_matches_eager(wm: WorldModel) -> None:
             torch.testing.assert_close(v, u, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_compiled_vector_env_matches_eager_and_hands_out_its_own_obs(wm: WorldModel, mode: AutoresetMode) -> None:
+    # sampling on, episodes of 5 steps (resets on the way): the compiled env (a new x per step,
+    # the graph's own observation tensor handed out) follows the eager one draw for draw
+    n, steps = 16, 12
+    envs = [DreamVectorEnv(n, world_model=wm, temperature=1.0, compile=c, max_episode_steps=5,
+                           autoreset_mode=mode) for c in (False, True)]
+    for e in envs:
+        e.reset_torch(seed=3)
+    a = torch.rand(steps, n, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    zeroed = []
+    ended = 0
+    for t in range(steps):
+        outs = [e.step_torch(a[t]) for e in envs]
+        for u, v in zip(outs[0], outs[1], strict=True):
+            torch.testing.assert_close(v, u, atol=1e-4, rtol=1e-4)
+        ended += int((outs[1][2] | outs[1][3]).sum())
+        if mode == AutoresetMode.SAME_STEP:
+            assert (envs[0].final_obs is None) == (envs[1].final_obs is None)
+            if envs[0].final_obs is not None:
+                torch.testing.assert_close(envs[1].final_obs, envs[0].final_obs, atol=1e-4, rtol=1e-4)
+        # the caller owns what it got: zeroing it must not reach the dream (the next steps still
+        # match eager), and later steps must not write into it
+        with torch.inference_mode():  # (the torch API's tensors are inference tensors)
+            outs[1][0].zero_()
+        zeroed.append(outs[1][0])
+        assert all(bool((o == 0).all()) for o in zeroed)
+    assert ended >= n  # every sub-env ended at least once (limit 5 in 12 steps)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_vector_env_on_cuda(wm: WorldModel) -> None:
     venv = DreamVectorEnv(256, world_model=wm, device="cuda")
