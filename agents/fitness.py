@@ -41,18 +41,20 @@ class DreamFitness:
             M's reward at every step as ``term_scale * reward_term(z_{t+1})``: e.g.
             :func:`generators.reward.novelty_penalty` of a flow trained on real latents, which
             penalises dream states unlike the real data (the reward-synthesizer role).
+        compile: fuse the dream step with inductor (see ``DreamVectorEnv``; eager if that fails).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
                  temperature: float = 1.0, max_steps: int | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 term_scale: float = 1.0) -> None:
+                 term_scale: float = 1.0, compile: bool = False) -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
         self.device = torch.device(device)
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
-                                  temperature=temperature, device=self.device, max_episode_steps=max_steps)
+                                  temperature=temperature, device=self.device, max_episode_steps=max_steps,
+                                  compile=compile)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
         self.z_size = world_model.z_size

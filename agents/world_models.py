@@ -168,8 +168,10 @@ class WorldModels:
             _, x0, _ = load_controller(self.ckpt / f"controller_r{k - 1}.npz")
         cma_cfg = c.cma.__class__(**{**asdict(c.cma), "seed": c.cma.seed + 1000 * k})
         if c.train_in == "dream":
+            # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
             fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, c.dream.temperature,
-                                        c.dream.max_steps, self.device, seed=cma_cfg.seed)
+                                        c.dream.max_steps, self.device, seed=cma_cfg.seed,
+                                        compile=c.dream.compile and self.device.type == "cpu")
             where = f"the dream (tau={c.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once)"
         else:
             fitness = RealFitness(self.pool(wm.cpu()), cma_cfg.rollouts, seed=cma_cfg.seed)

@@ -109,6 +109,18 @@ def test_dream_fitness_shapes_and_determinism() -> None:
     assert fit(X, 0).shape == (4,)
 
 
+@pytest.mark.slow
+def test_dream_fitness_compiled_matches_eager() -> None:
+    wm = small_wm()
+    cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")
+    X = np.random.default_rng(0).standard_normal((4, cfg.num_params)) * 0.1
+    eager, compiled = (DreamFitness(wm, cfg, popsize=4, rollouts=3, temperature=1.0, seed=7, max_steps=10,
+                                    compile=c) for c in (False, True))
+    r_c = compiled.returns(X, 0)
+    assert compiled.env._core.fs.compiled  # it did compile (no fallback to eager)
+    torch.testing.assert_close(r_c, eager.returns(X, 0), atol=1e-4, rtol=1e-4)
+
+
 def test_dream_fitness_adds_a_learned_reward_term() -> None:
     wm = small_wm()
     cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")

@@ -287,6 +287,24 @@ def test_compiled_vector_env_matches_eager_and_hands_out_its_own_obs(wm: WorldMo
     assert ended >= n  # every sub-env ended at least once (limit 5 in 12 steps)
 
 
+@pytest.mark.slow
+def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(wm: WorldModel) -> None:
+    n = 13  # a shape no other test compiles; the graph cache is off too, so inductor must build
+    envs = [DreamVectorEnv(n, world_model=wm, temperature=1.0, compile=c) for c in (False, True)]
+    a = torch.rand(3, n, 3, generator=torch.Generator().manual_seed(2))
+    for e in envs:
+        e.reset_torch(seed=4)
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-cxx-compiler",), "fx_graph_cache": False}):
+        with pytest.warns(RuntimeWarning, match="compiling the dream step failed.*running it eagerly"):
+            fell_back = envs[1].step_torch(a[0])
+    assert not envs[1]._core.fs.compiled
+    outs = [(envs[0].step_torch(a[0]), fell_back)]
+    outs += [(envs[0].step_torch(a[t]), envs[1].step_torch(a[t])) for t in (1, 2)]
+    for eager, fallback in outs:  # the draws start after the failed attempt: the very same numbers
+        for u, v in zip(eager, fallback, strict=True):
+            assert torch.equal(u, v)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_vector_env_on_cuda(wm: WorldModel) -> None:
     venv = DreamVectorEnv(256, world_model=wm, device="cuda")

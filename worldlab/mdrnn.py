@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -440,9 +441,19 @@ class FusedDreamStep:
         return obs[:self.num_envs] if obs is not None else self.obs.clone()
 
     def _graph(self, key: tuple, fn: Any, *args: torch.Tensor) -> Any:
+        """The compiled graph for ``key``, compiled on first use; None (and eager steps from then
+        on, with a warning) when compilation fails, e.g. on a machine without a C++ compiler."""
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._graphs[key] = compile_graph(fn, *args)
+            try:
+                graph = self._graphs[key] = compile_graph(fn, *args)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same
+                self.compiled = False
+                msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                warnings.warn(f"compiling the dream step failed ({type(e).__name__}: {msg}); running it eagerly "
+                              f"(same results, ~10% slower). Install a C++ compiler (g++) to compile it, or "
+                              f"pass compile=False to skip the attempt.", RuntimeWarning, stacklevel=3)
+                return None
         return graph
 
     def set_actions(self, actions: torch.Tensor) -> None:
@@ -462,23 +473,27 @@ class FusedDreamStep:
         H, Z, K = self.H, self.Z, self.K
         g, c = self.gates, self.c
         self.fresh_obs = None
+        if tau <= 0 and not deterministic:
+            raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
+        step = None
         if self.compiled and not deterministic:
-            if tau <= 0:
-                raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
-            self.uni.uniform_(generator=generator)
-            self.eps.normal_(generator=generator)
             args = (self.x, self.w, c, self.head_w, self.head_b, self.u, self.eps, self.ud)
             key = ("sample", float(tau))
             step = self._graphs.get(key) or self._graph(key, functools.partial(
                 _fused_sampling_step, H=H, Z=Z, K=K, tau=float(tau), lo=self.logsigma_min, hi=self.logsigma_max),
                 *args)
+        if step is not None:
+            self.uni.uniform_(generator=generator)
+            self.eps.normal_(generator=generator)
             self.x, obs, reward, done = step(*args)  # the next packed input replaces x
             self.fresh_obs = obs
             n = self.num_envs
             return reward[:n], done[:n]
         torch.mm(self.x, self.w.t(), out=g)  # (N, 4H) all gates, bias included
         if self.compiled:
-            return self._step_compiled(tau, deterministic, generator)
+            cell = self._graph(("cell",), functools.partial(_cell_update, hidden=H), g, c)
+            if cell is not None:
+                return self._step_compiled(cell)
         g.sigmoid_()
         i, f, gg, o = g.split(H, dim=1)                  # (N, H) each; gg = sigmoid(2 g_pre)
         c.mul_(f).addcmul_(i, gg, value=2.0).sub_(i)     # c' = f c + i tanh(g_pre), tanh = 2 sigmoid(2x) - 1
@@ -505,10 +520,9 @@ class FusedDreamStep:
         n = self.num_envs
         return out[:n, 3 * kz], done[:n]
 
-    def _step_compiled(self, tau: float, deterministic: bool,
-                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic mode, compiled: the fused cell, then the most likely component's mean."""
-        cell = self._graph(("cell",), functools.partial(_cell_update, hidden=self.H), self.gates, self.c)
+    def _step_compiled(self, cell: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic mode, compiled: the fused cell (on the gates already computed), then the
+        most likely component's mean."""
         Z, H, K = self.Z, self.H, self.K
         h_all = self.x[:, Z:Z + H]
         h_all.copy_(cell(self.gates, self.c))
