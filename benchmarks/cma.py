@@ -6,6 +6,8 @@ Dream: a CarRacing-sized world model (z 32, LSTM 256, 5 Gaussians) and the paper
 controller (867 parameters); all 1,024 rollouts run as one DreamVectorEnv for ``--steps`` steps.
 The done head's bias is set so no dream ends early: the timing is the worst case of every rollout
 running the full 1,000 steps. Weights are untrained (the cost of a step does not depend on them).
+The dream step is compiled by inductor, as the pipeline's CMA-ES runs it (config
+``dream.compile``); the compilation is timed apart (``--eager``: the uncompiled step).
 
 Real: the same controller through V and M in the real CarRacing on 2 Ray workers; the rate is
 measured on ``--real-episodes`` full episodes and the 1,024-episode generation time projected
@@ -31,6 +33,7 @@ def main() -> dict:
     p.add_argument("--rollouts", type=int, default=16)
     p.add_argument("--real-episodes", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--eager", action="store_true", help="step the dream uncompiled (dream.compile=false)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -44,13 +47,19 @@ def main() -> dict:
         wm.mdrnn.head.bias[-1] = -30.0  # no early ends: every dream runs all steps
     cfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, "car_racing")
     X = np.random.default_rng(0).standard_normal((args.popsize, cfg.num_params)) * 0.1
-    fit = DreamFitness(wm, cfg, args.popsize, args.rollouts, temperature=1.0, seed=0)
+    fit = DreamFitness(wm, cfg, args.popsize, args.rollouts, temperature=1.0, seed=0, compile=not args.eager)
+    t0 = time.perf_counter()
+    with torch.inference_mode():  # one step compiles the graph (once per temperature)
+        fit.env.reset_torch(seed=0)
+        fit.env.step_torch(torch.zeros(fit.env.num_envs, cfg.action_dim))
+    compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit(X, 1)
     dream_s = time.perf_counter() - t0
     n = args.popsize * args.rollouts
     res: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "popsize": args.popsize,
-                 "rollouts": args.rollouts, "steps": args.steps, "dream_generation_s": dream_s,
+                 "rollouts": args.rollouts, "steps": args.steps, "dream_compiled": fit.env._core.fs.compiled,
+                 "dream_compile_s": compile_s, "dream_generation_s": dream_s,
                  "dream_steps_per_s": n * args.steps / dream_s}
     pool = RealPool("car_racing", wm, cfg, args.workers)
     try:

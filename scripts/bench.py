@@ -104,7 +104,9 @@ def render(results: dict[str, dict]) -> str:
         L += ["## One CMA-ES generation: dream vs real game", "", f"Command: `{r['_command']}`", "",
               f"- {r['popsize']} x {r['rollouts']} = {r['popsize'] * r['rollouts']} rollouts of {r['steps']} steps in "
               f"the dream: **{fmt(r['dream_generation_s'], 1)} s** ({fmt(r['dream_steps_per_s'], 0)} steps/s, "
-              f"{r['torch_threads']} threads).",
+              f"{r['torch_threads']} threads, "
+              + (f"the compiled step, as the pipeline runs it; compiling took {fmt(r['dream_compile_s'], 1)} s "
+                 "once before)." if r.get("dream_compiled") else "the eager step)."),
               f"- The same generation in the real CarRacing with V and M in the loop, {r['real_workers']} Ray workers: "
               f"{fmt(r['real_steps_per_s'], 0)} steps/s measured on {r['real_episodes']} episodes -> "
               f"{fmt(r['real_generation_s_projected'] / 60, 1)} min projected: the dream is "
