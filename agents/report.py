@@ -75,6 +75,30 @@ def plot_cma(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
+def collection_rounds(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Real returns of each round's collected episodes, from the data manifest.
+
+    Round 0 holds episodes ``[0, collect.episodes)`` played by ``collect.policy``; round k >= 1 the
+    next ``collect.episodes_per_round``, played by round k-1's controller with exploration noise
+    ``collect.noise_std``. Rounds not (fully) collected are left out.
+    """
+    path = run_dir / "data" / "manifest.json"
+    if not path.exists():
+        return []
+    eps = json.loads(path.read_text())["episodes"]
+    c = config.get("collect", {})
+    first, per = int(c.get("episodes", 0)), int(c.get("episodes_per_round", 0))
+    out = []
+    for k in range(int(config.get("rounds", 1))):
+        start, n = (0, first) if k == 0 else (first + (k - 1) * per, per)
+        rets = [eps[str(i)].get("return") for i in range(start, start + n) if str(i) in eps]
+        if n == 0 or len(rets) < n or any(r is None for r in rets):
+            break
+        policy = c.get("policy", "?") if k == 0 else f"round {k - 1}'s controller + noise {c.get('noise_std')}"
+        out.append({"round": k, "policy": policy, "first": start, **summarize_returns("", rets)})
+    return out
+
+
 def write_report(run_dir: str | Path, config: dict[str, Any], extra_sections: list[str] | None = None) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = Path(run_dir)
@@ -88,6 +112,14 @@ def write_report(run_dir: str | Path, config: dict[str, Any], extra_sections: li
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
+    rounds = collection_rounds(run_dir, config)
+    if rounds:
+        lines += ["## Data collected per round", "", "Real returns of the episodes each round added to the data "
+                  "(`data/manifest.json`).", "",
+                  "| round | played by | episodes | real return | min | max |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['policy']} | {r['episodes']} (from {r['first']}) | "
+                  f"{r['mean']:.1f} ± {r['std']:.1f} | {r['min']:.1f} | {r['max']:.1f} |" for r in rounds]
+        lines += [""]
     losses = plot_losses(run_dir, figs / "losses.png")
     cma_plot = plot_cma(run_dir, figs / "cma.png")
     if losses:

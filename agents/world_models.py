@@ -83,7 +83,8 @@ class WorldModels:
             if diff:
                 raise ValueError(f"{self.run_dir} was started with another config (differs in {', '.join(diff[:6])}); "
                                  f"resume it without changing settings (--rounds, --generations, --workers, "
-                                 f"--train-workers, --backend, --device and loader_workers may change), "
+                                 f"--train-workers, --backend, --device, loader_workers and dream.compile may "
+                                 f"change), "
                                  f"or choose another --out")
             if saved != now:  # more or fewer rounds, other workers: every finished stage is kept
                 config.save(self.run_dir)
@@ -245,14 +246,16 @@ class WorldModels:
         return result
 
 
-RESUMABLE_CHANGES = ("rounds", "workers", "train_workers", "backend", "loader_workers", "cma.generations", "device")
+RESUMABLE_CHANGES = ("rounds", "workers", "train_workers", "backend", "loader_workers", "cma.generations", "device",
+                     "dream.compile")
 """Settings a resumed run may change: each round's stages are keyed by the round, so a run can go on
 for more rounds (or stop after fewer: its last finished round's controller becomes the final one)
 or more generations (the last round's evolution continues from its saved CMA state; an earlier
 round's controller, which later rounds' data was played with, is kept); collection does not
 depend on the number of workers or on where they run; V's and M's resumable checkpoints are the
 same whatever the number or kind of workers that wrote them (a run trained on a GPU box goes on,
-or is evaluated and reported, on a laptop with --device cpu)."""
+or is evaluated and reported, on a laptop with --device cpu); ``dream.compile`` only changes how
+the same dream step is computed (runs started before the setting existed read it as on)."""
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

@@ -47,6 +47,9 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     report = (out / "report.md").read_text()
     assert "figures/cma.png" in report and "videos/real.mp4" in report and f"{ev['mean']:.1f}" in report
+    data = json.loads((out / "data" / "manifest.json").read_text())["episodes"]
+    rets = [data[str(i)]["return"] for i in range(6)]  # round 0: the smoke preset's 6 brownian episodes
+    assert f"| 0 | brownian | 6 (from 0) | {np.mean(rets):.1f} ± {np.std(rets):.1f} |" in report
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     gens = sorted({m["step"] for m in metrics if m["name"] == "evolve/best"})
     assert gens == [0, 1, 2]
@@ -69,10 +72,12 @@ def test_resume_may_change_rounds_and_workers_only(smoke_run: tuple[Path, subpro
             check=False)
     assert r.returncode == 2 and "differs in dream.temperature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--workers", "1", "--no-progress")
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--workers", "1", "--no-progress",
+            "--set", "dream.compile=true")
     assert "collecting" not in r.stdout and "evolving" not in r.stdout  # nothing redone
     assert {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
-    assert json.loads((out / "config.json").read_text())["workers"] == 1
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["workers"] == 1 and saved["dream"]["compile"] is True
     run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--workers", "2", "--no-progress")
 
 
@@ -191,3 +196,6 @@ def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
     assert ev["returns"] == [float(n) for n in ev["lengths"]] and max(ev["lengths"]) <= 120
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["vae"]["z_size"] == 64 and cfg["dream"]["temperature"] == 1.15
+    rets = [m.episodes[i]["return"] for i in (6, 7)]  # round 1's episodes, played by round 0's controller
+    assert (f"| 1 | round 0's controller + noise {cfg['collect']['noise_std']} | 2 (from 6) | "
+            f"{np.mean(rets):.1f} ± {np.std(rets):.1f} |") in (out / "report.md").read_text()
