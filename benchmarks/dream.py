@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="also time the dream step fused by torch.compile")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS steps of the fastest dream with torch.profiler and print where the time goes")
     a = p.parse_args(argv)
 
     from agents.controller import BatchedController, ControllerConfig
@@ -136,7 +138,18 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.synchronize()
             return N * a.steps / (time.perf_counter() - t)
 
+        def profile(steps: int) -> str:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            nonlocal obs
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    obs, _, _, _ = venv.step_torch(ctrl.act(obs))
+            return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
         dream()  # warm up (and compile)
+        dream.profile = profile  # type: ignore[attr-defined]
         return dream
 
     dreams = {"dream": make_dream(False)}
@@ -178,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{best}: {flops:,} FLOP/env-step x {med[best]:,.0f} = {res['dream_gflops']:.1f} GFLOP/s "
           f"= {res['roofline_fraction']:.2f} of the {roof_name} matmul roofline "
           f"(load average {res['load_average_1min']:.2f})")
+    if a.profile:
+        print(f"\n{best}, {a.profile} steps of {N} envs under torch.profiler (self CPU time per op; "
+              f"divide by {a.profile} for per step):")
+        print(dreams[best].profile(a.profile))  # type: ignore[attr-defined]
     if a.json:
         from worldlab.io import atomic_write_json
 
