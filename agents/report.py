@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from worldlab.config import CollectConfig
 from worldlab.io import atomic_write_text
 from worldlab.logging import read_metrics
 
@@ -86,16 +87,15 @@ def collection_rounds(run_dir: Path, config: dict[str, Any]) -> list[dict[str, A
     if not path.exists():
         return []
     eps = json.loads(path.read_text())["episodes"]
-    c = config.get("collect", {})
-    first, per = int(c.get("episodes", 0)), int(c.get("episodes_per_round", 0))
+    c = CollectConfig(**config.get("collect", {}))
     out = []
     for k in range(int(config.get("rounds", 1))):
-        start, n = (0, first) if k == 0 else (first + (k - 1) * per, per)
-        rets = [eps[str(i)].get("return") for i in range(start, start + n) if str(i) in eps]
-        if n == 0 or len(rets) < n or any(r is None for r in rets):
+        idx = c.round_episodes(k)
+        rets = [eps[str(i)].get("return") for i in idx if str(i) in eps]
+        if not idx or len(rets) < len(idx) or any(r is None for r in rets):
             break
-        policy = c.get("policy", "?") if k == 0 else f"round {k - 1}'s controller + noise {c.get('noise_std')}"
-        out.append({"round": k, "policy": policy, "first": start, **summarize_returns("", rets)})
+        policy = c.policy if k == 0 else f"round {k - 1}'s controller + noise {c.noise_std}"
+        out.append({"round": k, "policy": policy, "first": idx.start, **summarize_returns("", rets)})
     return out
 
 

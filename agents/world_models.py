@@ -94,27 +94,23 @@ class WorldModels:
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _episodes_target(self, k: int) -> int:
-        c = self.cfg.collect
-        return c.episodes + k * c.episodes_per_round
-
     def collect(self, k: int) -> Manifest:
         from agents.collect import collect
         from agents.controller_policy import policy_kwargs
 
         c = self.cfg.collect
         env_kwargs = {"max_episode_steps": c.max_steps} if c.max_steps else {}
+        eps = c.round_episodes(k)
+        start, n = eps.start, len(eps)
         if k == 0:
-            start, n = 0, c.episodes
             spec = PolicySpec(c.policy, {"seed": self.cfg.seed} if c.policy == "random_controller" else {})
         else:
-            start, n = self._episodes_target(k - 1), c.episodes_per_round
             wm = WorldModel.load(self.run_dir)
             ccfg, params, _ = load_controller(self.ckpt / f"controller_r{k - 1}.npz")
             spec = PolicySpec("controller", policy_kwargs(wm, ccfg, params, c.noise_std))
         data = self.run_dir / "data"
         m = Manifest(data) if (data / "manifest.json").exists() else None
-        if m is not None and all(i in m.episodes for i in range(start, start + n)):
+        if m is not None and all(i in m.episodes for i in eps):
             return m
         _say(f"round {k}: collecting {n} real episodes ({spec.name}) with {self.cfg.workers} workers")
         return collect(self.cfg.task, data, n, workers=self.cfg.workers, policy=spec, seed=self.cfg.seed,

@@ -123,38 +123,35 @@ def main(argv: list[str] | None = None) -> dict:
     params = np.random.default_rng(0).standard_normal((P, cfg.num_params)) * 0.1  # one controller per candidate
     ctrl = BatchedController(cfg, params).to(a.device).repeat_interleave(R)
 
-    def make_dream(compiled: bool) -> Callable[[], float]:
+    def make_dream(compiled: bool) -> Callable[[int], None]:
+        """``advance(steps)``: that many steps of this dream, as DreamFitness steps a CMA-ES generation."""
         venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device, compile=compiled)
         obs = venv.reset_torch(seed=0)
 
-        def dream() -> float:
+        def advance(steps: int) -> None:
             nonlocal obs
+            for _ in range(steps):
+                obs, _, _, _ = venv.step_torch(ctrl.act(obs))
+
+        advance(a.steps)  # warm up (and compile)
+        return advance
+
+    def rate(advance: Callable[[int], None]) -> Callable[[], float]:
+        def dream() -> float:
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            for _ in range(a.steps):
-                obs, _, _, _ = venv.step_torch(ctrl.act(obs))  # as DreamFitness steps a CMA-ES generation
+            advance(a.steps)
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
             return N * a.steps / (time.perf_counter() - t)
 
-        def profile(steps: int) -> str:
-            from torch.profiler import ProfilerActivity
-            from torch.profiler import profile as torch_profile
-
-            nonlocal obs
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(steps):
-                    obs, _, _, _ = venv.step_torch(ctrl.act(obs))
-            return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-
-        dream()  # warm up (and compile)
-        dream.profile = profile  # type: ignore[attr-defined]
         return dream
 
-    dreams = {"dream": make_dream(False)}
+    advancers = {"dream": make_dream(False)}
     if a.compile:
-        dreams["dream_compiled"] = make_dream(True)
+        advancers["dream_compiled"] = make_dream(True)
+    dreams = {k: rate(f) for k, f in advancers.items()}
     probe = FusedDreamStep(wm.mdrnn, 8)  # the GEMM shapes the dream step runs
     mm = {"gates": matmul_rate(N, probe.w.shape[1], probe.w.shape[0], 50),
           "head": matmul_rate(N, H, probe.head_w.shape[0], 100),
@@ -194,7 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
     if a.profile:
         print(f"\n{best}, {a.profile} steps of {N} envs under torch.profiler (self CPU time per op; "
               f"divide by {a.profile} for per step):")
-        print(dreams[best].profile(a.profile))  # type: ignore[attr-defined]
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            advancers[best](a.profile)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     if a.json:
         from worldlab.io import atomic_write_json
 

@@ -40,6 +40,14 @@ class CollectConfig:
     noise_std: float = 0.1
     """exploration noise of the later rounds' controller."""
 
+    def round_episodes(self, k: int) -> range:
+        """Indices of the episodes round ``k`` collects: the first ``episodes`` in round 0, the next
+        ``episodes_per_round`` in each later round."""
+        if k == 0:
+            return range(self.episodes)
+        start = self.episodes + (k - 1) * self.episodes_per_round
+        return range(start, start + self.episodes_per_round)
+
 
 @dataclass
 class CMAConfig:

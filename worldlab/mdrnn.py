@@ -366,7 +366,7 @@ class FusedDreamStep:
         self.logsigma_min, self.logsigma_max = cfg.logsigma_min, cfg.logsigma_max
         D = Z + H + A
         self.D = D
-        Dp = D + 1  # [z | h | a | 1]; padding the row to a multiple of 8 (296) made MKL's GEMM ~4% slower
+        Dp = D + 1  # [z | h | a | 1]; padding the row to a multiple of 8 (296) made MKL's GEMM slower here
         with torch.no_grad():
             r = mdrnn.rnn
             w_ih = r.weight_ih_l0.detach().float()  # (4H, Z + A): columns [z | a]
