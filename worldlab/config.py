@@ -84,8 +84,8 @@ class DreamConfig:
     """dream episode limit (None: the task's)."""
     compile: bool = True
     """fuse the dream step with inductor for CMA-ES on the CPU (``DreamVectorEnv(compile=True)``:
-    ~10-15% faster at 1,024 dreams, ~10 s of compiling per temperature; without a C++ compiler it
-    warns and runs eagerly). The smoke preset turns it off."""
+    13-16% faster at 1,024 dreams (docs/benchmarks/dream.md, session 5), ~7 s of compiling per
+    temperature; without a C++ compiler it warns and runs eagerly). The smoke preset turns it off."""
 
 
 @dataclass

@@ -447,12 +447,12 @@ class FusedDreamStep:
         if graph is None:
             try:
                 graph = self._graphs[key] = compile_graph(fn, *args)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same dream
                 self.compiled = False
                 msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 warnings.warn(f"compiling the dream step failed ({type(e).__name__}: {msg}); running it eagerly "
-                              f"(same results, ~10% slower). Install a C++ compiler (g++) to compile it, or "
-                              f"pass compile=False to skip the attempt.", RuntimeWarning, stacklevel=3)
+                              f"(the same dream up to float rounding, slower). Install a C++ compiler (g++) to "
+                              f"compile it, or pass compile=False to skip the attempt.", RuntimeWarning, stacklevel=3)
                 return None
         return graph
 
