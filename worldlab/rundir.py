@@ -1,0 +1,178 @@
+"""RunDir: the one place that knows a run folder's file names.
+
+Every stage, script and report reaches the files of a run through this object instead of
+spelling paths, so the layout below is written down once::
+
+    RUN/config.json              the resolved config                    .config_json
+    RUN/data/                    frame shards + manifest.json           .data, .data_manifest
+    RUN/latents/                 latent shards + manifest.json          .latents
+    RUN/checkpoints/             every checkpoint                       .checkpoints
+        vae.pt, vae.train.pt     V and its resumable training state     .vae, .vae_train
+        mdrnn.pt, mdrnn.train.pt M and its resumable training state     .mdrnn, .mdrnn_train
+        controller_r{k}.npz      round k's controller                   .controller(k)
+        cma_r{k}.npz             round k's CMA-ES state                 .cma_state(k)
+        controller.npz           the final controller                   .controller()
+        generator.pt             a generator's checkpoint (generators)  .generator
+    RUN/samples/                 V's reconstruction and sample grids    .samples
+    RUN/metrics.jsonl            one JSON object per logged scalar      .metrics
+    RUN/tb/<stage>/              TensorBoard event files                .tb(stage)
+    RUN/eval.json                the real-game evaluation               .eval_json
+    RUN/videos/                  real.mp4, dream.mp4                    .videos
+    RUN/figures/                 the report's plots                     .figures
+    RUN/report.md                the report                             .report
+    RUN/fidelity.json            the dream-fidelity report              .fidelity_json
+    RUN/tau_sweep/ (+ .json/.md) the temperature sweep                  .tau_sweep
+
+A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
+folder of the same shape: ``config.json``, ``checkpoints/generator.pt`` during training,
+``samples/`` and the final ``generator.pt`` (:attr:`generator_final`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+"""the manifest file of a shard folder (``data/`` and ``latents/``)."""
+
+
+class RunDir:
+    """Paths of one run folder (nothing is created or read by building it)."""
+
+    def __init__(self, root: str | os.PathLike | RunDir) -> None:
+        self.root = root.root if isinstance(root, RunDir) else Path(root)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # -- top level -----------------------------------------------------------------------------
+
+    @property
+    def config_json(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def data_manifest(self) -> Path:
+        return self.data / MANIFEST
+
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents"
+
+    @property
+    def latents_manifest(self) -> Path:
+        return self.latents / MANIFEST
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def tb(self, stage: str | None = None) -> Path:
+        """TensorBoard folder (of one ``stage``)."""
+        return self.root / "tb" if stage is None else self.root / "tb" / stage
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def fidelity_json(self) -> Path:
+        return self.root / "fidelity.json"
+
+    @property
+    def tau_sweep(self) -> Path:
+        return self.root / "tau_sweep"
+
+    @property
+    def tau_sweep_json(self) -> Path:
+        return self.root / "tau_sweep.json"
+
+    @property
+    def tau_sweep_md(self) -> Path:
+        return self.root / "tau_sweep.md"
+
+    @property
+    def tune(self) -> Path:
+        """Ray Tune's own storage for the temperature sweep."""
+        return self.root / "tune"
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def vae(self) -> Path:
+        return self.checkpoints / "vae.pt"
+
+    @property
+    def vae_train(self) -> Path:
+        return self.checkpoints / "vae.train.pt"
+
+    @property
+    def mdrnn(self) -> Path:
+        return self.checkpoints / "mdrnn.pt"
+
+    @property
+    def mdrnn_train(self) -> Path:
+        return self.checkpoints / "mdrnn.train.pt"
+
+    def controller(self, k: int | None = None) -> Path:
+        """Round ``k``'s controller, or (``k=None``) the final one."""
+        return self.checkpoints / ("controller.npz" if k is None else f"controller_r{int(k)}.npz")
+
+    def cma_state(self, k: int) -> Path:
+        """Round ``k``'s resumable CMA-ES state."""
+        return self.checkpoints / f"cma_r{int(k)}.npz"
+
+    @property
+    def generator(self) -> Path:
+        """A generator's resumable checkpoint during training."""
+        return self.checkpoints / "generator.pt"
+
+    @property
+    def generator_final(self) -> Path:
+        """A trained generator (what ``generators.load`` reads)."""
+        return self.root / "generator.pt"
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        return self.config_json.is_file()
+
+    def has_world_model(self) -> bool:
+        return self.vae.is_file() and self.mdrnn.is_file()
