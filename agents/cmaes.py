@@ -18,12 +18,37 @@ import cma
 import numpy as np
 from tqdm.auto import tqdm
 
-from worldlab.config import CMAConfig
 from worldlab.io import atomic_savez
 from worldlab.logging import RunLogger
 
 # fitness(params (P, D), generation) -> mean return per candidate (P,), higher is better
 Fitness = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass
+class CMAConfig:
+    """Settings of the evolution of C (the ``cma`` package)."""
+
+    popsize: int = 64
+    """candidates per generation (the paper: 64)."""
+    rollouts: int = 16
+    """rollouts averaged per candidate (the paper: 16)."""
+    sigma0: float = 0.1
+    """initial step size."""
+    generations: int = 100
+    """generations per round (a resumed run continues up to this number)."""
+    seed: int = 0
+    """seed of cma's sampling and of the rollouts' starts."""
+
+    def __post_init__(self) -> None:
+        for k in ("rollouts", "generations"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"cma.{k} must be >= 1, got {getattr(self, k)}")
+        if self.popsize < 2:
+            raise ValueError(f"cma.popsize must be >= 2, got {self.popsize}")
+        if self.sigma0 <= 0:
+            raise ValueError(f"cma.sigma0 must be > 0, got {self.sigma0}")
+
 
 
 def _hash(x: np.ndarray) -> str:
@@ -95,7 +120,6 @@ def replay(dim: int, cfg: CMAConfig, state: EvolutionState, x0: np.ndarray | Non
 
 def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | None = None,
            logger: RunLogger | None = None, progress: bool = True, desc: str = "evolve",
-           on_generation: Callable[[int, EvolutionState, dict[str, float]], None] | None = None,
            x0: np.ndarray | None = None) -> EvolutionState:
     """Run CMA-ES up to ``cfg.generations`` generations, resuming from ``state_path`` if present.
 
@@ -134,8 +158,6 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
         if logger is not None:
             logger.scalars({f"{desc}/{k}": v for k, v in stats.items()}, g)
             logger.flush()
-        if on_generation is not None:
-            on_generation(g, state, stats)
         g += 1
         bar.update(1)
         bar.set_postfix(best=f"{stats['best']:.1f}", mean=f"{stats['mean']:.1f}", sigma=f"{es.sigma:.3g}")

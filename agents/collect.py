@@ -78,7 +78,7 @@ def collection_meta(task: str, policy: PolicySpec, seed: int, env_kwargs: dict[s
             "policy_kwargs": {k: v for k, v in policy.kwargs.items() if isinstance(v, (bool, int, float, str))},
             "seed": int(seed),
             "env_kwargs": env_kwargs,
-            "action_space": envs.task_of(env),
+            "action_space": envs.action_space_dict(env.action_space),
             "frame_size": int(env.observation_space.shape[0]),
             "max_episode_steps": int(env_kwargs.get("max_episode_steps")
                                      or (spec.max_episode_steps if spec else env.spec.max_episode_steps or 0)),

@@ -1,25 +1,35 @@
-"""Evaluate a run's final controller in the real environment, on Ray workers (or local processes)."""
+"""Scoring a controller in the real game: episodes on seeds no training generation used, spread
+over a pool of real-game workers (Ray actors, or local processes)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from agents.fitness import RealPool, generation_seeds
-from agents.report import summarize_returns
-from agents.watch import load_run
+import numpy as np
+
+from agents.controller import ControllerConfig
+from agents.fitness import EVAL_GENERATION, RealPool, generation_seeds
+from worldlab.world_model import WorldModel
 
 
-def evaluate_run(run_dir: str | Path, episodes: int = 100, workers: int = 2, seed: int = 12345,
-                 max_steps: int | None = None, address: str | None = None,
-                 backend: str = "ray", controller: str | Path | None = None) -> dict[str, Any]:
-    cfg, wm, ccfg, params = load_run(run_dir, controller)
+def summarize_returns(task: str, returns: list[float]) -> dict[str, Any]:
+    """``{"task", "episodes", "mean", "std", "min", "max", "returns"}`` of a list of returns."""
+    r = np.asarray(returns, dtype=np.float64)
+    return {"task": task, "episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
+            "min": float(r.min()), "max": float(r.max()), "returns": [float(x) for x in r]}
+
+
+def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, episodes: int = 100,
+             workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
+             backend: str = "ray") -> dict[str, Any]:
+    """Play ``episodes`` real episodes of ``task`` with the controller ``params`` acting on [z, h]
+    through ``wm``; returns :func:`summarize_returns` plus the seeds and episode lengths."""
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
-    pool = RealPool(cfg.task, wm, ccfg, workers, env_kwargs, address, backend=backend)
+    pool = RealPool(task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:
-        seeds = generation_seeds(seed, 10**6, episodes)
+        seeds = generation_seeds(seed, EVAL_GENERATION, episodes)
         res = pool.play([(params, s) for s in seeds])
     finally:
         pool.close()
-    return {**summarize_returns(cfg.task, [r["return"] for r in res]), "seeds": seeds,
+    return {**summarize_returns(task, [r["return"] for r in res]), "seeds": seeds,
             "lengths": [r["length"] for r in res]}

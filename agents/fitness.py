@@ -18,9 +18,14 @@ from agents.controller import BatchedController, ControllerConfig
 from worldlab.ray_utils import fetch_if_new
 from worldlab.world_model import WorldModel
 
+EVAL_GENERATION = 10**6
+"""The generation number whose seeds evaluations play: past any training generation, so a
+controller is never scored on the episodes it was evolved on."""
+
 
 def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
-    """Seeds of the ``rollouts`` episodes every candidate of ``generation`` plays."""
+    """Seeds of the ``rollouts`` episodes every candidate of ``generation`` plays (evaluations:
+    generation :data:`EVAL_GENERATION`)."""
     ss = np.random.SeedSequence([int(seed), int(generation), 0xC0FFEE])
     return [int(s) for s in ss.generate_state(rollouts)]
 
@@ -108,7 +113,7 @@ class RealEvalWorker:
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
              world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
-        from agents.controller_policy import ControllerPolicy
+        from agents.policies import ControllerPolicy
         from agents.rollout import run_episode
 
         fetched = fetch_if_new(world_model_ref, self._wm_key)

@@ -17,7 +17,7 @@ import multiprocessing as mp
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-from worldlab.config import BACKENDS
+BACKENDS = ("ray", "processes")  # merge: agents.pool
 
 _instance: Any = None  # the object a worker process holds
 

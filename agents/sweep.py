@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from worldlab.io import atomic_write_json, atomic_write_text
+from worldlab.rundir import RunDir
 
 
 def tau_trial(config: dict[str, Any]) -> None:
@@ -21,29 +22,28 @@ def tau_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from agents.cmaes import evolve
+    from agents.cmaes import CMAConfig, evolve
     from agents.controller import ControllerConfig, save_controller
-    from agents.fitness import DreamFitness, RealEvalWorker, generation_seeds
-    from worldlab.config import CMAConfig
+    from agents.fitness import EVAL_GENERATION, DreamFitness, RealEvalWorker, generation_seeds
     from worldlab.world_model import WorldModel
 
     torch.set_num_threads(1)
-    run_dir, tau = Path(config["run_dir"]), float(config["temperature"])
-    wm = WorldModel.load(run_dir)
+    run, tau = RunDir(config["run_dir"]), float(config["temperature"])
+    wm = WorldModel.load(run)
     ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
     cma_cfg = CMAConfig(popsize=config["popsize"], rollouts=config["rollouts"], generations=config["generations"],
                         seed=config["seed"])
     fit = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, tau, config.get("dream_steps"),
                        seed=cma_cfg.seed)
-    out = run_dir / "tau_sweep" / f"tau_{tau:g}"
+    out = run.tau_sweep / f"tau_{tau:g}"
     state = evolve(fit, ccfg.num_params, cma_cfg, out / "cma.npz", progress=False)
     save_controller(out / "controller.npz", ccfg, state.mean_params, temperature=tau)
     # the dream score of the final controller: fresh dreams at the same tau
     dream = DreamFitness(wm, ccfg, 1, config["eval_episodes"], tau, config.get("dream_steps"), seed=config["seed"] + 7)
-    dream_returns = dream.returns(state.mean_params[None], 10**6)[0].numpy()
+    dream_returns = dream.returns(state.mean_params[None], EVAL_GENERATION)[0].numpy()
     env_kwargs = {"max_episode_steps": config["real_steps"]} if config.get("real_steps") else {}
     worker = RealEvalWorker(wm.task, wm, ccfg, env_kwargs)
-    seeds = generation_seeds(config["seed"], 10**6, config["eval_episodes"])
+    seeds = generation_seeds(config["seed"], EVAL_GENERATION, config["eval_episodes"])
     real = [r["return"] for r in worker.play([(state.mean_params, s) for s in seeds])]
     tune.report({"temperature": tau, "dream_mean": float(np.mean(dream_returns)),
                  "dream_std": float(np.std(dream_returns)), "real_mean": float(np.mean(real)),
@@ -59,28 +59,28 @@ def temperature_sweep(run_dir: str | Path, taus: list[float], generations: int =
 
     from worldlab.ray_utils import init_ray
 
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "checkpoints" / "mdrnn.pt").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained world model; run scripts/dream_train.py first")
+    run = RunDir(Path(run_dir).resolve())
+    if not run.has_world_model():
+        raise FileNotFoundError(f"{run} holds no trained world model; run scripts/dream_train.py first")
     if not taus or any(t <= 0 for t in taus):
         raise ValueError(f"temperatures must be > 0, got {taus}")
     init_ray(address)
-    space = {"run_dir": str(run_dir), "temperature": tune.grid_search([float(t) for t in taus]),
+    space = {"run_dir": str(run), "temperature": tune.grid_search([float(t) for t in taus]),
              "generations": generations, "popsize": popsize, "rollouts": rollouts, "eval_episodes": eval_episodes,
              "dream_steps": dream_steps, "real_steps": real_steps, "seed": seed}
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(tune.with_resources(tau_trial, {"cpu": cpus_per_trial}), param_space=space,
-                       run_config=tune.RunConfig(name="tau_sweep", storage_path=str(run_dir / "tune"), verbose=0))
+                       run_config=tune.RunConfig(name="tau_sweep", storage_path=str(run.tune), verbose=0))
     results = tuner.fit()
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} temperature trial(s) failed: {errors[0]}")
     rows = sorted(({k: r.metrics[k] for k in ("temperature", "dream_mean", "dream_std", "real_mean", "real_std",
                                                 "real_returns")} for r in results), key=lambda d: d["temperature"])
-    atomic_write_json(run_dir / "tau_sweep.json", {"rows": rows, "generations": generations, "popsize": popsize,
+    atomic_write_json(run.tau_sweep_json, {"rows": rows, "generations": generations, "popsize": popsize,
                                                    "rollouts": rollouts, "eval_episodes": eval_episodes})
     lines = ["| tau | dream score | real score |", "|---|---|---|"]
     lines += [f"| {r['temperature']:g} | {r['dream_mean']:.1f} ± {r['dream_std']:.1f} | "
               f"{r['real_mean']:.1f} ± {r['real_std']:.1f} |" for r in rows]
-    atomic_write_text(run_dir / "tau_sweep.md", "\n".join(lines) + "\n")
+    atomic_write_text(run.tau_sweep_md, "\n".join(lines) + "\n")
     return rows

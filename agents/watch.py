@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-from agents.controller import BatchedController, ControllerConfig, load_controller
-from agents.controller_policy import ControllerPolicy
+from agents.controller import BatchedController, ControllerConfig
+from agents.policies import ControllerPolicy
 from worldlab.world_model import WorldModel
 
 PANE = 384  # pixels per side of one pane
@@ -80,31 +80,9 @@ def dream_frames(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, see
                      for f, R, _ in dream_episode(wm, ccfg, params, seed, temperature, max_steps)])
 
 
-def load_run(run_dir: str | Path, controller: str | Path | None = None
-             ) -> tuple[Any, WorldModel, ControllerConfig, np.ndarray]:
-    """The run's config, world model and final controller (or the ``controller`` file given, e.g.
-    one of ``RUN/tau_sweep/tau_*/controller.npz``), with one-line errors when absent."""
-    from worldlab.config import RunConfig
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist; train one with "
-                                f"python scripts/dream_train.py TASK --out {run_dir}")
-    cfg = RunConfig.load(run_dir)
-    wm = WorldModel.load(run_dir, task=cfg.task)
-    path = Path(controller) if controller is not None else run_dir / "checkpoints" / "controller.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"controller {path} does not exist; evolve one with scripts/dream_train.py "
-                                f"(or scripts/sweep_temperature.py), or pass another --controller")
-    ccfg, params, _ = load_controller(path)
-    if ccfg.input_size != wm.obs_size:
-        raise ValueError(f"the controller takes inputs of size {ccfg.input_size} but the world model gives "
-                         f"{wm.obs_size}: it belongs to another world model; evolve it again")
-    return cfg, wm, ccfg, params
-
-
-def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None,
-          fps: int = 50, max_steps: int | None = None, renderer: str | Path | None = None) -> dict[str, list[float]]:
+def watch(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, temperature: float = 1.0,
+          mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None, fps: int = 50,
+          max_steps: int | None = None, renderer: str | Path | None = None) -> dict[str, list[float]]:
     """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
 
     ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
@@ -114,11 +92,7 @@ def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int 
     """
     if mode not in ("real", "dream", "both"):
         raise ValueError(f"mode must be real, dream or both, got {mode!r}")
-    cfg, wm, ccfg, params = load_run(run_dir)
     if renderer is not None:
-        if not Path(renderer).is_file():
-            raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "
-                                    f"python scripts/renderer_report.py {run_dir}")
         import generators
 
         renderer = generators.load(renderer)
@@ -129,7 +103,7 @@ def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int 
         pygame.init()
         width = PANE * (2 if mode == "both" else 1)
         window = pygame.display.set_mode((width, PANE))
-        pygame.display.set_caption(f"worldlab: {cfg.task} ({mode})")
+        pygame.display.set_caption(f"worldlab: {task} ({mode})")
         clock = pygame.time.Clock()
     frames: list[np.ndarray] = []
     returns: dict[str, list[float]] = {"real": [], "dream": []}
@@ -138,9 +112,9 @@ def watch(run_dir: str | Path, mode: str = "both", episodes: int = 1, seed: int 
             s = seed + ep
             streams: dict[str, Iterator[tuple[np.ndarray, float, bool]]] = {}
             if mode in ("real", "both"):
-                streams["real"] = real_episode(cfg.task, wm, ccfg, params, s, max_steps)
+                streams["real"] = real_episode(task, wm, ccfg, params, s, max_steps)
             if mode in ("dream", "both"):
-                streams["dream"] = dream_episode(wm, ccfg, params, s, cfg.dream.temperature, max_steps, renderer)
+                streams["dream"] = dream_episode(wm, ccfg, params, s, temperature, max_steps, renderer)
             last: dict[str, tuple[np.ndarray, float, bool]] = {}
             while streams:
                 for name in list(streams):

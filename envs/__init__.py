@@ -17,7 +17,7 @@ from gymnasium import spaces
 from envs.tasks import TASKS, TaskSpec, get_task
 from envs.wrappers import PreprocessFrame, ThresholdAction
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "make", "task_of", "task_of_space", "PreprocessFrame", "ThresholdAction",
+__all__ = ["TASKS", "TaskSpec", "get_task", "make", "action_space_dict", "PreprocessFrame", "ThresholdAction",
            "register_envs"]
 
 
@@ -87,13 +87,10 @@ def _make_doom(spec: TaskSpec, size: int, render_mode: str | None, limit: int, p
     return env
 
 
-def task_of(env: gym.Env) -> dict[str, Any]:
-    """A JSON-able description of an env's action space (stored in manifests and checkpoints)."""
-    return task_of_space(env.action_space)
-
-
-def task_of_space(space: spaces.Space) -> dict[str, Any]:
-    """A JSON-able description of an action space."""
+def action_space_dict(space: spaces.Space) -> dict[str, Any]:
+    """A JSON-able description of an action space, as manifests and checkpoints store it
+    (``{"type": "box", "shape", "low", "high"}`` or ``{"type": "discrete", "n"}``; the inverse is
+    :func:`envs.dream.action_space_from`)."""
     if isinstance(space, spaces.Box):
         return {"type": "box", "shape": list(space.shape), "low": np.asarray(space.low).tolist(),
                 "high": np.asarray(space.high).tolist()}

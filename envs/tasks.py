@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -23,30 +23,19 @@ class TaskSpec:
     """the action space the agent sees: {"type": "box", "shape", "low", "high"} or {"type": "discrete", "n"}."""
     max_episode_steps: int
     """time limit (the paper's: 1000 for CarRacing, 2100 for Doom)."""
-    solved: float
-    """return threshold at which the task counts as solved."""
     z_size: int
     """the paper's VAE latent size."""
     rnn_hidden: int
     """the paper's MDN-RNN LSTM size."""
-    frame_size: int = 64
-    """side of the square uint8 RGB frames the world model sees."""
     make_kwargs: dict[str, Any] = field(default_factory=dict)
     """defaults passed to ``envs.make`` for this task."""
-    random_return: float | None = None
-    """mean return of a random policy, where known (for reports)."""
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.action_space["shape"][0]) if self.action_space["type"] == "box" else 1
-
     @property
     def controller_params(self) -> int:
-        """Parameters of the paper's linear controller on [z, h]."""
-        return (self.z_size + self.rnn_hidden) * self.action_dim + self.action_dim
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Parameters of the paper's linear controller on [z, h] (Box actions: one output per dimension)."""
+        if self.action_space["type"] != "box":
+            raise ValueError(f"{self.name}: the paper's controller needs a Box action space")
+        outputs = int(self.action_space["shape"][0])
+        return (self.z_size + self.rnn_hidden) * outputs + outputs
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -55,21 +44,17 @@ TASKS: dict[str, TaskSpec] = {
         gym_id="worldlab/CarRacing-v3",
         action_space={"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]},
         max_episode_steps=1000,
-        solved=900.0,
         z_size=32,
         rnn_hidden=256,
-        random_return=None,
     ),
     "doom_take_cover": TaskSpec(
         name="doom_take_cover",
         gym_id="VizdoomTakeCover-v1",
         action_space={"type": "box", "shape": [1], "low": [-1.0], "high": [1.0]},
         max_episode_steps=2100,
-        solved=750.0,
         z_size=64,
         rnn_hidden=512,
         make_kwargs={"paper_actions": True},
-        random_return=210.0,
     ),
 }
 

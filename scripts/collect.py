@@ -10,7 +10,7 @@ import sys
 
 from agents.collect import collect
 from agents.policies import POLICIES
-from worldlab.config import BACKENDS
+from agents.processes import BACKENDS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,20 +18,19 @@ import sys
 from pathlib import Path
 
 
-def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
-    import envs
-    from worldlab.config import RunConfig, override, preset
+def build_config(args: argparse.Namespace):  # noqa: ANN201 - (RunConfig, RunDir)
+    from agents.world_models import RunConfig, override, preset
+    from worldlab.rundir import RunDir
 
-    spec = envs.get_task(args.task)
-    run_dir = Path(args.out or f"runs/{args.task}")
+    run = RunDir(args.out or Path("runs") / args.task)
     if args.resume:  # the saved config; flags given beside --resume still apply (and are checked)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"nothing to resume: {run_dir} holds no config.json (drop --resume to start it)")
-        cfg = RunConfig.load(run_dir)
+        if not run.is_run():
+            raise FileNotFoundError(f"nothing to resume: {run} holds no config.json (drop --resume to start it)")
+        cfg = RunConfig.load(run)
         if cfg.task != args.task:
-            raise ValueError(f"{run_dir} is a {cfg.task} run, not {args.task}")
+            raise ValueError(f"{run} is a {cfg.task} run, not {args.task}")
     else:
-        cfg = preset(args.preset, args.task, spec.z_size, spec.rnn_hidden, spec.action_dim)
+        cfg = preset(args.preset, args.task)
     sets = list(args.set)
     for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
                       ("train_workers", "train_workers"), ("backend", "backend"),
@@ -40,15 +39,15 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - RunConfig
         v = getattr(args, flag)
         if v is not None:
             sets.append(f"{key}={v}")
-    return override(cfg, sets), run_dir
+    return override(cfg, sets), run
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldlab.config import BACKENDS
+    from agents.world_models.config import BACKENDS, PRESETS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="car_racing or doom_take_cover")
-    p.add_argument("--preset", choices=("smoke", "default", "paper"), default="default",
+    p.add_argument("--preset", choices=PRESETS, default="default",
                    help="smoke: minutes (tests); default: ~1-2 h on a 2-core laptop; paper: a cluster or GPU")
     p.add_argument("--out", default=None, help="run folder (default runs/TASK)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its saved config")
@@ -74,27 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
-        cfg, run_dir = build_config(args)
-        if run_dir.exists() and (run_dir / "config.json").exists() and not args.resume:
-            from worldlab.config import RunConfig
+        from agents.world_models import DreamTrainer, check_resumable
 
-            if RunConfig.load(run_dir) != cfg:
-                raise ValueError(f"{run_dir} already holds a run with other settings; pass --resume to continue it "
-                                 f"or choose another --out")
+        cfg, run = build_config(args)
+        check_resumable(run, cfg, resume=args.resume)
         if args.out is None:  # the default runs/TASK: runs/ is made on a fresh clone
-            run_dir.parent.mkdir(exist_ok=True)
-        if not run_dir.parent.exists():
-            raise FileNotFoundError(f"the parent of the run folder does not exist: {run_dir.parent}")
-        from agents.world_models import WorldModels
-
-        algo = WorldModels(cfg, run_dir, address=args.address, progress=not args.no_progress, threads=args.threads)
-        res = algo.learn()
+            run.root.parent.mkdir(exist_ok=True)
+        if not run.root.parent.exists():
+            raise FileNotFoundError(f"the parent of the run folder does not exist: {run.root.parent}")
+        trainer = DreamTrainer(cfg, run, address=args.address, progress=not args.no_progress, threads=args.threads)
+        res = trainer.learn()
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes "
           f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min) -> "
-          f"{run_dir / 'report.md'}")
+          f"{run.report}")
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worldlab.config import BACKENDS
+    from agents.world_models.config import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by scripts/dream_train.py")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-        from agents.evaluate import evaluate_run
+        from agents.world_models.runs import evaluate_run
 
         res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
                            address=args.address, backend=args.backend,

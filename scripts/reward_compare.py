@@ -36,14 +36,15 @@ sys.path.insert(0, str(ROOT))
 import generators  # noqa: E402
 from agents.cmaes import evolve  # noqa: E402
 from agents.controller import ControllerConfig, load_controller, save_controller  # noqa: E402
-from agents.fitness import DreamFitness, RealPool, generation_seeds  # noqa: E402
-from agents.report import summarize_returns  # noqa: E402
+from agents.evaluate import summarize_returns  # noqa: E402
+from agents.fitness import EVAL_GENERATION, DreamFitness, RealPool, generation_seeds  # noqa: E402
+from agents.world_models.config import RunConfig  # noqa: E402
 from generators.data import GenData  # noqa: E402
 from generators.reward import novelty_penalty  # noqa: E402
 from generators.train import FitConfig  # noqa: E402
-from worldlab.config import RunConfig  # noqa: E402
 from worldlab.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from worldlab.logging import RunLogger  # noqa: E402
+from worldlab.rundir import RunDir  # noqa: E402
 from worldlab.storage import Manifest, load_shard  # noqa: E402
 from worldlab.world_model import WorldModel  # noqa: E402
 
@@ -52,13 +53,13 @@ FLOW = {"hidden": 128, "mlp_layers": 2}
 the penalty is evaluated for every dream at every step, so it must cost less than M's step."""
 
 
-def latents(run: Path, held_out: bool, every: int = 10, seed: int = 0) -> torch.Tensor:
+def latents(run: RunDir, held_out: bool, every: int = 10, seed: int = 0) -> torch.Tensor:
     """Latents ``z ~ q(z | x)`` (N, Z) of the run's real frames: held-out episodes (index % every == 0) or the rest.
 
     Posterior samples, not means: M was trained on such samples and the dream's z are drawn like
     them, so the flow must know their spread (a flow of the means alone calls most dream states novel).
     """
-    d = run / "latents"
+    d = run.latents
     m = Manifest.open(d)
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -73,17 +74,18 @@ def latents(run: Path, held_out: bool, every: int = 10, seed: int = 0) -> torch.
     return torch.cat(out)
 
 
-def train_flow(run: Path, out: Path, steps: int, progress: bool) -> tuple[Any, dict[str, float]]:
+def train_flow(run: RunDir, out: Path, steps: int, progress: bool) -> tuple[Any, dict[str, float]]:
     train, test = latents(run, False), latents(run, True)
     data = GenData("latents", train)
-    if (out / "generator.pt").exists() and (out / "steps.json").exists() and read_json(out / "steps.json")["steps"] == steps:
-        flow = generators.load(out / "generator.pt")
+    model_path = RunDir(out).generator_final
+    if model_path.exists() and (out / "steps.json").exists() and read_json(out / "steps.json")["steps"] == steps:
+        flow = generators.load(model_path)
     else:
         torch.manual_seed(0)
         flow = generators.model_for("realnvp", data, **FLOW)
         generators.fit(flow, data, FitConfig(steps=steps, lr=1e-4, batch_size=256, seed=0), out=out,
                        progress=progress)
-        flow.save(out / "generator.pt")
+        flow.save(model_path)
         atomic_write_json(out / "steps.json", {"steps": steps})
     flow.eval()
     with torch.no_grad():
@@ -112,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", default=None, help="write the result as Markdown here (e.g. docs/REWARD.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
-    run = Path(args.run)
-    final = run / "checkpoints" / "controller.npz"
-    if not final.exists() or not (run / "latents").exists():
+    run = RunDir(args.run)
+    final = run.controller()
+    if not final.exists() or not run.latents.exists():
         print(f"error: {run} is not a finished run (no checkpoints/controller.npz or latents/); "
               f"run python scripts/dream_train.py TASK --out {run} first", file=sys.stderr)
         return 2
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     cfg = RunConfig.load(run)
-    out = run / "reward_compare"
+    out = run.reward_compare
     wm = WorldModel.load(run)
     ccfg, base_params, _ = load_controller(final)
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     save_controller(pen_path, ccfg, state.mean_params, generations=cma.generations, scale=args.scale)
     pen_params = state.mean_params
 
-    seeds = generation_seeds(cfg.seed, 10**6, args.episodes)  # dream_train's evaluation seeds
+    seeds = generation_seeds(cfg.seed, EVAL_GENERATION, args.episodes)  # dream_train's evaluation seeds
     env_kwargs = {"max_episode_steps": cfg.eval.max_steps} if cfg.eval.max_steps else {}
     pool = RealPool(cfg.task, wm.cpu(), ccfg, args.workers, env_kwargs)
     try:

@@ -26,12 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--renderer", default=None, metavar="PT",
                    help="draw the dream with a trained renderer (scripts/renderer_report.py) instead of V")
     args = p.parse_args(argv)
-    from agents.watch import has_display, watch
+    from agents.watch import has_display
+    from agents.world_models.runs import watch_run
 
     try:
         if args.record is None and not has_display():
             raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set SDL_VIDEODRIVER=dummy)")
-        res = watch(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
+        res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
                     fps=args.fps, max_steps=args.max_steps, renderer=args.renderer)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cmaes import EvolutionState, evolve
+from agents.cmaes import CMAConfig, EvolutionState, evolve
 from agents.controller import (
     BatchedController,
     ControllerConfig,
@@ -23,7 +23,6 @@ from agents.controller import (
     squash_actions,
 )
 from agents.fitness import DreamFitness, RealPool
-from worldlab.config import CMAConfig
 from worldlab.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +148,7 @@ from test_agents import small_wm
 from agents.cmaes import evolve
 from agents.controller import ControllerConfig
 from agents.fitness import DreamFitness
-from worldlab.config import CMAConfig
+from agents.cmaes import CMAConfig
 torch.set_num_threads(1)
 wm = small_wm()
 cfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, "car_racing")

@@ -24,16 +24,17 @@ def falling(values: list[float]) -> bool:
 def test_stages_train_on_cuda_and_load_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     import json
 
-    from worldlab.stages import encode, train_mdrnn, train_vae
+    from agents.world_models import RunConfig
+    from agents.world_models.stages import encode_latents, train_memory, train_vision
     from worldlab.training import TrainConfig
 
     shutil.copytree(tiny_data, tmp_path / "data")
-    vae = train_vae(tmp_path, train_cfg=TrainConfig(steps=30, lr=1e-3, amp="auto", log_every=3), batch_size=32,
-                    device="cuda", progress=False, tensorboard=False)
+    cfg = RunConfig(device="cuda", vae_train=TrainConfig(steps=30, lr=1e-3, amp="auto", log_every=3), vae_batch=32,
+                    mdrnn_train=TrainConfig(steps=30, lr=3e-3, log_every=3), mdrnn_batch=4, seq_len=32)
+    vae = train_vision(tmp_path, cfg, progress=False, tensorboard=False)
     assert vae.device.type == "cuda"
-    encode(tmp_path, device="cuda", progress=False)
-    train_mdrnn(tmp_path, train_cfg=TrainConfig(steps=30, lr=3e-3, log_every=3), batch_size=4, seq_len=32,
-                device="cuda", progress=False, tensorboard=False)
+    encode_latents(tmp_path, cfg, vae, progress=False)
+    train_memory(tmp_path, cfg, vae.meta["id"], progress=False, tensorboard=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for stage in ("vae", "mdrnn"):
         loss = [r["value"] for r in rows if r["stage"] == stage and r["name"].endswith("loss")]

@@ -18,10 +18,11 @@ import psutil
 import pytest
 import torch
 
+from agents.world_models import DreamTrainer, RunConfig, override, preset
+from agents.world_models.stages import encode_latents, train_memory, train_vision
 from worldlab.io import torch_load
 from worldlab.logging import read_metrics
 from worldlab.mdrnn import MDRNN, MDRNNConfig
-from worldlab.stages import encode, train_mdrnn, train_vae
 from worldlab.training import TrainConfig
 from worldlab.vae import ConvVAE, VAEConfig
 
@@ -39,6 +40,17 @@ def m_cfg(steps: int = M_STEPS) -> TrainConfig:
     return TrainConfig(steps=steps, lr=3e-3, log_every=2, checkpoint_every=4)
 
 
+def train_vae(run: Path, steps: int = V_STEPS, batch: int = 16, workers: int = 1) -> ConvVAE:
+    cfg = RunConfig(vae=SMALL_V, vae_train=v_cfg(steps), vae_batch=batch, train_workers=workers)
+    return train_vision(run, cfg, progress=False, tensorboard=False)
+
+
+def train_mdrnn(run: Path, steps: int = M_STEPS, workers: int = 1) -> MDRNN:
+    cfg = RunConfig(vae=SMALL_V, mdrnn=SMALL_M, mdrnn_train=m_cfg(steps), mdrnn_batch=4, seq_len=16,
+                    train_workers=workers)
+    return train_memory(run, cfg, progress=False, tensorboard=False)
+
+
 def falling(values: list[float]) -> bool:
     k = max(1, len(values) // 3)
     return float(np.mean(values[-k:])) < float(np.mean(values[:k]))
@@ -50,8 +62,8 @@ def ddp_run(tiny_data: Path, ray_session, tmp_path_factory: pytest.TempPathFacto
     that checkpoint) up to V_STEPS on 2 Ray Train workers. One Ray Train run: each costs seconds."""
     run = tmp_path_factory.mktemp("ddp_run")
     shutil.copytree(tiny_data, run / "data")
-    train_vae(run, SMALL_V, v_cfg(FIRST), batch_size=16, progress=False, tensorboard=False)
-    train_vae(run, SMALL_V, v_cfg(), batch_size=16, progress=False, tensorboard=False, train_workers=2)
+    train_vae(run, FIRST)
+    train_vae(run, workers=2)
     return run
 
 
@@ -83,7 +95,7 @@ def test_checkpoints_are_the_single_process_format(ddp_run: Path) -> None:
 
 def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run: Path) -> None:
     n_logged = len(read_metrics(ddp_run, "vae", "vae/loss"))
-    vae = train_vae(ddp_run, SMALL_V, v_cfg(V_STEPS + 4), batch_size=16, progress=False, tensorboard=False)
+    vae = train_vae(ddp_run, V_STEPS + 4)
     new = read_metrics(ddp_run, "vae", "vae/loss")[n_logged:]
     assert [r["step"] for r in new] == [V_STEPS + 2, V_STEPS + 4]  # from the saved step, not from scratch
     assert vae.meta["steps"] == V_STEPS + 4 and "train_workers" not in vae.meta
@@ -93,9 +105,9 @@ def test_a_ddp_checkpoint_resumes_in_one_process(ddp_run: Path) -> None:
 def test_m_trains_on_two_workers_and_resumes(tiny_data: Path, ray_session, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_data, run / "data")
-    train_vae(run, SMALL_V, v_cfg(FIRST), batch_size=16, progress=False, tensorboard=False)
-    encode(run, progress=False)
-    train_mdrnn(run, SMALL_M, m_cfg(), batch_size=4, seq_len=16, progress=False, tensorboard=False, train_workers=2)
+    train_vae(run, FIRST)
+    encode_latents(run, RunConfig(vae=SMALL_V), progress=False)
+    train_mdrnn(run, workers=2)
     recs = read_metrics(run, "mdrnn", "mdrnn/loss")
     values = [r["value"] for r in recs]
     assert [r["step"] for r in recs] == list(range(2, M_STEPS + 1, 2))
@@ -103,8 +115,7 @@ def test_m_trains_on_two_workers_and_resumes(tiny_data: Path, ray_session, tmp_p
     m = MDRNN.load(run / "checkpoints" / "mdrnn.pt")
     assert m.meta["steps"] == M_STEPS and m.meta["start_mu"].shape == (5, 32)
     assert not [k for k in torch_load(run / "checkpoints" / "mdrnn.train.pt")["model"] if k.startswith("module.")]
-    train_mdrnn(run, SMALL_M, m_cfg(M_STEPS + 4), batch_size=4, seq_len=16, progress=False, tensorboard=False,
-                train_workers=2)
+    train_mdrnn(run, M_STEPS + 4, workers=2)
     assert [r["step"] for r in read_metrics(run, "mdrnn", "mdrnn/loss")[len(recs):]] == [M_STEPS + 2, M_STEPS + 4]
     assert MDRNN.load(run / "checkpoints" / "mdrnn.pt").meta["steps"] == M_STEPS + 4
 
@@ -113,22 +124,25 @@ def test_m_trains_on_two_workers_and_resumes(tiny_data: Path, ray_session, tmp_p
 def test_a_worker_error_comes_back_as_itself(tiny_data: Path, ray_session, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_data, run / "data")
-    cfg = TrainConfig(steps=50, lr=1e12, log_every=2, checkpoint_every=100)
+    cfg = RunConfig(vae=SMALL_V, vae_train=TrainConfig(steps=50, lr=1e12, log_every=2, checkpoint_every=100),
+                    vae_batch=16, train_workers=2)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_vae(run, SMALL_V, cfg, batch_size=16, progress=False, tensorboard=False, train_workers=2)
+        train_vision(run, cfg, progress=False, tensorboard=False)
     assert not (run / "checkpoints" / "vae.pt").exists()
 
 
 KILLED = """
 import sys
 from worldlab.ray_utils import init_ray
-from worldlab.stages import train_vae
+from agents.world_models import RunConfig
+from agents.world_models.stages import train_vision
 from worldlab.training import TrainConfig
 from worldlab.vae import VAEConfig
 init_ray(num_cpus=2)
-train_vae(sys.argv[1], VAEConfig(channels=(8, 16, 32, 64), dec_channels=(32, 16, 8)),
-          TrainConfig(steps=100000, lr=2e-3, log_every=2, checkpoint_every=4), batch_size=16, progress=False,
-          tensorboard=False, train_workers=2)
+cfg = RunConfig(vae=VAEConfig(channels=(8, 16, 32, 64), dec_channels=(32, 16, 8)),
+                vae_train=TrainConfig(steps=100000, lr=2e-3, log_every=2, checkpoint_every=4), vae_batch=16,
+                train_workers=2)
+train_vision(sys.argv[1], cfg, progress=False, tensorboard=False)
 """
 
 
@@ -158,7 +172,7 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(tiny_data: Path, ray_
     saved = int(torch_load(state_path)["step"])
     assert saved >= 4 and saved % 4 == 0 and not (run / "checkpoints" / "vae.pt").exists()
     n_logged = len(read_metrics(run, "vae", "vae/loss"))
-    vae = train_vae(run, SMALL_V, v_cfg(saved + 4), batch_size=16, progress=False, tensorboard=False, train_workers=2)
+    vae = train_vae(run, saved + 4, workers=2)
     new = read_metrics(run, "vae", "vae/loss")[n_logged:]
     assert [r["step"] for r in new] == [saved + 2, saved + 4]
     assert vae.meta["steps"] == saved + 4 and torch_load(state_path)["step"] == saved + 4
@@ -179,26 +193,23 @@ def test_bad_worker_counts_fail_with_one_line(tiny_data: Path, tmp_path: Path, r
     run = tmp_path / "r"
     shutil.copytree(tiny_data, run / "data")
     with pytest.raises(ValueError, match="--train-workers"):
-        train_vae(run, SMALL_V, v_cfg(), batch_size=16, progress=False, tensorboard=False, train_workers=0)
+        train_vae(run, workers=0)
     with pytest.raises(ValueError, match="needs 3 CPUs"):  # more workers than the Ray cluster has cores
-        train_vae(run, SMALL_V, v_cfg(), batch_size=16, progress=False, tensorboard=False, train_workers=3)
+        train_vae(run, workers=3)
     with pytest.raises(ValueError, match="needs at least 9 training episodes"):
-        train_vae(run, SMALL_V, v_cfg(), batch_size=16, progress=False, tensorboard=False, train_workers=9)
+        train_vae(run, workers=9)
     with pytest.raises(ValueError, match="less than its batch of 2000"):
-        train_vae(run, SMALL_V, v_cfg(), batch_size=4000, progress=False, tensorboard=False, train_workers=2)
+        train_vae(run, batch=4000, workers=2)
     assert not (run / "checkpoints").exists()
 
 
 def test_a_run_may_resume_with_another_number_of_training_workers(tmp_path: Path) -> None:
-    from agents.world_models import WorldModels
-    from worldlab.config import RunConfig, override, preset
-
-    cfg = preset("smoke", "car_racing", 32, 256, 3)
-    WorldModels(cfg, tmp_path, progress=False)
+    cfg = preset("smoke", "car_racing")
+    DreamTrainer(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["train_workers"]  # a run started before the field existed reads as train_workers=1
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    WorldModels(override(cfg, ["train_workers=2"]), tmp_path, progress=False)
+    DreamTrainer(override(cfg, ["train_workers=2"]), tmp_path, progress=False)
     assert RunConfig.load(tmp_path).train_workers == 2
     with pytest.raises(ValueError, match="differs in cma.popsize"):
-        WorldModels(override(cfg, ["train_workers=2", "cma.popsize=4"]), tmp_path, progress=False)
+        DreamTrainer(override(cfg, ["train_workers=2", "cma.popsize=4"]), tmp_path, progress=False)

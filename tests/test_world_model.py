@@ -9,12 +9,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import distributions as D
 
+from agents.world_models.config import RunConfig
+from agents.world_models.stages import encode_latents, train_memory, train_vision
 from worldlab.logging import read_metrics
 from worldlab.mdrnn import (
     MDRNN,
@@ -24,7 +27,6 @@ from worldlab.mdrnn import (
     sample_mixture,
     split_head,
 )
-from worldlab.stages import encode, train_mdrnn, train_vae
 from worldlab.storage import Manifest
 from worldlab.training import TrainConfig
 from worldlab.vae import ConvVAE, VAEConfig
@@ -41,14 +43,32 @@ def m_cfg(steps: int = M_STEPS) -> TrainConfig:
     return TrainConfig(steps=steps, lr=3e-3, log_every=5, checkpoint_every=10)
 
 
+def stage_cfg(vae_steps: int = VAE_STEPS, m_steps: int = M_STEPS, **kw: Any) -> RunConfig:
+    """The config the V, encode and M stages read: batches of 32 frames and 4 windows of 32 steps."""
+    return RunConfig(vae_train=vae_cfg(vae_steps), vae_batch=32, mdrnn_train=m_cfg(m_steps), mdrnn_batch=4,
+                     seq_len=32, **kw)
+
+
+def train_vae(run: Path, cfg: RunConfig | None = None) -> ConvVAE:
+    return train_vision(run, cfg or stage_cfg(), progress=False, tensorboard=False)
+
+
+def train_mdrnn(run: Path, cfg: RunConfig | None = None) -> MDRNN:
+    return train_memory(run, cfg or stage_cfg(), progress=False, tensorboard=False)
+
+
+def encode(run: Path) -> Manifest:
+    return encode_latents(run, stage_cfg(), progress=False)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the tiny data with V and M trained a few steps (the real stages)."""
     run = tmp_path_factory.mktemp("wm_run")
     shutil.copytree(tiny_data, run / "data")
-    train_vae(run, train_cfg=vae_cfg(), batch_size=32, progress=False, tensorboard=False)
-    encode(run, progress=False)
-    train_mdrnn(run, train_cfg=m_cfg(), batch_size=4, seq_len=32, progress=False, tensorboard=False)
+    train_vae(run)
+    encode(run)
+    train_mdrnn(run)
     return run
 
 
@@ -194,13 +214,12 @@ def test_world_model_round_trip(trained_run: Path, tmp_path: Path) -> None:
 def test_stages_skip_when_complete_and_resume(trained_run: Path) -> None:
     ck = trained_run / "checkpoints"
     before = (ck / "vae.pt").stat().st_mtime_ns, (ck / "mdrnn.pt").stat().st_mtime_ns
-    train_vae(trained_run, train_cfg=vae_cfg(), batch_size=32, progress=False, tensorboard=False)
-    train_mdrnn(trained_run, train_cfg=m_cfg(), batch_size=4, seq_len=32, progress=False, tensorboard=False)
+    train_vae(trained_run)
+    train_mdrnn(trained_run)
     assert ((ck / "vae.pt").stat().st_mtime_ns, (ck / "mdrnn.pt").stat().st_mtime_ns) == before
     # asking for more steps resumes from the resumable state (step M_STEPS), not from scratch
     n_logged = len(read_metrics(trained_run, "mdrnn", "mdrnn/loss"))
-    train_mdrnn(trained_run, train_cfg=m_cfg(M_STEPS + 10), batch_size=4, seq_len=32, progress=False,
-                tensorboard=False)
+    train_mdrnn(trained_run, stage_cfg(m_steps=M_STEPS + 10))
     new = read_metrics(trained_run, "mdrnn", "mdrnn/loss")[n_logged:]
     assert [r["step"] for r in new] == [M_STEPS + 5, M_STEPS + 10]
     assert MDRNN.load(ck / "mdrnn.pt").meta["steps"] == M_STEPS + 10
@@ -215,7 +234,7 @@ def test_encode_resumes_missing_episodes_only(trained_run: Path, tmp_path: Path)
     mtimes = {i: (run / "latents" / e["file"]).stat().st_mtime_ns for i, e in lat.episodes.items()}
     del lat.episodes[first]
     lat.save()  # as if killed before episode `first` was recorded
-    encode(run, progress=False)
+    encode(run)
     lat2 = Manifest.open(run / "latents")
     assert first in lat2.episodes
     for i in untouched:
@@ -272,7 +291,7 @@ def test_resume_refuses_another_architecture(trained_run: Path, tmp_path: Path) 
     shutil.copytree(trained_run, run)
     (run / "checkpoints" / "vae.pt").unlink()
     with pytest.raises(WorldModelError, match="another V config"):
-        train_vae(run, VAEConfig(z_size=16), vae_cfg(), batch_size=32, progress=False, tensorboard=False)
+        train_vae(run, stage_cfg(vae=VAEConfig(z_size=16)))
 
 
 def test_fidelity_report(trained_run: Path) -> None:

@@ -25,13 +25,14 @@ import torch
 
 from worldlab.io import atomic_write_json
 from worldlab.mdrnn import mixture_log_prob, sample_mixture
+from worldlab.rundir import RunDir
 from worldlab.storage import Manifest, load_shard
 from worldlab.vae import image_grid, save_png, to_uint8_hwc, vae_recon_mse
 from worldlab.world_model import WorldModel
 
 
-def _episodes(run_dir: Path, wm: WorldModel, episodes: list[int] | None, max_episodes: int) -> list[int]:
-    data = Manifest.open(run_dir / "data")
+def _episodes(run: RunDir, wm: WorldModel, episodes: list[int] | None, max_episodes: int) -> list[int]:
+    data = Manifest.open(run.data)
     if episodes is None:
         held = [int(i) for i in wm.mdrnn.meta.get("heldout", []) if int(i) in data.episodes]
         episodes = held or sorted(data.episodes)[-max_episodes:]
@@ -109,11 +110,11 @@ def fidelity_report(run_dir: str | os.PathLike, *, episodes: list[int] | None = 
                     context: int = 16, horizon: int = 32, device: str | torch.device = "cpu",
                     video: bool = True) -> dict[str, Any]:
     """Measure the dream against held-out real episodes; write ``RUN/fidelity.json`` and ``RUN/fidelity/``."""
-    run_dir = Path(run_dir)
-    wm = WorldModel.load(run_dir, device=device)
-    data = Manifest.open(run_dir / "data")
-    ids = _episodes(run_dir, wm, episodes, max_episodes)
-    out_dir = run_dir / "fidelity"
+    run = RunDir(run_dir)
+    wm = WorldModel.load(run, device=device)
+    data = Manifest.open(run.data)
+    ids = _episodes(run, wm, episodes, max_episodes)
+    out_dir = run.fidelity
     per_episode: dict[str, Any] = {}
     files: list[str] = []
     for i in ids:
@@ -123,11 +124,11 @@ def fidelity_report(run_dir: str | os.PathLike, *, episodes: list[int] | None = 
         per_episode[str(i)] = figs
         err = np.abs(true.astype(np.int16) - pred.astype(np.int16)).astype(np.uint8)
         strip = image_grid(np.concatenate([true, pred, err]), nrow=len(true))
-        files.append(str(save_png(out_dir / f"open_loop_ep{i:06d}.png", strip).relative_to(run_dir)))
+        files.append(str(save_png(out_dir / f"open_loop_ep{i:06d}.png", strip).relative_to(run.root)))
         if video:
             side = np.concatenate([true, pred, err], axis=2)          # (k, 64, 192, 3)
             side = side.repeat(2, axis=1).repeat(2, axis=2)           # upscaled x2
-            files.append(str(save_video(out_dir / f"open_loop_ep{i:06d}.mp4", side).relative_to(run_dir)))
+            files.append(str(save_video(out_dir / f"open_loop_ep{i:06d}.mp4", side).relative_to(run.root)))
     keys = ("vae_recon_mse", "mdrnn_nll_per_dim", "reward_mse", "reward_mae", "done_accuracy")
     weights = np.array([per_episode[str(i)]["steps"] for i in ids], dtype=np.float64)
     summary = {k: float(np.average([per_episode[str(i)][k] for i in ids], weights=weights)) for k in keys}
@@ -146,5 +147,5 @@ def fidelity_report(run_dir: str | os.PathLike, *, episodes: list[int] | None = 
         "per_episode": per_episode,
         "files": files,
     }
-    atomic_write_json(run_dir / "fidelity.json", report)
+    atomic_write_json(run.fidelity_json, report)
     return report

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from worldlab.rundir import RunDir
 
 
 class RunLogger:
@@ -23,15 +24,15 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str | os.PathLike, stage: str, tensorboard: bool = True) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = RunDir(run_dir)
+        self.run.root.mkdir(parents=True, exist_ok=True)
         self.stage = stage
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._jsonl = open(self.run.metrics, "a", encoding="utf-8")  # noqa: SIM115
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb" / stage))
+            self._tb = SummaryWriter(log_dir=str(self.run.tb(stage)))
 
     def scalar(self, name: str, value: float, step: int) -> None:
         value = float(value)
@@ -68,7 +69,7 @@ class RunLogger:
 
 def read_metrics(run_dir: str | os.PathLike, stage: str | None = None, name: str | None = None) -> list[dict]:
     """Read ``metrics.jsonl`` back, optionally filtered by stage and name."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return []
     out = []

@@ -21,7 +21,9 @@ spelling paths, so the layout below is written down once::
     RUN/figures/                 the report's plots                     .figures
     RUN/report.md                the report                             .report
     RUN/fidelity.json            the dream-fidelity report              .fidelity_json
+    RUN/fidelity/                its open-loop strips and videos        .fidelity
     RUN/tau_sweep/ (+ .json/.md) the temperature sweep                  .tau_sweep
+    RUN/reward_compare/          the novelty-penalty comparison         .reward_compare
 
 A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
 folder of the same shape: ``config.json``, ``checkpoints/generator.pt`` during training,
@@ -117,6 +119,10 @@ class RunDir:
         return self.root / "fidelity.json"
 
     @property
+    def fidelity(self) -> Path:
+        return self.root / "fidelity"
+
+    @property
     def tau_sweep(self) -> Path:
         return self.root / "tau_sweep"
 
@@ -127,6 +133,10 @@ class RunDir:
     @property
     def tau_sweep_md(self) -> Path:
         return self.root / "tau_sweep.md"
+
+    @property
+    def reward_compare(self) -> Path:
+        return self.root / "reward_compare"
 
     @property
     def tune(self) -> Path:

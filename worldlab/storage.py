@@ -41,8 +41,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from worldlab.io import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
+from worldlab.rundir import MANIFEST
 
-MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^ep_(\d{6,})\.npz$")
 
 
@@ -116,7 +116,7 @@ class Manifest:
         path = Path(data_dir) / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"no rollout data at {data_dir} (missing {MANIFEST}); "
-                                    f"collect first: python scripts/collect.py TASK --out DIR")
+                                    f"collect rollouts into that folder first")
         return cls(data_dir)
 
     def save(self) -> None:
@@ -155,10 +155,6 @@ class Manifest:
         if adopted:
             self.save()
         return adopted
-
-    def missing(self, n: int) -> list[int]:
-        """Episode indices in ``range(n)`` that are not recorded yet."""
-        return [i for i in range(n) if i not in self.episodes]
 
     def files(self) -> list[tuple[Path, str]]:
         """``(path, sha256)`` of every recorded shard, in episode order."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -276,7 +275,3 @@ def _set_rng(state: dict[str, Any] | None) -> None:
     torch.set_rng_state(state["torch"])
     random.seed(int(state["python_seed"]))
 
-
-def finite_mean(xs: list[float]) -> float:
-    xs = [x for x in xs if math.isfinite(x)]
-    return sum(xs) / max(1, len(xs))

@@ -24,6 +24,7 @@ from torch import nn
 
 from worldlab.io import torch_load
 from worldlab.mdrnn import MDRNN, FusedDreamStep, MDRNNConfig
+from worldlab.rundir import RunDir
 from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
 
 CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
@@ -31,12 +32,6 @@ CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0,
 
 class WorldModelError(ValueError):
     """A run folder's checkpoints are missing, corrupt, or do not fit together or the task."""
-
-
-def checkpoint_paths(run_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """``(RUN/checkpoints/vae.pt, RUN/checkpoints/mdrnn.pt)``."""
-    ck = Path(run_dir) / "checkpoints"
-    return ck / "vae.pt", ck / "mdrnn.pt"
 
 
 def action_dim_of(action_space: dict[str, Any]) -> tuple[int, bool]:
@@ -139,7 +134,7 @@ class WorldModel(nn.Module):
 
     def save(self, run_dir: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``RUN/checkpoints/vae.pt`` and ``mdrnn.pt`` (configs, task meta, start bank)."""
-        vae_path, m_path = checkpoint_paths(run_dir)
+        vae_path, m_path = RunDir(run_dir).vae, RunDir(run_dir).mdrnn
         vae_meta = {**self.vae.meta, "task": self.task}
         vae_meta.setdefault("id", os.urandom(16).hex())
         self.vae.save(vae_path, vae_meta)
@@ -157,34 +152,44 @@ class WorldModel(nn.Module):
 
         Every failure (missing, corrupt, foreign or mismatched checkpoint) raises one clear line.
         """
-        vae_path, m_path = checkpoint_paths(run_dir)
-        for p, stage in ((vae_path, "V (train_vae)"), (m_path, "M (train_mdrnn)")):
+        run = RunDir(run_dir)
+        for p, stage in ((run.vae, "V"), (run.mdrnn, "M")):
             if not p.is_file():
-                raise FileNotFoundError(f"no world model in {run_dir}: {p} is missing; train {stage} first")
-        vae = ConvVAE.from_checkpoint(torch_load(vae_path), vae_path)
-        mdrnn = MDRNN.from_checkpoint(torch_load(m_path), m_path)
+                raise FileNotFoundError(f"no world model in {run}: {p} is missing; train {stage} first "
+                                        f"(the dream_train pipeline does)")
+        vae = ConvVAE.from_checkpoint(torch_load(run.vae), run.vae)
+        mdrnn = MDRNN.from_checkpoint(torch_load(run.mdrnn), run.mdrnn)
+        return cls.from_models(vae, mdrnn, task=task, z_size=z_size, where=run.checkpoints).to(device).eval()
+
+    @classmethod
+    def from_models(cls, vae: ConvVAE, mdrnn: MDRNN, *, task: str | None = None, z_size: int | None = None,
+                    where: str | os.PathLike = "<memory>") -> WorldModel:
+        """Bundle a trained V and M as their checkpoints' meta describes them (M's meta carries the
+        task, the action space, the episode limit, the start bank and the id of V it was trained
+        on); ``where`` names their folder in the one-line errors."""
         vm, mm = vae.meta, mdrnn.meta
+        vae_path, m_path = Path(where) / "vae.pt", Path(where) / "mdrnn.pt"
         for key in ("task", "action_space", "max_episode_steps", "start_mu"):
             if key not in mm:
                 raise WorldModelError(f"{m_path} lacks '{key}' in its meta: it was not written by the lab's "
-                                      f"train_mdrnn / WorldModel.save; retrain M")
+                                      f"M stage / WorldModel.save; retrain M")
         if vm.get("task") not in (None, mm["task"]):
             raise WorldModelError(f"{vae_path} is for task {vm.get('task')!r} but {m_path} is for {mm['task']!r}; "
                                   f"retrain one of them on this run's data")
         if task is not None and mm["task"] != task:
-            raise WorldModelError(f"{run_dir} holds a world model of task {mm['task']!r}, not {task!r}")
+            raise WorldModelError(f"{Path(where).parent} holds a world model of task {mm['task']!r}, not {task!r}")
         if vae.z_size != mdrnn.config.z_size:
             raise WorldModelError(f"{vae_path} has z_size {vae.z_size} but {m_path} expects z_size "
                                   f"{mdrnn.config.z_size}; re-encode and retrain M with this V")
         if z_size is not None and vae.z_size != z_size:
-            raise WorldModelError(f"{run_dir} holds a world model with z_size {vae.z_size}, not {z_size}")
+            raise WorldModelError(f"{Path(where).parent} holds a world model with z_size {vae.z_size}, not {z_size}")
         if mm.get("vae_id") is not None and vm.get("id") is not None and mm["vae_id"] != vm["id"]:
             raise WorldModelError(f"{m_path} was trained on latents of another {vae_path.name} (V was retrained "
                                   f"since); re-run the encode and train-M stages")
         wm = cls(vae, mdrnn, task=mm["task"], action_space=mm["action_space"],
                  max_episode_steps=int(mm["max_episode_steps"]), start_mu=mm["start_mu"],
                  start_logvar=mm.get("start_logvar"))
-        return wm.to(device).eval()
+        return wm.eval()
 
     @classmethod
     def untrained(cls, *, task: str = "car_racing", action_space: dict[str, Any] | None = None,

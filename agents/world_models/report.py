@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from worldlab.config import CollectConfig
+from agents.evaluate import summarize_returns
+from agents.world_models.config import CollectConfig
 from worldlab.io import atomic_write_text
 from worldlab.logging import read_metrics
+from worldlab.rundir import RunDir
 
 
 def _plot_series(ax: Any, recs: list[dict], label: str) -> None:
@@ -18,7 +18,7 @@ def _plot_series(ax: Any, recs: list[dict], label: str) -> None:
         ax.plot([r["step"] for r in recs], [r["value"] for r in recs], label=label)
 
 
-def plot_losses(run_dir: Path, out: Path) -> Path | None:
+def plot_losses(run_dir: RunDir, out: Path) -> Path | None:
     """One panel per training stage that logged a ``*/loss`` scalar."""
     import matplotlib
 
@@ -46,7 +46,7 @@ def plot_losses(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
-def plot_cma(run_dir: Path, out: Path) -> Path | None:
+def plot_cma(run_dir: RunDir, out: Path) -> Path | None:
     """Best / mean / worst return per generation, for every evolution stage in the run."""
     import matplotlib
 
@@ -76,14 +76,14 @@ def plot_cma(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
-def collection_rounds(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+def collection_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str, Any]]:
     """Real returns of each round's collected episodes, from the data manifest.
 
     Round 0 holds episodes ``[0, collect.episodes)`` played by ``collect.policy``; round k >= 1 the
     next ``collect.episodes_per_round``, played by round k-1's controller with exploration noise
     ``collect.noise_std``. Rounds not (fully) collected are left out.
     """
-    path = run_dir / "data" / "manifest.json"
+    path = run_dir.data_manifest
     if not path.exists():
         return []
     eps = json.loads(path.read_text())["episodes"]
@@ -99,13 +99,13 @@ def collection_rounds(run_dir: Path, config: dict[str, Any]) -> list[dict[str, A
     return out
 
 
-def write_report(run_dir: str | Path, config: dict[str, Any], extra_sections: list[str] | None = None) -> Path:
+def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
-    run_dir = Path(run_dir)
-    figs = run_dir / "figures"
+    run_dir = RunDir(run_dir)
+    figs = run_dir.figures
     figs.mkdir(exist_ok=True)
     lines = [f"# worldlab run: {config.get('task', '?')}", ""]
-    ev = run_dir / "eval.json"
+    ev = run_dir.eval_json
     if ev.exists():
         e = json.loads(ev.read_text())
         lines += ["## Score in the real environment", "",
@@ -123,21 +123,13 @@ def write_report(run_dir: str | Path, config: dict[str, Any], extra_sections: li
     losses = plot_losses(run_dir, figs / "losses.png")
     cma_plot = plot_cma(run_dir, figs / "cma.png")
     if losses:
-        lines += ["## Training losses", "", "![losses](figures/losses.png)", ""]
+        lines += ["## Training losses", "", f"![losses]({figs.name}/losses.png)", ""]
     if cma_plot:
         lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation.", "",
-                  "![cma](figures/cma.png)", ""]
-    videos = sorted(p.relative_to(run_dir) for p in (run_dir / "videos").glob("*.mp4")) \
-        if (run_dir / "videos").exists() else []
+                  f"![cma]({figs.name}/cma.png)", ""]
+    videos = sorted(p.relative_to(run_dir.root) for p in run_dir.videos.glob("*.mp4")) \
+        if run_dir.videos.exists() else []
     if videos:
         lines += ["## Videos", ""] + [f"- [{v.name}]({v.as_posix()})" for v in videos] + [""]
-    for sec in extra_sections or []:
-        lines += [sec, ""]
     lines += ["## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str), "```", ""]
-    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
-
-
-def summarize_returns(task: str, returns: list[float]) -> dict[str, Any]:
-    r = np.asarray(returns, dtype=np.float64)
-    return {"task": task, "episodes": int(r.size), "mean": float(r.mean()), "std": float(r.std()),
-            "min": float(r.min()), "max": float(r.max()), "returns": [float(x) for x in r]}
+    return atomic_write_text(run_dir.report, "\n".join(lines))

@@ -1,9 +1,15 @@
-"""Run configuration: one dataclass per component, composed into a :class:`RunConfig`, with the
-named presets ``smoke`` (a couple of minutes; the tests use it), ``default`` (a useful result on a
-2-core laptop in about 1-2 hours) and ``paper`` (the paper's scale, for a cluster or a GPU).
+"""The World Models algorithm's configuration: one dataclass per component, composed into a
+:class:`RunConfig`, with the named presets ``smoke`` (a couple of minutes; the tests use it),
+``default`` (a useful result on a 2-core laptop in about 1-2 hours) and ``paper`` (the paper's
+scale, for a cluster or a GPU).
 
-The resolved config is saved as ``RUN/config.json`` and every stage reads it back from there;
-``override(cfg, ["cma.popsize=32", "vae_train.steps=500"])`` changes single fields.
+The models' own configs (:class:`~worldlab.vae.VAEConfig`, :class:`~worldlab.mdrnn.MDRNNConfig`,
+:class:`~worldlab.training.TrainConfig`) live with the models in the core; this module composes
+them with the settings of collection, CMA-ES, the dream and the evaluation.
+
+The resolved config is saved as ``RUN/config.json`` and every stage reads it from there;
+``override(cfg, ["cma.popsize=32", "vae_train.steps=500"])`` changes single fields. Which fields a
+resumed run may change is decided in :mod:`agents.world_models.resume`.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldlab.io import atomic_write_json
+from agents.cmaes import CMAConfig
+from envs.tasks import get_task
+from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import MDRNNConfig
+from worldlab.rundir import RunDir
 from worldlab.training import TrainConfig
 from worldlab.vae import VAEConfig
+from worldlab.world_model import action_dim_of
 
 PRESETS = ("smoke", "default", "paper")
 BACKENDS = ("ray", "processes")
@@ -50,31 +60,6 @@ class CollectConfig:
 
 
 @dataclass
-class CMAConfig:
-    """Settings of the evolution of C (the ``cma`` package)."""
-
-    popsize: int = 64
-    """candidates per generation (the paper: 64)."""
-    rollouts: int = 16
-    """rollouts averaged per candidate (the paper: 16)."""
-    sigma0: float = 0.1
-    """initial step size."""
-    generations: int = 100
-    """generations per round (a resumed run continues up to this number)."""
-    seed: int = 0
-    """seed of cma's sampling and of the rollouts' starts."""
-
-    def __post_init__(self) -> None:
-        for k in ("rollouts", "generations"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"cma.{k} must be >= 1, got {getattr(self, k)}")
-        if self.popsize < 2:
-            raise ValueError(f"cma.popsize must be >= 2, got {self.popsize}")
-        if self.sigma0 <= 0:
-            raise ValueError(f"cma.sigma0 must be > 0, got {self.sigma0}")
-
-
-@dataclass
 class DreamConfig:
     """The dream the controller is evolved in."""
 
@@ -83,9 +68,10 @@ class DreamConfig:
     max_steps: int | None = None
     """dream episode limit (None: the task's)."""
     compile: bool = True
-    """fuse the dream step with inductor for CMA-ES on the CPU (``DreamVectorEnv(compile=True)``:
-    13-16% faster at 1,024 dreams (docs/benchmarks/dream.md, session 5), ~7 s of compiling per
-    temperature; without a C++ compiler it warns and runs eagerly). The smoke preset turns it off."""
+    """fuse the dream step's element-wise work with inductor for CMA-ES on the CPU
+    (``DreamVectorEnv(compile=True)``; docs/benchmarks/dream.md measures the gain and the seconds
+    of compiling per temperature). Without a C++ compiler it warns and steps the same dream
+    eagerly. The smoke preset turns it off: its dreams are too short to repay the compile."""
 
 
 @dataclass
@@ -161,19 +147,26 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return _from_dict(cls, d)
 
-    def save(self, run_dir: str | Path) -> Path:
-        return atomic_write_json(Path(run_dir) / "config.json", self.to_dict())
+    def save(self, run_dir: str | Path | RunDir) -> Path:
+        return atomic_write_json(RunDir(run_dir).config_json, self.to_dict())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> RunConfig:
-        path = Path(run_dir) / "config.json"
+    def load(cls, run_dir: str | Path | RunDir) -> RunConfig:
+        """The config saved in a run folder, as this version reads it (fields added since take
+        their defaults, fields dropped since are ignored)."""
+        path = RunDir(run_dir).config_json
         if not path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a worldlab run folder (no config.json); "
-                                    f"create one with scripts/dream_train.py TASK --out {run_dir}")
-        return cls.from_dict(json.loads(path.read_text()))
+            raise FileNotFoundError(f"{RunDir(run_dir)} is not a worldlab run folder (no config.json); "
+                                    f"start one with the dream_train script, --out {RunDir(run_dir)}")
+        try:
+            d = read_json(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it or start the run again") from None
+        return cls.from_dict(d)
 
 
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a dict; keys it has no field for are ignored."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -184,8 +177,8 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def preset(name: str, task: str, z_size: int, rnn_hidden: int, action_dim: int) -> RunConfig:
-    """The named preset for a task, sized by the task table's z and LSTM sizes.
+def preset(name: str, task: str) -> RunConfig:
+    """The named preset for a task (``envs.TASKS``), sized by the task table's z and LSTM sizes.
 
     ``smoke``: seconds per stage, only checks that everything runs. ``default``: sized from this
     machine's measured speeds (2 cores: ConvVAE ~400 frames/s fp32, fast CarRacing several
@@ -194,8 +187,11 @@ def preset(name: str, task: str, z_size: int, rnn_hidden: int, action_dim: int) 
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    spec = get_task(task)
+    z_size, rnn_hidden = spec.z_size, spec.rnn_hidden
+    action_dim, discrete = action_dim_of(spec.action_space)
     vae = VAEConfig(z_size=z_size)
-    mdrnn = MDRNNConfig(z_size=z_size, action_dim=action_dim, hidden=rnn_hidden)
+    mdrnn = MDRNNConfig(z_size=z_size, action_dim=action_dim, discrete_actions=discrete, hidden=rnn_hidden)
     doom = task == "doom_take_cover"
     if name == "smoke":
         return RunConfig(
@@ -203,7 +199,7 @@ def preset(name: str, task: str, z_size: int, rnn_hidden: int, action_dim: int) 
             collect=CollectConfig(episodes=6, max_steps=120, episodes_per_round=2),
             vae=vae, vae_train=TrainConfig(steps=40, lr=1e-3, amp="auto", log_every=5, checkpoint_every=20),
             vae_batch=32,
-            mdrnn=MDRNNConfig(z_size=z_size, action_dim=action_dim, hidden=64),
+            mdrnn=MDRNNConfig(z_size=z_size, action_dim=action_dim, discrete_actions=discrete, hidden=64),
             mdrnn_train=TrainConfig(steps=40, lr=3e-3, log_every=5, checkpoint_every=20), mdrnn_batch=8, seq_len=32,
             cma=CMAConfig(popsize=8, rollouts=2, generations=3, sigma0=0.1),
             dream=DreamConfig(temperature=1.15 if doom else 1.0, max_steps=120, compile=False),
@@ -249,12 +245,12 @@ def _coerce(text: str, current: Any, hint: Any) -> Any:
         raise ValueError(f"expected a boolean, got {text!r}")
     if text.lower() in ("none", "null") and (current is None or "None" in str(hint)):
         return None
+    if isinstance(current, (list, tuple)):
+        return type(current)(json.loads(text))
     if isinstance(current, int) or "int" in str(hint):
         return int(text)
     if isinstance(current, float) or "float" in str(hint):
         return float(text)
-    if isinstance(current, (list, tuple)):
-        return type(current)(json.loads(text))
     return text
 
 

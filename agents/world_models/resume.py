@@ -1,0 +1,75 @@
+"""The resume rules of a run folder: which settings a resumed run may change, checked once.
+
+Every stage is keyed by what it depends on (the round, V's id, the controller's hash), so a run
+folder can be resumed after a kill, or continued with some settings changed. Those settings, and
+why each is safe to change, are :data:`RESUMABLE`; any other difference from the saved
+``config.json`` is refused with one line before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agents.world_models.config import RunConfig
+from worldlab.rundir import RunDir
+
+RESUMABLE: dict[str, str] = {
+    "rounds": "each round's stages are keyed by the round: a run goes on for more rounds, or stops after "
+              "fewer (its last finished round's controller becomes the final one)",
+    "cma.generations": "the last round's evolution continues from its saved CMA-ES state; an earlier round's "
+                       "controller, which later rounds' data was played with, is kept",
+    "workers": "collection and evaluation do not depend on the number of workers",
+    "backend": "nor on where the workers run",
+    "train_workers": "V's and M's resumable checkpoints are the same whatever the number of workers that wrote them",
+    "loader_workers": "the data loader's processes only change how shards are read",
+    "device": "a run trained on a GPU box goes on, or is evaluated and reported, on a laptop",
+    "dream.compile": "it only changes how the same dream step is computed",
+}
+"""Settings a resumed run may change, with the reason each is safe."""
+
+FLAGS = {"rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
+         "train_workers": "--train-workers", "device": "--device"}
+"""The command-line flags of the resumable settings (the others go through --set)."""
+
+
+def resumable_settings() -> str:
+    """The resumable settings as the command line spells them, for messages and help."""
+    return ", ".join(FLAGS.get(k, f"--set {k}=...") for k in RESUMABLE)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two config dicts differ."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_resumable(run: RunDir, cfg: RunConfig, *, resume: bool = True) -> bool:
+    """Refuse ``cfg`` for the run folder ``run`` when it cannot continue the saved run, in one line.
+
+    ``resume=False`` (a fresh command that found a run folder) accepts only the very same config;
+    ``resume=True`` accepts changes of :data:`RESUMABLE` settings. Returns whether the saved config
+    must be rewritten (a resumable setting changed, or the folder has none yet).
+    """
+    if not run.config_json.exists():
+        return True
+    # the saved config as this version reads it (fields added since take their defaults); tuples -> lists
+    saved = json.loads(json.dumps(RunConfig.load(run).to_dict()))
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = config_diff(saved, now)
+    if not diff:
+        return False
+    if not resume:
+        raise ValueError(f"{run} already holds a run with other settings (differs in {', '.join(diff[:6])}); "
+                         f"pass --resume to continue it or choose another --out")
+    fixed = [k for k in diff if k not in RESUMABLE]
+    if fixed:
+        raise ValueError(f"{run} was started with another config (differs in {', '.join(fixed[:6])}); resume it "
+                         f"without changing settings ({resumable_settings()} may change), or choose another --out")
+    return True

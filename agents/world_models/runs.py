@@ -1,0 +1,59 @@
+"""Using a finished (or resumed) run folder: load its config, world model and controller, score
+the controller in the real game, watch it drive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.controller import ControllerConfig, load_controller
+from agents.evaluate import evaluate
+from agents.watch import watch
+from agents.world_models.config import RunConfig
+from worldlab.rundir import RunDir
+from worldlab.world_model import WorldModel
+
+
+def load_run(run_dir: str | Path | RunDir, controller: str | Path | None = None
+             ) -> tuple[RunConfig, WorldModel, ControllerConfig, np.ndarray]:
+    """The run's config, world model and final controller (or the ``controller`` file given, e.g.
+    one of ``RUN/tau_sweep/tau_*/controller.npz``), with one-line errors when absent."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist; train one with "
+                                f"python scripts/dream_train.py TASK --out {run}")
+    cfg = RunConfig.load(run)
+    wm = WorldModel.load(run, task=cfg.task)
+    path = Path(controller) if controller is not None else run.controller()
+    if not path.is_file():
+        raise FileNotFoundError(f"controller {path} does not exist; evolve one with scripts/dream_train.py "
+                                f"(or scripts/sweep_temperature.py), or pass another --controller")
+    ccfg, params, _ = load_controller(path)
+    if ccfg.input_size != wm.obs_size:
+        raise ValueError(f"the controller takes inputs of size {ccfg.input_size} but the world model gives "
+                         f"{wm.obs_size}: it belongs to another world model; evolve it again")
+    return cfg, wm, ccfg, params
+
+
+def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int = 2, seed: int = 12345,
+                 max_steps: int | None = None, address: str | None = None, backend: str = "ray",
+                 controller: str | Path | None = None) -> dict[str, Any]:
+    """Score a run's controller in ``episodes`` real episodes (see :func:`agents.evaluate.evaluate`)."""
+    cfg, wm, ccfg, params = load_run(run_dir, controller)
+    return evaluate(cfg.task, wm, ccfg, params, episodes, workers, seed, max_steps, address, backend)
+
+
+def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 1, seed: int = 0,
+              record: str | None = None, fps: int = 50, max_steps: int | None = None,
+              renderer: str | Path | None = None) -> dict[str, list[float]]:
+    """Watch a run's controller (see :func:`agents.watch.watch`) at the run's dream temperature."""
+    if mode not in ("real", "dream", "both"):
+        raise ValueError(f"mode must be real, dream or both, got {mode!r}")
+    cfg, wm, ccfg, params = load_run(run_dir)
+    if renderer is not None and not Path(renderer).is_file():
+        raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "
+                                f"python scripts/renderer_report.py {run_dir}")
+    return watch(cfg.task, wm, ccfg, params, cfg.dream.temperature, mode=mode, episodes=episodes, seed=seed,
+                 record=record, fps=fps, max_steps=max_steps, renderer=renderer)

@@ -1,0 +1,447 @@
+"""The stages of the World Models algorithm, each a function of the run folder and the config.
+
+Every stage reads and writes the run folder only (through :class:`~worldlab.rundir.RunDir`), is
+skipped when its output is complete, and resumes after a kill (collection: the episodes the
+manifest lacks; V and M: the training loop's resumable checkpoint; encode: per-episode shards;
+evolution: the CMA-ES state saved after every generation)::
+
+    collect_rollouts(run, cfg, k)      real episodes of round k          -> RUN/data/
+    train_vision(run, cfg, k)          V (ConvVAE) on every frame so far -> checkpoints/vae.pt
+    encode_latents(run, cfg, vae)      frames -> (mu, logvar)            -> RUN/latents/
+    train_memory(run, cfg, vae_id)     M (MDN-RNN) on every latent       -> checkpoints/mdrnn.pt
+    evolve_controller(run, cfg, k, wm) CMA-ES on C in the dream / game   -> checkpoints/controller_r{k}.npz
+    evaluate_controller(...)           C in the real game                -> eval.json
+    record_videos(...)                 C in the real game and the dream  -> videos/
+
+Held-out episodes (:data:`HOLDOUT` of them) are kept out of V's and M's training and recorded in
+the checkpoints' meta for the fidelity report.
+
+With ``cfg.train_workers = N > 1`` V and M train on N Ray Train workers (DDP, see
+:mod:`worldlab.distributed`): worker r streams the training episodes ``r::N`` in batches of
+``batch // N`` (the global batch stays the same), and only rank 0 writes the same checkpoints as
+a single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from agents.cmaes import evolve
+from agents.controller import ControllerConfig, load_controller, save_controller
+from agents.evaluate import summarize_returns
+from agents.fitness import EVAL_GENERATION, DreamFitness, RealFitness, generation_seeds
+from agents.policies import PolicySpec
+from agents.watch import dream_frames, real_frames
+from agents.world_models.config import RunConfig
+from worldlab.distributed import train_distributed
+from worldlab.fidelity import save_video
+from worldlab.io import atomic_torch_save, atomic_write_json, read_json, sha256_file, torch_load
+from worldlab.logging import RunLogger
+from worldlab.mdrnn import MDRNN
+from worldlab.rundir import RunDir
+from worldlab.storage import Manifest, ShardStream, load_shard, split_episodes, write_shard
+from worldlab.training import TrainConfig, train
+from worldlab.vae import ConvVAE, image_grid, save_png, to_uint8_hwc
+from worldlab.world_model import WorldModel, WorldModelError, action_dim_of
+
+if TYPE_CHECKING:
+    from agents.fitness import RealPool
+
+HOLDOUT = 0.1
+"""fraction of the episodes kept out of V's and M's training (for the fidelity report)."""
+SHUFFLE_SHARDS = 16
+"""shards V's frame stream interleaves (a shuffle buffer over episodes)."""
+ENCODE_BATCH = 256
+"""frames V encodes per forward pass."""
+LATENT_KEYS = ("actions", "rewards", "terminated", "truncated", "seed")
+"""what a latent shard copies from its frame shard besides (mu, logvar)."""
+
+
+def say(msg: str) -> None:
+    """One timestamped progress line of the pipeline."""
+    print(f"[worldlab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def file_digest(path: Path) -> str:
+    """Short content hash of a file (which controller an ``eval.json`` scored)."""
+    return sha256_file(path)[:16]
+
+
+# -- collect ----------------------------------------------------------------------------------------
+
+
+def collect_rollouts(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, *, address: str | None = None,
+                     progress: bool = True) -> Manifest:
+    """Round ``k``'s real episodes into ``RUN/data``: round 0 with ``collect.policy``, later rounds
+    with round k-1's controller plus ``collect.noise_std`` exploration noise."""
+    run = RunDir(run)
+    from agents.collect import collect
+    from agents.policies import policy_kwargs
+
+    c = cfg.collect
+    eps = c.round_episodes(k)
+    if run.data_manifest.exists() and all(i in Manifest(run.data).episodes for i in eps):
+        return Manifest(run.data)
+    if k == 0:
+        spec = PolicySpec(c.policy, {"seed": cfg.seed} if c.policy == "random_controller" else {})
+    else:
+        wm = WorldModel.load(run)
+        ccfg, params, _ = load_controller(run.controller(k - 1))
+        spec = PolicySpec("controller", policy_kwargs(wm, ccfg, params, c.noise_std))
+    say(f"round {k}: collecting {len(eps)} real episodes ({spec.name}) with {cfg.workers} workers")
+    env_kwargs = {"max_episode_steps": c.max_steps} if c.max_steps else {}
+    return collect(cfg.task, run.data, len(eps), workers=cfg.workers, policy=spec, seed=cfg.seed, address=address,
+                   env_kwargs=env_kwargs, progress=progress, start_index=eps.start, backend=cfg.backend)
+
+
+# -- V and M ----------------------------------------------------------------------------------------
+
+
+def _data_manifest(run: RunDir) -> Manifest:
+    m = Manifest.open(run.data)
+    if m.num_episodes == 0:
+        raise ValueError(f"{run.data} holds no episodes; collect rollouts first")
+    return m
+
+
+def _check_train_state(path: Path, config: dict[str, Any], what: str) -> None:
+    """Refuse to resume a training checkpoint made for another architecture."""
+    if not path.exists():
+        return
+    state = torch_load(path)
+    old = state.get("config") if isinstance(state, dict) else None
+    if old is not None and old != config:
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise WorldModelError(f"{path} was trained with another {what} config (differs in {diff}); "
+                              f"delete it to start over, or pass the same config")
+
+
+def _check_shares(train_workers: int, batch_size: int, episodes: list[int], what: str,
+                  manifest: Manifest | None = None) -> None:
+    """Every worker needs episodes of its own, a batch of at least one and (V: ``manifest``, whole
+    batches only) enough frames for one batch; checked here rather than in the workers."""
+    if train_workers > len(episodes):
+        raise ValueError(f"{what} on {train_workers} training workers needs at least {train_workers} training "
+                         f"episodes, the data has {len(episodes)}; collect more or lower --train-workers")
+    if batch_size < train_workers:
+        raise ValueError(f"{what}: a batch of {batch_size} cannot be split over {train_workers} training workers; "
+                         f"raise the batch size or lower --train-workers")
+    if manifest is not None:
+        frames = min(sum(manifest.episodes[i]["length"] + 1 for i in episodes[r::train_workers])
+                     for r in range(train_workers))
+        if frames < batch_size // train_workers:
+            raise ValueError(f"{what}: a worker's share of the data holds {frames} frames, less than its batch of "
+                             f"{batch_size // train_workers}; collect more, lower the batch size or --train-workers")
+
+
+def _fit(model: Any, make_data: Callable[..., Any], train_cfg: TrainConfig, stage: str, run: RunDir,
+         state_path: Path, cfg: RunConfig, on_sample: Callable[[Any, int], None] | None,
+         extra_state: Callable[[], dict[str, Any]], progress: bool, tensorboard: bool,
+         address: str | None) -> dict[str, Any]:
+    """Train a stage's model in this process, or on ``cfg.train_workers`` Ray Train workers (DDP).
+
+    ``make_data(rank=, world_size=)`` builds one worker's batches. Returns what the stage adds to
+    its checkpoint's meta (the worker count when distributed).
+    """
+    device = torch.device(cfg.device)
+    if cfg.train_workers > 1:
+        train_distributed(model, make_data, train_cfg, workers=cfg.train_workers, checkpoint_path=state_path,
+                          make_logger=partial(RunLogger, run, stage, tensorboard), device=device,
+                          on_sample=on_sample, extra_state=extra_state, desc=stage, progress=progress,
+                          address=address)
+        return {"train_workers": cfg.train_workers}
+    with RunLogger(run, stage, tensorboard=tensorboard) as logger:
+        train(model, make_data(), train_cfg, checkpoint_path=state_path, logger=logger, device=device,
+              on_sample=on_sample, extra_state=extra_state, desc=stage, progress=progress)
+    return {}
+
+
+def vae_batches(data_dir: Path, episodes: list[int], batch_size: int, shuffle_shards: int, seed: int,
+                num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """V's training batches: frames (B, 3, 64, 64) uint8 streamed from the frame shards.
+
+    With ``world_size > 1`` the batches of worker ``rank``: the episodes ``rank::world_size`` in
+    batches of ``batch_size // world_size``.
+    """
+    stream = ShardStream(data_dir, mode="frames", episodes=episodes[rank::world_size],
+                         shuffle_shards=shuffle_shards, seed=seed)
+    return DataLoader(stream, batch_size=batch_size // world_size, drop_last=True, num_workers=num_workers)
+
+
+def mdrnn_batches(latents_dir: Path, episodes: list[int], batch_size: int, seq_len: int, seed: int,
+                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """M's training batches: latent windows of ``seq_len`` steps streamed from the latent shards.
+
+    With ``world_size > 1`` the batches of worker ``rank``: the episodes ``rank::world_size`` in
+    batches of ``batch_size // world_size``.
+    """
+    stream = ShardStream(latents_dir, mode="sequences", episodes=episodes[rank::world_size],
+                         seq_len=seq_len, seed=seed, keys=("mu", "logvar", "actions", "rewards", "terminated"))
+    return DataLoader(stream, batch_size=batch_size // world_size, num_workers=num_workers)
+
+
+def vision_steps(cfg: RunConfig, k: int) -> int:
+    """V's total training steps after round ``k``: V goes on training on each round's new frames."""
+    return cfg.vae_train.steps * (k + 1)
+
+
+def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *, address: str | None = None, progress: bool = True,
+                 tensorboard: bool = True) -> ConvVAE:
+    """Train V (``cfg.vae``, ``cfg.vae_train``, batch ``cfg.vae_batch``) on the frames of ``RUN/data``
+    (streamed) and write ``checkpoints/vae.pt``; returns V on ``cfg.device``.
+
+    Skipped when ``vae.pt`` already holds :func:`vision_steps` steps of the same architecture.
+    Writes reconstruction / sample grids to ``RUN/samples/vae_*.png``.
+    """
+    run = RunDir(run)
+    manifest = _data_manifest(run)
+    model_cfg = cfg.vae
+    train_cfg = replace(cfg.vae_train, steps=vision_steps(cfg, k))
+    if run.vae.exists():
+        done = ConvVAE.load(run.vae, cfg.device)
+        if done.meta.get("steps", 0) >= train_cfg.steps and asdict(done.config) == asdict(model_cfg):
+            return done
+    _check_train_state(run.vae_train, asdict(model_cfg), "V")
+    train_eps, held = split_episodes(manifest, HOLDOUT, cfg.seed)
+    probe = _probe_frames(manifest, held or train_eps, 16)
+    model = ConvVAE(model_cfg)
+
+    def on_sample(m: torch.nn.Module, step: int) -> None:
+        vae: ConvVAE = m  # type: ignore[assignment]
+        rec = to_uint8_hwc(vae.reconstruct(probe.to(vae.device)))  # (16, 64, 64, 3)
+        real = probe.permute(0, 2, 3, 1).numpy()
+        save_png(run.samples / "vae_recon.png", image_grid(np.concatenate([real, rec]), nrow=16))
+        save_png(run.samples / "vae_samples.png", image_grid(to_uint8_hwc(vae.sample(32, generator=0)), nrow=8))
+
+    if cfg.train_workers > 1:
+        _check_shares(cfg.train_workers, cfg.vae_batch, train_eps, "V", manifest)
+    say(f"round {k}: V (ConvVAE z={model_cfg.z_size}) to {train_cfg.steps} steps{_on_workers(cfg)}")
+    extra = _fit(model, partial(vae_batches, run.data, train_eps, cfg.vae_batch, SHUFFLE_SHARDS, train_cfg.seed,
+                                cfg.loader_workers), train_cfg, "vae", run, run.vae_train, cfg, on_sample,
+                 lambda: {"config": asdict(model_cfg)}, progress, tensorboard, address)
+    meta = {"task": manifest.meta.get("task"), "steps": train_cfg.steps, "heldout": held,
+            "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra}
+    return _save_fresh(model, run.vae, meta, cfg.device)
+
+
+def _save_fresh(model: ConvVAE | MDRNN, path: Path, meta: dict[str, Any], device: str) -> Any:
+    """Write ``model``'s checkpoint and return the model rebuilt from it (the same module as a
+    load from disk: fresh contiguous weights, ``meta`` attached, in eval mode on ``device``)."""
+    state = model.checkpoint(meta)
+    atomic_torch_save(state, path)
+    return type(model).from_checkpoint(state, path).to(device).eval()
+
+
+def _probe_frames(data: Manifest, episodes: list[int], n: int) -> torch.Tensor:
+    """``n`` frames spread over the first of ``episodes``, uint8 (n, 3, 64, 64)."""
+    info = data.episodes[episodes[0]]
+    obs = load_shard(data.dir / info["file"], info["sha256"])["obs"]
+    idx = np.linspace(0, len(obs) - 1, n).round().astype(int)
+    return torch.from_numpy(obs[idx]).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_latents(run: RunDir | str | os.PathLike, cfg: RunConfig, vae: ConvVAE | None = None, *, progress: bool = True) -> Manifest:
+    """Encode every frame shard of ``RUN/data`` with V into a latent shard of ``RUN/latents``
+    (mu, logvar); ``vae``: V as :func:`train_vision` returned it (read from the run when None).
+
+    Resumable: episodes already encoded by the same V (and from the same frame shard) are skipped.
+    When V changed since the last encode, every episode is encoded again.
+    """
+    run = RunDir(run)
+    data = _data_manifest(run)
+    vae = vae if vae is not None else ConvVAE.load(run.vae, cfg.device)
+    vae_id = vae.meta.get("id")
+    lat = Manifest(run.latents, kind="latents")
+    if lat.meta.get("vae_id") != vae_id:
+        lat.episodes = {}
+    lat.meta = {**data.meta, "vae_id": vae_id, "z_size": vae.z_size}
+    run.latents.mkdir(parents=True, exist_ok=True)
+    lat.save()
+    todo = [i for i, e in sorted(data.episodes.items())
+            if lat.episodes.get(i, {}).get("source_sha256") != e["sha256"]]
+    if todo:
+        say(f"encoding {len(todo)} episodes' frames to latents")
+    for i in tqdm(todo, desc="encode", disable=not progress, dynamic_ncols=True):
+        info = data.episodes[i]
+        ep = load_shard(data.dir / info["file"], info["sha256"])
+        obs = torch.from_numpy(ep["obs"])  # (T+1, 64, 64, 3) uint8
+        mus, logvars = [], []
+        with torch.inference_mode():
+            for s in range(0, obs.shape[0], ENCODE_BATCH):
+                mu, logvar = vae.encode(obs[s:s + ENCODE_BATCH])
+                mus.append(mu.cpu())
+                logvars.append(logvar.cpu())
+        arrays = {"mu": torch.cat(mus).numpy(), "logvar": torch.cat(logvars).numpy()}  # (T+1, Z) each
+        arrays.update({key: ep[key] for key in LATENT_KEYS if key in ep})
+        entry = write_shard(run.latents, i, arrays)
+        entry["source_sha256"] = info["sha256"]
+        lat.add(i, entry)
+    stale = [i for i in lat.episodes if i not in data.episodes]
+    for i in stale:
+        del lat.episodes[i]
+    if stale:
+        lat.save()
+    return lat
+
+
+def start_bank(latents: Manifest, episodes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoded first frames of real episodes: (mu, logvar), each (N, Z)."""
+    ids = sorted(latents.episodes) if episodes is None else episodes
+    mus, logvars = [], []
+    for i in ids:
+        ep = load_shard(latents.dir / latents.episodes[i]["file"], latents.episodes[i]["sha256"])
+        mus.append(ep["mu"][0])
+        logvars.append(ep["logvar"][0])
+    return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
+
+
+def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | None = None, *, address: str | None = None,
+                 progress: bool = True, tensorboard: bool = True) -> MDRNN:
+    """Train M (``cfg.mdrnn``, ``cfg.mdrnn_train``, batch ``cfg.mdrnn_batch`` of ``cfg.seq_len``-step
+    windows) on the latents of ``RUN/latents`` and write ``checkpoints/mdrnn.pt``; returns M on
+    ``cfg.device``. ``vae_id``: the id of the V the latents must come from (read from the run's
+    ``vae.pt`` when None).
+
+    The checkpoint carries the task metadata, the start bank (first latents of the training
+    episodes) and V's id. Skipped when ``mdrnn.pt`` already holds ``mdrnn_train.steps`` steps for the
+    current V; a training state left by a different V is discarded (its latents are stale).
+    """
+    run = RunDir(run)
+    lat = Manifest.open(run.latents)
+    meta = lat.meta
+    if vae_id is None:
+        vae_id = ConvVAE.load(run.vae).meta.get("id")
+    if meta.get("vae_id") != vae_id or len(lat) == 0:
+        raise WorldModelError(f"{run.latents} is not encoded with the current V; run the encode stage first")
+    space = meta.get("action_space")
+    if space is None:
+        raise WorldModelError(f"{lat.path} lacks meta.action_space; the data manifest must record the task's action space")
+    adim, discrete = action_dim_of(space)
+    model_cfg = cfg.mdrnn
+    if (model_cfg.z_size, model_cfg.action_dim, model_cfg.discrete_actions) != (int(meta["z_size"]), adim, discrete):
+        raise WorldModelError(f"MDRNNConfig(z_size={model_cfg.z_size}, action_dim={model_cfg.action_dim}) does not fit "
+                              f"the latents (z_size={meta['z_size']}) and action space {space}")
+    train_cfg = cfg.mdrnn_train
+    if run.mdrnn.exists():
+        done = MDRNN.load(run.mdrnn, cfg.device)
+        if (done.meta.get("steps", 0) >= train_cfg.steps and done.meta.get("vae_id") == vae_id
+                and asdict(done.config) == asdict(model_cfg)):
+            return done
+    if run.mdrnn_train.exists() and torch_load(run.mdrnn_train).get("vae_id") != vae_id:
+        run.mdrnn_train.unlink()  # trained on latents of an older V: start over
+    _check_train_state(run.mdrnn_train, asdict(model_cfg), "M")
+    train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
+    model = MDRNN(model_cfg)
+    if cfg.train_workers > 1:
+        _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
+    say(f"M (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
+        f"{_on_workers(cfg)}")
+    extra = _fit(model, partial(mdrnn_batches, run.latents, train_eps, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
+                                cfg.loader_workers), train_cfg, "mdrnn", run, run.mdrnn_train, cfg, None,
+                 lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, progress, tensorboard, address)
+    bank_mu, bank_logvar = start_bank(lat, train_eps)
+    meta = {"task": meta.get("task"), "action_space": space,
+            "max_episode_steps": int(meta.get("max_episode_steps", 1000)), "vae_id": vae_id,
+            "start_mu": bank_mu, "start_logvar": bank_logvar, "steps": train_cfg.steps, "heldout": held,
+            "seq_len": cfg.seq_len, "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra}
+    return _save_fresh(model, run.mdrnn, meta, cfg.device)
+
+
+def _on_workers(cfg: RunConfig) -> str:
+    return f" on {cfg.train_workers} Ray Train workers" if cfg.train_workers > 1 else ""
+
+
+# -- C ----------------------------------------------------------------------------------------------
+
+
+def controller_config(cfg: RunConfig, wm: WorldModel) -> ControllerConfig:
+    """The controller's shape for this run's world model: linear on [z, h] or one hidden layer."""
+    return ControllerConfig.for_task(wm.action_space, wm.obs_size, cfg.task, hidden=cfg.controller_hidden)
+
+
+def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, wm: WorldModel, pool: Callable[[], RealPool], *,
+                      progress: bool = True) -> np.ndarray:
+    """Round ``k``'s CMA-ES on C, in the dream (or, ``cfg.train_in == "real"``, in the real game on
+    ``pool()``), warm-started from round k-1's controller; writes ``controller_r{k}.npz``.
+
+    A finished round is kept; the last round goes on when ``cma.generations`` grew; a round that
+    later rounds built on is final (its controller played their data).
+    """
+    run = RunDir(run)
+    out = run.controller(k)
+    ccfg = controller_config(cfg, wm)
+    if out.exists():
+        saved_cfg, params, extra = load_controller(out)
+        later = run.cma_state(k + 1).exists() or run.controller(k + 1).exists()
+        if saved_cfg == ccfg and (extra.get("generations") == cfg.cma.generations or k < cfg.rounds - 1 or later):
+            return params
+    x0 = load_controller(run.controller(k - 1))[1] if k > 0 else None
+    cma_cfg = replace(cfg.cma, seed=cfg.cma.seed + 1000 * k)
+    device = torch.device(cfg.device)
+    if cfg.train_in == "dream":
+        # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
+        fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, cfg.dream.temperature,
+                                    cfg.dream.max_steps, device, seed=cma_cfg.seed,
+                                    compile=cfg.dream.compile and device.type == "cpu")
+        where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once)"
+    else:
+        fitness = RealFitness(pool(), cma_cfg.rollouts, seed=cma_cfg.seed)
+        where = f"the real {cfg.task} ({cfg.workers} workers)"
+    say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
+        f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}")
+    with RunLogger(run, f"evolve_r{k}") as logger:
+        state = evolve(fitness, ccfg.num_params, cma_cfg, run.cma_state(k), logger=logger, progress=progress,
+                       desc="evolve", x0=x0)
+    save_controller(out, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
+                    best_fitness=state.best_fitness, train_in=cfg.train_in)
+    return state.mean_params
+
+
+def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool]
+                        ) -> dict[str, Any]:
+    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``) in
+    ``eval.episodes`` real episodes on seeds no training generation used; writes ``eval.json``.
+    Skipped when ``eval.json`` already scores this controller over as many episodes."""
+    run = RunDir(run)
+    digest = file_digest(run.controller())
+    if run.eval_json.exists():
+        old = read_json(run.eval_json)
+        if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes:
+            return old
+    n = cfg.eval.episodes
+    say(f"evaluating the controller in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
+    seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
+    res = pool().play([(params, s) for s in seeds])
+    out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
+           "train_in": cfg.train_in, "seeds": seeds, "lengths": [r["length"] for r in res]}
+    atomic_write_json(run.eval_json, out)
+    return out
+
+
+def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldModel, params: np.ndarray, episode_steps: int) -> None:
+    """``videos/real.mp4`` and ``videos/dream.mp4``: one episode of the controller in each."""
+    run = RunDir(run)
+    ccfg = controller_config(cfg, wm)
+    real, dream = run.videos / "real.mp4", run.videos / "dream.mp4"
+    if not real.exists():
+        save_video(real, real_frames(cfg.task, wm, ccfg, params, seed=cfg.seed, max_steps=episode_steps), fps=30)
+    if not dream.exists():
+        frames = dream_frames(wm, ccfg, params, seed=cfg.seed, temperature=cfg.dream.temperature,
+                              max_steps=episode_steps)
+        save_video(dream, frames, fps=30)
+
+
+__all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "evolve_controller",
+           "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps"]

@@ -1,0 +1,111 @@
+"""DreamTrainer: the World Models algorithm (Ha & Schmidhuber 2018), SB3-style: built from a
+config and a run folder, then ``learn()``.
+
+Stages (:mod:`agents.world_models.stages`), each skipped when its output in the run folder is
+complete, so a killed run resumes where it stopped::
+
+    for round k in 0 .. rounds-1:
+        collect_rollouts   real rollouts (round 0: brownian / random controller; later: C + noise)
+        train_vision       V on every frame so far                -> checkpoints/vae.pt
+        encode_latents     frames -> latents                      -> latents/
+        train_memory       M on every latent                      -> checkpoints/mdrnn.pt
+        evolve_controller  CMA-ES on C in the dream (or the game) -> checkpoints/controller_r{k}.npz
+    evaluate_controller    the final C in the real game           -> eval.json
+    record_videos, write_report                                   -> videos/, report.md
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.fitness import RealPool
+from agents.world_models import stages
+from agents.world_models.config import RunConfig
+from agents.world_models.report import write_report
+from agents.world_models.resume import check_resumable
+from worldlab.io import atomic_write_bytes
+from worldlab.rundir import RunDir
+from worldlab.world_model import WorldModel
+
+
+class DreamTrainer:
+    """Collect -> V -> M -> evolve C in the dream -> evaluate in the real environment.
+
+    Args:
+        config: the resolved run config (:func:`agents.world_models.preset` + overrides).
+        run_dir: the run folder; a ``config.json`` already there must match ``config`` up to the
+            settings a resume may change (:data:`agents.world_models.resume.RESUMABLE`).
+        address: Ray cluster address (None: a local Ray).
+        progress: show progress bars.
+        threads: torch threads of this process (default: every core; on a machine shared with
+            other jobs, 1 avoids OpenMP threads spinning against each other).
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path | RunDir, address: str | None = None,
+                 progress: bool = True, threads: int | None = None) -> None:
+        from agents.processes import check_backend  # merge: agents.pool
+
+        check_backend(config.backend, address)  # before any work, not at the first rollout
+        self.cfg, self.run, self.address, self.progress = config, RunDir(run_dir), address, progress
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        if check_resumable(self.run, config):
+            config.save(self.run)
+        self._pool: RealPool | None = None
+
+    def pool(self, wm: WorldModel) -> RealPool:
+        """A fresh pool of real-game workers for ``wm`` (the previous one is closed)."""
+        self.close_pool()
+        env_kwargs = {"max_episode_steps": self.cfg.eval.max_steps} if self.cfg.eval.max_steps else {}
+        self._pool = RealPool(self.cfg.task, wm.cpu(), stages.controller_config(self.cfg, wm), self.cfg.workers,
+                              env_kwargs, self.address, backend=self.cfg.backend)
+        return self._pool
+
+    def close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def world_model(self, k: int) -> WorldModel:
+        """Round ``k``'s V and M (trained, or read back when finished), bundled."""
+        c, run = self.cfg, self.run
+        if c.train_workers > 1:  # the pool's actors hold the CPUs the training workers need
+            self.close_pool()
+        vae = stages.train_vision(run, c, k, address=self.address, progress=self.progress)
+        stages.encode_latents(run, c, vae, progress=self.progress)
+        mdrnn = stages.train_memory(run, c, vae.meta.get("id"), address=self.address, progress=self.progress)
+        return WorldModel.from_models(vae, mdrnn, task=c.task, where=run.checkpoints).to(c.device)
+
+    def learn(self) -> dict[str, Any]:
+        """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""
+        c, run = self.cfg, self.run
+        torch.set_num_threads(self.threads)
+        t0 = time.perf_counter()
+        wm: WorldModel | None = None
+        params: np.ndarray | None = None
+        try:
+            for k in range(c.rounds):
+                stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
+                wm = self.world_model(k)
+                params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
+            assert wm is not None and params is not None
+            last = run.controller(c.rounds - 1)
+            if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(last):
+                atomic_write_bytes(run.controller(), last.read_bytes())
+            result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
+            if c.eval.videos:
+                steps = c.eval.max_steps or wm.max_episode_steps
+                stages.record_videos(run, c, wm.cpu(), params, steps)
+        finally:
+            self.close_pool()
+        write_report(run, c.to_dict())
+        return {**result, "wall_s": time.perf_counter() - t0}
