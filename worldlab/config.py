@@ -83,9 +83,9 @@ class DreamConfig:
     max_steps: int | None = None
     """dream episode limit (None: the task's)."""
     compile: bool = True
-    """fuse the dream step with inductor for CMA-ES on the CPU (``DreamVectorEnv(compile=True)``:
-    13-16% faster at 1,024 dreams (docs/benchmarks/dream.md, session 5), ~7 s of compiling per
-    temperature; without a C++ compiler it warns and runs eagerly). The smoke preset turns it off."""
+    """compile the dream for CMA-ES on the CPU (``DreamVectorEnv(compile=True)``): faster with many
+    dreams at once, for seconds of compiling per temperature (figures in docs/benchmarks/dream.md);
+    without a C++ compiler it warns and runs eagerly. The smoke preset turns it off."""
 
 
 @dataclass
