@@ -8,7 +8,9 @@ each step feeds ``[z_t, a_t]`` to M, samples ``z_{t+1}`` from its mixture at tem
 (a Bernoulli draw; ``logit > 0`` in deterministic mode), and truncates at the task's episode
 limit. ``DreamEnv`` is one dream; ``DreamVectorEnv`` runs N of them as one batched torch
 computation (N in the thousands, CPU or CUDA), and offers :meth:`DreamVectorEnv.step_torch`
-for callers that stay in torch (CMA-ES evaluates whole populations through it).
+for callers that stay in torch (CMA-ES evaluates whole populations through it). The batched
+step itself, M advancing N dreams at once, is :class:`envs.dream_step.DreamStep`; the envs
+reach it only through that interface.
 
 ## Action Space
 
