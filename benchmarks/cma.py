@@ -58,7 +58,7 @@ def main() -> dict:
     dream_s = time.perf_counter() - t0
     n = args.popsize * args.rollouts
     res: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "popsize": args.popsize,
-                 "rollouts": args.rollouts, "steps": args.steps, "dream_compiled": fit.env._core.fs.compiled,
+                 "rollouts": args.rollouts, "steps": args.steps, "dream_compiled": fit.env.compiled,
                  "dream_compile_s": compile_s, "dream_generation_s": dream_s,
                  "dream_steps_per_s": n * args.steps / dream_s}
     pool = RealPool("car_racing", wm, cfg, args.workers)

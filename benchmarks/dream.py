@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from agents.controller import BatchedController, ControllerConfig
     from envs.dream import DreamVectorEnv
-    from worldlab.mdrnn import FusedDreamStep
+    from envs.dream_step import MDRNNDreamStep
     from worldlab.world_model import WorldModel
 
     # 2. the real game, one core (it is single-threaded); measured first, on a quiet process
@@ -152,13 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     if a.compile:
         advancers["dream_compiled"] = make_dream(True)
     dreams = {k: rate(f) for k, f in advancers.items()}
-    probe = FusedDreamStep(wm.mdrnn, 8)  # the GEMM shapes the dream step runs
+    probe = MDRNNDreamStep(wm.mdrnn, 8)  # the GEMM shapes the dream step runs
     mm = {"gates": matmul_rate(N, probe.w.shape[1], probe.w.shape[0], 50),
           "head": matmul_rate(N, H, probe.head_w.shape[0], 100),
           "square1024": matmul_rate(1024, 1024, 1024, 10)}
     rates = timed_rounds({**dreams, **{f"mm_{k}": f for k, f in mm.items()}}, a.rounds)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    flops = FusedDreamStep.flops_per_step(Z, H, A, K) + 2 * (Z + H) * A
+    flops = MDRNNDreamStep.flops_per_step(Z, H, A, K) + 2 * (Z + H) * A
     roof_name = max(mm, key=lambda k: med[f"mm_{k}"])
     roof = med[f"mm_{roof_name}"]
     best = max(dreams, key=lambda k: med[k])

@@ -8,7 +8,9 @@ each step feeds ``[z_t, a_t]`` to M, samples ``z_{t+1}`` from its mixture at tem
 (a Bernoulli draw; ``logit > 0`` in deterministic mode), and truncates at the task's episode
 limit. ``DreamEnv`` is one dream; ``DreamVectorEnv`` runs N of them as one batched torch
 computation (N in the thousands, CPU or CUDA), and offers :meth:`DreamVectorEnv.step_torch`
-for callers that stay in torch (CMA-ES evaluates whole populations through it).
+for callers that stay in torch (CMA-ES evaluates whole populations through it). The batched
+step itself, M advancing N dreams at once, is :class:`envs.dream_step.DreamStep`; the envs
+reach it only through that interface.
 
 ## Action Space
 
@@ -62,6 +64,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from envs.dream_step import DreamStep, make_dream_step
 from worldlab.world_model import WorldModel
 
 DREAM_ID = "worldlab/Dream-v0"
@@ -137,18 +140,18 @@ def resolve_renderer(renderer: Any, world_model: WorldModel, device: torch.devic
 
 
 class _DreamCore:
-    """State and stepping of N dreams; shared by :class:`DreamEnv` (N=1) and :class:`DreamVectorEnv`."""
+    """Seeding, starts, time limits and drawing of N dreams around their batched step (the
+    :class:`envs.dream_step.DreamStep` M runs, built by the env); shared by :class:`DreamEnv` (N=1)
+    and :class:`DreamVectorEnv`."""
 
-    def __init__(self, wm: WorldModel, num_envs: int, temperature: float, deterministic: bool,
-                 device: torch.device, max_episode_steps: int | None, compile: bool = False) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    def __init__(self, wm: WorldModel, dream_step: DreamStep, temperature: float, deterministic: bool,
+                 device: torch.device, max_episode_steps: int | None) -> None:
         if not deterministic and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature} (use deterministic=True for no sampling)")
-        self.wm, self.n, self.device = wm, int(num_envs), device
+        self.wm, self.n, self.device = wm, int(dream_step.num_envs), device
         self.temperature, self.deterministic = float(temperature), bool(deterministic)
         self.limit = int(max_episode_steps or wm.max_episode_steps)
-        self.fs = wm.fused_step(self.n, device, compile=compile)
+        self.dream_step = dream_step
         self.gen = torch.Generator(device=device)
         self.rngs: list[np.random.Generator] = [np.random.default_rng(i) for i in range(self.n)]
         self.t = torch.zeros(self.n, dtype=torch.int64, device=device)
@@ -182,24 +185,24 @@ class _DreamCore:
         if z0.shape[1] != self.wm.z_size:
             raise ValueError(f"start latents must have {self.wm.z_size} dims, got {tuple(z0.shape)}")
         idx = torch.as_tensor(rows, device=self.device)
-        self.fs.reset_rows(idx, z0)
+        self.dream_step.reset_rows(idx, z0)
         self.t[idx] = 0
 
-    def step(self, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, actions: torch.Tensor, clip: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors.
 
-        ``actions=None``: the actions are already in ``self.fs.a``.
+        ``actions``: (N, A) floats, clamped into ``clip = (low, high)`` when given, or (N,) indices.
         """
-        if actions is not None:
-            self.fs.set_actions(actions)
-        reward, done = self.fs.step(self.temperature, self.deterministic, self.gen)
+        self.dream_step.set_actions(actions, *(clip or ()))
+        reward, done = self.dream_step.step(self.temperature, self.deterministic, self.gen)
         self.t += 1
         truncated = (self.t >= self.limit) & ~done
         return reward, done, truncated
 
     def frames(self, renderer: Renderer | None, rows: slice | torch.Tensor = slice(None)) -> np.ndarray:
         """Current latents of ``rows`` drawn as uint8 (B, H, W, 3) frames."""
-        z = self.fs.z[rows]
+        z = self.dream_step.z[rows]
         with torch.inference_mode():
             if renderer is not None:
                 return frames_uint8(renderer(z.clone()))
@@ -230,7 +233,8 @@ class DreamEnv(gym.Env):
         self.world_model = _load_world_model(run_dir, world_model, self.device)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
-        self._core = _DreamCore(self.world_model, 1, temperature, deterministic, self.device, max_episode_steps)
+        step = make_dream_step(self.world_model.mdrnn, 1, self.device)
+        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps)
         self.action_space = action_space_from(self.world_model.action_space)
         self.observation_space = _obs_space(self.world_model, obs_mode, renderer)
         self._clip = _clip_tensor(self.action_space, self.device)
@@ -245,9 +249,13 @@ class DreamEnv(gym.Env):
     def max_episode_steps(self) -> int:
         return self._core.limit
 
+    def latents(self) -> torch.Tensor:
+        """The dream's current latent z as a (1, Z) batch of one (a new tensor), e.g. for V's decoder."""
+        return self._core.dream_step.z.clone()
+
     def _obs(self) -> np.ndarray:
         if self.obs_mode == "latent":
-            return self._core.fs.obs[0].detach().cpu().numpy().copy()
+            return self._core.dream_step.obs[0].detach().cpu().numpy().copy()
         return self._core.frames(self.renderer)[0]
 
     @torch.inference_mode()
@@ -356,8 +364,8 @@ class DreamVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
-        self._core = _DreamCore(self.world_model, self.num_envs, temperature, deterministic, self.device,
-                                max_episode_steps, compile=compile)
+        step = make_dream_step(self.world_model.mdrnn, self.num_envs, self.device, compile=compile)
+        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps)
         self.single_action_space = action_space_from(self.world_model.action_space)
         self.single_observation_space = _obs_space(self.world_model, obs_mode, renderer)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -379,12 +387,21 @@ class DreamVectorEnv(VectorEnv):
     def max_episode_steps(self) -> int:
         return self._core.limit
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the dream step runs compiled (False with ``compile=False``, and after a fallback to eager)."""
+        return bool(self._core.dream_step.compiled)
+
     # -- torch API -----------------------------------------------------------------------------
+
+    def latents(self) -> torch.Tensor:
+        """The sub-envs' current latents z (N, Z) as a new tensor."""
+        return self._core.dream_step.z.clone()
 
     def observe_torch(self) -> torch.Tensor:
         """Current observations as a new torch tensor: (N, Z + H) float32 or (N, 64, 64, 3) uint8."""
         if self.obs_mode == "latent":
-            return self._core.fs.take_obs()
+            return self._core.dream_step.take_obs()
         return torch.from_numpy(self._core.frames(self.renderer)).to(self.device)
 
     @torch.inference_mode()
@@ -421,11 +438,9 @@ class DreamVectorEnv(VectorEnv):
         their last observations are in ``self.final_obs``).
         """
         core = self._core
-        if self._clip is not None:
+        if self._clip is not None:  # clamped where the step keeps its actions: no copy of its own
             actions = actions.reshape(self.num_envs, -1).to(self.device, torch.float32)
-            core.fs.a.copy_(actions)
-            torch.clamp(core.fs.a, self._clip[0], self._clip[1], out=core.fs.a)
-            reward, terminated, truncated = core.step(None)
+            reward, terminated, truncated = core.step(actions, self._clip)
         else:
             reward, terminated, truncated = core.step(actions.to(self.device).reshape(self.num_envs))
         reward = reward.clone()

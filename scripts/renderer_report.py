@@ -94,12 +94,12 @@ def dream_strip(run: Path, renderer: LatentRenderer, steps: int, seed: int = 0) 
     env = DreamEnv(run_dir=run, render_mode="rgb_array", temperature=1.0)
     env.reset(seed=seed)
     env.action_space.seed(seed)
-    zs = [env._core.fs.z[:1].clone()]
+    zs = [env.latents()]
     for _ in range(steps - 1):
         _, _, term, trunc, _ = env.step(env.action_space.sample())
         if term or trunc:
             break
-        zs.append(env._core.fs.z[:1].clone())
+        zs.append(env.latents())
     z = torch.cat(zs)[:: max(1, len(zs) // 8)][:8]
     top = env.world_model.vae.decode(z) * 2 - 1
     bottom = renderer.render(z) * 2 - 1

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldlab.mdrnn import MDRNN, FusedDreamStep, MDRNNConfig, sample_mixture
+from envs.dream_step import make_dream_step
+from worldlab.mdrnn import MDRNN, MDRNNConfig, sample_mixture
 from worldlab.world_model import WorldModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -51,7 +52,7 @@ def test_stages_train_on_cuda_and_load_on_cpu(tiny_data: Path, tmp_path: Path) -
 def test_fused_dream_step_on_cuda_matches_the_cell() -> None:
     torch.manual_seed(0)
     m = MDRNN(MDRNNConfig(z_size=8, action_dim=2, hidden=32)).eval()
-    fs = FusedDreamStep(m.cuda(), 5, device="cuda")
+    fs = make_dream_step(m.cuda(), 5, "cuda")
     z = torch.randn(5, 8)
     fs.reset_rows(slice(None), z.cuda())
     ref, state = m.cpu(), None

@@ -240,11 +240,11 @@ def test_compiled_step_matches_eager(wm: WorldModel) -> None:
         obs = [e.step_torch(a[t])[0] for e in envs]
         torch.testing.assert_close(obs[1], obs[0], atol=1e-4, rtol=1e-4)
     # sampling on: the compiled step is one fused graph; same noise -> the same draws as eager
-    from worldlab.mdrnn import FusedDreamStep
+    from envs.dream_step import MDRNNDreamStep
 
     steps = []
-    for c in (False, True):
-        fs = FusedDreamStep(wm.mdrnn, n, compile=c)
+    for c in (False, True):  # the MDRNN step's own buffers: the packed input x and the cell state c
+        fs = MDRNNDreamStep(wm.mdrnn, n, compile=c)
         fs.reset_rows(slice(None), z0)
         fs.set_actions(a[0])
         g = torch.Generator().manual_seed(5)
@@ -297,7 +297,7 @@ def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(wm: WorldModel) -
     with torch._inductor.config.patch({"cpp.cxx": ("no-such-cxx-compiler",), "fx_graph_cache": False}):
         with pytest.warns(RuntimeWarning, match="compiling the dream step failed.*running it eagerly"):
             fell_back = envs[1].step_torch(a[0])
-    assert not envs[1]._core.fs.compiled
+    assert not envs[1].compiled
     outs = [(envs[0].step_torch(a[0]), fell_back)]
     outs += [(envs[0].step_torch(a[t]), envs[1].step_torch(a[t])) for t in (1, 2)]
     for eager, fallback in outs:  # the draws start after the failed attempt: the very same numbers

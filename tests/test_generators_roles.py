@@ -247,7 +247,7 @@ def test_renderer_plugs_into_the_dream(trained_renderer, dream_run) -> None:
     o1, _ = plain.reset(seed=3)
     o2, _ = drawn.reset(seed=3)
     assert o2.shape == o1.shape == (64, 64, 3) and o2.dtype == np.uint8
-    z = drawn._core.fs.z[:1].clone()
+    z = drawn.latents()
     expected = (model.render(z).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8)[0].numpy()
     assert np.array_equal(o2, expected) and not np.array_equal(o1, o2)  # drawn by the renderer, not V
     frame = drawn.render()

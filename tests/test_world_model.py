@@ -18,10 +18,10 @@ from torch import distributions as D
 
 from agents.world_models.config import RunConfig
 from agents.world_models.stages import encode_latents, train_memory, train_vision
+from envs.dream_step import make_dream_step
 from worldlab.logging import read_metrics
 from worldlab.mdrnn import (
     MDRNN,
-    FusedDreamStep,
     MDRNNConfig,
     mixture_log_prob,
     sample_mixture,
@@ -133,7 +133,7 @@ def test_sequence_model_and_one_step_cell_agree() -> None:
 def test_fused_dream_step_matches_the_cell() -> None:
     torch.manual_seed(0)
     m = MDRNN(MDRNNConfig(z_size=8, action_dim=2, hidden=32)).eval()
-    fs = FusedDreamStep(m, 5)
+    fs = make_dream_step(m, 5, "cpu")
     z = torch.randn(5, 8)
     fs.reset_rows(slice(None), z)
     state = None

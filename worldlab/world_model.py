@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from worldlab.io import torch_load
-from worldlab.mdrnn import MDRNN, FusedDreamStep, MDRNNConfig
+from worldlab.mdrnn import MDRNN, MDRNNConfig
 from worldlab.rundir import RunDir
 from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
 
@@ -121,11 +121,6 @@ class WorldModel(nn.Module):
     def decode_frames(self, z: torch.Tensor) -> np.ndarray:
         """Latents (B, Z) -> uint8 frames (B, 64, 64, 3)."""
         return to_uint8_hwc(self.vae.decode(z.to(self.vae.device)))
-
-    def fused_step(self, num_envs: int, device: torch.device | str | None = None,
-                   compile: bool = False) -> FusedDreamStep:
-        """M's batched dream step for ``num_envs`` rollouts (see :class:`FusedDreamStep`)."""
-        return FusedDreamStep(self.mdrnn, num_envs, device=device or self.device, compile=compile)
 
     def meta(self) -> dict[str, Any]:
         return {"task": self.task, "action_space": self.action_space, "max_episode_steps": self.max_episode_steps}
