@@ -106,7 +106,7 @@ class BatchedController:
         N, F, A, H = p.shape[0], cfg.input_size, cfg.action_dim, cfg.hidden
         if H == 0:
             # stored transposed, (N, A, F): each controller's block of rows is multiplied as
-            # W^T (A, F) @ x^T (F, g), ~3x faster in MKL's batched GEMM than x (g, F) @ W (F, A) for A = 3
+            # W^T (A, F) @ x^T (F, g): MKL's batched GEMM runs this orientation faster than x (g, F) @ W (F, A) for few actions
             self.Wt = p[:, : F * A].reshape(N, F, A).transpose(1, 2).contiguous()  # (N, A, F)
             self.b = p[:, F * A:].reshape(N, A, 1).contiguous()  # (N, A, 1)
         else:

@@ -38,6 +38,7 @@ from generators.data import GenData  # noqa: E402
 from generators.renderer import LatentRenderer, sharpness  # noqa: E402
 from generators.train import FitConfig, suggested_threads  # noqa: E402
 from worldlab.io import atomic_write_json, atomic_write_text  # noqa: E402
+from worldlab.rundir import RunDir  # noqa: E402
 from worldlab.storage import Manifest, load_shard  # noqa: E402
 from worldlab.vae import ConvVAE  # noqa: E402
 
@@ -87,7 +88,7 @@ def measure(renderer: LatentRenderer, vae: ConvVAE, test: GenData
     return res, x01, drawn
 
 
-def dream_strip(run: Path, renderer: LatentRenderer, steps: int, seed: int = 0) -> np.ndarray:
+def dream_strip(run: RunDir, renderer: LatentRenderer, steps: int, seed: int = 0) -> np.ndarray:
     """One dream rollout (random actions), drawn by V (top row) and by the renderer (bottom row)."""
     from envs.dream import DreamEnv
 
@@ -117,26 +118,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
-    run = Path(args.run)
-    if not (run / "checkpoints" / "vae.pt").exists() or not (run / "data" / "manifest.json").exists():
+    run = RunDir(args.run)
+    if not run.vae.exists() or not run.data_manifest.exists():
         print(f"error: {run} is not a run folder with data/ and checkpoints/vae.pt; "
               f"run python scripts/dream_train.py TASK --out {run} first", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or suggested_threads())
-    out = Path(args.out or run / "renderer")
+    out = Path(args.out or run.renderer)
     t0 = time.time()
-    train = episode_frames(run / "data", held_out=False, max_frames=args.max_frames)
-    test = episode_frames(run / "data", held_out=True, max_frames=2000)
+    train = episode_frames(run.data, held_out=False, max_frames=args.max_frames)
+    test = episode_frames(run.data, held_out=True, max_frames=2000)
     torch.manual_seed(0)
     model = generators.model_for("renderer", train, vae=str(run))
     assert isinstance(model, LatentRenderer)
     generators.fit(model, train, FitConfig(steps=args.steps, batch_size=args.batch_size, seed=0,
                                            sample_every=max(100, args.steps // 5), checkpoint_every=200),
                    out=out, progress=args.progress)
-    model.save(out / "generator.pt")
+    model.save(RunDir(out).generator_final)
     train_s = time.time() - t0
     model.eval()
-    vae = ConvVAE.load(run / "checkpoints" / "vae.pt")
+    vae = ConvVAE.load(run.vae)
     res, x01, drawn = measure(model, vae, test)
     k = torch.linspace(0, len(test) - 1, 8).long()
     pic = images.grid(torch.cat([x01[k], drawn["v_decoder"][k], drawn["renderer"][k]]) * 2 - 1, nrow=8, upscale=2)

@@ -23,7 +23,7 @@ component-major, so each component's parameters for all latent dims are contiguo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -58,8 +58,6 @@ class MDRNNConfig:
     """lower clamp of predicted log sigma (keeps the NLL finite)."""
     logsigma_max: float = 3.0
     """upper clamp of predicted log sigma."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """free-form notes kept with the config (ignored by the model)."""
 
     def __post_init__(self) -> None:
         for name in ("z_size", "action_dim", "hidden", "gaussians"):

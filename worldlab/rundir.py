@@ -24,6 +24,7 @@ spelling paths, so the layout below is written down once::
     RUN/fidelity/                its open-loop strips and videos        .fidelity
     RUN/tau_sweep/ (+ .json/.md) the temperature sweep                  .tau_sweep
     RUN/reward_compare/          the novelty-penalty comparison         .reward_compare
+    RUN/renderer/                the dream renderer's training folder   .renderer
 
 A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
 folder of the same shape: ``config.json``, ``checkpoints/generator.pt`` during training,
@@ -133,6 +134,10 @@ class RunDir:
     @property
     def tau_sweep_md(self) -> Path:
         return self.root / "tau_sweep.md"
+
+    @property
+    def renderer(self) -> Path:
+        return self.root / "renderer"
 
     @property
     def reward_compare(self) -> Path:

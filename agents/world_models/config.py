@@ -206,7 +206,7 @@ def preset(name: str, task: str) -> RunConfig:
             eval=EvalConfig(episodes=4, max_steps=120),
         )
     if name == "default":
-        if doom:  # one round, as the paper did for Doom; LSTM 512 makes each dream step ~4x dearer
+        if doom:  # one round, as the paper did for Doom; its LSTM 512 makes each dream step dearer: a smaller population
             return RunConfig(
                 task=task, preset=name, workers=2, rounds=1,
                 collect=CollectConfig(episodes=300),
