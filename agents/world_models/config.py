@@ -35,6 +35,23 @@ BACKENDS = ("ray", "processes")
 """Where real rollouts run: Ray workers (a local Ray or a cluster), or local processes (no Ray)."""
 
 
+def _at_least(section: str, obj: Any, minimum: int | float, *names: str, optional: bool = False) -> None:
+    """One-line refusal of ``obj.name < minimum`` (``optional``: None is allowed)."""
+    for name in names:
+        v = getattr(obj, name)
+        if optional and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < minimum:
+            key = name if section == "run" else f"{section}.{name}"
+            flag = FLAG_OF.get(key, f"--set {key}=...")
+            raise ValueError(f"{key} must be >= {minimum}{' or None' if optional else ''}, got {v!r}; "
+                             f"pass {flag} with a value >= {minimum}")
+
+
+FLAG_OF = {"eval.episodes": "--eval-episodes", "cma.generations": "--generations"}
+"""Command-line flags of the config fields that have one besides ``--set``."""
+
+
 @dataclass
 class CollectConfig:
     """Real-environment rollouts for V and M."""
@@ -49,6 +66,11 @@ class CollectConfig:
     """episodes added per later round, played by the evolved controller plus noise."""
     noise_std: float = 0.1
     """exploration noise of the later rounds' controller."""
+
+    def __post_init__(self) -> None:
+        _at_least("collect", self, 1, "episodes", "episodes_per_round")
+        _at_least("collect", self, 1, "max_steps", optional=True)
+        _at_least("collect", self, 0, "noise_std")
 
     def round_episodes(self, k: int) -> range:
         """Indices of the episodes round ``k`` collects: the first ``episodes`` in round 0, the next
@@ -73,6 +95,13 @@ class DreamConfig:
     of compiling per temperature). Without a C++ compiler it warns and steps the same dream
     eagerly. The smoke preset turns it off: its dreams are too short to repay the compile."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or \
+                not self.temperature > 0:
+            raise ValueError(f"dream.temperature must be > 0, got {self.temperature!r}; pass --temperature with a "
+                             f"positive value (the paper's Doom optimum: 1.15)")
+        _at_least("dream", self, 1, "max_steps", optional=True)
+
 
 @dataclass
 class EvalConfig:
@@ -84,6 +113,10 @@ class EvalConfig:
     """cut episodes at this many steps (None: the task's limit)."""
     videos: bool = True
     """record a real and a dream video of the final controller."""
+
+    def __post_init__(self) -> None:
+        _at_least("eval", self, 1, "episodes")
+        _at_least("eval", self, 1, "max_steps", optional=True)
 
 
 @dataclass
@@ -136,6 +169,8 @@ class RunConfig:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
+        _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
             raise ValueError(f"train_workers must be an integer >= 1, got {self.train_workers!r}; pass "
                              f"--train-workers 1 (one process) or N > 1 (N Ray Train workers)")

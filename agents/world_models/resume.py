@@ -25,10 +25,14 @@ RESUMABLE: dict[str, str] = {
     "loader_workers": "the data loader's processes only change how shards are read",
     "device": "a run trained on a GPU box goes on, or is evaluated and reported, on a laptop",
     "dream.compile": "it only changes how the same dream step is computed",
+    "eval.episodes": "eval.json records the episodes and episode limit it was played with: a change plays the "
+                     "evaluation again",
+    "eval.max_steps": "likewise",
+    "eval.videos": "videos are recorded when missing and never read by another stage",
 }
 """Settings a resumed run may change, with the reason each is safe."""
 
-FLAGS = {"rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
+FLAGS = {"eval.episodes": "--eval-episodes", "rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
          "train_workers": "--train-workers", "device": "--device"}
 """The command-line flags of the resumable settings (the others go through --set)."""
 

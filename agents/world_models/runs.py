@@ -41,6 +41,10 @@ def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int
                  max_steps: int | None = None, address: str | None = None, backend: str = "ray",
                  controller: str | Path | None = None) -> dict[str, Any]:
     """Score a run's controller in ``episodes`` real episodes (see :func:`agents.evaluate.evaluate`)."""
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
     cfg, wm, ccfg, params = load_run(run_dir, controller)
     return evaluate(cfg.task, wm, ccfg, params, episodes, workers, seed, max_steps, address, backend)
 
@@ -51,6 +55,10 @@ def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 
     """Watch a run's controller (see :func:`agents.watch.watch`) at the run's dream temperature."""
     if mode not in ("real", "dream", "both"):
         raise ValueError(f"mode must be real, dream or both, got {mode!r}")
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
     cfg, wm, ccfg, params = load_run(run_dir)
     if renderer is not None and not Path(renderer).is_file():
         raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "

@@ -418,14 +418,17 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
     digest = file_digest(run.controller())
     if run.eval_json.exists():
         old = read_json(run.eval_json)
-        if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes:
+        # eval.json files written before the episode limit was recorded were played with the saved one
+        same_limit = old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps
+        if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes and same_limit:
             return old
     n = cfg.eval.episodes
     say(f"evaluating the controller in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
     res = pool().play([(params, s) for s in seeds])
     out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
-           "train_in": cfg.train_in, "seeds": seeds, "lengths": [r["length"] for r in res]}
+           "train_in": cfg.train_in, "seeds": seeds, "lengths": [r["length"] for r in res],
+           "max_steps": cfg.eval.max_steps}
     atomic_write_json(run.eval_json, out)
     return out
 

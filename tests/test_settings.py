@@ -1,0 +1,86 @@
+"""Bad settings are refused with one line before any work, and eval.* may change on --resume."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.world_models import check_resumable, override
+from agents.world_models.resume import RESUMABLE
+from worldlab.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"
+
+
+def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import dream_train
+    finally:
+        sys.path.pop(0)
+    rc = dream_train.main(argv)
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--temperature", "0"], "dream.temperature must be > 0"),
+    (["--temperature", "-1.5"], "dream.temperature must be > 0"),
+    (["--eval-episodes", "-4"], "eval.episodes must be >= 1"),
+    (["--eval-episodes", "0"], "--eval-episodes"),
+    (["--set", "eval.max_steps=0"], "eval.max_steps must be >= 1"),
+    (["--set", "dream.max_steps=-1"], "dream.max_steps must be >= 1"),
+    (["--set", "collect.episodes=0"], "collect.episodes must be >= 1"),
+    (["--set", "seq_len=1"], "seq_len must be >= 2"),
+    (["--generations", "0"], "cma.generations must be >= 1"),
+])
+def test_bad_settings_are_refused_before_any_work(flags: list[str], says: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    rc, lines = _dream_train(["car_racing", "--preset", "smoke", "--out", str(out), "--no-progress", *flags], capsys)
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines
+    assert not out.exists()
+
+
+def test_eval_settings_may_change_on_resume(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(OLD_RUN, run.root)
+    from agents.world_models import RunConfig
+
+    cfg = RunConfig.load(run)
+    assert {"eval.episodes", "eval.max_steps", "eval.videos"} <= set(RESUMABLE)
+    assert check_resumable(run, override(cfg, ["eval.episodes=3", "eval.max_steps=30", "eval.videos=true"]))
+    with pytest.raises(ValueError, match="already holds a run with other settings"):
+        check_resumable(run, override(cfg, ["eval.episodes=3"]), resume=False)
+    with pytest.raises(ValueError, match="differs in dream.temperature"):
+        check_resumable(run, override(cfg, ["dream.temperature=1.2"]))
+    assert not check_resumable(run, cfg)  # the same config: nothing to rewrite
+
+
+def test_a_bad_eval_flag_never_leaves_a_run_stuck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fixed flag is accepted on --resume (the old run folder: every stage done, so only the
+    evaluation runs again, with the new episode count)."""
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "-4"], capsys)
+    assert rc == 2 and len(lines) == 1
+    rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "3", "--no-progress",
+                              "--backend", "processes", "--workers", "1"], capsys)
+    assert rc == 0, lines
+    import json
+
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["episodes"] == 3 and ev["max_steps"] == 25 and ev["lengths"] == [25, 25, 25]
+
+
+@pytest.mark.parametrize("flags", [["--episodes", "0"], ["--episodes", "-1"], ["--max-steps", "0"]])
+def test_watch_and_evaluate_refuse_bad_counts(flags: list[str]) -> None:
+    for script, extra in (("watch.py", ["--record", "x.mp4"]), ("evaluate.py", [])):
+        out = subprocess.run([sys.executable, f"scripts/{script}", str(OLD_RUN), *flags, *extra], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, (script, out.stderr)
+        assert out.stderr.strip().count("\n") == 0 and "must be >= 1" in out.stderr, (script, out.stderr)
