@@ -120,6 +120,7 @@ def replay(dim: int, cfg: CMAConfig, state: EvolutionState, x0: np.ndarray | Non
 
 def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | None = None,
            logger: RunLogger | None = None, progress: bool = True, desc: str = "evolve",
+           on_generation: Callable[[int, np.ndarray, float], None] | None = None,
            x0: np.ndarray | None = None) -> EvolutionState:
     """Run CMA-ES up to ``cfg.generations`` generations, resuming from ``state_path`` if present.
 
@@ -127,7 +128,9 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
     a resumed run must pass the same ``x0``.
 
     Logs ``evolve/best``, ``evolve/mean``, ``evolve/worst`` (returns of the generation's
-    candidates), ``evolve/sigma`` and ``evolve/seconds`` per generation.
+    candidates), ``evolve/sigma`` and ``evolve/seconds`` per generation. ``on_generation(g, best,
+    best_fitness)`` is called after each generation with its best candidate (D,) and that
+    candidate's fitness (e.g. to play it in the real game and log the dream-vs-real gap).
     """
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.exists():
@@ -158,6 +161,8 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
         if logger is not None:
             logger.scalars({f"{desc}/{k}": v for k, v in stats.items()}, g)
             logger.flush()
+        if on_generation is not None:  # after the state is saved: a hook that fails loses no generation
+            on_generation(g, X[i].copy(), float(fit[i]))
         g += 1
         bar.update(1)
         bar.set_postfix(best=f"{stats['best']:.1f}", mean=f"{stats['mean']:.1f}", sigma=f"{es.sigma:.3g}")

@@ -18,6 +18,9 @@ from agents.controller import BatchedController, ControllerConfig
 from worldlab.ray_utils import fetch_if_new
 from worldlab.world_model import WorldModel
 
+GAP_GENERATION = 2 * 10**6
+"""The generation numbers ``GAP_GENERATION + g`` seed the real episodes that measure generation
+g's dream-vs-real gap: disjoint from training and evaluation seeds."""
 EVAL_GENERATION = 10**6
 """The generation number whose seeds evaluations play: past any training generation, so a
 controller is never scored on the episodes it was evolved on."""

@@ -53,6 +53,14 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     gens = sorted({m["step"] for m in metrics if m["name"] == "evolve/best"})
     assert gens == [0, 1, 2]
+    # the dream-vs-real gap: the smoke preset measures every 2nd generation and the last (generations 2 and 3)
+    gap = {(m["step"], m["name"]): m["value"] for m in metrics if m["name"].startswith("gap/")}
+    assert sorted({g for g, _ in gap}) == [1, 2]
+    for g in (1, 2):
+        assert np.isclose(gap[(g, "gap/dream_minus_real")], gap[(g, "gap/dream")] - gap[(g, "gap/real")])
+        best = [m["value"] for m in metrics if m["name"] == "evolve/best" and m["step"] == g]
+        assert np.isclose(gap[(g, "gap/dream")], best[-1])  # the candidate played is the generation's best
+    assert "## Dream vs real" in report and (out / "figures" / "gap.png").stat().st_size > 0
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
 
 

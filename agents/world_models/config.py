@@ -113,10 +113,17 @@ class EvalConfig:
     """cut episodes at this many steps (None: the task's limit)."""
     videos: bool = True
     """record a real and a dream video of the final controller."""
+    gap_every: int = 10
+    """while C evolves in the dream, play each ``gap_every``-th generation's best candidate (and
+    the last generation's) in ``gap_episodes`` real episodes and log its real score beside its
+    dream score (``gap/dream``, ``gap/real``): the exploitation gap, made visible. 0: off."""
+    gap_episodes: int = 4
+    """real episodes per gap measurement."""
 
     def __post_init__(self) -> None:
-        _at_least("eval", self, 1, "episodes")
+        _at_least("eval", self, 1, "episodes", "gap_episodes")
         _at_least("eval", self, 1, "max_steps", optional=True)
+        _at_least("eval", self, 0, "gap_every")
 
 
 @dataclass
@@ -238,7 +245,7 @@ def preset(name: str, task: str) -> RunConfig:
             mdrnn_train=TrainConfig(steps=40, lr=3e-3, log_every=5, checkpoint_every=20), mdrnn_batch=8, seq_len=32,
             cma=CMAConfig(popsize=8, rollouts=2, generations=3, sigma0=0.1),
             dream=DreamConfig(temperature=1.15 if doom else 1.0, max_steps=120, compile=False),
-            eval=EvalConfig(episodes=4, max_steps=120),
+            eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2),
         )
     if name == "default":
         if doom:  # one round, as the paper did for Doom; its LSTM 512 makes each dream step dearer: a smaller population

@@ -76,6 +76,46 @@ def plot_cma(run_dir: RunDir, out: Path) -> Path | None:
     return out
 
 
+def gap_rows(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The dream-vs-real gap measurements of every evolution stage: stage, generation, dream, real."""
+    recs = read_metrics(run_dir)
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in recs:
+        if r["name"] in ("gap/dream", "gap/real"):  # a resumed stage may log a generation twice: keep the last
+            by.setdefault((r["stage"], r["step"]), {"stage": r["stage"], "generation": r["step"]})[
+                r["name"].split("/")[1]] = r["value"]
+    return [v for _, v in sorted(by.items()) if "dream" in v and "real" in v]
+
+
+def plot_gap(run_dir: RunDir, out: Path) -> Path | None:
+    """Dream score vs real score of the best candidate, per measured generation and evolution stage."""
+    rows = gap_rows(run_dir)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    stages = sorted({r["stage"] for r in rows})
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        rs = [r for r in rows if r["stage"] == stage]
+        gens = [r["generation"] + 1 for r in rs]
+        ax.plot(gens, [r["dream"] for r in rs], "o-", label="in the dream")
+        ax.plot(gens, [r["real"] for r in rs], "s-", label="in the real game")
+        ax.set_title(f"{stage}: the best candidate")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("return")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def collection_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str, Any]]:
     """Real returns of each round's collected episodes, from the data manifest.
 
@@ -127,6 +167,15 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     if cma_plot:
         lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation.", "",
                   f"![cma]({figs.name}/cma.png)", ""]
+    gap = gap_rows(run_dir)
+    if gap and plot_gap(run_dir, figs / "gap.png"):
+        lines += ["## Dream vs real", "", "Every few generations the best candidate (selected on its dream score) "
+                  "also played a few real episodes: where the dream score runs ahead of the real one, the controller "
+                  "is learning M's mistakes.", "", f"![gap]({figs.name}/gap.png)", "",
+                  "| stage | generation | dream | real | dream - real |", "|---|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
+                  f"{r['dream'] - r['real']:.1f} |" for r in gap]
+        lines += [""]
     videos = sorted(p.relative_to(run_dir.root) for p in run_dir.videos.glob("*.mp4")) \
         if run_dir.videos.exists() else []
     if videos:

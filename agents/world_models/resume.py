@@ -29,6 +29,8 @@ RESUMABLE: dict[str, str] = {
                      "evaluation again",
     "eval.max_steps": "likewise",
     "eval.videos": "videos are recorded when missing and never read by another stage",
+    "eval.gap_every": "the gap measurements only watch the evolution: its candidates do not depend on them",
+    "eval.gap_episodes": "likewise",
 }
 """Settings a resumed run may change, with the reason each is safe."""
 

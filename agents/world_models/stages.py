@@ -41,7 +41,13 @@ from tqdm.auto import tqdm
 from agents.cmaes import evolve
 from agents.controller import ControllerConfig, load_controller, save_controller
 from agents.evaluate import summarize_returns
-from agents.fitness import EVAL_GENERATION, DreamFitness, RealFitness, generation_seeds
+from agents.fitness import (
+    EVAL_GENERATION,
+    GAP_GENERATION,
+    DreamFitness,
+    RealFitness,
+    generation_seeds,
+)
 from agents.policies import PolicySpec
 from agents.watch import dream_frames, real_frames
 from agents.world_models.config import RunConfig
@@ -402,11 +408,26 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
         f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}")
     with RunLogger(run, f"evolve_r{k}") as logger:
+        gap = None
+        if cfg.train_in == "dream" and cfg.eval.gap_every > 0:
+            gap = partial(_log_gap, cfg, pool, logger, cma_cfg.seed, cma_cfg.generations)
         state = evolve(fitness, ccfg.num_params, cma_cfg, run.cma_state(k), logger=logger, progress=progress,
-                       desc="evolve", x0=x0)
+                       desc="evolve", x0=x0, on_generation=gap)
     save_controller(out, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
                     best_fitness=state.best_fitness, train_in=cfg.train_in)
     return state.mean_params
+
+
+def _log_gap(cfg: RunConfig, pool: Callable[[], RealPool], logger: RunLogger, seed: int, generations: int,
+             g: int, best: np.ndarray, dream_score: float) -> None:
+    """Every ``eval.gap_every``-th generation (and the last): its best candidate in
+    ``eval.gap_episodes`` real episodes, logged beside the dream score it was selected on."""
+    if (g + 1) % cfg.eval.gap_every and g + 1 != generations:
+        return
+    seeds = generation_seeds(seed, GAP_GENERATION + g, cfg.eval.gap_episodes)
+    real = float(np.mean([r["return"] for r in pool().play([(best, s) for s in seeds])]))
+    logger.scalars({"gap/dream": dream_score, "gap/real": real, "gap/dream_minus_real": dream_score - real}, g)
+    logger.flush()
 
 
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool]

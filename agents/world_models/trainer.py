@@ -16,6 +16,7 @@ complete, so a killed run resumes where it stopped::
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from functools import partial
@@ -61,19 +62,26 @@ class DreamTrainer:
         if check_resumable(self.run, config):
             config.save(self.run)
         self._pool: RealPool | None = None
+        self._pool_wm: WorldModel | None = None
 
     def pool(self, wm: WorldModel) -> RealPool:
-        """A fresh pool of real-game workers for ``wm`` (the previous one is closed)."""
+        """The pool of real-game workers playing controllers through ``wm``: kept while the world
+        model is the same (the gap measurements during evolution, then the evaluation), replaced
+        when it changes."""
+        if self._pool is not None and self._pool_wm is wm:
+            return self._pool
         self.close_pool()
         env_kwargs = {"max_episode_steps": self.cfg.eval.max_steps} if self.cfg.eval.max_steps else {}
-        self._pool = RealPool(self.cfg.task, wm.cpu(), stages.controller_config(self.cfg, wm), self.cfg.workers,
-                              env_kwargs, self.address, backend=self.cfg.backend)
+        # the workers get a CPU copy: moving `wm` itself would move the dream's world model too
+        self._pool = RealPool(self.cfg.task, copy.deepcopy(wm).cpu(), stages.controller_config(self.cfg, wm),
+                              self.cfg.workers, env_kwargs, self.address, backend=self.cfg.backend)
+        self._pool_wm = wm
         return self._pool
 
     def close_pool(self) -> None:
         if self._pool is not None:
             self._pool.close()
-            self._pool = None
+            self._pool, self._pool_wm = None, None
 
     def world_model(self, k: int) -> WorldModel:
         """Round ``k``'s V and M (trained, or read back when finished), bundled."""
