@@ -84,3 +84,29 @@ def test_watch_and_evaluate_refuse_bad_counts(flags: list[str]) -> None:
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, (script, out.stderr)
         assert out.stderr.strip().count("\n") == 0 and "must be >= 1" in out.stderr, (script, out.stderr)
+
+
+def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> None:
+    """freeze_v + finetune_m: round 1 encodes its frames with round 0's V and continues M from
+    round 0's weights (its training log goes on from the saved step), so round 1's controller
+    warm-starts on the same latent space."""
+    import json
+
+    from agents.world_models import DreamTrainer, RunConfig
+    from worldlab.logging import read_metrics
+    from worldlab.mdrnn import MDRNN
+    from worldlab.vae import ConvVAE
+
+    cfg = override(RunConfig.load(OLD_RUN), ["freeze_v=true", "finetune_m=true", "backend=processes", "workers=1",
+                                             "eval.videos=false", "eval.gap_every=0"])
+    run = RunDir(tmp_path / "run")
+    DreamTrainer(cfg, run, progress=False, threads=1).learn()
+    vae, m = ConvVAE.load(run.vae), MDRNN.load(run.mdrnn)
+    assert vae.meta["steps"] == cfg.vae_train.steps  # not retrained in round 1
+    assert m.meta["steps"] == 2 * cfg.mdrnn_train.steps and m.meta["vae_id"] == vae.meta["id"]
+    steps = [r["step"] for r in read_metrics(run, "mdrnn", "mdrnn/loss")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run of steps: continued, not restarted
+    lat = json.loads(run.latents_manifest.read_text())
+    assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
+    with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
+        override(cfg, ["freeze_v=false"])

@@ -153,6 +153,14 @@ class RunConfig:
     """iterative training rounds: collect -> V -> M -> evolve, then again with new real data."""
     controller_hidden: int = 0
     """0: the paper's linear controller on [z, h]; > 0: one hidden layer of this size."""
+    freeze_v: bool = False
+    """later rounds keep round 0's V (False: V trains ``vae_train.steps`` more on each round's
+    data, so its latents change and M starts over). Frozen, the new frames are encoded by the same
+    V and the latent space the controller acts on keeps its meaning."""
+    finetune_m: bool = False
+    """later rounds continue M from the previous round's weights for ``mdrnn_train.steps`` more
+    steps on all the data (needs ``freeze_v``: a retrained V makes M's latents stale), so C's warm
+    start still reads the h it was evolved on. False: M trains ``mdrnn_train.steps`` from scratch."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     vae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3, amp="auto"))
@@ -176,6 +184,9 @@ class RunConfig:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.finetune_m and not self.freeze_v:
+            raise ValueError("finetune_m needs freeze_v: a V retrained each round changes the latents M learned; "
+                             "pass --set freeze_v=true too, or drop finetune_m")
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:

@@ -199,8 +199,15 @@ def mdrnn_batches(latents_dir: Path, episodes: list[int], batch_size: int, seq_l
 
 
 def vision_steps(cfg: RunConfig, k: int) -> int:
-    """V's total training steps after round ``k``: V goes on training on each round's new frames."""
-    return cfg.vae_train.steps * (k + 1)
+    """V's total training steps after round ``k``: V goes on training on each round's new frames,
+    unless ``freeze_v`` keeps round 0's."""
+    return cfg.vae_train.steps * (1 if cfg.freeze_v else k + 1)
+
+
+def memory_steps(cfg: RunConfig, k: int) -> int:
+    """M's total training steps after round ``k``: with ``finetune_m`` M goes on from the previous
+    round's weights; otherwise it starts over each time V changed."""
+    return cfg.mdrnn_train.steps * (k + 1 if cfg.finetune_m else 1)
 
 
 def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *, address: str | None = None, progress: bool = True,
@@ -313,16 +320,16 @@ def start_bank(latents: Manifest, episodes: list[int] | None = None) -> tuple[to
     return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
 
 
-def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | None = None, *, address: str | None = None,
-                 progress: bool = True, tensorboard: bool = True) -> MDRNN:
+def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | None = None, k: int = 0, *,
+                 address: str | None = None, progress: bool = True, tensorboard: bool = True) -> MDRNN:
     """Train M (``cfg.mdrnn``, ``cfg.mdrnn_train``, batch ``cfg.mdrnn_batch`` of ``cfg.seq_len``-step
     windows) on the latents of ``RUN/latents`` and write ``checkpoints/mdrnn.pt``; returns M on
     ``cfg.device``. ``vae_id``: the id of the V the latents must come from (read from the run's
     ``vae.pt`` when None).
 
     The checkpoint carries the task metadata, the start bank (first latents of the training
-    episodes) and V's id. Skipped when ``mdrnn.pt`` already holds ``mdrnn_train.steps`` steps for the
-    current V; a training state left by a different V is discarded (its latents are stale).
+    episodes) and V's id. Skipped when ``mdrnn.pt`` already holds :func:`memory_steps` steps for the
+    current V (round ``k``); a training state left by a different V is discarded (its latents are stale).
     """
     run = RunDir(run)
     lat = Manifest.open(run.latents)
@@ -339,7 +346,7 @@ def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | 
     if (model_cfg.z_size, model_cfg.action_dim, model_cfg.discrete_actions) != (int(meta["z_size"]), adim, discrete):
         raise WorldModelError(f"MDRNNConfig(z_size={model_cfg.z_size}, action_dim={model_cfg.action_dim}) does not fit "
                               f"the latents (z_size={meta['z_size']}) and action space {space}")
-    train_cfg = cfg.mdrnn_train
+    train_cfg = replace(cfg.mdrnn_train, steps=memory_steps(cfg, k))
     if run.mdrnn.exists():
         done = MDRNN.load(run.mdrnn, cfg.device)
         if (done.meta.get("steps", 0) >= train_cfg.steps and done.meta.get("vae_id") == vae_id
@@ -352,7 +359,7 @@ def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | 
     model = MDRNN(model_cfg)
     if cfg.train_workers > 1:
         _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
-    say(f"M (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
+    say(f"round {k}: M (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
         f"{_on_workers(cfg)}")
     extra = _fit(model, partial(mdrnn_batches, run.latents, train_eps, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
                                 cfg.loader_workers), train_cfg, "mdrnn", run, run.mdrnn_train, cfg, None,
