@@ -151,8 +151,9 @@ def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.
     r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--temperature", "1.3",
             check=False)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"error: {out} already holds a run with other settings; pass --resume to continue "
-                                f"it or choose another --out")
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out} already holds a run with other settings (differs in ")
+    assert "dream.temperature" in lines[0] and lines[0].endswith("pass --resume to continue it or choose another --out")
 
 
 def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.CompletedProcess],
