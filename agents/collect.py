@@ -1,6 +1,6 @@
-"""Rollout collection on Ray: each worker keeps its env alive, plays episodes and compresses
-each into one shard; the driver writes the shard atomically, records the manifest and shows
-progress.
+"""Rollout collection on a :class:`agents.pool.WorkerPool` (Ray actors, local processes, or this
+process): each worker keeps its env alive, plays episodes and compresses each into one shard; the
+driver writes the shard atomically, records the manifest and shows progress.
 
 Episode ``i`` of a collection with seed ``s`` always uses the reset seed
 ``episode_seed(s, i)``, so the data set does not depend on the number of workers, and a
@@ -18,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.policies import POLICIES, PolicySpec, make_policy
+from agents.pool import WorkerPool, check_backend, fetch_if_new
 from agents.rollout import run_episode
 from worldlab.io import atomic_write_bytes
-from worldlab.ray_utils import fetch_if_new
 from worldlab.storage import Manifest, encode_shard
 
 
@@ -30,9 +30,10 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 class RolloutWorker:
-    """Plays episodes and compresses each into shard bytes; one per process (a Ray actor, or
-    in-process with workers=0). The driver writes the bytes, so workers on other nodes need no
-    shared filesystem; it holds one episode at a time, never the data set."""
+    """Plays episodes and compresses each into shard bytes; one per worker of a
+    :class:`agents.pool.WorkerPool` (a Ray actor, a local process, or in-process with workers=0).
+    The driver writes the bytes, so workers on other nodes need no shared filesystem; it holds one
+    episode at a time, never the data set."""
 
     def __init__(self, task: str, policy: PolicySpec | None, env_kwargs: dict[str, Any] | None = None,
                  threads: int = 1) -> None:
@@ -49,9 +50,10 @@ class RolloutWorker:
         self._policy_key: str | None = None
 
     def collect(self, index: int, seed: int, policy_ref: list[Any] | None = None) -> tuple[int, bytes, dict[str, Any]]:
-        """Play and compress one episode. ``policy_ref``: ``[ObjectRef]`` of a :class:`PolicySpec`
-        (Ray actors get the policy this way, fetched once per actor and again after a restart,
-        rather than as a constructor argument: a controller's spec holds the world model)."""
+        """Play and compress one episode. ``policy_ref``: ``WorkerPool.put(spec)`` of a
+        :class:`PolicySpec` (the pool's workers get the policy this way, fetched once per worker and
+        again after a restart, rather than as a constructor argument: a controller's spec holds the
+        world model)."""
         fetched = fetch_if_new(policy_ref, self._policy_key)
         if fetched is not None:
             spec, self._policy_key = fetched
@@ -98,11 +100,9 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
     Resumes: episodes already recorded (or shards left by a killed run) are not collected again.
     ``workers=0`` runs in this process without Ray; otherwise ``workers`` Ray workers are used, on
     a local Ray or on the cluster at ``address`` (``backend="ray"``), or ``workers`` local
-    processes (``backend="processes"``, for a machine without Ray; see :mod:`agents.processes`).
+    processes (``backend="processes"``, for a machine without Ray; see :mod:`agents.pool`).
     """
-    from agents.processes import check_backend
-
-    check_backend(backend, address)
+    check_backend(backend, address)  # before any work
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if workers < 0:
@@ -146,85 +146,34 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
         bar.set_postfix(ep_s=f"{(bar.n - done) / dt:.2f}", frames_s=f"{frames / dt:.0f}")
 
     try:
-        if not todo:
-            pass
-        elif workers == 0:
-            w = RolloutWorker(task, spec, env_kwargs)
-            try:
-                for i in todo:
-                    record(*w.collect(i, episode_seed(seed, i)))
-            finally:
-                w.close()
-        elif backend == "processes":
-            _collect_processes(task, spec, env_kwargs, todo, seed, workers, record)
-        else:
-            _collect_ray(task, spec, env_kwargs, todo, seed, workers, address, record)
+        if todo:
+            # Ray: a killed actor is restarted and its episode played again (twice at most)
+            with WorkerPool(RolloutWorker, (task, None, env_kwargs), workers=min(workers, len(todo)),
+                            backend=backend, address=address,
+                            ray_options={"num_cpus": 1, "max_restarts": 2, "max_task_retries": 2}) as pool:
+                _feed(pool, pool.put(spec), todo, seed, record)
     finally:
         manifest.save()
         bar.close()
     return manifest
 
 
-def _feed(actors: list[Any], call: Any, next_done: Any, todo: list[int], seed: int, record: Any) -> None:
-    """Play the episodes ``todo`` on ``actors``, two in flight per actor (hides the driver's round
-    trip), recording each as it finishes. ``call(actor, index, seed)`` starts one episode and returns
-    a handle; ``next_done(handles)`` waits for one and returns ``(handle, result)``."""
+def _feed(pool: WorkerPool, policy_ref: list[Any], todo: list[int], seed: int, record: Any) -> None:
+    """Play the episodes ``todo`` on the pool's workers, two in flight per worker (hides the driver's
+    round trip), recording each as it finishes."""
     queue = deque(todo)
-    pending: dict[Any, Any] = {}
+    pending: dict[Any, int] = {}  # handle -> worker
 
-    def submit(actor: Any) -> None:
+    def submit(worker: int) -> None:
         if queue:
             i = queue.popleft()
-            pending[call(actor, i, episode_seed(seed, i))] = actor
+            pending[pool.submit(worker, "collect", i, episode_seed(seed, i), policy_ref)] = worker
 
-    for a in actors:
-        submit(a)
-        submit(a)
+    for w in range(pool.size):
+        submit(w)
+        submit(w)
     while pending:
-        handle, result = next_done(list(pending))
-        actor = pending.pop(handle)
+        handle, result = pool.wait(list(pending))
+        worker = pending.pop(handle)
         record(*result)
-        submit(actor)
-
-
-def _collect_ray(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
-                 seed: int, workers: int, address: str | None, record: Any) -> None:
-    import ray
-
-    from worldlab.ray_utils import init_ray
-
-    init_ray(address)
-    Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(RolloutWorker)
-    # the policy travels with each call as [ref] (a controller's spec holds V and M): as a constructor
-    # argument it would sit in the object store, which Ray flags for restartable actors
-    spec_ref = [ray.put(spec)]
-    actors = [Actor.remote(task, None, env_kwargs) for _ in range(min(workers, len(todo)))]
-
-    def next_done(refs: list[Any]) -> tuple[Any, Any]:
-        ready = ray.wait(refs, num_returns=1)[0][0]
-        return ready, ray.get(ready)
-
-    try:
-        _feed(actors, lambda a, i, s: a.collect.remote(i, s, spec_ref), next_done, todo, seed, record)
-    finally:
-        for a in actors:
-            ray.kill(a)
-
-
-def _collect_processes(task: str, spec: PolicySpec, env_kwargs: dict[str, Any], todo: list[int],
-                       seed: int, workers: int, record: Any) -> None:
-    from concurrent.futures import FIRST_COMPLETED, Future, wait
-
-    from agents.processes import ProcessActor
-
-    actors = [ProcessActor(RolloutWorker, task, spec, env_kwargs) for _ in range(min(workers, len(todo)))]
-
-    def next_done(futures: list[Future]) -> tuple[Future, Any]:
-        done = next(iter(wait(futures, return_when=FIRST_COMPLETED)[0]))
-        return done, done.result()
-
-    try:
-        _feed(actors, lambda a, i, s: a.submit("collect", i, s), next_done, todo, seed, record)
-    finally:
-        for a in actors:
-            a.close()
+        submit(worker)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agents.controller import BatchedController, ControllerConfig
-from worldlab.ray_utils import fetch_if_new
+from agents.pool import WorkerPool, fetch_if_new
 from worldlab.world_model import WorldModel
 
 GAP_GENERATION = 2 * 10**6
@@ -101,9 +101,9 @@ class DreamFitness:
 class RealEvalWorker:
     """Keeps one real env and the world model alive; plays batches of (params, seed) episodes.
 
-    The world model comes with the constructor, or (Ray actors) with ``play`` as a Ray object
-    reference wrapped in a list: fetched once and kept, and fetched again by an actor that Ray
-    restarted, so the actor's constructor holds no object-store reference."""
+    The world model comes with the constructor, or (on a :class:`agents.pool.WorkerPool`) with
+    ``play`` as ``WorkerPool.put(world_model)``: fetched once and kept, and fetched again by an actor
+    that Ray restarted, so the actor's constructor holds no object-store reference."""
 
     def __init__(self, task: str, world_model: WorldModel | None, cfg: ControllerConfig,
                  env_kwargs: dict[str, Any] | None = None, threads: int = 1) -> None:
@@ -140,56 +140,32 @@ class RealEvalWorker:
 
 
 class RealPool:
-    """A pool of Ray actors running :class:`RealEvalWorker`; a killed actor is restarted by Ray
-    and its batch retried, so a generation still completes. ``backend="processes"``: local
-    processes instead of Ray actors (:mod:`agents.processes`; no restarts)."""
+    """:class:`RealEvalWorker` on a :class:`agents.pool.WorkerPool` of ``max(1, workers)`` workers.
+
+    On Ray (``backend="ray"``) a killed actor is restarted and its batch retried, so a generation
+    still completes; ``backend="processes"``: local processes instead of Ray actors (no restarts).
+    The world model travels with each call (``WorkerPool.put``: fetched once per worker, and again
+    by a restarted actor), not as a constructor argument held in Ray's object store."""
 
     def __init__(self, task: str, world_model: WorldModel, cfg: ControllerConfig, workers: int,
                  env_kwargs: dict[str, Any] | None = None, address: str | None = None,
                  backend: str = "ray") -> None:
-        from agents.processes import ProcessActor, check_backend
-
-        check_backend(backend, address)
-        self.backend = backend
-        if backend == "processes":
-            self.actors = [ProcessActor(RealEvalWorker, task, world_model.cpu(), cfg, env_kwargs)
-                           for _ in range(max(1, workers))]
-            return
-        import ray
-
-        from worldlab.ray_utils import init_ray
-
-        init_ray(address)
-        Actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RealEvalWorker)
-        # the world model travels with each call as a reference (fetched once per actor, and again by a
-        # restarted one), not as a constructor argument held in the object store
-        self.wm_ref = ray.put(world_model.cpu())
-        self.actors = [Actor.remote(task, None, cfg, env_kwargs) for _ in range(max(1, workers))]
+        self.workers = WorkerPool(RealEvalWorker, (task, None, cfg, env_kwargs), workers=max(1, workers),
+                                  backend=backend, address=address,
+                                  ray_options={"num_cpus": 1, "max_restarts": -1, "max_task_retries": -1})
+        self.wm_ref = self.workers.put(world_model.cpu())
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False) -> list[dict[str, Any]]:
-        """Play every job, spread in batches over the actors (several episodes per call)."""
+        """Play every job, spread in batches over the workers (several episodes per call)."""
         if not jobs:
             return []
-        n = len(self.actors)
-        per = max(1, math.ceil(len(jobs) / (n * 2)))  # ~2 batches per actor balances the load
+        n = self.workers.size
+        per = max(1, math.ceil(len(jobs) / (n * 2)))  # ~2 batches per worker balances the load
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
-        if self.backend == "processes":
-            futures = [self.actors[i % n].submit("play", b, record) for i, b in enumerate(batches)]
-            return [r for f in futures for r in f.result()]
-        import ray
-
-        refs = [self.actors[i % n].play.remote(b, record, [self.wm_ref]) for i, b in enumerate(batches)]
-        return [r for batch in ray.get(refs) for r in batch]
+        return [r for batch in self.workers.map("play", batches, record, self.wm_ref) for r in batch]
 
     def close(self) -> None:
-        if self.backend == "processes":
-            for a in self.actors:
-                a.close()
-            return
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
+        self.workers.close()
 
 
 class RealFitness:

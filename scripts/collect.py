@@ -1,4 +1,4 @@
-"""Collect rollouts of a real task into compressed shards, on Ray.
+"""Collect rollouts of a real task into compressed shards, on Ray (or local processes).
 
     python scripts/collect.py car_racing --episodes 100 --workers 2 --out runs/cr/data
 """
@@ -10,7 +10,7 @@ import sys
 
 from agents.collect import collect
 from agents.policies import POLICIES
-from agents.processes import BACKENDS
+from agents.pool import BACKENDS
 
 
 def main(argv: list[str] | None = None) -> int:

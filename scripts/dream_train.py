@@ -43,7 +43,8 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - (RunConfig, RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.world_models.config import BACKENDS, PRESETS
+    from agents.pool import BACKENDS
+    from agents.world_models.config import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="car_racing or doom_take_cover")

@@ -192,7 +192,7 @@ def test_killed_ray_actor_does_not_lose_the_generation(ray_session) -> None:
     pool = RealPool("car_racing", wm, cfg, workers=2, env_kwargs={"max_episode_steps": 60})
     try:
         expected = [r["return"] for r in pool.play(jobs)]
-        pids = ray_session.get([a.pid.remote() for a in pool.actors])
+        pids = pool.workers.call_all("pid")
         refs_started = time.time()
         import threading
 
@@ -203,7 +203,7 @@ def test_killed_ray_actor_does_not_lose_the_generation(ray_session) -> None:
         threading.Thread(target=kill_soon, daemon=True).start()
         got = [r["return"] for r in pool.play(jobs)]
         assert time.time() - refs_started > 0.5  # the kill landed while the generation was running
-        new_pids = ray_session.get([a.pid.remote() for a in pool.actors])
+        new_pids = pool.workers.call_all("pid")
         assert new_pids[0] != pids[0]  # the actor was restarted by Ray
         assert got == expected
     finally:

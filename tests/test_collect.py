@@ -1,4 +1,5 @@
-"""Rollout collection: shards, manifest, resume after a kill, corruption, errors, Ray workers."""
+"""Rollout collection: shards, manifest, resume after a kill, corruption, errors, Ray workers, the
+feeding loop over a worker pool."""
 
 from __future__ import annotations
 
@@ -84,6 +85,41 @@ def test_policy_travels_to_ray_workers_per_call(tmp_path: Path, ray_session) -> 
             w.collect(0, 1)
     finally:
         w.close()
+
+
+class _FakePool:
+    """Stands in for a WorkerPool: finishes calls out of order (newest first) and tracks the calls
+    each worker has in flight."""
+
+    size = 3
+
+    def __init__(self) -> None:
+        self.pending: dict[object, tuple[int, tuple]] = {}
+        self.in_flight = [0] * self.size
+        self.most = [0] * self.size
+
+    def submit(self, worker: int, method: str, *args: object) -> object:
+        handle = object()
+        self.pending[handle] = (worker, args)
+        self.in_flight[worker] += 1
+        self.most[worker] = max(self.most[worker], self.in_flight[worker])
+        assert method == "collect"
+        return handle
+
+    def wait(self, handles: list[object]) -> tuple[object, tuple]:
+        handle = handles[-1]
+        worker, (index, seed, ref) = self.pending.pop(handle)
+        self.in_flight[worker] -= 1
+        return handle, (index, ref, {"seed": seed})
+
+
+def test_feed_keeps_two_episodes_in_flight_per_worker() -> None:
+    from agents.collect import _feed
+
+    pool, got = _FakePool(), []
+    _feed(pool, ["ref"], list(range(4, 15)), 9, lambda i, ref, info: got.append((i, ref, info["seed"])))
+    assert sorted(got) == [(i, ["ref"], episode_seed(9, i)) for i in range(4, 15)]  # each once, its own seed
+    assert pool.most == [2, 2, 2] and pool.in_flight == [0, 0, 0] and not pool.pending
 
 
 def test_corrupt_shard_is_rejected(tmp_path: Path) -> None:

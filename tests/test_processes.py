@@ -1,5 +1,5 @@
-"""The ``processes`` backend (no Ray): same data and returns as in-process runs, one-line errors,
-and the whole job on it, resumed with more generations."""
+"""The ``processes`` backend of ``agents.pool.WorkerPool`` (no Ray): same data and returns as
+in-process runs, one-line errors, and the whole job on it, resumed with more generations."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from agents.collect import collect, episode_seed
 from agents.controller import ControllerConfig, load_controller
 from agents.fitness import RealEvalWorker, RealPool
-from agents.processes import BACKENDS, ProcessActor, check_backend
+from agents.pool import BACKENDS, WorkerPool, check_backend
 from worldlab.storage import Manifest, load_shard
 from worldlab.world_model import WorldModel
 
@@ -40,16 +40,13 @@ def _mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("ep_*")}
 
 
-def test_process_actor_keeps_state_and_reports_errors() -> None:
-    actor = ProcessActor(collections.Counter, "ab")
-    try:
-        actor.submit("update", "bb").result(timeout=60)  # the instance lives on between calls
-        assert actor.submit("most_common", 1).result(timeout=60) == [("b", 3)]
+def test_worker_process_keeps_state_and_reports_errors() -> None:
+    with WorkerPool(collections.Counter, ("ab",), workers=1, backend="processes") as pool:
+        pool.submit(0, "update", "bb").result(timeout=60)  # the instance lives on between calls
+        assert pool.submit(0, "most_common", 1).result(timeout=60) == [("b", 3)]
         with pytest.raises(AttributeError, match="no_such_method"):
-            actor.submit("no_such_method").result(timeout=60)
-        assert actor.submit("total").result(timeout=60) == 4  # an error does not kill the worker
-    finally:
-        actor.close()
+            pool.wait([pool.submit(0, "no_such_method")])
+        assert pool.submit(0, "total").result(timeout=60) == 4  # an error does not kill the worker
 
 
 def test_processes_collect_equals_in_process_and_resumes(tmp_path: Path) -> None:
@@ -121,7 +118,7 @@ def test_real_pool_on_processes_equals_in_process_worker() -> None:
         torch.set_num_threads(threads)  # the worker sets 1 thread for this process
     pool = RealPool("car_racing", wm, cfg, workers=2, env_kwargs=env_kwargs, backend="processes")
     try:
-        pids = {a.submit("pid").result(timeout=120) for a in pool.actors}
+        pids = set(pool.workers.call_all("pid"))
         assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
         got = pool.play(jobs)
         assert pool.play([]) == []

@@ -54,24 +54,3 @@ def has_auth_token() -> bool:
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
-
-
-def shutdown_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def fetch_if_new(ref: list[Any] | None, key: str | None) -> tuple[Any, str] | None:
-    """``(object, key)`` behind ``[ObjectRef]`` when it is not the one already held (``key``), else None.
-
-    For actors that receive a large object with each call as a reference in a list (so Ray hands
-    over the reference, not a copy per call) instead of as a constructor argument held in the
-    object store: the object is fetched once per actor, and again by an actor Ray restarted.
-    """
-    if ref is None or ref[0].hex() == key:
-        return None
-    import ray
-
-    return ray.get(ref[0]), ref[0].hex()

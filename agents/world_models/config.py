@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cmaes import CMAConfig
+from agents.pool import check_backend
 from envs.tasks import get_task
 from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import MDRNNConfig
@@ -31,8 +32,6 @@ from worldlab.vae import VAEConfig
 from worldlab.world_model import action_dim_of
 
 PRESETS = ("smoke", "default", "paper")
-BACKENDS = ("ray", "processes")
-"""Where real rollouts run: Ray workers (a local Ray or a cluster), or local processes (no Ray)."""
 
 
 def _at_least(section: str, obj: Any, minimum: int | float, *names: str, optional: bool = False) -> None:
@@ -143,7 +142,7 @@ class RunConfig:
     in this process; N > 1: N Ray workers, each streaming 1/N of the episodes with 1/N of the batch."""
     backend: str = "ray"
     """where real rollouts run: "ray" (Ray workers: a local Ray, or the cluster at --address) or
-    "processes" (local processes, for a machine without Ray; see agents/processes.py)."""
+    "processes" (local processes, for a machine without Ray; see agents/pool.py)."""
     loader_workers: int = 0
     """DataLoader worker processes that read and decompress shards for V and M (0: in the
     training process; a few pay off on a GPU, whose training outruns one reader)."""
@@ -178,8 +177,7 @@ class RunConfig:
             raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_backend(self.backend)
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:

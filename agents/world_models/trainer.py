@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from agents.fitness import RealPool
+from agents.pool import check_backend
 from agents.world_models import stages
 from agents.world_models.config import RunConfig
 from agents.world_models.report import write_report
@@ -51,8 +52,6 @@ class DreamTrainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path | RunDir, address: str | None = None,
                  progress: bool = True, threads: int | None = None) -> None:
-        from agents.processes import check_backend  # merge: agents.pool
-
         check_backend(config.backend, address)  # before any work, not at the first rollout
         self.cfg, self.run, self.address, self.progress = config, RunDir(run_dir), address, progress
         self.threads = threads or max(1, os.cpu_count() or 1)
