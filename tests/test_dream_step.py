@@ -6,6 +6,7 @@ float rounding elsewhere."""
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 from pathlib import Path
 
@@ -74,27 +75,14 @@ def test_make_dream_step_dispatches_on_the_type_of_m(wm: WorldModel) -> None:
 
 def trace(compile: bool, deterministic: bool) -> dict[str, np.ndarray]:
     """The reference trace's recipe (tests/fixtures/make_dream_trace.py), run by today's code."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        wm = WorldModel.load(FIXTURES / "old_run")
-        env = DreamVectorEnv(N, world_model=wm, compile=compile, deterministic=deterministic, temperature=TAU)
-        g = torch.Generator().manual_seed(SEED)
-        obs = [env.reset_torch(seed=SEED).clone()]
-        rew, term, trunc = [], [], []
-        for _ in range(STEPS):
-            a = torch.rand(N, 3, generator=g) * 2 - 1
-            o, r, te, tr = env.step_torch(a)
-            obs.append(o.clone())
-            rew.append(r.clone())
-            term.append(te.clone())
-            trunc.append(tr.clone())
-        if compile:
-            assert env.compiled  # it did compile (no fallback to eager)
-    finally:
-        torch.set_num_threads(threads)
-    return {"obs": torch.stack(obs).numpy(), "reward": torch.stack(rew).numpy(),
-            "terminated": torch.stack(term).numpy(), "truncated": torch.stack(trunc).numpy()}
+    spec = importlib.util.spec_from_file_location("make_dream_trace", FIXTURES / "make_dream_trace.py")
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    assert (recipe.N, recipe.STEPS, recipe.SEED) == (N, STEPS, SEED)
+    arrays, compiled = recipe.trace(compile, deterministic, str(FIXTURES / "old_run"))
+    assert compiled == compile  # it did compile (no fallback to eager)
+    return arrays
 
 
 def check_replay(mode: str) -> None:
