@@ -143,6 +143,13 @@ class BatchedController:
         out.group = self.group * r
         return out
 
+    def select(self, idx: torch.Tensor) -> BatchedController:
+        """The controllers ``idx`` (int64 (k,)) alone, e.g. the candidates whose episodes still run."""
+        out = object.__new__(BatchedController)
+        out.__dict__.update({k: (v[idx] if isinstance(v, torch.Tensor) and k != "affine" else v)
+                             for k, v in vars(self).items()})
+        return out
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
         n, g = self.n, self.group

@@ -110,7 +110,10 @@ class RealEvalWorker:
         import envs
 
         torch.set_num_threads(threads)
-        self.env = envs.make(task, **(env_kwargs or {}))
+        self.task, self.env_kwargs = task, dict(env_kwargs or {})
+        self.env = envs.make(task, **self.env_kwargs)
+        self.envs = [self.env]
+        """the envs :meth:`play_lockstep` steps together (grown to its largest batch)."""
         self.wm = world_model.cpu().eval() if world_model is not None else None
         self.cfg, self._wm_key = cfg, None
 
@@ -132,6 +135,53 @@ class RealEvalWorker:
             out.append({"return": ep["return"], "length": ep["length"], "seed": ep["seed"],
                         **({"frames": ep["arrays"]["obs"]} if record else {})})
         return out
+
+    @torch.inference_mode()
+    def play_lockstep(self, jobs: list[tuple[np.ndarray, int]], stall_steps: int | None = None,
+                      world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Play every job at once, one env each, stepped in lockstep: V encodes the frames of all
+        running episodes in one batch, the controllers act as one batched matmul and M's LSTM
+        steps them together (the per-frame V call dominates a real step played one at a time).
+
+        ``stall_steps``: end an episode early (truncated) after that many steps in a row without a
+        positive reward (CarRacing pays only for new tiles: a car off the track or spinning stops
+        earning). Returns what :meth:`play` returns, without frames. The same episodes as
+        :meth:`play` up to float rounding (batched convolutions sum in another order).
+        """
+        import envs
+
+        fetched = fetch_if_new(world_model_ref, self._wm_key)
+        if fetched is not None:
+            wm, self._wm_key = fetched
+            self.wm = wm.cpu().eval()
+        if self.wm is None:
+            raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
+        if not jobs:
+            return []
+        while len(self.envs) < len(jobs):
+            self.envs.append(envs.make(self.task, **self.env_kwargs))
+        B = len(jobs)
+        ctrl = BatchedController(self.cfg, np.stack([p for p, _ in jobs]))
+        frames = [self.envs[i].reset(seed=int(s))[0] for i, (_, s) in enumerate(jobs)]
+        state = self.wm.mdrnn.initial_state(B)
+        total, length, stalled = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+        alive = np.ones(B, dtype=bool)
+        while alive.any():
+            rows = np.flatnonzero(alive)
+            z, _ = self.wm.encode(torch.from_numpy(np.stack([frames[i] for i in rows])))  # (b, Z) posterior means
+            idx = torch.from_numpy(rows)
+            a = ctrl.select(idx).act(torch.cat([z, state[0][idx]], dim=1))  # (b, A)
+            _, (h, c) = self.wm.mdrnn.step(z, a, (state[0][idx], state[1][idx]))
+            state[0][idx], state[1][idx] = h, c
+            for j, i in enumerate(rows):
+                frames[i], r, term, trunc, _ = self.envs[i].step(a[j].numpy().astype(np.float32))
+                total[i] += float(r)
+                length[i] += 1
+                stalled[i] = 0 if r > 0 else stalled[i] + 1
+                if term or trunc or (stall_steps is not None and stalled[i] >= stall_steps):
+                    alive[i] = False
+        return [{"return": float(total[i]), "length": int(length[i]), "seed": int(s)}
+                for i, (_, s) in enumerate(jobs)]
 
     def pid(self) -> int:
         import os
@@ -164,18 +214,34 @@ class RealPool:
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
         return [r for batch in self.workers.map("play", batches, record, self.wm_ref) for r in batch]
 
+    def play_lockstep(self, jobs: list[tuple[np.ndarray, int]], stall_steps: int | None = None
+                      ) -> list[dict[str, Any]]:
+        """Every job, one batch per worker stepped in lockstep (:meth:`RealEvalWorker.play_lockstep`)."""
+        if not jobs:
+            return []
+        per = math.ceil(len(jobs) / self.workers.size)
+        batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
+        return [r for batch in self.workers.map("play_lockstep", batches, stall_steps, self.wm_ref) for r in batch]
+
     def close(self) -> None:
         self.workers.close()
 
 
 class RealFitness:
-    """CMA-ES fitness in the real environment, on a :class:`RealPool`."""
+    """CMA-ES fitness in the real environment, on a :class:`RealPool`.
 
-    def __init__(self, pool: RealPool, rollouts: int, seed: int = 0) -> None:
+    ``lockstep``: each worker plays its candidates' episodes together, V encoding their frames in
+    one batch (:meth:`RealPool.play_lockstep`), with episodes ended after ``stall_steps`` steps
+    without a positive reward; otherwise one episode at a time, to the end (:meth:`RealPool.play`).
+    """
+
+    def __init__(self, pool: RealPool, rollouts: int, seed: int = 0, lockstep: bool = False,
+                 stall_steps: int | None = None) -> None:
         self.pool, self.rollouts, self.seed = pool, rollouts, seed
+        self.lockstep, self.stall_steps = lockstep, stall_steps
 
     def __call__(self, params: np.ndarray, generation: int) -> np.ndarray:
         seeds = generation_seeds(self.seed, generation, self.rollouts)
         jobs = [(p, s) for p in params for s in seeds]
-        res = self.pool.play(jobs)
+        res = self.pool.play_lockstep(jobs, self.stall_steps) if self.lockstep else self.pool.play(jobs)
         return np.array([r["return"] for r in res], dtype=np.float64).reshape(len(params), self.rollouts).mean(1)

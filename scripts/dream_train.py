@@ -35,7 +35,8 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - (RunConfig, RunDir
     for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
                       ("train_workers", "train_workers"), ("backend", "backend"),
                       ("rounds", "rounds"), ("train_in", "train_in"), ("seed", "seed"),
-                      ("generations", "cma.generations"), ("eval_episodes", "eval.episodes")):
+                      ("generations", "cma.generations"), ("eval_episodes", "eval.episodes"),
+                      ("finetune_real", "finetune.generations")):
         v = getattr(args, flag)
         if v is not None:
             sets.append(f"{key}={v}")
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="evolve C in the dream (World Models) or in the real env")
     p.add_argument("--generations", type=int, default=None, help="CMA-ES generations per round")
     p.add_argument("--eval-episodes", dest="eval_episodes", type=int, default=None, help="real evaluation episodes")
+    p.add_argument("--finetune-real", dest="finetune_real", type=int, default=None, metavar="G",
+                   help="then continue CMA-ES in the real game for G generations (16 x 2, episodes cut after 50 "
+                        "steps without reward); its score is reported apart, labelled as trained in the real game")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set cma.popsize=32 --set vae_train.steps=500")
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes "
           f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min) -> "
           f"{run.report}")
+    if "finetuned" in res:
+        f = res["finetuned"]
+        print(f"{cfg.task}: fine-tuned in the real game for {cfg.finetune.generations} generations: real score "
+              f"{f['mean']:.1f} ± {f['std']:.1f} over {f['episodes']} episodes")
     return 0
 
 

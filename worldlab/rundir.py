@@ -12,11 +12,14 @@ spelling paths, so the layout below is written down once::
         controller_r{k}.npz      round k's controller                   .controller(k)
         cma_r{k}.npz             round k's CMA-ES state                 .cma_state(k)
         controller.npz           the final controller                   .controller()
+        controller_finetuned.npz it, fine-tuned in the real game        .controller_finetuned
+        cma_finetune_{d}.npz     the fine-tune's CMA-ES state (from d)  .cma_finetune(d)
         generator.pt             a generator's checkpoint (generators)  .generator
     RUN/samples/                 V's reconstruction and sample grids    .samples
     RUN/metrics.jsonl            one JSON object per logged scalar      .metrics
     RUN/tb/<stage>/              TensorBoard event files                .tb(stage)
     RUN/eval.json                the real-game evaluation               .eval_json
+    RUN/eval_finetuned.json      that of the fine-tuned controller      .eval_finetuned_json
     RUN/videos/                  real.mp4, dream.mp4                    .videos
     RUN/figures/                 the report's plots                     .figures
     RUN/report.md                the report                             .report
@@ -104,6 +107,10 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def eval_finetuned_json(self) -> Path:
+        return self.root / "eval_finetuned.json"
+
+    @property
     def videos(self) -> Path:
         return self.root / "videos"
 
@@ -173,6 +180,15 @@ class RunDir:
     def cma_state(self, k: int) -> Path:
         """Round ``k``'s resumable CMA-ES state."""
         return self.checkpoints / f"cma_r{int(k)}.npz"
+
+    @property
+    def controller_finetuned(self) -> Path:
+        """The final controller after CMA-ES continued in the real game."""
+        return self.checkpoints / "controller_finetuned.npz"
+
+    def cma_finetune(self, start: str) -> Path:
+        """The resumable CMA-ES state of a fine-tune that started from the controller with digest ``start``."""
+        return self.checkpoints / f"cma_finetune_{start}.npz"
 
     @property
     def generator(self) -> Path:

@@ -47,7 +47,8 @@ def _at_least(section: str, obj: Any, minimum: int | float, *names: str, optiona
                              f"pass {flag} with a value >= {minimum}")
 
 
-FLAG_OF = {"eval.episodes": "--eval-episodes", "cma.generations": "--generations"}
+FLAG_OF = {"eval.episodes": "--eval-episodes", "cma.generations": "--generations",
+           "finetune.generations": "--finetune-real"}
 """Command-line flags of the config fields that have one besides ``--set``."""
 
 
@@ -126,6 +127,35 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """CMA-ES continued in the real game from the dream's final controller (``--finetune-real G``).
+
+    Its controller and evaluation are kept apart (``controller_finetuned.npz``,
+    ``eval_finetuned.json``) and always labelled as trained in the real game: they are never
+    mixed with the dream-only result."""
+
+    generations: int = 0
+    """real-game generations (0: no fine-tune)."""
+    popsize: int = 16
+    """candidates per generation."""
+    rollouts: int = 2
+    """real episodes per candidate."""
+    sigma0: float = 0.05
+    """initial step size around the dream's solution (smaller than a fresh start's)."""
+    stall_steps: int | None = 50
+    """end a fitness episode after this many steps without a positive reward (CarRacing pays for
+    new tiles only; None: play every episode to its end)."""
+
+    def __post_init__(self) -> None:
+        _at_least("finetune", self, 0, "generations")
+        _at_least("finetune", self, 2, "popsize")
+        _at_least("finetune", self, 1, "rollouts")
+        _at_least("finetune", self, 1, "stall_steps", optional=True)
+        if not self.sigma0 > 0:
+            raise ValueError(f"finetune.sigma0 must be > 0, got {self.sigma0!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a ``dream_train`` run needs; saved as ``RUN/config.json``."""
 
@@ -171,6 +201,7 @@ class RunConfig:
     cma: CMAConfig = field(default_factory=CMAConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         if self.train_in not in ("dream", "real"):

@@ -152,6 +152,13 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
+    if run_dir.eval_finetuned_json.exists():
+        e = json.loads(run_dir.eval_finetuned_json.read_text())
+        ft = config.get("finetune", {})
+        lines += ["## Fine-tuned in the real game (not a dream-only result)", "",
+                  f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes (min {e['min']:.1f}, max "
+                  f"{e['max']:.1f}) after CMA-ES continued in the real game from the controller above for "
+                  f"{ft.get('generations')} generations of {ft.get('popsize')} x {ft.get('rollouts')} episodes.", ""]
     rounds = collection_rounds(run_dir, config)
     if rounds:
         lines += ["## Data collected per round", "", "Real returns of the episodes each round added to the data "

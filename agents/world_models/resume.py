@@ -31,10 +31,12 @@ RESUMABLE: dict[str, str] = {
     "eval.videos": "videos are recorded when missing and never read by another stage",
     "eval.gap_every": "the gap measurements only watch the evolution: its candidates do not depend on them",
     "eval.gap_episodes": "likewise",
+    "finetune.generations": "the real-game fine-tune comes after the dream-only result and continues from its "
+                            "saved CMA-ES state",
 }
 """Settings a resumed run may change, with the reason each is safe."""
 
-FLAGS = {"eval.episodes": "--eval-episodes", "rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
+FLAGS = {"eval.episodes": "--eval-episodes", "finetune.generations": "--finetune-real", "rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
          "train_workers": "--train-workers", "device": "--device"}
 """The command-line flags of the resumable settings (the others go through --set)."""
 

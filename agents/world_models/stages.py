@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agents.cmaes import evolve
+from agents.cmaes import CMAConfig, evolve
 from agents.controller import ControllerConfig, load_controller, save_controller
 from agents.evaluate import summarize_returns
 from agents.fitness import (
@@ -437,27 +437,64 @@ def _log_gap(cfg: RunConfig, pool: Callable[[], RealPool], logger: RunLogger, se
     logger.flush()
 
 
-def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool]
-                        ) -> dict[str, Any]:
-    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``) in
-    ``eval.episodes`` real episodes on seeds no training generation used; writes ``eval.json``.
-    Skipped when ``eval.json`` already scores this controller over as many episodes."""
+def finetune_real(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldModel, params: np.ndarray,
+                  pool: Callable[[], RealPool], *, progress: bool = True) -> np.ndarray | None:
+    """CMA-ES continued in the real game from the final controller ``params`` for
+    ``finetune.generations`` generations of ``finetune.popsize x finetune.rollouts`` episodes, each
+    worker playing its episodes in lockstep (V encoding their frames as one batch) and ending an
+    episode after ``finetune.stall_steps`` steps without a positive reward. Writes
+    ``controller_finetuned.npz``; None when ``finetune.generations`` is 0. A new final controller
+    (more rounds, more generations) starts a new fine-tune."""
     run = RunDir(run)
-    digest = file_digest(run.controller())
-    if run.eval_json.exists():
-        old = read_json(run.eval_json)
+    f = cfg.finetune
+    if f.generations == 0:
+        return None
+    ccfg = controller_config(cfg, wm)
+    start = file_digest(run.controller())
+    out = run.controller_finetuned
+    if out.exists():
+        saved_cfg, done, extra = load_controller(out)
+        if saved_cfg == ccfg and extra.get("generations") == f.generations and extra.get("start") == start:
+            return done
+    cma_cfg = CMAConfig(popsize=f.popsize, rollouts=f.rollouts, sigma0=f.sigma0, generations=f.generations,
+                        seed=cfg.cma.seed + 10_000)
+    fitness = RealFitness(pool(), f.rollouts, seed=cma_cfg.seed, lockstep=True, stall_steps=f.stall_steps)
+    say(f"fine-tuning C in the real {cfg.task} from the dream's controller: {f.generations} generations of "
+        f"{f.popsize} x {f.rollouts} ({cfg.workers} workers)")
+    with RunLogger(run, "finetune_real") as logger:
+        state = evolve(fitness, ccfg.num_params, cma_cfg, run.cma_finetune(start), logger=logger, progress=progress,
+                       desc="finetune", x0=params)
+    save_controller(out, ccfg, state.mean_params, generations=f.generations, start=start, train_in="real",
+                    best_fitness=state.best_fitness)
+    return state.mean_params
+
+
+def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
+                        finetuned: bool = False) -> dict[str, Any]:
+    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``; or,
+    ``finetuned``, ``controller_finetuned.npz``) in ``eval.episodes`` real episodes on seeds no
+    training generation used; writes ``eval.json`` (``eval_finetuned.json``). Skipped when that
+    file already scores this controller over as many episodes."""
+    run = RunDir(run)
+    path, out_json = (run.controller_finetuned, run.eval_finetuned_json) if finetuned else \
+        (run.controller(), run.eval_json)
+    digest = file_digest(path)
+    if out_json.exists():
+        old = read_json(out_json)
         # eval.json files written before the episode limit was recorded were played with the saved one
         same_limit = old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps
         if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes and same_limit:
             return old
     n = cfg.eval.episodes
-    say(f"evaluating the controller in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
+    what = "the fine-tuned controller" if finetuned else "the controller"
+    say(f"evaluating {what} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
     res = pool().play([(params, s) for s in seeds])
+    train_in = f"{cfg.train_in}, then fine-tuned in the real game" if finetuned else cfg.train_in
     out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
-           "train_in": cfg.train_in, "seeds": seeds, "lengths": [r["length"] for r in res],
+           "train_in": train_in, "seeds": seeds, "lengths": [r["length"] for r in res],
            "max_steps": cfg.eval.max_steps}
-    atomic_write_json(run.eval_json, out)
+    atomic_write_json(out_json, out)
     return out
 
 

@@ -109,6 +109,10 @@ class DreamTrainer:
             if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(last):
                 atomic_write_bytes(run.controller(), last.read_bytes())
             result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
+            tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
+            if tuned is not None:
+                result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
+                                                                            finetuned=True)}
             if c.eval.videos:
                 steps = c.eval.max_steps or wm.max_episode_steps
                 stages.record_videos(run, c, wm.cpu(), params, steps)
