@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -145,14 +144,10 @@ class Generator(ConfigCheckpoint, nn.Module):
         return cond
 
     # --- persistence: worldlab.io.ConfigCheckpoint ------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Family, config and meta: what the training loop adds to its checkpoints so they load too."""
-        return self.checkpoint_header(self.meta)
-
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-        """Save weights + family + config (+ ``meta``, default the loaded one) atomically (loads with
-        ``weights_only=True``)."""
-        return super().save(path, self.meta if meta is None else meta)
+    def checkpoint_header(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Family, config and meta (by default the loaded model's): ``save`` writes it with the weights,
+        and the training loop adds it to its checkpoints so they load too."""
+        return super().checkpoint_header(self.meta if meta is None else meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Generator:

@@ -121,7 +121,7 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
     try:
         history = train_loop(model, batches, tc, checkpoint_path=run.generator if run is not None else None,
                              logger=logger, device=device, on_sample=on_sample if run is not None else None,
-                             extra_state=model.checkpoint_state, desc=model.family, progress=progress)
+                             extra_state=model.checkpoint_header, desc=model.family, progress=progress)
     finally:
         if logger is not None:
             logger.close()

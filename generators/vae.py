@@ -27,7 +27,11 @@ _WRAPPED = "vae."
 
 @dataclass
 class VAEGenConfig(GenConfig):
-    """V's config (see :class:`worldlab.vae.VAEConfig`; the World Models paper's sizes)."""
+    """V's config (see :class:`worldlab.vae.VAEConfig`; the World Models paper's sizes).
+
+    Its fields are ``VAEConfig``'s (``image_size`` is fixed at 64), so ``from_dict`` reads the config
+    stored in V's checkpoints.
+    """
 
     shape: tuple[int, ...] = (3, 64, 64)
     """V models 64x64 RGB frames only."""
@@ -52,11 +56,6 @@ class VAEGenConfig(GenConfig):
     def vae_config(self) -> VAEConfig:
         return VAEConfig(z_size=self.z_size, channels=self.channels, dec_channels=self.dec_channels,
                          kl_tolerance=self.kl_tolerance, kl_weight=self.kl_weight, image_size=64)
-
-    @classmethod
-    def from_vae_config(cls, cfg: VAEConfig) -> VAEGenConfig:
-        return cls(z_size=cfg.z_size, channels=cfg.channels, dec_channels=cfg.dec_channels,
-                   kl_tolerance=cfg.kl_tolerance, kl_weight=cfg.kl_weight)
 
 
 class VAE(Generator):
