@@ -188,7 +188,7 @@ def frames_dir(source: str) -> Path:
     it is a data folder (holds a manifest)."""
     name, _, run = source.partition(":")
     if not run:
-        raise ValueError(f"{name} frames need a run folder: use {name}:RUN (RUN/data holds the rollout shards)")
+        raise ValueError(f"{name} frames need a run folder: use {name}:RUN (RUN: a run folder with collected rollouts)")
     run_dir = RunDir(os.path.expanduser(run))
     if run_dir.data_manifest.exists():
         return run_dir.data

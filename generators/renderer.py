@@ -19,7 +19,8 @@ self-contained::
                          renderer=RunDir("runs/renderer").generator_final)
 
 ``RUN`` (the ``--data`` source) supplies both the frames and V (``RunDir(RUN).vae``; the family's
-``data_defaults`` hook, :func:`defaults_for_data`); pass ``--set vae=PATH`` to use another V. A
+``data_defaults`` hook, :func:`defaults_for_data`); pass ``vae=PATH`` (``train_generator(..., vae=PATH)``,
+``generators.make("renderer", vae=PATH)``) to use another V. A
 renderer refuses a world model whose V has another latent size or another checkpoint id
 (``check_world_model``).
 """
@@ -81,7 +82,7 @@ class RendererConfig(GenConfig):
             raise ValueError("renderer is conditioned on V's latent z, not on class labels")
         if self.vae_config is None and not self.vae:
             raise ValueError("renderer needs the V whose latents it renders: train it with --data frames:RUN "
-                             "(or --set vae=PATH of a V checkpoint)")
+                             "(or pass vae=PATH of a V checkpoint)")
 
 
 def vae_checkpoint_path(vae: str) -> Path:
@@ -91,7 +92,7 @@ def vae_checkpoint_path(vae: str) -> Path:
         p = RunDir(p).vae
     if not p.is_file():
         raise FileNotFoundError(f"no V checkpoint at {p}: train the world model first "
-                                f"(python scripts/dream_train.py TASK --out RUN), or pass --set vae=PATH")
+                                f"(python scripts/dream_train.py TASK --out RUN), or pass vae=PATH of a V checkpoint")
     return p
 
 

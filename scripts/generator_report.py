@@ -284,7 +284,7 @@ STATIC_SECTIONS = """## The API in brief
 
 ```python
 import generators
-data = generators.data.load("mnist", image_size=16)     # or digits, moons, car_racing:RUN
+data = generators.data.load("mnist", image_size=16)     # or digits, moons, frames:RUN
 model = generators.model_for("ddpm", data, preset="small")  # config shaped for the data
 generators.fit(model, data, generators.FitConfig(steps=600), out="runs/ddpm")  # the lab's loop
 x = model.sample(16, generator=0)     # (16, 1, 16, 16) float32 in [-1, 1]; same seed, same images
@@ -307,8 +307,9 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   import gymnasium as gym
   from stable_baselines3 import PPO
   from generators.augment import GeneratedObservations
+  from worldlab.rundir import RunDir
   env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
-  v = generators.load("RUN/checkpoints/vae.pt")   # the lab's trained V loads as a generator
+  v = generators.load(RunDir("RUN").vae)   # the lab's trained V loads as a generator
   env = GeneratedObservations(env, v, p=0.1, mode="replace", seed=0)
   PPO("CnnPolicy", env, n_steps=256).learn(10_000)
   ```
@@ -317,7 +318,7 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   `scale * term(next_obs)`: a flow's `log p(z)` (`log_density`), an EBM's `-E` (`neg_energy`) or a
   discriminator logit (`discriminator_logit`), on observation vectors, latents or images.
 - **Renderer**: `generators.renderer` (family `renderer`), a pix2pix-style conditional GAN on V's
-  latent `z`, started from V's decoder; `DreamEnv(..., renderer="RUN/renderer/generator.pt")`
+  latent `z`, started from V's decoder; `DreamEnv(..., renderer=RunDir("RUN/renderer").generator_final)`
   draws the dream with it. Trained and measured against V's decoder by
   `python scripts/renderer_report.py RUN`: see [RENDERER.md](RENDERER.md).
 - **Reward synthesizer in evolution**: `generators.reward.novelty_penalty` (a flow's `log p(z)`
