@@ -6,8 +6,9 @@ Mix generated digits into a training set (30% of the examples generated)::
 
     import generators
     from generators.augment import MixedDataset
+    from worldlab.rundir import RunDir
     real = generators.data.load("digits")
-    cgan = generators.load("runs/generators/cgan-digits/generator.pt")
+    cgan = generators.load(RunDir("runs/generators/cgan-digits").generator_final)  # train_generator.py's
     ds = MixedDataset(real, cgan, ratio=0.3, seed=0)    # items: (x (1, 8, 8), label)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
 
@@ -17,7 +18,7 @@ Show an SB3 agent generated frames 10% of the time (observation augmentation)::
     from stable_baselines3 import PPO
     from generators.augment import GeneratedObservations
     env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
-    gen = generators.load("RUN/checkpoints/vae.pt")   # the lab's V, or any image generator
+    gen = generators.load(RunDir(RUN).vae)   # the lab's V, or any image generator
     env = GeneratedObservations(env, gen, p=0.1, mode="replace", seed=0)
     PPO("CnnPolicy", env, n_steps=256).learn(10_000)
 """

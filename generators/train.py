@@ -1,13 +1,14 @@
 """Training a generator on a data source through the lab's one loop (:func:`worldlab.training.train`).
 
-A run folder ``OUT`` holds::
+A run folder ``OUT`` (its file names: :class:`worldlab.rundir.RunDir`) holds:
 
-    OUT/config.json                 family, data source, model config, training config
-    OUT/checkpoints/generator.pt    resumable training checkpoint (model, EMA, optimizers, step, RNG)
-    OUT/generator.pt                the final model (EMA weights where used), ``generators.load``-able
-    OUT/samples/step_XXXXXX.png     sample grids (scatter plots for points) during training
-    OUT/samples.png                 the final grid
-    OUT/metrics.jsonl, OUT/tb/      scalars (TensorBoard)
+- ``.config_json``: family, data source, model config, training config;
+- ``.generator``: the resumable training checkpoint (model, EMA, optimizers, step, RNG), which
+  carries the family and config too, so ``generators.load`` reads it;
+- ``.generator_final``: the final model (EMA weights where used), ``generators.load``-able;
+- ``.sample_grid(step)``: sample grids (scatter plots for points) during training, and
+  ``.sample_grid()`` the final one;
+- ``.metrics`` and ``.tb()``: the logged scalars (TensorBoard).
 
 Rerunning with the same ``OUT`` resumes from the checkpoint (up to the new ``steps``).
 """
@@ -29,6 +30,7 @@ from generators.data import load as load_data
 from generators.registry import family, from_state, make
 from worldlab.io import atomic_write_json, read_json, torch_load
 from worldlab.logging import RunLogger
+from worldlab.rundir import RunDir
 from worldlab.training import TrainConfig
 from worldlab.training import train as train_loop
 
@@ -101,25 +103,25 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
     tc, batch_size = train_config(model.family, settings)
     batches = data.batches(batch_size, seed=settings.seed, labels=model.config.num_classes > 0)
     logger = RunLogger(out, stage="generator", tensorboard=tensorboard) if out is not None else None
-    ckpt = Path(out) / "checkpoints" / "generator.pt" if out is not None else None
+    run = RunDir(out) if out is not None else None
     n_grid = settings.samples
     cond = (torch.arange(n_grid) % model.config.num_classes) if model.config.num_classes else None
     reference = data.tensor(torch.arange(min(len(data), 1000))) if data.kind == "points" else None
 
     def on_sample(m: torch.nn.Module, step: int) -> None:
-        if out is None:
+        if run is None:
             return
         assert isinstance(m, Generator)
         x = m.sample(n_grid, cond=cond, generator=settings.seed + 12345)  # same noise every grid
         pic = images.picture(x.cpu(), reference, nrow=model.config.num_classes or None)
-        images.save_png(Path(out) / "samples" / f"step_{step:06d}.png", pic)
+        images.save_png(run.sample_grid(step), pic)
         if logger is not None:
             logger.image("generator/samples", pic, step)
 
     try:
-        history = train_loop(model, batches, tc, checkpoint_path=ckpt, logger=logger, device=device,
-                             on_sample=on_sample if out is not None else None,
-                             extra_state=model.checkpoint_state, desc=model.family, progress=progress)
+        history = train_loop(model, batches, tc, checkpoint_path=run.generator if run is not None else None,
+                             logger=logger, device=device, on_sample=on_sample if run is not None else None,
+                             extra_state=model.checkpoint_header, desc=model.family, progress=progress)
     finally:
         if logger is not None:
             logger.close()
@@ -134,38 +136,38 @@ def train_generator(name: str, source: str, settings: FitConfig | None = None, o
     settings = settings or FitConfig()
     family(name)  # unknown family: fail before loading data
     data = load_data(source, image_size=image_size, max_items=max_items, seed=settings.seed)
-    ckpt = Path(out) / "checkpoints" / "generator.pt" if out is not None else None
+    run = RunDir(out) if out is not None else None
     prev: dict[str, Any] = {}
-    if ckpt is not None and ckpt.exists():  # resume: the model is rebuilt from the checkpoint's config
-        state = torch_load(ckpt)
+    if run is not None and run.generator.exists():  # resume: the model is rebuilt from the checkpoint's config
+        state = torch_load(run.generator)
         if state.get("family") != name:
             raise ValueError(f"{out} holds a {state.get('family')} run, not {name}; use another --out")
-        model = from_state(state)
-        prev = read_json(Path(out) / "config.json") if (Path(out) / "config.json").exists() else {}
+        model = from_state(state, run.generator)
+        prev = read_json(run.config_json) if run.config_json.exists() else {}
         if prev.get("data", source) != source:
             raise ValueError(f"{out} was trained on {prev['data']}, not {source}; use another --out")
         if model.shape != data.shape:
             raise ValueError(f"{out} holds a model of {model.shape} data, these are {data.shape}; "
                              f"use the run's --image-size or another --out")
     else:
-        if name == "renderer" and not overrides.get("vae"):  # the V of the run whose frames it learns
-            from generators.data import frames_dir
-
-            d = frames_dir(source)[1]
-            overrides["vae"] = str(d.parent if (d.parent / "checkpoints" / "vae.pt").exists() else d)
+        data_defaults = family(name).data_defaults
+        if data_defaults is not None:  # what the family takes from its source where no value is given
+            for key, value in data_defaults(source).items():
+                if not overrides.get(key):
+                    overrides[key] = value
         model = model_for(name, data, preset=preset, **overrides)
-    if out is not None:
+    if run is not None:
         tc, bs = train_config(name, settings)
-        atomic_write_json(Path(out) / "config.json", {
+        atomic_write_json(run.config_json, {
             "family": name, "data": source, "image_size": prev.get("image_size", image_size),
             "max_items": max_items, "preset": prev.get("preset", preset), "model": dataclasses.asdict(model.config),
             "train": dataclasses.asdict(tc), "batch_size": bs, "num_examples": len(data)})
     history = fit(model, data, settings, out, device, progress)
-    if out is not None:
-        model.save(Path(out) / "generator.pt")
-        final = sorted((Path(out) / "samples").glob("step_*.png"))
-        if final:
-            images.save_png(Path(out) / "samples.png", _read_png(final[-1]))
+    if run is not None:
+        model.save(run.generator_final)
+        grids = run.sample_grids()
+        if grids:
+            images.save_png(run.sample_grid(), _read_png(grids[-1]))
     return model, history
 
 
@@ -178,8 +180,8 @@ def _read_png(path: Path) -> Any:
 def suggested_threads(max_threads: int = 2) -> int:
     """Torch CPU threads for a training process: up to ``max_threads`` on an idle machine, 1 when busy.
 
-    With other jobs on the cores, a multi-threaded op waits for its slowest (descheduled) thread;
-    on the lab's 2-core machine under load, 1 thread ran small conv nets 3-10x faster than 2.
+    With other jobs on the cores, a multi-threaded op waits for its slowest (descheduled) thread,
+    so on a loaded machine one thread is faster than several for the small nets trained here.
     """
     cpus = os.cpu_count() or 1
     try:

@@ -2,9 +2,10 @@
 
 V is reused, not rewritten: :class:`VAE` holds a ``ConvVAE`` and only translates between the
 generators' image space (``[-1, 1]``) and V's (``[0, 1]``). It models 64x64 RGB frames
-(``car_racing:RUN`` / ``doom_take_cover:RUN``). Its checkpoints are V's own format, so
-``generators.load("RUN/checkpoints/vae.pt")`` loads the lab's trained V, and
-``ConvVAE.load`` reads a checkpoint saved here.
+(``frames:RUN``). Both are :class:`worldlab.io.ConfigCheckpoint` modules of family ``"vae"``, and
+the wrapper stores V's own config and weights (not its wrapped names), so
+``generators.load(RunDir(RUN).vae)`` loads the lab's trained V and ``ConvVAE.load`` reads a
+checkpoint saved here.
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from generators.base import Batch, GenConfig, Generator, unpack
 from generators.registry import Family, register
-from worldlab.io import atomic_torch_save
 from worldlab.vae import ConvVAE, VAEConfig
+
+_WRAPPED = "vae."
+"""prefix of V's weights in the wrapper's state dict (V's checkpoints store them without it)."""
 
 
 @dataclass
 class VAEGenConfig(GenConfig):
-    """V's config (see :class:`worldlab.vae.VAEConfig`; the World Models paper's sizes)."""
+    """V's config (see :class:`worldlab.vae.VAEConfig`; the World Models paper's sizes).
+
+    Its fields are ``VAEConfig``'s (``image_size`` is fixed at 64), so ``from_dict`` reads the config
+    stored in V's checkpoints.
+    """
 
     shape: tuple[int, ...] = (3, 64, 64)
     """V models 64x64 RGB frames only."""
@@ -44,17 +50,12 @@ class VAEGenConfig(GenConfig):
         super().__post_init__()
         if self.shape != (3, 64, 64):
             raise ValueError(f"vae is the lab's V for 64x64 RGB frames, not {self.shape}; train it on "
-                             f"car_racing:RUN or doom_take_cover:RUN at --image-size 64")
+                             f"frames:RUN at --image-size 64")
         self.vae_config()  # validate
 
     def vae_config(self) -> VAEConfig:
         return VAEConfig(z_size=self.z_size, channels=self.channels, dec_channels=self.dec_channels,
                          kl_tolerance=self.kl_tolerance, kl_weight=self.kl_weight, image_size=64)
-
-    @classmethod
-    def from_vae_config(cls, cfg: VAEConfig) -> VAEGenConfig:
-        return cls(z_size=cfg.z_size, channels=cfg.channels, dec_channels=cfg.dec_channels,
-                   kl_tolerance=cfg.kl_tolerance, kl_weight=cfg.kl_weight)
 
 
 class VAE(Generator):
@@ -65,6 +66,7 @@ class VAE(Generator):
     def __init__(self, config: VAEGenConfig) -> None:
         super().__init__(config)
         self.vae = ConvVAE(config.vae_config())
+        self.meta = self.vae.meta  # one meta (task, id, ...) whichever loader read the checkpoint
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``(B, 3, 64, 64)`` in [-1, 1] -> ``(mu, logvar)``, each ``(B, Z)``."""
@@ -84,24 +86,29 @@ class VAE(Generator):
         with self.evaluating():
             return self.vae.sample(n, generator=generator) * 2.0 - 1.0
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {"family": "vae", "config": dataclasses.asdict(self.config.vae_config()), "meta": dict(self.vae.meta)}
+    # --- persistence: V's own checkpoint (ConvVAE.load reads it) ------------------------------------
+    def checkpoint_header(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**super().checkpoint_header(meta), "config": dataclasses.asdict(self.config.vae_config())}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """V's own checkpoint format (``ConvVAE.load`` reads it too)."""
-        return atomic_torch_save(self.vae.checkpoint(self.vae.meta), path)
+    def checkpoint_weights(self) -> dict[str, Any]:
+        return self.vae.checkpoint_weights()
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> VAE:
+        """From V's checkpoint (a ``ConvVAE`` save, the lab's ``vae.pt``) or a training checkpoint of the
+        wrapper (whose weights carry the wrapped names)."""
+        if isinstance(state, dict):
+            state = {**state, **{k: _wrapped(state[k]) for k in ("model", "ema") if isinstance(state.get(k), dict)}}
+        model = super().from_checkpoint(state, path)
+        model.vae.meta = model.meta
+        return model
 
 
-def _from_state(state: dict[str, Any]) -> VAE:
-    """Rebuild from V's checkpoint format or from a training checkpoint of the wrapper."""
-    model = VAE(VAEGenConfig.from_vae_config(VAEConfig.from_dict(state["config"])))
-    weights = state["model"]
-    if any(k.startswith("vae.") for k in weights):
-        model.load_state_dict(weights)
-    else:
-        model.vae.load_state_dict(weights)
-    model.vae.meta = dict(state.get("meta", {}))
-    return model
+def _wrapped(weights: dict[str, Any]) -> dict[str, Any]:
+    """V's weights under the wrapper's names (unchanged when they have them already)."""
+    if any(k.startswith(_WRAPPED) for k in weights):
+        return weights
+    return {_WRAPPED + k: v for k, v in weights.items()}
 
 
 register(Family(
@@ -109,4 +116,4 @@ register(Family(
     kinds=("image",),
     presets={"tiny": {"z_size": 4, "channels": (4, 8, 8, 8), "dec_channels": (8, 8, 4)},
              "small": {"z_size": 32, "channels": (16, 32, 64, 128), "dec_channels": (64, 32, 16)}},
-    train={"lr": 1e-3, "batch_size": 100}, monitor="loss", from_state=_from_state))
+    train={"lr": 1e-3, "batch_size": 100}, monitor="loss"))

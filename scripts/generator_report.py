@@ -30,6 +30,7 @@ from generators import images, metrics
 from generators.data import GenData
 from generators.train import FitConfig, suggested_threads
 from worldlab.io import atomic_write_json, atomic_write_text, read_json
+from worldlab.rundir import RunDir
 
 N_EVAL = 500  # samples per Fréchet distance / likelihood evaluation
 
@@ -71,16 +72,16 @@ def log(msg: str) -> None:
 
 
 def get_frames(args: argparse.Namespace) -> GenData:
-    """CarRacing frames: from --frames, else collected once into RUNS/car_racing/data."""
+    """CarRacing frames: from --frames, else collected once into the data folder of RUNS/car_racing."""
     if args.frames:
         return generators.data.load(args.frames, image_size=64, max_items=args.max_frames)
-    run = Path(args.runs) / "car_racing"
-    if not (run / "data" / "manifest.json").exists():
+    run = RunDir(Path(args.runs) / "car_racing")
+    if not run.data_manifest.exists():
         from agents.collect import collect  # the lab's collector (scripts may import agents)
 
-        run.mkdir(parents=True, exist_ok=True)
-        log(f"collecting {args.episodes} CarRacing episodes of {args.episode_steps} steps into {run / 'data'}")
-        collect("car_racing", run / "data", args.episodes, workers=0, policy="brownian", seed=0,
+        run.root.mkdir(parents=True, exist_ok=True)
+        log(f"collecting {args.episodes} CarRacing episodes of {args.episode_steps} steps into {run.data}")
+        collect("car_racing", run.data, args.episodes, workers=0, policy="brownian", seed=0,
                 env_kwargs={"max_episode_steps": args.episode_steps}, progress=False)
     return generators.data.load(f"car_racing:{run}", image_size=64, max_items=args.max_frames)
 
@@ -88,24 +89,24 @@ def get_frames(args: argparse.Namespace) -> GenData:
 def train_plan(plan: Plan, data: GenData, args: argparse.Namespace) -> tuple[generators.Generator, float]:
     """Train (or reuse) one planned model; returns it and its training time in seconds."""
     name = f"{plan.family}-{plan.data}"
-    out = Path(args.runs) / name
+    out = RunDir(Path(args.runs) / name)
     steps = max(2, int(round(plan.steps * args.scale)))
-    timing_path = out / "timing.json"
+    timing_path = out.timing_json
     settings = FitConfig(steps=steps, batch_size=plan.batch_size, lr=plan.lr, ema=plan.ema, seed=0,
                          checkpoint_every=max(100, steps // 4), samples=64)
     if timing_path.exists() and read_json(timing_path).get("steps") == steps:
-        return generators.load(out / "generator.pt"), float(read_json(timing_path)["seconds"])
+        return generators.load(out.generator_final), float(read_json(timing_path)["seconds"])
     torch.manual_seed(0)
     model = generators.model_for(plan.family, data, preset=plan.preset, **plan.config)  # fit resumes a checkpoint
     log(f"training {name}: {steps} steps, batch {plan.batch_size}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters")
     t0 = time.time()
-    generators.fit(model, data, settings, out=out, progress=args.progress)
+    generators.fit(model, data, settings, out=out.root, progress=args.progress)
     seconds = time.time() - t0
-    model.save(out / "generator.pt")
+    model.save(out.generator_final)
     atomic_write_json(timing_path, {"steps": steps, "seconds": seconds})
     log(f"  {name} trained in {seconds:.0f}s")
-    return generators.load(out / "generator.pt"), seconds
+    return generators.load(out.generator_final), seconds
 
 
 def sample_all(model: generators.Generator, n: int, seed: int, cond: torch.Tensor | None = None,
@@ -283,7 +284,7 @@ STATIC_SECTIONS = """## The API in brief
 
 ```python
 import generators
-data = generators.data.load("mnist", image_size=16)     # or digits, moons, car_racing:RUN
+data = generators.data.load("mnist", image_size=16)     # or digits, moons, frames:RUN
 model = generators.model_for("ddpm", data, preset="small")  # config shaped for the data
 generators.fit(model, data, generators.FitConfig(steps=600), out="runs/ddpm")  # the lab's loop
 x = model.sample(16, generator=0)     # (16, 1, 16, 16) float32 in [-1, 1]; same seed, same images
@@ -306,8 +307,9 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   import gymnasium as gym
   from stable_baselines3 import PPO
   from generators.augment import GeneratedObservations
+  from worldlab.rundir import RunDir
   env = gym.wrappers.ResizeObservation(gym.make("CarRacing-v3"), (64, 64))
-  v = generators.load("RUN/checkpoints/vae.pt")   # the lab's trained V loads as a generator
+  v = generators.load(RunDir("RUN").vae)   # the lab's trained V loads as a generator
   env = GeneratedObservations(env, v, p=0.1, mode="replace", seed=0)
   PPO("CnnPolicy", env, n_steps=256).learn(10_000)
   ```
@@ -316,7 +318,7 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   `scale * term(next_obs)`: a flow's `log p(z)` (`log_density`), an EBM's `-E` (`neg_energy`) or a
   discriminator logit (`discriminator_logit`), on observation vectors, latents or images.
 - **Renderer**: `generators.renderer` (family `renderer`), a pix2pix-style conditional GAN on V's
-  latent `z`, started from V's decoder; `DreamEnv(..., renderer="RUN/renderer/generator.pt")`
+  latent `z`, started from V's decoder; `DreamEnv(..., renderer=RunDir("RUN/renderer").generator_final)`
   draws the dream with it. Trained and measured against V's decoder by
   `python scripts/renderer_report.py RUN`: see [RENDERER.md](RENDERER.md).
 - **Reward synthesizer in evolution**: `generators.reward.novelty_penalty` (a flow's `log p(z)`

@@ -2,10 +2,11 @@
 
     python scripts/train_generator.py dcgan --data mnist --steps 2000 --out runs/gen/dcgan-mnist
     python scripts/train_generator.py realnvp --data moons --steps 3000
-    python scripts/train_generator.py ddpm --data car_racing:runs/cr --image-size 32 --preset small
+    python scripts/train_generator.py ddpm --data frames:runs/cr --image-size 32 --preset small
 
 Rerun the same command to resume (up to --steps). Families: see --help; data sources: digits,
-mnist, moons, car_racing:RUN, doom_take_cover:RUN (RUN/data holds collected rollout shards).
+mnist, moons, frames:RUN (the rollouts collected in run folder RUN), TASK:RUN (the same, checked
+to be TASK's, e.g. car_racing:RUN).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import generators
     from generators.data import SOURCES
     from generators.train import FitConfig, suggested_threads, train_generator
+    from worldlab.rundir import RunDir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", help=f"one of: {', '.join(generators.available())}")
@@ -45,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads or suggested_threads()))
-    out = Path(args.out or Path("runs") / "generators" / f"{args.family}-{args.data.replace(':', '-').replace('/', '_')}")
+    out = RunDir(args.out or Path("runs") / "generators" / f"{args.family}-{args.data.replace(':', '-').replace('/', '_')}")
     settings = FitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema,
                          sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, seed=args.seed)
     t0 = time.time()
     try:
         generators.family(args.family)
-        model, history = train_generator(args.family, args.data, settings, out=out, image_size=args.image_size,
+        model, history = train_generator(args.family, args.data, settings, out=out.root, image_size=args.image_size,
                                          max_items=args.max_items, preset=args.preset, device=args.device,
                                          progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     last = {k: v[-1] for k, v in history.items() if v}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in list(last.items())[:4])
     print(f"{args.family} on {args.data}: {args.steps} steps in {time.time() - t0:.0f}s"
-          f"{' (' + summary + ')' if summary else ''}; model {out / 'generator.pt'}, samples {out / 'samples.png'}")
+          f"{' (' + summary + ')' if summary else ''}; model {out.generator_final}, samples {out.sample_grid()}")
     return 0
 
 

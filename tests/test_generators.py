@@ -31,7 +31,7 @@ FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "dd
 
 @pytest.fixture(autouse=True, scope="module")
 def _threads():
-    """1 torch thread when other jobs load the machine (2 threads then run 3-10x slower), else 2."""
+    """1 torch thread when other jobs load the machine (threads then wait for each other), else 2."""
     from generators.train import suggested_threads
 
     old = torch.get_num_threads()
@@ -214,6 +214,102 @@ def test_load_errors_name_the_fix(tmp_path: Path) -> None:
         generators.load(tmp_path / "other.pt")
 
 
+def test_checkpoints_in_the_format_before_configcheckpoint_still_load(digits: GenData, tmp_path: Path) -> None:
+    """Files written by the generators' own save/load (``"format": 1``, no meta) load with today's code."""
+    import dataclasses
+
+    from generators.gan import DCGAN
+
+    model = tiny("dcgan", digits)
+    generators.fit(model, digits, FitConfig(steps=2, batch_size=16), progress=False)
+    old = {"family": "dcgan", "config": dataclasses.asdict(model.config), "format": 1, "model": model.state_dict()}
+    torch.save(old, tmp_path / "saved.pt")  # what Generator.save wrote
+    for loaded in (generators.load(tmp_path / "saved.pt"), DCGAN.load(tmp_path / "saved.pt")):
+        assert type(loaded) is DCGAN and loaded.config == model.config and loaded.meta == {}
+        assert torch.equal(loaded.sample(5, generator=1), model.sample(5, generator=1))
+    # a training checkpoint of the old loop: the EMA weights are the ones loaded
+    ema = tiny("dcgan", digits)
+    train_ckpt = {"model": model.state_dict(), "optimizers": {}, "step": 2, "train_config": {}, "rng": None,
+                  "ema": ema.state_dict(), **{k: old[k] for k in ("family", "config", "format")}}
+    torch.save(train_ckpt, tmp_path / "train.pt")
+    assert torch.equal(generators.load(tmp_path / "train.pt").sample(4, generator=2), ema.sample(4, generator=2))
+    # the vae wrapper's training checkpoint: V's config (with the removed ``extra``) and wrapped weights
+    from worldlab.vae import VAEConfig
+
+    v = tiny("vae", synthetic_frames(4))
+    v_cfg = {**dataclasses.asdict(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4))), "extra": {}}
+    torch.save({"family": "vae", "config": v_cfg, "meta": {}, "model": v.state_dict(), "step": 1},
+               tmp_path / "vae_train.pt")
+    v2 = generators.load(tmp_path / "vae_train.pt")
+    assert v2.config == v.config and torch.equal(v2.sample(2, generator=0), v.sample(2, generator=0))
+    with pytest.raises(TypeError, match="holds a dcgan model, not EBM"):
+        type(tiny("ebm", digits)).load(tmp_path / "saved.pt")
+    with pytest.raises(TypeError, match="use generators.load"):
+        generators.Generator.load(tmp_path / "saved.pt")
+
+
+def test_the_labs_v_loads_both_ways_old_and_new(tmp_path: Path) -> None:
+    """V written before ``VAEConfig.extra`` was removed loads as ConvVAE and as the ``vae`` family, and a V
+    saved by the family loads as ConvVAE: one checkpoint format (``worldlab.io.ConfigCheckpoint``)."""
+    from worldlab.rundir import RunDir
+    from worldlab.vae import ConvVAE
+
+    old_v = RunDir(ROOT / "tests" / "fixtures" / "old_run").vae  # written by the code before the house move
+    assert "extra" in torch.load(old_v, weights_only=True)["config"]
+    v = ConvVAE.load(old_v)
+    g = generators.load(old_v)
+    assert g.family == "vae" and g.config.z_size == v.config.z_size == 8
+    assert g.meta["id"] == v.meta["id"] and g.vae.meta is g.meta
+    assert torch.allclose(g.sample(2, generator=0), v.sample(2, generator=0) * 2 - 1)
+    state = torch.load(old_v, weights_only=True)
+    state["config"]["extra"] = {"note": "free-form notes of an old run"}
+    torch.save(state, tmp_path / "vae.pt")
+    assert ConvVAE.load(tmp_path / "vae.pt").config == v.config
+    g.save(tmp_path / "again.pt")
+    again = ConvVAE.load(tmp_path / "again.pt")
+    assert again.meta["id"] == v.meta["id"] and set(torch.load(tmp_path / "again.pt", weights_only=True)) == {
+        "family", "config", "model", "meta"}
+
+
+def test_generators_modules_import_each_other_in_one_direction() -> None:
+    """No import cycle among the generators modules, counting imports inside functions too."""
+    import ast
+
+    pkg = ROOT / "generators"
+    modules = {p.stem for p in pkg.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in pkg.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name.split(".")[:2] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                module = node.module.split(".")[:2]
+                # `from generators import images` imports a module; `from generators import load` the package
+                targets = [module] if len(module) == 2 else [[*module, a.name] for a in node.names]
+            else:
+                continue
+            for parts in targets:
+                if parts[0] == "generators":
+                    # `import generators` runs the package, which imports every family
+                    deps.add(parts[1] if len(parts) == 2 and parts[1] in modules else "__init__")
+        deps.discard(path.stem)
+        graph[path.stem] = deps
+    assert graph["registry"] >= {"base"} and "registry" not in graph["base"]
+
+    def cycle_from(node: str, stack: list[str]) -> list[str] | None:
+        if node in stack:
+            return stack[stack.index(node):] + [node]
+        for dep in sorted(graph[node]):
+            found = cycle_from(dep, [*stack, node])
+            if found:
+                return found
+        return None
+
+    for start in graph:
+        assert cycle_from(start, []) is None, " -> ".join(cycle_from(start, []) or [])
+
+
 @pytest.mark.parametrize("shape", [(2,), (3,), (1, 4, 4), (2, 4, 4)])
 def test_flow_is_exactly_invertible_and_logdet_matches_autograd(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
@@ -333,6 +429,50 @@ def test_frames_from_rollout_shards(tmp_path: Path) -> None:
         generators.data.load(f"doom_take_cover:{run}")
     model = generators.model_for("dcgan", generators.data.load(f"car_racing:{run}", image_size=8), preset="tiny")
     assert model.sample(2, generator=0).shape == (2, 3, 8, 8)
+
+
+def test_frames_source_takes_the_task_from_the_manifest(tmp_path: Path) -> None:
+    """``frames:RUN`` loads any run's frames and names them by the manifest's task; ``TASK:RUN`` checks it."""
+    run = _fake_run(tmp_path / "doom", task="doom_take_cover", episodes=2, steps=4)
+    d = generators.data.load(f"frames:{run}")
+    assert d.name == "doom_take_cover" and d.shape == (3, 64, 64) and len(d) == 10
+    assert generators.data.load(f"frames:{run / 'data'}", image_size=8).shape == (3, 8, 8)
+    assert generators.data.load(f"doom_take_cover:{run}").name == "doom_take_cover"
+    with pytest.raises(ValueError, match=f"holds doom_take_cover frames, not car_racing; use doom_take_cover:{run} "
+                                         f"or frames:{run}") as e:
+        generators.data.load(f"car_racing:{run}")
+    assert len(str(e.value).splitlines()) == 1
+    fixture = generators.data.load(f"frames:{ROOT / 'tests' / 'fixtures' / 'old_run'}", max_items=5)
+    assert fixture.name == "car_racing" and len(fixture) == 5
+    with pytest.raises(FileNotFoundError, match="collect them first: python scripts/collect.py TASK"):
+        generators.data.load(f"frames:{tmp_path / 'nothing'}")
+    with pytest.raises(ValueError, match="use frames:RUN"):
+        generators.data.load("frames:")
+
+
+def test_family_data_defaults_fill_only_what_is_not_given() -> None:
+    """``Family.data_defaults`` (the renderer's V of the ``--data`` run) is how a family takes config from
+    its data source; ``train_generator`` knows no family by name."""
+    from generators import registry
+    from generators.gan import DCGAN, DCGANConfig
+
+    assert '"renderer"' not in (ROOT / "generators" / "train.py").read_text()
+    assert generators.family("renderer").data_defaults is not None
+
+    class Hooked(DCGAN):
+        pass
+
+    seen: list[str] = []
+    registry.register(registry.Family("hooked", Hooked, DCGANConfig, "a test family", presets={"tiny": {"channels": 8}},
+                                      data_defaults=lambda source: seen.append(source) or {"z_dim": 7}))
+    try:
+        settings = FitConfig(steps=1, batch_size=16)
+        model, _ = generators.train_generator("hooked", "digits", settings, preset="tiny", progress=False)
+        assert seen == ["digits"] and model.config.z_dim == 7
+        model, _ = generators.train_generator("hooked", "digits", settings, preset="tiny", progress=False, z_dim=5)
+        assert model.config.z_dim == 5
+    finally:
+        registry._FAMILIES.pop("hooked")
 
 
 def test_fit_writes_grids_and_resumes(digits: GenData, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ class DotEnv(gym.Env):
 
 @pytest.fixture(autouse=True, scope="module")
 def _threads():
-    """1 torch thread when other jobs load the machine (2 threads then run 3-10x slower), else 2."""
+    """1 torch thread when other jobs load the machine (threads then wait for each other), else 2."""
     from generators.train import suggested_threads
 
     old = torch.get_num_threads()

@@ -113,7 +113,10 @@ class ConfigCheckpoint:
 
     A subclass sets ``FAMILY`` (the tag checked on load), ``CONFIG`` (the dataclass, with
     ``from_dict``), ``WHAT`` (``"VAE"``) and ``STAGE`` (``"V"``: named in the one-line errors), and
-    keeps ``config`` and ``meta`` attributes.
+    keeps ``config`` and ``meta`` attributes. Every checkpoint of the lab that rebuilds a module
+    (V, M, every :mod:`generators` family) goes through this class, so one reader serves them all;
+    a module whose weights or config are stored in another shape overrides
+    :meth:`checkpoint_header` / :meth:`checkpoint_weights` and :meth:`from_checkpoint`.
     """
 
     FAMILY: str
@@ -121,16 +124,26 @@ class ConfigCheckpoint:
     WHAT: str
     STAGE: str
 
-    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The content of the checkpoint: family, config, weights, meta (a fresh ``id`` unless given)."""
+    def checkpoint_header(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What rebuilds the module without its weights: family, config, meta (a fresh ``id`` unless given).
+
+        A training checkpoint adds this to its own state, so it loads like a saved module.
+        """
         import uuid
         from dataclasses import asdict
 
         meta = dict(meta or {})
         meta.setdefault("id", uuid.uuid4().hex)
         return {"family": self.FAMILY, "config": asdict(self.config),  # type: ignore[attr-defined]
-                "model": {k: v.detach().cpu() for k, v in self.state_dict().items()},  # type: ignore[attr-defined]
                 "meta": meta}
+
+    def checkpoint_weights(self) -> dict[str, Any]:
+        """The weights as stored: the state dict on the CPU."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+
+    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The content of the checkpoint: family, config, weights, meta (a fresh ``id`` unless given)."""
+        return {**self.checkpoint_header(meta), "model": self.checkpoint_weights()}
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
         """Write weights + config (+ ``meta``, e.g. the task) to ``path`` atomically."""

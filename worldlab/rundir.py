@@ -30,8 +30,14 @@ spelling paths, so the layout below is written down once::
     RUN/renderer/                the dream renderer's training folder   .renderer
 
 A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
-folder of the same shape: ``config.json``, ``checkpoints/generator.pt`` during training,
-``samples/`` and the final ``generator.pt`` (:attr:`generator_final`).
+folder of the same shape::
+
+    OUT/config.json              family, data, model and train config   .config_json
+    OUT/checkpoints/generator.pt the resumable training checkpoint      .generator
+    OUT/samples/step_{s:06d}.png the sample grid drawn at step s        .sample_grid(s)
+    OUT/samples.png              the final sample grid                  .sample_grid()
+    OUT/generator.pt             the trained generator                  .generator_final
+    OUT/timing.json              its training time (generator_report)   .timing_json
 """
 
 from __future__ import annotations
@@ -93,6 +99,14 @@ class RunDir:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    def sample_grid(self, step: int | None = None) -> Path:
+        """A generator's sample grid drawn at training ``step``, or (``step=None``) its final grid."""
+        return self.root / "samples.png" if step is None else self.samples / f"step_{int(step):06d}.png"
+
+    def sample_grids(self) -> list[Path]:
+        """The sample grids of a generator's training on disk, in step order."""
+        return sorted(self.samples.glob("step_*.png"))
 
     @property
     def metrics(self) -> Path:
@@ -199,6 +213,11 @@ class RunDir:
     def generator_final(self) -> Path:
         """A trained generator (what ``generators.load`` reads)."""
         return self.root / "generator.pt"
+
+    @property
+    def timing_json(self) -> Path:
+        """A trained generator's steps and training seconds (a report reuses the model when they match)."""
+        return self.root / "timing.json"
 
     # -- checks --------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ the config inside the checkpoint.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,6 @@ class VAEConfig:
     """weight of the (floored) KL term against the summed squared pixel error."""
     image_size: int = 64
     """frame side in pixels; the paper's layer sizes need 64."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """free-form notes kept with the config (ignored by the model)."""
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -65,6 +63,7 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
+        """The config of a checkpoint; keys this version no longer has (e.g. ``extra``) are ignored."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
