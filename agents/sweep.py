@@ -35,9 +35,8 @@ def tau_trial(config: dict[str, Any]) -> None:
                         seed=config["seed"])
     fit = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, tau, config.get("dream_steps"),
                        seed=cma_cfg.seed)
-    out = run.tau_sweep / f"tau_{tau:g}"
-    state = evolve(fit, ccfg.num_params, cma_cfg, out / "cma.npz", progress=False)
-    save_controller(out / "controller.npz", ccfg, state.mean_params, temperature=tau)
+    state = evolve(fit, ccfg.num_params, cma_cfg, run.tau_cma_state(tau), progress=False)
+    save_controller(run.tau_controller(tau), ccfg, state.mean_params, temperature=tau)
     # the dream score of the final controller: fresh dreams at the same tau
     dream = DreamFitness(wm, ccfg, 1, config["eval_episodes"], tau, config.get("dream_steps"), seed=config["seed"] + 7)
     dream_returns = dream.returns(state.mean_params[None], EVAL_GENERATION)[0].numpy()

@@ -26,6 +26,8 @@ spelling paths, so the layout below is written down once::
     RUN/fidelity.json            the dream-fidelity report              .fidelity_json
     RUN/fidelity/                its open-loop strips and videos        .fidelity
     RUN/tau_sweep/ (+ .json/.md) the temperature sweep                  .tau_sweep
+        tau_{t}/controller.npz   its controller evolved at tau t        .tau_controller(t)
+        tau_{t}/cma.npz          and that evolution's CMA-ES state      .tau_cma_state(t)
     RUN/reward_compare/          the novelty-penalty comparison         .reward_compare
     RUN/renderer/                the dream renderer's training folder   .renderer
 
@@ -147,6 +149,12 @@ class RunDir:
     @property
     def tau_sweep(self) -> Path:
         return self.root / "tau_sweep"
+
+    def tau_controller(self, tau: float) -> Path:
+        return self.tau_sweep / f"tau_{tau:g}" / "controller.npz"
+
+    def tau_cma_state(self, tau: float) -> Path:
+        return self.tau_sweep / f"tau_{tau:g}" / "cma.npz"
 
     @property
     def tau_sweep_json(self) -> Path:

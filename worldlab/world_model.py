@@ -154,16 +154,18 @@ class WorldModel(nn.Module):
                                         f"(the dream_train pipeline does)")
         vae = ConvVAE.from_checkpoint(torch_load(run.vae), run.vae)
         mdrnn = MDRNN.from_checkpoint(torch_load(run.mdrnn), run.mdrnn)
-        return cls.from_models(vae, mdrnn, task=task, z_size=z_size, where=run.checkpoints).to(device).eval()
+        return cls.from_models(vae, mdrnn, task=task, z_size=z_size, run=run).to(device).eval()
 
     @classmethod
     def from_models(cls, vae: ConvVAE, mdrnn: MDRNN, *, task: str | None = None, z_size: int | None = None,
-                    where: str | os.PathLike = "<memory>") -> WorldModel:
+                    run: RunDir | str | os.PathLike | None = None) -> WorldModel:
         """Bundle a trained V and M as their checkpoints' meta describes them (M's meta carries the
         task, the action space, the episode limit, the start bank and the id of V it was trained
-        on); ``where`` names their folder in the one-line errors."""
+        on); ``run``, the run folder they come from, is named in the one-line errors."""
         vm, mm = vae.meta, mdrnn.meta
-        vae_path, m_path = Path(where) / "vae.pt", Path(where) / "mdrnn.pt"
+        where = RunDir(run) if run is not None else None
+        vae_path = where.vae if where is not None else Path("V")
+        m_path = where.mdrnn if where is not None else Path("M")
         for key in ("task", "action_space", "max_episode_steps", "start_mu"):
             if key not in mm:
                 raise WorldModelError(f"{m_path} lacks '{key}' in its meta: it was not written by the lab's "
@@ -172,12 +174,12 @@ class WorldModel(nn.Module):
             raise WorldModelError(f"{vae_path} is for task {vm.get('task')!r} but {m_path} is for {mm['task']!r}; "
                                   f"retrain one of them on this run's data")
         if task is not None and mm["task"] != task:
-            raise WorldModelError(f"{Path(where).parent} holds a world model of task {mm['task']!r}, not {task!r}")
+            raise WorldModelError(f"{where or 'this'} holds a world model of task {mm['task']!r}, not {task!r}")
         if vae.z_size != mdrnn.config.z_size:
             raise WorldModelError(f"{vae_path} has z_size {vae.z_size} but {m_path} expects z_size "
                                   f"{mdrnn.config.z_size}; re-encode and retrain M with this V")
         if z_size is not None and vae.z_size != z_size:
-            raise WorldModelError(f"{Path(where).parent} holds a world model with z_size {vae.z_size}, not {z_size}")
+            raise WorldModelError(f"{where or 'this'} holds a world model with z_size {vae.z_size}, not {z_size}")
         if mm.get("vae_id") is not None and vm.get("id") is not None and mm["vae_id"] != vm["id"]:
             raise WorldModelError(f"{m_path} was trained on latents of another {vae_path.name} (V was retrained "
                                   f"since); re-run the encode and train-M stages")

@@ -90,7 +90,7 @@ class DreamTrainer:
         vae = stages.train_vision(run, c, k, address=self.address, progress=self.progress)
         stages.encode_latents(run, c, vae, progress=self.progress)
         mdrnn = stages.train_memory(run, c, vae.meta.get("id"), k, address=self.address, progress=self.progress)
-        return WorldModel.from_models(vae, mdrnn, task=c.task, where=run.checkpoints).to(c.device)
+        return WorldModel.from_models(vae, mdrnn, task=c.task, run=run).to(c.device)
 
     def learn(self) -> dict[str, Any]:
         """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""
