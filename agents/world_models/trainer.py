@@ -101,6 +101,7 @@ class DreamTrainer:
         params: np.ndarray | None = None
         try:
             for k in range(c.rounds):
+                self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
                 stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
                 wm = self.world_model(k)
                 params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
