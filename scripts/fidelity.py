@@ -1,4 +1,8 @@
-"""Dream fidelity report of a run: python scripts/fidelity.py RUN [--episodes 0 3] [--horizon 32]."""
+"""Dream fidelity report of a run: python scripts/fidelity.py RUN [--episodes 0 3] [--horizon 32].
+
+With --probes it also plays scripted probe episodes in the real game (CarRacing: straight at
+full speed, hard turns off the road, a spin, braking) and compares them with what M predicts
+(agents/probes.py): RUN/fidelity_probes.json and a Markdown table on stdout."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=32, help="open-loop steps predicted from actions alone")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-video", action="store_true", help="skip the mp4 videos")
+    p.add_argument("--probes", action="store_true", help="also play the scripted probe episodes (agents/probes.py)")
+    p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the probe episodes")
+    p.add_argument("--probe-steps", type=int, default=300, help="steps of each probe episode")
     a = p.parse_args(argv)
     try:
         r = fidelity_report(a.run, episodes=a.episodes, max_episodes=a.max_episodes, context=a.context,
@@ -29,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: r[k] for k in ("vae_recon_mse", "mdrnn_nll_per_dim", "reward_mse", "reward_mae", "done_accuracy")}
     print(json.dumps({"episodes": r["episodes"], **summary}, indent=None))
     print(f"wrote {a.run}/fidelity.json and {len(r['files'])} files under {a.run}/fidelity/")
+    if a.probes:
+        from agents.probes import probe_fidelity, probe_table
+
+        print(probe_table(probe_fidelity(a.run, seeds=tuple(a.probe_seeds), steps=a.probe_steps, device=a.device)))
     return 0
 
 

@@ -61,6 +61,8 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
         best = [m["value"] for m in metrics if m["name"] == "evolve/best" and m["step"] == g]
         assert np.isclose(gap[(g, "gap/dream")], best[-1])  # the candidate played is the generation's best
     assert "## Dream vs real" in report and (out / "figures" / "gap.png").stat().st_size > 0
+    probes = json.loads((out / "fidelity_probes.json").read_text())
+    assert probes["steps"] == 60 and "spin" in probes["probes"] and "| spin |" in report
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
 
 

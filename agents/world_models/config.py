@@ -119,11 +119,18 @@ class EvalConfig:
     dream score (``gap/dream``, ``gap/real``): the exploitation gap, made visible. 0: off."""
     gap_episodes: int = 4
     """real episodes per gap measurement."""
+    probes: bool = True
+    """after the evaluation, play the scripted probe episodes (``agents/probes.py``: straight at
+    speed, hard turns off the road, a spin, braking) and compare them with what M predicts
+    (``fidelity_probes.json``, a table in ``report.md``)."""
+    probe_steps: int = 300
+    """steps of each probe episode."""
 
     def __post_init__(self) -> None:
         _at_least("eval", self, 1, "episodes", "gap_episodes")
         _at_least("eval", self, 1, "max_steps", optional=True)
         _at_least("eval", self, 0, "gap_every")
+        _at_least("eval", self, 2, "probe_steps")
 
 
 @dataclass
@@ -285,7 +292,7 @@ def preset(name: str, task: str) -> RunConfig:
             mdrnn_train=TrainConfig(steps=40, lr=3e-3, log_every=5, checkpoint_every=20), mdrnn_batch=8, seq_len=32,
             cma=CMAConfig(popsize=8, rollouts=2, generations=3, sigma0=0.1),
             dream=DreamConfig(temperature=1.15 if doom else 1.0, max_steps=120, compile=False),
-            eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2),
+            eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2, probe_steps=60),
         )
     if name == "default":
         if doom:  # one round, as the paper did for Doom; its LSTM 512 makes each dream step dearer: a smaller population

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.evaluate import summarize_returns
+from agents.probes import probe_table
 from agents.world_models.config import CollectConfig
 from worldlab.io import atomic_write_text
 from worldlab.logging import read_metrics
@@ -174,6 +175,13 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     if cma_plot:
         lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation.", "",
                   f"![cma]({figs.name}/cma.png)", ""]
+    if run_dir.fidelity_probes_json.exists():
+        probes = json.loads(run_dir.fidelity_probes_json.read_text())
+        lines += ["## Probe episodes: does the dream tell the truth?", "",
+                  f"Scripted real episodes ({probes['steps']} steps, seeds {probes['seeds']}) and what M says of "
+                  f"them: M's return teacher-forced on the real frames, its reward error on and off the road, and "
+                  f"open-loop dreams of {probes['horizon']} steps from real states at steps {probes['starts']} "
+                  f"(`fidelity_probes.json`; `agents/probes.py`).", "", probe_table(probes), ""]
     gap = gap_rows(run_dir)
     if gap and plot_gap(run_dir, figs / "gap.png"):
         lines += ["## Dream vs real", "", "Every few generations the best candidate (selected on its dream score) "

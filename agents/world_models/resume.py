@@ -31,6 +31,8 @@ RESUMABLE: dict[str, str] = {
     "eval.videos": "videos are recorded when missing and never read by another stage",
     "eval.gap_every": "the gap measurements only watch the evolution: its candidates do not depend on them",
     "eval.gap_episodes": "likewise",
+    "eval.probes": "the probe episodes only read the world model",
+    "eval.probe_steps": "likewise",
     "finetune.generations": "the real-game fine-tune comes after the dream-only result and continues from its "
                             "saved CMA-ES state",
 }

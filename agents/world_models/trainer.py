@@ -28,6 +28,7 @@ import torch
 
 from agents.fitness import RealPool
 from agents.pool import check_backend
+from agents.probes import probe_fidelity
 from agents.world_models import stages
 from agents.world_models.config import RunConfig
 from agents.world_models.report import write_report
@@ -114,6 +115,8 @@ class DreamTrainer:
             if tuned is not None:
                 result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
                                                                             finetuned=True)}
+            if c.eval.probes:
+                probe_fidelity(run, steps=c.eval.probe_steps)
             if c.eval.videos:
                 steps = c.eval.max_steps or wm.max_episode_steps
                 stages.record_videos(run, c, wm.cpu(), params, steps)

@@ -1,0 +1,199 @@
+"""Probe episodes: does the dream tell the truth where the controller will go?
+
+The pipeline plays a few scripted, open-loop action sequences in the real game (for CarRacing:
+straight at full speed, hard turns off the road, spinning, braking; for any other Box task:
+holding each action bound, and a slow sweep), then asks the world model about the very same
+episodes:
+
+- **return**: the real return against the sum of M's reward head, teacher-forced on the real
+  latents and actions (M sees every real frame: the best case for M);
+- **reward error on and off the road** (CarRacing: a step is off the road when no wheel touches a
+  track tile): where M was trained on little off-road data, it tends to pay for the grass;
+- **done timing**: the first step M's done head fires (logit > 0) against the real episode end;
+- **open-loop drift**: from real mid-episode states (M's state after ``t0`` real steps), the dream
+  is run on the real actions alone (deterministic mode) for ``horizon`` steps: latent error at
+  steps 1, 10 and 30, and the dream's return over the window against the real one.
+
+``probe_fidelity(run)`` writes ``RUN/fidelity_probes.json``; ``scripts/fidelity.py RUN --probes``
+prints the table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldlab.io import atomic_write_json, read_json
+from worldlab.mdrnn import sample_mixture
+from worldlab.rundir import RunDir
+from worldlab.world_model import WorldModel
+
+Script = Callable[[int], list[float]]
+"""step t -> the action played at t."""
+
+
+def _after(warmup: int, first: list[float], then: list[float]) -> Script:
+    return lambda t: first if t < warmup else then
+
+
+def probe_scripts(task: str, action_space: dict[str, Any]) -> dict[str, Script]:
+    """The probe episodes of a task: name -> open-loop action script."""
+    if task == "car_racing":
+        gas = [0.0, 1.0, 0.0]
+        return {
+            "straight_full_gas": lambda t: gas,
+            "hard_left_off_road": _after(40, gas, [-1.0, 0.5, 0.0]),
+            "hard_right_off_road": _after(40, gas, [1.0, 0.5, 0.0]),
+            "spin": _after(40, gas, [1.0, 1.0, 0.0]),
+            "gas_then_brake": _after(60, gas, [0.0, 0.0, 1.0]),
+        }
+    if action_space.get("type") != "box":
+        raise ValueError(f"probe episodes need a Box action space, got {action_space}")
+    low, high = (np.asarray(action_space[k], np.float64) for k in ("low", "high"))
+    mid = (low + high) / 2
+    return {
+        "hold_low": lambda t: low.tolist(),
+        "hold_high": lambda t: high.tolist(),
+        "hold_middle": lambda t: mid.tolist(),
+        "sweep": lambda t: (mid + (high - low) / 2 * np.sin(t / 20.0)).tolist(),
+    }
+
+
+def off_road(env: Any) -> bool | None:
+    """CarRacing: no wheel touches a track tile; None for an env without a car on tiles."""
+    car = getattr(env.unwrapped, "car", None)
+    wheels = getattr(car, "wheels", None)
+    if not wheels or not all(hasattr(w, "tiles") for w in wheels):
+        return None
+    return not any(w.tiles for w in wheels)
+
+
+def play_probe(task: str, script: Script, seed: int, steps: int) -> dict[str, np.ndarray]:
+    """One real episode of ``script`` (at most ``steps`` steps): frames (T+1, 64, 64, 3) uint8,
+    actions (T, A), rewards (T,), terminated (T,), off_road (T,) (all False when unknown)."""
+    import envs
+
+    env = envs.make(task, max_episode_steps=steps)
+    try:
+        obs, _ = env.reset(seed=seed)
+        frames, actions, rewards, terms, offs = [obs], [], [], [], []
+        for t in range(steps):
+            a = np.asarray(script(t), dtype=np.float32)
+            obs, r, term, trunc, _ = env.step(a)
+            frames.append(obs)
+            actions.append(a)
+            rewards.append(r)
+            terms.append(term)
+            offs.append(bool(off_road(env)))
+            if term or trunc:
+                break
+    finally:
+        env.close()
+    return {"obs": np.stack(frames).astype(np.uint8), "actions": np.stack(actions),
+            "rewards": np.asarray(rewards, np.float32), "terminated": np.asarray(terms, bool),
+            "off_road": np.asarray(offs, bool)}
+
+
+@torch.inference_mode()
+def probe_figures(wm: WorldModel, ep: dict[str, np.ndarray], starts: tuple[int, ...], horizon: int
+                  ) -> dict[str, Any]:
+    """What M says about one real probe episode (see the module docstring)."""
+    obs = torch.from_numpy(ep["obs"])
+    T = int(ep["rewards"].shape[0])
+    mu = torch.cat([wm.vae.encode(obs[i:i + 256])[0] for i in range(0, T + 1, 256)])  # (T+1, Z)
+    actions = torch.from_numpy(ep["actions"]).float()                                     # (T, A)
+    pred, _ = wm.mdrnn(mu[None, :-1], actions[None])                                      # teacher-forced
+    rewards = torch.from_numpy(ep["rewards"]).float()
+    err = (pred.reward[0] - rewards).abs().numpy()                                        # (T,)
+    off = ep["off_road"]
+    fired = np.flatnonzero((pred.done_logit[0] > 0).numpy())
+    real_end = np.flatnonzero(ep["terminated"])
+    out: dict[str, Any] = {
+        "steps": T,
+        "real_return": float(rewards.sum()),
+        "predicted_return": float(pred.reward[0].sum()),
+        "off_road_fraction": float(off.mean()) if T else 0.0,
+        "reward_mae_on_road": float(err[~off].mean()) if (~off).any() else None,
+        "reward_mae_off_road": float(err[off].mean()) if off.any() else None,
+        "predicted_reward_off_road": float(pred.reward[0].numpy()[off].mean()) if off.any() else None,
+        "real_reward_off_road": float(ep["rewards"][off].mean()) if off.any() else None,
+        "done_predicted_at": int(fired[0]) + 1 if fired.size else None,
+        "done_real_at": int(real_end[0]) + 1 if real_end.size else None,
+        "open_loop": [],
+    }
+    for t0 in starts:
+        k = min(horizon, T - t0)
+        if t0 < 1 or k < 1:
+            continue
+        _, state = wm.mdrnn(mu[None, :t0], actions[None, :t0])  # M's state after t0 real steps
+        z, zs, rs = mu[t0:t0 + 1], [], []
+        for t in range(t0, t0 + k):
+            p, state = wm.mdrnn.step(z, actions[t:t + 1], state)
+            z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)
+            zs.append(z[0])
+            rs.append(float(p.reward[0]))
+        drift = (torch.stack(zs) - mu[t0 + 1:t0 + 1 + k]).pow(2).mean(1).numpy()  # (k,)
+        out["open_loop"].append({
+            "start": t0, "horizon": k,
+            "latent_mse_at": {str(s): float(drift[s - 1]) for s in (1, 10, 30) if s <= k},
+            "dream_return": float(np.sum(rs)), "real_return": float(ep["rewards"][t0:t0 + k].sum()),
+        })
+    return out
+
+
+def probe_fidelity(run_dir: str | os.PathLike, *, seeds: tuple[int, ...] = (0, 1), steps: int = 300,
+                   starts: tuple[int, ...] = (50, 150), horizon: int = 50, device: str = "cpu") -> dict[str, Any]:
+    """Play every probe of the run's task on ``seeds`` and write ``RUN/fidelity_probes.json``:
+    per probe and seed the figures of :func:`probe_figures`, and per probe their means. Skipped
+    when the file already holds the same probes of the same M."""
+    run = RunDir(run_dir)
+    wm = WorldModel.load(run, device=device).cpu()
+    settings = {"seeds": list(seeds), "steps": steps, "starts": list(starts), "horizon": horizon,
+                "mdrnn_id": wm.mdrnn.meta.get("id")}
+    if run.fidelity_probes_json.exists():
+        old = read_json(run.fidelity_probes_json)
+        if {k: old.get(k) for k in settings} == settings:  # the same probes of the same M
+            return old
+    rows: dict[str, Any] = {}
+    for name, script in probe_scripts(wm.task, wm.action_space).items():
+        per_seed = [probe_figures(wm, play_probe(wm.task, script, s, steps), starts, horizon) for s in seeds]
+        mean = {k: _mean([p[k] for p in per_seed]) for k in ("real_return", "predicted_return", "off_road_fraction",
+                                                               "reward_mae_on_road", "reward_mae_off_road",
+                                                               "predicted_reward_off_road", "real_reward_off_road")}
+        drift = [o for p in per_seed for o in p["open_loop"]]
+        mean["open_loop_dream_return"] = _mean([o["dream_return"] for o in drift])
+        mean["open_loop_real_return"] = _mean([o["real_return"] for o in drift])
+        for s in ("1", "10", "30"):
+            mean[f"open_loop_latent_mse_at_{s}"] = _mean([o["latent_mse_at"].get(s) for o in drift])
+        rows[name] = {"mean": mean, "seeds": dict(zip(map(str, seeds), per_seed, strict=True))}
+    report = {"task": wm.task, **settings, "probes": rows}
+    atomic_write_json(run.fidelity_probes_json, report)
+    return report
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def probe_table(report: dict[str, Any]) -> str:
+    """The probes as a Markdown table."""
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    lines = ["| probe | real return | M's return | off road | reward MAE on / off road | M pays off road (real) | "
+             "open loop: dream / real return | latent MSE at 1 / 10 / 30 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in report["probes"].items():
+        m = row["mean"]
+        lines.append(f"| {name} | {f(m['real_return'])} | {f(m['predicted_return'])} | "
+                     f"{f(m['off_road_fraction'])} | {f(m['reward_mae_on_road'])} / {f(m['reward_mae_off_road'])} | "
+                     f"{f(m['predicted_reward_off_road'])} ({f(m['real_reward_off_road'])}) | "
+                     f"{f(m['open_loop_dream_return'])} / {f(m['open_loop_real_return'])} | "
+                     f"{f(m['open_loop_latent_mse_at_1'])} / {f(m['open_loop_latent_mse_at_10'])} / "
+                     f"{f(m['open_loop_latent_mse_at_30'])} |")
+    return "\n".join(lines)
