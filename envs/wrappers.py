@@ -34,6 +34,9 @@ class PreprocessFrame(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if from_render:
             if env.render_mode != "rgb_array":
                 raise ValueError(f"from_render needs render_mode='rgb_array', got {env.render_mode!r}")
+            # the frames are the rgb_array renders, so that is the one render mode this env has
+            # (check_env remakes the env in every declared mode)
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
             return
         space = env.observation_space
         if key is not None:
