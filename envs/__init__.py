@@ -15,10 +15,10 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.tasks import TASKS, TaskSpec, get_task
-from envs.wrappers import PreprocessFrame, ThresholdAction
+from envs.wrappers import LatentObservation, PreprocessFrame, ThresholdAction
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "make", "action_space_dict", "PreprocessFrame", "ThresholdAction",
-           "register_envs"]
+           "LatentObservation", "register_envs"]
 
 
 def register_envs() -> None:
