@@ -19,6 +19,23 @@ def summarize_returns(task: str, returns: list[float]) -> dict[str, Any]:
             "min": float(r.min()), "max": float(r.max()), "returns": [float(x) for x in r]}
 
 
+def episode_limit(task: str, max_steps: int | None = None) -> int | None:
+    """The step limit of a real episode of ``task``: ``max_steps`` when given, else the task's own
+    (``envs.TASKS``, or the Gymnasium id's registered limit; None when it has none)."""
+    if max_steps:
+        return int(max_steps)
+    import envs
+
+    if task in envs.TASKS:
+        return envs.TASKS[task].max_episode_steps
+    import gymnasium as gym
+
+    try:
+        return gym.spec(task).max_episode_steps
+    except gym.error.Error:
+        return None
+
+
 def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, episodes: int = 100,
              workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
              backend: str = "ray") -> dict[str, Any]:

@@ -4,7 +4,7 @@ window or recorded to a video file."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,32 @@ def dream_episode(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, se
     yield from _play(env, obs, lambda o: ctrl.act(torch.as_tensor(o)[None])[0].numpy())
 
 
+def latent_real_episode(task: str, wm: WorldModel, act: Callable[[np.ndarray], Any], seed: int,
+                        max_steps: int | None = None) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Yield (rendered frame, return so far, done) for one real episode of a policy ``act`` on
+    ``[z, h]`` (one trained in the dream), seeing the game through
+    :class:`envs.wrappers.LatentObservation`."""
+    import envs
+
+    env = envs.LatentObservation(
+        envs.make(task, render_mode="rgb_array", **({"max_episode_steps": max_steps} if max_steps else {})), wm)
+    obs, _ = env.reset(seed=seed)
+    yield from _play(env, obs, act)
+
+
+@torch.inference_mode()
+def latent_dream_episode(wm: WorldModel, act: Callable[[np.ndarray], Any], seed: int, temperature: float = 1.0,
+                         max_steps: int | None = None, renderer: Any = None
+                         ) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """Yield (dream frame, return so far, done) for one dream episode of a policy ``act`` on ``[z, h]``."""
+    from envs.dream import DreamEnv
+
+    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps,
+                   renderer=renderer)
+    obs, _ = env.reset(seed=seed)
+    yield from _play(env, obs, act)
+
+
 def real_frames(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
                 max_steps: int | None = None) -> np.ndarray:
     return np.stack([_pane(f, f"real {R:7.1f}") for f, R, _ in real_episode(task, wm, ccfg, params, seed, max_steps)])
@@ -80,16 +106,20 @@ def dream_frames(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, see
                      for f, R, _ in dream_episode(wm, ccfg, params, seed, temperature, max_steps)])
 
 
-def watch(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, temperature: float = 1.0,
-          mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None, fps: int = 50,
-          max_steps: int | None = None, renderer: str | Path | None = None) -> dict[str, list[float]]:
+def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.ndarray | None,
+          temperature: float = 1.0, mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None,
+          fps: int = 50, max_steps: int | None = None, renderer: str | Path | None = None,
+          act: Callable[[np.ndarray], Any] | None = None) -> dict[str, list[float]]:
     """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
 
     ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
     the same controller in the world model). ``renderer``: a trained :mod:`generators.renderer`
-    checkpoint that draws the dream pane instead of V's decoder. Returns the returns of each
-    pane's episodes.
+    checkpoint that draws the dream pane instead of V's decoder. ``act``: instead of the
+    controller (``ccfg``, ``params``), any policy on ``[z, h]`` (e.g. :func:`agents.sb3_policy.sb3_act`
+    of a policy trained in the dream). Returns the returns of each pane's episodes.
     """
+    if act is None and (ccfg is None or params is None):
+        raise ValueError("watch needs a controller (ccfg and params) or a policy act on [z, h]")
     if mode not in ("real", "dream", "both"):
         raise ValueError(f"mode must be real, dream or both, got {mode!r}")
     if renderer is not None:
@@ -112,9 +142,11 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray,
             s = seed + ep
             streams: dict[str, Iterator[tuple[np.ndarray, float, bool]]] = {}
             if mode in ("real", "both"):
-                streams["real"] = real_episode(task, wm, ccfg, params, s, max_steps)
+                streams["real"] = (real_episode(task, wm, ccfg, params, s, max_steps) if act is None
+                                   else latent_real_episode(task, wm, act, s, max_steps))
             if mode in ("dream", "both"):
-                streams["dream"] = dream_episode(wm, ccfg, params, s, temperature, max_steps, renderer)
+                streams["dream"] = (dream_episode(wm, ccfg, params, s, temperature, max_steps, renderer) if act is None
+                                    else latent_dream_episode(wm, act, s, temperature, max_steps, renderer))
             last: dict[str, tuple[np.ndarray, float, bool]] = {}
             while streams:
                 for name in list(streams):

@@ -3,7 +3,9 @@ CarRacing, and the dream environments over a learned WorldModel.
 
 ``envs.make(task)`` builds a real task by its short name (see ``envs.TASKS``) or any registered
 Gymnasium id with image observations or ``rgb_array`` renders (``pixels=True``). Importing this
-package registers ``worldlab/CarRacing-v3`` and ``worldlab/Dream-v0`` with Gymnasium.
+package registers ``worldlab/CarRacing-v3`` and ``worldlab/Dream-v0`` with Gymnasium; an installed
+worldlab registers them at ``import gymnasium`` already (``worldlab_gymnasium.py``), and
+``gym.make("envs:worldlab/CarRacing-v3")`` works from a plain checkout too.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.tasks import TASKS, TaskSpec, get_task
-from envs.wrappers import PreprocessFrame, ThresholdAction
+from envs.wrappers import LatentObservation, PreprocessFrame, ThresholdAction
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "make", "action_space_dict", "PreprocessFrame", "ThresholdAction",
-           "register_envs"]
+           "LatentObservation", "register_envs"]
 
 
 def register_envs() -> None:

@@ -1,14 +1,19 @@
 """Preprocessing wrappers: the paper's frames and action mappings, applied as wrappers (never by
-patching module constants)."""
+patching module constants); and :class:`LatentObservation`, the real game seen through a world
+model as ``[z, h]``."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, SupportsFloat
 
 import cv2
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
+
+from worldlab.world_model import WorldModel
 
 
 class PreprocessFrame(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -34,6 +39,9 @@ class PreprocessFrame(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if from_render:
             if env.render_mode != "rgb_array":
                 raise ValueError(f"from_render needs render_mode='rgb_array', got {env.render_mode!r}")
+            # the frames are the rgb_array renders, so that is the one render mode this env has
+            # (check_env remakes the env in every declared mode)
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
             return
         space = env.observation_space
         if key is not None:
@@ -78,3 +86,83 @@ class ThresholdAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         if a > self.threshold:
             return self.right
         return self.stay
+
+
+class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """The real game as the dream shows it: observations ``[z, h]``, so that a policy trained in the
+    dream (on ``worldlab/Dream-v0``, ``DreamVectorEnv``, ``DreamSB3VecEnv`` or RLlib's dream) plays
+    the real game as it is.
+
+    ``reset`` zeroes M's LSTM state; every frame is encoded by V (the posterior mean, as the CMA-ES
+    controller's real-game path does, ``agents.policies.ControllerPolicy``), and every step first
+    advances M's LSTM by ``(z, action)`` and then steps the game. The observation is
+    ``[z_t, h_t]``, float32 of size ``z_size + hidden`` (the dream's ``obs_mode="latent"``). Box
+    actions are clipped to the action space, as the dream clips them, before both M and the game
+    see them; a Discrete action is M's one-hot input.
+
+    Args:
+        env: a real task with V's frames (``envs.make(task)``: uint8 64x64x3) and the world
+            model's action space.
+        world_model: a :class:`worldlab.world_model.WorldModel` (V and M), or leave it out and
+            pass ``run_dir``: a run folder with its checkpoints.
+        device: where V and M run.
+    """
+
+    def __init__(self, env: gym.Env, world_model: WorldModel | None = None, *, run_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, world_model=world_model, run_dir=run_dir, device=device)
+        gym.Wrapper.__init__(self, env)
+        if (run_dir is None) == (world_model is None):
+            raise ValueError("LatentObservation needs exactly one of world_model (a WorldModel) or run_dir "
+                             "(a run folder with checkpoints/)")
+        wm = WorldModel.load(run_dir, device=device) if world_model is None else world_model
+        self.world_model = wm.to(device).eval()
+        size = wm.vae.config.image_size
+        frames = env.observation_space
+        if not (isinstance(frames, spaces.Box) and frames.shape == (size, size, 3) and frames.dtype == np.uint8):
+            raise ValueError(f"LatentObservation needs the {size}x{size}x3 uint8 frames V was trained on, got "
+                             f"{frames}; wrap the task with envs.make(task) (or PreprocessFrame)")
+        _check_same_actions(env.action_space, wm.action_space)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(wm.obs_size,), dtype=np.float32)
+        self._discrete = isinstance(env.action_space, spaces.Discrete)
+        self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._z: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def _observe(self, frame: np.ndarray) -> np.ndarray:
+        wm = self.world_model
+        self._z, _ = wm.encode(torch.from_numpy(np.ascontiguousarray(frame))[None].to(wm.device))  # (1, Z)
+        assert self._state is not None
+        return torch.cat([self._z, self._state[0]], dim=1)[0].cpu().numpy().astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._state = self.world_model.mdrnn.initial_state(1, self.world_model.device)
+        return self._observe(frame), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._state is None or self._z is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        space = self.env.action_space
+        if self._discrete:
+            action = int(np.asarray(action).reshape(-1)[0])
+            a = torch.tensor([action])
+        else:
+            action = np.clip(np.asarray(action, dtype=np.float64).reshape(space.shape), space.low, space.high
+                             ).astype(space.dtype)
+            a = torch.as_tensor(action, dtype=torch.float32)[None]
+        with torch.inference_mode():
+            _, self._state = self.world_model.mdrnn.step(self._z, a.to(self.world_model.device), self._state)
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        return self._observe(frame), reward, terminated, truncated, info
+
+
+def _check_same_actions(space: spaces.Space, desc: dict[str, Any]) -> None:
+    """Refuse, in one line, a game whose action space is not the one the world model was trained with."""
+    if isinstance(space, spaces.Box) and desc.get("type") == "box" and tuple(space.shape) == tuple(desc["shape"]):
+        return
+    if isinstance(space, spaces.Discrete) and desc.get("type") == "discrete" and int(space.n) == int(desc["n"]):
+        return
+    raise ValueError(f"the game's action space {space} is not the world model's {desc}: "
+                     f"the world model belongs to another task")

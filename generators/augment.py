@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from generators.base import Generator
-from generators.data import GenData
+from generators.data import GenData, describe, is_channels_last
 from generators.images import resize
 
 
@@ -70,6 +70,14 @@ class MixedDataset(Dataset):
         self.model, self.ratio, self.batch_size, self.seed = model, ratio, batch_size, seed
         self.transform, self.cache = transform, cache
         self._batches: dict[int, torch.Tensor] = {}
+        self._first_real = (first[0] if self.labels else first) if self.n_real else None
+        if self.n_real and transform is None:  # else the first transformed batch is checked against the real items
+            if isinstance(real, GenData):
+                _check_model_space(torch.zeros(real.shape), model, shape_only=True)
+            elif isinstance(real, torch.Tensor | np.ndarray):
+                _check_model_space(real, model, batch=True)
+            else:
+                _check_model_space(self._first_real, model)
 
     def __len__(self) -> int:
         return self.n_real + self.n_gen
@@ -91,6 +99,11 @@ class MixedDataset(Dataset):
         x = self.model.sample(n, cond=cond, generator=self.seed + b).cpu()  # (n, *shape)
         if self.transform is not None:
             x = self.transform(x)
+            real = self._first_real
+            if real is not None and (tuple(x.shape[1:]) != tuple(real.shape) or _dtype(x) != _dtype(real)):
+                raise ValueError(f"MixedDataset: transform turns the generated batches into items of "
+                                 f"{describe(x[0])} but the real items are {describe(real)} (the first one); "
+                                 f"make transform return the real items' shape and dtype")
         if self.cache:
             self._batches[b] = x
         return x
@@ -105,6 +118,53 @@ class MixedDataset(Dataset):
         j = index - self.n_real
         x = self._batch(j // self.batch_size)[j % self.batch_size]
         return (x, torch.tensor(self._label(j))) if self.labels else x
+
+
+def _dtype(x: Any) -> str:
+    return str(getattr(x, "dtype", type(x).__name__)).replace("torch.", "")
+
+
+def _check_model_space(x: Any, model: Generator, batch: bool = False, shape_only: bool = False) -> None:
+    """Refuse, in one line with the conversion, real examples that are not in the generator's model
+    space: float ``model.shape`` items, images in [-1, 1] (``batch``: ``x`` holds all of them)."""
+    shape = tuple(getattr(x, "shape", ()))
+    item = shape[1:] if batch else shape
+    wanted = tuple(model.shape)
+    is_float = (x.dtype.is_floating_point if isinstance(x, torch.Tensor) else
+                isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating))
+    if shape_only:
+        if item == wanted:
+            return
+    elif is_float and item == wanted and (model.kind == "points" or -1.001 <= float(x.min()) <= float(x.max()) <= 1.001):
+        return
+    what = "the real data" if batch or shape_only else "the real items (the first one)"
+    given = f"of shape {item}" if shape_only else describe(x)
+    expected = (f"float32 {wanted} images in [-1, 1] (generators.images)" if model.kind == "image"
+                else f"float32 points {wanted}")
+    expr = "x"
+    if model.kind == "image" and not shape_only and isinstance(x, torch.Tensor | np.ndarray):
+        if is_channels_last(shape):
+            expr += ".permute(0, 3, 1, 2)" if batch else ".permute(2, 0, 1)"
+            if not isinstance(x, torch.Tensor):
+                expr = "torch.as_tensor(" + expr.replace(".permute", ").permute", 1)
+        if not is_float or float(x.max()) > 1.5:
+            expr += ".float() / 127.5 - 1"
+        elif float(x.min()) >= 0:
+            expr += " * 2 - 1"
+    elif model.kind == "points" and not is_float and not shape_only:
+        expr = "x.float()"
+    fixes = [f"convert them with {expr}"] if expr != "x" else []
+    if shape_only or len(shape) < 3 or model.kind != "image":
+        if item != wanted:
+            fixes.append(f"give items of shape {wanted}")
+    else:
+        last = is_channels_last(shape)
+        channels, side = (shape[-1:], shape[-3:-1]) if last else (shape[-3:-2], shape[-2:])
+        if tuple(channels) + tuple(side) != wanted:
+            fixes.append(f"make them {wanted} (generators.images.resize for the size)")
+    fix = " and ".join(fixes) or f"give {expected}"
+    raise ValueError(f"MixedDataset: {what} are {given} but {model.family} generates {expected}; {fix}, "
+                     f"or pass transform= to turn the generated batches into the real format")
 
 
 class _GenDataItems:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -167,8 +169,15 @@ class Generator(ConfigCheckpoint, nn.Module):
         name = checkpoint_family(state, path)
         if name != cls.FAMILY:
             raise TypeError(f"{path} holds a {name} model, not {cls.__name__}")
-        if "ema" in state:
+        warmup = None
+        if "ema" in state:  # a training checkpoint: its EMA decay and step
+            warmup = ema_warmup_warning(name, (state.get("train_config") or {}).get("ema"), state.get("step"))
             state = {**state, "model": state["ema"]}
+        elif isinstance(state.get("meta"), dict) and isinstance(state["meta"].get("ema"), dict):  # fit's final model
+            ema = state["meta"]["ema"]
+            warmup = ema_warmup_warning(name, ema.get("decay"), ema.get("steps"))
+        if warmup is not None:
+            warnings.warn(f"{path}: {warmup}", UserWarning, stacklevel=2)
         return super().from_checkpoint(state, path)
 
     @contextlib.contextmanager
@@ -189,3 +198,18 @@ def checkpoint_family(state: Any, path: str | os.PathLike = "<memory>") -> str:
         raise ValueError(f"{path} is not a generators checkpoint (no family/config inside); "
                          f"save models with model.save(path)")
     return str(state["family"])
+
+
+def ema_warmup_warning(family: str, decay: float | None, steps: int | None) -> str | None:
+    """The one-line warning for a model whose EMA weights (the ones it samples with) averaged fewer
+    than ~``1 / (1 - decay)`` steps, so they are still mostly the random initial weights (a DDPM
+    then samples pure noise); None when the EMA is off or warmed up."""
+    if not decay or decay <= 0 or steps is None:
+        return None
+    horizon = 1.0 / (1.0 - float(decay))
+    if steps >= horizon - 1e-6:
+        return None
+    lower = f"--ema {1.0 - 10.0 / steps:.3g}" if steps >= 20 else "--ema 0"
+    return (f"{family}: its EMA weights (decay {decay:g}, averaging ~{horizon:,.0f} steps) have seen only {steps:,} "
+            f"steps and are still close to the random initial ones, so its samples look like noise; train at "
+            f"least {int(np.ceil(horizon)):,} steps (--steps) or lower the decay ({lower}; 0 turns EMA off)")

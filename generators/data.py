@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,3 +222,35 @@ def load_frames(source: str, image_size: int | None = None, max_items: int = 20_
     x = torch.stack(frames)  # (N, 3, 64, 64) uint8
     task = (meta_task or FRAMES) if name == FRAMES else name
     return GenData(task, _resized(x, 256, image_size), None, 256, 0)
+
+
+# -- saying what data were given (the one-line errors of fit and MixedDataset) -----------------------
+
+
+def describe(x: Any) -> str:
+    """``"uint8 (100, 64, 64, 3) with values 0..255"`` for a tensor or array; the type name otherwise."""
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        return f"a {type(x).__name__}"
+    dtype = str(x.dtype).replace("torch.", "")
+    if (x.numel() if isinstance(x, torch.Tensor) else x.size) == 0:
+        return f"empty {dtype} {tuple(x.shape)}"
+    lo, hi = float(x.min()), float(x.max())
+    is_float = x.dtype.is_floating_point if isinstance(x, torch.Tensor) else np.issubdtype(x.dtype, np.floating)
+    values = f"{lo:.3g}..{hi:.3g}" if is_float else f"{int(lo)}..{int(hi)}"
+    return f"{dtype} {tuple(x.shape)} with values {values}"
+
+
+def is_channels_last(shape: tuple[int, ...]) -> bool:
+    """An image (H, W, C) or a batch (N, H, W, C) with C in (1, 3) where (C, H, W) was meant."""
+    image = tuple(shape[-3:])
+    return len(shape) in (3, 4) and image[-1] in (1, 3) and image[0] not in (1, 3)
+
+
+def channels_first_hint(x: Any) -> str:
+    """`` (channels-last: x.permute(0, 3, 1, 2))`` for a channels-last batch or image, else ``""``."""
+    shape = tuple(getattr(x, "shape", ()))
+    if not is_channels_last(shape):
+        return ""
+    axes = "0, 3, 1, 2" if len(shape) == 4 else "2, 0, 1"
+    verb = "permute" if isinstance(x, torch.Tensor) else "transpose"
+    return f" (channels-last: x.{verb}({axes}))"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 
 from generators import images
-from generators.base import Generator
-from generators.data import GenData
+from generators.base import Generator, ema_warmup_warning
+from generators.data import GenData, channels_first_hint, describe
 from generators.data import load as load_data
 from generators.registry import family, from_state, make
 from worldlab.io import atomic_write_json, read_json, torch_load
@@ -97,10 +98,14 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
     final weights (the EMA average where EMA is on).
     """
     settings = settings or FitConfig()
+    check_gen_data(data, model)
     if data.kind != model.kind or data.shape != model.shape:
         raise ValueError(f"{model.family} was built for {model.kind} {model.shape}, the data are "
                          f"{data.kind} {data.shape}; rebuild it with generators.train.model_for")
     tc, batch_size = train_config(model.family, settings)
+    warmup = ema_warmup_warning(model.family, tc.ema, tc.steps)
+    if warmup is not None:
+        warnings.warn(warmup, UserWarning, stacklevel=2)
     batches = data.batches(batch_size, seed=settings.seed, labels=model.config.num_classes > 0)
     logger = RunLogger(out, stage="generator", tensorboard=tensorboard) if out is not None else None
     run = RunDir(out) if out is not None else None
@@ -125,7 +130,39 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
     finally:
         if logger is not None:
             logger.close()
+    if tc.ema > 0:  # the model now holds EMA weights: what they averaged travels with its checkpoint
+        model.meta["ema"] = {"decay": tc.ema, "steps": tc.steps}
     return history
+
+
+def check_gen_data(data: Any, model: Generator) -> None:
+    """Refuse, in one line saying what was given, what is expected and the fix, training data that
+    are not a :class:`GenData` holding what ``model`` learns from: images as integer levels
+    ``(N, C, H, W)`` (``0 .. levels - 1``), points as floats ``(N, D)``."""
+    wanted = (f"a generators.data.GenData with integer levels (N, {', '.join(map(str, model.shape))}) "
+              f"(uint8, 0..levels-1)" if model.kind == "image" else
+              f"a generators.data.GenData with float32 points (N, {model.shape[0]})")
+    if not isinstance(data, GenData):
+        x = data.x if hasattr(data, "x") else data
+        fix = ("wrap them: GenData('mine', x, levels=256) with x uint8 (N, C, H, W)" + channels_first_hint(x)
+               if model.kind == "image" else "wrap them: GenData('mine', torch.as_tensor(x, dtype=torch.float32))")
+        raise ValueError(f"{model.family} trains on {wanted}; got {describe(x)}: {fix}")
+    x = data.x
+    if data.kind == "image":
+        if x.dtype.is_floating_point:
+            raise ValueError(f"{model.family} trains on {wanted}; got {describe(x)}: GenData keeps images as "
+                             f"integer levels and scales them to [-1, 1] per batch; store "
+                             f"((x + 1) * 127.5).round().to(torch.uint8) (from [-1, 1]; from [0, 1]: x * 255) "
+                             f"with levels=256")
+        if data.levels < 2 or int(x.max()) >= data.levels or int(x.min()) < 0:
+            raise ValueError(f"{model.family} trains on {wanted}; got {describe(x)} with levels={data.levels}: "
+                             f"set levels to the number of intensity levels (256 for 0..255)")
+        hint = channels_first_hint(x)
+        if hint and tuple(x.shape[1:]) != tuple(model.shape):
+            raise ValueError(f"{model.family} trains on {wanted}; got {describe(x)}: the images are channels-last; "
+                             f"store x.permute(0, 3, 1, 2) (channels first)")
+    elif not x.dtype.is_floating_point:
+        raise ValueError(f"{model.family} trains on {wanted}; got {describe(x)}: convert them with x.float()")
 
 
 def train_generator(name: str, source: str, settings: FitConfig | None = None, out: str | os.PathLike | None = None,

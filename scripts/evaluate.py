@@ -1,6 +1,8 @@
-"""Score a run's controller in the real game on Ray workers.
+"""Score a run's controller in the real game on Ray workers, or a Stable-Baselines3 policy trained
+in its dream (it plays on [z, h]: V encodes each frame, M's LSTM carries h).
 
     python scripts/evaluate.py runs/car_racing --episodes 100 --workers 2
+    python scripts/evaluate.py runs/car_racing --sb3 ppo_dream.zip          # algorithm read from the zip
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller", default=None,
                    help="score this controller file instead of RUN/checkpoints/controller.npz "
                         "(e.g. RUN/tau_sweep/tau_1.3/controller.npz)")
+    p.add_argument("--sb3", default=None, metavar="ZIP",
+                   help="score this Stable-Baselines3 policy (model.save zip), trained in the run's dream on "
+                        "[z, h], instead of the controller")
+    p.add_argument("--sb3-algo", default="auto", metavar="ALGO",
+                   help="the SB3 algorithm that saved --sb3: PPO, A2C, SAC, TD3, DDPG, DQN "
+                        "(default auto: read from the zip)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     try:
@@ -32,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
                            address=args.address, backend=args.backend,
-                           controller=args.controller)
+                           controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -41,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_json(args.json, res)
     print(json.dumps({k: v for k, v in res.items() if k != "returns"}))
-    print(f"{res['task']}: {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes")
+    limit = f" of at most {res['max_steps']} steps" if res.get("max_steps") else ""
+    lo, hi = min(res["lengths"]), max(res["lengths"])
+    lasted = f"all {lo} steps" if lo == hi else f"{lo}-{hi} steps, mean {sum(res['lengths']) / len(res['lengths']):.1f}"
+    print(f"{res['task']}: {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes{limit} ({lasted})")
     return 0
 
 

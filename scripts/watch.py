@@ -4,6 +4,7 @@
     python scripts/watch.py runs/car_racing --real --episodes 3
     python scripts/watch.py runs/car_racing --record drive.mp4   # headless: write a video instead
     python scripts/watch.py runs/car_racing --renderer runs/car_racing/renderer/generator.pt   # sharper dream
+    python scripts/watch.py runs/car_racing --sb3 ppo_dream.zip   # a Stable-Baselines3 policy trained in the dream
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--renderer", default=None, metavar="PT",
                    help="draw the dream with a trained renderer (scripts/renderer_report.py) instead of V")
+    p.add_argument("--sb3", default=None, metavar="ZIP",
+                   help="watch this Stable-Baselines3 policy (model.save zip), trained in the run's dream on "
+                        "[z, h], instead of the controller")
+    p.add_argument("--sb3-algo", default="auto", metavar="ALGO",
+                   help="the SB3 algorithm that saved --sb3: PPO, A2C, SAC, TD3, DDPG, DQN "
+                        "(default auto: read from the zip)")
     args = p.parse_args(argv)
     from agents.watch import has_display
     from agents.world_models.runs import watch_run
@@ -33,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.record is None and not has_display():
             raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set SDL_VIDEODRIVER=dummy)")
         res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
-                    fps=args.fps, max_steps=args.max_steps, renderer=args.renderer)
+                        fps=args.fps, max_steps=args.max_steps, renderer=args.renderer, sb3=args.sb3,
+                        sb3_algo=args.sb3_algo)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for name, rs in res.items():
+    for name in ("real", "dream"):
+        rs = res[name]
         if rs:
-            print(f"{name}: " + ", ".join(f"{r:.1f}" for r in rs))
+            limit = res["max_steps"][name]
+            print(f"{name}: " + ", ".join(f"{r:.1f}" for r in rs)
+                  + f" over {len(rs)} episode{'s' if len(rs) > 1 else ''}"
+                  + (f" of at most {limit} steps" if limit else ""))
     if args.record:
         print(f"wrote {args.record}")
     return 0

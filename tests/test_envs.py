@@ -22,10 +22,12 @@ def test_task_spaces_and_check_env(task: str) -> None:
     env.close()
 
 
-def test_pixels_for_any_gymnasium_id() -> None:
-    env = envs.make("LunarLander-v3", pixels=True)
+@pytest.mark.parametrize("gym_id", ["LunarLander-v3", "CartPole-v1"])
+def test_pixels_for_any_gymnasium_id(gym_id: str) -> None:
+    env = envs.make(gym_id, pixels=True)
     assert env.observation_space.shape == (64, 64, 3)
-    check_env(env, skip_render_check=True)
+    assert env.metadata["render_modes"] == ["rgb_array"]  # its frames are the rgb_array renders
+    check_env(env)  # render check included: the env is remade in every declared render mode
     obs, _ = env.reset(seed=0)
     assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and obs.std() > 0
     env.close()
