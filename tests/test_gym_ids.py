@@ -23,8 +23,11 @@ ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONPATH": str(ROOT)}
 
 
 def _fresh(code: str, tmp: Path | None = None) -> str:
-    """Run ``code`` in a fresh interpreter (no .pth of ours unless ``tmp`` holds one); its stdout."""
-    head = f"import site; site.addsitedir({str(tmp)!r})\n" if tmp is not None else ""
+    """Run ``code`` in a fresh interpreter (no .pth hook of ours unless ``tmp`` holds one); its stdout."""
+    # an installed worldlab (pip install -e .) already put the hook in at start-up: take it out, so that the
+    # interpreter is as fresh as one without the .pth, and the tmp .pth (when given) is what installs it
+    head = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != '_Hook']\n"
+    head += f"import site; site.addsitedir({str(tmp)!r})\n" if tmp is not None else ""
     r = subprocess.run([sys.executable, "-c", head + textwrap.dedent(code)], capture_output=True, text=True,
                        env=ENV, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
