@@ -4,20 +4,25 @@
 that dreams. A step is, per rollout, ``(state, action) -> (next z, reward, done, next state)``;
 for speed the state lives inside the step object's own preallocated buffers and is advanced in
 place, so the env only starts rows, writes actions, steps, and reads the latents and the
-controller's observations back through the accessors below. Today's implementation is
+controller's observations back through the accessors below. The implementations are
 :class:`MDRNNDreamStep` (the paper's MDN-RNN, its LSTM cell and mixture sampling fused into a few
-kernels); an ensemble of Ms, a Transformer M or a state-space M plugs in here as another subclass,
-built by :func:`make_dream_step` from its model type, and the envs, CMA-ES and the scripts run it
-unchanged.
+kernels) and :class:`EnsembleDreamStep` (an ensemble of MDN-RNNs, per-dream dropout, a
+disagreement penalty; the same cell and sampling code); a Transformer M or a state-space M plugs
+in here as another subclass, built by :func:`make_dream_step` from its model type, and the envs,
+CMA-ES and the scripts run it unchanged.
 
 Shapes: ``n`` rollouts (``num_envs``), latent size ``Z``, ``H`` the width of M's summary of the
 past that the controller sees (the LSTM's hidden state for the MDN-RNN), ``A`` the action width.
 
 The interface (:class:`DreamStep`):
 
-- ``reset_rows(rows, z0)``: start rollouts ``rows`` (an int64 tensor of row indices, or a slice
-  of ``0..n``) at real latents ``z0`` (len(rows), Z) with an empty past (``h = 0``; for the
-  LSTM also ``c = 0``).
+- ``reset_rows(rows, z0, state0=None, rngs=None)``: start rollouts ``rows`` (an int64 tensor of
+  row indices, or a slice of ``0..n``) at real latents ``z0`` (len(rows), Z) with an empty past
+  (``state0=None``: ``h = 0``; for the LSTM also ``c = 0``), or with the model's own recurrent
+  state ``state0`` there: for the MDN-RNN steps ``(h, c)``, each (M, len(rows), H) with M the
+  step's ``num_members`` (every member's state; (len(rows), H) also does for one M). ``rngs``
+  (one ``numpy`` generator per row, the env's seeded ones) feed what the model draws once per
+  dream (an ensemble's member, a dropout mask); a model that draws nothing ignores them.
 - ``set_actions(actions, low=None, high=None)``: the actions of the next step, (n, A) floats
   for a Box action space (clamped in place into ``[low, high]``, (A,) tensors, when given) or
   (n,) integer indices for a Discrete one (``low`` and ``high`` are then ignored).
@@ -32,7 +37,8 @@ The interface (:class:`DreamStep`):
 - ``take_obs() -> (n, Z + H)``: the observations ``[z, h]`` as a tensor nothing else holds or
   writes to (the caller may keep or modify it).
 - ``num_envs`` (n), ``obs_size`` (Z + H), ``compiled`` (whether steps run compiled: False when
-  built eagerly, and after a failed compilation fell back to eager steps).
+  built eagerly, and after a failed compilation fell back to eager steps), ``num_members`` (the
+  Ms dreamed with: 1 for a single M).
 """
 
 from __future__ import annotations
@@ -574,7 +580,7 @@ class EnsembleDreamStep(DreamStep):
         self.member = torch.zeros(n, dtype=torch.int64, device=dev)  # (n,) each dream's episode member
         self.keep = torch.ones(n, H, device=dev) if self.dropout > 0 else None  # (n, H) dropout masks, scaled
         self.disagreement = torch.zeros(n, device=dev)
-        """(n,) the members' disagreement at the last step (all-members stepping only; else zeros)."""
+        """(n,) the members' disagreement at the last step (with a penalty only; else zeros)."""
         self.actions = torch.zeros(n, A, device=dev)  # (n, A) the next actions in row order
         self._rng = np.random.default_rng(0)  # per-dream draws of resets without generators (direct use)
         if self.full:
