@@ -399,6 +399,7 @@ class DreamVectorEnv(VectorEnv):
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4,
                  compile: bool = False, members: int | None = None, member_mode: str = "episode",
                  dropout: float = 0.0, disagreement_penalty: float = 0.0, start: str = "first") -> None:
+        self._window: Any = None  # first: close() (from VectorEnv.__del__) reads it when a check below refuses
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, "rgb_array", "human"):
@@ -425,7 +426,6 @@ class DreamVectorEnv(VectorEnv):
         self._zero_reward = torch.zeros((), device=self.device)
         self.final_obs: torch.Tensor | None = None
         """SAME_STEP mode: the last observations of the sub-envs that just ended (torch, latent mode)."""
-        self._window: Any = None
         self._window_scale = int(window_scale)
         self._np_random_seed: int | None = None
 

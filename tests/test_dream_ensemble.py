@@ -29,6 +29,7 @@ from agents.world_models.stages import (
 )
 from envs.dream import DreamEnv, DreamVectorEnv
 from envs.dream_step import EnsembleDreamStep, MDRNNDreamStep, make_dream_step
+from worldlab.io import torch_load
 from worldlab.mdrnn import MDRNNConfig
 from worldlab.rundir import RunDir
 from worldlab.storage import Manifest, load_shard, split_episodes
@@ -398,8 +399,9 @@ def test_members_train_on_different_bootstrap_resamples(ens_run: Path) -> None:
     assert e0 == bootstrap_episodes(train_eps, 0, 0) and e1 == bootstrap_episodes(train_eps, 0, 1)
     assert e0 != e1 and len(e0) == len(e1) == len(train_eps) and set(e0) | set(e1) <= set(train_eps)
     assert m0.meta["heldout"] == held
-    assert bootstrap_episodes([1, 2, 3, 4, 5], 0, 1) == bootstrap_episodes([1, 2, 3, 4, 5], 0, 1)
-    assert bootstrap_episodes([1, 2, 3, 4, 5], 0, 1) != bootstrap_episodes([1, 2, 3, 4, 5], 0, 2)
+    eps = list(range(40))
+    assert bootstrap_episodes(eps, 0, 1) == bootstrap_episodes(eps, 0, 1)  # seeded by (seed, member)
+    assert bootstrap_episodes(eps, 0, 1) != bootstrap_episodes(eps, 0, 2) != bootstrap_episodes(eps, 1, 2)
     assert m0.meta["steps"] == m1.meta["steps"] == 6
     # different data: different weights from the shared initialisation, different next latents
     assert not torch.equal(m0.head.weight, m1.head.weight)
@@ -422,6 +424,14 @@ def test_an_ensemble_resumes_without_redoing(ens_run: Path, tmp_path: Path) -> N
     again = train_memories(run, cfg, progress=False, tensorboard=False)
     assert again[1].meta["id"] == ids[1] and again[0].meta["id"] != ids[0]
     assert WorldModel.load(run).ensemble[0].meta["members"] == [ids[1]]
+    # killed inside member 1's training: it goes on from its own resumable state, not from scratch
+    before = {k: v.clone() for k, v in again[1].state_dict().items()}
+    run.mdrnn_member(1).unlink()
+    run.mdrnn.unlink()
+    assert torch_load(run.mdrnn_member_train(1))["step"] == 6
+    resumed = train_memories(run, cfg, progress=False, tensorboard=False)
+    assert all(torch.equal(before[k], v) for k, v in resumed[1].state_dict().items())
+    assert WorldModel.load(run).num_members == 2
 
 
 def test_the_mid_episode_bank_comes_from_real_data(ens_run: Path) -> None:
