@@ -512,11 +512,14 @@ class EnsembleDreamStep(DreamStep):
 
     - **grouped** (``member_mode="episode"`` without penalty, or a single M with dropout): each
       dream is one member's for its episode (drawn at reset) and carries that member's ``(h, c)``
-      only. The state lives in *slots* sorted by member, each member's rows contiguous (padded to
-      ``min_rows``, as :class:`MDRNNDreamStep` pads its batch), so a step is two GEMMs per member on
-      contiguous row blocks (no gather of the state, no padding to the largest member: CMA-ES's
-      common random numbers give members blocks of very unequal size), the element-wise cell and
-      the mixture sampling on all slots at once. About the cost of one M's step.
+      only. The state lives in *slots* sorted by member, each member's rows one contiguous block
+      (laid out again at each reset), so the GEMMs need no gather of the state: when the members'
+      blocks are about equal (padding each to the largest costs at most a quarter more rows) each
+      GEMM is one ``bmm`` over (members, block, ...); otherwise (CMA-ES's common random numbers
+      can give members blocks of very unequal size) one GEMM per member on its block, padded to
+      ``min_rows`` as :class:`MDRNNDreamStep` pads its batch. The element-wise cell and the
+      mixture sampling run on all slots at once. About the cost of one M's step
+      (``benchmarks/dream.py --members``).
     - **all members** (``member_mode="step"``, or a penalty with M > 1): every member follows every
       dream with its own ``(h, c)`` (``x`` (M, N, D + 1), one ``bmm`` for the gates and one for the
       heads over the members): M times the arithmetic. The next ``z``, reward and done come from the
@@ -598,7 +601,7 @@ class EnsembleDreamStep(DreamStep):
             self.work = mixture_workspace(N, G, Z, dev)
             self.rows_n = torch.arange(n, device=dev)
         else:
-            S = n + M * self.min_rows  # slots: every member's rows, each block padded to min_rows
+            S = max(n + M * self.min_rows, (5 * (n + M * self.min_rows)) // 4 + 1)  # slots, padding included
             self.xs = torch.zeros(S, D + 1, device=dev)    # (S, D + 1) [z | h | a | 1] in slot order
             self.xs[:, D] = 1.0
             self.cs = torch.zeros(S, H, device=dev)
@@ -610,31 +613,43 @@ class EnsembleDreamStep(DreamStep):
             self.eps_s = torch.empty(S, Z, device=dev)
             self.keep_s = torch.ones(S, H, device=dev) if self.dropout > 0 else None
             self.work_all = mixture_workspace(S, G, Z, dev)
+            self.bias_s = torch.empty(S, Op, device=dev)
             self._layout()
 
     # -- the slot layout of the grouped step ----------------------------------------------------
 
     def _layout(self) -> None:
         """Slots for the rows' current members: member blocks in member order, rows in row order
-        inside a block, each block padded to ``min_rows`` with copies of its first row."""
-        counts = torch.bincount(self.member, minlength=self.num_members).tolist()
+        inside a block, each block padded with copies of its first row to ``min_rows``, or, when that
+        costs at most a quarter more rows, every member's block to the largest one's size (then
+        each GEMM is one ``bmm`` over the members: one parallel region instead of one per member,
+        which matters on a CPU whose cores other jobs share)."""
+        M = self.num_members
+        counts = torch.bincount(self.member, minlength=M).tolist()
+        caps = [max(cnt, self.min_rows) if cnt else 0 for cnt in counts]
+        widest = max(caps)
+        self.batched = M > 1 and 4 * M * widest <= 5 * sum(caps)
+        if self.batched:
+            caps = [widest] * M
         order = torch.argsort(self.member, stable=True)
         row_of_slot, groups, slot_of_row = [], [], torch.empty_like(self.member)
         start = pos = 0
-        for m, cnt in enumerate(counts):
-            if cnt == 0:
+        for m, (cnt, cap) in enumerate(zip(counts, caps, strict=True)):
+            if cap == 0:
                 continue
-            cap = max(cnt, self.min_rows)
-            rows = order[pos:pos + cnt]
-            row_of_slot += [rows, rows[:1].expand(cap - cnt)]
-            slot_of_row[rows] = torch.arange(start, start + cnt, device=self.device)
+            rows = order[pos:pos + cnt] if cnt else order[:1]  # an empty block (batched) computes a copy of a row
+            row_of_slot += [order[pos:pos + cnt], rows[:1].expand(cap - cnt)]
+            slot_of_row[order[pos:pos + cnt]] = torch.arange(start, start + cnt, device=self.device)
             groups.append((m, start, start + cap))
             start, pos = start + cap, pos + cnt
         self.S = start
+        self.width = widest
         self.groups = groups                          # [(member, first slot, end slot)]
         self.row_of_slot = torch.cat(row_of_slot)     # (S,) the row each slot computes
         self.slot_of_row = slot_of_row                # (n,) where each row lives
         self.work = {k: v[:start] for k, v in self.work_all.items()}
+        for m, a, b in groups:  # each slot's head bias, copied into the head's output before its GEMMs
+            self.bias_s[a:b] = self.head_b[m]
 
     # -- the interface ---------------------------------------------------------------------------
 
@@ -766,15 +781,23 @@ class EnsembleDreamStep(DreamStep):
         return self._step_all(tau, deterministic, generator) if self.full else self._step_grouped(tau, deterministic)
 
     def _step_grouped(self, tau: float, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        Z, H, G, S = self.Z, self.H, self.G, self.S
+        Z, H, G, S, M = self.Z, self.H, self.G, self.S, self.num_members
         x, g, out = self.xs[:S], self.gates[:S], self.out[:S]
-        for m, a, b in self.groups:  # one GEMM per member on its block of slots
-            torch.mm(x[a:b], self.w[m].t(), out=g[a:b])
+        if self.batched:  # equal blocks: one bmm over the members
+            torch.bmm(x.view(M, self.width, -1), self.w.transpose(1, 2), out=g.view(M, self.width, -1))
+        else:  # one GEMM per member on its block of slots
+            for m, a, b in self.groups:
+                torch.mm(x[a:b], self.w[m].t(), out=g[a:b])
         h = x[:, Z:Z + H]
         _cell_inplace(g, self.cs[:S], self.tmp[:S], h, H)
         head_in = h if self.keep_s is None or deterministic else torch.mul(h, self.keep_s[:S], out=self.hd[:S])
-        for m, a, b in self.groups:
-            torch.addmm(self.head_b[m], head_in[a:b], self.head_w[m].t(), out=out[a:b])
+        if self.batched:
+            torch.baddbmm(self.head_b[:, None], head_in.view(M, self.width, H), self.head_w.transpose(1, 2),
+                          out=out.view(M, self.width, -1))
+        else:
+            out.copy_(self.bias_s[:S])
+            for m, a, b in self.groups:
+                torch.addmm(out[a:b], head_in[a:b], self.head_w[m].t(), out=out[a:b])
         u = eps = ud = self.uni_s[:S]
         if not deterministic:  # each slot gets its row's draws
             torch.index_select(self.uni, 0, self.row_of_slot, out=self.uni_s[:S])

@@ -135,9 +135,11 @@ def test_a_sub_env_dreams_as_the_single_env_with_its_seed(wm: WorldModel) -> Non
         assert torch.equal(env._core.dream_step.keep[0], step.keep[i])
 
 
-def test_the_grouped_step_equals_each_member_stepped_alone(wm: WorldModel) -> None:
-    n = 11
-    members = torch.tensor([2, 0, 2, 1, 2, 2, 0, 2, 1, 2, 2])  # unequal blocks, one row of member 1 twice
+@pytest.mark.parametrize("members", [[2, 0, 2, 1, 2, 2, 0, 2, 1, 2, 2],  # blocks padded to 8 rows: one bmm
+                                     [2] * 30 + [0] * 3 + [1] * 7])     # unequal blocks: a GEMM per member
+def test_the_grouped_step_equals_each_member_stepped_alone(wm: WorldModel, members: list[int]) -> None:
+    n = len(members)
+    members = torch.tensor(members)
     z0 = torch.randn(n, Z, generator=torch.Generator().manual_seed(1))
     acts = torch.rand(6, n, 3, generator=torch.Generator().manual_seed(2))
     for deterministic in (False, True):
@@ -145,6 +147,7 @@ def test_the_grouped_step_equals_each_member_stepped_alone(wm: WorldModel) -> No
         assert isinstance(ens, EnsembleDreamStep) and not ens.full
         alone = [MDRNNDreamStep(m, n) for m in wm.ensemble]
         ens.reset_rows(slice(None), z0, members=members)
+        assert ens.batched == (n == 11)
         for s in alone:
             s.reset_rows(slice(None), z0)
         for t in range(6):
