@@ -50,19 +50,26 @@ class DreamFitness:
             :func:`generators.reward.novelty_penalty` of a flow trained on real latents, which
             penalises dream states unlike the real data (the reward-synthesizer role).
         compile: fuse the dream step with inductor (see ``DreamVectorEnv``; eager if that fails).
+        members, member_mode, dropout, disagreement_penalty: the dream's ensemble of Ms, how it
+            drives the dreams, per-dream dropout and the disagreement penalty, which is part of the
+            dream's reward (see ``DreamVectorEnv``; a single M without dropout: the plain dream).
+        start: ``"first"`` (real first frames) or ``"mid"`` (real mid-episode states).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
                  temperature: float = 1.0, max_steps: int | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 term_scale: float = 1.0, compile: bool = False) -> None:
+                 term_scale: float = 1.0, compile: bool = False, members: int | None = None,
+                 member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
+                 start: str = "first") -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
         self.device = torch.device(device)
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
                                   temperature=temperature, device=self.device, max_episode_steps=max_steps,
-                                  compile=compile)
+                                  compile=compile, members=members, member_mode=member_mode, dropout=dropout,
+                                  disagreement_penalty=disagreement_penalty, start=start)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
         self.z_size = world_model.z_size

@@ -1,6 +1,7 @@
 """Benchmark: the batched dream against the real game and against the machine's matmul roofline.
 
     python benchmarks/dream.py [--envs 1024] [--steps 300] [--threads 2] [--run RUN] [--json OUT]
+                               [--members K --dropout P --member-mode episode|step --penalty L]
 
 Measured in one run, on this machine:
 
@@ -23,6 +24,13 @@ sampling, squashing) is not counted. Roofline fraction = dream FLOP/s / roofline
 
 Dream and matmul timings are interleaved in rounds (the machine may be shared), and the median
 round of each is reported.
+
+4. With ``--members K`` (> 1) or ``--dropout P`` (> 0): an ensemble of K Ms of the same sizes
+   (``envs.dream_step.EnsembleDreamStep``, eager) beside today's single-M step, in the same rounds
+   of the same process: the dream with the controller in the loop as in 1., and the bare step
+   (``set_actions`` + ``step``, nothing else), each against the same measurement of today's eager
+   single-M step; the ratio of each round's times and their median are reported (the target of
+   issue 13: at most 1.5 for K <= 5 in episode mode).
 """
 
 from __future__ import annotations
@@ -94,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="also time the dream step fused by torch.compile")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--members", type=int, default=1, help="also time an ensemble of this many Ms (> 1)")
+    p.add_argument("--dropout", type=float, default=0.0, help="per-dream dropout of the ensemble dream")
+    p.add_argument("--member-mode", default="episode", choices=("episode", "step"))
+    p.add_argument("--penalty", type=float, default=0.0, help="disagreement penalty of the ensemble dream")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile STEPS steps of the fastest dream with torch.profiler and print where the time goes")
     a = p.parse_args(argv)
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. the real game, one core (it is single-threaded); measured first, on a quiet process
     torch.set_num_threads(1)
-    car = car_racing_rate(a.car_steps)
+    car = car_racing_rate(a.car_steps) if a.car_steps > 0 else float("nan")
 
     torch.set_num_threads(a.threads)
     if a.run:
@@ -123,9 +135,23 @@ def main(argv: list[str] | None = None) -> dict:
     params = np.random.default_rng(0).standard_normal((P, cfg.num_params)) * 0.1  # one controller per candidate
     ctrl = BatchedController(cfg, params).to(a.device).repeat_interleave(R)
 
-    def make_dream(compiled: bool) -> Callable[[int], None]:
+    ensemble = a.members > 1 or a.dropout > 0
+    ens_kw = {"member_mode": a.member_mode, "dropout": a.dropout, "disagreement_penalty": a.penalty}
+    if ensemble:  # K Ms of the same sizes, each with its own weights, as one world model
+        from envs.dream_step import make_dream_step
+
+        extra = [WorldModel.untrained(seed=k).mdrnn for k in range(1, a.members)]
+        with torch.no_grad():
+            for m in extra:
+                m.head.bias[-1] = -9.0
+        wm = WorldModel(wm.vae, wm.mdrnn, task=wm.task, action_space=wm.action_space,
+                        max_episode_steps=wm.max_episode_steps, start_mu=wm.start_mu, start_logvar=wm.start_logvar,
+                        members=extra)
+
+    def make_dream(compiled: bool, ens: bool = False) -> Callable[[int], None]:
         """``advance(steps)``: that many steps of this dream, as DreamFitness steps a CMA-ES generation."""
-        venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device, compile=compiled)
+        kw = {"members": a.members, **ens_kw} if ens else {"members": 1}
+        venv = DreamVectorEnv(N, world_model=wm, temperature=1.0, device=a.device, compile=compiled, **kw)
         obs = venv.reset_torch(seed=0)
 
         def advance(steps: int) -> None:
@@ -148,9 +174,30 @@ def main(argv: list[str] | None = None) -> dict:
 
         return dream
 
+    def make_bare(ens: bool) -> Callable[[int], None]:
+        """``advance(steps)``: the dream step alone (actions in, one step), without env or controller."""
+        kw = {"members": wm.ensemble[1:], **ens_kw} if ens else {}
+        step = make_dream_step(wm.mdrnn, N, a.device, **kw)
+        step.reset_rows(slice(None), wm.start_mu[torch.arange(N) % wm.start_mu.shape[0]],
+                        rngs=[np.random.default_rng(i) for i in range(N)])
+        act = torch.rand(N, A, generator=torch.Generator().manual_seed(0), device=a.device)
+        gen = torch.Generator(device=a.device).manual_seed(0)
+
+        def advance(steps: int) -> None:
+            for _ in range(steps):
+                step.set_actions(act)
+                step.step(1.0, False, gen)
+
+        advance(a.steps)
+        return advance
+
     advancers = {"dream": make_dream(False)}
     if a.compile:
         advancers["dream_compiled"] = make_dream(True)
+    if ensemble:
+        advancers["dream_ensemble"] = make_dream(False, ens=True)
+        advancers["step_single"] = make_bare(False)
+        advancers["step_ensemble"] = make_bare(True)
     dreams = {k: rate(f) for k, f in advancers.items()}
     probe = MDRNNDreamStep(wm.mdrnn, 8)  # the GEMM shapes the dream step runs
     mm = {"gates": matmul_rate(N, probe.w.shape[1], probe.w.shape[0], 50),
@@ -161,7 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
     flops = MDRNNDreamStep.flops_per_step(Z, H, A, K) + 2 * (Z + H) * A
     roof_name = max(mm, key=lambda k: med[f"mm_{k}"])
     roof = med[f"mm_{roof_name}"]
-    best = max(dreams, key=lambda k: med[k])
+    best = max(("dream", "dream_compiled") if a.compile else ("dream",), key=lambda k: med[k])
+    ens: dict = {}
+    if ensemble:  # time ratios of each round (rates are steps/s: ratio = single rate / ensemble rate)
+        for what, single, many in (("dream", "dream", "dream_ensemble"), ("step", "step_single", "step_ensemble")):
+            ratios = [s1 / s2 for s1, s2 in zip(rates[single], rates[many], strict=True)]
+            ens[f"{what}_time_ratio_rounds"] = ratios
+            ens[f"{what}_time_ratio"] = statistics.median(ratios)
+        ens.update({"members": a.members, "dropout": a.dropout, "member_mode": a.member_mode, "penalty": a.penalty})
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{a.threads} threads",
@@ -179,11 +233,17 @@ def main(argv: list[str] | None = None) -> dict:
         "roofline": roof_name,
         "roofline_fraction": med[best] * flops / roof,
         "load_average_1min": os.getloadavg()[0],
+        **({"ensemble": ens} if ens else {}),
     }
     for k in dreams:
         print(f"{k} ({N} envs, linear controller in the loop): {med[k]:,.0f} steps/s "
               f"(rounds: {', '.join(f'{r:,.0f}' for r in rates[k])})")
     print(f"CarRacing-v3, one core: {car:,.1f} steps/s -> {best} is {res['speedup_vs_car_racing']:,.0f}x")
+    if ens:
+        print(f"ensemble of {a.members} Ms ({a.member_mode}, dropout {a.dropout}, penalty {a.penalty}) vs one M, "
+              f"time per step, median of {a.rounds} rounds: dream {ens['dream_time_ratio']:.2f}x "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in ens['dream_time_ratio_rounds'])}), bare step "
+              f"{ens['step_time_ratio']:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ens['step_time_ratio_rounds'])})")
     print("matmul: " + ", ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in res["matmul_gflops"].items()))
     print(f"{best}: {flops:,} FLOP/env-step x {med[best]:,.0f} = {res['dream_gflops']:.1f} GFLOP/s "
           f"= {res['roofline_fraction']:.2f} of the {roof_name} matmul roofline "

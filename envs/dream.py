@@ -35,7 +35,16 @@ with in place of V's decoder, for rendering and pixel observations: a trained
 :mod:`generators.renderer` (the model, or the path of its ``generator.pt``; checked against this
 world model's V), or any callable mapping latents ``(B, Z)`` to frames (uint8 ``(B, H, W, 3)``
 or floats in [0, 1] ``(B, 3, H, W)``);
-``max_episode_steps`` (override the task's limit). ``DreamVectorEnv`` also takes ``num_envs``,
+``max_episode_steps`` (override the task's limit);
+``members`` (how many of the world model's ensemble of Ms to dream with, member 0 first; None: all
+of them; a single-M world model has one), ``member_mode`` (``"episode"``: each dream is one
+member's, drawn at reset; ``"step"``: a fresh member each step), ``dropout`` (a fresh dropout mask
+on M's head input per dream, fixed for its episode), ``disagreement_penalty`` (subtracted from the
+reward times the members' disagreement on the next latent) (see
+:class:`envs.dream_step.EnsembleDreamStep`; all off by default, and a single M without dropout
+dreams exactly as before); ``start`` (``"first"``: dreams start at banked real first frames with
+an empty past; ``"mid"``: at real mid-episode states, ``z`` and every member's LSTM state, from
+the world model's mid-episode bank). ``DreamVectorEnv`` also takes ``num_envs``,
 ``autoreset_mode`` (``NEXT_STEP`` or ``SAME_STEP``) and ``compile`` (fuse the step's
 element-wise work with inductor, the compiler of ``torch.compile``).
 
@@ -44,9 +53,10 @@ controller inputs, not in autograd graphs.
 
 ## Seeding
 
-Each sub-environment draws its starting latents from its own ``numpy`` generator
-(``reset(seed=s)`` seeds sub-env ``i`` with ``s + i``, or pass a list of seeds), so sub-env ``i``
-of a vector env starts where ``DreamEnv`` reset with the same seed starts. The transition noise
+Each sub-environment draws its starting latents (and, in an ensemble, its member and dropout mask)
+from its own ``numpy`` generator (``reset(seed=s)`` seeds sub-env ``i`` with ``s + i``, or pass a
+list of seeds), so sub-env ``i`` of a vector env starts where ``DreamEnv`` reset with the same seed
+starts. The transition noise
 of a vector env comes from one torch generator for the whole batch, seeded by the first seed.
 """
 
@@ -70,6 +80,20 @@ from worldlab.world_model import WorldModel
 DREAM_ID = "worldlab/Dream-v0"
 Renderer = Callable[[torch.Tensor], Any]
 OBS_MODES = ("latent", "pixels")
+STARTS = ("first", "mid")
+"""Where dreams start: banked real first frames, or real mid-episode states."""
+
+
+def build_dream_step(wm: WorldModel, num_envs: int, device: torch.device, compile: bool = False,
+                     members: int | None = None, member_mode: str = "episode", dropout: float = 0.0,
+                     disagreement_penalty: float = 0.0) -> DreamStep:
+    """The dream step of ``wm``'s first ``members`` Ms (None: all) with the ensemble options."""
+    k = wm.num_members if members is None else members
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= wm.num_members:
+        raise ValueError(f"members must be an integer in 1..{wm.num_members} (the world model's ensemble of Ms), "
+                         f"got {members!r}")
+    return make_dream_step(wm.mdrnn, num_envs, device, compile=compile, members=wm.ensemble[1:k],
+                           member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty)
 
 
 def register_envs() -> None:
@@ -145,9 +169,15 @@ class _DreamCore:
     and :class:`DreamVectorEnv`."""
 
     def __init__(self, wm: WorldModel, dream_step: DreamStep, temperature: float, deterministic: bool,
-                 device: torch.device, max_episode_steps: int | None) -> None:
+                 device: torch.device, max_episode_steps: int | None, start: str = "first") -> None:
         if not deterministic and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature} (use deterministic=True for no sampling)")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        bank = wm.mid_bank
+        if start == "mid" and bank is None:
+            raise ValueError("start='mid' needs the world model's bank of mid-episode states, and this one has none; "
+                             "train M with dream.start=mid (it banks them after training)")
         self.wm, self.n, self.device = wm, int(dream_step.num_envs), device
         self.temperature, self.deterministic = float(temperature), bool(deterministic)
         self.limit = int(max_episode_steps or wm.max_episode_steps)
@@ -157,6 +187,13 @@ class _DreamCore:
         self.t = torch.zeros(self.n, dtype=torch.int64, device=device)
         self.bank_mu = wm.start_mu.detach().to(device)                              # (M, Z)
         self.bank_std = torch.exp(0.5 * wm.start_logvar.detach().to(device))      # (M, Z)
+        self.start = start
+        if start == "mid":  # (B, Z) latents; (members, B, H) each member's LSTM state there
+            assert bank is not None
+            self.bank_mu = bank["mu"].detach().to(device)
+            self.bank_std = torch.exp(0.5 * bank["logvar"].detach().to(device))
+            k = dream_step.num_members
+            self.bank_state = (bank["h"][:k].detach().to(device), bank["c"][:k].detach().to(device))
         self.seeded = False
 
     def seed(self, seeds: Sequence[int]) -> None:
@@ -164,28 +201,34 @@ class _DreamCore:
         self.gen.manual_seed(int(seeds[0]) & 0x7FFF_FFFF_FFFF_FFFF)
         self.seeded = True
 
-    def draw_starts(self, rows: Sequence[int]) -> torch.Tensor:
-        """Starting latents (len(rows), Z) from each row's own generator."""
+    def draw_starts(self, rows: Sequence[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Starting latents (len(rows), Z) from each row's own generator, and the recurrent state
+        there (``start="mid"``: each member's ``(h, c)``, (members, len(rows), H) each; else None)."""
         m, z = self.bank_mu.shape
         idx = np.array([self.rngs[r].integers(m) for r in rows], dtype=np.int64)
-        start = self.bank_mu[torch.from_numpy(idx).to(self.device)]
+        at = torch.from_numpy(idx).to(self.device)
+        start = self.bank_mu[at]
         if not self.deterministic:
             noise = np.stack([self.rngs[r].standard_normal(z) for r in rows]).astype(np.float32)
-            std = self.bank_std[torch.from_numpy(idx).to(self.device)]
+            std = self.bank_std[at]
             start = start + std * torch.from_numpy(noise).to(self.device)  # z0 ~ N(mu, sigma^2) of a real frame
-        return start
+        if self.start == "mid":
+            return start, (self.bank_state[0][:, at], self.bank_state[1][:, at])
+        return start, None
 
     def reset_rows(self, rows: Sequence[int], z0: torch.Tensor | None = None) -> None:
+        """Start dreams ``rows`` at drawn starts, or at latents ``z0`` with an empty past."""
         rows = list(rows)
         if not rows:
             return
+        state0 = None
         if z0 is None:
-            z0 = self.draw_starts(rows)
+            z0, state0 = self.draw_starts(rows)
         z0 = torch.as_tensor(z0, dtype=torch.float32, device=self.device).reshape(len(rows), -1)
         if z0.shape[1] != self.wm.z_size:
             raise ValueError(f"start latents must have {self.wm.z_size} dims, got {tuple(z0.shape)}")
         idx = torch.as_tensor(rows, device=self.device)
-        self.dream_step.reset_rows(idx, z0)
+        self.dream_step.reset_rows(idx, z0, state0, rngs=[self.rngs[r] for r in rows])
         self.t[idx] = 0
 
     def step(self, actions: torch.Tensor, clip: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -224,7 +267,9 @@ class DreamEnv(gym.Env):
     def __init__(self, run_dir: str | os.PathLike | None = None, world_model: WorldModel | None = None, *,
                  temperature: float = 1.0, obs_mode: str = "latent", device: str | torch.device = "cpu",
                  deterministic: bool = False, render_mode: str | None = None, renderer: Renderer | str | os.PathLike | None = None,
-                 max_episode_steps: int | None = None, window_scale: int = 4) -> None:
+                 max_episode_steps: int | None = None, window_scale: int = 4, members: int | None = None,
+                 member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
+                 start: str = "first") -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, *self.metadata["render_modes"]):
@@ -233,8 +278,10 @@ class DreamEnv(gym.Env):
         self.world_model = _load_world_model(run_dir, world_model, self.device)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
-        step = make_dream_step(self.world_model.mdrnn, 1, self.device)
-        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps)
+        step = build_dream_step(self.world_model, 1, self.device, members=members, member_mode=member_mode,
+                                dropout=dropout, disagreement_penalty=disagreement_penalty)
+        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
+                                start)
         self.action_space = action_space_from(self.world_model.action_space)
         self.observation_space = _obs_space(self.world_model, obs_mode, renderer)
         self._clip = _clip_tensor(self.action_space, self.device)
@@ -261,7 +308,7 @@ class DreamEnv(gym.Env):
     @torch.inference_mode()
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a dream from a banked real first frame (``options={"z0": latent}`` starts from ``z0``)."""
+        """Start a dream from a banked real state (``options={"z0": latent}`` starts from ``z0``, empty past)."""
         super().reset(seed=seed)
         if seed is not None:
             self._core.seed([seed])
@@ -350,7 +397,9 @@ class DreamVectorEnv(VectorEnv):
                  device: str | torch.device = "cpu", deterministic: bool = False, render_mode: str | None = None,
                  renderer: Renderer | str | os.PathLike | None = None, max_episode_steps: int | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4,
-                 compile: bool = False) -> None:
+                 compile: bool = False, members: int | None = None, member_mode: str = "episode",
+                 dropout: float = 0.0, disagreement_penalty: float = 0.0, start: str = "first") -> None:
+        self._window: Any = None  # first: close() (from VectorEnv.__del__) reads it when a check below refuses
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, "rgb_array", "human"):
@@ -364,8 +413,10 @@ class DreamVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
-        step = make_dream_step(self.world_model.mdrnn, self.num_envs, self.device, compile=compile)
-        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps)
+        step = build_dream_step(self.world_model, self.num_envs, self.device, compile=compile, members=members,
+                                member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty)
+        self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
+                                start)
         self.single_action_space = action_space_from(self.world_model.action_space)
         self.single_observation_space = _obs_space(self.world_model, obs_mode, renderer)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -375,7 +426,6 @@ class DreamVectorEnv(VectorEnv):
         self._zero_reward = torch.zeros((), device=self.device)
         self.final_obs: torch.Tensor | None = None
         """SAME_STEP mode: the last observations of the sub-envs that just ended (torch, latent mode)."""
-        self._window: Any = None
         self._window_scale = int(window_scale)
         self._np_random_seed: int | None = None
 

@@ -4,20 +4,25 @@
 that dreams. A step is, per rollout, ``(state, action) -> (next z, reward, done, next state)``;
 for speed the state lives inside the step object's own preallocated buffers and is advanced in
 place, so the env only starts rows, writes actions, steps, and reads the latents and the
-controller's observations back through the accessors below. Today's implementation is
+controller's observations back through the accessors below. The implementations are
 :class:`MDRNNDreamStep` (the paper's MDN-RNN, its LSTM cell and mixture sampling fused into a few
-kernels); an ensemble of Ms, a Transformer M or a state-space M plugs in here as another subclass,
-built by :func:`make_dream_step` from its model type, and the envs, CMA-ES and the scripts run it
-unchanged.
+kernels) and :class:`EnsembleDreamStep` (an ensemble of MDN-RNNs, per-dream dropout, a
+disagreement penalty; the same cell and sampling code); a Transformer M or a state-space M plugs
+in here as another subclass, built by :func:`make_dream_step` from its model type, and the envs,
+CMA-ES and the scripts run it unchanged.
 
 Shapes: ``n`` rollouts (``num_envs``), latent size ``Z``, ``H`` the width of M's summary of the
 past that the controller sees (the LSTM's hidden state for the MDN-RNN), ``A`` the action width.
 
 The interface (:class:`DreamStep`):
 
-- ``reset_rows(rows, z0)``: start rollouts ``rows`` (an int64 tensor of row indices, or a slice
-  of ``0..n``) at real latents ``z0`` (len(rows), Z) with an empty past (``h = 0``; for the
-  LSTM also ``c = 0``).
+- ``reset_rows(rows, z0, state0=None, rngs=None)``: start rollouts ``rows`` (an int64 tensor of
+  row indices, or a slice of ``0..n``) at real latents ``z0`` (len(rows), Z) with an empty past
+  (``state0=None``: ``h = 0``; for the LSTM also ``c = 0``), or with the model's own recurrent
+  state ``state0`` there: for the MDN-RNN steps ``(h, c)``, each (M, len(rows), H) with M the
+  step's ``num_members`` (every member's state; (len(rows), H) also does for one M). ``rngs``
+  (one ``numpy`` generator per row, the env's seeded ones) feed what the model draws once per
+  dream (an ensemble's member, a dropout mask); a model that draws nothing ignores them.
 - ``set_actions(actions, low=None, high=None)``: the actions of the next step, (n, A) floats
   for a Box action space (clamped in place into ``[low, high]``, (A,) tensors, when given) or
   (n,) integer indices for a Discrete one (``low`` and ``high`` are then ignored).
@@ -32,7 +37,8 @@ The interface (:class:`DreamStep`):
 - ``take_obs() -> (n, Z + H)``: the observations ``[z, h]`` as a tensor nothing else holds or
   writes to (the caller may keep or modify it).
 - ``num_envs`` (n), ``obs_size`` (Z + H), ``compiled`` (whether steps run compiled: False when
-  built eagerly, and after a failed compilation fell back to eager steps).
+  built eagerly, and after a failed compilation fell back to eager steps), ``num_members`` (the
+  Ms dreamed with: 1 for a single M).
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ import abc
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from worldlab.mdrnn import MDRNN, sample_mixture
@@ -58,6 +66,8 @@ class DreamStep(abc.ABC):
     """n, the rollouts stepped together."""
     compiled: bool
     """whether the steps run compiled (False when built eagerly, and after a compilation fell back)."""
+    num_members: int = 1
+    """the Ms the step dreams with (an ensemble's size; 1 for a single M)."""
 
     @property
     @abc.abstractmethod
@@ -80,8 +90,11 @@ class DreamStep(abc.ABC):
         """(n, Z + H) the observations ``[z, h]`` (a view)."""
 
     @abc.abstractmethod
-    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
-        """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with an empty past (h = 0)."""
+    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor, state0: Any = None,
+                   rngs: Sequence[np.random.Generator] | None = None) -> None:
+        """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z), with an empty past (h = 0) or
+        the model's own recurrent state ``state0``; ``rngs``: one generator per row for what the
+        model draws per dream."""
 
     @abc.abstractmethod
     def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
@@ -98,18 +111,47 @@ class DreamStep(abc.ABC):
         """The observations ``[z, h]`` (n, Z + H) as a tensor nothing else holds or writes to."""
 
 
+MEMBER_MODES = ("episode", "step")
+"""How an ensemble drives a dream: one member for the whole episode, or a fresh member each step."""
+
+
+def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalty: float) -> None:
+    """One-line refusal of ensemble options the dream step cannot run."""
+    if member_mode not in MEMBER_MODES:
+        raise ValueError(f"member_mode must be one of {', '.join(MEMBER_MODES)}, got {member_mode!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(disagreement_penalty, bool) or not isinstance(disagreement_penalty, int | float) \
+            or not disagreement_penalty >= 0.0:
+        raise ValueError(f"disagreement_penalty must be >= 0, got {disagreement_penalty!r}")
+
+
 def make_dream_step(m: MDRNN, num_envs: int, device: torch.device | str | None, compile: bool = False,
-                    min_rows: int = 8) -> DreamStep:
+                    min_rows: int = 8, *, members: Sequence[MDRNN] = (), member_mode: str = "episode",
+                    dropout: float = 0.0, disagreement_penalty: float = 0.0) -> DreamStep:
     """The batched dream step of M for ``num_envs`` rollouts on ``device`` (None: M's device).
 
     ``compile`` fuses the step with inductor where the implementation can (eager if that fails);
     ``min_rows`` pads the buffers so that a small batch sums like a large one (see
     :class:`MDRNNDreamStep`). The weights are copied from ``m``: build a new step after training M.
+
+    ``members`` (more MDN-RNNs of ``m``'s architecture), ``member_mode``, ``dropout`` and
+    ``disagreement_penalty`` make an :class:`EnsembleDreamStep` (eager: ``compile`` is ignored); a
+    single M without dropout is today's :class:`MDRNNDreamStep` whatever the mode and the penalty
+    (one member never disagrees with itself).
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    check_ensemble_options(member_mode, dropout, disagreement_penalty)
     if isinstance(m, MDRNN):
-        return MDRNNDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile)
+        members = list(members)
+        for k, extra in enumerate(members, 1):
+            if not isinstance(extra, MDRNN):
+                raise TypeError(f"ensemble member {k} is a {type(extra).__name__}, not an MDRNN")
+        if not members and dropout == 0:
+            return MDRNNDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile)
+        return EnsembleDreamStep([m, *members], num_envs, device=device, min_rows=min_rows, member_mode=member_mode,
+                                 dropout=dropout, disagreement_penalty=disagreement_penalty)
     raise TypeError(f"no dream step for an M of type {type(m).__name__}: make_dream_step knows MDRNN only")
 
 
@@ -122,6 +164,68 @@ def mixture_workspace(batch: int, gaussians: int, z_size: int, device: torch.dev
             "thr": torch.empty(N, 1, Z, **f), "lt": torch.empty(N, K, Z, dtype=torch.bool, **f),
             "idx": torch.empty(N, 1, Z, dtype=torch.int64, **f), "m": torch.empty(N, 1, Z, **f),
             "s": torch.empty(N, 1, Z, **f)}
+
+
+def pack_weights(mdrnn: MDRNN, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M's weights as the dream step multiplies them: ``(w (4H, D + 1), head_w (Op, H), head_b (Op,))``.
+
+    ``w`` holds the two LSTM matrices side by side for the packed input ``x = [z | h | a | 1]``, the
+    summed biases as its last column (they ride in the GEMM on x's constant 1), and the
+    cell-candidate rows pre-scaled by 2 (``tanh(g) = 2 sigmoid(2g) - 1``). The head is padded with
+    zero rows to ``Op``, a multiple of 16 outputs, which MKL multiplies faster than an odd width.
+    """
+    cfg = mdrnn.config
+    Z, A, H = cfg.z_size, cfg.action_dim, cfg.hidden
+    D = Z + H + A
+    with torch.no_grad():
+        r = mdrnn.rnn
+        w_ih = r.weight_ih_l0.detach().float()  # (4H, Z + A): columns [z | a]
+        w_hh = r.weight_hh_l0.detach().float()  # (4H, H)
+        w = torch.zeros(4 * H, D + 1)
+        w[:, :Z] = w_ih[:, :Z]
+        w[:, Z:Z + H] = w_hh
+        w[:, Z + H:D] = w_ih[:, Z:]
+        w[:, D] = r.bias_ih_l0 + r.bias_hh_l0  # the bias rides in the GEMM on x's constant-1 column
+        w[2 * H:3 * H] *= 2.0  # gate order i, f, g, o: g rows x2 for the tanh-by-sigmoid trick
+        n_out = mdrnn.head.weight.shape[0]
+        Op = -(-n_out // 16) * 16  # zero rows pad the head to a multiple of 16 outputs (a faster GEMM)
+        head_w = torch.zeros(Op, H, device=device)
+        head_w[:n_out] = mdrnn.head.weight.detach().float()
+        head_b = torch.zeros(Op, device=device)
+        head_b[:n_out] = mdrnn.head.bias.detach().float()
+    return w.to(device), head_w, head_b
+
+
+def _cell_inplace(g: torch.Tensor, c: torch.Tensor, tmp: torch.Tensor, h_out: torch.Tensor, hidden: int) -> None:
+    """The LSTM cell, eagerly and in place, on gate pre-activations ``g`` (..., 4H) packed by
+    :func:`pack_weights`: overwrites ``g``, writes the new cell state into ``c`` (..., H) and the new
+    hidden state into ``h_out`` (..., H; a view of the packed input), using ``tmp`` (..., H)."""
+    g.sigmoid_()
+    i, f, gg, o = g.split(hidden, dim=-1)             # (..., H) each; gg = sigmoid(2 g_pre)
+    c.mul_(f).addcmul_(i, gg, value=2.0).sub_(i)     # c' = f c + i tanh(g_pre), tanh = 2 sigmoid(2x) - 1
+    t = torch.mul(c, 2.0, out=tmp)
+    t.sigmoid_().mul_(2.0).sub_(1.0)                 # tanh(c')
+    torch.mul(o, t, out=h_out)                       # h' = o tanh(c')
+
+
+def _sample_head(out: torch.Tensor, K: int, Z: int, z_out: torch.Tensor, work: dict[str, torch.Tensor],
+                 deterministic: bool, tau: float, u: torch.Tensor, eps: torch.Tensor, ud: torch.Tensor,
+                 logsigma_range: tuple[float, float]) -> torch.Tensor:
+    """The next latent from head outputs ``out`` (B, Op) (layout of :mod:`worldlab.mdrnn`) into
+    ``z_out`` (B, Z) by :func:`sample_mixture` (uniforms ``u`` (B, 1, Z), noise ``eps`` (B, Z), already
+    drawn; none used when ``deterministic``); returns the done flags (B,) bool (``ud`` (B,) uniforms
+    against the done probability, or the logit's sign when ``deterministic``)."""
+    kz = K * Z
+    logits = out[:, :kz].view(-1, K, Z)
+    mu = out[:, kz:2 * kz].view(-1, K, Z)
+    logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z)
+    done_logit = out[:, 3 * kz + 1]
+    if deterministic:
+        sample_mixture(logits, mu, logsigma, deterministic=True, out=z_out, work=work)
+        return done_logit > 0
+    sample_mixture(logits, mu, logsigma, tau=tau, u=u, eps=eps, logsigma_range=logsigma_range, out=z_out,
+                   work=work)
+    return ud < torch.sigmoid(done_logit)
 
 
 def _cell_update(g: torch.Tensor, c: torch.Tensor, hidden: int) -> torch.Tensor:
@@ -238,23 +342,7 @@ class MDRNNDreamStep(DreamStep):
         D = Z + H + A
         self.D = D
         Dp = D + 1  # [z | h | a | 1], not padded: a row padded to a multiple of 8 made MKL's GEMM slower
-        with torch.no_grad():
-            r = mdrnn.rnn
-            w_ih = r.weight_ih_l0.detach().float()  # (4H, Z + A): columns [z | a]
-            w_hh = r.weight_hh_l0.detach().float()  # (4H, H)
-            w = torch.zeros(4 * H, Dp)
-            w[:, :Z] = w_ih[:, :Z]
-            w[:, Z:Z + H] = w_hh
-            w[:, Z + H:D] = w_ih[:, Z:]
-            w[:, D] = r.bias_ih_l0 + r.bias_hh_l0  # the bias rides in the GEMM on x's constant-1 column
-            w[2 * H:3 * H] *= 2.0  # gate order i, f, g, o: g rows x2 for the tanh-by-sigmoid trick
-            self.w = w.to(dev)                                    # (4H, Dp) incl. the bias column
-            n_out = mdrnn.head.weight.shape[0]
-            Op = -(-n_out // 16) * 16  # zero rows pad the head to a multiple of 16 outputs (a faster GEMM)
-            self.head_w = torch.zeros(Op, H, device=dev)  # (Op, H)
-            self.head_w[:n_out] = mdrnn.head.weight.detach().float()
-            self.head_b = torch.zeros(Op, device=dev)     # (Op,)
-            self.head_b[:n_out] = mdrnn.head.bias.detach().float()
+        self.w, self.head_w, self.head_b = pack_weights(mdrnn, dev)  # (4H, Dp), (Op, H), (Op,)
         n_out = self.head_w.shape[0]
         self.x = torch.zeros(N, Dp, device=dev)       # (N, D + 1) packed [z | h | a | 1]
         self.x[:, D] = 1.0
@@ -297,13 +385,22 @@ class MDRNNDreamStep(DreamStep):
         """(n, Z + H) the observations [z, h]."""
         return self.x[:self.num_envs, :self.Z + self.H]
 
-    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor) -> None:
-        """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state."""
+    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor,
+                   state0: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   rngs: Sequence[np.random.Generator] | None = None) -> None:
+        """Start rollouts ``rows`` at latents ``z0`` (len(rows), Z) with zero LSTM state, or with
+        ``state0 = (h, c)``, each (len(rows), H) or (1, len(rows), H). ``rngs`` is unused (this M
+        draws nothing per dream)."""
         if isinstance(rows, slice):  # a slice of the real rollouts, never the padding rows
             rows = torch.arange(self.num_envs, device=self.device)[rows]
         self.x[rows, :self.Z] = z0.to(self.device, torch.float32)
         self.x[rows, self.Z:self.D] = 0.0
-        self.c[rows] = 0.0
+        if state0 is None:
+            self.c[rows] = 0.0
+        else:
+            h0, c0 = (s.to(self.device, torch.float32).reshape(-1, self.H) for s in state0)
+            self.x[rows, self.Z:self.Z + self.H] = h0
+            self.c[rows] = c0
         if self.fresh_obs is not None:
             self.fresh_obs[rows] = self.x[rows, :self.Z + self.H]
 
@@ -375,31 +472,16 @@ class MDRNNDreamStep(DreamStep):
             cell = self._graph(("cell",), functools.partial(_cell_update, hidden=H), g, c)
             if cell is not None:
                 return self._step_compiled(cell)
-        g.sigmoid_()
-        i, f, gg, o = g.split(H, dim=1)                  # (N, H) each; gg = sigmoid(2 g_pre)
-        c.mul_(f).addcmul_(i, gg, value=2.0).sub_(i)     # c' = f c + i tanh(g_pre), tanh = 2 sigmoid(2x) - 1
-        t = torch.mul(c, 2.0, out=self.tmp)
-        t.sigmoid_().mul_(2.0).sub_(1.0)                 # tanh(c')
         h_all, z_all = self.x[:, Z:Z + H], self.x[:, :Z]  # (N, H), (N, Z) incl. the padding rows
-        torch.mul(o, t, out=h_all)                       # h' = o tanh(c'), written into x
+        _cell_inplace(g, c, self.tmp, h_all, H)          # h' written into x
         out = torch.addmm(self.head_b, h_all, self.head_w.t(), out=self.out)  # (N, O)
-        kz = K * Z
-        logits = out[:, :kz].view(-1, K, Z)
-        mu = out[:, kz:2 * kz].view(-1, K, Z)
-        logsigma = out[:, 2 * kz:3 * kz].view(-1, K, Z)
-        done_logit = out[:, 3 * kz + 1]
-        if deterministic:
-            sample_mixture(logits, mu, logsigma, deterministic=True, out=z_all, work=self.work)
-            done = done_logit > 0
-        else:
+        if not deterministic:
             self.uni.uniform_(generator=generator)
             self.eps.normal_(generator=generator)
-            sample_mixture(logits, mu, logsigma, tau=tau, u=self.u, eps=self.eps,
-                           logsigma_range=(self.logsigma_min, self.logsigma_max), out=z_all,
-                           work=self.work)
-            done = self.ud < torch.sigmoid(done_logit)
+        done = _sample_head(out, K, Z, z_all, self.work, deterministic, tau, self.u, self.eps, self.ud,
+                            (self.logsigma_min, self.logsigma_max))
         n = self.num_envs
-        return out[:n, 3 * kz], done[:n]
+        return out[:n, 3 * K * Z], done[:n]
 
     def _step_compiled(self, cell: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic mode, compiled: the fused cell (on the gates already computed), then the
@@ -418,3 +500,344 @@ class MDRNNDreamStep(DreamStep):
         """Multiply-add FLOPs (2 per MAC) of the two matmuls of one rollout step, unpadded."""
         D = z_size + hidden + action_dim
         return 2 * (D * 4 * hidden + hidden * (3 * gaussians * z_size + 2))
+
+
+class EnsembleDreamStep(DreamStep):
+    """N dreams in an ensemble of M MDN-RNNs (M = ``num_members``), with per-dream dropout and a
+    disagreement penalty on the reward; eager.
+
+    Members (the first is the M the real game's controller reads its ``h`` from) share one
+    architecture; their weights are stacked, ``w`` (M, 4H, D + 1), ``head_w`` (M, Op, H),
+    ``head_b`` (M, Op), packed as :func:`pack_weights` packs one M. Two ways to step:
+
+    - **grouped** (``member_mode="episode"`` without penalty, or a single M with dropout): each
+      dream is one member's for its episode (drawn at reset) and carries that member's ``(h, c)``
+      only. The state lives in *slots* sorted by member, each member's rows one contiguous block
+      (laid out again at each reset), so the GEMMs need no gather of the state: when the members'
+      blocks are about equal (padding each to the largest costs at most a quarter more rows) each
+      GEMM is one ``bmm`` over (members, block, ...); otherwise (CMA-ES's common random numbers
+      can give members blocks of very unequal size) one GEMM per member on its block, padded to
+      ``min_rows`` as :class:`MDRNNDreamStep` pads its batch. The element-wise cell and the
+      mixture sampling run on all slots at once. About the cost of one M's step
+      (``benchmarks/dream.py --members``).
+    - **all members** (``member_mode="step"``, or a penalty with M > 1): every member follows every
+      dream with its own ``(h, c)`` (``x`` (M, N, D + 1), one ``bmm`` for the gates and one for the
+      heads over the members): M times the arithmetic. The next ``z``, reward and done come from the
+      dream's member (episode mode) or a member drawn per dream and step (step mode), and every
+      member reads that ``z`` next. The members' predicted next-z means (each mixture's mean,
+      ``sum_k softmax(logits)_k mu_k``, at temperature 1) give the disagreement: their standard
+      deviation over members, averaged over latent dims (:attr:`disagreement`, (n,));
+      ``disagreement_penalty * disagreement`` is subtracted from the reward (as MOPO does).
+
+    The controller sees ``[z, h]`` with the ``h`` of the dream's episode member (step mode: member
+    0's, the M the real game uses).
+
+    Per-dream randomness is drawn at :meth:`reset_rows` from each row's own generator (``rngs``,
+    the env's seeded ones; in this order per row: the member, then the dropout mask): a dream's
+    member, and with ``dropout`` p > 0 a mask (H,) of kept units scaled by 1 / (1 - p), fixed for the
+    episode, applied to ``h`` where it enters the head (the recurrent ``h`` and the controller's are
+    not masked; Dropout's Dream Land, Wellmer & Kwok 2021). ``deterministic`` steps apply no mask.
+    Per-step noise comes from the ``generator`` of :meth:`step`, drawn as :class:`MDRNNDreamStep`
+    draws it (uniforms (N, Z + 1), then normals (N, Z), N = max(n, min_rows)), then in step mode
+    one uniform per row for its member: a row of member k samples with the very draws that row gets
+    in an :class:`MDRNNDreamStep` of member k fed by the same generator.
+
+    ``state0`` of :meth:`reset_rows` is ``(h, c)``, each (M, len(rows), H): every member's state of
+    the start (a bank's entry holds all members'); a grouped step keeps each row's member's.
+    """
+
+    def __init__(self, mdrnns: Sequence[MDRNN], num_envs: int, device: torch.device | str | None = None,
+                 min_rows: int = 8, member_mode: str = "episode", dropout: float = 0.0,
+                 disagreement_penalty: float = 0.0) -> None:
+        from dataclasses import asdict
+
+        check_ensemble_options(member_mode, dropout, disagreement_penalty)
+        ms = list(mdrnns)
+        if not ms:
+            raise ValueError("an ensemble needs at least one MDRNN")
+        cfg = ms[0].config
+        for k, m in enumerate(ms[1:], 1):
+            if asdict(m.config) != asdict(cfg):
+                raise ValueError(f"ensemble member {k} has another architecture than member 0 "
+                                 f"({asdict(m.config)} vs {asdict(cfg)}); train every member with one MDRNNConfig")
+        self.num_members = M = len(ms)
+        self.member_mode, self.dropout, self.penalty = member_mode, float(dropout), float(disagreement_penalty)
+        self.full = M > 1 and (member_mode == "step" or self.penalty > 0)
+        self.num_envs = n = int(num_envs)
+        self.min_rows = int(min_rows)
+        self.rows = N = max(n, self.min_rows)
+        self.device = dev = torch.device(device) if device is not None else ms[0].device
+        Z, A, H, G = cfg.z_size, cfg.action_dim, cfg.hidden, cfg.gaussians
+        self.Z, self.A, self.H, self.G = Z, A, H, G
+        self.D = D = Z + H + A
+        self.discrete = cfg.discrete_actions
+        self.logsigma_range = (cfg.logsigma_min, cfg.logsigma_max)
+        packed = [pack_weights(m, dev) for m in ms]
+        self.w = torch.stack([p[0] for p in packed])       # (M, 4H, D + 1)
+        self.head_w = torch.stack([p[1] for p in packed])  # (M, Op, H)
+        self.head_b = torch.stack([p[2] for p in packed])  # (M, Op)
+        Op = self.head_w.shape[1]
+        self.compiled = False
+        self.uni = torch.empty(N, Z + 1, device=dev)  # (N, Z + 1) per-step uniforms in row order, as MDRNNDreamStep
+        self.eps = torch.empty(N, Z, device=dev)      # (N, Z) per-step normals in row order
+        self.member = torch.zeros(n, dtype=torch.int64, device=dev)  # (n,) each dream's episode member
+        self.keep = torch.ones(n, H, device=dev) if self.dropout > 0 else None  # (n, H) dropout masks, scaled
+        self.disagreement = torch.zeros(n, device=dev)
+        """(n,) the members' disagreement at the last step (with a penalty only; else zeros)."""
+        self.actions = torch.zeros(n, A, device=dev)  # (n, A) the next actions in row order
+        self._rng = np.random.default_rng(0)  # per-dream draws of resets without generators (direct use)
+        if self.full:
+            self.x = torch.zeros(M, N, D + 1, device=dev)  # (M, N, D + 1) every member's [z | h | a | 1]
+            self.x[..., D] = 1.0
+            self.c = torch.zeros(M, N, H, device=dev)
+            self.gates = torch.empty(M, N, 4 * H, device=dev)
+            self.tmp = torch.empty(M, N, H, device=dev)
+            self.hd = torch.empty(M, N, H, device=dev)
+            self.out = torch.empty(M, N, Op, device=dev)
+            self.sel = torch.empty(1, N, Op, device=dev)   # the driving member's head output per row
+            self.pick = torch.empty(N, device=dev)         # step mode: the member uniforms
+            self.znext = torch.empty(N, Z, device=dev)
+            self.driver = torch.zeros(N, dtype=torch.int64, device=dev)  # the member that drives each row now
+            self.work = mixture_workspace(N, G, Z, dev)
+            self.rows_n = torch.arange(n, device=dev)
+        else:
+            S = max(n + M * self.min_rows, (5 * (n + M * self.min_rows)) // 4 + 1)  # slots, padding included
+            self.xs = torch.zeros(S, D + 1, device=dev)    # (S, D + 1) [z | h | a | 1] in slot order
+            self.xs[:, D] = 1.0
+            self.cs = torch.zeros(S, H, device=dev)
+            self.gates = torch.empty(S, 4 * H, device=dev)
+            self.tmp = torch.empty(S, H, device=dev)
+            self.hd = torch.empty(S, H, device=dev)
+            self.out = torch.empty(S, Op, device=dev)
+            self.uni_s = torch.empty(S, Z + 1, device=dev)
+            self.eps_s = torch.empty(S, Z, device=dev)
+            self.keep_s = torch.ones(S, H, device=dev) if self.dropout > 0 else None
+            self.work_all = mixture_workspace(S, G, Z, dev)
+            self.bias_s = torch.empty(S, Op, device=dev)
+            self._layout()
+
+    # -- the slot layout of the grouped step ----------------------------------------------------
+
+    def _layout(self) -> None:
+        """Slots for the rows' current members: member blocks in member order, rows in row order
+        inside a block, each block padded with copies of its first row to ``min_rows``, or, when that
+        costs at most a quarter more rows, every member's block to the largest one's size (then
+        each GEMM is one ``bmm`` over the members: one parallel region instead of one per member,
+        which matters on a CPU whose cores other jobs share)."""
+        M = self.num_members
+        counts = torch.bincount(self.member, minlength=M).tolist()
+        caps = [max(cnt, self.min_rows) if cnt else 0 for cnt in counts]
+        widest = max(caps)
+        self.batched = M > 1 and 4 * M * widest <= 5 * sum(caps)
+        if self.batched:
+            caps = [widest] * M
+        order = torch.argsort(self.member, stable=True)
+        row_of_slot, groups, slot_of_row = [], [], torch.empty_like(self.member)
+        start = pos = 0
+        for m, (cnt, cap) in enumerate(zip(counts, caps, strict=True)):
+            if cap == 0:
+                continue
+            rows = order[pos:pos + cnt] if cnt else order[:1]  # an empty block (batched) computes a copy of a row
+            row_of_slot += [order[pos:pos + cnt], rows[:1].expand(cap - cnt)]
+            slot_of_row[order[pos:pos + cnt]] = torch.arange(start, start + cnt, device=self.device)
+            groups.append((m, start, start + cap))
+            start, pos = start + cap, pos + cnt
+        self.S = start
+        self.width = widest
+        self.groups = groups                          # [(member, first slot, end slot)]
+        self.row_of_slot = torch.cat(row_of_slot)     # (S,) the row each slot computes
+        self.slot_of_row = slot_of_row                # (n,) where each row lives
+        self.work = {k: v[:start] for k, v in self.work_all.items()}
+        for m, a, b in groups:  # each slot's head bias, copied into the head's output before its GEMMs
+            self.bias_s[a:b] = self.head_b[m]
+
+    # -- the interface ---------------------------------------------------------------------------
+
+    @property
+    def obs_size(self) -> int:
+        return self.Z + self.H
+
+    @property
+    def z(self) -> torch.Tensor:
+        """(n, Z) the dreams' latents (a view in all-members stepping, a new tensor when grouped)."""
+        if self.full:
+            return self.x[0, :self.num_envs, :self.Z]
+        return self.xs[:self.S, :self.Z].index_select(0, self.slot_of_row)
+
+    @property
+    def h(self) -> torch.Tensor:
+        """(n, H) the ``h`` each dream's controller sees (see the class docstring)."""
+        Z, H, n = self.Z, self.H, self.num_envs
+        if not self.full:
+            return self.xs[:self.S, Z:Z + H].index_select(0, self.slot_of_row)
+        if self.member_mode == "step":
+            return self.x[0, :n, Z:Z + H]
+        return self.x[self.member, self.rows_n, Z:Z + H]
+
+    @property
+    def obs(self) -> torch.Tensor:
+        """(n, Z + H) the observations ``[z, h]`` (a new tensor unless in step mode's all-members stepping)."""
+        if not self.full:
+            return self.xs[:self.S, :self.Z + self.H].index_select(0, self.slot_of_row)
+        if self.member_mode == "step":
+            return self.x[0, :self.num_envs, :self.Z + self.H]
+        return self.x[self.member, self.rows_n, :self.Z + self.H]
+
+    def take_obs(self) -> torch.Tensor:
+        obs = self.obs
+        return obs.clone() if self.full and self.member_mode == "step" else obs
+
+    @property
+    def members_of_rows(self) -> torch.Tensor:
+        """(n,) each dream's episode member (a copy)."""
+        return self.member.clone()
+
+    def _draw(self, count: int, rngs: Sequence[np.random.Generator] | None, members: Any
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The members and dropout masks (scaled) of ``count`` new dreams, from their generators."""
+        src = list(rngs) if rngs is not None else [self._rng] * count
+        if len(src) != count:
+            raise ValueError(f"got {len(src)} generators for {count} rows")
+        drawn_m, drawn_k = [], []
+        for r in src:  # per row: its member, then its mask
+            drawn_m.append(int(r.integers(self.num_members)))
+            if self.dropout > 0:
+                drawn_k.append(r.random(self.H) >= self.dropout)
+        mem = torch.as_tensor(drawn_m if members is None else members, dtype=torch.int64).to(self.device)
+        if mem.shape != (count,) or bool(((mem < 0) | (mem >= self.num_members)).any()):
+            raise ValueError(f"members must be {count} indices in [0, {self.num_members}), got {mem.tolist()}")
+        keep = None
+        if self.dropout > 0:
+            keep = torch.from_numpy(np.stack(drawn_k).astype(np.float32) / (1.0 - self.dropout)).to(self.device)
+        return mem, keep
+
+    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor,
+                   state0: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   rngs: Sequence[np.random.Generator] | None = None, members: Any = None) -> None:
+        """Start dreams ``rows`` at ``z0`` (len(rows), Z), with zero state or ``state0`` (every member's
+        ``(h, c)``, each (M, len(rows), H)); their members and masks drawn from ``rngs`` (one per row;
+        the step's own generator when None) or, for members, given as ``members`` (len(rows),)."""
+        n, Z, H, D, M = self.num_envs, self.Z, self.H, self.D, self.num_members
+        if isinstance(rows, slice):
+            rows = torch.arange(n, device=self.device)[rows]
+        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.device).reshape(-1)
+        L = int(rows.numel())
+        mem, keep = self._draw(L, rngs, members)
+        z0 = z0.to(self.device, torch.float32).reshape(L, Z)
+        if state0 is not None:
+            h0, c0 = (s.to(self.device, torch.float32).reshape(M, L, H) for s in state0)
+        self.member[rows] = mem
+        if keep is not None:
+            self.keep[rows] = keep
+        if self.full:
+            self.x[:, rows, :Z] = z0
+            self.x[:, rows, Z:D] = 0.0
+            self.c[:, rows] = 0.0
+            if state0 is not None:
+                self.x[:, rows, Z:Z + H] = h0
+                self.c[:, rows] = c0
+            self.driver[rows] = mem
+            return
+        S = self.S  # grouped: back to row order, start the rows, lay the slots out for the new members
+        x = self.xs[:S].index_select(0, self.slot_of_row)  # (n, D + 1)
+        c = self.cs[:S].index_select(0, self.slot_of_row)  # (n, H)
+        x[rows, :Z] = z0
+        x[rows, Z:D] = 0.0
+        c[rows] = 0.0
+        if state0 is not None:
+            pick = torch.arange(L, device=self.device)
+            x[rows, Z:Z + H] = h0[mem, pick]
+            c[rows] = c0[mem, pick]
+        self._layout()
+        S = self.S
+        torch.index_select(x, 0, self.row_of_slot, out=self.xs[:S])
+        torch.index_select(c, 0, self.row_of_slot, out=self.cs[:S])
+        if self.keep is not None:
+            torch.index_select(self.keep, 0, self.row_of_slot, out=self.keep_s[:S])
+
+    def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
+                    high: torch.Tensor | None = None) -> None:
+        a = self.actions
+        if self.discrete:
+            a.zero_()
+            a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
+        else:
+            a.copy_(actions.reshape(self.num_envs, self.A))
+            if low is not None or high is not None:
+                torch.clamp(a, low, high, out=a)
+        Z, H, D = self.Z, self.H, self.D
+        if self.full:
+            self.x[:, :self.num_envs, Z + H:D] = a
+        else:
+            self.xs[:self.S, Z + H:D].index_copy_(0, self.slot_of_row, a)
+
+    def step(self, tau: float = 1.0, deterministic: bool = False,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if tau <= 0 and not deterministic:
+            raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
+        if not deterministic:
+            self.uni.uniform_(generator=generator)
+            self.eps.normal_(generator=generator)
+        return self._step_all(tau, deterministic, generator) if self.full else self._step_grouped(tau, deterministic)
+
+    def _step_grouped(self, tau: float, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        Z, H, G, S, M = self.Z, self.H, self.G, self.S, self.num_members
+        x, g, out = self.xs[:S], self.gates[:S], self.out[:S]
+        if self.batched:  # equal blocks: one bmm over the members
+            torch.bmm(x.view(M, self.width, -1), self.w.transpose(1, 2), out=g.view(M, self.width, -1))
+        else:  # one GEMM per member on its block of slots
+            for m, a, b in self.groups:
+                torch.mm(x[a:b], self.w[m].t(), out=g[a:b])
+        h = x[:, Z:Z + H]
+        _cell_inplace(g, self.cs[:S], self.tmp[:S], h, H)
+        head_in = h if self.keep_s is None or deterministic else torch.mul(h, self.keep_s[:S], out=self.hd[:S])
+        if self.batched:
+            torch.baddbmm(self.head_b[:, None], head_in.view(M, self.width, H), self.head_w.transpose(1, 2),
+                          out=out.view(M, self.width, -1))
+        else:
+            out.copy_(self.bias_s[:S])
+            for m, a, b in self.groups:
+                torch.addmm(out[a:b], head_in[a:b], self.head_w[m].t(), out=out[a:b])
+        u = eps = ud = self.uni_s[:S]
+        if not deterministic:  # each slot gets its row's draws
+            torch.index_select(self.uni, 0, self.row_of_slot, out=self.uni_s[:S])
+            torch.index_select(self.eps, 0, self.row_of_slot, out=self.eps_s[:S])
+            u, eps, ud = self.uni_s[:S, None, :Z], self.eps_s[:S], self.uni_s[:S, Z]
+        done = _sample_head(out, G, Z, x[:, :Z], self.work, deterministic, tau, u, eps, ud, self.logsigma_range)
+        return out[:, 3 * G * Z].index_select(0, self.slot_of_row), done.index_select(0, self.slot_of_row)
+
+    def _step_all(self, tau: float, deterministic: bool, generator: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        Z, H, G, M, n = self.Z, self.H, self.G, self.num_members, self.num_envs
+        x, out = self.x, self.out
+        torch.bmm(x, self.w.transpose(1, 2), out=self.gates)  # (M, N, 4H): every member, every row
+        h = x[..., Z:Z + H]
+        _cell_inplace(self.gates, self.c, self.tmp, h, H)
+        head_in = h
+        if self.keep is not None and not deterministic:
+            head_in = self.hd
+            torch.mul(h[:, :n], self.keep, out=head_in[:, :n])
+            head_in[:, n:] = h[:, n:]
+        torch.baddbmm(self.head_b[:, None, :], head_in, self.head_w.transpose(1, 2), out=out)  # (M, N, Op)
+        if self.member_mode == "step":
+            if deterministic:
+                self.driver.zero_()
+            else:
+                self.pick.uniform_(generator=generator)
+                torch.mul(self.pick, M, out=self.pick)
+                self.driver.copy_(self.pick.long().clamp_(max=M - 1))
+        Op = out.shape[-1]
+        torch.gather(out, 0, self.driver.view(1, -1, 1).expand(1, -1, Op), out=self.sel)
+        sel = self.sel[0]  # (N, Op) each row's driving member's prediction
+        done = _sample_head(sel, G, Z, self.znext, self.work, deterministic, tau, self.uni[:, None, :Z], self.eps,
+                            self.uni[:, Z], self.logsigma_range)
+        x[..., :Z] = self.znext  # every member reads the sampled latent next
+        reward = sel[:n, 3 * G * Z]
+        if self.penalty > 0:
+            kz = G * Z
+            logits = out[:, :n, :kz].reshape(M, n, G, Z)
+            mu = out[:, :n, kz:2 * kz].reshape(M, n, G, Z)
+            means = (torch.softmax(logits, dim=2) * mu).sum(dim=2)  # (M, n, Z) each member's mixture mean
+            self.disagreement = means.std(dim=0, correction=0).mean(dim=-1)  # (n,)
+            reward = reward - self.penalty * self.disagreement
+        return reward, done[:n]

@@ -9,6 +9,7 @@ spelling paths, so the layout below is written down once::
     RUN/checkpoints/             every checkpoint                       .checkpoints
         vae.pt, vae.train.pt     V and its resumable training state     .vae, .vae_train
         mdrnn.pt, mdrnn.train.pt M and its resumable training state     .mdrnn, .mdrnn_train
+        mdrnn_m{k}.pt (+ .train.pt) ensemble member k >= 1 of M         .mdrnn_member(k), .mdrnn_member_train(k)
         controller_r{k}.npz      round k's controller                   .controller(k)
         cma_r{k}.npz             round k's CMA-ES state                 .cma_state(k)
         controller.npz           the final controller                   .controller()
@@ -199,6 +200,14 @@ class RunDir:
     @property
     def mdrnn_train(self) -> Path:
         return self.checkpoints / "mdrnn.train.pt"
+
+    def mdrnn_member(self, k: int) -> Path:
+        """Ensemble member ``k`` of M: member 0 is :attr:`mdrnn` itself (it lists the others)."""
+        return self.mdrnn if int(k) == 0 else self.checkpoints / f"mdrnn_m{int(k)}.pt"
+
+    def mdrnn_member_train(self, k: int) -> Path:
+        """The resumable training state of ensemble member ``k`` (member 0: :attr:`mdrnn_train`)."""
+        return self.mdrnn_train if int(k) == 0 else self.checkpoints / f"mdrnn_m{int(k)}.train.pt"
 
     def controller(self, k: int | None = None) -> Path:
         """Round ``k``'s controller, or (``k=None``) the final one."""

@@ -10,11 +10,20 @@ A run folder holds it as two checkpoints, each carrying its config::
 ``mdrnn.pt`` carries the task metadata and the bank of real starting latents (the encoded
 first frames of real episodes), and the id of the V whose latents M was trained on, so a
 stale M (V retrained since) is refused instead of silently dreaming nonsense.
+
+An ensemble of Ms (the dream's ``members``) keeps ``mdrnn.pt`` as member 0, which lists the ids
+of the others in ``meta["members"]``; member k >= 1 is ``RUN/checkpoints/mdrnn_m{k}.pt``
+(:meth:`RunDir.mdrnn_member`). A single M's run folder is exactly as before. A bank of
+mid-episode starts (real latents at random times with every member's LSTM state there, teacher
+forced) rides in ``mdrnn.pt``'s meta as ``mid_mu``, ``mid_logvar`` (B, Z), ``mid_h``, ``mid_c``
+(members, B, H) when the run asked for one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +62,19 @@ class WorldModel(nn.Module):
         action_space: ``{"type": "box", "shape", "low", "high"}`` or ``{"type": "discrete", "n"}``.
         max_episode_steps: the task's episode limit (the dream truncates there).
         start_mu, start_logvar: ``(N, Z)`` encoded first frames of real episodes.
+        members: more Ms of ``mdrnn``'s architecture, an ensemble with ``mdrnn`` as member 0 (the
+            M the real game's controller reads its ``h`` from).
+        mid_bank: mid-episode starts ``{"mu", "logvar": (B, Z), "h", "c": (members, B, H)}``: real
+            latents and every member's LSTM state there (more members' states than the world model
+            holds are cut to its own).
     """
 
+    MID_KEYS = ("mu", "logvar", "h", "c")
+    """the entries of a mid-episode start bank (``mid_<key>`` in M's checkpoint meta)."""
+
     def __init__(self, vae: ConvVAE, mdrnn: MDRNN, *, task: str, action_space: dict[str, Any],
-                 max_episode_steps: int, start_mu: torch.Tensor, start_logvar: torch.Tensor | None = None) -> None:
+                 max_episode_steps: int, start_mu: torch.Tensor, start_logvar: torch.Tensor | None = None,
+                 members: Sequence[MDRNN] | None = None, mid_bank: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         if vae.z_size != mdrnn.config.z_size:
             raise WorldModelError(f"V has z_size {vae.z_size} but M expects {mdrnn.config.z_size}: "
@@ -76,12 +94,39 @@ class WorldModel(nn.Module):
             raise WorldModelError(f"start_logvar {tuple(start_logvar.shape)} must match start_mu {tuple(start_mu.shape)}")
         if int(max_episode_steps) < 1:
             raise WorldModelError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        for k, m in enumerate(members or (), 1):
+            if not isinstance(m, MDRNN) or asdict(m.config) != asdict(mdrnn.config):
+                raise WorldModelError(f"ensemble member {k} is not an MDRNN of member 0's architecture; train every "
+                                      f"member with one MDRNNConfig")
         self.vae, self.mdrnn = vae.eval(), mdrnn.eval()
+        self.members = nn.ModuleList([m.eval() for m in members or ()])
         self.task = str(task)
         self.action_space = dict(action_space)
         self.max_episode_steps = int(max_episode_steps)
         self.register_buffer("start_mu", start_mu.clone())          # (N, Z)
         self.register_buffer("start_logvar", start_logvar.clone())  # (N, Z)
+        bank = self._check_mid_bank(mid_bank)
+        for key in self.MID_KEYS:  # None when there is no bank (then not part of the state)
+            self.register_buffer(f"mid_{key}", None if bank is None else bank[key])
+
+    def _check_mid_bank(self, bank: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        if bank is None:
+            return None
+        missing = [k for k in self.MID_KEYS if k not in bank]
+        if missing:
+            raise WorldModelError(f"the mid-episode start bank lacks {missing}; rebuild it (train M with dream.start=mid)")
+        out = {k: torch.as_tensor(bank[k], dtype=torch.float32).clone() for k in self.MID_KEYS}
+        B, Z, H, M = out["mu"].shape[0], self.z_size, self.hidden_size, self.num_members
+        if out["mu"].shape != (B, Z) or out["logvar"].shape != (B, Z) or B < 1:
+            raise WorldModelError(f"the mid-episode start bank must hold (B >= 1, {Z}) latents, got "
+                                  f"{tuple(out['mu'].shape)} and {tuple(out['logvar'].shape)}")
+        for k in ("h", "c"):
+            t = out[k]
+            if t.dim() != 3 or t.shape[0] < M or t.shape[1:] != (B, H):
+                raise WorldModelError(f"the mid-episode start bank's {k} must be (members >= {M}, {B}, {H}), got "
+                                      f"{tuple(t.shape)}; rebuild it for this ensemble")
+            out[k] = t[:M].clone()
+        return out
 
     # -- sizes ---------------------------------------------------------------------------------
 
@@ -100,6 +145,23 @@ class WorldModel(nn.Module):
     @property
     def discrete_actions(self) -> bool:
         return self.mdrnn.config.discrete_actions
+
+    @property
+    def num_members(self) -> int:
+        """The Ms of the ensemble (1: a single M)."""
+        return 1 + len(self.members)
+
+    @property
+    def ensemble(self) -> list[MDRNN]:
+        """Every M, member 0 (``mdrnn``) first."""
+        return [self.mdrnn, *self.members]  # type: ignore[list-item]
+
+    @property
+    def mid_bank(self) -> dict[str, torch.Tensor] | None:
+        """The mid-episode start bank (``mu``, ``logvar`` (B, Z); ``h``, ``c`` (members, B, H)), or None."""
+        if self.mid_mu is None:
+            return None
+        return {k: getattr(self, f"mid_{k}") for k in self.MID_KEYS}
 
     @property
     def obs_size(self) -> int:
@@ -128,14 +190,28 @@ class WorldModel(nn.Module):
     # -- persistence ---------------------------------------------------------------------------
 
     def save(self, run_dir: str | os.PathLike) -> tuple[Path, Path]:
-        """Write ``RUN/checkpoints/vae.pt`` and ``mdrnn.pt`` (configs, task meta, start bank)."""
-        vae_path, m_path = RunDir(run_dir).vae, RunDir(run_dir).mdrnn
+        """Write ``RUN/checkpoints/vae.pt`` and ``mdrnn.pt`` (configs, task meta, start banks), and an
+        ensemble's other members (``mdrnn_m{k}.pt``, before ``mdrnn.pt``, which lists them)."""
+        run = RunDir(run_dir)
+        vae_path, m_path = run.vae, run.mdrnn
         vae_meta = {**self.vae.meta, "task": self.task}
         vae_meta.setdefault("id", os.urandom(16).hex())
         self.vae.save(vae_path, vae_meta)
         self.vae.meta = vae_meta
-        m_meta = {**self.mdrnn.meta, **self.meta(), "vae_id": vae_meta["id"],
-                  "start_mu": self.start_mu.detach().cpu(), "start_logvar": self.start_logvar.detach().cpu()}
+        member_ids = []
+        for k, m in enumerate(self.members, 1):
+            k_meta = {**m.meta, "vae_id": vae_meta["id"], "member": k}
+            k_meta.setdefault("id", os.urandom(16).hex())
+            m.save(run.mdrnn_member(k), k_meta)
+            m.meta = k_meta
+            member_ids.append(k_meta["id"])
+        m_meta = {k: v for k, v in self.mdrnn.meta.items() if k != "members" and not k.startswith("mid_")}
+        m_meta.update({**self.meta(), "vae_id": vae_meta["id"], "start_mu": self.start_mu.detach().cpu(),
+                       "start_logvar": self.start_logvar.detach().cpu()})
+        if member_ids:
+            m_meta["members"] = member_ids
+        for key, value in (self.mid_bank or {}).items():
+            m_meta[f"mid_{key}"] = value.detach().cpu()
         self.mdrnn.save(m_path, m_meta)
         self.mdrnn.meta = m_meta
         return vae_path, m_path
@@ -154,14 +230,28 @@ class WorldModel(nn.Module):
                                         f"(the dream_train pipeline does)")
         vae = ConvVAE.from_checkpoint(torch_load(run.vae), run.vae)
         mdrnn = MDRNN.from_checkpoint(torch_load(run.mdrnn), run.mdrnn)
-        return cls.from_models(vae, mdrnn, task=task, z_size=z_size, run=run).to(device).eval()
+        members = []
+        ids = mdrnn.meta.get("members", [])
+        for k, member_id in enumerate(ids, 1):
+            p = run.mdrnn_member(k)
+            if not p.is_file():
+                raise FileNotFoundError(f"no world model in {run}: {p} (ensemble member {k} of {len(ids) + 1}) is "
+                                        f"missing; train M again (the dream_train pipeline does)")
+            member = MDRNN.from_checkpoint(torch_load(p), p)
+            if member.meta.get("id") != member_id:
+                raise WorldModelError(f"{p} is not the ensemble member {k} that {run.mdrnn} was saved with (another "
+                                      f"training wrote it since); train M again")
+            members.append(member)
+        return cls.from_models(vae, mdrnn, task=task, z_size=z_size, run=run, members=members).to(device).eval()
 
     @classmethod
     def from_models(cls, vae: ConvVAE, mdrnn: MDRNN, *, task: str | None = None, z_size: int | None = None,
-                    run: RunDir | str | os.PathLike | None = None) -> WorldModel:
+                    run: RunDir | str | os.PathLike | None = None, members: Sequence[MDRNN] | None = None
+                    ) -> WorldModel:
         """Bundle a trained V and M as their checkpoints' meta describes them (M's meta carries the
-        task, the action space, the episode limit, the start bank and the id of V it was trained
-        on); ``run``, the run folder they come from, is named in the one-line errors."""
+        task, the action space, the episode limit, the start banks and the id of V it was trained
+        on); ``members``: an ensemble's other Ms (trained on the same V); ``run``, the run folder they
+        come from, is named in the one-line errors."""
         vm, mm = vae.meta, mdrnn.meta
         where = RunDir(run) if run is not None else None
         vae_path = where.vae if where is not None else Path("V")
@@ -183,9 +273,14 @@ class WorldModel(nn.Module):
         if mm.get("vae_id") is not None and vm.get("id") is not None and mm["vae_id"] != vm["id"]:
             raise WorldModelError(f"{m_path} was trained on latents of another {vae_path.name} (V was retrained "
                                   f"since); re-run the encode and train-M stages")
+        for k, m in enumerate(members or (), 1):
+            if m.meta.get("vae_id") is not None and m.meta["vae_id"] != mm.get("vae_id"):
+                raise WorldModelError(f"ensemble member {k} was trained on latents of another V than member 0 "
+                                      f"({m_path}); train M again")
+        mid = {k: mm[f"mid_{k}"] for k in cls.MID_KEYS} if "mid_mu" in mm else None
         wm = cls(vae, mdrnn, task=mm["task"], action_space=mm["action_space"],
                  max_episode_steps=int(mm["max_episode_steps"]), start_mu=mm["start_mu"],
-                 start_logvar=mm.get("start_logvar"))
+                 start_logvar=mm.get("start_logvar"), members=members, mid_bank=mid)
         return wm.eval()
 
     @classmethod

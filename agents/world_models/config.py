@@ -23,6 +23,8 @@ from typing import Any
 
 from agents.cmaes import CMAConfig
 from agents.pool import check_backend
+from envs.dream import STARTS
+from envs.dream_step import MEMBER_MODES
 from envs.tasks import get_task
 from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import MDRNNConfig
@@ -93,7 +95,17 @@ class DreamConfig:
     """fuse the dream step's element-wise work with inductor for CMA-ES on the CPU
     (``DreamVectorEnv(compile=True)``; docs/benchmarks/dream.md measures the gain and the seconds
     of compiling per temperature). Without a C++ compiler it warns and steps the same dream
-    eagerly. The smoke preset turns it off: its dreams are too short to repay the compile."""
+    eagerly. The smoke preset turns it off: its dreams are too short to repay the compile. An
+    ensemble's dream step (``ensemble``) runs eagerly whatever this says."""
+    start: str = "first"
+    """where dreams start: "first" (banked real first frames, an empty past: the paper's) or "mid"
+    (real mid-episode states: after M is trained it is run teacher-forced over the training
+    latents and a bank of ``start_bank`` states (z, and every member's LSTM state) at random times
+    is saved with it)."""
+    start_bank: int = 2048
+    """mid-episode states banked when ``start`` is "mid"."""
+    horizon: int | None = None
+    """dream episode length when ``start`` is "mid" (None: ``max_steps``, or the task's limit)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or \
@@ -101,6 +113,60 @@ class DreamConfig:
             raise ValueError(f"dream.temperature must be > 0, got {self.temperature!r}; pass --temperature with a "
                              f"positive value (the paper's Doom optimum: 1.15)")
         _at_least("dream", self, 1, "max_steps", optional=True)
+        if self.start not in STARTS:
+            raise ValueError(f"dream.start must be one of {', '.join(STARTS)}, got {self.start!r}; pass "
+                             f"--set dream.start=first (real first frames) or mid (real mid-episode states)")
+        _at_least("dream", self, 1, "start_bank")
+        _at_least("dream", self, 1, "horizon", optional=True)
+        if self.horizon is not None and self.start != "mid":
+            raise ValueError(f"dream.horizon ({self.horizon}) applies to mid-episode starts only; pass "
+                             f"--set dream.start=mid, or limit first-frame dreams with dream.max_steps")
+
+    @property
+    def steps(self) -> int | None:
+        """The dream's episode limit: ``horizon`` for mid-episode starts when set, else ``max_steps``
+        (None: the task's limit)."""
+        return self.horizon if self.start == "mid" and self.horizon is not None else self.max_steps
+
+
+@dataclass
+class EnsembleConfig:
+    """An M that knows what it does not know: an ensemble of MDN-RNNs, dropout, a disagreement penalty.
+
+    All off by default (one M, no dropout, no penalty: the paper's dream)."""
+
+    members: int = 1
+    """MDN-RNNs trained, each on a bootstrap resample of the training episodes (1: the single M,
+    trained on them all). They share one initialisation, so their LSTMs learn comparable
+    features: a dream's controller reads the ``h`` of its dream's member, the real game's that of
+    member 0."""
+    member_mode: str = "episode"
+    """"episode": each dream is driven by one member for its whole episode, drawn at reset (the
+    cost of one M's step); "step": a fresh member each step, every member following every dream
+    (the cost of ``members`` Ms' steps)."""
+    dropout: float = 0.0
+    """rate of a dropout mask on M's head input drawn afresh per dream, fixed for its episode
+    (Dropout's Dream Land, Wellmer & Kwok 2021: 0.1 was best). M is trained without dropout."""
+    disagreement_penalty: float = 0.0
+    """subtracted from the dream's reward times the members' disagreement: the standard deviation
+    over members of their predicted next-z means, averaged over latent dims (MOPO-style; needs
+    ``members`` > 1, and costs ``members`` Ms' steps)."""
+
+    def __post_init__(self) -> None:
+        _at_least("ensemble", self, 1, "members")
+        if not isinstance(self.members, int):
+            raise ValueError(f"ensemble.members must be an integer >= 1, got {self.members!r}")
+        if self.member_mode not in MEMBER_MODES:
+            raise ValueError(f"ensemble.member_mode must be one of {', '.join(MEMBER_MODES)}, got "
+                             f"{self.member_mode!r}; pass --set ensemble.member_mode=episode or step")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or \
+                not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ensemble.dropout must be in [0, 1), got {self.dropout!r}; pass "
+                             f"--set ensemble.dropout=0.1 (Dropout's Dream Land's best) or 0 for none")
+        _at_least("ensemble", self, 0, "disagreement_penalty")
+        if self.disagreement_penalty > 0 and self.members < 2:
+            raise ValueError(f"ensemble.disagreement_penalty ({self.disagreement_penalty}) needs ensemble.members "
+                             f">= 2 (one M never disagrees with itself); pass --set ensemble.members=5")
 
 
 @dataclass
@@ -207,6 +273,7 @@ class RunConfig:
     seq_len: int = 64
     cma: CMAConfig = field(default_factory=CMAConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -9,6 +9,7 @@ evolution: the CMA-ES state saved after every generation)::
     train_vision(run, cfg, k)          V (ConvVAE) on every frame so far -> checkpoints/vae.pt
     encode_latents(run, cfg, vae)      frames -> (mu, logvar)            -> RUN/latents/
     train_memory(run, cfg, vae_id)     M (MDN-RNN) on every latent       -> checkpoints/mdrnn.pt
+                                       (an ensemble: train_memories       -> + mdrnn_m{k}.pt)
     evolve_controller(run, cfg, k, wm) CMA-ES on C in the dream / game   -> checkpoints/controller_r{k}.npz
     evaluate_controller(...)           C in the real game                -> eval.json
     record_videos(...)                 C in the real game and the dream  -> videos/
@@ -320,17 +321,107 @@ def start_bank(latents: Manifest, episodes: list[int] | None = None) -> tuple[to
     return torch.from_numpy(np.stack(mus)), torch.from_numpy(np.stack(logvars))
 
 
+def bootstrap_episodes(episodes: list[int], seed: int, k: int) -> list[int]:
+    """Ensemble member ``k``'s training episodes: as many as ``episodes``, drawn from them with
+    replacement by a generator seeded with ``(seed, k)`` (sorted; repeats are streamed repeatedly)."""
+    rng = np.random.default_rng([int(seed), int(k), 0xB0075])
+    return sorted(int(e) for e in rng.choice(np.asarray(episodes, dtype=np.int64), size=len(episodes), replace=True))
+
+
+def _member_seed(seed: int, k: int, what: int) -> int:
+    """A seed of ensemble member ``k`` (``what``: its initialisation, or its training)."""
+    return int(np.random.SeedSequence([int(seed), int(k), int(what)]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN], size: int, seed: int
+                     ) -> dict[str, torch.Tensor]:
+    """``size`` real mid-episode states for dreams to start from: episodes drawn from ``episodes``
+    with replacement and a time ``t`` in each (uniform in 1..T-1 of its T steps; T for a one-step
+    episode) by a generator seeded with ``seed``; at each, the latent ``(mu, logvar)`` of frame t
+    and every model's LSTM state ``(h, c)`` after reading the episode's first t steps teacher-forced
+    (z = the latents' means, the real actions). Returns ``{"mu", "logvar": (size, Z), "h", "c":
+    (len(models), size, H)}`` as :class:`WorldModel` takes it (``mid_bank``)."""
+    rng = np.random.default_rng([int(seed), 0x31D])
+    eps = rng.choice(np.asarray(episodes, dtype=np.int64), size=size, replace=True)
+    steps = {int(e): int(latents.episodes[int(e)]["length"]) for e in set(eps.tolist())}
+    ts = np.array([rng.integers(1, steps[int(e)]) if steps[int(e)] > 1 else steps[int(e)] for e in eps])
+    ids = sorted(steps)
+    row = {e: i for i, e in enumerate(ids)}
+    data = [load_shard(latents.dir / latents.episodes[e]["file"], latents.episodes[e]["sha256"]) for e in ids]
+    cfg = models[0].config
+    Z, H, T = cfg.z_size, cfg.hidden, int(ts.max())
+    dev = models[0].device
+    x = torch.zeros(len(ids), T, Z + cfg.action_dim, device=dev)  # (E, T, Z + A) teacher-forced inputs
+    for i, ep in enumerate(data):
+        n = min(T, int(ep["actions"].shape[0]))
+        a = models[0].action_input(torch.as_tensor(ep["actions"][:n]).to(dev))
+        x[i, :n] = torch.cat([torch.as_tensor(ep["mu"][:n], dtype=torch.float32).to(dev), a], dim=-1)
+    at_t: dict[int, list[int]] = {}
+    for j, t in enumerate(ts.tolist()):
+        at_t.setdefault(int(t), []).append(j)
+    hs = torch.zeros(len(models), size, H)
+    cs = torch.zeros(len(models), size, H)
+    for k, m in enumerate(models):
+        r = m.rnn
+        h = torch.zeros(len(ids), H, device=dev)
+        c = torch.zeros(len(ids), H, device=dev)
+        for t in range(T):
+            h, c = torch.lstm_cell(x[:, t], (h, c), r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
+            picks = at_t.get(t + 1)
+            if picks:  # the state at time t + 1: after reading steps 0..t
+                src = torch.as_tensor([row[int(eps[j])] for j in picks], device=dev)
+                hs[k, picks] = h[src].float().cpu()
+                cs[k, picks] = c[src].float().cpu()
+    mu = np.stack([data[row[int(e)]]["mu"][t] for e, t in zip(eps, ts, strict=True)])
+    logvar = np.stack([data[row[int(e)]]["logvar"][t] for e, t in zip(eps, ts, strict=True)])
+    return {"mu": torch.from_numpy(mu).float(), "logvar": torch.from_numpy(logvar).float(), "h": hs, "c": cs}
+
+
+def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None) -> MDRNN | None:
+    """Ensemble member ``k`` as a finished training left it (``episodes``: the resample it must have
+    been trained on; None for a single M), or None."""
+    path = run.mdrnn_member(k)
+    if not path.exists():
+        return None
+    done = MDRNN.load(path, cfg.device)
+    m = done.meta
+    if (m.get("steps", 0) >= cfg.mdrnn_train.steps and m.get("vae_id") == vae_id
+            and asdict(done.config) == asdict(cfg.mdrnn) and m.get("episodes") == episodes):
+        return done
+    return None
+
+
 def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | None = None, k: int = 0, *,
                  address: str | None = None, progress: bool = True, tensorboard: bool = True) -> MDRNN:
     """Train M (``cfg.mdrnn``, ``cfg.mdrnn_train``, batch ``cfg.mdrnn_batch`` of ``cfg.seq_len``-step
     windows) on the latents of ``RUN/latents`` and write ``checkpoints/mdrnn.pt``; returns M on
-    ``cfg.device``. ``vae_id``: the id of the V the latents must come from (read from the run's
+    ``cfg.device`` (with ``ensemble.members`` > 1: member 0, see :func:`train_memories`, which
+    trains them all). ``vae_id``: the id of the V the latents must come from (read from the run's
     ``vae.pt`` when None).
 
     The checkpoint carries the task metadata, the start bank (first latents of the training
     episodes) and V's id. Skipped when ``mdrnn.pt`` already holds :func:`memory_steps` steps for the
     current V (round ``k``); a training state left by a different V is discarded (its latents are stale).
     """
+    return train_memories(run, cfg, vae_id, k, address=address, progress=progress, tensorboard=tensorboard)[0]
+
+
+def train_memories(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | None = None, round_k: int = 0, *,
+                   address: str | None = None, progress: bool = True, tensorboard: bool = True) -> list[MDRNN]:
+    """M's ensemble of ``cfg.ensemble.members`` MDN-RNNs (as :func:`train_memory` trains one), member 0 first.
+
+    One member: exactly :func:`train_memory`'s M. K > 1: member k trains on
+    :func:`bootstrap_episodes` of the training episodes (seeded by ``cfg.seed`` and k), from one
+    initialisation shared by all (seeded by ``cfg.seed``) with its own training seed, and writes
+    ``mdrnn_m{k}.pt`` (``RunDir.mdrnn_member``) and its own resumable state; member 0 is written
+    last, as ``mdrnn.pt``, listing the others' ids. A finished member is kept, so a killed
+    training resumes at the member it stopped in. With ``dream.start = "mid"`` the bank of
+    mid-episode states (:func:`mid_episode_bank`, ``dream.start_bank`` of them) is computed from
+    the trained members and saved in ``mdrnn.pt``'s meta (added to a finished M that lacks it).
+    """
+    # round ``round_k``'s target: with finetune_m, M goes on from the previous round's weights
+    cfg = replace(cfg, mdrnn_train=replace(cfg.mdrnn_train, steps=memory_steps(cfg, round_k)))
     run = RunDir(run)
     lat = Manifest.open(run.latents)
     meta = lat.meta
@@ -346,30 +437,104 @@ def train_memory(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str | 
     if (model_cfg.z_size, model_cfg.action_dim, model_cfg.discrete_actions) != (int(meta["z_size"]), adim, discrete):
         raise WorldModelError(f"MDRNNConfig(z_size={model_cfg.z_size}, action_dim={model_cfg.action_dim}) does not fit "
                               f"the latents (z_size={meta['z_size']}) and action space {space}")
-    train_cfg = replace(cfg.mdrnn_train, steps=memory_steps(cfg, k))
-    if run.mdrnn.exists():
-        done = MDRNN.load(run.mdrnn, cfg.device)
-        if (done.meta.get("steps", 0) >= train_cfg.steps and done.meta.get("vae_id") == vae_id
-                and asdict(done.config) == asdict(model_cfg)):
-            return done
-    if run.mdrnn_train.exists() and torch_load(run.mdrnn_train).get("vae_id") != vae_id:
-        run.mdrnn_train.unlink()  # trained on latents of an older V: start over
-    _check_train_state(run.mdrnn_train, asdict(model_cfg), "M")
+    K = cfg.ensemble.members
     train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
-    model = MDRNN(model_cfg)
-    if cfg.train_workers > 1:
-        _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
-    say(f"round {k}: M (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
+    resample = {k: bootstrap_episodes(train_eps, cfg.seed, k) if K > 1 else None for k in range(K)}
+    members = _finished_memories(run, cfg, vae_id, resample)
+    if members is None:
+        if cfg.train_workers > 1:
+            _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
+        trained: dict[int, MDRNN] = {}
+        for k in [*range(1, K), 0]:  # member 0 last: mdrnn.pt, which lists the others, is the ensemble's commit
+            trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], train_eps, held,
+                                       [trained[j].meta["id"] for j in range(1, K)] if k == 0 else [],
+                                       lat, space, address, progress, tensorboard)
+        members = [trained[k] for k in range(K)]
+    return _with_mid_bank(run, cfg, members, lat, train_eps)
+
+
+def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[int, list[int] | None]
+                       ) -> list[MDRNN] | None:
+    """The whole ensemble when every member is finished for the current V and mdrnn.pt lists them, else None."""
+    first = _memory_done(run, cfg, 0, vae_id, resample[0])
+    if first is None:
+        return None
+    ids = first.meta.get("members", [])
+    if len(ids) != len(resample) - 1:
+        return None
+    out = [first]
+    for k in range(1, len(resample)):
+        m = _memory_done(run, cfg, k, vae_id, resample[k])
+        if m is None or m.meta.get("id") != ids[k - 1]:
+            return None
+        out.append(m)
+    return out
+
+
+def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int],
+                  resample: list[int] | None, train_eps: list[int], held: list[int], member_ids: list[str], lat: Manifest,
+                  space: dict[str, Any], address: str | None, progress: bool, tensorboard: bool) -> MDRNN:
+    """Train (or keep, when finished) ensemble member ``k`` on ``episodes`` and write its checkpoint.
+
+    ``resample`` is None for a single M (trained and saved exactly as before ensembles existed);
+    member 0 banks the first frames of all ``train_eps`` as the dream's starts."""
+    model_cfg, path, state_path = cfg.mdrnn, run.mdrnn_member(k), run.mdrnn_member_train(k)
+    if k > 0:
+        done = _memory_done(run, cfg, k, vae_id, resample)
+        if done is not None:
+            return done
+    train_cfg = cfg.mdrnn_train
+    if state_path.exists():
+        state = torch_load(state_path)
+        if state.get("vae_id") != vae_id or state.get("episodes") != resample:
+            state_path.unlink()  # trained on latents of an older V (or another resample): start over
+    _check_train_state(state_path, asdict(model_cfg), "M")
+    stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
+    if resample is None:
+        model = MDRNN(model_cfg)
+        what = ""
+    else:
+        with torch.random.fork_rng(devices=[]):  # one initialisation for every member: comparable LSTM features
+            torch.manual_seed(_member_seed(cfg.seed, 0, 0x1417))
+            model = MDRNN(model_cfg)
+        train_cfg = replace(train_cfg, seed=_member_seed(cfg.seed, k, 0x7EA1))
+        what = f" member {k} of {cfg.ensemble.members} ({len(set(episodes))} distinct of {len(episodes)} episodes)"
+    say(f"M{what} (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
         f"{_on_workers(cfg)}")
-    extra = _fit(model, partial(mdrnn_batches, run.latents, train_eps, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
-                                cfg.loader_workers), train_cfg, "mdrnn", run, run.mdrnn_train, cfg, None,
-                 lambda: {"config": asdict(model_cfg), "vae_id": vae_id}, progress, tensorboard, address)
-    bank_mu, bank_logvar = start_bank(lat, train_eps)
-    meta = {"task": meta.get("task"), "action_space": space,
-            "max_episode_steps": int(meta.get("max_episode_steps", 1000)), "vae_id": vae_id,
-            "start_mu": bank_mu, "start_logvar": bank_logvar, "steps": train_cfg.steps, "heldout": held,
-            "seq_len": cfg.seq_len, "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra}
-    return _save_fresh(model, run.mdrnn, meta, cfg.device)
+    extra_state = {"config": asdict(model_cfg), "vae_id": vae_id}
+    if resample is not None:
+        extra_state["episodes"] = resample
+    extra = _fit(model, partial(mdrnn_batches, run.latents, episodes, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
+                                cfg.loader_workers), train_cfg, stage, run, state_path, cfg, None,
+                 lambda: dict(extra_state), progress, tensorboard, address)
+    meta: dict[str, Any] = {"task": lat.meta.get("task"), "action_space": space,
+                            "max_episode_steps": int(lat.meta.get("max_episode_steps", 1000)), "vae_id": vae_id}
+    if k == 0:
+        bank_mu, bank_logvar = start_bank(lat, train_eps)
+        meta.update({"start_mu": bank_mu, "start_logvar": bank_logvar})
+    meta.update({"steps": train_cfg.steps, "heldout": held, "seq_len": cfg.seq_len,
+                 "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra})
+    if resample is not None:
+        meta.update({"member": k, "episodes": resample})
+    if member_ids:
+        meta["members"] = member_ids
+    return _save_fresh(model, path, meta, cfg.device)
+
+
+def _with_mid_bank(run: RunDir, cfg: RunConfig, members: list[MDRNN], lat: Manifest, train_eps: list[int]
+                   ) -> list[MDRNN]:
+    """``members`` with the mid-episode start bank in member 0's checkpoint when ``dream.start`` is
+    "mid" (computed and saved when missing or of another size)."""
+    if cfg.dream.start != "mid":
+        return members
+    first = members[0]
+    h = first.meta.get("mid_h")
+    if h is not None and tuple(h.shape[:2]) == (len(members), cfg.dream.start_bank):
+        return members
+    say(f"banking {cfg.dream.start_bank} mid-episode states of the training episodes for the dream's starts")
+    bank = mid_episode_bank(lat, train_eps, members, cfg.dream.start_bank, cfg.seed)
+    first = _save_fresh(first, run.mdrnn, {**first.meta, **{f"mid_{k}": v for k, v in bank.items()}}, cfg.device)
+    return [first, *members[1:]]
 
 
 def _on_workers(cfg: RunConfig) -> str:
@@ -404,11 +569,18 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     cma_cfg = replace(cfg.cma, seed=cfg.cma.seed + 1000 * k)
     device = torch.device(cfg.device)
     if cfg.train_in == "dream":
+        e = cfg.ensemble
         # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
         fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, cfg.dream.temperature,
-                                    cfg.dream.max_steps, device, seed=cma_cfg.seed,
-                                    compile=cfg.dream.compile and device.type == "cpu")
-        where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once)"
+                                    cfg.dream.steps, device, seed=cma_cfg.seed,
+                                    compile=cfg.dream.compile and device.type == "cpu", members=e.members,
+                                    member_mode=e.member_mode, dropout=e.dropout,
+                                    disagreement_penalty=e.disagreement_penalty, start=cfg.dream.start)
+        where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
+        if e.members > 1 or e.dropout > 0:
+            where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
+                      f"{e.disagreement_penalty}")
+        where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'})"
     else:
         fitness = RealFitness(pool(), cma_cfg.rollouts, seed=cma_cfg.seed)
         where = f"the real {cfg.task} ({cfg.workers} workers)"
@@ -511,5 +683,6 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
         save_video(dream, frames, fps=30)
 
 
-__all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "evolve_controller",
-           "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps"]
+__all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
+           "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "bootstrap_episodes", "mid_episode_bank"]

@@ -8,7 +8,7 @@ complete, so a killed run resumes where it stopped::
         collect_rollouts   real rollouts (round 0: brownian / random controller; later: C + noise)
         train_vision       V on every frame so far                -> checkpoints/vae.pt
         encode_latents     frames -> latents                      -> latents/
-        train_memory       M on every latent                      -> checkpoints/mdrnn.pt
+        train_memory       M on every latent                      -> checkpoints/mdrnn.pt (+ mdrnn_m{k}.pt)
         evolve_controller  CMA-ES on C in the dream (or the game) -> checkpoints/controller_r{k}.npz
     evaluate_controller    the final C in the real game           -> eval.json
     record_videos, write_report                                   -> videos/, report.md
@@ -90,8 +90,9 @@ class DreamTrainer:
             self.close_pool()
         vae = stages.train_vision(run, c, k, address=self.address, progress=self.progress)
         stages.encode_latents(run, c, vae, progress=self.progress)
-        mdrnn = stages.train_memory(run, c, vae.meta.get("id"), k, address=self.address, progress=self.progress)
-        return WorldModel.from_models(vae, mdrnn, task=c.task, run=run).to(c.device)
+        mdrnn, *members = stages.train_memories(run, c, vae.meta.get("id"), k, address=self.address,
+                                                progress=self.progress)
+        return WorldModel.from_models(vae, mdrnn, task=c.task, run=run, members=members).to(c.device)
 
     def learn(self) -> dict[str, Any]:
         """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""

@@ -1,0 +1,481 @@
+"""A dream that does not lie (issue 13): an ensemble of Ms, per-dream dropout, the disagreement
+penalty, and dreams that start at real mid-episode states.
+
+The dream-step checks run on freshly initialised Ms (different seeds: different weights); the
+training, storage and mid-episode bank checks on a tiny run folder of real data with two members
+trained a few steps by the real stages.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.controller import ControllerConfig
+from agents.fitness import DreamFitness
+from agents.world_models.config import DreamConfig, EnsembleConfig, RunConfig, override
+from agents.world_models.stages import (
+    HOLDOUT,
+    bootstrap_episodes,
+    encode_latents,
+    evolve_controller,
+    train_memories,
+    train_memory,
+    train_vision,
+)
+from envs.dream import DreamEnv, DreamVectorEnv
+from envs.dream_step import EnsembleDreamStep, MDRNNDreamStep, make_dream_step
+from worldlab.io import torch_load
+from worldlab.mdrnn import MDRNNConfig
+from worldlab.rundir import RunDir
+from worldlab.storage import Manifest, load_shard, split_episodes
+from worldlab.training import TrainConfig
+from worldlab.world_model import WorldModel, WorldModelError
+
+Z, H, G, LIMIT = 8, 16, 3, 30
+
+
+def ensemble_wm(k: int = 3, mid_bank: dict[str, torch.Tensor] | None = None, done_bias: float | None = None
+                ) -> WorldModel:
+    """k freshly initialised Ms of one architecture (seeds 0..k-1) as one world model (``done_bias``:
+    their done logits' bias, e.g. -20 for dreams that never end early)."""
+    base = WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, bank=8, max_episode_steps=LIMIT, seed=0)
+    members = [WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, seed=s).mdrnn for s in range(1, k)]
+    if done_bias is not None:
+        with torch.no_grad():
+            for m in [base.mdrnn, *members]:
+                m.head.bias[-1] = done_bias
+    return WorldModel(base.vae, base.mdrnn, task=base.task, action_space=base.action_space, max_episode_steps=LIMIT,
+                      start_mu=base.start_mu, start_logvar=base.start_logvar, members=members, mid_bank=mid_bank)
+
+
+@pytest.fixture(scope="module")
+def wm() -> WorldModel:
+    return ensemble_wm(3)
+
+
+def play(env: DreamVectorEnv, seed: int, steps: int = 12) -> dict[str, torch.Tensor]:
+    """obs, rewards and flags of ``steps`` steps of fixed random actions after ``reset(seed)``."""
+    g = torch.Generator().manual_seed(99)
+    obs = [env.reset_torch(seed=seed).clone()]
+    rew, done = [], []
+    for _ in range(steps):
+        o, r, te, tr = env.step_torch(torch.rand(env.num_envs, 3, generator=g) * 2 - 1)
+        obs.append(o.clone())
+        rew.append(r.clone())
+        done.append(te | tr)
+    return {"obs": torch.stack(obs), "reward": torch.stack(rew), "done": torch.stack(done)}
+
+
+# -- the dream step ------------------------------------------------------------------------------
+
+
+def test_members_differ(wm: WorldModel) -> None:
+    z0 = wm.start_mu[:4]
+    a = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
+    nxt = []
+    for m in wm.ensemble:
+        s = make_dream_step(m, 4, "cpu")
+        s.reset_rows(slice(None), z0)
+        s.set_actions(a)
+        s.step(deterministic=True)
+        nxt.append(s.z.clone())
+    assert wm.num_members == 3
+    assert not torch.allclose(nxt[0], nxt[1]) and not torch.allclose(nxt[1], nxt[2])
+
+
+def test_one_m_without_dropout_is_todays_step(wm: WorldModel) -> None:
+    single = WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, bank=8, max_episode_steps=LIMIT, seed=0)
+    assert type(make_dream_step(single.mdrnn, 4, "cpu")) is MDRNNDreamStep
+    for kw in ({"disagreement_penalty": 2.0}, {"member_mode": "step"}):  # one M never disagrees with itself
+        assert type(make_dream_step(single.mdrnn, 4, "cpu", **kw)) is MDRNNDreamStep
+    # the first member of an ensemble, alone: the very dream of that M alone
+    alone = play(DreamVectorEnv(6, world_model=wm, members=1, disagreement_penalty=1.0), seed=4)
+    plain = play(DreamVectorEnv(6, world_model=single), seed=4)
+    assert type(DreamVectorEnv(6, world_model=wm, members=1)._core.dream_step) is MDRNNDreamStep
+    for key in plain:
+        assert torch.equal(alone[key], plain[key]), key
+    assert type(DreamVectorEnv(6, world_model=wm)._core.dream_step) is EnsembleDreamStep  # None: every member
+    with pytest.raises(ValueError, match="members must be an integer in 1..3"):
+        DreamVectorEnv(6, world_model=wm, members=4)
+
+
+@pytest.mark.parametrize("kw", [{}, {"dropout": 0.2}, {"disagreement_penalty": 0.5}, {"member_mode": "step"},
+                                {"member_mode": "step", "dropout": 0.1, "disagreement_penalty": 0.5}])
+def test_same_seed_same_dream_other_seed_another(wm: WorldModel, kw: dict) -> None:
+    runs = [play(DreamVectorEnv(10, world_model=wm, **kw), seed=s) for s in (3, 3, 4)]
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    assert not torch.equal(runs[0]["obs"], runs[2]["obs"])
+
+
+def test_dropout_alone_on_one_m_same_seed_same_dream() -> None:
+    single = WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, bank=8, max_episode_steps=LIMIT, seed=0)
+    a, b = (play(DreamVectorEnv(10, world_model=single, dropout=0.1), seed=3) for _ in range(2))
+    assert type(DreamVectorEnv(2, world_model=single, dropout=0.1)._core.dream_step) is EnsembleDreamStep
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = play(DreamVectorEnv(10, world_model=single), seed=3)
+    assert not torch.equal(a["obs"], plain["obs"])  # the mask changes the dream...
+    assert torch.equal(a["obs"][0], plain["obs"][0])  # ...but not where it starts
+
+
+def test_a_sub_env_dreams_as_the_single_env_with_its_seed(wm: WorldModel) -> None:
+    venv = DreamVectorEnv(5, world_model=wm, dropout=0.1, deterministic=True)
+    obs = venv.reset_torch(seed=[11, 12, 13, 14, 15])
+    step = venv._core.dream_step
+    for i in range(5):
+        env = DreamEnv(world_model=wm, dropout=0.1, deterministic=True)
+        o, _ = env.reset(seed=11 + i)
+        assert np.allclose(o, obs[i].numpy(), atol=1e-6)
+        assert env._core.dream_step.members_of_rows[0] == step.members_of_rows[i]
+        assert torch.equal(env._core.dream_step.keep[0], step.keep[i])
+
+
+@pytest.mark.parametrize("members", [[2, 0, 2, 1, 2, 2, 0, 2, 1, 2, 2],  # blocks padded to 8 rows: one bmm
+                                     [2] * 30 + [0] * 3 + [1] * 7])     # unequal blocks: a GEMM per member
+def test_the_grouped_step_equals_each_member_stepped_alone(wm: WorldModel, members: list[int]) -> None:
+    n = len(members)
+    members = torch.tensor(members)
+    z0 = torch.randn(n, Z, generator=torch.Generator().manual_seed(1))
+    acts = torch.rand(6, n, 3, generator=torch.Generator().manual_seed(2))
+    for deterministic in (False, True):
+        ens = make_dream_step(wm.mdrnn, n, "cpu", members=list(wm.members))
+        assert isinstance(ens, EnsembleDreamStep) and not ens.full
+        alone = [MDRNNDreamStep(m, n) for m in wm.ensemble]
+        ens.reset_rows(slice(None), z0, members=members)
+        assert ens.batched == (n == 11)
+        for s in alone:
+            s.reset_rows(slice(None), z0)
+        for t in range(6):
+            ens.set_actions(acts[t])
+            for s in alone:
+                s.set_actions(acts[t])
+            r, d = ens.step(1.1, deterministic, torch.Generator().manual_seed(t))
+            outs = [s.step(1.1, deterministic, torch.Generator().manual_seed(t)) for s in alone]
+            want = torch.stack([s.obs for s in alone])[members, torch.arange(n)]
+            torch.testing.assert_close(ens.obs, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(r, torch.stack([o[0] for o in outs])[members, torch.arange(n)],
+                                       atol=1e-5, rtol=1e-5)
+            assert torch.equal(d, torch.stack([o[1] for o in outs])[members, torch.arange(n)])
+
+
+def test_stepping_every_member_follows_the_driving_members_draws(wm: WorldModel) -> None:
+    n = 7
+    z0 = torch.randn(n, Z, generator=torch.Generator().manual_seed(1))
+    a = torch.rand(n, 3, generator=torch.Generator().manual_seed(2))
+    members = torch.tensor([0, 1, 2, 2, 1, 0, 2])
+    for mode, pen in (("episode", 0.3), ("step", 0.0)):
+        ens = make_dream_step(wm.mdrnn, n, "cpu", members=list(wm.members), member_mode=mode,
+                              disagreement_penalty=pen)
+        assert isinstance(ens, EnsembleDreamStep) and ens.full
+        alone = [MDRNNDreamStep(m, n) for m in wm.ensemble]
+        ens.reset_rows(slice(None), z0, members=members)
+        for s in alone:
+            s.reset_rows(slice(None), z0)
+        for t in range(5):
+            ens.set_actions(a)
+            for s in alone:
+                s.set_actions(a)
+            r, d = ens.step(1.0, False, torch.Generator().manual_seed(t))
+            outs = [s.step(1.0, False, torch.Generator().manual_seed(t)) for s in alone]
+            drive = ens.driver[:n] if mode == "step" else members
+            rows = torch.arange(n)
+            torch.testing.assert_close(ens.z, torch.stack([s.z for s in alone])[drive, rows], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(r + pen * ens.disagreement,
+                                       torch.stack([o[0] for o in outs])[drive, rows], atol=1e-5, rtol=1e-5)
+            assert torch.equal(d, torch.stack([o[1] for o in outs])[drive, rows])
+            seen = 0 if mode == "step" else members  # the controller's h: the dream's member (step mode: member 0)
+            torch.testing.assert_close(ens.h, torch.stack([s.h for s in alone])[seen, rows] if mode == "episode"
+                                       else alone[0].h, atol=1e-5, rtol=1e-5)
+            for s in alone:  # every member reads the latent the driving member sampled
+                s.x[:n, :Z] = ens.z
+        if mode == "step":
+            assert len(set(ens.driver[:n].tolist())) > 1
+
+
+def test_dropout_masks_are_fixed_within_a_dream_and_fresh_at_each_reset() -> None:
+    p = 0.25
+    env = DreamVectorEnv(8, world_model=ensemble_wm(3, done_bias=-20.0), dropout=p, max_episode_steps=100)
+    env.reset_torch(seed=0)
+    step = env._core.dream_step
+    keep = step.keep.clone()
+    assert set(keep.unique().tolist()) <= {0.0, float(torch.tensor(1.0 / (1.0 - p)))}
+    assert 0.05 < float((keep == 0).float().mean()) < 0.5
+    assert not torch.equal(keep[0], keep[1])  # one mask per dream
+    for _ in range(5):
+        env.step_torch(torch.zeros(8, 3))
+        assert torch.equal(step.keep, keep)  # fixed within the dreams' episodes
+    env.reset_torch(rows=torch.tensor([True] + [False] * 7))
+    assert not torch.equal(step.keep[0], keep[0]) and torch.equal(step.keep[1:], keep[1:])
+    env.reset_torch(seed=0)
+    assert torch.equal(step.keep, keep)  # the same seed draws the same masks
+
+
+def test_deterministic_dreams_have_no_dropout(wm: WorldModel) -> None:
+    with_p = play(DreamVectorEnv(6, world_model=wm, dropout=0.5, deterministic=True), seed=2)
+    without = play(DreamVectorEnv(6, world_model=wm, deterministic=True), seed=2)
+    for key in with_p:  # the same member draws, masks drawn but not applied
+        torch.testing.assert_close(with_p[key], without[key], atol=1e-6, rtol=1e-6)
+
+
+def test_the_disagreement_penalty_lowers_the_reward_where_members_disagree(wm: WorldModel) -> None:
+    runs = {pen: play(DreamVectorEnv(8, world_model=wm, disagreement_penalty=pen, max_episode_steps=100), seed=5)
+            for pen in (0.5, 2.0)}
+    env = DreamVectorEnv(8, world_model=wm, disagreement_penalty=1.0)
+    env.reset_torch(seed=5)
+    env.step_torch(torch.zeros(8, 3))
+    dis = env._core.dream_step.disagreement
+    assert dis.shape == (8,) and bool((dis > 0).all())  # members of different weights disagree
+    a, b = runs[0.5], runs[2.0]
+    assert torch.equal(a["obs"], b["obs"]) and torch.equal(a["done"], b["done"])  # the same dreams...
+    gap = a["reward"] - b["reward"]  # ... rewarded 1.5 x disagreement less (0 where autoreset zeroed it)
+    assert bool((gap >= 0).all()) and float(gap.max()) > 0
+    # with no penalty the same dreams, stepped member by member instead of by every member
+    free = play(DreamVectorEnv(8, world_model=wm, max_episode_steps=100), seed=5)
+    torch.testing.assert_close(free["obs"], a["obs"], atol=1e-4, rtol=1e-4)
+    assert bool((free["reward"] >= a["reward"] - 1e-5).all())
+    # one M: no disagreement, no penalty
+    single = WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, bank=8, max_episode_steps=LIMIT, seed=0)
+    p, q = (play(DreamVectorEnv(8, world_model=single, disagreement_penalty=pen), seed=5) for pen in (0.0, 3.0))
+    assert torch.equal(p["reward"], q["reward"])
+
+
+def test_bad_ensemble_options_fail_with_one_line(wm: WorldModel) -> None:
+    for kw, msg in (({"member_mode": "sometimes"}, "member_mode must be one of episode, step"),
+                    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+                    ({"disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
+                    ({"start": "middle"}, "start must be one of first, mid"),
+                    ({"start": "mid"}, "start='mid' needs the world model's bank")):
+        with pytest.raises(ValueError, match=msg) as e:
+            DreamVectorEnv(2, world_model=wm, **kw)
+        assert "\n" not in str(e.value)
+
+
+def test_fitness_passes_the_options_to_its_dreams(wm: WorldModel) -> None:
+    cfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    params = np.random.default_rng(0).standard_normal((3, cfg.num_params)) * 0.1
+    fit = DreamFitness(wm, cfg, 3, 2, max_steps=8, seed=1, dropout=0.1, disagreement_penalty=0.5)
+    step = fit.env._core.dream_step
+    assert isinstance(step, EnsembleDreamStep) and step.num_members == 3 and step.full and step.dropout == 0.1
+    assert np.array_equal(fit(params, 0), fit(params, 0))
+    plain = DreamFitness(wm, cfg, 3, 2, max_steps=8, seed=1, members=1)
+    assert type(plain.env._core.dream_step) is MDRNNDreamStep
+
+
+# -- mid-episode starts on a synthetic bank --------------------------------------------------------
+
+
+def synthetic_bank(k: int, b: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"mu": torch.randn(b, Z, generator=g), "logvar": torch.full((b, Z), -3.0),
+            "h": torch.rand(k, b, H, generator=g) - 0.5, "c": torch.randn(k, b, H, generator=g)}
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_mid_episode_starts_begin_at_the_banked_state(k: int) -> None:
+    bank = synthetic_bank(k)
+    wm = ensemble_wm(k, mid_bank=bank)
+    env = DreamVectorEnv(6, world_model=wm, start="mid", deterministic=True)
+    obs = env.reset_torch(seed=0)
+    members = env._core.dream_step.members_of_rows if k > 1 else torch.zeros(6, dtype=torch.int64)
+    for i in range(6):  # deterministic: z0 is a banked mean exactly, h0 that member's banked state there
+        j = int(torch.nonzero((bank["mu"] == obs[i, :Z]).all(1))[0])
+        assert torch.equal(obs[i, Z:], bank["h"][int(members[i]), j])
+    assert torch.equal(obs, env.reset_torch(seed=0))  # the same seed, the same starts
+    assert not torch.equal(obs, env.reset_torch(seed=1))
+    # the first step goes on from the banked (h, c): the same as stepping M from that state by hand
+    a = torch.rand(6, 3, generator=torch.Generator().manual_seed(0))
+    obs = env.reset_torch(seed=0)
+    nxt = env.step_torch(a)[0]
+    for i in range(6):
+        j = int(torch.nonzero((bank["mu"] == obs[i, :Z]).all(1))[0])
+        m = wm.ensemble[int(members[i])]
+        pred, (h1, _) = m.step(obs[i:i + 1, :Z], a[i:i + 1], (bank["h"][int(members[i]), j:j + 1],
+                                                                bank["c"][int(members[i]), j:j + 1]))
+        torch.testing.assert_close(nxt[i, Z:], h1[0], atol=1e-5, rtol=1e-5)
+    # sampled starts add the banked frame's own noise, as first-frame starts do; z0 given: an empty past
+    env = DreamVectorEnv(6, world_model=wm, start="mid")
+    assert not torch.equal(env.reset_torch(seed=0)[:, :Z], obs[:, :Z])
+    assert bool((env.reset_torch(z0=obs[:, :Z])[:, Z:] == 0).all())
+
+
+def test_a_single_env_starts_mid_episode_where_the_sub_env_does() -> None:
+    wm = ensemble_wm(2, mid_bank=synthetic_bank(2))
+    venv = DreamVectorEnv(3, world_model=wm, start="mid")
+    obs = venv.reset_torch(seed=[7, 8, 9])
+    o, _ = DreamEnv(world_model=wm, start="mid").reset(seed=8)
+    assert np.allclose(o, obs[1].numpy(), atol=1e-6)
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+
+def test_an_ensemble_and_its_bank_round_trip_through_a_run_folder(tmp_path: Path) -> None:
+    wm = ensemble_wm(3, mid_bank=synthetic_bank(3))
+    wm.save(tmp_path)
+    run = RunDir(tmp_path)
+    assert run.mdrnn_member(0) == run.mdrnn and run.mdrnn_member(2).is_file()
+    back = WorldModel.load(tmp_path)
+    assert back.num_members == 3
+    for a, b in zip(wm.ensemble, back.ensemble, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(torch.equal(wm.mid_bank[k], back.mid_bank[k]) for k in WorldModel.MID_KEYS)
+    assert torch.equal(play(DreamVectorEnv(4, world_model=wm, start="mid"), 1)["obs"],
+                       play(DreamVectorEnv(4, world_model=back, start="mid"), 1)["obs"])
+    # a single M's folder has no member files and no mid bank
+    single = tmp_path / "single"
+    single.mkdir()
+    WorldModel.untrained(z_size=Z, hidden=H, gaussians=G).save(single)
+    assert WorldModel.load(single).num_members == 1 and WorldModel.load(single).mid_bank is None
+    assert not RunDir(single).mdrnn_member(1).exists()
+    # a member overwritten by another training, or missing: one line
+    other = ensemble_wm(3)
+    other.members[1].save(run.mdrnn_member(2), {"id": "another"})
+    with pytest.raises(WorldModelError, match="is not the ensemble member 2") as e:
+        WorldModel.load(tmp_path)
+    assert "\n" not in str(e.value)
+    run.mdrnn_member(2).unlink()
+    with pytest.raises(FileNotFoundError, match=r"ensemble member 2 of 3\) is missing"):
+        WorldModel.load(tmp_path)
+
+
+def test_config_fields_and_one_line_errors() -> None:
+    cfg = RunConfig()
+    assert cfg.ensemble == EnsembleConfig(members=1, member_mode="episode", dropout=0.0, disagreement_penalty=0.0)
+    assert (cfg.dream.start, cfg.dream.start_bank, cfg.dream.horizon) == ("first", 2048, None)
+    assert RunConfig.from_dict(RunConfig().to_dict()) == cfg
+    on = override(cfg, ["ensemble.members=5", "ensemble.member_mode=step", "ensemble.dropout=0.1",
+                        "ensemble.disagreement_penalty=1.5", "dream.start=mid", "dream.horizon=200"])
+    assert on.ensemble == EnsembleConfig(5, "step", 0.1, 1.5) and on.dream.steps == 200
+    assert RunConfig.from_dict(on.to_dict()) == on
+    for bad, msg in (("ensemble.members=0", "ensemble.members must be >= 1"),
+                     ("ensemble.member_mode=often", "ensemble.member_mode must be one of episode, step"),
+                     ("ensemble.dropout=1", r"ensemble.dropout must be in \[0, 1\)"),
+                     ("ensemble.dropout=-0.1", r"ensemble.dropout must be in \[0, 1\)"),
+                     ("ensemble.disagreement_penalty=-1", "ensemble.disagreement_penalty must be >= 0"),
+                     ("ensemble.disagreement_penalty=1", "needs ensemble.members >= 2"),
+                     ("dream.start=middle", "dream.start must be one of first, mid"),
+                     ("dream.start_bank=0", "dream.start_bank must be >= 1"),
+                     ("dream.horizon=50", "dream.horizon \\(50\\) applies to mid-episode starts only")):
+        with pytest.raises(ValueError, match=msg) as e:
+            override(cfg, [bad])
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="ensemble.members must be an integer"):
+        EnsembleConfig(members=2.5)  # type: ignore[arg-type]
+
+
+# -- training an ensemble on real data -------------------------------------------------------------
+
+
+def tiny_cfg(members: int = 2, **dream: object) -> RunConfig:
+    return RunConfig(vae_train=TrainConfig(steps=8, lr=1e-3, log_every=4, checkpoint_every=8), vae_batch=32,
+                     mdrnn=MDRNNConfig(hidden=32), mdrnn_train=TrainConfig(steps=6, lr=3e-3, log_every=3,
+                                                                        checkpoint_every=3),
+                     mdrnn_batch=4, seq_len=32, ensemble=EnsembleConfig(members=members),
+                     dream=DreamConfig(**dream))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def ens_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny real data with V, the latents and a 2-member M (mid-episode bank of 16) trained."""
+    run = tmp_path_factory.mktemp("ens_run")
+    shutil.copytree(tiny_data, run / "data")
+    cfg = tiny_cfg(start="mid", start_bank=16)
+    vae = train_vision(run, cfg, progress=False, tensorboard=False)
+    encode_latents(run, cfg, vae, progress=False)
+    train_memories(run, cfg, progress=False, tensorboard=False)
+    return run
+
+
+def test_members_train_on_different_bootstrap_resamples(ens_run: Path) -> None:
+    run = RunDir(ens_run)
+    wm = WorldModel.load(run)
+    assert wm.num_members == 2 and run.mdrnn_member(1).is_file() and run.mdrnn_member_train(1).is_file()
+    m0, m1 = wm.ensemble
+    assert m0.meta["members"] == [m1.meta["id"]] and (m0.meta["member"], m1.meta["member"]) == (0, 1)
+    e0, e1 = m0.meta["episodes"], m1.meta["episodes"]
+    train_eps, held = split_episodes(Manifest.open(run.latents), HOLDOUT, 0)
+    assert e0 == bootstrap_episodes(train_eps, 0, 0) and e1 == bootstrap_episodes(train_eps, 0, 1)
+    assert e0 != e1 and len(e0) == len(e1) == len(train_eps) and set(e0) | set(e1) <= set(train_eps)
+    assert m0.meta["heldout"] == held
+    eps = list(range(40))
+    assert bootstrap_episodes(eps, 0, 1) == bootstrap_episodes(eps, 0, 1)  # seeded by (seed, member)
+    assert bootstrap_episodes(eps, 0, 1) != bootstrap_episodes(eps, 0, 2) != bootstrap_episodes(eps, 1, 2)
+    assert m0.meta["steps"] == m1.meta["steps"] == 6
+    # different data: different weights from the shared initialisation, different next latents
+    assert not torch.equal(m0.head.weight, m1.head.weight)
+    steps = [make_dream_step(m, 2, "cpu") for m in wm.ensemble]
+    for s in steps:
+        s.reset_rows(slice(None), wm.start_mu[:2])
+        s.set_actions(torch.zeros(2, 3))
+        s.step(deterministic=True)
+    assert not torch.allclose(steps[0].z, steps[1].z)
+
+
+def test_an_ensemble_resumes_without_redoing(ens_run: Path, tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ens_run, run.root)
+    cfg = tiny_cfg(start="mid", start_bank=16)
+    ids = [m.meta["id"] for m in WorldModel.load(run).ensemble]
+    assert [m.meta["id"] for m in train_memories(run, cfg, progress=False, tensorboard=False)] == ids  # finished
+    assert train_memory(run, cfg, progress=False, tensorboard=False).meta["id"] == ids[0]
+    run.mdrnn.unlink()  # killed before member 0 was written: member 1 is kept, member 0 trained again
+    again = train_memories(run, cfg, progress=False, tensorboard=False)
+    assert again[1].meta["id"] == ids[1] and again[0].meta["id"] != ids[0]
+    assert WorldModel.load(run).ensemble[0].meta["members"] == [ids[1]]
+    # killed inside member 1's training: it goes on from its own resumable state, not from scratch
+    before = {k: v.clone() for k, v in again[1].state_dict().items()}
+    run.mdrnn_member(1).unlink()
+    run.mdrnn.unlink()
+    assert torch_load(run.mdrnn_member_train(1))["step"] == 6
+    resumed = train_memories(run, cfg, progress=False, tensorboard=False)
+    assert all(torch.equal(before[k], v) for k, v in resumed[1].state_dict().items())
+    assert WorldModel.load(run).num_members == 2
+
+
+def test_the_mid_episode_bank_comes_from_real_data(ens_run: Path) -> None:
+    run = RunDir(ens_run)
+    wm = WorldModel.load(run)
+    bank = wm.mid_bank
+    assert bank is not None and bank["mu"].shape == (16, 32) and bank["h"].shape == (2, 16, 32)
+    assert bool((bank["h"].abs().sum(-1) > 0).all()) and bool((bank["c"].abs().sum(-1) > 0).all())
+    assert not torch.equal(bank["h"][0], bank["h"][1])  # each member's own state
+    lat = Manifest.open(run.latents)
+    train_eps, _ = split_episodes(lat, HOLDOUT, 0)
+    frames = {i: load_shard(lat.dir / lat.episodes[i]["file"], lat.episodes[i]["sha256"]) for i in train_eps}
+    for j in range(16):  # every banked latent is a real encoded frame mid-episode, each h that member's state there
+        hits = [(i, int(t)) for i, ep in frames.items()
+                for t in np.nonzero((ep["mu"] == bank["mu"][j].numpy()).all(1))[0] if t >= 1]
+        assert hits
+        states = []
+        for i, t in hits:
+            ep = frames[i]
+            with torch.no_grad():
+                states.append([m(torch.from_numpy(ep["mu"][None, :t]), torch.from_numpy(ep["actions"][None, :t]))[1]
+                               for m in wm.ensemble])
+        assert any(all(torch.allclose(bank["h"][k, j], h[0], atol=1e-5) and torch.allclose(bank["c"][k, j], c[0],
+                                                                                          atol=1e-5)
+                       for k, (h, c) in enumerate(st)) for st in states)
+    env = DreamVectorEnv(4, world_model=wm, start="mid", deterministic=True)
+    obs = env.reset_torch(seed=3)
+    members = env._core.dream_step.members_of_rows
+    for r in range(4):
+        j = int(torch.nonzero((bank["mu"] == obs[r, :32]).all(1))[0])
+        assert torch.equal(obs[r, 32:], bank["h"][int(members[r]), j])
+    assert torch.equal(obs, env.reset_torch(seed=3))
+
+
+def test_evolution_reads_the_ensemble_settings(ens_run: Path, tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ens_run, run.root)
+    cfg = tiny_cfg(start="mid", start_bank=16, horizon=6)
+    cfg = override(cfg, ["ensemble.dropout=0.1", "ensemble.disagreement_penalty=0.5", "cma.popsize=4",
+                         "cma.rollouts=2", "cma.generations=1", "dream.compile=false"])
+    wm = WorldModel.load(run)
+    params = evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
+    assert params.shape == (ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task).num_params,)
+    assert run.controller(0).is_file()
