@@ -27,7 +27,7 @@ from agents.policies import (
 )
 from agents.rollout import SIGNALS, run_episode
 from agents.world_models.config import CollectConfig, RunConfig
-from agents.world_models.report import write_report
+from agents.world_models.report import coverage_report, write_report
 from worldlab.rundir import RunDir
 from worldlab.storage import Manifest, encode_shard, load_shard
 
@@ -216,8 +216,6 @@ def test_coverage_script_and_report(scripted_data: Path, tmp_path: Path) -> None
     text = write_report(run, cfg).read_text()
     assert "## Data coverage" in text and "| 0 | scripted | 3 |" in text
     assert "privileged information used only to collect data" in text
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "coverage.py"), str(run)], capture_output=True, text=True)
-    assert r.returncode == 0 and "| 0 | scripted | 3 |" in r.stdout, r.stderr
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "coverage.py"), str(tmp_path)], capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "neither a run folder nor a folder of rollout shards" in r.stderr
+    assert "| 0 | scripted | 3 |" in coverage_report(run)
+    with pytest.raises(FileNotFoundError, match="neither a run folder nor a folder of rollout shards"):
+        coverage_report(tmp_path)
