@@ -208,7 +208,7 @@ class ScriptedDriver:
     side, lasting ``excursion_steps / 4 .. excursion_steps`` steps; the driver then steers back to
     the track (the nearest waypoint from a little behind where it left to further on, so it never
     turns back along the road) and a new excursion waits until it is back on the road. With the
-    defaults, 20 episodes reach 2/3 of the track and spend about a quarter of their steps off the
+    defaults, 20 episodes reached 73% of the track (216 tiles) and spent 23% of their steps off the
     road (docs/RESULTS.md, "Data policies").
 
     Args:
