@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from agents.policies import POLICIES, PolicySpec, make_policy
+from agents.policies import PolicySpec, check_policy, make_policy
 from agents.pool import WorkerPool, check_backend, fetch_if_new
 from agents.rollout import run_episode
 from worldlab.io import atomic_write_bytes
@@ -108,8 +108,7 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     spec = policy if isinstance(policy, PolicySpec) else PolicySpec(policy)
-    if spec.name not in POLICIES:
-        raise ValueError(f"unknown policy {spec.name!r}; choose one of {', '.join(POLICIES)}")
+    check_policy(spec.name, task)
     out_dir = Path(out_dir)
     if not out_dir.parent.exists():
         raise FileNotFoundError(f"the parent of the output folder does not exist: {out_dir.parent} "

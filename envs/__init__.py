@@ -32,7 +32,7 @@ def register_envs() -> None:
 
 
 def make(task: str, *, size: int = 64, pixels: bool = False, render_mode: str | None = None,
-         fast: bool = True, max_episode_steps: int | None = None, **kwargs: Any) -> gym.Env:
+         fast: bool = True, max_episode_steps: int | None = None, signals: bool = True, **kwargs: Any) -> gym.Env:
     """Make a real task with the paper's preprocessing: ``size x size x 3`` uint8 observations.
 
     Args:
@@ -44,6 +44,9 @@ def make(task: str, *, size: int = 64, pixels: bool = False, render_mode: str | 
         render_mode: ``None``, ``"rgb_array"`` or ``"human"`` (a pygame window).
         fast: car_racing only: use the lab's bit-identical fast CarRacing (else gymnasium's).
         max_episode_steps: override the task's time limit (e.g. short episodes for tests).
+        signals: car_racing only: add the car's ``speed``, ``off_road`` and the ``tiles`` reached to
+            ``step``'s info (``envs.car_racing.CarRacingSignals``; frames and rewards unchanged).
+            Collection records them in each shard; ``signals=False`` collects shards without them.
         kwargs: passed to the underlying environment; ``doom_take_cover`` also takes
             ``paper_actions`` (default True: one continuous output mapped to left/stay/right).
     """
@@ -56,6 +59,10 @@ def make(task: str, *, size: int = 64, pixels: bool = False, render_mode: str | 
         if task == "car_racing":
             gym_id = spec.gym_id if fast else "CarRacing-v3"
             env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=limit, **kw)
+            if signals:
+                from envs.car_racing import CarRacingSignals
+
+                env = CarRacingSignals(env)
             return PreprocessFrame(env, size=size, crop_rows=84)
         if task == "doom_take_cover":
             return _make_doom(spec, size, render_mode, limit, **kw)

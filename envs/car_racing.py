@@ -57,7 +57,7 @@ from gymnasium.envs.box2d.car_racing import (
 )
 from pygame import gfxdraw
 
-__all__ = ["FastCarRacing", "register_envs", "rotate_rad"]
+__all__ = ["CarRacingSignals", "FastCarRacing", "register_envs", "rotate_rad"]
 
 ENV_ID = "worldlab/CarRacing-v3"
 
@@ -673,6 +673,38 @@ def _covers_surface(xs: list[float], ys: list[float], size: tuple[int, int]) -> 
             if distance * sign < _COVER_MARGIN:
                 return False
     return True
+
+
+class CarRacingSignals(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Adds what a frame does not carry to ``step``'s ``info``: ``speed`` (the car's speed, the
+    speedometer's unit: about 3 for a crawl, 60 on a long straight at full gas), ``off_road`` (True
+    when no wheel touches a road tile: on the grass or beyond), ``tiles`` (tiles reached so far this
+    episode) and ``track_tiles`` (tiles of the track).
+
+    Observations, rewards and flags are untouched; it wraps gymnasium's ``CarRacing`` or
+    :class:`FastCarRacing` alike (``envs.make("car_racing")`` adds it; ``gym.make`` of the bare ids
+    does not, so those stay identical to gymnasium's, info included). Collection records these
+    signals per step (``agents.rollout``) for the data's coverage (``agents.coverage``).
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        if not isinstance(env.unwrapped, CarRacing):
+            raise ValueError(f"CarRacingSignals wraps a CarRacing env, not {env.unwrapped}")
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, **car_signals(self.env.unwrapped)}
+
+
+def car_signals(env: CarRacing) -> dict[str, Any]:
+    """``speed``, ``off_road``, ``tiles`` and ``track_tiles`` of a CarRacing env now (see
+    :class:`CarRacingSignals`)."""
+    car = env.car
+    vx, vy = car.hull.linearVelocity
+    return {"speed": math.hypot(vx, vy), "off_road": not any(w.tiles for w in car.wheels),
+            "tiles": int(env.tile_visited_count), "track_tiles": len(env.track)}
 
 
 def register_envs() -> None:

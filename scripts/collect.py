@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", help="car_racing, doom_take_cover, or a Gymnasium id (image observations)")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes the folder should hold")
     p.add_argument("--workers", type=int, default=2, help="Ray rollout workers (0 = in this process, no Ray)")
-    p.add_argument("--policy", choices=POLICIES[:2], default="brownian", help="data-collection policy")
+    p.add_argument("--policy", choices=[n for n in POLICIES if n != "controller"], default="brownian",
+                   help="data-collection policy: brownian (random walk), driving (a walk that drives), scripted "
+                        "(CarRacing: follows the track with excursions off it; reads the env's state), "
+                        "random_controller (the paper's)")
     p.add_argument("--out", required=True, help="output folder (created; its parent must exist)")
     p.add_argument("--seed", type=int, default=0, help="base seed; episode i uses a seed derived from (seed, i)")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes at this many steps")

@@ -61,7 +61,11 @@ class CollectConfig:
     episodes: int = 200
     """episodes collected before the first round."""
     policy: str = "brownian"
-    """first-round policy: "brownian" or "random_controller" (the paper's)."""
+    """first-round policy (``agents.policies``): "brownian" (a random walk; its car creeps),
+    "driving" (a smooth walk with the gas on that follows the road it sees for a while),
+    "scripted" (CarRacing only: a driver that follows the track from the env's privileged state,
+    with deliberate excursions onto the grass, spins and full brakes) or "random_controller" (the
+    paper's). docs/RESULTS.md compares their data's coverage."""
     max_steps: int | None = None
     """cut episodes at this many steps (None: the task's limit)."""
     episodes_per_round: int = 100
@@ -70,6 +74,11 @@ class CollectConfig:
     """exploration noise of the later rounds' controller."""
 
     def __post_init__(self) -> None:
+        from agents.policies import POLICIES
+
+        if self.policy not in POLICIES or self.policy == "controller":
+            raise ValueError(f"collect.policy must be one of {', '.join(p for p in POLICIES if p != 'controller')}, "
+                             f"got {self.policy!r}")
         _at_least("collect", self, 1, "episodes", "episodes_per_round")
         _at_least("collect", self, 1, "max_steps", optional=True)
         _at_least("collect", self, 0, "noise_std")
@@ -283,6 +292,9 @@ class RunConfig:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         check_backend(self.backend)
+        from agents.policies import check_policy
+
+        check_policy(self.collect.policy, self.task)  # the scripted driver drives CarRacing only
         if self.loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:

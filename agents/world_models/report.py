@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from agents.coverage import PRIVILEGED_NOTE, coverage, coverage_table
 from agents.evaluate import summarize_returns
 from agents.probes import probe_table
 from agents.world_models.config import CollectConfig
-from worldlab.io import atomic_write_text
+from worldlab.io import atomic_write_text, read_json
 from worldlab.logging import read_metrics
-from worldlab.rundir import RunDir
+from worldlab.rundir import MANIFEST, RunDir
 
 
 def _plot_series(ax: Any, recs: list[dict], label: str) -> None:
@@ -140,6 +142,39 @@ def collection_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str,
     return out
 
 
+def coverage_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`agents.coverage.coverage` of each fully collected round's episodes (see
+    :func:`collection_rounds`), with its ``round`` and ``policy``."""
+    return [{**coverage(run_dir.data, range(r["first"], r["first"] + r["episodes"])), "round": r["round"],
+             "policy": r["policy"]} for r in collection_rounds(run_dir, config)]
+
+
+def coverage_section(rows: list[dict[str, Any]], scripted: bool) -> list[str]:
+    """The report's "Data coverage" section (nothing when no row carries the per-step signals)."""
+    if not any(r["signal_episodes"] for r in rows):
+        return []
+    lines = ["## Data coverage", "", "What each round's data shows the world model (`scripts/coverage.py`): the "
+             "car's speed over all steps, tiles reached per episode, the share of steps with no wheel on the road "
+             "and of steps that reach a new tile.", "", *coverage_table(rows), ""]
+    return lines + ([PRIVILEGED_NOTE, ""] if scripted else [])
+
+
+def coverage_report(path: str | os.PathLike) -> str:
+    """The coverage table of a run folder (one row per collected round) or of a shard folder."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        rows = [coverage(path)]
+    elif RunDir(path).data_manifest.is_file() and RunDir(path).config_json.is_file():
+        run = RunDir(path)
+        rows = coverage_rounds(run, read_json(run.config_json))
+    else:
+        raise FileNotFoundError(f"{path} is neither a run folder nor a folder of rollout shards (no {MANIFEST})")
+    lines = coverage_table(rows)
+    if any(r.get("policy") == "scripted" for r in rows):
+        lines += ["", PRIVILEGED_NOTE]
+    return "\n".join(lines)
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -168,6 +203,7 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
         lines += [f"| {r['round']} | {r['policy']} | {r['episodes']} (from {r['first']}) | "
                   f"{r['mean']:.1f} ± {r['std']:.1f} | {r['min']:.1f} | {r['max']:.1f} |" for r in rounds]
         lines += [""]
+        lines += coverage_section(coverage_rounds(run_dir, config), any(r["policy"] == "scripted" for r in rounds))
     losses = plot_losses(run_dir, figs / "losses.png")
     cma_plot = plot_cma(run_dir, figs / "cma.png")
     if losses:
