@@ -473,7 +473,7 @@ def test_evolution_reads_the_ensemble_settings(ens_run: Path, tmp_path: Path) ->
     run = RunDir(tmp_path / "run")
     shutil.copytree(ens_run, run.root)
     cfg = tiny_cfg(start="mid", start_bank=16, horizon=6)
-    cfg = override(cfg, ["ensemble.dropout=0.1", "ensemble.disagreement_penalty=0.5", "cma.popsize=4",
+    cfg = override(cfg, ["eval.gap_every=0", "ensemble.dropout=0.1", "ensemble.disagreement_penalty=0.5", "cma.popsize=4",
                          "cma.rollouts=2", "cma.generations=1", "dream.compile=false"])
     wm = WorldModel.load(run)
     params = evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
