@@ -23,6 +23,7 @@ from agents.world_models.stages import (
     bootstrap_episodes,
     encode_latents,
     evolve_controller,
+    mid_episode_bank,
     train_memories,
     train_memory,
     train_vision,
@@ -460,6 +461,9 @@ def test_the_mid_episode_bank_comes_from_real_data(ens_run: Path) -> None:
         assert any(all(torch.allclose(bank["h"][k, j], h[0], atol=1e-5) and torch.allclose(bank["c"][k, j], c[0],
                                                                                           atol=1e-5)
                        for k, (h, c) in enumerate(st)) for st in states)
+    again = mid_episode_bank(lat, train_eps, wm.ensemble, 16, 0, chunk=2)  # episodes read two at a time
+    for key in WorldModel.MID_KEYS:
+        torch.testing.assert_close(again[key], bank[key], atol=1e-5, rtol=1e-5)
     env = DreamVectorEnv(4, world_model=wm, start="mid", deterministic=True)
     obs = env.reset_torch(seed=3)
     members = env._core.dream_step.members_of_rows

@@ -334,48 +334,53 @@ def _member_seed(seed: int, k: int, what: int) -> int:
 
 
 @torch.no_grad()
-def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN], size: int, seed: int
-                     ) -> dict[str, torch.Tensor]:
+def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN], size: int, seed: int,
+                     chunk: int = 256) -> dict[str, torch.Tensor]:
     """``size`` real mid-episode states for dreams to start from: episodes drawn from ``episodes``
     with replacement and a time ``t`` in each (uniform in 1..T-1 of its T steps; T for a one-step
     episode) by a generator seeded with ``seed``; at each, the latent ``(mu, logvar)`` of frame t
     and every model's LSTM state ``(h, c)`` after reading the episode's first t steps teacher-forced
     (z = the latents' means, the real actions). Returns ``{"mu", "logvar": (size, Z), "h", "c":
-    (len(models), size, H)}`` as :class:`WorldModel` takes it (``mid_bank``)."""
+    (len(models), size, H)}`` as :class:`WorldModel` takes it (``mid_bank``). Episodes are read
+    ``chunk`` at a time, each chunk's prefixes stepped as one batch."""
     rng = np.random.default_rng([int(seed), 0x31D])
     eps = rng.choice(np.asarray(episodes, dtype=np.int64), size=size, replace=True)
     steps = {int(e): int(latents.episodes[int(e)]["length"]) for e in set(eps.tolist())}
     ts = np.array([rng.integers(1, steps[int(e)]) if steps[int(e)] > 1 else steps[int(e)] for e in eps])
-    ids = sorted(steps)
-    row = {e: i for i, e in enumerate(ids)}
-    data = [load_shard(latents.dir / latents.episodes[e]["file"], latents.episodes[e]["sha256"]) for e in ids]
     cfg = models[0].config
-    Z, H, T = cfg.z_size, cfg.hidden, int(ts.max())
-    dev = models[0].device
-    x = torch.zeros(len(ids), T, Z + cfg.action_dim, device=dev)  # (E, T, Z + A) teacher-forced inputs
-    for i, ep in enumerate(data):
-        n = min(T, int(ep["actions"].shape[0]))
-        a = models[0].action_input(torch.as_tensor(ep["actions"][:n]).to(dev))
-        x[i, :n] = torch.cat([torch.as_tensor(ep["mu"][:n], dtype=torch.float32).to(dev), a], dim=-1)
-    at_t: dict[int, list[int]] = {}
-    for j, t in enumerate(ts.tolist()):
-        at_t.setdefault(int(t), []).append(j)
-    hs = torch.zeros(len(models), size, H)
-    cs = torch.zeros(len(models), size, H)
-    for k, m in enumerate(models):
-        r = m.rnn
-        h = torch.zeros(len(ids), H, device=dev)
-        c = torch.zeros(len(ids), H, device=dev)
-        for t in range(T):
-            h, c = torch.lstm_cell(x[:, t], (h, c), r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
-            picks = at_t.get(t + 1)
-            if picks:  # the state at time t + 1: after reading steps 0..t
-                src = torch.as_tensor([row[int(eps[j])] for j in picks], device=dev)
-                hs[k, picks] = h[src].float().cpu()
-                cs[k, picks] = c[src].float().cpu()
-    mu = np.stack([data[row[int(e)]]["mu"][t] for e, t in zip(eps, ts, strict=True)])
-    logvar = np.stack([data[row[int(e)]]["logvar"][t] for e, t in zip(eps, ts, strict=True)])
-    return {"mu": torch.from_numpy(mu).float(), "logvar": torch.from_numpy(logvar).float(), "h": hs, "c": cs}
+    Z, H, dev = cfg.z_size, cfg.hidden, models[0].device
+    out = {"mu": torch.zeros(size, Z), "logvar": torch.zeros(size, Z), "h": torch.zeros(len(models), size, H),
+           "c": torch.zeros(len(models), size, H)}
+    ids = sorted(steps)
+    for c0 in range(0, len(ids), chunk):
+        part = ids[c0:c0 + chunk]
+        row = {e: i for i, e in enumerate(part)}
+        picks = [j for j in range(size) if int(eps[j]) in row]  # the bank entries from this chunk's episodes
+        T = int(ts[picks].max())
+        x = torch.zeros(len(part), T, Z + cfg.action_dim, device=dev)  # (E, T, Z + A) teacher-forced inputs
+        for i, e in enumerate(part):
+            ep = load_shard(latents.dir / latents.episodes[e]["file"], latents.episodes[e]["sha256"])
+            n = min(T, int(ep["actions"].shape[0]))
+            a = models[0].action_input(torch.as_tensor(ep["actions"][:n]).to(dev))
+            x[i, :n] = torch.cat([torch.as_tensor(ep["mu"][:n], dtype=torch.float32).to(dev), a], dim=-1)
+            mine = [j for j in picks if int(eps[j]) == e]
+            out["mu"][mine] = torch.from_numpy(np.asarray(ep["mu"][ts[mine]], dtype=np.float32))
+            out["logvar"][mine] = torch.from_numpy(np.asarray(ep["logvar"][ts[mine]], dtype=np.float32))
+        at_t: dict[int, list[int]] = {}
+        for j in picks:
+            at_t.setdefault(int(ts[j]), []).append(j)
+        for k, m in enumerate(models):
+            r = m.rnn
+            h = torch.zeros(len(part), H, device=dev)
+            c = torch.zeros(len(part), H, device=dev)
+            for t in range(T):
+                h, c = torch.lstm_cell(x[:, t], (h, c), r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
+                now = at_t.get(t + 1)
+                if now:  # the state at time t + 1: after reading steps 0..t
+                    src = torch.as_tensor([row[int(eps[j])] for j in now], device=dev)
+                    out["h"][k, now] = h[src].float().cpu()
+                    out["c"][k, now] = c[src].float().cpu()
+    return out
 
 
 def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None) -> MDRNN | None:
