@@ -124,20 +124,25 @@ class RealEvalWorker:
         self.wm = world_model.cpu().eval() if world_model is not None else None
         self.cfg, self._wm_key = cfg, None
 
-    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
-             world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
-        from agents.policies import ControllerPolicy
-        from agents.rollout import run_episode
-
+    def _world_model(self, world_model_ref: list[Any] | None) -> WorldModel:
+        """The world model: the one given now (fetched when new), else the one held."""
         fetched = fetch_if_new(world_model_ref, self._wm_key)
         if fetched is not None:
             wm, self._wm_key = fetched
             self.wm = wm.cpu().eval()
         if self.wm is None:
             raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
+        return self.wm
+
+    def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
+             world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
+        from agents.policies import ControllerPolicy
+        from agents.rollout import run_episode
+
+        wm = self._world_model(world_model_ref)
         out = []
         for params, seed in jobs:
-            policy = ControllerPolicy(self.wm, self.cfg, params)
+            policy = ControllerPolicy(wm, self.cfg, params)
             ep = run_episode(self.env, policy, int(seed), record=record)
             out.append({"return": ep["return"], "length": ep["length"], "seed": ep["seed"],
                         **({"frames": ep["arrays"]["obs"]} if record else {})})
@@ -157,12 +162,7 @@ class RealEvalWorker:
         """
         import envs
 
-        fetched = fetch_if_new(world_model_ref, self._wm_key)
-        if fetched is not None:
-            wm, self._wm_key = fetched
-            self.wm = wm.cpu().eval()
-        if self.wm is None:
-            raise RuntimeError("RealEvalWorker has no world model: pass one to the constructor or to play()")
+        wm = self._world_model(world_model_ref)
         if not jobs:
             return []
         while len(self.envs) < len(jobs):
@@ -170,15 +170,15 @@ class RealEvalWorker:
         B = len(jobs)
         ctrl = BatchedController(self.cfg, np.stack([p for p, _ in jobs]))
         frames = [self.envs[i].reset(seed=int(s))[0] for i, (_, s) in enumerate(jobs)]
-        state = self.wm.mdrnn.initial_state(B)
+        state = wm.mdrnn.initial_state(B)
         total, length, stalled = np.zeros(B), np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
         alive = np.ones(B, dtype=bool)
         while alive.any():
             rows = np.flatnonzero(alive)
-            z, _ = self.wm.encode(torch.from_numpy(np.stack([frames[i] for i in rows])))  # (b, Z) posterior means
+            z, _ = wm.encode(torch.from_numpy(np.stack([frames[i] for i in rows])))  # (b, Z) posterior means
             idx = torch.from_numpy(rows)
             a = ctrl.select(idx).act(torch.cat([z, state[0][idx]], dim=1))  # (b, A)
-            _, (h, c) = self.wm.mdrnn.step(z, a, (state[0][idx], state[1][idx]))
+            _, (h, c) = wm.mdrnn.step(z, a, (state[0][idx], state[1][idx]))
             state[0][idx], state[1][idx] = h, c
             for j, i in enumerate(rows):
                 frames[i], r, term, trunc, _ = self.envs[i].step(a[j].numpy().astype(np.float32))

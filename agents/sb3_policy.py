@@ -33,6 +33,16 @@ _POLICY_MODULES = {"stable_baselines3.sac.policies": "SAC", "stable_baselines3.t
                    "stable_baselines3.dqn.policies": "DQN"}
 
 
+def add_sb3_arguments(parser: Any, verb: str) -> None:
+    """The ``--sb3 ZIP`` and ``--sb3-algo`` options of the scripts that take an SB3 policy."""
+    parser.add_argument("--sb3", default=None, metavar="ZIP",
+                        help=f"{verb} this Stable-Baselines3 policy (model.save zip), trained in the run's dream on "
+                             f"[z, h], instead of the controller")
+    parser.add_argument("--sb3-algo", default="auto", metavar="ALGO",
+                        help="the SB3 algorithm that saved --sb3: PPO, A2C, SAC, TD3, DDPG, DQN "
+                             "(default auto: read from the zip)")
+
+
 def detect_algo(data: bytes, name: str = "the policy") -> str:
     """The SB3 algorithm that saved a zip, from its ``data`` entry (the policy class's module, and
     PPO's own ``clip_range`` to tell PPO from A2C, which share the actor-critic policy)."""

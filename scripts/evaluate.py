@@ -14,6 +14,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from agents.pool import BACKENDS
+    from agents.sb3_policy import add_sb3_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by scripts/dream_train.py")
@@ -27,12 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller", default=None,
                    help="score this controller file instead of RUN/checkpoints/controller.npz "
                         "(e.g. RUN/tau_sweep/tau_1.3/controller.npz)")
-    p.add_argument("--sb3", default=None, metavar="ZIP",
-                   help="score this Stable-Baselines3 policy (model.save zip), trained in the run's dream on "
-                        "[z, h], instead of the controller")
-    p.add_argument("--sb3-algo", default="auto", metavar="ALGO",
-                   help="the SB3 algorithm that saved --sb3: PPO, A2C, SAC, TD3, DDPG, DQN "
-                        "(default auto: read from the zip)")
+    add_sb3_arguments(p, "score")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     try:

@@ -14,6 +14,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agents.sb3_policy import add_sb3_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by scripts/dream_train.py")
     g = p.add_mutually_exclusive_group()
@@ -26,12 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--renderer", default=None, metavar="PT",
                    help="draw the dream with a trained renderer (scripts/renderer_report.py) instead of V")
-    p.add_argument("--sb3", default=None, metavar="ZIP",
-                   help="watch this Stable-Baselines3 policy (model.save zip), trained in the run's dream on "
-                        "[z, h], instead of the controller")
-    p.add_argument("--sb3-algo", default="auto", metavar="ALGO",
-                   help="the SB3 algorithm that saved --sb3: PPO, A2C, SAC, TD3, DDPG, DQN "
-                        "(default auto: read from the zip)")
+    add_sb3_arguments(p, "watch")
     args = p.parse_args(argv)
     from agents.watch import has_display
     from agents.world_models.runs import watch_run
