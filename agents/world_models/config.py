@@ -50,7 +50,9 @@ def _at_least(section: str, obj: Any, minimum: int | float, *names: str, optiona
 
 
 FLAG_OF = {"eval.episodes": "--eval-episodes", "cma.generations": "--generations",
-           "finetune.generations": "--finetune-real"}
+           "finetune.generations": "--finetune-real", "rounds": "--rounds", "workers": "--workers",
+           "backend": "--backend", "train_workers": "--train-workers", "device": "--device",
+           "dream.temperature": "--temperature", "seed": "--seed", "train_in": "--train-in"}
 """Command-line flags of the config fields that have one besides ``--set``."""
 
 

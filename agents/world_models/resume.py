@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.world_models.config import RunConfig
+from agents.world_models.config import FLAG_OF, RunConfig
 from worldlab.rundir import RunDir
 
 RESUMABLE: dict[str, str] = {
@@ -38,14 +38,9 @@ RESUMABLE: dict[str, str] = {
 }
 """Settings a resumed run may change, with the reason each is safe."""
 
-FLAGS = {"eval.episodes": "--eval-episodes", "finetune.generations": "--finetune-real", "rounds": "--rounds", "cma.generations": "--generations", "workers": "--workers", "backend": "--backend",
-         "train_workers": "--train-workers", "device": "--device"}
-"""The command-line flags of the resumable settings (the others go through --set)."""
-
-
 def resumable_settings() -> str:
     """The resumable settings as the command line spells them, for messages and help."""
-    return ", ".join(FLAGS.get(k, f"--set {k}=...") for k in RESUMABLE)
+    return ", ".join(FLAG_OF.get(k, f"--set {k}=...") for k in RESUMABLE)
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
