@@ -64,6 +64,17 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
     probes = json.loads((out / "fidelity_probes.json").read_text())
     assert probes["steps"] == 60 and "spin" in probes["probes"] and "| spin |" in report
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
+    # one numbered line per stage with the run's progress, and each stage's wall time in the report
+    keys = ["collect_r0", "vision_r0", "encode_r0", "memory_r0", "evolve_r0", "evaluate", "probes", "videos"]
+    n = len(keys)
+    assert f"8 stages, about " in r.stdout
+    for i in range(1, n + 1):
+        assert f"] stage {i}/{n} · " in r.stdout and f"] stage {i}/{n} done in " in r.stdout, i
+    assert "stage 1/8 · round 0: collect 6 real episodes (brownian) · run 0% done, about " in r.stdout
+    assert [t["key"] for t in json.loads((out / "stages.json").read_text())["stages"]] == keys
+    assert "## Wall time per stage" in report and "| round 0: train V to 40 steps | " in report
+    assert "episodes of up to 120 steps" in report and "## What V sees" in report and "samples/vae_recon.png" in report
+    assert "## Environment" in report and "- worldlab commit " in report
 
 
 def test_rerun_resumes_without_redoing_work(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
@@ -72,6 +83,9 @@ def test_rerun_resumes_without_redoing_work(smoke_run: tuple[Path, subprocess.Co
     eval_before = (out / "eval.json").read_text()
     r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--no-progress")
     assert "collecting" not in r.stdout and "evolving" not in r.stdout and "evaluating" not in r.stdout
+    assert f"] resuming {out}: round 0's 6 of 6 episodes collected; round 0's C evolved; C evaluated; " \
+           "the probe episodes; 0 of 8 stages left" in r.stdout
+    assert "] stage " not in r.stdout  # nothing was left to announce
     assert {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
     assert (out / "eval.json").read_text() == eval_before
 

@@ -24,6 +24,7 @@ spelling paths, so the layout below is written down once::
     RUN/videos/                  real.mp4, dream.mp4                    .videos
     RUN/figures/                 the report's plots                     .figures
     RUN/report.md                the report                             .report
+    RUN/stages.json              each finished stage's wall time        .stages_json
     RUN/fidelity.json            the dream-fidelity report              .fidelity_json
     RUN/fidelity/                its open-loop strips and videos        .fidelity
     RUN/fidelity_probes.json     the dream on scripted probe episodes   .fidelity_probes_json
@@ -139,6 +140,11 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def stages_json(self) -> Path:
+        """Each finished stage's wall time, summed over resumes (``agents.world_models.plan``)."""
+        return self.root / "stages.json"
 
     @property
     def fidelity_json(self) -> Path:

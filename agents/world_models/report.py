@@ -8,71 +8,127 @@ from pathlib import Path
 from typing import Any
 
 from agents.coverage import PRIVILEGED_NOTE, coverage, coverage_table
-from agents.evaluate import summarize_returns
+from agents.evaluate import episode_limit, summarize_returns
 from agents.probes import probe_table
 from agents.world_models.config import CollectConfig
+from agents.world_models.plan import stage_times
 from worldlab.io import atomic_write_text, read_json
 from worldlab.logging import read_metrics
 from worldlab.rundir import MANIFEST, RunDir
 
 
-def _plot_series(ax: Any, recs: list[dict], label: str) -> None:
-    if recs:
-        ax.plot([r["step"] for r in recs], [r["value"] for r in recs], label=label)
+LOSS_PANELS = (("vae/loss", "V: loss (reconstruction + KL)", "loss per frame"),
+               ("vae/recon", "V: reconstruction", "squared error per frame"), ("vae/kl", "V: KL", "KL (nats)"),
+               ("mdrnn/nll", "M: next z, GMM negative log-likelihood", "NLL per latent dim"),
+               ("mdrnn/reward_mse", "M: reward", "mean squared error"),
+               ("mdrnn/done_bce", "M: done", "binary cross-entropy"))
+"""The losses ``losses.png`` shows, one panel each: V's three and M's three (every ensemble member of M
+is a line of its own)."""
+
+
+def _last_per_step(recs: list[dict]) -> tuple[list[int], list[float]]:
+    """Steps and values, the last value logged at each step (a resumed stage logs some steps twice)."""
+    by = {r["step"]: r["value"] for r in recs}
+    steps = sorted(by)
+    return steps, [by[k] for k in steps]
+
+
+def _readable_ylim(ax: Any, values: list[float]) -> None:
+    """Linear y limits that show the curve, not the first steps' spike: the 1st-99th percentile
+    of the values after the first 5%, with a margin."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 4:
+        return
+    tail = v[len(v) // 20:]
+    lo, hi = np.percentile(tail, [1, 99])
+    if hi > lo:
+        pad = 0.08 * (hi - lo)
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def plot_losses(run_dir: RunDir, out: Path) -> Path | None:
-    """One panel per training stage that logged a ``*/loss`` scalar."""
+    """V's and M's losses against the training step, one panel per loss with linear, labelled axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     recs = read_metrics(run_dir)
-    names = sorted({(r["stage"], r["name"]) for r in recs if r["name"].split("/")[-1] in
-                    ("loss", "recon", "kl", "nll", "gmm", "reward", "done", "mse", "bce")})
-    stages = sorted({s for s, _ in names})
-    if not stages:
+    stage_of = {"vae": lambda st: st == "vae", "mdrnn": lambda st: st == "mdrnn" or st.startswith("mdrnn_m")}
+    panels = []
+    for name, title, ylabel in LOSS_PANELS:
+        model, loss = name.split("/")
+        lines = {}
+        for r in recs:
+            if r["name"].split("/")[-1] == loss and r["name"].split("/")[0] == model and stage_of[model](r["stage"]):
+                lines.setdefault(r["stage"], []).append(r)
+        if lines:
+            panels.append((title, ylabel, lines))
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
-        for s, n in names:
-            if s == stage:
-                _plot_series(ax, [r for r in recs if r["stage"] == s and r["name"] == n], n)
-        ax.set_title(stage)
-        ax.set_xlabel("step")
-        ax.set_yscale("symlog")
-        ax.legend(fontsize=7)
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, ylabel, lines) in zip(axes.flat, panels, strict=False):
+        values: list[float] = []
+        for stage in sorted(lines, key=lambda st: (len(st), st)):
+            steps, vals = _last_per_step(lines[stage])
+            label = "M" if stage == "mdrnn" and len(lines) > 1 else stage.replace("mdrnn_m", "member ")
+            ax.plot(steps, vals, label=label if len(lines) > 1 else None, lw=1.2)
+            values += vals
+        _readable_ylim(ax, values)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
 
-def plot_cma(run_dir: RunDir, out: Path) -> Path | None:
-    """Best / mean / worst return per generation, for every evolution stage in the run."""
+def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None:
+    """Best / mean / worst dream return per generation (1-based), for every evolution stage in the
+    run, with the real score of the best candidate where the gap was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     recs = read_metrics(run_dir)
     stages = sorted({r["stage"] for r in recs if r["name"].endswith("/best")})
     if not stages:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    gap = gap_rows(run_dir)
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
         for k in ("best", "mean", "worst"):
-            rs = [r for r in recs if r["stage"] == stage and r["name"].endswith(f"/{k}")]
-            # a resumed stage may log a generation twice: keep the last value of each step
-            by_step = {r["step"]: r["value"] for r in rs}
-            if by_step:
-                steps = sorted(by_step)
-                ax.plot(steps, [by_step[s] for s in steps], label=k)
-        ax.set_title(stage)
+            steps, vals = _last_per_step([r for r in recs if r["stage"] == stage and r["name"].endswith(f"/{k}")])
+            if steps:
+                ax.plot([g + 1 for g in steps], vals, label=k if stage == "finetune_real" or train_in == "real"
+                        else f"{k} (dream)")
+        real = [r for r in gap if r["stage"] == stage]
+        if real:
+            ax.plot([r["generation"] + 1 for r in real], [r["real"] for r in real], "ks", ms=5,
+                    label="best, in the real game")
+        real_game = stage == "finetune_real" or train_in == "real"
+        ax.set_title(f"{stage}: CMA-ES in the {'real game' if real_game else 'dream'}", fontsize=10)
         ax.set_xlabel("generation")
         ax.set_ylabel("return")
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -175,6 +231,34 @@ def coverage_report(path: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def environment_lines() -> list[str]:
+    """The machine, the versions that matter and the code's commit, as report lines."""
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown (not a git checkout)"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit += " with local changes" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (no git)"
+    return [f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+            f"- Python {sys.version.split()[0]}; " + ", ".join(
+                f"{p} {version(p)}" for p in ("torch", "gymnasium", "ray", "cma", "vizdoom", "numpy")),
+            f"- worldlab commit {commit}"]
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -184,8 +268,9 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     ev = run_dir.eval_json
     if ev.exists():
         e = json.loads(ev.read_text())
+        limit = episode_limit(config.get("task", ""), e.get("max_steps", config.get("eval", {}).get("max_steps")))
         lines += ["## Score in the real environment", "",
-                  f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes "
+                  f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes of up to {limit} steps "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
     if run_dir.eval_finetuned_json.exists():
@@ -205,11 +290,18 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
         lines += [""]
         lines += coverage_section(coverage_rounds(run_dir, config), any(r["policy"] == "scripted" for r in rounds))
     losses = plot_losses(run_dir, figs / "losses.png")
-    cma_plot = plot_cma(run_dir, figs / "cma.png")
+    cma_plot = plot_cma(run_dir, figs / "cma.png", config.get("train_in", "dream"))
     if losses:
-        lines += ["## Training losses", "", f"![losses]({figs.name}/losses.png)", ""]
+        lines += ["## Training losses", "", "V's and M's losses per training step (`metrics.jsonl`; TensorBoard: "
+                  f"`tensorboard --logdir {run_dir.tb()}`).", "", f"![losses]({figs.name}/losses.png)", ""]
+    grids = [p for p in (run_dir.samples / "vae_recon.png", run_dir.samples / "vae_samples.png") if p.exists()]
+    if grids:
+        lines += ["## What V sees", "", "Held-out real frames (top row) and V's reconstructions of them (bottom "
+                  "row); then V's samples from the prior, decoded.", ""]
+        lines += [f"![{p.stem}]({p.relative_to(run_dir.root).as_posix()})" for p in grids] + [""]
     if cma_plot:
-        lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation.", "",
+        lines += ["## CMA-ES", "", "Return of the best, mean and worst candidate per generation; where the gap was "
+                  "measured, the best candidate's score in the real game beside it.", "",
                   f"![cma]({figs.name}/cma.png)", ""]
     if run_dir.fidelity_probes_json.exists():
         probes = json.loads(run_dir.fidelity_probes_json.read_text())
@@ -231,5 +323,13 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
         if run_dir.videos.exists() else []
     if videos:
         lines += ["## Videos", ""] + [f"- [{v.name}]({v.as_posix()})" for v in videos] + [""]
+    times = stage_times(run_dir)
+    if times:
+        total = sum(t["seconds"] for t in times)
+        lines += ["## Wall time per stage", "", "Summed over every process that worked on the run (`stages.json`).",
+                  "", "| stage | minutes |", "|---|---|"]
+        lines += [f"| {t['title']} | {t['seconds'] / 60:.1f} |" for t in times]
+        lines += [f"| **total** | **{total / 60:.1f}** |", ""]
+    lines += ["## Environment", "", *environment_lines(), ""]
     lines += ["## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str), "```", ""]
     return atomic_write_text(run_dir.report, "\n".join(lines))

@@ -16,6 +16,7 @@ complete, so a killed run resumes where it stopped::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -31,6 +32,7 @@ from agents.pool import check_backend
 from agents.probes import probe_fidelity
 from agents.world_models import stages
 from agents.world_models.config import RunConfig
+from agents.world_models.plan import RunPlan
 from agents.world_models.report import write_report
 from agents.world_models.resume import check_resumable
 from worldlab.io import atomic_write_bytes
@@ -63,6 +65,7 @@ class DreamTrainer:
             config.save(self.run)
         self._pool: RealPool | None = None
         self._pool_wm: WorldModel | None = None
+        self.plan: RunPlan | None = None  # made by learn(): what is left to do is known then
 
     def pool(self, wm: WorldModel) -> RealPool:
         """The pool of real-game workers playing controllers through ``wm``: kept while the world
@@ -83,15 +86,21 @@ class DreamTrainer:
             self._pool.close()
             self._pool, self._pool_wm = None, None
 
+    def _stage(self, key: str) -> Any:
+        return self.plan.stage(key) if self.plan is not None else contextlib.nullcontext()
+
     def world_model(self, k: int) -> WorldModel:
         """Round ``k``'s V and M (trained, or read back when finished), bundled."""
         c, run = self.cfg, self.run
         if c.train_workers > 1:  # the pool's actors hold the CPUs the training workers need
             self.close_pool()
-        vae = stages.train_vision(run, c, k, address=self.address, progress=self.progress)
-        stages.encode_latents(run, c, vae, progress=self.progress)
-        mdrnn, *members = stages.train_memories(run, c, vae.meta.get("id"), k, address=self.address,
-                                                progress=self.progress)
+        with self._stage(f"vision_r{k}"):
+            vae = stages.train_vision(run, c, k, address=self.address, progress=self.progress)
+        with self._stage(f"encode_r{k}"):
+            stages.encode_latents(run, c, vae, progress=self.progress)
+        with self._stage(f"memory_r{k}"):
+            mdrnn, *members = stages.train_memories(run, c, vae.meta.get("id"), k, address=self.address,
+                                                    progress=self.progress)
         return WorldModel.from_models(vae, mdrnn, task=c.task, run=run, members=members).to(c.device)
 
     def learn(self) -> dict[str, Any]:
@@ -101,26 +110,36 @@ class DreamTrainer:
         t0 = time.perf_counter()
         wm: WorldModel | None = None
         params: np.ndarray | None = None
+        plan = self.plan = RunPlan(run, c, say=stages.say)
+        resumed = plan.resume_line()
+        stages.say(resumed or plan.start_line())
         try:
             for k in range(c.rounds):
                 self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
-                stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
+                with plan.stage(f"collect_r{k}"):
+                    stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
                 wm = self.world_model(k)
-                params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
+                with plan.stage(f"evolve_r{k}"):
+                    params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
             assert wm is not None and params is not None
             last = run.controller(c.rounds - 1)
             if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(last):
                 atomic_write_bytes(run.controller(), last.read_bytes())
-            result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
-            tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
+            with plan.stage("evaluate"):
+                result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
+            with plan.stage("finetune"):
+                tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
             if tuned is not None:
-                result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
-                                                                            finetuned=True)}
+                with plan.stage("evaluate_finetuned"):
+                    result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
+                                                                                finetuned=True)}
             if c.eval.probes:
-                probe_fidelity(run, steps=c.eval.probe_steps)
+                with plan.stage("probes"):
+                    probe_fidelity(run, steps=c.eval.probe_steps)
             if c.eval.videos:
                 steps = c.eval.max_steps or wm.max_episode_steps
-                stages.record_videos(run, c, wm.cpu(), params, steps)
+                with plan.stage("videos"):
+                    stages.record_videos(run, c, wm.cpu(), params, steps)
         finally:
             self.close_pool()
         write_report(run, c.to_dict())

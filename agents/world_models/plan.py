@@ -1,0 +1,323 @@
+"""The run as a numbered plan of stages: one line per stage with the run's progress and ETA, and,
+on a resume, one line saying what an earlier run left and what is still to do.
+
+::
+
+    [worldlab 10:02:11] resuming runs/car_racing: round 0's 200 episodes collected; V trained (4000
+        steps); latents encoded; M trained (3000 steps); C at generation 34 of 60; 8 of 12 stages left
+    [worldlab 10:02:11] stage 5/12 · round 0: evolve C · run 41% done, about 62 min left (ETA 11:04)
+    ...
+    [worldlab 10:15:40] stage 5/12 done in 13.5 min
+
+The ETA comes from a rough cost model of each stage (its frames, steps or dream steps at the
+rates measured on a 2-core laptop, docs/benchmarks/) scaled by how fast the stages already run
+in this process went against that model: the first stage's estimate is a guess, the later ones
+learn the machine. Each finished stage's wall time is added to ``RUN/stages.json`` (the report's
+"Wall time per stage" table); the stage functions themselves stay the judges of what is finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from agents.world_models.config import RunConfig
+from envs.tasks import get_task
+from worldlab.io import atomic_write_json, read_json
+from worldlab.rundir import RunDir
+
+# rates on the 2-core laptop (docs/RESULTS.md, docs/benchmarks/): rough, the ETA rescales them as the run goes
+COLLECT_STEPS_S = {"car_racing": 170.0, "doom_take_cover": 600.0}
+"""real steps per second per worker with a data policy (frames compressed and written)."""
+CONTROLLER_STEPS_S = 70.0
+"""real steps per second per worker with V, M and C in the loop."""
+V_FRAMES_S = 400.0
+"""V's training frames per second (fp32 ConvVAE)."""
+ENCODE_FRAMES_S = 2500.0
+M_LATENT_STEPS_S = 30_000.0
+"""M's training latent steps (batch x window) per second with an LSTM of 256 (scaled by size)."""
+DREAM_STEPS_S = 70_000.0
+"""dream steps per second of CMA-ES's batched dream with an LSTM of 256 (scaled by size)."""
+CUDA_SPEEDUP = 10.0
+"""how much faster training and the dream run on a GPU (the real game does not)."""
+TYPICAL_LENGTH = {"doom_take_cover": 400}
+"""a typical episode's length where it is far below the task's limit (Doom: the agent dies)."""
+
+
+@dataclass
+class Stage:
+    key: str
+    """a stable name: ``collect_r0``, ``vision_r0``, ``encode_r0``, ``memory_r0``, ``evolve_r0``,
+    ``evaluate``, ``finetune``, ``evaluate_finetuned``, ``probes``, ``videos``."""
+    title: str
+    estimate_s: float
+    found: str | None = None
+    """what an earlier run left of this stage (None: nothing)."""
+    done: bool = False
+
+
+def _minutes(s: float) -> str:
+    return f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+class RunPlan:
+    """The stages ``DreamTrainer.learn`` will go through for ``cfg``, with their status in ``run``."""
+
+    def __init__(self, run: RunDir, cfg: RunConfig, say: Any = print) -> None:
+        self.run, self.cfg, self.say = run, cfg, say
+        self.stages = _stages(run, cfg)
+        self.index = {s.key: i for i, s in enumerate(self.stages)}
+        self._actual = 0.0  # seconds of the stages run here ...
+        self._estimated = 0.0  # ... and what the model said they would take
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def remaining_s(self, after: int = -1) -> float:
+        """Estimated seconds of the unfinished stages after index ``after``, scaled by the pace so far."""
+        pace = self._actual / self._estimated if self._estimated > 60 else 1.0
+        return pace * sum(s.estimate_s for s in self.stages[after + 1:] if not s.done)
+
+    def resume_line(self) -> str | None:
+        """What an earlier run left, or None for a fresh run folder."""
+        found = [s.found for s in self.stages if s.found]
+        if not found:
+            return None
+        left = sum(not s.done for s in self.stages)
+        return (f"resuming {self.run}: {'; '.join(found)}; {left} of {len(self)} stages left, "
+                f"about {_minutes(self.remaining_s())} of work")
+
+    def start_line(self) -> str:
+        left = self.remaining_s()
+        return f"{len(self)} stages, about {_minutes(left)} of work (ETA {_clock(left)}); the estimate learns the machine as it goes"
+
+    @contextmanager
+    def stage(self, key: str) -> Iterator[None]:
+        """Time stage ``key`` (announced unless an earlier run finished it); unknown keys pass through."""
+        i = self.index.get(key)
+        if i is None:
+            yield
+            return
+        s = self.stages[i]
+        total = sum(t.estimate_s for t in self.stages)
+        done_pct = 100 * (1 - sum(t.estimate_s for t in self.stages[i:] if not t.done) / max(total, 1e-9))
+        if not s.done:
+            left = self.remaining_s(i - 1)
+            self.say(f"stage {i + 1}/{len(self)} · {s.title} · run {done_pct:.0f}% done, about "
+                     f"{_minutes(left)} left (ETA {_clock(left)})")
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        if not s.done or dt > 5:  # a stage predicted finished that still worked says so too
+            self.say(f"stage {i + 1}/{len(self)} done in {_minutes(dt)}")
+            self._actual += dt
+            self._estimated += s.estimate_s
+            _record(self.run, s, dt)
+        s.done = True
+
+
+def _clock(seconds_from_now: float) -> str:
+    return time.strftime("%H:%M", time.localtime(time.time() + seconds_from_now))
+
+
+def _record(run: RunDir, s: Stage, seconds: float) -> None:
+    """Add a finished stage's wall time to ``RUN/stages.json`` (summed over resumes), in the order
+    the stages first finished: ``{"stages": [{"key", "title", "seconds", "finished"}, ...]}``."""
+    path = run.stages_json
+    try:
+        d = read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        d = {}
+    stages = d.get("stages") if isinstance(d.get("stages"), list) else []
+    old = next((t for t in stages if t.get("key") == s.key), None)
+    row = {"key": s.key, "title": s.title,
+           "seconds": round(float(old["seconds"] if old else 0.0) + seconds, 1),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    d["stages"] = [row if t is old else t for t in stages] if old else [*stages, row]
+    atomic_write_json(path, d)
+
+
+def stage_times(run: RunDir) -> list[dict[str, Any]]:
+    """The recorded wall time of each finished stage: key, title, seconds (``RUN/stages.json``)."""
+    path = run.stages_json
+    if not path.exists():
+        return []
+    try:
+        d = read_json(path)
+    except (OSError, ValueError):
+        return []
+    stages = d.get("stages") if isinstance(d, dict) else None
+    return [t for t in stages if isinstance(t, dict) and "seconds" in t] if isinstance(stages, list) else []
+
+
+# -- the stages and their status --------------------------------------------------------------------
+
+
+def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
+    from agents.world_models.stages import memory_steps, vision_steps
+
+    spec = get_task(cfg.task)
+    c = cfg.collect
+    gpu = CUDA_SPEEDUP if cfg.device.startswith("cuda") else 1.0
+    size = cfg.mdrnn.hidden / 256
+    typical = TYPICAL_LENGTH.get(cfg.task, spec.max_episode_steps)
+    collect_len = min(c.max_steps or spec.max_episode_steps, typical)
+    eval_len = min(cfg.eval.max_steps or spec.max_episode_steps, typical)
+    dream_len = min(cfg.dream.steps or spec.max_episode_steps, typical)
+    workers = max(cfg.workers, 1)
+    manifest = _episodes(run.data_manifest)
+    out: list[Stage] = []
+    frames = 0
+    for k in range(cfg.rounds):
+        eps = c.round_episodes(k)
+        have = sum(str(i) in manifest for i in eps)
+        rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
+        policy = c.policy if k == 0 else f"round {k - 1}'s C + noise {c.noise_std}"
+        out.append(Stage(f"collect_r{k}", f"round {k}: collect {len(eps)} real episodes ({policy})",
+                         (len(eps) - have) * collect_len / (rate * workers),
+                         f"round {k}'s {have} of {len(eps)} episodes collected" if have else None, have == len(eps)))
+        frames += len(eps) * collect_len
+        finished = run.controller(k).exists()  # a round whose C was evolved: its V, latents and M were done
+        if k == 0 or not cfg.freeze_v:
+            steps = vision_steps(cfg, k) - (vision_steps(cfg, k - 1) if k > 0 else 0)
+            out.append(_vision(run, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
+        out.append(Stage(f"encode_r{k}", f"round {k}: encode the frames to latents",
+                         frames / ENCODE_FRAMES_S / gpu, None, finished))
+        m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
+        members = cfg.ensemble.members
+        out.append(_memory(run, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
+                           / M_LATENT_STEPS_S / gpu, finished))
+        g = cfg.cma.generations
+        if cfg.train_in == "dream":
+            cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
+            if cfg.eval.gap_every:
+                cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+        else:
+            cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (CONTROLLER_STEPS_S * workers)
+        out.append(_evolve(run, cfg, k, cost, finished))
+    eval_cost = cfg.eval.episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+    scored = _scored(run.eval_json, run.controller(), cfg)
+    out.append(Stage("evaluate", f"evaluate C in {cfg.eval.episodes} real episodes", eval_cost,
+                     "C evaluated" if scored else None, scored))
+    f = cfg.finetune
+    if f.generations:
+        stall = min(eval_len, 300) if f.stall_steps else eval_len
+        out.append(Stage("finetune", f"fine-tune C in the real game for {f.generations} generations",
+                         f.generations * f.popsize * f.rollouts * stall / (2 * CONTROLLER_STEPS_S * workers),
+                         "the fine-tuned controller" if run.controller_finetuned.exists() else None,
+                         run.controller_finetuned.exists()))
+        scored = _scored(run.eval_finetuned_json, run.controller_finetuned, cfg)
+        out.append(Stage("evaluate_finetuned", f"evaluate the fine-tuned C in {cfg.eval.episodes} real episodes",
+                         eval_cost, None, scored))
+    if cfg.eval.probes:
+        out.append(Stage("probes", "probe episodes: the dream against the real game", 60.0,
+                         "the probe episodes" if run.fidelity_probes_json.exists() else None,
+                         run.fidelity_probes_json.exists()))
+    if cfg.eval.videos:
+        done = (run.videos / "real.mp4").exists() and (run.videos / "dream.mp4").exists()
+        out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / CONTROLLER_STEPS_S,
+                         None, done))
+    return out
+
+
+def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
+    """Whether ``eval_json`` scores ``controller`` as ``cfg.eval`` asks (what the evaluation stage checks)."""
+    if not (eval_json.exists() and controller.exists()):
+        return False
+    try:
+        from agents.world_models.stages import file_digest
+
+        e = read_json(eval_json)
+        return (e.get("controller") == file_digest(controller) and e.get("episodes") == cfg.eval.episodes
+                and e.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps)
+    except (OSError, ValueError):
+        return False
+
+
+def _episodes(manifest_path: Any) -> dict[str, Any]:
+    try:
+        return read_json(manifest_path).get("episodes", {}) if manifest_path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _checkpoint_meta(path: Any) -> dict[str, Any] | None:
+    """A model checkpoint's meta (None when absent or unreadable)."""
+    if not path.exists():
+        return None
+    try:
+        from worldlab.io import torch_load
+
+        state = torch_load(path)
+        return state.get("meta", {}) if isinstance(state, dict) else None
+    except Exception:  # noqa: BLE001 - a status line must not stop the run; the stage itself will say
+        return None
+
+
+def _train_step(path: Any) -> int | None:
+    """The step a training state was saved at (None when absent or unreadable)."""
+    if not path.exists():
+        return None
+    try:
+        from worldlab.io import torch_load
+
+        return int(torch_load(path)["step"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _vision(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
+    from agents.world_models.stages import vision_steps
+
+    target = vision_steps(cfg, k)
+    title = f"round {k}: train V to {target} steps"
+    if finished:
+        return Stage(f"vision_r{k}", title, estimate, None, True)
+    meta = _checkpoint_meta(run.vae) or {}
+    if meta.get("steps", 0) >= target:
+        return Stage(f"vision_r{k}", title, estimate, f"V trained ({target} steps)", True)
+    step = _train_step(run.vae_train)
+    if step:
+        return Stage(f"vision_r{k}", title, estimate * max(0.0, 1 - step / target),
+                     f"V's training at step {step} of {target}")
+    return Stage(f"vision_r{k}", title, estimate)
+
+
+def _memory(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
+    from agents.world_models.stages import memory_steps
+
+    target = memory_steps(cfg, k)
+    n = cfg.ensemble.members
+    title = f"round {k}: train M{'' if n == 1 else f' ({n} members)'} to {target} steps"
+    if finished:
+        return Stage(f"memory_r{k}", title, estimate, None, True)
+    vae = _checkpoint_meta(run.vae) or {}
+    meta = _checkpoint_meta(run.mdrnn) or {}
+    if vae.get("id") and meta.get("vae_id") == vae.get("id") and meta.get("steps", 0) >= target:
+        return Stage(f"memory_r{k}", title, estimate, f"M trained ({target} steps)", True)
+    step = _train_step(run.mdrnn_train)
+    if step:
+        return Stage(f"memory_r{k}", title, estimate, f"M's training at step {step} of {target}")
+    return Stage(f"memory_r{k}", title, estimate)
+
+
+def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
+    g = cfg.cma.generations
+    title = f"round {k}: evolve C in the {cfg.train_in} for {g} generations of {cfg.cma.popsize} x {cfg.cma.rollouts}"
+    if finished:
+        return Stage(f"evolve_r{k}", title, estimate, f"round {k}'s C evolved", True)
+    state = run.cma_state(k)
+    if state.exists():
+        try:
+            import numpy as np
+
+            with np.load(state, allow_pickle=False) as z:
+                done = int(z["fitness"].shape[0])
+            return Stage(f"evolve_r{k}", title, estimate * max(0.0, 1 - done / g),
+                         f"C at generation {done} of {g}", done >= g)
+        except Exception:  # noqa: BLE001
+            pass
+    return Stage(f"evolve_r{k}", title, estimate)

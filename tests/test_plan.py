@@ -1,0 +1,78 @@
+"""The run's plan: numbered stages, what a resume finds, the wall time of each stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.world_models import RunConfig, override, preset
+from agents.world_models.plan import RunPlan, stage_times
+from worldlab.rundir import RunDir
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "old_run"
+
+
+@pytest.fixture()
+def old_run(tmp_path: Path) -> RunDir:
+    shutil.copytree(OLD_RUN, tmp_path / "run")
+    return RunDir(tmp_path / "run")
+
+
+def test_a_fresh_run_plans_every_stage_of_every_round(tmp_path: Path) -> None:
+    cfg = preset("default", "car_racing")  # 2 rounds
+    plan = RunPlan(RunDir(tmp_path / "fresh"), cfg)
+    assert [s.key for s in plan.stages] == [
+        "collect_r0", "vision_r0", "encode_r0", "memory_r0", "evolve_r0",
+        "collect_r1", "vision_r1", "encode_r1", "memory_r1", "evolve_r1", "evaluate", "probes", "videos"]
+    assert plan.resume_line() is None and plan.start_line().startswith("13 stages, about ")
+    assert all(s.estimate_s > 0 and not s.done for s in plan.stages)
+    # a frozen V is not trained again; a fine-tune adds its two stages
+    cfg = override(cfg, ["freeze_v=true", "finetune.generations=5", "eval.videos=false", "eval.probes=false"])
+    keys = [s.key for s in RunPlan(RunDir(tmp_path / "fresh"), cfg).stages]
+    assert "vision_r1" not in keys and keys[-3:] == ["evaluate", "finetune", "evaluate_finetuned"]
+
+
+def test_resume_line_says_what_was_found_and_what_is_left(old_run: RunDir) -> None:
+    cfg = RunConfig.load(old_run)  # 2 rounds of 3 + 2 episodes, 2 generations, evaluated
+    line = RunPlan(old_run, cfg).resume_line()
+    assert line is not None and line.startswith(f"resuming {old_run}: round 0's 3 of 3 episodes collected; ")
+    assert "round 1's C evolved; C evaluated; 1 of 12 stages left" in line  # the probe episodes are not played yet
+    # a run killed in round 1's collection, with a longer round 1 asked for
+    (old_run.controller(1)).unlink()
+    cfg = override(cfg, ["collect.episodes_per_round=4", "cma.generations=5"])
+    plan = RunPlan(old_run, cfg)
+    line = plan.resume_line()
+    assert "round 1's 2 of 4 episodes collected" in line and "C at generation 2 of 5" in line
+    status = {s.key: s.done for s in plan.stages}
+    assert status["collect_r0"] and status["evolve_r0"] and not status["collect_r1"] and not status["evolve_r1"]
+
+
+def test_each_stage_says_its_number_and_records_its_wall_time(tmp_path: Path) -> None:
+    cfg = preset("smoke", "car_racing")
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    lines: list[str] = []
+    plan = RunPlan(run, cfg, say=lines.append)
+    with plan.stage("collect_r0"):
+        time.sleep(0.05)
+    with plan.stage("not_a_stage"):  # passes through, silently
+        pass
+    assert lines[0].startswith(f"stage 1/{len(plan)} · round 0: collect 6 real episodes (brownian) · run 0% done, about ")
+    assert lines[1].startswith(f"stage 1/{len(plan)} done in ") and len(lines) == 2
+    with plan.stage("vision_r0"):
+        pass
+    assert lines[2].startswith(f"stage 2/{len(plan)} · round 0: train V to 40 steps · run ")
+    times = {t["key"]: t for t in stage_times(run)}
+    assert set(times) == {"collect_r0", "vision_r0"} and times["collect_r0"]["seconds"] >= 0.0
+    # a resumed stage adds its time to what the killed run spent
+    d = json.loads(run.stages_json.read_text())
+    d["stages"][0]["seconds"] = 100.0
+    run.stages_json.write_text(json.dumps(d))
+    plan = RunPlan(run, cfg, say=lines.append)
+    with plan.stage("collect_r0"):
+        pass
+    assert 100.0 <= {t["key"]: t for t in stage_times(run)}["collect_r0"]["seconds"] < 101.0
