@@ -130,7 +130,8 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
     if record is None:
         import pygame
 
-        pygame.init()
+        pygame.display.init()  # not pygame.init(): no mixer, so no ALSA lines where there is no sound card
+        pygame.font.init()
         width = PANE * (2 if mode == "both" else 1)
         window = pygame.display.set_mode((width, PANE))
         pygame.display.set_caption(f"worldlab: {task} ({mode})")

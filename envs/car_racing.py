@@ -297,8 +297,8 @@ class FastCarRacing(CarRacing):
         assert mode in self.metadata["render_modes"]
 
         if self.screen is None and mode == "human":
-            pygame.init()
-            pygame.display.init()
+            pygame.display.init()  # not pygame.init(): no mixer, so no ALSA lines where there is no sound card
+            pygame.font.init()
             self.screen = pygame.display.set_mode((WINDOW_W, WINDOW_H))
         if self.clock is None:
             self.clock = pygame.time.Clock()

@@ -369,7 +369,8 @@ def _show(window: Any, frame: np.ndarray, scale: int, caption: str, fps: int) ->
     h, w = frame.shape[:2]
     size = (w * scale, h * scale)
     if window is None:
-        pygame.init()
+        pygame.display.init()  # not pygame.init(): no mixer, so no ALSA lines where there is no sound card
+        pygame.font.init()
         pygame.display.set_caption(caption)
         window = {"screen": pygame.display.set_mode(size), "clock": pygame.time.Clock()}
     surf = pygame.surfarray.make_surface(np.ascontiguousarray(frame.transpose(1, 0, 2)))

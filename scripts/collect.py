@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from agents.collect import collect
 from agents.policies import POLICIES
@@ -31,13 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     env_kwargs = {"max_episode_steps": args.max_steps} if args.max_steps else {}
-    try:
-        m = collect(args.task, args.out, args.episodes, workers=args.workers, policy=args.policy, seed=args.seed,
-                    address=args.address, env_kwargs=env_kwargs, progress=not args.no_progress,
-                    backend=args.backend)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from worldlab.interrupt import interruptible
+
+    with interruptible() as stop:
+        try:
+            m = collect(args.task, args.out, args.episodes, workers=args.workers, policy=args.policy,
+                        seed=args.seed, address=args.address, env_kwargs=env_kwargs,
+                        progress=not args.no_progress, backend=args.backend)
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if stop.signum:
+        from worldlab.storage import Manifest
+
+        kept = Manifest(args.out).num_episodes if Path(args.out, "manifest.json").exists() else 0
+        return stop.exit(f"{kept} finished episodes are kept in {args.out}; the same command collects the rest")
     print(f"{m.num_episodes} episodes, {m.num_steps} steps in {args.out}")
     return 0
 

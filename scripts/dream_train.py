@@ -77,27 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    try:
-        from agents.world_models import DreamTrainer, check_resumable
+    from worldlab.interrupt import interruptible
 
-        cfg, run = build_config(args)
-        check_resumable(run, cfg, resume=args.resume)
-        if args.out is None:  # the default runs/TASK: runs/ is made on a fresh clone
-            run.root.parent.mkdir(exist_ok=True)
-        if not run.root.parent.exists():
-            raise FileNotFoundError(f"the parent of the run folder does not exist: {run.root.parent}")
-        trainer = DreamTrainer(cfg, run, address=args.address, progress=not args.no_progress, threads=args.threads)
-        res = trainer.learn()
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes "
+    trainer = cfg = run = None
+    with interruptible() as stop:
+        try:
+            from agents.world_models import DreamTrainer, check_resumable
+
+            cfg, run = build_config(args)
+            check_resumable(run, cfg, resume=args.resume)
+            if args.out is None:  # the default runs/TASK: runs/ is made on a fresh clone
+                run.root.parent.mkdir(exist_ok=True)
+            if not run.root.parent.exists():
+                raise FileNotFoundError(f"the parent of the run folder does not exist: {run.root.parent}")
+            trainer = DreamTrainer(cfg, run, address=args.address, progress=not args.no_progress,
+                                   threads=args.threads)
+            res = trainer.learn()
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if stop.signum:
+        if trainer is None or run is None:
+            return stop.exit("nothing was started")
+        where = trainer.plan.where() if trainer.plan is not None else "before the first stage"
+        return stop.exit(f"stopped {where}; every finished stage and the last checkpoints are kept in {run}; "
+                         f"go on with: python scripts/dream_train.py {args.task} --resume --out {run}")
+    assert cfg is not None and run is not None
+    from agents.evaluate import episode_limit
+
+    limit = f" of up to {episode_limit(cfg.task, cfg.eval.max_steps)} steps"
+    print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes{limit} "
           f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min) -> "
           f"{run.report}")
     if "finetuned" in res:
         f = res["finetuned"]
         print(f"{cfg.task}: fine-tuned in the real game for {cfg.finetune.generations} generations: real score "
-              f"{f['mean']:.1f} ± {f['std']:.1f} over {f['episodes']} episodes")
+              f"{f['mean']:.1f} ± {f['std']:.1f} over {f['episodes']} episodes{limit}")
     return 0
 
 

@@ -31,15 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     add_sb3_arguments(p, "score")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
-    try:
-        from agents.world_models.runs import evaluate_run
+    from worldlab.interrupt import interruptible
 
-        res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
-                           address=args.address, backend=args.backend,
-                           controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with interruptible() as stop:
+        try:
+            from agents.world_models.runs import evaluate_run
+
+            res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
+                               address=args.address, backend=args.backend,
+                               controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo)
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if stop.signum:
+        return stop.exit("the evaluation was not finished and nothing was written; run the command again")
     if args.json:
         from worldlab.io import atomic_write_json
 

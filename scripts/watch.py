@@ -33,15 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     from agents.watch import has_display
     from agents.world_models.runs import watch_run
 
-    try:
-        if args.record is None and not has_display():
-            raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set SDL_VIDEODRIVER=dummy)")
-        res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed, record=args.record,
-                        fps=args.fps, max_steps=args.max_steps, renderer=args.renderer, sb3=args.sb3,
-                        sb3_algo=args.sb3_algo)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from worldlab.interrupt import interruptible
+
+    with interruptible() as stop:
+        try:
+            if args.record is None and not has_display():
+                raise ValueError("no display to open a window on: pass --record FILE.mp4 (or set "
+                                 "SDL_VIDEODRIVER=dummy)")
+            res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed,
+                            record=args.record, fps=args.fps, max_steps=args.max_steps, renderer=args.renderer,
+                            sb3=args.sb3, sb3_algo=args.sb3_algo)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if stop.signum:
+        return stop.exit("stopped watching" + (f"; {args.record} was not written" if args.record else ""))
     for name in ("real", "dream"):
         rs = res[name]
         if rs:

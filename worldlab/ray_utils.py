@@ -32,6 +32,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # one clear line instead of retry warnings
         try:
             ray.init(address=address, **common, **kwargs)
+            from worldlab.interrupt import reinstall
+
+            reinstall()
         except Exception as e:  # noqa: BLE001 - turned into one actionable line
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             auth_error = "auth" in msg.lower() or "token" in msg.lower() or type(e).__name__ == "AuthenticationError"
@@ -43,6 +46,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  dashboard_host="127.0.0.1", **common, **kwargs)
+    from worldlab.interrupt import reinstall
+
+    reinstall()  # Ray's driver installs its own SIGTERM handler: a quiet interrupt stays in charge
     return ray.cluster_resources()
 
 

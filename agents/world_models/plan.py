@@ -70,6 +70,8 @@ class RunPlan:
         self.run, self.cfg, self.say = run, cfg, say
         self.stages = _stages(run, cfg)
         self.index = {s.key: i for i, s in enumerate(self.stages)}
+        self.current: Stage | None = None
+        """the stage running now (None between stages)."""
         self._actual = 0.0  # seconds of the stages run here ...
         self._estimated = 0.0  # ... and what the model said they would take
 
@@ -90,6 +92,11 @@ class RunPlan:
         return (f"resuming {self.run}: {'; '.join(found)}; {left} of {len(self)} stages left, "
                 f"about {_minutes(self.remaining_s())} of work")
 
+    def where(self) -> str:
+        """The running stage as "stage 3/12 (round 0: encode the frames to latents)", or "between stages"."""
+        s = self.current
+        return f"stage {self.index[s.key] + 1}/{len(self)} ({s.title})" if s else "between stages"
+
     def start_line(self) -> str:
         left = self.remaining_s()
         return f"{len(self)} stages, about {_minutes(left)} of work (ETA {_clock(left)}); the estimate learns the machine as it goes"
@@ -109,7 +116,9 @@ class RunPlan:
             self.say(f"stage {i + 1}/{len(self)} · {s.title} · run {done_pct:.0f}% done, about "
                      f"{_minutes(left)} left (ETA {_clock(left)})")
         t0 = time.perf_counter()
+        self.current = s
         yield
+        self.current = None
         dt = time.perf_counter() - t0
         if not s.done or dt > 5:  # a stage predicted finished that still worked says so too
             self.say(f"stage {i + 1}/{len(self)} done in {_minutes(dt)}")

@@ -61,6 +61,7 @@ class DreamTrainer:
         if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         self.run.root.mkdir(parents=True, exist_ok=True)
+        self._resuming = self.run.is_run()
         if check_resumable(self.run, config):
             config.save(self.run)
         self._pool: RealPool | None = None
@@ -112,6 +113,8 @@ class DreamTrainer:
         params: np.ndarray | None = None
         plan = self.plan = RunPlan(run, c, say=stages.say)
         resumed = plan.resume_line()
+        if resumed is None and self._resuming:
+            resumed = f"resuming {run}: no stage had finished; {plan.start_line()}"
         stages.say(resumed or plan.start_line())
         try:
             for k in range(c.rounds):

@@ -1,0 +1,103 @@
+"""Ctrl-C and SIGTERM in the middle of a stage: no traceback, one line that says what was kept and
+how to go on, the shell's exit status (130, 143), and a resume that completes the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
+QUICK = ["--preset", "smoke", "--no-progress", "--generations", "2", "--set", "eval.videos=false",
+         "--set", "eval.probes=false"]
+
+
+def _start(out: Path, log: Path) -> tuple[subprocess.Popen, object]:
+    err = log.open("w")
+    # its own session, as a shell's foreground job: a Ctrl-C reaches every process of the group
+    p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "dream_train.py"), "car_racing", "--out", str(out),
+                          *QUICK], stdout=subprocess.PIPE, stderr=err, text=True, env=ENV, cwd=ROOT,
+                         start_new_session=True)
+    return p, err
+
+
+def _read_until(p: subprocess.Popen, text: str, timeout: float = 600) -> list[str]:
+    lines: list[str] = []
+    t0 = time.monotonic()
+    assert p.stdout is not None
+    for line in p.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+        assert time.monotonic() - t0 < timeout, f"no {text!r} in {timeout} s"
+    raise AssertionError(f"the run ended before {text!r}: {''.join(lines)[-2000:]}")
+
+
+def _interrupt(tmp_path: Path, stage: str, sig: int, group: bool) -> tuple[int, str, str, Path]:
+    out, log = tmp_path / "run", tmp_path / "stderr.txt"
+    p, err = _start(out, log)
+    seen = _read_until(p, stage)
+    time.sleep(2.0)  # well inside the stage: workers busy, a model training
+    if group:
+        os.killpg(p.pid, sig)
+    else:
+        p.send_signal(sig)
+    rest, _ = p.communicate(timeout=120)
+    err.close()  # type: ignore[attr-defined]
+    return p.returncode, "".join(seen) + rest, log.read_text(), out
+
+
+def _resume_completes(out: Path) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dream_train.py"), "car_racing", "--resume", "--out",
+                        str(out), "--no-progress"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resuming {out}: " in r.stdout
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 4
+
+
+def test_ctrl_c_during_collection_says_one_line_and_resumes(tmp_path: Path) -> None:
+    code, stdout, stderr, out = _interrupt(tmp_path, "] stage 1/6 · round 0: collect", signal.SIGINT, group=True)
+    assert code == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stdout + stderr and "retries remaining" not in stdout + stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0] == (f"interrupted (Ctrl-C): stopped stage 1/6 (round 0: collect 6 real episodes (brownian)); "
+                        f"every finished stage and the last checkpoints are kept in {out}; go on with: "
+                        f"python scripts/dream_train.py car_racing --resume --out {out}")
+    _resume_completes(out)
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_says_one_line_and_resumes(tmp_path: Path) -> None:
+    code, stdout, stderr, out = _interrupt(tmp_path, "] stage 2/6 · round 0: train V", signal.SIGTERM, group=False)
+    assert code == 143, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stdout + stderr and "SIGTERM received" not in stdout + stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): stopped stage 2/6 (round 0: train V to "), \
+        stderr
+    assert (out / "data" / "manifest.json").is_file()  # stage 1's episodes are kept
+    _resume_completes(out)
+
+
+def test_a_watch_window_does_not_open_the_sound_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pygame.init() starts the mixer too: on a machine without a sound card, 9 lines of "ALSA lib ..."
+    import pygame
+
+    from agents.world_models.runs import watch_run
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+
+    def refuse() -> None:
+        raise AssertionError("pygame.init() opens the sound device; init the display (and fonts) only")
+
+    monkeypatch.setattr(pygame, "init", refuse)
+    res = watch_run(ROOT / "tests" / "fixtures" / "old_run", mode="both", episodes=1, max_steps=5, fps=1000)
+    assert len(res["real"]) == 1 and len(res["dream"]) == 1
+    assert pygame.mixer.get_init() is None
