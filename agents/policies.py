@@ -330,12 +330,20 @@ class ControllerPolicy:
             ``reset`` (the paper's randomly initialised controller for data collection).
         noise_std: std of Gaussian exploration noise added to each action (clipped to bounds);
             iterative training collects with the evolved controller plus this noise.
+        burst_prob: probability per step of starting a burst of uniformly random actions (0: none);
+            shows M where C's states lead when it is pushed off its own path.
+        burst_steps: length of a burst.
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, params: np.ndarray | None,
-                 noise_std: float = 0.0) -> None:
+                 noise_std: float = 0.0, burst_prob: float = 0.0, burst_steps: int = 20) -> None:
+        if not 0.0 <= burst_prob <= 1.0 or burst_steps < 1:
+            raise ValueError(f"burst_prob must be in [0, 1] and burst_steps >= 1, got {burst_prob}, {burst_steps}")
         self.wm = world_model.eval()
         self.cfg, self.noise_std = cfg, float(noise_std)
+        self.burst_prob, self.burst_steps, self.burst_left = float(burst_prob), int(burst_steps), 0
+        self.bursting = False
+        """whether the last action was a burst's."""
         self.random = params is None
         self.ctrl = None if params is None else BatchedController(cfg, params)
         self.low, self.high = np.asarray(cfg.action_low), np.asarray(cfg.action_high)
@@ -360,10 +368,14 @@ class ControllerPolicy:
             return cls(wm, cfg, None)
         wm = kw["world_model"]
         cfg = ControllerConfig(**kw["controller_config"])
-        return cls(wm, cfg, np.asarray(kw["params"]), noise_std=float(kw.get("noise_std", 0.0)))
+        return cls(wm, cfg, np.asarray(kw["params"]), noise_std=float(kw.get("noise_std", 0.0)),
+                   burst_prob=float(kw.get("burst_prob", 0.0)), burst_steps=int(kw.get("burst_steps", 20)))
 
     def reset(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+        self.burst_left = 0
+        # the bursts draw from their own stream: with burst_prob 0 the noise is what it always was
+        self.burst_rng = np.random.default_rng([seed, 0xB0057])
         if self.random:
             self.ctrl = BatchedController(self.cfg, init_params(self.cfg, self.rng))
         self.state = self.wm.mdrnn.initial_state(1, self.wm.device)
@@ -376,15 +388,25 @@ class ControllerPolicy:
         a = self.ctrl.act(x)[0].numpy().astype(np.float64)
         if self.noise_std > 0:
             a = np.clip(a + self.noise_std * self.rng.standard_normal(a.shape), self.low, self.high)
+        self.bursting = False
+        if self.burst_prob > 0:
+            if self.burst_left == 0 and self.burst_rng.random() < self.burst_prob:
+                self.burst_left = self.burst_steps
+            if self.burst_left > 0:
+                self.bursting = True
+                self.burst_left -= 1
+                a = self.burst_rng.uniform(self.low, self.high).astype(np.float64)
         _, self.state = self.wm.mdrnn.step(z, torch.as_tensor(a, dtype=torch.float32)[None], self.state)
         return a.astype(np.float32)
 
 
-def policy_kwargs(world_model: WorldModel, cfg: ControllerConfig, params: np.ndarray, noise_std: float = 0.0
-                  ) -> dict[str, Any]:
-    """The kwargs of a ``PolicySpec("controller", ...)``: a controller plus exploration noise."""
+def policy_kwargs(world_model: WorldModel, cfg: ControllerConfig, params: np.ndarray, noise_std: float = 0.0,
+                  burst_prob: float = 0.0, burst_steps: int = 20) -> dict[str, Any]:
+    """The kwargs of a ``PolicySpec("controller", ...)``: a controller plus exploration noise and
+    random bursts."""
     return {"world_model": world_model.cpu(), "controller_config": asdict(cfg),
-            "params": np.asarray(params, dtype=np.float64), "noise_std": noise_std}
+            "params": np.asarray(params, dtype=np.float64), "noise_std": noise_std, "burst_prob": burst_prob,
+            "burst_steps": burst_steps}
 
 
 CAR_RACING_TASKS = ("car_racing", "CarRacing-v3", "worldlab/CarRacing-v3")

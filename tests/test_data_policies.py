@@ -219,3 +219,43 @@ def test_coverage_script_and_report(scripted_data: Path, tmp_path: Path) -> None
     assert "| 0 | scripted | 3 |" in coverage_report(run)
     with pytest.raises(FileNotFoundError, match="neither a run folder nor a folder of rollout shards"):
         coverage_report(tmp_path)
+
+
+def _old_run_controller_policy(**kw: float) -> object:
+    from agents.controller import load_controller
+    from agents.policies import ControllerPolicy
+    from worldlab.world_model import WorldModel
+
+    run = Path(__file__).parent / "fixtures" / "old_run"
+    ccfg, params, _ = load_controller(run / "checkpoints" / "controller.npz")
+    return ControllerPolicy(WorldModel.load(run), ccfg, params, **kw)
+
+
+def _controller_actions(policy: object, frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    policy.reset(seed)  # type: ignore[attr-defined]
+    acts, burst = [], []
+    for f in frames:
+        acts.append(policy.act(f))  # type: ignore[attr-defined]
+        burst.append(policy.bursting)  # type: ignore[attr-defined]
+    return np.stack(acts), np.array(burst)
+
+
+def test_later_rounds_collect_with_random_bursts() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (80, 64, 64, 3), dtype=np.uint8)
+    plain, none = _controller_actions(_old_run_controller_policy(noise_std=0.1), frames, 3)
+    # no bursts asked for: the very actions the collector always played
+    again, _ = _controller_actions(_old_run_controller_policy(noise_std=0.1, burst_prob=0.0), frames, 3)
+    assert np.array_equal(again, plain) and not none.any()
+    bursty = _old_run_controller_policy(noise_std=0.1, burst_prob=0.05, burst_steps=10)
+    a, burst = _controller_actions(bursty, frames, 3)
+    assert np.array_equal(a, _controller_actions(bursty, frames, 3)[0])  # seeded
+    assert np.array_equal(a[:np.argmax(burst)], plain[:np.argmax(burst)])  # the same C until the first burst
+    starts = np.flatnonzero(np.diff(np.r_[0, burst.astype(int)]) == 1)
+    assert len(starts) >= 1
+    for s in starts:  # each burst lasts burst_steps (or to the episode's end)
+        assert burst[s:s + 10].all() and (s + 10 >= len(burst) or not burst[s + 10] or s + 10 in starts)
+    low, high = np.asarray(bursty.cfg.action_low), np.asarray(bursty.cfg.action_high)  # type: ignore[attr-defined]
+    assert ((a >= low) & (a <= high)).all()
+    with pytest.raises(ValueError, match="collect.burst_prob is a probability per step"):
+        CollectConfig(burst_prob=2.0)
+    assert "random bursts of 20 steps at 0.02 per step" in CollectConfig(burst_prob=0.02).later_policy(1)

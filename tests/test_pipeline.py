@@ -67,7 +67,7 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
     # one numbered line per stage with the run's progress, and each stage's wall time in the report
     keys = ["collect_r0", "vision_r0", "encode_r0", "memory_r0", "evolve_r0", "evaluate", "probes", "videos"]
     n = len(keys)
-    assert f"8 stages, about " in r.stdout
+    assert "8 stages, about " in r.stdout
     for i in range(1, n + 1):
         assert f"] stage {i}/{n} · " in r.stdout and f"] stage {i}/{n} done in " in r.stdout, i
     assert "stage 1/8 · round 0: collect 6 real episodes (brownian) · run 0% done, about " in r.stdout

@@ -74,6 +74,11 @@ class CollectConfig:
     """episodes added per later round, played by the evolved controller plus noise."""
     noise_std: float = 0.1
     """exploration noise of the later rounds' controller."""
+    burst_prob: float = 0.0
+    """probability per step that a later round's collector starts a burst of uniformly random
+    actions (0: none): the data then shows M where C's states lead when C is pushed off its path."""
+    burst_steps: int = 20
+    """length of each burst."""
 
     def __post_init__(self) -> None:
         from agents.policies import POLICIES
@@ -83,7 +88,17 @@ class CollectConfig:
                              f"got {self.policy!r}")
         _at_least("collect", self, 1, "episodes", "episodes_per_round")
         _at_least("collect", self, 1, "max_steps", optional=True)
-        _at_least("collect", self, 0, "noise_std")
+        _at_least("collect", self, 0, "noise_std", "burst_prob")
+        _at_least("collect", self, 1, "burst_steps")
+        if self.burst_prob > 1:
+            raise ValueError(f"collect.burst_prob is a probability per step, got {self.burst_prob}; pass "
+                             f"--set collect.burst_prob=0.02 (a burst every ~50 steps) or 0 for none")
+
+    def later_policy(self, k: int) -> str:
+        """How round ``k`` >= 1 collects, in words."""
+        bursts = f", random bursts of {self.burst_steps} steps at {self.burst_prob:g} per step" \
+            if self.burst_prob > 0 else ""
+        return f"round {k - 1}'s controller + noise {self.noise_std}{bursts}"
 
     def round_episodes(self, k: int) -> range:
         """Indices of the episodes round ``k`` collects: the first ``episodes`` in round 0, the next

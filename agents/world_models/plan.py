@@ -184,7 +184,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         eps = c.round_episodes(k)
         have = sum(str(i) in manifest for i in eps)
         rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
-        policy = c.policy if k == 0 else f"round {k - 1}'s C + noise {c.noise_std}"
+        policy = c.policy if k == 0 else c.later_policy(k)
         out.append(Stage(f"collect_r{k}", f"round {k}: collect {len(eps)} real episodes ({policy})",
                          (len(eps) - have) * collect_len / (rate * workers),
                          f"round {k}'s {have} of {len(eps)} episodes collected" if have else None, have == len(eps)))

@@ -16,7 +16,6 @@ from worldlab.io import atomic_write_text, read_json
 from worldlab.logging import read_metrics
 from worldlab.rundir import MANIFEST, RunDir
 
-
 LOSS_PANELS = (("vae/loss", "V: loss (reconstruction + KL)", "loss per frame"),
                ("vae/recon", "V: reconstruction", "squared error per frame"), ("vae/kl", "V: KL", "KL (nats)"),
                ("mdrnn/nll", "M: next z, GMM negative log-likelihood", "NLL per latent dim"),
@@ -193,7 +192,7 @@ def collection_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str,
         rets = [eps[str(i)].get("return") for i in idx if str(i) in eps]
         if not idx or len(rets) < len(idx) or any(r is None for r in rets):
             break
-        policy = c.policy if k == 0 else f"round {k - 1}'s controller + noise {c.noise_std}"
+        policy = c.policy if k == 0 else c.later_policy(k)
         out.append({"round": k, "policy": policy, "first": idx.start, **summarize_returns("", rets)})
     return out
 

@@ -106,7 +106,7 @@ def collect_rollouts(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, *,
     else:
         wm = WorldModel.load(run)
         ccfg, params, _ = load_controller(run.controller(k - 1))
-        spec = PolicySpec("controller", policy_kwargs(wm, ccfg, params, c.noise_std))
+        spec = PolicySpec("controller", policy_kwargs(wm, ccfg, params, c.noise_std, c.burst_prob, c.burst_steps))
     say(f"round {k}: collecting {len(eps)} real episodes ({spec.name}) with {cfg.workers} workers")
     env_kwargs = {"max_episode_steps": c.max_steps} if c.max_steps else {}
     return collect(cfg.task, run.data, len(eps), workers=cfg.workers, policy=spec, seed=cfg.seed, address=address,
