@@ -483,3 +483,36 @@ def test_evolution_reads_the_ensemble_settings(ens_run: Path, tmp_path: Path) ->
     params = evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
     assert params.shape == (ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task).num_params,)
     assert run.controller(0).is_file()
+
+
+def test_the_dream_ablation_evolves_one_controller_per_variant_on_the_same_seeds(ens_run: Path, tmp_path: Path) -> None:
+    from agents.ablation import ablate, variant_options
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ens_run, run.root)
+    tiny_cfg(start="mid", start_bank=16, horizon=6).save(run)
+    kw = {"generations": 2, "popsize": 4, "rollouts": 2, "eval_episodes": 2, "dream_steps": 8, "real_steps": 10,
+          "workers": 0, "progress": False, "say": lambda _: None}
+    rows = ablate(run, ["plain", "dropout+mid", "ensemble"], **kw)
+    assert [r["variant"] for r in rows] == ["plain", "dropout+mid", "ensemble"]
+    assert rows[1]["options"] == {**variant_options("plain"), "dropout": 0.1, "start": "mid"}
+    assert rows[2]["options"]["members"] is None  # every member of the run's ensemble
+    assert all(r["real_seeds"] == rows[0]["real_seeds"] for r in rows)  # the same real episodes
+    assert all(np.isfinite(r["real_returns"]).all() and len(r["real_returns"]) == 2 for r in rows)
+    for v in ("plain", "dropout+mid", "ensemble"):
+        assert run.ablation_controller(v).is_file() and run.ablation_result(v).is_file()
+    table = run.ablation_md.read_text()
+    assert "| dropout+mid | " in table and "same 2 real episodes" in table
+    # the candidates were judged in different dreams; a rerun keeps the scored variants as they are
+    def fitness(v: str) -> np.ndarray:
+        with np.load(run.ablation_cma_state(v)) as z:
+            return z["fitness"]
+
+    assert fitness("plain").shape == (2, 4) and not np.array_equal(fitness("plain"), fitness("dropout+mid"))
+    before = run.ablation_result("plain").read_text()
+    assert ablate(run, ["plain"], **kw)[0]["real_mean"] == rows[0]["real_mean"]
+    assert run.ablation_result("plain").read_text() == before
+    for bad, message in ((["dropot"], "unknown dream variant 'dropot'; combine plain, dropout"),
+                         (["plain", "plain"], "give each variant once")):
+        with pytest.raises(ValueError, match=message):
+            ablate(run, bad, **kw)

@@ -32,6 +32,8 @@ spelling paths, so the layout below is written down once::
         tau_{t}/controller.npz   its controller evolved at tau t        .tau_controller(t)
         tau_{t}/cma.npz          and that evolution's CMA-ES state      .tau_cma_state(t)
     RUN/reward_compare/          the novelty-penalty comparison         .reward_compare
+    RUN/ablation/{variant}/      a dream variant's controller, CMA-ES   .ablation_controller(v), .ablation_cma_state(v)
+        and result (+ RUN/ablation.json/.md: the table)                 .ablation_result(v), .ablation_json, .ablation_md
     RUN/renderer/                the dream renderer's training folder   .renderer
 
 A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
@@ -161,6 +163,28 @@ class RunDir:
     @property
     def tau_sweep(self) -> Path:
         return self.root / "tau_sweep"
+
+    @property
+    def ablation(self) -> Path:
+        """The dream ablation's folder (``scripts/ablate_dream.py``)."""
+        return self.root / "ablation"
+
+    def ablation_controller(self, variant: str) -> Path:
+        return self.ablation / variant / "controller.npz"
+
+    def ablation_cma_state(self, variant: str) -> Path:
+        return self.ablation / variant / "cma.npz"
+
+    def ablation_result(self, variant: str) -> Path:
+        return self.ablation / variant / "result.json"
+
+    @property
+    def ablation_json(self) -> Path:
+        return self.root / "ablation.json"
+
+    @property
+    def ablation_md(self) -> Path:
+        return self.root / "ablation.md"
 
     def tau_controller(self, tau: float) -> Path:
         return self.tau_sweep / f"tau_{tau:g}" / "controller.npz"
