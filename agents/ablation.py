@@ -57,7 +57,13 @@ def ablate(run_dir: str | Path, variants: list[str], generations: int = 40, pops
 
     from agents.cmaes import CMAConfig, evolve
     from agents.controller import ControllerConfig, save_controller
-    from agents.fitness import EVAL_GENERATION, DreamFitness, RealEvalWorker, RealPool, generation_seeds
+    from agents.fitness import (
+        EVAL_GENERATION,
+        DreamFitness,
+        RealEvalWorker,
+        RealPool,
+        generation_seeds,
+    )
     from agents.world_models.config import RunConfig
     from worldlab.world_model import WorldModel
 

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from agents.watch import has_display
     from agents.world_models.runs import watch_run
-
     from worldlab.interrupt import interruptible
 
     with interruptible() as stop:
