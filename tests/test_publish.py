@@ -1,0 +1,55 @@
+"""Publishing a run: half-precision checkpoints, no data, under the limit, watchable and
+evaluable like the run itself; a better publication is not replaced by a worse run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.world_models.publish import publish_run
+from agents.world_models.runs import evaluate_run, watch_run
+from worldlab.io import torch_load
+from worldlab.rundir import RunDir
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "old_run"
+
+
+def test_a_published_run_plays_as_the_run_did(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(OLD_RUN, run.root)
+    out = RunDir(tmp_path / "pretrained" / "car_racing")
+    out.root.parent.mkdir()
+    manifest = publish_run(run, out)
+    assert manifest["half_precision"] and manifest["megabytes"] < 40
+    files = {p.relative_to(out.root).as_posix() for p in out.root.rglob("*") if p.is_file()}
+    assert {"config.json", "eval.json", "published.json", "checkpoints/vae.pt", "checkpoints/mdrnn.pt",
+            "checkpoints/controller.npz"} <= files
+    assert not any(f.startswith(("data/", "latents/")) or f.endswith(".train.pt") or "cma_" in f for f in files)
+    state = torch_load(out.vae)
+    assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16" for v in state["model"].values())
+    assert out.vae.stat().st_size < 0.6 * run.vae.stat().st_size
+    # evaluated and watched like the run: half-precision weights move the returns by little
+    kw = {"episodes": 2, "workers": 1, "max_steps": 25, "backend": "processes"}
+    a, b = evaluate_run(run, **kw), evaluate_run(out, **kw)
+    assert np.allclose(a["returns"], b["returns"], atol=0.5)
+    res = watch_run(out, mode="both", episodes=1, max_steps=5, record=str(tmp_path / "w.mp4"))
+    assert len(res["real"]) == 1 and (tmp_path / "w.mp4").stat().st_size > 0
+    # a worse run does not replace it; --force does; the limit is enforced before anything moves
+    worse = RunDir(tmp_path / "worse")
+    shutil.copytree(OLD_RUN, worse.root)
+    ev = json.loads(worse.eval_json.read_text())
+    worse.eval_json.write_text(json.dumps({**ev, "mean": ev["mean"] - 1}))
+    with pytest.raises(ValueError, match="already holds a better run"):
+        publish_run(worse, out)
+    with pytest.raises(ValueError, match="over the limit of 0.01 MB"):
+        publish_run(worse, out, limit_mb=0.01, force=True)
+    assert json.loads(out.eval_json.read_text())["mean"] == ev["mean"]  # untouched
+    publish_run(worse, out, force=True)
+    assert json.loads(out.eval_json.read_text())["mean"] == ev["mean"] - 1
+    assert not any(p.name.startswith(".") for p in out.root.parent.iterdir())  # no temp folder left
+    with pytest.raises(FileNotFoundError, match="is not a finished run"):
+        publish_run(tmp_path / "nothing", tmp_path / "x")
