@@ -57,6 +57,12 @@ class Stage:
     found: str | None = None
     """what an earlier run left of this stage (None: nothing)."""
     done: bool = False
+    full_s: float | None = None
+    """the whole stage's estimate (``estimate_s`` is what is left of it; None: the same)."""
+
+    @property
+    def whole_s(self) -> float:
+        return self.estimate_s if self.full_s is None else self.full_s
 
 
 def _minutes(s: float) -> str:
@@ -109,7 +115,7 @@ class RunPlan:
             yield
             return
         s = self.stages[i]
-        total = sum(t.estimate_s for t in self.stages)
+        total = sum(t.whole_s for t in self.stages)
         done_pct = 100 * (1 - sum(t.estimate_s for t in self.stages[i:] if not t.done) / max(total, 1e-9))
         if not s.done:
             left = self.remaining_s(i - 1)
@@ -185,9 +191,11 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         have = sum(str(i) in manifest for i in eps)
         rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
         policy = c.policy if k == 0 else c.later_policy(k)
+        per_episode = collect_len / (rate * workers)
         out.append(Stage(f"collect_r{k}", f"round {k}: collect {len(eps)} real episodes ({policy})",
-                         (len(eps) - have) * collect_len / (rate * workers),
-                         f"round {k}'s {have} of {len(eps)} episodes collected" if have else None, have == len(eps)))
+                         (len(eps) - have) * per_episode,
+                         f"round {k}'s {have} of {len(eps)} episodes collected" if have else None, have == len(eps),
+                         len(eps) * per_episode))
         frames += len(eps) * collect_len
         finished = run.controller(k).exists()  # a round whose C was evolved: its V, latents and M were done
         if k == 0 or not cfg.freeze_v:
@@ -291,7 +299,7 @@ def _vision(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
     step = _train_step(run.vae_train)
     if step:
         return Stage(f"vision_r{k}", title, estimate * max(0.0, 1 - step / target),
-                     f"V's training at step {step} of {target}")
+                     f"V's training at step {step} of {target}", full_s=estimate)
     return Stage(f"vision_r{k}", title, estimate)
 
 
@@ -326,7 +334,7 @@ def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
             with np.load(state, allow_pickle=False) as z:
                 done = int(z["fitness"].shape[0])
             return Stage(f"evolve_r{k}", title, estimate * max(0.0, 1 - done / g),
-                         f"C at generation {done} of {g}", done >= g)
+                         f"C at generation {done} of {g}", done >= g, estimate)
         except Exception:  # noqa: BLE001
             pass
     return Stage(f"evolve_r{k}", title, estimate)
