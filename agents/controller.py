@@ -188,10 +188,14 @@ def load_controller(path: str | Path) -> tuple[ControllerConfig, np.ndarray, dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no controller at {path}; evolve one first (scripts/dream_train.py)")
-    with np.load(path, allow_pickle=False) as z:
-        cfg = ControllerConfig(**json.loads(str(z["config"])))
-        params = z["params"]
-        extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cfg = ControllerConfig(**json.loads(str(z["config"])))
+            params = z["params"]
+            extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:  # never retried with pickle allowed
+        raise ValueError(f"controller {path} is corrupt or not a worldlab controller ({type(e).__name__}); delete "
+                         f"it and resume the run to evolve it again") from None
     if params.shape != (cfg.num_params,):
         raise ValueError(f"controller {path} holds {params.shape} parameters, its config needs {cfg.num_params}")
     return cfg, params, extra

@@ -76,3 +76,22 @@ def test_each_stage_says_its_number_and_records_its_wall_time(tmp_path: Path) ->
     with plan.stage("collect_r0"):
         pass
     assert 100.0 <= {t["key"]: t for t in stage_times(run)}["collect_r0"]["seconds"] < 101.0
+
+
+def test_a_stage_first_removes_the_half_written_files_a_kill_left(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    (run.checkpoints).mkdir(parents=True)
+    run.data.mkdir()
+    stale = [run.checkpoints / ".vae.train.pt.k2j4_9xq.tmp", run.data / ".ep_000003.npz.a1b2c3d4.tmp"]
+    for p in stale:
+        p.write_bytes(b"x" * 2048)
+    kept = [run.checkpoints / "vae.pt", run.root / ".notes.tmp", run.data / "ep_000003.npz"]
+    for p in kept:
+        p.write_bytes(b"y")
+    lines: list[str] = []
+    plan = RunPlan(run, preset("smoke", "car_racing"), say=lines.append)
+    with plan.stage("collect_r0"):
+        pass
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert lines[0].startswith("removed 2 half-written files a killed run left (0.0 MB: ")
+    assert all(p.name in lines[0] for p in stale)

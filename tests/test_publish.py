@@ -53,3 +53,21 @@ def test_a_published_run_plays_as_the_run_did(tmp_path: Path) -> None:
     assert not any(p.name.startswith(".") for p in out.root.parent.iterdir())  # no temp folder left
     with pytest.raises(FileNotFoundError, match="is not a finished run"):
         publish_run(tmp_path / "nothing", tmp_path / "x")
+
+
+def test_damaged_files_are_named_with_a_safe_fix(tmp_path: Path) -> None:
+    from agents.controller import load_controller
+
+    bad = tmp_path / "controller.npz"
+    np.savez(bad, config=np.array([{"a": 1}], dtype=object), params=np.zeros(3))  # pickled content
+    with pytest.raises(ValueError) as e:
+        load_controller(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"controller {bad} is corrupt or not a worldlab controller") and "allow_pickle" not in msg
+    assert msg.endswith("delete it and resume the run to evolve it again")
+    ckpt = tmp_path / "vae.pt"
+    ckpt.write_bytes((OLD_RUN / "checkpoints" / "vae.pt").read_bytes()[:5000])  # truncated
+    with pytest.raises(ValueError) as e:
+        torch_load(ckpt)
+    assert str(e.value).startswith(f"checkpoint {ckpt} is corrupt") and str(e.value).endswith(
+        "delete it and rerun that stage") and len(str(e.value)) < 400

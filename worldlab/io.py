@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,26 @@ def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays: np.
     return atomic_write_bytes(path, buf.getvalue())
 
 
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+"""The names :func:`_atomic` gives its temp files (``.NAME.XXXXXXXX.tmp``, from ``tempfile.mkstemp``)."""
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Delete the half-written temp files a killed process left under ``root`` (only names of the
+    atomic writers' pattern, :data:`TEMP_NAME`); returns each removed path and its size. Call it
+    when no other process writes under ``root``."""
+    removed = []
+    for p in Path(root).rglob(".*.tmp"):
+        if p.is_file() and TEMP_NAME.match(p.name):
+            try:
+                size = p.stat().st_size
+                p.unlink()
+                removed.append((p, size))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -103,8 +124,10 @@ def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        first = str(e).splitlines()[0] if str(e) else ""
+        first = first if len(first) <= 160 else first[:157].rsplit(" ", 1)[0] + " ..."
         raise ValueError(f"checkpoint {path} is corrupt or not a worldlab checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); delete it and rerun that stage") from e
+                         f"{first}); delete it and rerun that stage") from e
 
 
 class ConfigCheckpoint:

@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.world_models.config import RunConfig
 from envs.tasks import get_task
-from worldlab.io import atomic_write_json, read_json
+from worldlab.io import atomic_write_json, read_json, remove_stale_temps
 from worldlab.rundir import RunDir
 
 # rates on the 2-core laptop (docs/RESULTS.md, docs/benchmarks/): rough, the ETA rescales them as the run goes
@@ -115,6 +115,11 @@ class RunPlan:
             yield
             return
         s = self.stages[i]
+        stale = remove_stale_temps(self.run.root)  # a killed stage's half-written files: no writer runs now
+        if stale:
+            self.say(f"removed {len(stale)} half-written file{'s' if len(stale) > 1 else ''} a killed run left "
+                     f"({sum(n for _, n in stale) / 2**20:.1f} MB: {', '.join(p.name for p, _ in stale[:3])}"
+                     f"{' ...' if len(stale) > 3 else ''})")
         total = sum(t.whole_s for t in self.stages)
         done_pct = 100 * (1 - sum(t.estimate_s for t in self.stages[i:] if not t.done) / max(total, 1e-9))
         if not s.done:
