@@ -95,3 +95,27 @@ def test_a_stage_first_removes_the_half_written_files_a_kill_left(tmp_path: Path
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert lines[0].startswith("removed 2 half-written files a killed run left (0.0 MB: ")
     assert all(p.name in lines[0] for p in stale)
+
+
+def test_a_foreign_checkpoint_is_refused_before_any_stage(old_run: RunDir) -> None:
+    import torch
+
+    from agents.world_models import DreamTrainer
+    from worldlab.io import atomic_torch_save
+
+    cfg = RunConfig.load(old_run)
+    DreamTrainer(cfg, old_run, progress=False)  # the run's own files pass
+    own_vae, own_m = old_run.vae.read_bytes(), old_run.mdrnn.read_bytes()
+    state = torch.load(old_run.vae, weights_only=True)
+    atomic_torch_save({**state, "meta": {**state["meta"], "task": "doom_take_cover"}}, old_run.vae)
+    with pytest.raises(ValueError, match=r"vae.pt is the V of a doom_take_cover run, not of this car_racing run; "
+                                         r"restore this run's own file, or delete it to train V again"):
+        DreamTrainer(cfg, old_run, progress=False)
+    old_run.vae.write_bytes(own_vae)
+    state = torch.load(old_run.mdrnn, weights_only=True)
+    atomic_torch_save({**state, "config": {**state["config"], "hidden": 32}}, old_run.mdrnn)
+    with pytest.raises(ValueError, match=r"mdrnn.pt: this M has another architecture than the run's \(differs in "
+                                         r"hidden\); restore this run's own file"):
+        DreamTrainer(cfg, old_run, progress=False)
+    old_run.mdrnn.write_bytes(own_m)
+    DreamTrainer(cfg, old_run, progress=False)

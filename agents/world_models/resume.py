@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from agents.world_models.config import FLAG_OF, RunConfig
+from worldlab.io import torch_load
 from worldlab.rundir import RunDir
 
 RESUMABLE: dict[str, str] = {
@@ -78,3 +79,35 @@ def check_resumable(run: RunDir, cfg: RunConfig, *, resume: bool = True) -> bool
         raise ValueError(f"{run} was started with another config (differs in {', '.join(fixed[:6])}); resume it "
                          f"without changing settings ({resumable_settings()} may change), or choose another --out")
     return True
+
+
+def check_checkpoints(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse, in one line and before any stage runs, a model checkpoint in ``run`` that belongs to
+    another run: V or M (or an ensemble member) of another task, or of another architecture than
+    ``cfg`` asks for (a resume cannot change those, so such a file was copied in). Never trained
+    over silently: the stages would otherwise retrain V and M and keep a controller evolved on the
+    old ones."""
+    from dataclasses import asdict
+
+    from worldlab.mdrnn import MDRNNConfig
+    from worldlab.vae import VAEConfig
+
+    models = [(run.vae, "V", cfg.vae, VAEConfig), (run.mdrnn, "M", cfg.mdrnn, MDRNNConfig)]
+    models += [(run.mdrnn_member(k), f"M's member {k}", cfg.mdrnn, MDRNNConfig) for k in range(1, cfg.ensemble.members)]
+    for path, what, want, kind in models:
+        if not path.is_file():
+            continue
+        state = torch_load(path)  # a damaged file: one line naming it
+        meta = state.get("meta", {}) if isinstance(state, dict) else {}
+        fix = f"restore this run's own file, or delete it to train {what} again"
+        task = meta.get("task")
+        if task is not None and task != cfg.task:
+            raise ValueError(f"{path} is the {what} of a {task} run, not of this {cfg.task} run; {fix}")
+        try:
+            got = asdict(kind.from_dict(state["config"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path} is not a worldlab {what} checkpoint (no readable config); {fix}") from None
+        diff = sorted(k for k in set(got) | set(asdict(want)) if got.get(k) != asdict(want).get(k))
+        if diff:
+            raise ValueError(f"{path}: this {what} has another architecture than the run's (differs in "
+                             f"{', '.join(diff)}); {fix}")

@@ -34,7 +34,7 @@ from agents.world_models import stages
 from agents.world_models.config import RunConfig
 from agents.world_models.plan import RunPlan
 from agents.world_models.report import write_report
-from agents.world_models.resume import check_resumable
+from agents.world_models.resume import check_checkpoints, check_resumable
 from worldlab.io import atomic_write_bytes
 from worldlab.rundir import RunDir
 from worldlab.world_model import WorldModel
@@ -64,6 +64,7 @@ class DreamTrainer:
         self._resuming = self.run.is_run()
         if check_resumable(self.run, config):
             config.save(self.run)
+        check_checkpoints(self.run, config)
         self._pool: RealPool | None = None
         self._pool_wm: WorldModel | None = None
         self.plan: RunPlan | None = None  # made by learn(): what is left to do is known then
