@@ -94,10 +94,12 @@ def collection_meta(task: str, policy: PolicySpec, seed: int, env_kwargs: dict[s
 
 def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, policy: str | PolicySpec = "brownian",
             seed: int = 0, address: str | None = None, env_kwargs: dict[str, Any] | None = None,
-            progress: bool = True, start_index: int = 0, backend: str = "ray") -> Manifest:
+            progress: bool = True, start_index: int = 0, backend: str = "ray", verify: bool = True) -> Manifest:
     """Collect ``episodes`` episodes (indices ``start_index .. start_index+episodes-1``) into ``out_dir``.
 
-    Resumes: episodes already recorded (or shards left by a killed run) are not collected again.
+    Resumes: episodes already recorded (or shards left by a killed run) are not collected again;
+    a recorded shard that is missing or (``verify``: its checksum no longer matches) damaged is
+    dropped and collected again.
     ``workers=0`` runs in this process without Ray; otherwise ``workers`` Ray workers are used, on
     a local Ray or on the cluster at ``address`` (``backend="ray"``), or ``workers`` local
     processes (``backend="processes"``, for a machine without Ray; see :mod:`agents.pool`).
@@ -125,6 +127,7 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
     manifest.meta = {**meta, **{k: v for k, v in manifest.meta.items() if k in ("policy", "policy_kwargs", "seed")
                                 and manifest.episodes}}
     manifest.adopt_orphans()
+    manifest.drop_damaged(range(start_index, start_index + episodes), verify=verify)
     manifest.save()
     todo = [i for i in range(start_index, start_index + episodes) if i not in manifest.episodes]
     done = episodes - len(todo)

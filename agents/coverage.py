@@ -27,7 +27,8 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in ("rewards", *SIGNALS) if k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CorruptShardError(f"shard {path} cannot be read ({e}); delete it and rerun collection") from e
+        raise CorruptShardError(f"shard {path} cannot be read ({e}); resume the run (or rerun the collect "
+                                f"command): it drops the shard and collects that episode again") from e
 
 
 def coverage(data_dir: str | os.PathLike, episodes: list[int] | range | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import io
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +86,14 @@ def load_shard(path: str | os.PathLike, sha256: str | None = None) -> dict[str, 
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise CorruptShardError(
             f"shard {path} is corrupt (checksum mismatch with {path.parent / MANIFEST}); "
-            f"delete it and rerun collection to re-create it"
+            f"resume the run (or rerun the collect command): it drops the shard and collects that episode again"
         )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001
-        raise CorruptShardError(f"shard {path} cannot be read ({e}); delete it and rerun collection") from e
+        raise CorruptShardError(f"shard {path} cannot be read ({e}); resume the run (or rerun the collect "
+                                f"command): it drops the shard and collects that episode again") from e
 
 
 class Manifest:
@@ -155,6 +156,22 @@ class Manifest:
         if adopted:
             self.save()
         return adopted
+
+    def drop_damaged(self, episodes: Iterable[int] | None = None, verify: bool = True) -> list[int]:
+        """Drop from the manifest (and delete) the shards of ``episodes`` (None: all) whose file is
+        missing or, with ``verify``, whose bytes no longer match their checksum, so that collection
+        plays those episodes again; returns their indices (the manifest is saved when any)."""
+        dropped = []
+        for i in sorted(self.episodes if episodes is None else (e for e in episodes if e in self.episodes)):
+            path = self.dir / self.episodes[i]["file"]
+            if path.is_file() and (not verify or sha256_file(path) == self.episodes[i]["sha256"]):
+                continue
+            path.unlink(missing_ok=True)
+            del self.episodes[i]
+            dropped.append(i)
+        if dropped:
+            self.save()
+        return dropped
 
     def files(self) -> list[tuple[Path, str]]:
         """``(path, sha256)`` of every recorded shard, in episode order."""

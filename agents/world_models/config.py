@@ -79,6 +79,10 @@ class CollectConfig:
     actions (0: none): the data then shows M where C's states lead when C is pushed off its path."""
     burst_steps: int = 20
     """length of each burst."""
+    verify: bool = True
+    """on every (re)start, hash each collected shard against its checksum before going on; a missing
+    or damaged shard is dropped and its episode collected again (False: only check that each file
+    exists, for data sets of many gigabytes)."""
 
     def __post_init__(self) -> None:
         from agents.policies import POLICIES

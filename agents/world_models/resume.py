@@ -34,6 +34,7 @@ RESUMABLE: dict[str, str] = {
     "eval.gap_episodes": "likewise",
     "eval.probes": "the probe episodes only read the world model",
     "eval.probe_steps": "likewise",
+    "collect.verify": "it only decides how closely finished shards are checked on a restart",
     "finetune.generations": "the real-game fine-tune comes after the dream-only result and continues from its "
                             "saved CMA-ES state",
 }

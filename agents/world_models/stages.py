@@ -99,8 +99,14 @@ def collect_rollouts(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, *,
 
     c = cfg.collect
     eps = c.round_episodes(k)
-    if run.data_manifest.exists() and all(i in Manifest(run.data).episodes for i in eps):
-        return Manifest(run.data)
+    if run.data_manifest.exists():
+        manifest = Manifest(run.data)
+        dropped = manifest.drop_damaged(eps, verify=c.verify)
+        if dropped:
+            say(f"round {k}: {len(dropped)} shard{'s' if len(dropped) > 1 else ''} missing or damaged "
+                f"(episodes {', '.join(map(str, dropped[:5]))}{' ...' if len(dropped) > 5 else ''}): collected again")
+        if all(i in manifest.episodes for i in eps):
+            return manifest
     if k == 0:
         spec = PolicySpec(c.policy, {"seed": cfg.seed} if c.policy == "random_controller" else {})
     else:
@@ -110,7 +116,8 @@ def collect_rollouts(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, *,
     say(f"round {k}: collecting {len(eps)} real episodes ({spec.name}) with {cfg.workers} workers")
     env_kwargs = {"max_episode_steps": c.max_steps} if c.max_steps else {}
     return collect(cfg.task, run.data, len(eps), workers=cfg.workers, policy=spec, seed=cfg.seed, address=address,
-                   env_kwargs=env_kwargs, progress=progress, start_index=eps.start, backend=cfg.backend)
+                   env_kwargs=env_kwargs, progress=progress, start_index=eps.start, backend=cfg.backend,
+                   verify=False)  # checked above
 
 
 # -- V and M ----------------------------------------------------------------------------------------
