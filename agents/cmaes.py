@@ -90,15 +90,21 @@ class EvolutionState:
     @classmethod
     def load(cls, path: Path, cfg: CMAConfig, dim: int) -> EvolutionState:
         import json
+        import zipfile
 
-        with np.load(path, allow_pickle=False) as z:
+        try:  # reading every array checks each one's CRC-32: a damaged file fails here, named
+            with np.load(path, allow_pickle=False) as npz:
+                z = {k: npz[k] for k in npz.files}
             saved = json.loads(str(z["config"]))
-            for k in ("popsize", "sigma0", "seed"):
-                if saved[k] != getattr(cfg, k):
-                    raise ValueError(f"{path} was evolved with {k}={saved[k]}, not {getattr(cfg, k)}; "
-                                     f"use the same settings to resume, or another run folder")
-            st = cls(fitness=z["fitness"], hashes=[str(h) for h in z["hashes"]], best_params=z["best_params"],
-                     best_fitness=float(z["best_fitness"]), mean_params=z["mean_params"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"CMA-ES state {path} is corrupt ({type(e).__name__}); delete it to evolve that round "
+                             f"again from its start") from None
+        for k in ("popsize", "sigma0", "seed"):
+            if saved[k] != getattr(cfg, k):
+                raise ValueError(f"{path} was evolved with {k}={saved[k]}, not {getattr(cfg, k)}; "
+                                 f"use the same settings to resume, or another run folder")
+        st = cls(fitness=z["fitness"], hashes=[str(h) for h in z["hashes"]], best_params=z["best_params"],
+                 best_fitness=float(z["best_fitness"]), mean_params=z["mean_params"])
         if st.best_params.shape != (dim,):
             raise ValueError(f"{path} holds controllers of {st.best_params.shape[0]} parameters, not {dim}; "
                              f"it belongs to another model size")

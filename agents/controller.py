@@ -184,6 +184,7 @@ def save_controller(path: str | Path, cfg: ControllerConfig, params: np.ndarray,
 
 def load_controller(path: str | Path) -> tuple[ControllerConfig, np.ndarray, dict[str, Any]]:
     import json
+    import zipfile
 
     path = Path(path)
     if not path.is_file():
@@ -193,7 +194,7 @@ def load_controller(path: str | Path) -> tuple[ControllerConfig, np.ndarray, dic
             cfg = ControllerConfig(**json.loads(str(z["config"])))
             params = z["params"]
             extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:  # never retried with pickle allowed
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:  # never retried with pickle
         raise ValueError(f"controller {path} is corrupt or not a worldlab controller ({type(e).__name__}); delete "
                          f"it and resume the run to evolve it again") from None
     if params.shape != (cfg.num_params,):

@@ -121,6 +121,16 @@ def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train that stage first, or check the run folder)")
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:  # torch.load does not check the CRC of each record; this does
+            bad = z.testzip()
+        if bad is not None:
+            raise ValueError(f"checkpoint {path} is corrupt ({bad} fails its CRC-32 check); delete it and rerun "
+                             f"that stage")
+    except zipfile.BadZipFile:
+        pass  # not a zip (a legacy torch.save): torch.load below decides
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
