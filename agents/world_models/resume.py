@@ -93,6 +93,7 @@ def check_checkpoints(run: RunDir, cfg: RunConfig) -> None:
     from worldlab.mdrnn import MDRNNConfig
     from worldlab.vae import VAEConfig
 
+    _check_archives(run)
     models = [(run.vae, "V", cfg.vae, VAEConfig), (run.mdrnn, "M", cfg.mdrnn, MDRNNConfig)]
     models += [(run.mdrnn_member(k), f"M's member {k}", cfg.mdrnn, MDRNNConfig) for k in range(1, cfg.ensemble.members)]
     for path, what, want, kind in models:
@@ -112,3 +113,25 @@ def check_checkpoints(run: RunDir, cfg: RunConfig) -> None:
         if diff:
             raise ValueError(f"{path}: this {what} has another architecture than the run's (differs in "
                              f"{', '.join(diff)}); {fix}")
+
+
+def _check_archives(run: RunDir) -> None:
+    """Every checkpoint, training state, controller and CMA-ES state of ``run`` (zip archives: .pt,
+    .npz) passes its records' CRC-32 check, so a damaged file of a finished stage is named on
+    resume rather than when (or if) a later stage reads it."""
+    import zipfile
+
+    if not run.checkpoints.is_dir():
+        return
+    for path in sorted(run.checkpoints.iterdir()):
+        if path.suffix not in (".pt", ".npz") or path.name.startswith("."):
+            continue
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            reason = None if bad is None else f"{bad} fails its CRC-32 check"
+        except (zipfile.BadZipFile, OSError) as e:
+            reason = f"not a readable archive: {type(e).__name__}"
+        if reason is not None:
+            what = "the controller is evolved again" if path.name.startswith("controller") else "that stage runs again"
+            raise ValueError(f"{path} is corrupt ({reason}); delete it and resume: {what}")

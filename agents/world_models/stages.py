@@ -572,10 +572,16 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     run = RunDir(run)
     out = run.controller(k)
     ccfg = controller_config(cfg, wm)
+    m_id = wm.mdrnn.meta.get("id")
     if out.exists():
         saved_cfg, params, extra = load_controller(out)
         later = run.cma_state(k + 1).exists() or run.controller(k + 1).exists()
-        if saved_cfg == ccfg and (extra.get("generations") == cfg.cma.generations or k < cfg.rounds - 1 or later):
+        if saved_cfg == ccfg and (k < cfg.rounds - 1 or later):  # an earlier round's controller is final
+            return params
+        if extra.get("mdrnn_id") not in (None, m_id):  # None: saved before controllers recorded their M
+            raise ValueError(f"{out} was evolved in the dream of another M than this run's {run.mdrnn.name} (V or M "
+                             f"was trained again since); delete it and {run.cma_state(k).name} to evolve it again")
+        if saved_cfg == ccfg and extra.get("generations") == cfg.cma.generations:
             return params
     x0 = load_controller(run.controller(k - 1))[1] if k > 0 else None
     cma_cfg = replace(cfg.cma, seed=cfg.cma.seed + 1000 * k)
@@ -605,7 +611,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         state = evolve(fitness, ccfg.num_params, cma_cfg, run.cma_state(k), logger=logger, progress=progress,
                        desc="evolve", x0=x0, on_generation=gap)
     save_controller(out, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
-                    best_fitness=state.best_fitness, train_in=cfg.train_in)
+                    best_fitness=state.best_fitness, train_in=cfg.train_in, mdrnn_id=m_id)
     return state.mean_params
 
 
