@@ -66,8 +66,12 @@ def test_each_stage_says_its_number_and_records_its_wall_time(tmp_path: Path) ->
     with plan.stage("vision_r0"):
         pass
     assert lines[2].startswith(f"stage 2/{len(plan)} · round 0: train V to 40 steps · run ")
+    # stages that took no time (their work was found done) do not teach the ETA that all is done
+    with plan.stage("encode_r0"):
+        pass
+    assert "about 0 s left" not in lines[4] and lines[4].startswith(f"stage 3/{len(plan)} · ")
     times = {t["key"]: t for t in stage_times(run)}
-    assert set(times) == {"collect_r0", "vision_r0"} and times["collect_r0"]["seconds"] >= 0.0
+    assert set(times) == {"collect_r0", "vision_r0", "encode_r0"} and times["collect_r0"]["seconds"] >= 0.0
     # a resumed stage adds its time to what the killed run spent
     d = json.loads(run.stages_json.read_text())
     d["stages"][0]["seconds"] = 100.0

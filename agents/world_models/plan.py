@@ -133,9 +133,10 @@ class RunPlan:
         dt = time.perf_counter() - t0
         if not s.done or dt > 5:  # a stage predicted finished that still worked says so too
             self.say(f"stage {i + 1}/{len(self)} done in {_minutes(dt)}")
+            _record(self.run, s, dt)
+        if dt > 5:  # the pace learns from stages that worked, not from ones found finished
             self._actual += dt
             self._estimated += s.estimate_s
-            _record(self.run, s, dt)
         s.done = True
 
 
@@ -207,7 +208,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             steps = vision_steps(cfg, k) - (vision_steps(cfg, k - 1) if k > 0 else 0)
             out.append(_vision(run, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
         out.append(Stage(f"encode_r{k}", f"round {k}: encode the frames to latents",
-                         frames / ENCODE_FRAMES_S / gpu, None, finished))
+                         frames / ENCODE_FRAMES_S / gpu, None, finished or _encoded(run, manifest)))
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
         out.append(_memory(run, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
@@ -257,6 +258,18 @@ def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
                 and e.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps)
     except (OSError, ValueError):
         return False
+
+
+def _encoded(run: RunDir, data: dict[str, Any]) -> bool:
+    """Whether the latents hold every collected episode, encoded by the V now in ``vae.pt``."""
+    lat = _episodes(run.latents_manifest)
+    if not data or set(lat) != set(data):
+        return False
+    try:
+        meta = read_json(run.latents_manifest).get("meta", {})
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("vae_id")) and meta.get("vae_id") == (_checkpoint_meta(run.vae) or {}).get("id")
 
 
 def _episodes(manifest_path: Any) -> dict[str, Any]:
