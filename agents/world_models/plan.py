@@ -128,7 +128,12 @@ class RunPlan:
                      f"{_minutes(left)} left (ETA {_clock(left)})")
         t0 = time.perf_counter()
         self.current = s
-        yield
+        try:
+            yield
+        except BaseException:  # an interrupted stage's time still counts in its total
+            if time.perf_counter() - t0 > 5:
+                _record(self.run, s, time.perf_counter() - t0, finished=False)
+            raise
         self.current = None
         dt = time.perf_counter() - t0
         if not s.done or dt > 5:  # a stage predicted finished that still worked says so too
@@ -144,9 +149,10 @@ def _clock(seconds_from_now: float) -> str:
     return time.strftime("%H:%M", time.localtime(time.time() + seconds_from_now))
 
 
-def _record(run: RunDir, s: Stage, seconds: float) -> None:
-    """Add a finished stage's wall time to ``RUN/stages.json`` (summed over resumes), in the order
-    the stages first finished: ``{"stages": [{"key", "title", "seconds", "finished"}, ...]}``."""
+def _record(run: RunDir, s: Stage, seconds: float, finished: bool = True) -> None:
+    """Add a stage's wall time to ``RUN/stages.json`` (summed over resumes; an interrupted stage's
+    time counts too, ``finished`` stays unset until a process completes it), in the order the
+    stages were first recorded: ``{"stages": [{"key", "title", "seconds", "finished"}, ...]}``."""
     path = run.stages_json
     try:
         d = read_json(path) if path.exists() else {}
@@ -156,7 +162,7 @@ def _record(run: RunDir, s: Stage, seconds: float) -> None:
     old = next((t for t in stages if t.get("key") == s.key), None)
     row = {"key": s.key, "title": s.title,
            "seconds": round(float(old["seconds"] if old else 0.0) + seconds, 1),
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S") if finished else (old or {}).get("finished")}
     d["stages"] = [row if t is old else t for t in stages] if old else [*stages, row]
     atomic_write_json(path, d)
 

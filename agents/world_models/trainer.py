@@ -61,7 +61,7 @@ class DreamTrainer:
         if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         self.run.root.mkdir(parents=True, exist_ok=True)
-        self._resuming = self.run.is_run()
+        self.resuming = self.run.is_run()
         if check_resumable(self.run, config):
             config.save(self.run)
         check_checkpoints(self.run, config)
@@ -114,7 +114,7 @@ class DreamTrainer:
         params: np.ndarray | None = None
         plan = self.plan = RunPlan(run, c, say=stages.say)
         resumed = plan.resume_line()
-        if resumed is None and self._resuming:
+        if resumed is None and self.resuming:
             resumed = f"resuming {run}: no stage had finished; {plan.start_line()}"
         stages.say(resumed or plan.start_line())
         try:
