@@ -104,3 +104,17 @@ def test_one_flipped_byte_in_a_checkpoint_is_caught_and_named(tmp_path: Path, na
             EvolutionState.load(path, CMAConfig(popsize=4, rollouts=2, generations=2, seed=0, sigma0=0.1), 3)
     msg = str(e.value)
     assert str(path) in msg and "corrupt" in msg and "delete it" in msg and len(msg.splitlines()) == 1
+
+
+def test_the_published_car_racing_run_is_watched_and_evaluated_as_shipped(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "pretrained" / "car_racing"
+    published = json.loads((shipped / "published.json").read_text())
+    assert published["megabytes"] <= 40 and published["score"]["episodes"] == 100
+    from worldlab.io import sha256_file
+
+    for name, digest in published["files"].items():  # what was published is what is shipped
+        assert sha256_file(shipped / name) == digest, name
+    res = evaluate_run(shipped, episodes=1, workers=1, max_steps=30, backend="processes")
+    assert len(res["returns"]) == 1 and np.isfinite(res["returns"][0])
+    watched = watch_run(shipped, mode="both", episodes=1, max_steps=5, record=str(tmp_path / "p.mp4"))
+    assert len(watched["dream"]) == 1 and (tmp_path / "p.mp4").stat().st_size > 0
