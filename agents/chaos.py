@@ -116,7 +116,8 @@ def run_case(run_dir: str | Path, case: Case, timeout: float = 900) -> dict[str,
         env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dream_train.py"), task, "--resume", "--out",
-                            str(run), "--no-progress", "--set", "eval.videos=false"], capture_output=True, text=True,
+                            str(run), "--no-progress", "--set", "eval.videos=false", "--set", "eval.probes=false"],
+                           capture_output=True, text=True,
                            env=env, timeout=timeout, cwd=tmp)
         err = [ln for ln in r.stderr.splitlines() if ln.strip()]
         tb = "Traceback" in r.stdout + r.stderr
