@@ -31,13 +31,11 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - (RunConfig, RunDir
             raise ValueError(f"{run} is a {cfg.task} run, not {args.task}")
     else:
         cfg = preset(args.preset, args.task)
+    from agents.world_models.config import FLAG_OF
+
     sets = list(args.set)
-    for flag, key in (("workers", "workers"), ("device", "device"), ("temperature", "dream.temperature"),
-                      ("train_workers", "train_workers"), ("backend", "backend"),
-                      ("rounds", "rounds"), ("train_in", "train_in"), ("seed", "seed"),
-                      ("generations", "cma.generations"), ("eval_episodes", "eval.episodes"),
-                      ("finetune_real", "finetune.generations")):
-        v = getattr(args, flag)
+    for key, flag in FLAG_OF.items():  # the one table of config keys and their flags
+        v = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if v is not None:
             sets.append(f"{key}={v}")
     return override(cfg, sets), run
