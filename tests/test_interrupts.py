@@ -75,7 +75,7 @@ def test_ctrl_c_during_collection_says_one_line_and_resumes(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_sigterm_during_training_says_one_line_and_resumes(tmp_path: Path) -> None:
+def test_sigterm_during_training_says_one_line_and_keeps_the_stage_time(tmp_path: Path) -> None:
     code, stdout, stderr, out = _interrupt(tmp_path, "] stage 2/6 · round 0: train V", signal.SIGTERM, group=False)
     assert code == 143, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stdout + stderr and "SIGTERM received" not in stdout + stderr
@@ -83,7 +83,10 @@ def test_sigterm_during_training_says_one_line_and_resumes(tmp_path: Path) -> No
     assert len(lines) == 1 and lines[0].startswith("terminated (SIGTERM): stopped stage 2/6 (round 0: train V to "), \
         stderr
     assert (out / "data" / "manifest.json").is_file()  # stage 1's episodes are kept
-    _resume_completes(out)
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert [t["key"] for t in stages][:2] == ["collect_r0", "vision_r0"]  # the interrupted stage's time counts
+    assert stages[1]["finished"] is None and stages[1]["seconds"] > 1
+    # (a resume after an interrupt completing the run: the Ctrl-C test above)
 
 
 def test_a_watch_window_does_not_open_the_sound_device(monkeypatch: pytest.MonkeyPatch) -> None:

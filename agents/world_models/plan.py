@@ -131,8 +131,7 @@ class RunPlan:
         try:
             yield
         except BaseException:  # an interrupted stage's time still counts in its total
-            if time.perf_counter() - t0 > 5:
-                _record(self.run, s, time.perf_counter() - t0, finished=False)
+            _record(self.run, s, time.perf_counter() - t0, finished=False)
             raise
         self.current = None
         dt = time.perf_counter() - t0
