@@ -1,6 +1,6 @@
 """Publishing a finished run: the checkpoints a user needs to watch and evaluate it (V, M and its
 members, the final controller, the fine-tuned one if any), its ``config.json``, ``eval.json``,
-``report.md`` and figures, without rollout data, latents or training states, in half precision,
+``report.md``, its figures and videos, without rollout data, latents or training states, in half precision,
 under a size limit. ``pretrained/car_racing`` and ``pretrained/doom_take_cover`` are made this way:
 
     python scripts/publish_run.py runs/car_racing pretrained/car_racing
@@ -71,6 +71,8 @@ def publish_run(run_dir: str | Path, out_dir: str | Path, limit_mb: float = LIMI
                 shutil.copy2(src, tmp.root / src.name)
         if run.figures.is_dir():
             shutil.copytree(run.figures, tmp.figures)
+        if run.videos.is_dir():  # the report links them
+            shutil.copytree(run.videos, tmp.videos)
         for grid in ("vae_recon.png", "vae_samples.png"):
             if (run.samples / grid).is_file():
                 tmp.samples.mkdir(exist_ok=True)
