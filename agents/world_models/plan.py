@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from agents.world_models.config import RunConfig
@@ -195,6 +196,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     dream_len = min(cfg.dream.steps or spec.max_episode_steps, typical)
     workers = max(cfg.workers, 1)
     manifest = _episodes(run.data_manifest)
+    found = _Found(run)
     out: list[Stage] = []
     frames = 0
     for k in range(cfg.rounds):
@@ -211,12 +213,12 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         finished = run.controller(k).exists()  # a round whose C was evolved: its V, latents and M were done
         if k == 0 or not cfg.freeze_v:
             steps = vision_steps(cfg, k) - (vision_steps(cfg, k - 1) if k > 0 else 0)
-            out.append(_vision(run, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
+            out.append(_vision(run, found, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
         out.append(Stage(f"encode_r{k}", f"round {k}: encode the frames to latents",
-                         frames / ENCODE_FRAMES_S / gpu, None, finished or _encoded(run, manifest)))
+                         frames / ENCODE_FRAMES_S / gpu, None, finished or _encoded(found, manifest)))
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
-        out.append(_memory(run, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
+        out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
                            / M_LATENT_STEPS_S / gpu, finished))
         g = cfg.cma.generations
         if cfg.train_in == "dream":
@@ -265,16 +267,36 @@ def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
         return False
 
 
-def _encoded(run: RunDir, data: dict[str, Any]) -> bool:
+class _Found:
+    """What an earlier run left in the folder, each file read at most once per plan."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    @cached_property
+    def vae(self) -> dict[str, Any]:
+        """``vae.pt``'s meta ({} when absent or unreadable)."""
+        return _checkpoint_meta(self.run.vae) or {}
+
+    @cached_property
+    def mdrnn(self) -> dict[str, Any]:
+        return _checkpoint_meta(self.run.mdrnn) or {}
+
+    @cached_property
+    def latents(self) -> dict[str, Any]:
+        """The latents' manifest ({} when absent or unreadable)."""
+        try:
+            return read_json(self.run.latents_manifest) if self.run.latents_manifest.exists() else {}
+        except (OSError, ValueError):
+            return {}
+
+
+def _encoded(found: _Found, data: dict[str, Any]) -> bool:
     """Whether the latents hold every collected episode, encoded by the V now in ``vae.pt``."""
-    lat = _episodes(run.latents_manifest)
-    if not data or set(lat) != set(data):
+    if not data or set(found.latents.get("episodes", {})) != set(data):
         return False
-    try:
-        meta = read_json(run.latents_manifest).get("meta", {})
-    except (OSError, ValueError):
-        return False
-    return bool(meta.get("vae_id")) and meta.get("vae_id") == (_checkpoint_meta(run.vae) or {}).get("id")
+    vae_id = found.latents.get("meta", {}).get("vae_id")
+    return bool(vae_id) and vae_id == found.vae.get("id")
 
 
 def _episodes(manifest_path: Any) -> dict[str, Any]:
@@ -309,15 +331,14 @@ def _train_step(path: Any) -> int | None:
         return None
 
 
-def _vision(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
+def _vision(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
     from agents.world_models.stages import vision_steps
 
     target = vision_steps(cfg, k)
     title = f"round {k}: train V to {target} steps"
     if finished:
         return Stage(f"vision_r{k}", title, estimate, None, True)
-    meta = _checkpoint_meta(run.vae) or {}
-    if meta.get("steps", 0) >= target:
+    if found.vae.get("steps", 0) >= target:
         return Stage(f"vision_r{k}", title, estimate, f"V trained ({target} steps)", True)
     step = _train_step(run.vae_train)
     if step:
@@ -326,7 +347,7 @@ def _vision(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
     return Stage(f"vision_r{k}", title, estimate)
 
 
-def _memory(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
+def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
     from agents.world_models.stages import memory_steps
 
     target = memory_steps(cfg, k)
@@ -334,8 +355,7 @@ def _memory(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
     title = f"round {k}: train M{'' if n == 1 else f' ({n} members)'} to {target} steps"
     if finished:
         return Stage(f"memory_r{k}", title, estimate, None, True)
-    vae = _checkpoint_meta(run.vae) or {}
-    meta = _checkpoint_meta(run.mdrnn) or {}
+    vae, meta = found.vae, found.mdrnn
     if vae.get("id") and meta.get("vae_id") == vae.get("id") and meta.get("steps", 0) >= target:
         return Stage(f"memory_r{k}", title, estimate, f"M trained ({target} steps)", True)
     step = _train_step(run.mdrnn_train)
