@@ -116,21 +116,30 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+NOT_A_ZIP = "not a readable archive"
+
+
+def zip_damage(path: str | os.PathLike) -> str | None:
+    """Why a zip archive (a torch checkpoint, an ``.npz``) is damaged: its first record that fails
+    its CRC-32 check, or :data:`NOT_A_ZIP` and the error; None when every record is whole."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{NOT_A_ZIP}: {type(e).__name__}"
+    return None if bad is None else f"{bad} fails its CRC-32 check"
+
+
 def torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint safely (``weights_only=True``) with a one-line error on failure."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train that stage first, or check the run folder)")
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:  # torch.load does not check the CRC of each record; this does
-            bad = z.testzip()
-        if bad is not None:
-            raise ValueError(f"checkpoint {path} is corrupt ({bad} fails its CRC-32 check); delete it and rerun "
-                             f"that stage")
-    except zipfile.BadZipFile:
-        pass  # not a zip (a legacy torch.save): torch.load below decides
+    damage = zip_damage(path)  # torch.load does not check the CRC of each record
+    if damage is not None and not damage.startswith(NOT_A_ZIP):  # not a zip (a legacy torch.save): torch.load below decides
+        raise ValueError(f"checkpoint {path} is corrupt ({damage}); delete it and rerun that stage")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from agents.world_models.config import FLAG_OF, RunConfig
-from worldlab.io import torch_load
+from worldlab.io import torch_load, zip_damage
 from worldlab.rundir import RunDir
 
 RESUMABLE: dict[str, str] = {
@@ -119,19 +119,12 @@ def _check_archives(run: RunDir) -> None:
     """Every checkpoint, training state, controller and CMA-ES state of ``run`` (zip archives: .pt,
     .npz) passes its records' CRC-32 check, so a damaged file of a finished stage is named on
     resume rather than when (or if) a later stage reads it."""
-    import zipfile
-
     if not run.checkpoints.is_dir():
         return
     for path in sorted(run.checkpoints.iterdir()):
         if path.suffix not in (".pt", ".npz") or path.name.startswith("."):
             continue
-        try:
-            with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-            reason = None if bad is None else f"{bad} fails its CRC-32 check"
-        except (zipfile.BadZipFile, OSError) as e:
-            reason = f"not a readable archive: {type(e).__name__}"
+        reason = zip_damage(path)
         if reason is not None:
             what = "the controller is evolved again" if path.name.startswith("controller") else "that stage runs again"
             raise ValueError(f"{path} is corrupt ({reason}); delete it and resume: {what}")
