@@ -29,7 +29,7 @@ from worldlab.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _flip(path: Path) -> None:
+def flip_byte(path: Path) -> None:
     """Flip one byte in the middle of the largest record's data (zip archives) or of the file."""
     data = bytearray(path.read_bytes())
     at = len(data) // 2
@@ -91,14 +91,14 @@ def _delete(path: Path) -> None:
 
 CASES = [
     Case("shard truncated", _on(_first_shard, _truncate), "repaired"),
-    Case("shard with one flipped byte", _on(_first_shard, _flip), "repaired"),
+    Case("shard with one flipped byte", _on(_first_shard, flip_byte), "repaired"),
     Case("shard deleted", _on(_first_shard, _delete), "repaired"),
     Case("data manifest deleted", _on(lambda r: r.data_manifest, _delete), "repaired"),
     Case("V truncated", _on(lambda r: r.vae, _truncate), "detected"),
-    Case("V with one flipped byte", _on(lambda r: r.vae, _flip), "detected"),
-    Case("M with one flipped byte", _on(lambda r: r.mdrnn, _flip), "detected"),
+    Case("V with one flipped byte", _on(lambda r: r.vae, flip_byte), "detected"),
+    Case("M with one flipped byte", _on(lambda r: r.mdrnn, flip_byte), "detected"),
     Case("controller replaced by garbage", _on(lambda r: r.controller(), _garbage), "detected"),
-    Case("CMA-ES state with one flipped byte", _on(lambda r: r.cma_state(0), _flip), "detected"),
+    Case("CMA-ES state with one flipped byte", _on(lambda r: r.cma_state(0), flip_byte), "detected"),
     Case("config.json invalid", _on(lambda r: r.config_json, _garbage), "detected"),
     Case("V of another task copied in", _foreign_vae, "detected"),
 ]

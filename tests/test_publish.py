@@ -73,28 +73,15 @@ def test_damaged_files_are_named_with_a_safe_fix(tmp_path: Path) -> None:
         "delete it and rerun that stage") and len(str(e.value)) < 400
 
 
-def _flip_inside_a_record(path: Path) -> None:
-    """Flip one byte inside the data of the zip's largest record (not its headers)."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as z:
-        info = max(z.infolist(), key=lambda i: i.compress_size)
-    with open(path, "rb") as f:
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
-    data = bytearray(path.read_bytes())
-    data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("name", ["vae.pt", "mdrnn.pt", "controller.npz", "cma_r0.npz"])
 def test_one_flipped_byte_in_a_checkpoint_is_caught_and_named(tmp_path: Path, name: str) -> None:
+    from agents.chaos import flip_byte
     from agents.cmaes import CMAConfig, EvolutionState
     from agents.controller import load_controller
 
     path = tmp_path / name
     shutil.copy2(OLD_RUN / "checkpoints" / name, path)
-    _flip_inside_a_record(path)
+    flip_byte(path)  # inside the largest record's data, not its headers
     with pytest.raises(ValueError) as e:
         if name.endswith(".pt"):
             torch_load(path)
