@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agents.rollout import SIGNALS
-from worldlab.storage import CorruptShardError, Manifest
+from worldlab.storage import SHARD_FIX, CorruptShardError, Manifest
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -27,8 +27,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in ("rewards", *SIGNALS) if k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CorruptShardError(f"shard {path} cannot be read ({e}); resume the run (or rerun the collect "
-                                f"command): it drops the shard and collects that episode again") from e
+        raise CorruptShardError(f"shard {path} cannot be read ({e}); {SHARD_FIX}") from e
 
 
 def coverage(data_dir: str | os.PathLike, episodes: list[int] | range | None = None) -> dict[str, Any]:

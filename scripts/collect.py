@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from agents.collect import collect
 from agents.policies import POLICIES
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if stop.signum:
         from worldlab.storage import Manifest
 
-        kept = Manifest(args.out).num_episodes if Path(args.out, "manifest.json").exists() else 0
+        kept = Manifest(args.out).num_episodes  # an empty index when nothing was written yet
         return stop.exit(f"{kept} finished episodes are kept in {args.out}; the same command collects the rest")
     print(f"{m.num_episodes} episodes, {m.num_steps} steps in {args.out}")
     return 0

@@ -79,21 +79,22 @@ def write_shard(data_dir: str | os.PathLike, index: int, arrays: dict[str, np.nd
     return info
 
 
+SHARD_FIX = "resume the run (or rerun the collect command): it drops the shard and collects that episode again"
+"""What to do about a damaged shard, said by every reader that finds one."""
+
+
 def load_shard(path: str | os.PathLike, sha256: str | None = None) -> dict[str, np.ndarray]:
     """Load a shard fully into memory, verifying its checksum when one is given."""
     path = Path(path)
     data = path.read_bytes()
     if sha256 is not None and sha256_bytes(data) != sha256:
         raise CorruptShardError(
-            f"shard {path} is corrupt (checksum mismatch with {path.parent / MANIFEST}); "
-            f"resume the run (or rerun the collect command): it drops the shard and collects that episode again"
-        )
+            f"shard {path} is corrupt (checksum mismatch with {path.parent / MANIFEST}); {SHARD_FIX}")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001
-        raise CorruptShardError(f"shard {path} cannot be read ({e}); resume the run (or rerun the collect "
-                                f"command): it drops the shard and collects that episode again") from e
+        raise CorruptShardError(f"shard {path} cannot be read ({e}); {SHARD_FIX}") from e
 
 
 class Manifest:
