@@ -9,7 +9,9 @@
     model.save("dcgan.pt"); same = generators.load("dcgan.pt")
 
 Every model: ``loss(batch)`` (or ``training_step`` for GANs), ``sample(n, cond=None,
-generator=seed)``, ``log_prob`` (realnvp, pixelcnn) / ``energy`` (ebm), ``save``/``load``. Image
+generator=seed)``, ``log_prob`` (realnvp, pixelcnn) / ``energy`` (ebm), ``save``/``load``. The
+sequence families (lstm, gpt, mamba: :mod:`generators.sequence`) model text tokens
+(:mod:`generators.text`): ``generators.data.load("python_docs")``, ``model.generate("def ")``. Image
 convention: :mod:`generators.images`. Data sources: :mod:`generators.data`. Roles in the lab:
 :mod:`generators.augment` (data mixer, observation wrapper), :mod:`generators.reward`
 (reward-shaping wrapper; these two import gymnasium and are not loaded here) and
@@ -21,8 +23,11 @@ from generators import diffusion as _diffusion  # noqa: F401  (registers ddpm)
 from generators import ebm as _ebm  # noqa: F401  (registers ebm)
 from generators import flow as _flow  # noqa: F401  (registers realnvp)
 from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cgan)
+from generators import gpt as _gpt  # noqa: F401  (registers gpt)
+from generators import mamba as _mamba  # noqa: F401  (registers mamba)
 from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
 from generators import renderer as _renderer  # noqa: F401  (registers renderer, the dream's sharper decoder)
+from generators import sequence as _sequence  # noqa: F401  (registers lstm)
 from generators import vae as _vae  # noqa: F401  (registers vae, the lab's V)
 from generators.base import GenConfig, Generator
 from generators.registry import Family, available, family, load, make

@@ -10,6 +10,8 @@
 ``frames:RUN``              frames of the rollouts collected in run folder ``RUN`` (64x64 RGB;
                             its data shards, or ``RUN`` itself when it is a data folder)
 ``TASK:RUN``                the same, refused unless ``RUN``'s manifest says its task is ``TASK``
+``pydoc``, ``python_docs``  text shipped with Python, as character tokens in windows of
+``text:PATH``               ``block_size`` (:mod:`generators.text`; a :class:`TokenData`)
 ==========================  =================================================================
 
 The package knows no task: a run's frames are found through its manifest
@@ -32,12 +34,13 @@ import numpy as np
 import torch
 
 from generators.images import resize
+from generators.text import TokenData, is_text_source, load_text
 from worldlab.rundir import MANIFEST, RunDir
 from worldlab.storage import Manifest, ShardStream
 
 FRAMES = "frames"
 """the task-free prefix of a run's frames: ``frames:RUN``."""
-SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN")
+SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN", "pydoc", "python_docs", "text:PATH")
 
 
 @dataclass
@@ -144,8 +147,17 @@ def _resized(levels_u8: torch.Tensor, levels: int, size: int | None) -> torch.Te
     return torch.cat(out)
 
 
-def load(source: str, image_size: int | None = None, max_items: int | None = None, seed: int = 0) -> GenData:
-    """Load a data source by name (see the module docstring); errors name the fix."""
+def load(source: str, image_size: int | None = None, max_items: int | None = None, seed: int = 0,
+         block_size: int | None = None) -> GenData | TokenData:
+    """Load a data source by name (see the module docstring); errors name the fix. Text sources give
+    a :class:`generators.text.TokenData` (``max_items``: its first that many characters)."""
+    if is_text_source(source):
+        if image_size is not None:
+            raise ValueError(f"{source} is text: give --block-size, not --image-size")
+        return load_text(source, block_size=block_size, max_items=max_items)
+    if block_size is not None:
+        raise ValueError(f"{source} holds images or points; --block-size is for text sources (pydoc, python_docs, "
+                         f"text:PATH)")
     if source == "digits":
         from sklearn.datasets import load_digits
 
@@ -181,7 +193,7 @@ def load(source: str, image_size: int | None = None, max_items: int | None = Non
 def is_frames_source(source: str) -> bool:
     """``frames:RUN`` or ``TASK:RUN``: the frames of a run folder."""
     name, sep, _ = source.partition(":")
-    return bool(sep and name)
+    return bool(sep and name) and not is_text_source(source)
 
 
 def frames_dir(source: str) -> Path:

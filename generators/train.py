@@ -29,7 +29,8 @@ from generators.base import Generator, ema_warmup_warning
 from generators.data import GenData, channels_first_hint, describe
 from generators.data import load as load_data
 from generators.registry import family, from_state, make
-from worldlab.io import atomic_write_json, read_json, torch_load
+from generators.text import TokenData
+from worldlab.io import atomic_write_json, atomic_write_text, read_json, torch_load
 from worldlab.logging import RunLogger
 from worldlab.rundir import RunDir
 from worldlab.training import TrainConfig
@@ -64,11 +65,17 @@ class FitConfig:
     """"bf16" autocast or "none"."""
 
 
-def model_for(name: str, data: GenData, preset: str | None = None, **overrides: Any) -> Generator:
+def model_for(name: str, data: GenData | TokenData, preset: str | None = None, **overrides: Any) -> Generator:
     """A fresh model of family ``name`` shaped for ``data`` (shape, classes, data levels)."""
     fam = family(name)
     fields = {f.name for f in dataclasses.fields(fam.config)}
     cfg: dict[str, Any] = {"shape": data.shape}
+    if isinstance(data, TokenData) != ("tokens" in fam.kinds):
+        what = "text" if isinstance(data, TokenData) else f"{data.kind} data"
+        raise ValueError(f"{name} models {' and '.join(fam.kinds)}, not {what} ({data.name}); "
+                         f"{'use lstm, gpt or mamba for text' if isinstance(data, TokenData) else 'give it a text source (pydoc, python_docs, text:PATH)'}")
+    if isinstance(data, TokenData):
+        cfg["vocab"] = data.vocab
     if fam.conditional or ("num_classes" in overrides and overrides["num_classes"]):
         cfg["num_classes"] = data.num_classes
         if data.num_classes == 0:
@@ -90,7 +97,7 @@ def train_config(name: str, fit: FitConfig) -> tuple[TrainConfig, int]:
     return tc, fit.batch_size or d.get("batch_size", 128)
 
 
-def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out: str | os.PathLike | None = None,
+def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None = None, out: str | os.PathLike | None = None,
         device: str | torch.device = "cpu", progress: bool = True, tensorboard: bool = True) -> dict[str, list[float]]:
     """Train ``model`` on ``data``; with ``out``, log, draw sample grids and checkpoint there (resumable).
 
@@ -117,6 +124,13 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
         if run is None:
             return
         assert isinstance(m, Generator)
+        if isinstance(data, TokenData):
+            text = text_samples(m, settings.seed + 12345)
+            run.samples.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.sample_text(step), text)
+            if logger is not None:
+                logger.text("generator/samples", text, step)
+            return
         x = m.sample(n_grid, cond=cond, generator=settings.seed + 12345)  # same noise every grid
         pic = images.picture(x.cpu(), reference, nrow=model.config.num_classes or None)
         images.save_png(run.sample_grid(step), pic)
@@ -135,10 +149,56 @@ def fit(model: Generator, data: GenData, settings: FitConfig | None = None, out:
     return history
 
 
+TEXT_SETTINGS = ((1.0, None, None), (0.7, None, None), (1.0, None, 0.9))
+"""(temperature, top_k, top_p) of the text samples written during training."""
+
+
+def text_samples(model: Generator, seed: int, count: int = 3, length: int = 300) -> str:
+    """``count`` samples of ``length`` characters per sampling setting, each under a header line."""
+    from generators.sequence import SequenceModel
+
+    assert isinstance(model, SequenceModel)
+    blocks = []
+    for temperature, top_k, top_p in TEXT_SETTINGS:
+        ids = model.sample(count, generator=seed, length=length, temperature=temperature, top_k=top_k, top_p=top_p)
+        what = f"temperature {temperature:g}" + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p:g}" if top_p else "")
+        for i, text in enumerate(model.decode(ids) if model.config.vocab else [str(r.tolist()) for r in ids]):
+            blocks.append(f"=== {what}, sample {i + 1} ===\n{text}")
+    return "\n\n".join(blocks) + "\n"
+
+
+def save_attention(model: Generator, data: TokenData, path: str | os.PathLike) -> None:
+    """A GPT's attention maps (rows: layers, columns: heads) on the first window of ``data``, as a PNG."""
+    import numpy as np
+
+    maps = model.attention_maps(data.tokens[:data.block_size]).cpu().numpy()  # (L, H, T, T)
+    layers, heads, t, _ = maps.shape
+    scale = max(1, 128 // t)
+    pad = 2
+    canvas = np.full((layers * (t * scale + pad) + pad, heads * (t * scale + pad) + pad), 255, np.uint8)
+    for i in range(layers):
+        for j in range(heads):
+            m = maps[i, j] / max(float(maps[i, j].max()), 1e-9)
+            tile = (255 * (1.0 - m)).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)  # dark = attended
+            y, x = pad + i * (t * scale + pad), pad + j * (t * scale + pad)
+            canvas[y:y + t * scale, x:x + t * scale] = tile
+    images.save_png(path, np.repeat(canvas[..., None], 3, axis=2))
+
+
 def check_gen_data(data: Any, model: Generator) -> None:
     """Refuse, in one line saying what was given, what is expected and the fix, training data that
     are not a :class:`GenData` holding what ``model`` learns from: images as integer levels
     ``(N, C, H, W)`` (``0 .. levels - 1``), points as floats ``(N, D)``."""
+    if model.kind == "tokens" or isinstance(data, TokenData):
+        if not isinstance(data, TokenData) or model.kind != "tokens":
+            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
+                             f"{'text' if model.kind == 'tokens' else model.kind}: load a source that matches "
+                             f"(generators.data.load('python_docs') for text)")
+        vocab = getattr(model.config, "vocab", "")
+        if vocab and vocab != data.vocab:
+            raise ValueError(f"{model.family} was built for another vocabulary ({len(vocab)} characters) than "
+                             f"{data.name}'s ({data.vocab_size}); rebuild it with generators.train.model_for")
+        return
     wanted = (f"a generators.data.GenData with integer levels (N, {', '.join(map(str, model.shape))}) "
               f"(uint8, 0..levels-1)" if model.kind == "image" else
               f"a generators.data.GenData with float32 points (N, {model.shape[0]})")
@@ -167,12 +227,14 @@ def check_gen_data(data: Any, model: Generator) -> None:
 
 def train_generator(name: str, source: str, settings: FitConfig | None = None, out: str | os.PathLike | None = None,
                     image_size: int | None = None, max_items: int | None = None, preset: str | None = None,
-                    device: str | torch.device = "cpu", progress: bool = True,
+                    device: str | torch.device = "cpu", progress: bool = True, block_size: int | None = None,
                     **overrides: Any) -> tuple[Generator, dict[str, list[float]]]:
     """Load ``source``, build (or resume) family ``name``, train it, write ``OUT`` (see module doc)."""
     settings = settings or FitConfig()
     family(name)  # unknown family: fail before loading data
-    data = load_data(source, image_size=image_size, max_items=max_items, seed=settings.seed)
+    data = load_data(source, image_size=image_size, max_items=max_items, seed=settings.seed, block_size=block_size)
+    if isinstance(data, TokenData):
+        data = data.split()[0]  # the held-out tail stays unseen (generators.text.HOLDOUT)
     run = RunDir(out) if out is not None else None
     prev: dict[str, Any] = {}
     if run is not None and run.generator.exists():  # resume: the model is rebuilt from the checkpoint's config
@@ -197,11 +259,19 @@ def train_generator(name: str, source: str, settings: FitConfig | None = None, o
         tc, bs = train_config(name, settings)
         atomic_write_json(run.config_json, {
             "family": name, "data": source, "image_size": prev.get("image_size", image_size),
+            "block_size": prev.get("block_size", block_size),
             "max_items": max_items, "preset": prev.get("preset", preset), "model": dataclasses.asdict(model.config),
             "train": dataclasses.asdict(tc), "batch_size": bs, "num_examples": len(data)})
     history = fit(model, data, settings, out, device, progress)
     if run is not None:
         model.save(run.generator_final)
+        if isinstance(data, TokenData):
+            texts = sorted(run.samples.glob("step_*.txt"))
+            if texts:
+                atomic_write_text(run.sample_text(), texts[-1].read_text(encoding="utf-8"))
+            if hasattr(model, "attention_maps"):
+                save_attention(model, data, run.attention_png)
+            return model, history
         grids = run.sample_grids()
         if grids:
             images.save_png(run.sample_grid(), _read_png(grids[-1]))

@@ -29,7 +29,7 @@ import generators
 from generators import images, metrics
 from generators.data import GenData
 from generators.train import FitConfig, suggested_threads
-from worldlab.io import atomic_write_json, atomic_write_text, read_json
+from worldlab.io import atomic_write_json, atomic_write_text, read_json, splice_section
 from worldlab.rundir import RunDir
 
 N_EVAL = 500  # samples per Fréchet distance / likelihood evaluation
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out_dir = Path(args.out)
     if args.render_only:
-        atomic_write_text(out_dir / "GENERATORS.md", render(read_json(out_dir / "generators" / "report.json")))
+        atomic_write_text(out_dir / "GENERATORS.md", keep_sections(out_dir / "GENERATORS.md",
+                                                                   render(read_json(out_dir / "generators" / "report.json"))))
         return 0
     args.threads = args.threads or suggested_threads()
     torch.set_num_threads(args.threads)
@@ -260,9 +261,22 @@ def main(argv: list[str] | None = None) -> int:
             "num_frames": None if frames is None else len(frames),
             "rows": rows}
     atomic_write_json(out_dir / "generators" / "report.json", info)
-    atomic_write_text(out_dir / "GENERATORS.md", render(info))
+    atomic_write_text(out_dir / "GENERATORS.md", keep_sections(out_dir / "GENERATORS.md", render(info)))
     log(f"wrote {out_dir / 'GENERATORS.md'} in {wall / 60:.1f} min")
     return 0
+
+
+KEPT_SECTIONS = ("text-models",)
+"""sections of GENERATORS.md that other commands write (scripts/text_report.py): a rerun keeps them."""
+
+
+def keep_sections(path: Path, doc: str) -> str:
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    for tag in KEPT_SECTIONS:
+        body = splice_section(old, tag, None)
+        if body:
+            doc = splice_section(doc, tag, body)
+    return doc
 
 
 def _gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
@@ -406,6 +420,7 @@ def render(info: dict[str, Any]) -> str:
             lines += ["V's reconstructions (top: held-out frames, bottom: decoded posterior means):", "",
                       "![V reconstructions](generators/vae_frames_recon.png)", "",
                       "Real held-out frames:", "", "![real frames](generators/car_racing_real.png)", ""]
+    lines += [f"<!-- {tag}:{end} -->" for tag in KEPT_SECTIONS for end in ("begin", "end")] + [""]
     lines += STATIC_SECTIONS
     lines += ["## How to reproduce", "", "```", info["command"].strip(), "```", "",
               "Each model's run folder (`runs/generator_report/FAMILY-DATA/`) holds its checkpoint, TensorBoard "

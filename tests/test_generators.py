@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = generators.available()
 EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae", "renderer"}
 FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x64 RGB frames
+TEXT_ONLY = {n for n in FAMILIES if "tokens" in generators.family(n).kinds}  # lstm, gpt, mamba
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
@@ -60,10 +61,17 @@ def frames() -> GenData:
     return synthetic_frames()
 
 
+@pytest.fixture(scope="module")
+def text():
+    """The first 20,000 characters of Python's help topics, in windows of 16 characters."""
+    return generators.data.load("pydoc", block_size=16, max_items=20_000)
+
+
 @pytest.fixture
-def data_of(digits: GenData, frames: GenData):
-    """The tiny training set of a family: 64 digits, or 32 frames for the frame-only V."""
-    return lambda name: frames if name in FRAME_ONLY else digits
+def data_of(digits: GenData, frames: GenData, text):
+    """The tiny training set of a family: 64 digits, 32 frames for the frame-only V, text for the
+    sequence families."""
+    return lambda name: frames if name in FRAME_ONLY else text if name in TEXT_ONLY else digits
 
 
 _TINY_V: list[Path] = []
@@ -144,6 +152,14 @@ def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
     data = data_of(name)
     model = tiny(name, data)
     x = model.sample(5, generator=1)
+    if name in TEXT_ONLY:  # token ids, (n, block_size) by default
+        assert x.shape == (5, *data.shape) and x.dtype == torch.long
+        assert x.min() >= 0 and x.max() < data.vocab_size
+        assert torch.equal(x, model.sample(5, generator=1)) and not torch.equal(x, model.sample(5, generator=2))
+        assert model.training
+        with pytest.raises(ValueError, match="unconditional"):
+            model.sample(2, cond=torch.tensor([0, 1]))
+        return
     assert x.shape == (5, *data.shape) and x.dtype == torch.float32
     assert torch.isfinite(x).all() and x.min() >= -1.0 and x.max() <= 1.0
     assert torch.equal(x, model.sample(5, generator=1))
@@ -546,7 +562,8 @@ def test_cli_errors_are_one_line(args: list[str], message: str, capsys: pytest.C
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_longer_training_keeps_improving(name: str) -> None:
-    data = synthetic_frames(256) if name in FRAME_ONLY else generators.data.load("digits")
+    data = (synthetic_frames(256) if name in FRAME_ONLY else generators.data.load("pydoc", block_size=16,
+            max_items=200_000) if name in TEXT_ONLY else generators.data.load("digits"))
     model = tiny(name, data)
     steps, lr = FALLING.get(name, (30, 2e-3))
     hist = generators.fit(model, data, FitConfig(steps=steps * 5, batch_size=64, lr=lr, log_every=1),

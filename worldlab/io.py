@@ -54,6 +54,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def splice_section(doc: str, tag: str, body: str | None) -> str:
+    """``doc`` with the text between ``<!-- TAG:begin -->`` and ``<!-- TAG:end -->`` replaced by ``body``
+    (the markers kept); appended at the end when ``doc`` has no such section. ``body=None`` returns
+    the section's current text (``""`` when absent). Lets two commands write one document."""
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    i, j = doc.find(begin), doc.find(end)
+    if body is None:
+        return doc[i + len(begin):j].strip("\n") if 0 <= i < j else ""
+    block = f"{begin}\n{body.strip(chr(10))}\n{end}"
+    if 0 <= i < j:
+        return doc[:i] + block + doc[j + len(end):]
+    return doc.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()

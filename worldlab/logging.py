@@ -49,6 +49,11 @@ class RunLogger:
         if self._tb is not None:
             self._tb.add_image(name, img_hwc_uint8, int(step), dataformats="HWC")
 
+    def text(self, name: str, text: str, step: int) -> None:
+        """Text (a sequence model's samples) shown in TensorBoard's text tab, as preformatted text."""
+        if self._tb is not None:
+            self._tb.add_text(name, "    " + text.replace("\n", "\n    "), int(step))
+
     def flush(self) -> None:
         self._jsonl.flush()
         if self._tb is not None:

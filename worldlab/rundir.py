@@ -43,6 +43,9 @@ folder of the same shape::
     OUT/checkpoints/generator.pt the resumable training checkpoint      .generator
     OUT/samples/step_{s:06d}.png the sample grid drawn at step s        .sample_grid(s)
     OUT/samples.png              the final sample grid                  .sample_grid()
+    OUT/samples/step_{s:06d}.txt a sequence model's text samples        .sample_text(s)
+    OUT/samples.txt              the final text samples                 .sample_text()
+    OUT/attention.png            a GPT's attention maps                 .attention_png
     OUT/generator.pt             the trained generator                  .generator_final
     OUT/timing.json              its training time (generator_report)   .timing_json
 """
@@ -110,6 +113,15 @@ class RunDir:
     def sample_grid(self, step: int | None = None) -> Path:
         """A generator's sample grid drawn at training ``step``, or (``step=None``) its final grid."""
         return self.root / "samples.png" if step is None else self.samples / f"step_{int(step):06d}.png"
+
+    def sample_text(self, step: int | None = None) -> Path:
+        """A sequence model's text samples written at training ``step``, or (``step=None``) the final ones."""
+        return self.root / "samples.txt" if step is None else self.samples / f"step_{int(step):06d}.txt"
+
+    @property
+    def attention_png(self) -> Path:
+        """A GPT's attention maps (layers x heads) on held-out text, written at the end of training."""
+        return self.root / "attention.png"
 
     def sample_grids(self) -> list[Path]:
         """The sample grids of a generator's training on disk, in step order."""

@@ -200,6 +200,9 @@ def train(
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if resolve_amp(cfg.amp, device) == "bf16" else nullcontext())
     custom = hasattr(model, "training_step")
+    # a model's lr_factor(step, steps) scales the learning rate per step (a function of the step, so a
+    # resumed run continues the same schedule)
+    schedule = getattr(model, "lr_factor", None)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     it = cycle(data)
@@ -219,6 +222,9 @@ def train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; "
                                          f"lower the learning rate (now {cfg.lr})")
+            if schedule is not None:  # e.g. the sequence families' warm-up and cosine decay
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * schedule(step, cfg.steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
