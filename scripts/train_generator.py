@@ -3,10 +3,12 @@
     python scripts/train_generator.py dcgan --data mnist --steps 2000 --out runs/gen/dcgan-mnist
     python scripts/train_generator.py realnvp --data moons --steps 3000
     python scripts/train_generator.py ddpm --data frames:runs/cr --image-size 32 --preset small
+    python scripts/train_generator.py gpt --data python_docs --steps 2000 --batch-size 12 --block-size 64
 
 Rerun the same command to resume (up to --steps). Families: see --help; data sources: digits,
 mnist, moons, frames:RUN (the rollouts collected in run folder RUN), TASK:RUN (the same, checked
-to be TASK's, e.g. car_racing:RUN).
+to be TASK's, e.g. car_racing:RUN); text for lstm, gpt and mamba: pydoc, python_docs (Python's own
+help topics and docstrings) or text:PATH.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default=None, help="config preset: tiny (seconds) or small (CPU minutes); "
                    "default: the book's sizes")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (power of two)")
-    p.add_argument("--max-items", type=int, default=None, help="use at most this many training examples")
+    p.add_argument("--block-size", type=int, default=None, help="text: characters per training window (default 64)")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="use at most this many training examples (text: the first this many characters)")
     p.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0 = at the end)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
@@ -55,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         generators.family(args.family)
         model, history = train_generator(args.family, args.data, settings, out=out.root, image_size=args.image_size,
                                          max_items=args.max_items, preset=args.preset, device=args.device,
-                                         progress=not args.no_progress)
+                                         progress=not args.no_progress, block_size=args.block_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"train_generator.py: error: {e}", file=sys.stderr)
         return 2
     last = {k: v[-1] for k, v in history.items() if v}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in list(last.items())[:4])
     print(f"{args.family} on {args.data}: {args.steps} steps in {time.time() - t0:.0f}s"
-          f"{' (' + summary + ')' if summary else ''}; model {out.generator_final}, samples {out.sample_grid()}")
+          f"{' (' + summary + ')' if summary else ''}; model {out.generator_final}, samples "
+          f"{out.sample_text() if out.sample_text().exists() else out.sample_grid()}")
     return 0
 
 
