@@ -149,11 +149,11 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
     return history
 
 
-TEXT_SETTINGS = ((1.0, None, None), (0.7, None, None), (1.0, None, 0.9))
+TEXT_SETTINGS = ((1.0, None, None), (0.7, None, 0.9))
 """(temperature, top_k, top_p) of the text samples written during training."""
 
 
-def text_samples(model: Generator, seed: int, count: int = 3, length: int = 300) -> str:
+def text_samples(model: Generator, seed: int, count: int = 2, length: int = 240) -> str:
     """``count`` samples of ``length`` characters per sampling setting, each under a header line."""
     from generators.sequence import SequenceModel
 

@@ -303,12 +303,20 @@ model = generators.model_for("ddpm", data, preset="small")  # config shaped for 
 generators.fit(model, data, generators.FitConfig(steps=600), out="runs/ddpm")  # the lab's loop
 x = model.sample(16, generator=0)     # (16, 1, 16, 16) float32 in [-1, 1]; same seed, same images
 model.save("ddpm.pt"); generators.load("ddpm.pt")
+
+text = generators.data.load("python_docs", block_size=64)   # character tokens (pydoc, text:PATH)
+lm = generators.model_for("gpt", text)                          # or "lstm", "mamba"
+generators.fit(lm, text.split()[0], generators.FitConfig(steps=2000, batch_size=12))
+lm.generate("Return the ", 200, temperature=0.7, top_k=None, top_p=0.9, generator=0)  # a string
+lm.sample(4, length=100)              # (4, 100) token ids; lm.decode(ids) -> list of strings
 ```
 
 Images are float32 `(N, C, H, W)` in `[-1, 1]` both from `generators.data` and from `sample`
 (`generators.images.to_uint8` gives `(N, H, W, C)` uint8); points are `(N, D)` float32.
 `log_prob` exists for `realnvp` and `pixelcnn`, `energy` for `ebm`, `discriminate` for the GANs,
-`encode`/`decode` for `vae` (the lab's V, `worldlab.vae.ConvVAE`, reused). Book defaults are the
+`encode`/`decode` for `vae` (the lab's V, `worldlab.vae.ConvVAE`, reused); the sequence families
+add `step` (one token at a time: the LSTM's and Mamba's state, the GPT's ring key/value cache),
+`nll`, `generate`, `encode`/`decode` of text and, for the GPT, `attention_maps`. Book defaults are the
 dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU minutes) shrink them.
 
 ## Roles in the lab

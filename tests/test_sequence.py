@@ -17,6 +17,17 @@ from generators.sequence import filter_logits
 from generators.text import CharTokenizer, TokenData
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    """1 torch thread when other jobs load the machine (small ops then wait for each other), else 2."""
+    from generators.train import suggested_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(suggested_threads())
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def text() -> TokenData:
     return load("pydoc", block_size=16, max_items=20_000)
@@ -165,7 +176,7 @@ def test_train_generator_writes_text_samples_and_attention(tmp_path: Path) -> No
                                   out=tmp_path / "g", block_size=16, max_items=20_000, preset="tiny", progress=False)
     run = RunDir(tmp_path / "g")
     assert run.sample_text(3).is_file() and run.sample_text(6).is_file()
-    assert "=== temperature 0.7, sample 1 ===" in run.sample_text().read_text(encoding="utf-8")
+    assert "=== temperature 0.7, top-p 0.9, sample 2 ===" in run.sample_text().read_text(encoding="utf-8")
     assert run.attention_png.stat().st_size > 100 and len(hist["loss"]) == 6
     again = generators.load(run.generator_final)
     assert again.config.vocab == model.config.vocab and again.decode(again.encode("import"))[0] == "import"
@@ -180,3 +191,16 @@ def test_learning_rate_warms_up_then_decays(text: TokenData) -> None:
     f = [model.lr_factor(s, 110) for s in range(110)]
     assert f[0] < f[5] < f[9] <= 1.0 and f[10] == pytest.approx(1.0)
     assert f[60] < f[20] and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_the_readme_text_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"### Text: LSTM, GPT and Mamba.*?```python\n(.*?)```", readme, re.S)
+    assert code, "no python block in the README's text section"
+    src = (code.group(1).replace('"python_docs", block_size=64', '"pydoc", block_size=16, max_items=20_000')
+           .replace("steps=2000", "steps=3").replace(", 200,", ", 20,"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(src, "README.md", "exec"), {})  # noqa: S102  (the README's own snippet)
+    assert (tmp_path / "runs" / "mamba" / "checkpoints" / "generator.pt").is_file()
