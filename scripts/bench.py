@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                 ["--episodes", "4", "--max-steps", "100", "--repeats", "1"]),
     "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
+    "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16"]),
 }
 
 
@@ -111,6 +112,19 @@ def render(results: dict[str, dict]) -> str:
               f"{fmt(r['real_steps_per_s'], 0)} steps/s measured on {r['real_episodes']} episodes -> "
               f"{fmt(r['real_generation_s_projected'] / 60, 1)} min projected: the dream is "
               f"**{fmt(r['ratio_real_over_dream'], 0)}x** faster.", ""]
+    r = results.get("sequence")
+    if r:
+        ms, tok = r["train_step_ms"], r["sample_tokens_per_s"]
+        L += ["## Language models: training step and sampling", "", f"Command: `{r['_command']}`", "",
+              f"One training step on {r['batch']} x {r['block']} characters ({r['threads']} thread), and sampling "
+              f"(64 sequences, one token each per step):", "",
+              "| model | parameters | train step | sampling |", "|---|---|---|---|"]
+        L += [f"| {k} | {r['params'][k] / 1e3:.0f}k | {fmt(ms[k], 0)} ms | {fmt(tok[k], 0)} tokens/s |" for k in tok]
+        L += [f"| mamba, parallel scan | | {fmt(ms['mamba_parallel'], 0)} ms | |", "",
+              f"- Mamba's scan over time as a loop trains **{fmt(r['mamba_loop_speedup'], 2)}x** faster than the "
+              "parallel (Hillis-Steele) scan on this CPU: the parallel scan does log2(T) passes over (B, T, E, N) "
+              "tensors and is memory-bound here; `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel "
+              "scan on CUDA.", ""]
     return "\n".join(L)
 
 

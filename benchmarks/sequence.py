@@ -1,0 +1,91 @@
+"""Benchmark: the sequence families' training step and sampling, and Mamba's two scans.
+
+    python benchmarks/sequence.py [--batch 12] [--block 64] [--repeats 5] [--json out.json]
+
+For each family at its default size (the sizes of docs/GENERATORS.md's text table): the time of
+one training step (forward, backward, AdamW) on ``--batch`` x ``--block`` characters, and sampling
+throughput (one token for 64 sequences per ``step`` call). For Mamba the training step is timed
+with both scans, ``loop`` and ``parallel``, alternating in the same process: the ratio is what
+``MambaConfig.scan="auto"`` relies on to pick the loop on a CPU. Median of ``--repeats`` rounds.
+Weights are untrained (the cost does not depend on them); torch threads as set by ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def train_step_s(model: torch.nn.Module, batch: torch.Tensor, steps: int = 3) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = model.loss(batch)  # warm-up
+    loss.backward()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        model.loss(batch).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+@torch.no_grad()
+def sample_tokens_per_s(model: torch.nn.Module, n: int = 64, steps: int = 64) -> float:
+    state = model.init_state(n)
+    tok = torch.zeros(n, dtype=torch.long)
+    model.step(tok, state)
+    state = model.init_state(n)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        logits, state = model.step(tok, state)
+        tok = logits.argmax(-1)
+    return n * steps / (time.perf_counter() - t0)
+
+
+def main() -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--block", type=int, default=64)
+    p.add_argument("--vocab", type=int, default=111, help="vocabulary size (python_docs: 111)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import generators
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, args.vocab, (args.batch, args.block + 1))
+    models = {name: generators.make(name, shape=(args.block,), vocab_size=args.vocab) for name in ("lstm", "gpt")}
+    models["mamba"] = generators.make("mamba", shape=(args.block,), vocab_size=args.vocab, scan="loop")
+    parallel = generators.make("mamba", shape=(args.block,), vocab_size=args.vocab, scan="parallel")
+    parallel.load_state_dict(models["mamba"].state_dict())
+    times: dict[str, list[float]] = {k: [] for k in [*models, "mamba_parallel"]}
+    tokens: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(args.repeats):  # alternate, so a noisy neighbour hits every model alike
+        for name, m in models.items():
+            times[name].append(train_step_s(m, batch))
+            tokens[name].append(sample_tokens_per_s(m))
+        times["mamba_parallel"].append(train_step_s(parallel, batch))
+    res = {
+        "batch": args.batch, "block": args.block, "vocab": args.vocab, "threads": args.threads,
+        "train_step_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
+        "sample_tokens_per_s": {k: statistics.median(v) for k, v in tokens.items()},
+        "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+        "mamba_loop_speedup": statistics.median(times["mamba_parallel"]) / statistics.median(times["mamba"]),
+    }
+    for k, v in res["train_step_ms"].items():
+        print(f"{k:15s} train step {v:8.1f} ms" + (f"   sampling {res['sample_tokens_per_s'][k]:8.0f} tokens/s"
+                                                   if k in tokens else ""))
+    print(f"mamba: the loop scan trains {res['mamba_loop_speedup']:.2f}x faster than the parallel scan here")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
