@@ -10,6 +10,8 @@
 ``frames:RUN``              frames of the rollouts collected in run folder ``RUN`` (64x64 RGB;
                             its data shards, or ``RUN`` itself when it is a data folder)
 ``TASK:RUN``                the same, refused unless ``RUN``'s manifest says its task is ``TASK``
+``latents:RUN``             V's posterior means of the frames a run encoded (``RUN/latents``),
+                            points (N, Z): what the latent prior learns
 ``pydoc``, ``python_docs``  text shipped with Python, as character tokens in windows of
 ``text:PATH``               ``block_size`` (:mod:`generators.text`; a :class:`TokenData`)
 ==========================  =================================================================
@@ -40,7 +42,10 @@ from worldlab.storage import Manifest, ShardStream
 
 FRAMES = "frames"
 """the task-free prefix of a run's frames: ``frames:RUN``."""
-SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN", "pydoc", "python_docs", "text:PATH")
+LATENTS = "latents"
+"""the prefix of a run's encoded latents: ``latents:RUN``."""
+SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN", f"{LATENTS}:RUN", "pydoc", "python_docs",
+           "text:PATH")
 
 
 @dataclass
@@ -181,6 +186,8 @@ def load(source: str, image_size: int | None = None, max_items: int | None = Non
         pts, lab = make_moons(n_samples=max_items or 3000, noise=0.05, random_state=seed)
         pts = (pts - pts.mean(0)) / pts.std(0)  # standardised, as the book's Normalization layer
         return GenData("moons", torch.from_numpy(pts).float(), torch.from_numpy(lab).long(), 0, 2)
+    elif source.startswith(f"{LATENTS}:"):
+        return load_latents(source, max_items=max_items or 100_000, seed=seed)
     elif is_frames_source(source):
         data = load_frames(source, image_size=image_size, max_items=max_items or 20_000, seed=seed)
     else:
@@ -193,7 +200,7 @@ def load(source: str, image_size: int | None = None, max_items: int | None = Non
 def is_frames_source(source: str) -> bool:
     """``frames:RUN`` or ``TASK:RUN``: the frames of a run folder."""
     name, sep, _ = source.partition(":")
-    return bool(sep and name) and not is_text_source(source)
+    return bool(sep and name) and not is_text_source(source) and name != LATENTS
 
 
 def frames_dir(source: str) -> Path:
@@ -234,6 +241,22 @@ def load_frames(source: str, image_size: int | None = None, max_items: int = 20_
     x = torch.stack(frames)  # (N, 3, 64, 64) uint8
     task = (meta_task or FRAMES) if name == FRAMES else name
     return GenData(task, _resized(x, 256, image_size), None, 256, 0)
+
+
+def load_latents(source: str, max_items: int = 100_000, seed: int = 0) -> GenData:
+    """Up to ``max_items`` latents (posterior means, one per encoded frame) of ``latents:RUN``, drawn
+    at random over all episodes."""
+    run = RunDir(os.path.expanduser(source.partition(":")[2]))
+    if not run.latents_manifest.exists():
+        raise FileNotFoundError(f"no latents in {run.latents} (no {MANIFEST}); train a world model first: "
+                                f"python scripts/dream_train.py TASK --out {run.root}")
+    manifest = Manifest.open(run.latents)
+    mus = [np.load(manifest.dir / manifest.episodes[i]["file"])["mu"] for i in sorted(manifest.episodes)]
+    if not mus:
+        raise ValueError(f"{run.latents} holds no episodes; encode the run's frames first")
+    x = torch.from_numpy(np.concatenate(mus).astype(np.float32))
+    task = manifest.meta.get("task") or LATENTS
+    return GenData(f"{task} latents", x).take(max_items, seed)
 
 
 # -- saying what data were given (the one-line errors of fit and MixedDataset) -----------------------
