@@ -28,6 +28,7 @@ from torch import nn
 
 from generators.registry import Family, register
 from generators.sequence import TEXT_TRAIN, SequenceModel, TokenConfig
+from worldlab.blocks import Block, band_mask, rope_angles
 
 
 @dataclass
@@ -53,57 +54,6 @@ class GPTConfig(TokenConfig):
     @property
     def span(self) -> int:
         return self.window or self.block_size
-
-
-def rope_angles(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin ``(..., dim)`` of the rotary angles of ``positions`` (halves rotated together)."""
-    freqs = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)
-    ang = positions.float()[..., None] * freqs
-    ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos(), ang.sin()
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., h:], x[..., :h]], dim=-1) * sin
-
-
-def band_mask(t: int, window: int, device: torch.device) -> torch.Tensor:
-    """``(t, t)`` True where query i may attend key j: ``i - window < j <= i``."""
-    i = torch.arange(t, device=device)[:, None]
-    j = torch.arange(t, device=device)[None, :]
-    return (j <= i) & (j > i - window)
-
-
-class Block(nn.Module):
-    def __init__(self, c: GPTConfig) -> None:
-        super().__init__()
-        self.heads, self.hd = c.heads, c.width // c.heads
-        self.ln1, self.ln2 = nn.LayerNorm(c.width), nn.LayerNorm(c.width)
-        self.qkv = nn.Linear(c.width, 3 * c.width, bias=False)
-        self.proj = nn.Linear(c.width, c.width, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(c.width, 4 * c.width, bias=False), nn.GELU(),
-                                 nn.Linear(4 * c.width, c.width, bias=False), nn.Dropout(c.dropout))
-        self.drop = nn.Dropout(c.dropout)
-        self.p_drop = c.dropout
-
-    def qkv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``x`` ``(B, T, C)`` -> rotated q, k and v ``(B, H, T, hd)``."""
-        b, t, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
-
-    def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = att.shape
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, -1)))
-        return x + self.mlp(self.ln2(x))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = self.qkv_heads(x, cos, sin)
-        p = self.p_drop if self.training else 0.0
-        att = (F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) if mask is None else
-               F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p))
-        return self.finish(x, att)
 
 
 class GPT(SequenceModel):

@@ -231,7 +231,7 @@ class LatentPrior(Generator):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                last = float(loss)
+                last = loss.item()
                 if progress and it % 200 == 0:
                     print(f"distill {steps} -> {steps // 2}: step {it}, loss {last:.4f}", flush=True)
             steps //= 2

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-KEPT_SECTIONS = ("text-models",)
+KEPT_SECTIONS = ("text-models", "latent-prior")
 """sections of GENERATORS.md that other commands write (scripts/text_report.py): a rerun keeps them."""
 
 

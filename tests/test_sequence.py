@@ -12,9 +12,10 @@ import torch
 import generators
 from generators.data import load
 from generators.gpt import GPT, GPTConfig
-from generators.mamba import Mamba, MambaConfig, pscan
+from generators.mamba import Mamba, MambaConfig
 from generators.sequence import filter_logits
 from generators.text import CharTokenizer, TokenData
+from worldlab.blocks import pscan
 
 
 @pytest.fixture(autouse=True, scope="module")
