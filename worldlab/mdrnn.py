@@ -216,23 +216,30 @@ class MDRNN(ConfigCheckpoint, nn.Module):
         return self._split(self.head(h)), (h, c)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Teacher-forced loss on latent windows from ``ShardStream(mode="sequences")``.
+        """Teacher-forced loss on latent windows from ``ShardStream(mode="sequences")``: see
+        :func:`next_step_loss`."""
+        return next_step_loss(self, batch)
 
-        batch: ``mu``, ``logvar`` (B, L+1, Z); ``actions`` (B, L, A) or (B, L); ``rewards``,
-        ``terminated``, ``mask`` (B, L). z is sampled from (mu, logvar) as in the paper.
-        Returns ``loss`` = nll + reward_weight * reward_mse + done_weight * done_bce, and the parts;
-        ``nll`` is per latent dimension.
-        """
-        mu, logvar = batch["mu"].float(), batch["logvar"].float()
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L+1, Z)
-        pred, _ = self(z[:, :-1], batch["actions"])
-        mask = batch["mask"].float() if "mask" in batch else torch.ones(z.shape[:1] + (z.shape[1] - 1,), device=z.device)
-        denom = mask.sum().clamp(min=1.0)
-        logp = mixture_log_prob(z[:, 1:], pred.logits.float(), pred.mu.float(), pred.logsigma.float())  # (B, L, Z)
-        nll = -(logp.mean(-1) * mask).sum() / denom
-        reward_mse = ((pred.reward.float() - batch["rewards"].float()).pow(2) * mask).sum() / denom
-        done_bce = (F.binary_cross_entropy_with_logits(pred.done_logit.float(), batch["terminated"].float(),
-                                                       reduction="none") * mask).sum() / denom
-        c = self.config
-        total = nll + c.reward_weight * reward_mse + c.done_weight * done_bce
-        return {"loss": total, "nll": nll, "reward_mse": reward_mse, "done_bce": done_bce}
+
+def next_step_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Teacher-forced loss of any M (``model(z, a) -> (MixtureOutput, state)``, ``model.config``
+    with the loss weights) on latent windows from ``ShardStream(mode="sequences")``.
+
+    batch: ``mu``, ``logvar`` (B, L+1, Z); ``actions`` (B, L, A) or (B, L); ``rewards``,
+    ``terminated``, ``mask`` (B, L). z is sampled from (mu, logvar) as in the paper.
+    Returns ``loss`` = nll + reward_weight * reward_mse + done_weight * done_bce, and the parts;
+    ``nll`` is per latent dimension.
+    """
+    mu, logvar = batch["mu"].float(), batch["logvar"].float()
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L+1, Z)
+    pred, _ = model(z[:, :-1], batch["actions"])
+    mask = batch["mask"].float() if "mask" in batch else torch.ones(z.shape[:1] + (z.shape[1] - 1,), device=z.device)
+    denom = mask.sum().clamp(min=1.0)
+    logp = mixture_log_prob(z[:, 1:], pred.logits.float(), pred.mu.float(), pred.logsigma.float())  # (B, L, Z)
+    nll = -(logp.mean(-1) * mask).sum() / denom
+    reward_mse = ((pred.reward.float() - batch["rewards"].float()).pow(2) * mask).sum() / denom
+    done_bce = (F.binary_cross_entropy_with_logits(pred.done_logit.float(), batch["terminated"].float(),
+                                                   reduction="none") * mask).sum() / denom
+    c = model.config
+    total = nll + c.reward_weight * reward_mse + c.done_weight * done_bce
+    return {"loss": total, "nll": nll, "reward_mse": reward_mse, "done_bce": done_bce}

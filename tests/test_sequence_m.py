@@ -1,0 +1,100 @@
+"""M as a choice (issue 16, item 3, the models): the Transformer M and the Mamba M step one at a
+time exactly as they run teacher-forced, train on the MDN-RNN's loss, and load by family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldlab.mdrnn import MDRNN, MDRNNConfig
+from worldlab.sequence_m import SequenceMConfig, load_m, make_m
+
+
+def _batch(b: int = 4, t: int = 24, z: int = 6, a: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.cumsum(0.3 * torch.randn(b, t + 1, z, generator=g), dim=1)  # smooth, predictable latents
+    return {"mu": mu, "logvar": torch.full((b, t + 1, z), -6.0), "actions": torch.rand(b, t, a, generator=g),
+            "rewards": mu[:, 1:, 0].clone(), "terminated": torch.zeros(b, t), "mask": torch.ones(b, t)}
+
+
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_dream_steps_equal_the_teacher_forced_outputs_over_three_windows(family: str) -> None:
+    torch.manual_seed(0)
+    m = make_m(family, z_size=6, action_dim=3, width=32, layers=2, heads=4, window=8, state=4).eval()
+    z, a = torch.randn(3, 24, 6), torch.rand(3, 24, 3)  # three windows of 8
+    with torch.no_grad():
+        full, last = m(z, a)
+        state, preds = m.initial_state(3), []
+        for t in range(24):
+            p, state = m.step(z[:, t], a[:, t], state)
+            preds.append(p)
+    for name in ("mu", "logsigma", "logits", "reward", "done_logit"):
+        stepped = torch.stack([getattr(p, name) for p in preds], dim=1)
+        err = (stepped - getattr(full, name)).abs().max().item()
+        assert err < 1e-5, (name, err)
+    assert torch.allclose(state["h"], last["h"], atol=1e-5) and state["h"].shape == (3, 32)
+
+
+def test_transformer_m_rows_may_be_at_different_steps() -> None:
+    torch.manual_seed(0)
+    m = make_m("transformer_m", z_size=4, action_dim=2, width=16, layers=1, heads=2, window=4).eval()
+    z, a = torch.randn(2, 10, 4), torch.rand(2, 10, 2)
+    with torch.no_grad():
+        ref, _ = m(z[1:, :6], a[1:, :6])  # row 1 alone, from its own start
+        state = m.initial_state(2)
+        for t in range(4):  # row 0 runs 4 steps ahead
+            one = {"h": state["h"][:1], "k": state["k"][:, :1], "v": state["v"][:, :1], "t": state["t"][:1]}
+            _, one = m.step(z[:1, t], a[:1, t], one)
+            state["h"][:1], state["k"][:, :1], state["v"][:, :1], state["t"][:1] = one["h"], one["k"], one["v"], one["t"]
+        preds = []
+        for t in range(6):  # now both rows step together; row 1 starts at its step 0
+            p, state = m.step(torch.stack([z[0, 4 + t], z[1, t]]), torch.stack([a[0, 4 + t], a[1, t]]), state)
+            preds.append(p.mu[1])
+    assert torch.allclose(torch.stack(preds), ref.mu[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_sequence_ms_train_on_the_mdn_loss(family: str) -> None:
+    torch.manual_seed(0)
+    m = make_m(family, z_size=6, action_dim=3, width=32, layers=1, heads=4, window=8, state=4)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    batch, losses = _batch(), []
+    for _ in range(40):
+        out = m.loss(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert set(out) == {"loss", "nll", "reward_mse", "done_bce"}
+
+
+def test_mamba_m_scans_agree() -> None:
+    torch.manual_seed(0)
+    loop = make_m("mamba_m", z_size=5, action_dim=2, width=16, layers=2, state=4, scan="loop").eval()
+    par = make_m("mamba_m", z_size=5, action_dim=2, width=16, layers=2, state=4, scan="parallel").eval()
+    par.load_state_dict(loop.state_dict())
+    z, a = torch.randn(2, 20, 5), torch.rand(2, 20, 2)
+    with torch.no_grad():
+        assert torch.allclose(loop(z, a)[0].mu, par(z, a)[0].mu, atol=1e-5)
+
+
+def test_checkpoints_say_which_m_they_hold(tmp_path: Path) -> None:
+    for family in ("transformer_m", "mamba_m"):
+        m = make_m(family, z_size=4, action_dim=2, width=16, layers=1, heads=2, window=4, state=4)
+        m.save(tmp_path / f"{family}.pt", meta={"task": "car_racing"})
+        back = load_m(tmp_path / f"{family}.pt")
+        assert type(back) is type(m) and back.config == m.config and back.meta["task"] == "car_racing"
+        assert all(torch.equal(x, y) for x, y in zip(back.state_dict().values(), m.state_dict().values(), strict=True))
+    MDRNN(MDRNNConfig(z_size=4, action_dim=2, hidden=8)).save(tmp_path / "mdrnn.pt")
+    assert isinstance(load_m(tmp_path / "mdrnn.pt"), MDRNN)
+    torch.save({"family": "vae", "config": {}, "model": {}}, tmp_path / "v.pt")
+    with pytest.raises(ValueError, match="is not an M checkpoint \\(family 'vae'"):
+        load_m(tmp_path / "v.pt")
+    with pytest.raises(ValueError, match="unknown M 'lstm'"):
+        make_m("lstm")
+    with pytest.raises(ValueError, match="must split into 3 heads"):
+        make_m("transformer_m", width=16, heads=3)
+    assert SequenceMConfig(width=64).hidden == 64

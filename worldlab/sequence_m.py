@@ -1,0 +1,251 @@
+"""M as a Transformer or as a state-space model, beside the MDN-RNN (issue 16's "M as a choice").
+
+Both read ``[z_t, a_t]`` through a linear input layer, run a stack of sequence blocks
+(:mod:`worldlab.blocks`) and end in the MDN-RNN's own head: one linear layer whose output is split
+by :func:`worldlab.mdrnn.split_head` into the mixture over ``z_{t+1}``, the reward and the done
+logit, trained by the same :func:`worldlab.mdrnn.next_step_loss`. The last block's (normalised)
+output at step ``t`` is ``h_t``, the summary of the past the controller sees beside ``z_t``, as
+the LSTM's hidden state is for the MDN-RNN.
+
+- :class:`TransformerM` (``transformer_m``; IRIS / STORM replaced the LSTM with a Transformer):
+  causal attention within a sliding window of ``window`` steps at every layer, in training and in
+  the dream alike; :meth:`step` keeps each layer's keys and values of the last ``window`` steps in
+  a ring buffer, so a dream step equals the teacher-forced output of the same sequence (tested to
+  1e-5 over three windows). Rotary positions: only relative offsets matter, so the ring is exact.
+- :class:`MambaM` (``mamba_m``): Mamba's selective scan; training runs it over the window (loop or
+  parallel scan), the dream step carries ``h`` and the convolution's last inputs, O(1) per step.
+
+State of ``step``: a dict with ``"h"`` (B, width) and the model's own buffers. Checkpoints carry
+their family; :func:`load_m` reads any M's checkpoint, the MDN-RNN's included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldlab.blocks import Block, ResidualBlock, RMSNorm, band_mask, rope_angles
+from worldlab.io import ConfigCheckpoint, torch_load
+from worldlab.mdrnn import MDRNN, MixtureOutput, next_step_loss, split_head
+
+FAMILIES = ("mdrnn", "transformer_m", "mamba_m")
+
+
+@dataclass
+class SequenceMConfig:
+    """Architecture and loss weights of a Transformer or Mamba M (fields that do not apply are ignored)."""
+
+    z_size: int = 32
+    action_dim: int = 3
+    discrete_actions: bool = False
+    width: int = 256
+    """the residual stream's width, which is also the size of ``h`` the controller sees."""
+    layers: int = 2
+    gaussians: int = 5
+    reward_weight: float = 1.0
+    done_weight: float = 1.0
+    logsigma_min: float = -7.0
+    logsigma_max: float = 3.0
+    heads: int = 4
+    """Transformer: attention heads."""
+    window: int = 16
+    """Transformer: steps each position attends to (itself included), in training and in the dream."""
+    dropout: float = 0.0
+    state: int = 16
+    """Mamba: the state size N of each channel."""
+    expand: int = 2
+    conv: int = 4
+    dt_rank: int = 0
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    eps: float = 1e-5
+    scan: str = "auto"
+    """Mamba: "loop", "parallel" or "auto" (see :class:`worldlab.blocks.MambaBlock`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("z_size", "action_dim", "width", "layers", "gaussians", "heads", "window", "state", "expand",
+                     "conv"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"M's {name} must be >= 1, got {getattr(self, name)}")
+        self.dt_rank = self.dt_rank or math.ceil(self.width / 16)
+        if self.scan not in ("auto", "parallel", "loop"):
+            raise ValueError(f"scan must be 'auto', 'parallel' or 'loop', got {self.scan!r}")
+
+    @property
+    def head_size(self) -> int:
+        return 3 * self.gaussians * self.z_size + 2
+
+    @property
+    def inner(self) -> int:
+        return self.expand * self.width
+
+    @property
+    def hidden(self) -> int:
+        """The width of ``h`` (the MDN-RNN's ``hidden``), for code that sizes the controller."""
+        return self.width
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SequenceMConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class SequenceM(ConfigCheckpoint, nn.Module):
+    """What the Transformer and Mamba Ms share: input, head, loss, the MDN-RNN's calling conventions."""
+
+    CONFIG, WHAT, STAGE = SequenceMConfig, "M", "M"
+
+    def __init__(self, config: SequenceMConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or SequenceMConfig()
+        self.meta: dict[str, Any] = {}
+        self.inp = nn.Linear(c.z_size + c.action_dim, c.width)
+        self.head = nn.Linear(c.width, c.head_size)
+        with torch.no_grad():  # prior: episode ends are rare (sigmoid(-3) ~ 5%), as the MDN-RNN's
+            self.head.bias[-1] = -3.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    action_input = MDRNN.action_input
+
+    def _split(self, out: torch.Tensor) -> MixtureOutput:
+        c = self.config
+        return split_head(out, c.z_size, c.gaussians, c.logsigma_min, c.logsigma_max)
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, width) input features -> (B, T, width) ``h`` at every step."""
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor, state: Any = None) -> tuple[MixtureOutput, dict[str, Any]]:
+        """Teacher-forced: z (B, T, Z), a (B, T, A) or (B, T) -> predictions for steps 1..T and
+        ``{"h": (B, width)}`` of the last step. Starts from an empty past (``state`` must be None)."""
+        if state is not None:
+            raise ValueError(f"{type(self).__name__} runs a window from an empty past; step() carries a state")
+        h = self.hidden_states(self.inp(torch.cat([z, self.action_input(a)], dim=-1)))
+        return self._split(self.head(h)), {"h": h[:, -1]}
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
+             ) -> tuple[MixtureOutput, dict[str, Any]]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return next_step_loss(self, batch)
+
+
+class TransformerM(SequenceM):
+    """Pre-norm Transformer M with rotary positions and a sliding attention window (module docstring)."""
+
+    FAMILY = "transformer_m"
+
+    def __init__(self, config: SequenceMConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        if c.width % c.heads or (c.width // c.heads) % 2:
+            raise ValueError(f"width {c.width} must split into {c.heads} heads of an even size")
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.ln_f = nn.LayerNorm(c.width)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_angles(positions, self.config.width // self.config.heads, 10000.0)
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        cos, sin = self._rope(torch.arange(t, device=x.device))
+        mask = None if self.config.window >= t else band_mask(t, self.config.window, x.device)
+        for blk in self.blocks:
+            x = blk(x, cos, sin, mask)
+        return self.ln_f(x)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
+        c, device = self.config, device or self.device
+        shape = (c.layers, batch, c.heads, c.window, c.width // c.heads)
+        return {"h": torch.zeros(batch, c.width, device=device), "k": torch.zeros(shape, device=device),
+                "v": torch.zeros(shape, device=device), "t": torch.zeros(batch, dtype=torch.long, device=device)}
+
+    def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
+             ) -> tuple[MixtureOutput, dict[str, Any]]:
+        """One step of every row; rows may be at different steps of their episodes (``state["t"]``)."""
+        c = self.config
+        state = state if state is not None else self.initial_state(z.shape[0], z.device)
+        t = state["t"]  # (B,) steps taken so far per row
+        slot = (t % c.window)[:, None, None].expand(-1, c.heads, 1)  # (B, H, 1)
+        cos, sin = self._rope(t)  # (B, hd)
+        cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # (B, 1, 1, hd)
+        valid = torch.arange(c.window, device=z.device)[None, :] <= t[:, None]  # (B, W): filled slots
+        mask = valid[:, None, None, :]  # (B, 1, 1, W)
+        x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))[:, None]  # (B, 1, C)
+        k_all, v_all = state["k"].clone(), state["v"].clone()
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.qkv_heads(x, cos, sin)  # (B, H, 1, hd)
+            k_all[i].scatter_(2, slot[..., None].expand(-1, -1, -1, k.shape[-1]), k)
+            v_all[i].scatter_(2, slot[..., None].expand(-1, -1, -1, v.shape[-1]), v)
+            att = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=mask)
+            x = blk.finish(x, att)
+        h = self.ln_f(x)[:, 0]
+        return self._split(self.head(h)), {"h": h, "k": k_all, "v": v_all, "t": t + 1}
+
+
+class MambaM(SequenceM):
+    """Mamba M: selective state-space blocks (module docstring)."""
+
+    FAMILY = "mamba_m"
+
+    def __init__(self, config: SequenceMConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.layers = nn.ModuleList(ResidualBlock(c) for _ in range(c.layers))
+        self.norm_f = RMSNorm(c.width, c.eps)
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm_f(x)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
+        c, device = self.config, device or self.device
+        return {"h": torch.zeros(batch, c.width, device=device),
+                "ssm": torch.zeros(c.layers, batch, c.inner, c.state, device=device),
+                "conv": torch.zeros(c.layers, batch, c.inner, c.conv - 1, device=device)}
+
+    def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
+             ) -> tuple[MixtureOutput, dict[str, Any]]:
+        state = state if state is not None else self.initial_state(z.shape[0], z.device)
+        x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))
+        ssm, conv = [], []
+        for i, layer in enumerate(self.layers):
+            x, (s, cv) = layer.step(x, (state["ssm"][i], state["conv"][i]))
+            ssm.append(s)
+            conv.append(cv)
+        h = self.norm_f(x)
+        return self._split(self.head(h)), {"h": h, "ssm": torch.stack(ssm), "conv": torch.stack(conv)}
+
+
+M_CLASSES: dict[str, type] = {"mdrnn": MDRNN, "transformer_m": TransformerM, "mamba_m": MambaM}
+
+
+def make_m(family: str, **config: Any) -> nn.Module:
+    """A fresh M of ``family`` (mdrnn, transformer_m, mamba_m) with ``config`` fields."""
+    if family not in M_CLASSES:
+        raise ValueError(f"unknown M {family!r}; choose one of: {', '.join(FAMILIES)}")
+    cls = M_CLASSES[family]
+    return cls(cls.CONFIG(**config))
+
+
+def load_m(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Any M's checkpoint, whichever family it holds (its ``family`` tag says)."""
+    state = torch_load(path, map_location="cpu")
+    family = state.get("family") if isinstance(state, dict) else None
+    if family not in M_CLASSES:
+        raise ValueError(f"{path} is not an M checkpoint (family {family!r}, not one of {', '.join(FAMILIES)}); "
+                         f"retrain M or point to RUN/checkpoints/mdrnn.pt")
+    return M_CLASSES[family].from_checkpoint(state, path).to(device).eval()
