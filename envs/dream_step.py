@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from worldlab.mdrnn import MDRNN, sample_mixture
+from worldlab.sequence_m import SequenceM
 
 
 class DreamStep(abc.ABC):
@@ -126,7 +127,7 @@ def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalt
         raise ValueError(f"disagreement_penalty must be >= 0, got {disagreement_penalty!r}")
 
 
-def make_dream_step(m: MDRNN, num_envs: int, device: torch.device | str | None, compile: bool = False,
+def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | str | None, compile: bool = False,
                     min_rows: int = 8, *, members: Sequence[MDRNN] = (), member_mode: str = "episode",
                     dropout: float = 0.0, disagreement_penalty: float = 0.0) -> DreamStep:
     """The batched dream step of M for ``num_envs`` rollouts on ``device`` (None: M's device).
@@ -152,7 +153,13 @@ def make_dream_step(m: MDRNN, num_envs: int, device: torch.device | str | None, 
             return MDRNNDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile)
         return EnsembleDreamStep([m, *members], num_envs, device=device, min_rows=min_rows, member_mode=member_mode,
                                  dropout=dropout, disagreement_penalty=disagreement_penalty)
-    raise TypeError(f"no dream step for an M of type {type(m).__name__}: make_dream_step knows MDRNN only")
+    if isinstance(m, SequenceM):
+        if list(members) or dropout:
+            raise ValueError(f"ensembles and dropout dreams are built for the MDN-RNN; this run's M is a "
+                             f"{m.FAMILY}: drop ensemble.members / ensemble.dropout, or train an mdrnn M")
+        return SequenceMDreamStep(m, num_envs, device=device, min_rows=min_rows)
+    raise TypeError(f"no dream step for an M of type {type(m).__name__}: make_dream_step knows MDRNN, "
+                    f"TransformerM and MambaM")
 
 
 def mixture_workspace(batch: int, gaussians: int, z_size: int, device: torch.device | str = "cpu"
@@ -841,3 +848,94 @@ class EnsembleDreamStep(DreamStep):
             self.disagreement = means.std(dim=0, correction=0).mean(dim=-1)  # (n,)
             reward = reward - self.penalty * self.disagreement
         return reward, done[:n]
+
+
+class SequenceMDreamStep(DreamStep):
+    """A Transformer M or a Mamba M (:mod:`worldlab.sequence_m`) stepping N rollouts at once.
+
+    The model's own ``step_hidden`` advances every row (the Transformer's ring key/value cache, the
+    Mamba's scan state), its head gives the mixture, and the MDN-RNN's sampling code
+    (:func:`_sample_head`) draws the next latent and the done flag from the same buffers of
+    uniforms and noise, so both kinds of M dream by the same rules. Eager (``compiled`` is False);
+    ``min_rows`` pads the batch as :class:`MDRNNDreamStep` does. Mid-episode starts (``state0``)
+    are not built for these Ms yet: they need the model's whole state banked, not ``(h, c)``.
+    """
+
+    def __init__(self, m: SequenceM, num_envs: int, device: torch.device | str | None = None,
+                 min_rows: int = 8) -> None:
+        import copy
+
+        cfg = m.config
+        self.num_envs = int(num_envs)
+        self.rows = N = max(self.num_envs, int(min_rows))
+        self.device = dev = torch.device(device) if device is not None else m.device
+        self.m = copy.deepcopy(m).to(dev).eval()  # the weights as they are now: rebuild after training M
+        self.Z, self.A, self.H, self.K = cfg.z_size, cfg.action_dim, cfg.width, cfg.gaussians
+        self.discrete = cfg.discrete_actions
+        self.logsigma_range = (cfg.logsigma_min, cfg.logsigma_max)
+        self.buf = torch.zeros(N, self.Z + self.H, device=dev)  # [z | h]
+        self.actions = torch.zeros(N, self.A, device=dev)
+        self.state = self.m.initial_state(N, dev)
+        self.uni = torch.empty(N, self.Z + 1, device=dev)
+        self.u, self.ud = self.uni[:, None, :self.Z], self.uni[:, self.Z]
+        self.eps = torch.empty(N, self.Z, device=dev)
+        self.work = mixture_workspace(N, self.K, self.Z, dev)
+        self.compiled = False
+
+    @property
+    def obs_size(self) -> int:
+        return self.Z + self.H
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.buf[:self.num_envs, :self.Z]
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.buf[:self.num_envs, self.Z:]
+
+    @property
+    def obs(self) -> torch.Tensor:
+        return self.buf[:self.num_envs]
+
+    def take_obs(self) -> torch.Tensor:
+        return self.obs.clone()
+
+    def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor, state0: Any = None,
+                   rngs: Sequence[np.random.Generator] | None = None) -> None:
+        """Start rollouts ``rows`` at ``z0`` with an empty past; ``rngs`` unused (nothing drawn per dream)."""
+        if state0 is not None:
+            raise ValueError(f"mid-episode starts are built for the MDN-RNN only; this M is a {self.m.FAMILY}: "
+                             f"use dream.start=first")
+        if isinstance(rows, slice):
+            rows = torch.arange(self.num_envs, device=self.device)[rows]
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        self.buf[rows, :self.Z] = z0.to(self.device, torch.float32)
+        self.buf[rows, self.Z:] = 0.0
+        self.m.reset_state_rows(self.state, rows)
+
+    def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
+                    high: torch.Tensor | None = None) -> None:
+        a = self.actions[:self.num_envs]
+        if self.discrete:
+            a.zero_()
+            a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
+        else:
+            a.copy_(actions.reshape(self.num_envs, self.A))
+            if low is not None or high is not None:
+                torch.clamp(a, low, high, out=a)
+
+    @torch.no_grad()
+    def step(self, tau: float = 1.0, deterministic: bool = False,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if tau <= 0 and not deterministic:
+            raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
+        h, self.state = self.m.step_hidden(self.buf[:, :self.Z], self.actions, self.state)
+        out = self.m.head(h)
+        self.buf[:, self.Z:] = h
+        if not deterministic:
+            self.uni.uniform_(generator=generator)
+            self.eps.normal_(generator=generator)
+        done = _sample_head(out, self.K, self.Z, self.buf[:, :self.Z], self.work, deterministic, tau, self.u, self.eps,
+                            self.ud, self.logsigma_range)
+        return out[:self.num_envs, 3 * self.K * self.Z], done[:self.num_envs]

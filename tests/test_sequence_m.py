@@ -98,3 +98,37 @@ def test_checkpoints_say_which_m_they_hold(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must split into 3 heads"):
         make_m("transformer_m", width=16, heads=3)
     assert SequenceMConfig(width=64).hidden == 64
+
+
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_the_dream_step_runs_a_sequence_m(family: str) -> None:
+    from envs.dream_step import SequenceMDreamStep, make_dream_step
+    from worldlab.mdrnn import sample_mixture
+
+    torch.manual_seed(0)
+    m = make_m(family, z_size=4, action_dim=2, width=16, layers=2, heads=2, window=4, state=4).eval()
+    step = make_dream_step(m, 3, "cpu")
+    assert isinstance(step, SequenceMDreamStep) and step.obs_size == 20
+    z0, acts = torch.randn(3, 4), torch.rand(10, 3, 2)
+    step.reset_rows(slice(None), z0)
+    state, z, rewards = m.initial_state(3), z0.clone(), []
+    for t in range(10):  # deterministic: the most likely next latent, by hand
+        step.set_actions(acts[t])
+        r, _ = step.step(deterministic=True)
+        rewards.append(r.clone())
+        with torch.no_grad():
+            p, state = m.step(z, acts[t], state)
+        z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)
+        assert torch.allclose(step.z, z, atol=1e-5) and torch.allclose(step.h, state["h"], atol=1e-5)
+        assert torch.allclose(r, p.reward, atol=1e-5)
+    step.reset_rows(torch.tensor([1]), z0[1:2])  # a reset row starts again from an empty past
+    assert torch.equal(step.z[1], z0[1]) and not step.h[1].any()
+    step.set_actions(acts[0])
+    step.step(deterministic=True)
+    with torch.no_grad():
+        p, _ = m.step(z0[1:2], acts[0, 1:2], m.initial_state(1))
+    assert torch.allclose(step.z[1], sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="ensembles and dropout dreams are built for the MDN-RNN"):
+        make_dream_step(m, 3, "cpu", dropout=0.1)
+    with pytest.raises(ValueError, match="mid-episode starts are built for the MDN-RNN only"):
+        step.reset_rows(slice(None), z0, state0=(torch.zeros(3, 16), torch.zeros(3, 16)))

@@ -134,9 +134,26 @@ class SequenceM(ConfigCheckpoint, nn.Module):
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
+    def step_hidden(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any]
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One step of every row: ``h`` (B, width) and the new state (the head not applied)."""
+        raise NotImplementedError
+
     def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
              ) -> tuple[MixtureOutput, dict[str, Any]]:
-        raise NotImplementedError
+        """z (B, Z), a (B, A) or (B,) -> the prediction for the next step and the new state
+        (``state["h"]``: what the controller sees)."""
+        state = state if state is not None else self.initial_state(z.shape[0], z.device)
+        h, state = self.step_hidden(z, a, state)
+        return self._split(self.head(h)), state
+
+    STATE_ROW_DIM: dict[str, int] = {}
+    """the batch (row) dimension of each state tensor, for resetting rows in place."""
+
+    def reset_state_rows(self, state: dict[str, Any], rows: torch.Tensor) -> None:
+        """Empty the past of rows ``rows`` of ``state`` in place."""
+        for key, dim in self.STATE_ROW_DIM.items():
+            state[key].index_fill_(dim, rows, 0)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return next_step_loss(self, batch)
@@ -172,11 +189,13 @@ class TransformerM(SequenceM):
         return {"h": torch.zeros(batch, c.width, device=device), "k": torch.zeros(shape, device=device),
                 "v": torch.zeros(shape, device=device), "t": torch.zeros(batch, dtype=torch.long, device=device)}
 
-    def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
-             ) -> tuple[MixtureOutput, dict[str, Any]]:
-        """One step of every row; rows may be at different steps of their episodes (``state["t"]``)."""
+    STATE_ROW_DIM = {"h": 0, "k": 1, "v": 1, "t": 0}
+
+    def step_hidden(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any]
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One step of every row; rows may be at different steps of their episodes (``state["t"]``).
+        The key/value cache of ``state`` is updated in place (and returned in the new state)."""
         c = self.config
-        state = state if state is not None else self.initial_state(z.shape[0], z.device)
         t = state["t"]  # (B,) steps taken so far per row
         slot = (t % c.window)[:, None, None].expand(-1, c.heads, 1)  # (B, H, 1)
         cos, sin = self._rope(t)  # (B, hd)
@@ -184,7 +203,7 @@ class TransformerM(SequenceM):
         valid = torch.arange(c.window, device=z.device)[None, :] <= t[:, None]  # (B, W): filled slots
         mask = valid[:, None, None, :]  # (B, 1, 1, W)
         x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))[:, None]  # (B, 1, C)
-        k_all, v_all = state["k"].clone(), state["v"].clone()
+        k_all, v_all = state["k"], state["v"]  # written in place: a dream step must not copy the cache
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.qkv_heads(x, cos, sin)  # (B, H, 1, hd)
             k_all[i].scatter_(2, slot[..., None].expand(-1, -1, -1, k.shape[-1]), k)
@@ -192,7 +211,7 @@ class TransformerM(SequenceM):
             att = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=mask)
             x = blk.finish(x, att)
         h = self.ln_f(x)[:, 0]
-        return self._split(self.head(h)), {"h": h, "k": k_all, "v": v_all, "t": t + 1}
+        return h, {"h": h, "k": k_all, "v": v_all, "t": t + 1}
 
 
 class MambaM(SequenceM):
@@ -217,9 +236,10 @@ class MambaM(SequenceM):
                 "ssm": torch.zeros(c.layers, batch, c.inner, c.state, device=device),
                 "conv": torch.zeros(c.layers, batch, c.inner, c.conv - 1, device=device)}
 
-    def step(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any] | None = None
-             ) -> tuple[MixtureOutput, dict[str, Any]]:
-        state = state if state is not None else self.initial_state(z.shape[0], z.device)
+    STATE_ROW_DIM = {"h": 0, "ssm": 1, "conv": 1}
+
+    def step_hidden(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any]
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
         x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))
         ssm, conv = [], []
         for i, layer in enumerate(self.layers):
@@ -227,7 +247,7 @@ class MambaM(SequenceM):
             ssm.append(s)
             conv.append(cv)
         h = self.norm_f(x)
-        return self._split(self.head(h)), {"h": h, "ssm": torch.stack(ssm), "conv": torch.stack(conv)}
+        return h, {"h": h, "ssm": torch.stack(ssm), "conv": torch.stack(conv)}
 
 
 M_CLASSES: dict[str, type] = {"mdrnn": MDRNN, "transformer_m": TransformerM, "mamba_m": MambaM}
