@@ -4,7 +4,8 @@
 
 For each family at its default size (the sizes of docs/GENERATORS.md's text table): the time of
 one training step (forward, backward, AdamW) on ``--batch`` x ``--block`` characters, and sampling
-throughput (one token for 64 sequences per ``step`` call). For Mamba the training step is timed
+throughput (one token for 64 sequences per ``step`` call). Then the world model's Ms in the dream: steps per second of ``--dreams`` dreams at once (eager)
+for the MDN-RNN, a Transformer M and a Mamba M. For Mamba the training step is timed
 with both scans, ``loop`` and ``parallel``, alternating in the same process: the ratio is what
 ``MambaConfig.scan="auto"`` relies on to pick the loop on a CPU. Median of ``--repeats`` rounds.
 Weights are untrained (the cost does not depend on them); torch threads as set by ``--threads``.
@@ -46,6 +47,33 @@ def sample_tokens_per_s(model: torch.nn.Module, n: int = 64, steps: int = 64) ->
     return n * steps / (time.perf_counter() - t0)
 
 
+def dream_steps_per_s(n: int, steps: int, repeats: int) -> dict[str, float]:
+    """Dream steps per second of ``n`` dreams at once, eager, for the MDN-RNN (LSTM 256), a
+    Transformer M (2 x 256, window 16) and a Mamba M (2 x 128), CarRacing's sizes (z 32, 3 actions)."""
+    from envs.dream_step import make_dream_step
+    from worldlab.mdrnn import MDRNN, MDRNNConfig
+    from worldlab.sequence_m import make_m
+
+    torch.manual_seed(0)
+    ms = {"mdrnn": MDRNN(MDRNNConfig(z_size=32, action_dim=3, hidden=256)),
+          "transformer_m": make_m("transformer_m", z_size=32, action_dim=3, width=256, layers=2, heads=4, window=16),
+          "mamba_m": make_m("mamba_m", z_size=32, action_dim=3, width=128, layers=2)}
+    steppers = {k: make_dream_step(m, n, "cpu") for k, m in ms.items()}
+    actions = torch.rand(n, 3)
+    rates: dict[str, list[float]] = {k: [] for k in ms}
+    for _ in range(repeats):
+        for k, st in steppers.items():
+            st.reset_rows(slice(None), torch.randn(n, 32))
+            st.set_actions(actions)
+            st.step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                st.set_actions(actions)
+                st.step()
+            rates[k].append(n * steps / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
 def main() -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=12)
@@ -53,6 +81,8 @@ def main() -> dict:
     p.add_argument("--vocab", type=int, default=111, help="vocabulary size (python_docs: 111)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dreams", type=int, default=1024, help="dreams stepped at once (default 1024)")
+    p.add_argument("--dream-steps", type=int, default=50, help="timed dream steps per round (default 50)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,7 +101,9 @@ def main() -> dict:
             times[name].append(train_step_s(m, batch))
             tokens[name].append(sample_tokens_per_s(m))
         times["mamba_parallel"].append(train_step_s(parallel, batch))
+    dream = dream_steps_per_s(args.dreams, args.dream_steps, args.repeats)
     res = {
+        "dreams": args.dreams, "dream_steps_per_s": dream,
         "batch": args.batch, "block": args.block, "vocab": args.vocab, "threads": args.threads,
         "train_step_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
         "sample_tokens_per_s": {k: statistics.median(v) for k, v in tokens.items()},
@@ -81,6 +113,8 @@ def main() -> dict:
     for k, v in res["train_step_ms"].items():
         print(f"{k:15s} train step {v:8.1f} ms" + (f"   sampling {res['sample_tokens_per_s'][k]:8.0f} tokens/s"
                                                    if k in tokens else ""))
+    for k, v in dream.items():
+        print(f"dream step, {args.dreams} dreams, {k:14s} {v:10,.0f} steps/s")
     print(f"mamba: the loop scan trains {res['mamba_loop_speedup']:.2f}x faster than the parallel scan here")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -31,7 +31,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                 ["--episodes", "4", "--max-steps", "100", "--repeats", "1"]),
     "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
-    "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16"]),
+    "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16", "--dreams", "64",
+                                      "--dream-steps", "5"]),
 }
 
 
@@ -124,7 +125,9 @@ def render(results: dict[str, dict]) -> str:
               f"- Mamba's scan over time as a loop trains **{fmt(r['mamba_loop_speedup'], 2)}x** faster than the "
               "parallel (Hillis-Steele) scan on this CPU: the parallel scan does log2(T) passes over (B, T, E, N) "
               "tensors and is memory-bound here; `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel "
-              "scan on CUDA.", ""]
+              "scan on CUDA.",
+              f"- The dream with {r['dreams']:,} dreams at once (eager, z 32): " + ", ".join(
+                  f"{k} **{fmt(v, 0)}** steps/s" for k, v in r["dream_steps_per_s"].items()) + ".", ""]
     return "\n".join(L)
 
 
