@@ -122,10 +122,9 @@ def render(results: dict[str, dict]) -> str:
               "| model | parameters | train step | sampling |", "|---|---|---|---|"]
         L += [f"| {k} | {r['params'][k] / 1e3:.0f}k | {fmt(ms[k], 0)} ms | {fmt(tok[k], 0)} tokens/s |" for k in tok]
         L += [f"| mamba, parallel scan | | {fmt(ms['mamba_parallel'], 0)} ms | |", "",
-              f"- Mamba's scan over time as a loop trains **{fmt(r['mamba_loop_speedup'], 2)}x** faster than the "
-              "parallel (Hillis-Steele) scan on this CPU: the parallel scan does log2(T) passes over (B, T, E, N) "
-              "tensors and is memory-bound here; `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel "
-              "scan on CUDA.",
+              f"- Mamba's scan over time as a loop trains at **{fmt(r['mamba_loop_speedup'], 2)}x** the speed of the "
+              "parallel (Hillis-Steele) scan on this CPU (which does log2(T) memory-bound passes over (B, T, E, N) "
+              "tensors); `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel scan on CUDA.",
               f"- The dream with {r['dreams']:,} dreams at once (eager, z 32): " + ", ".join(
                   f"{k} **{fmt(v, 0)}** steps/s" for k, v in r["dream_steps_per_s"].items()) + ".", ""]
     return "\n".join(L)
