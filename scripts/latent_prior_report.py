@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({train_s:.0f} s); distillation {args.distill_rounds} halvings of {args.distill_steps:,} steps "
         + (f"({distill_s:.0f} s)." if np.isfinite(distill_s) else "(reused).")
         + f" Fréchet distance of V's features of V-decoded samples to {n:,} real held-out frames "
-        f"(two real sets: {floor:.2f}). Times: 1,024 starts, {args.threads} torch threads, median of 7; "
+        f"(two real sets: {floor:.2f}). Times: 1,024 starts, {args.threads} torch threads, median of 7, load "
+        f"average {os.getloadavg()[0]:.1f} at the end (above the CPU count: other jobs shared the machine); "
         f"Python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs.", "",
         "| sampler | network evaluations | FD (V latent) | 1,024 starts |", "|---|---|---|---|"]
     lines += [f"| {r['sampler']} | {r['evals']} | {r['fd']:.2f} | {r['ms']:.1f} ms |" for r in rows]
