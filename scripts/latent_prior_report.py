@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from generators import images
     from generators.metrics import frechet_distance
     from generators.train import FitConfig, train_generator
-    from worldlab.io import atomic_write_text, splice_section
+    from worldlab.io import atomic_write_json, atomic_write_text, read_json, splice_section
     from worldlab.rundir import RunDir
     from worldlab.vae import ConvVAE
 
@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     prior, _ = train_generator("latent_prior", f"latents:{run.root}", FitConfig(steps=args.steps,
                                batch_size=args.batch_size, seed=args.seed), out=out.root, progress=False)
     train_s = time.time() - t0
+    timing = read_json(out.timing_json) if out.timing_json.exists() else {}
+    if timing.get("steps") == args.steps:
+        train_s = float(timing["seconds"])  # trained by an earlier run of this command: its own time
+    else:
+        atomic_write_json(out.timing_json, {"steps": args.steps, "seconds": train_s})
     log(f"prior trained ({args.steps} steps, {train_s:.0f} s)")
 
     @torch.no_grad()
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     student_path = out.root / "distilled.pt"
     if student_path.exists():
         student = generators.load(student_path)
-        distill_s = float("nan")
+        distill_s = float(read_json(out.timing_json).get("distill_seconds", float("nan")))
     else:
         student = copy.deepcopy(prior)
         t0 = time.time()
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.distill_rounds, steps_per_round=args.distill_steps, seed=args.seed)
         distill_s = time.time() - t0
         student.save(student_path)
+        atomic_write_json(out.timing_json, {**read_json(out.timing_json), "distill_seconds": distill_s})
     ks = student.config.steps
     rows.append({"sampler": f"distilled {args.teacher_steps} -> {ks} step{'s' if ks > 1 else ''}", "evals": ks,
                  "z": student.sample(n, noise=noise), "ms": timing(lambda: student.sample(1024, generator=0))})
