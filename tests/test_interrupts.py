@@ -19,11 +19,11 @@ QUICK = ["--preset", "smoke", "--no-progress", "--generations", "2", "--set", "e
          "--set", "eval.probes=false"]
 
 
-def _start(out: Path, log: Path) -> tuple[subprocess.Popen, object]:
+def _start(out: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, object]:
     err = log.open("w")
     # its own session, as a shell's foreground job: a Ctrl-C reaches every process of the group
     p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "dream_train.py"), "car_racing", "--out", str(out),
-                          *QUICK], stdout=subprocess.PIPE, stderr=err, text=True, env=ENV, cwd=ROOT,
+                          *QUICK, *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=ENV, cwd=ROOT,
                          start_new_session=True)
     return p, err
 
@@ -40,9 +40,10 @@ def _read_until(p: subprocess.Popen, text: str, timeout: float = 600) -> list[st
     raise AssertionError(f"the run ended before {text!r}: {''.join(lines)[-2000:]}")
 
 
-def _interrupt(tmp_path: Path, stage: str, sig: int, group: bool) -> tuple[int, str, str, Path]:
+def _interrupt(tmp_path: Path, stage: str, sig: int, group: bool, extra: tuple[str, ...] = ()
+               ) -> tuple[int, str, str, Path]:
     out, log = tmp_path / "run", tmp_path / "stderr.txt"
-    p, err = _start(out, log)
+    p, err = _start(out, log, extra)
     seen = _read_until(p, stage)
     time.sleep(2.0)  # well inside the stage: workers busy, a model training
     if group:
@@ -63,12 +64,14 @@ def _resume_completes(out: Path) -> None:
 
 
 def test_ctrl_c_during_collection_says_one_line_and_resumes(tmp_path: Path) -> None:
-    code, stdout, stderr, out = _interrupt(tmp_path, "] stage 1/6 · round 0: collect", signal.SIGINT, group=True)
+    # 100 episodes: the smoke preset's 6 can all be collected within the 2 s the interrupt waits
+    code, stdout, stderr, out = _interrupt(tmp_path, "] stage 1/6 · round 0: collect", signal.SIGINT, group=True,
+                                           extra=("--set", "collect.episodes=100"))
     assert code == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stdout + stderr and "retries remaining" not in stdout + stderr
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
-    assert lines[0] == (f"interrupted (Ctrl-C): stopped stage 1/6 (round 0: collect 6 real episodes (brownian)); "
+    assert lines[0] == (f"interrupted (Ctrl-C): stopped stage 1/6 (round 0: collect 100 real episodes (brownian)); "
                         f"every finished stage and the last checkpoints are kept in {out}; go on with: "
                         f"python scripts/dream_train.py car_racing --resume --out {out}")
     _resume_completes(out)
