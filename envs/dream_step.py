@@ -162,6 +162,19 @@ def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | 
                     f"TransformerM and MambaM")
 
 
+def write_actions(a: torch.Tensor, actions: torch.Tensor, discrete: bool, low: torch.Tensor | None = None,
+                  high: torch.Tensor | None = None) -> None:
+    """Write a step's actions into its buffer ``a`` (n, A) in place: one-hot of (n,) indices when
+    ``discrete`` (bounds ignored), else (n, A) floats clamped into [low, high] (A,) when given."""
+    if discrete:
+        a.zero_()
+        a.scatter_(1, actions.to(a.device).long().view(-1, 1), 1.0)
+    else:
+        a.copy_(actions.reshape(a.shape))
+        if low is not None or high is not None:
+            torch.clamp(a, low, high, out=a)
+
+
 def mixture_workspace(batch: int, gaussians: int, z_size: int, device: torch.device | str = "cpu"
                       ) -> dict[str, torch.Tensor]:
     """Preallocated buffers for :func:`sample_mixture` on (batch, K, Z) inputs (no allocation per call)."""
@@ -440,14 +453,7 @@ class MDRNNDreamStep(DreamStep):
                     high: torch.Tensor | None = None) -> None:
         """Write actions (n, A) floats, clamped in place into [low, high] (A,) when given, or (n,)
         integer indices when discrete (bounds ignored), into the packed input."""
-        if self.discrete:
-            self.a.zero_()
-            self.a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
-        else:
-            a = self.a
-            a.copy_(actions.reshape(self.num_envs, self.A))
-            if low is not None or high is not None:
-                torch.clamp(a, low, high, out=a)
+        write_actions(self.a, actions, self.discrete, low, high)
 
     def step(self, tau: float = 1.0, deterministic: bool = False,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -765,13 +771,7 @@ class EnsembleDreamStep(DreamStep):
     def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
                     high: torch.Tensor | None = None) -> None:
         a = self.actions
-        if self.discrete:
-            a.zero_()
-            a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
-        else:
-            a.copy_(actions.reshape(self.num_envs, self.A))
-            if low is not None or high is not None:
-                torch.clamp(a, low, high, out=a)
+        write_actions(a, actions, self.discrete, low, high)
         Z, H, D = self.Z, self.H, self.D
         if self.full:
             self.x[:, :self.num_envs, Z + H:D] = a
@@ -916,14 +916,7 @@ class SequenceMDreamStep(DreamStep):
 
     def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
                     high: torch.Tensor | None = None) -> None:
-        a = self.actions[:self.num_envs]
-        if self.discrete:
-            a.zero_()
-            a.scatter_(1, actions.to(self.device).long().view(-1, 1), 1.0)
-        else:
-            a.copy_(actions.reshape(self.num_envs, self.A))
-            if low is not None or high is not None:
-                torch.clamp(a, low, high, out=a)
+        write_actions(self.actions[:self.num_envs], actions, self.discrete, low, high)
 
     @torch.no_grad()
     def step(self, tau: float = 1.0, deterministic: bool = False,
