@@ -20,7 +20,6 @@ output layer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import nn
 
 from generators.registry import Family, register
 from generators.sequence import TEXT_TRAIN, SequenceModel, TokenConfig
-from worldlab.blocks import ResidualBlock, RMSNorm
+from worldlab.blocks import ResidualBlock, RMSNorm, complete_mamba_config
 
 
 @dataclass
@@ -60,9 +59,7 @@ class MambaConfig(TokenConfig):
         super().__post_init__()
         if min(self.layers, self.width, self.state, self.expand, self.conv) < 1:
             raise ValueError("layers, width, state, expand and conv must all be >= 1")
-        self.dt_rank = self.dt_rank or math.ceil(self.width / 16)
-        if self.scan not in ("auto", "parallel", "loop"):
-            raise ValueError(f"scan must be 'auto', 'parallel' or 'loop', got {self.scan!r}")
+        complete_mamba_config(self)
 
     @property
     def inner(self) -> int:

@@ -72,6 +72,17 @@ class Block(nn.Module):
         return self.finish(x, att)
 
 
+SCANS = ("auto", "parallel", "loop")
+
+
+def complete_mamba_config(c: Any) -> None:
+    """Fill a Mamba config's derived ``dt_rank`` (0 -> ceil(width / 16), as the paper) and refuse an
+    unknown ``scan``; shared by the language model's and the M's configs."""
+    c.dt_rank = c.dt_rank or math.ceil(c.width / 16)
+    if c.scan not in SCANS:
+        raise ValueError(f"scan must be 'auto', 'parallel' or 'loop', got {c.scan!r}")
+
+
 def pscan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` (h_{-1} = 0) for every t, along dim 1, in log2(T) passes."""
     t, shift = a.shape[1], 1

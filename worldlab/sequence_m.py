@@ -21,7 +21,6 @@ their family; :func:`load_m` reads any M's checkpoint, the MDN-RNN's included.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldlab.blocks import Block, ResidualBlock, RMSNorm, band_mask, rope_angles
+from worldlab.blocks import (
+    Block,
+    ResidualBlock,
+    RMSNorm,
+    band_mask,
+    complete_mamba_config,
+    rope_angles,
+)
 from worldlab.io import ConfigCheckpoint, torch_load
 from worldlab.mdrnn import MDRNN, MixtureOutput, next_step_loss, split_head
 
@@ -73,9 +79,7 @@ class SequenceMConfig:
                      "conv"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"M's {name} must be >= 1, got {getattr(self, name)}")
-        self.dt_rank = self.dt_rank or math.ceil(self.width / 16)
-        if self.scan not in ("auto", "parallel", "loop"):
-            raise ValueError(f"scan must be 'auto', 'parallel' or 'loop', got {self.scan!r}")
+        complete_mamba_config(self)
 
     @property
     def head_size(self) -> int:
