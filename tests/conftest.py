@@ -16,6 +16,18 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+@pytest.fixture(scope="module")
+def suggested_torch_threads():
+    """For a test module (``pytestmark = pytest.mark.usefixtures("suggested_torch_threads")``): 1 torch
+    thread when other jobs load the machine (threads then wait for each other), else 2."""
+    from generators.train import suggested_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(suggested_threads())
+    yield
+    torch.set_num_threads(old)
+
+
 TINY_EPISODES = 6
 TINY_STEPS = 120
 

@@ -31,15 +31,7 @@ POINTS_ONLY = {n for n in FAMILIES if generators.family(n).kinds == ("points",)}
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    """1 torch thread when other jobs load the machine (threads then wait for each other), else 2."""
-    from generators.train import suggested_threads
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(suggested_threads())
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("suggested_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -42,15 +42,7 @@ class DotEnv(gym.Env):
         return self._obs(), 1.0 if done else -0.01, done, self.t >= 30, {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    """1 torch thread when other jobs load the machine (threads then wait for each other), else 2."""
-    from generators.train import suggested_threads
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(suggested_threads())
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("suggested_torch_threads")
 
 
 @pytest.fixture(scope="module")

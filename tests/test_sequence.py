@@ -17,16 +17,7 @@ from generators.sequence import filter_logits
 from generators.text import CharTokenizer, TokenData
 from worldlab.blocks import pscan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    """1 torch thread when other jobs load the machine (small ops then wait for each other), else 2."""
-    from generators.train import suggested_threads
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(suggested_threads())
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("suggested_torch_threads")
 
 
 @pytest.fixture(scope="module")
