@@ -51,8 +51,9 @@ class MambaConfig(TokenConfig):
     """RMSNorm's epsilon."""
     scan: str = "auto"
     """how training runs the recurrence over time: "parallel" (Hillis-Steele doubling, log2(T) passes
-    over (B, T, E, N) tensors: what a GPU wants), "loop" (one pass per time step on (B, E, N): 3.3x
-    faster fwd+bwd on one CPU core at 12 x 64, scripts/bench.py mamba), "auto" (parallel on CUDA,
+    over (B, T, E, N) tensors: what a GPU wants), "loop" (one pass per time step on (B, E, N): a training
+    step of the default model 2.5x faster on one CPU core at 12 x 64, ``python benchmarks/sequence.py``),
+    "auto" (parallel on CUDA,
     else loop). All three compute the same numbers up to float rounding (tested)."""
 
     def __post_init__(self) -> None:

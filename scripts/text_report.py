@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Sizes: LSTM embedding 128, one layer of 256 (the book's chapter 5 model, on characters); "
               "GPT 4 layers x 4 heads x 128 with rotary positions and tied embeddings (nanoGPT's CPU model); "
               "Mamba 4 layers x 128, state 16, expansion 2, pure PyTorch (on a CPU its scan runs as a loop over "
-              "time, `scan=\"auto\"`, 2.6-3.3x faster than the parallel scan there: `scripts/bench.py --only "
-              "sequence`; O(1) steps in sampling). Train times are wall times on the machine as it was (load "
+              "time, `scan=\"auto\"`, which trains about 2.5x faster than the parallel scan there: "
+              "`python benchmarks/sequence.py`; O(1) steps in sampling). Train times are wall times on the machine as it was (load "
               "average " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + " at the end of this report; above "
               "the CPU count means other jobs shared it); a finished model's time is kept from its own run.", ""]
     if (figures / "text_gpt_attention.png").exists() and "gpt" in args.families:
