@@ -16,6 +16,7 @@ import torch
 
 from agents.controller import BatchedController, ControllerConfig
 from agents.pool import WorkerPool, fetch_if_new
+from worldlab.sequence_m import put_rows, state_h, take_rows
 from worldlab.world_model import WorldModel
 
 GAP_GENERATION = 2 * 10**6
@@ -177,9 +178,9 @@ class RealEvalWorker:
             rows = np.flatnonzero(alive)
             z, _ = wm.encode(torch.from_numpy(np.stack([frames[i] for i in rows])))  # (b, Z) posterior means
             idx = torch.from_numpy(rows)
-            a = ctrl.select(idx).act(torch.cat([z, state[0][idx]], dim=1))  # (b, A)
-            _, (h, c) = wm.mdrnn.step(z, a, (state[0][idx], state[1][idx]))
-            state[0][idx], state[1][idx] = h, c
+            mine = take_rows(wm.mdrnn, state, idx)
+            a = ctrl.select(idx).act(torch.cat([z, state_h(mine)], dim=1))  # (b, A)
+            put_rows(wm.mdrnn, state, idx, wm.mdrnn.step(z, a, mine)[1])
             for j, i in enumerate(rows):
                 frames[i], r, term, trunc, _ = self.envs[i].step(a[j].numpy().astype(np.float32))
                 total[i] += float(r)

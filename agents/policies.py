@@ -16,6 +16,7 @@ import torch
 from gymnasium import spaces
 
 from agents.controller import BatchedController, ControllerConfig, init_params
+from worldlab.sequence_m import state_h
 from worldlab.world_model import WorldModel
 
 
@@ -384,7 +385,7 @@ class ControllerPolicy:
     def act(self, obs: np.ndarray) -> np.ndarray:
         assert self.ctrl is not None and self.state is not None, "call reset(seed) first"
         z, _ = self.wm.encode(torch.from_numpy(np.ascontiguousarray(obs))[None])  # (1, Z): the posterior mean
-        x = torch.cat([z, self.state[0]], dim=1)  # (1, Z + H)
+        x = torch.cat([z, state_h(self.state)], dim=1)  # (1, Z + H)
         a = self.ctrl.act(x)[0].numpy().astype(np.float64)
         if self.noise_std > 0:
             a = np.clip(a + self.noise_std * self.rng.standard_normal(a.shape), self.low, self.high)

@@ -30,6 +30,7 @@ import torch
 from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import sample_mixture
 from worldlab.rundir import RunDir
+from worldlab.sequence_m import read_prefix
 from worldlab.world_model import WorldModel
 
 Script = Callable[[int], list[float]]
@@ -129,7 +130,7 @@ def probe_figures(wm: WorldModel, ep: dict[str, np.ndarray], starts: tuple[int, 
         k = min(horizon, T - t0)
         if t0 < 1 or k < 1:
             continue
-        _, state = wm.mdrnn(mu[None, :t0], actions[None, :t0])  # M's state after t0 real steps
+        state = read_prefix(wm.mdrnn, mu[None, :t0], actions[None, :t0])  # M's state after t0 real steps
         z, zs, rs = mu[t0:t0 + 1], [], []
         for t in range(t0, t0 + k):
             p, state = wm.mdrnn.step(z, actions[t:t + 1], state)

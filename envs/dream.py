@@ -75,6 +75,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.dream_step import DreamStep, make_dream_step
+from worldlab.mdrnn import MDRNN
+from worldlab.sequence_m import state_keys
 from worldlab.world_model import WorldModel
 
 DREAM_ID = "worldlab/Dream-v0"
@@ -188,12 +190,12 @@ class _DreamCore:
         self.bank_mu = wm.start_mu.detach().to(device)                              # (M, Z)
         self.bank_std = torch.exp(0.5 * wm.start_logvar.detach().to(device))      # (M, Z)
         self.start = start
-        if start == "mid":  # (B, Z) latents; (members, B, H) each member's LSTM state there
+        if start == "mid":  # (B, Z) latents; each member's M state there: (members, B, ...) per state tensor
             assert bank is not None
             self.bank_mu = bank["mu"].detach().to(device)
             self.bank_std = torch.exp(0.5 * bank["logvar"].detach().to(device))
             k = dream_step.num_members
-            self.bank_state = (bank["h"][:k].detach().to(device), bank["c"][:k].detach().to(device))
+            self.bank_state = {key: bank[key][:k].detach().to(device) for key in state_keys(wm.mdrnn)}
         self.seeded = False
 
     def seed(self, seeds: Sequence[int]) -> None:
@@ -201,9 +203,10 @@ class _DreamCore:
         self.gen.manual_seed(int(seeds[0]) & 0x7FFF_FFFF_FFFF_FFFF)
         self.seeded = True
 
-    def draw_starts(self, rows: Sequence[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def draw_starts(self, rows: Sequence[int]) -> tuple[torch.Tensor, Any]:
         """Starting latents (len(rows), Z) from each row's own generator, and the recurrent state
-        there (``start="mid"``: each member's ``(h, c)``, (members, len(rows), H) each; else None)."""
+        there (``start="mid"``: each member's ``(h, c)``, (members, len(rows), H) each, for the
+        MDN-RNN; a sequence M's state tensors by name, (1, len(rows), ...) each; else None)."""
         m, z = self.bank_mu.shape
         idx = np.array([self.rngs[r].integers(m) for r in rows], dtype=np.int64)
         at = torch.from_numpy(idx).to(self.device)
@@ -213,7 +216,9 @@ class _DreamCore:
             std = self.bank_std[at]
             start = start + std * torch.from_numpy(noise).to(self.device)  # z0 ~ N(mu, sigma^2) of a real frame
         if self.start == "mid":
-            return start, (self.bank_state[0][:, at], self.bank_state[1][:, at])
+            if isinstance(self.wm.mdrnn, MDRNN):
+                return start, (self.bank_state["h"][:, at], self.bank_state["c"][:, at])
+            return start, {key: v[:, at] for key, v in self.bank_state.items()}
         return start, None
 
     def reset_rows(self, rows: Sequence[int], z0: torch.Tensor | None = None) -> None:

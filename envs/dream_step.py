@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from worldlab.mdrnn import MDRNN, sample_mixture
-from worldlab.sequence_m import SequenceM
+from worldlab.sequence_m import SequenceM, put_rows, state_from_entries
 
 
 class DreamStep(abc.ABC):
@@ -857,8 +857,8 @@ class SequenceMDreamStep(DreamStep):
     Mamba's scan state), its head gives the mixture, and the MDN-RNN's sampling code
     (:func:`_sample_head`) draws the next latent and the done flag from the same buffers of
     uniforms and noise, so both kinds of M dream by the same rules. Eager (``compiled`` is False);
-    ``min_rows`` pads the batch as :class:`MDRNNDreamStep` does. Mid-episode starts (``state0``)
-    are not built for these Ms yet: they need the model's whole state banked, not ``(h, c)``.
+    ``min_rows`` pads the batch as :class:`MDRNNDreamStep` does. A mid-episode start (``state0``)
+    is the model's whole state, by name, as the world model's bank holds it.
     """
 
     def __init__(self, m: SequenceM, num_envs: int, device: torch.device | str | None = None,
@@ -903,16 +903,23 @@ class SequenceMDreamStep(DreamStep):
 
     def reset_rows(self, rows: torch.Tensor | slice, z0: torch.Tensor, state0: Any = None,
                    rngs: Sequence[np.random.Generator] | None = None) -> None:
-        """Start rollouts ``rows`` at ``z0`` with an empty past; ``rngs`` unused (nothing drawn per dream)."""
-        if state0 is not None:
-            raise ValueError(f"mid-episode starts are built for the MDN-RNN only; this M is a {self.m.FAMILY}: "
-                             f"use dream.start=first")
+        """Start rollouts ``rows`` at ``z0`` with an empty past, or with the past ``state0`` (the
+        model's state tensors by name, (1, len(rows), ...) each: a mid-episode start from the world
+        model's bank); ``rngs`` unused (nothing drawn per dream)."""
         if isinstance(rows, slice):
             rows = torch.arange(self.num_envs, device=self.device)[rows]
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         self.buf[rows, :self.Z] = z0.to(self.device, torch.float32)
-        self.buf[rows, self.Z:] = 0.0
-        self.m.reset_state_rows(self.state, rows)
+        if state0 is None:
+            self.buf[rows, self.Z:] = 0.0
+            self.m.reset_state_rows(self.state, rows)
+            return
+        if not isinstance(state0, dict) or set(state0) != set(self.m.STATE_ROW_DIM):
+            raise ValueError(f"a {self.m.FAMILY} starts from its state tensors {sorted(self.m.STATE_ROW_DIM)} by name, "
+                             f"got {type(state0).__name__}; rebuild the world model's mid-episode bank for this M")
+        entries = {k: v[0].to(self.device) for k, v in state0.items()}  # member 0: a sequence M has no ensemble
+        put_rows(self.m, self.state, rows, state_from_entries(self.m, entries))
+        self.buf[rows, self.Z:] = entries["h"].float()
 
     def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
                     high: torch.Tensor | None = None) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from worldlab.sequence_m import state_h
 from worldlab.world_model import WorldModel
 
 
@@ -125,7 +126,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         _check_same_actions(env.action_space, wm.action_space)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(wm.obs_size,), dtype=np.float32)
         self._discrete = isinstance(env.action_space, spaces.Discrete)
-        self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._state: Any = None  # M's step state (the LSTM's (h, c), or a sequence M's dict)
         self._z: torch.Tensor | None = None
 
     @torch.inference_mode()
@@ -133,7 +134,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         wm = self.world_model
         self._z, _ = wm.encode(torch.from_numpy(np.ascontiguousarray(frame))[None].to(wm.device))  # (1, Z)
         assert self._state is not None
-        return torch.cat([self._z, self._state[0]], dim=1)[0].cpu().numpy().astype(np.float32)
+        return torch.cat([self._z, state_h(self._state)], dim=1)[0].cpu().numpy().astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:

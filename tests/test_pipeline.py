@@ -189,6 +189,36 @@ def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.Co
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_m_as_a_choice_a_transformer_m_dreams_from_mid_episode_states(
+        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    out, _ = smoke_run
+    gpt = tmp_path / "gpt"  # the smoke run's data, latents and V: only M and what follows it are new
+    (gpt / "checkpoints").mkdir(parents=True)
+    for part in ("data", "latents"):
+        shutil.copytree(out / part, gpt / part)
+    shutil.copy(out / "checkpoints" / "vae.pt", gpt / "checkpoints" / "vae.pt")
+    r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(gpt), "--no-progress", "--set",
+            "m.family=gpt", "--set", "dream.start=mid", "--set", "eval.videos=false")
+    assert "collecting" not in r.stdout and "M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in r.stdout
+    assert "banking 512 mid-episode states" in r.stdout and "starting mid-episode" in r.stdout
+    m = torch.load(gpt / "checkpoints" / "mdrnn.pt", weights_only=True)
+    assert m["family"] == "transformer_m" and m["meta"]["mid_k"].shape == (1, 512, 2, 4, 16, 16)
+    ev = json.loads((gpt / "eval.json").read_text())
+    assert len(ev["returns"]) == 4 and all(np.isfinite(ev["returns"]))
+    assert "and M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in (gpt / "report.md").read_text()
+    r = run("evaluate.py", str(gpt), "--episodes", "1", "--max-steps", "20")  # the run's M loads without being told
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", "--set", "m.family=mamba",
+            check=False)
+    assert r.returncode == 2 and "differs in m.family" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    shutil.copy(out / "checkpoints" / "mdrnn.pt", gpt / "checkpoints" / "mdrnn.pt")  # an MDN-RNN copied over it
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", check=False)
+    assert r.returncode == 2 and "holds a mdrnn M, but this run's is a transformer_m (m.family=gpt)" in r.stderr
+
+
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("dream_train.py", ["car_racin", "--preset", "smoke"], "error: unknown task 'car_racin'; known tasks:"),
     ("dream_train.py", ["car_racing", "--resume", "--out", "/nonexistent/run"], "error: nothing to resume"),

@@ -130,5 +130,64 @@ def test_the_dream_step_runs_a_sequence_m(family: str) -> None:
     assert torch.allclose(step.z[1], sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)[0], atol=1e-5)
     with pytest.raises(ValueError, match="ensembles and dropout dreams are built for the MDN-RNN"):
         make_dream_step(m, 3, "cpu", dropout=0.1)
-    with pytest.raises(ValueError, match="mid-episode starts are built for the MDN-RNN only"):
+    with pytest.raises(ValueError, match=f"a {family} starts from its state tensors .* by name, got tuple"):
         step.reset_rows(slice(None), z0, state0=(torch.zeros(3, 16), torch.zeros(3, 16)))
+
+
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_state_rows_and_prefixes_serve_any_m(family: str) -> None:
+    from worldlab.sequence_m import put_rows, read_prefix, state_entries, state_from_entries, state_h, take_rows
+
+    torch.manual_seed(0)
+    for m in (make_m(family, z_size=4, action_dim=2, width=16, layers=2, heads=2, window=4, state=4).eval(),
+              MDRNN(MDRNNConfig(z_size=4, action_dim=2, hidden=16)).eval()):
+        z, a = torch.randn(5, 11, 4), torch.rand(5, 11, 2)
+        state = read_prefix(m, z, a)  # = the state after stepping the 11 steps one by one
+        stepped = m.initial_state(5)
+        with torch.no_grad():
+            for t in range(11):
+                _, stepped = m.step(z[:, t], a[:, t], stepped)
+        assert torch.allclose(state_h(state), state_h(stepped), atol=1e-5) and state_h(state).shape == (5, 16)
+        idx = torch.tensor([3, 0])
+        rows = take_rows(m, state, idx)
+        assert torch.equal(state_h(rows), state_h(state)[idx])
+        fresh = m.initial_state(5)
+        put_rows(m, fresh, idx, rows)  # rows 3 and 0 carry on exactly; the others stay empty
+        with torch.no_grad():
+            p_full, _ = m.step(z[:, -1], a[:, -1], state_from_entries(m, state_entries(m, state)))
+            p_rows, _ = m.step(z[:, -1], a[:, -1], fresh)
+        assert torch.allclose(p_rows.mu[idx], p_full.mu[idx], atol=1e-6)
+        assert not state_h(fresh)[[1, 2, 4]].any()
+
+
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_a_dream_starts_mid_episode_from_a_sequence_ms_bank(family: str, tmp_path: Path) -> None:
+    from envs.dream import DreamVectorEnv
+    from worldlab.sequence_m import read_prefix, state_entries
+    from worldlab.world_model import WorldModel, WorldModelError
+
+    torch.manual_seed(0)
+    base = WorldModel.untrained(hidden=16, z_size=4)
+    m = make_m(family, z_size=4, action_dim=3, width=16, layers=2, heads=2, window=4, state=4).eval()
+    z, a = torch.randn(1, 9, 4), torch.rand(1, 9, 3)
+    prefix = state_entries(m, read_prefix(m, z, a))  # M's state after 9 real steps: one banked start
+    bank = {"mu": z[:, -1], "logvar": torch.full((1, 4), -20.0), **{k: v[None] for k, v in prefix.items()}}
+    wm = WorldModel(base.vae, m, task="car_racing", action_space=base.action_space, max_episode_steps=50,
+                    start_mu=base.start_mu, start_logvar=base.start_logvar, mid_bank=bank)
+    wm.save(tmp_path)
+    wm = WorldModel.load(tmp_path)  # the checkpoint says which M it holds, and keeps the whole banked state
+    assert wm.family == family and set(wm.mid_bank) == {"mu", "logvar", *m.STATE_ROW_DIM}
+    env = DreamVectorEnv(world_model=wm, num_envs=2, start="mid", deterministic=True)
+    obs, _ = env.reset(seed=0)
+    assert torch.allclose(torch.as_tensor(obs[:, 4:]), prefix["h"].expand(2, -1), atol=1e-6)  # C sees M's banked h
+    act = torch.tensor([[0.3, 0.5, 0.0]])
+    obs, r, *_ = env.step(act.expand(2, -1).numpy())
+    with torch.no_grad():  # the dream goes on from the banked past exactly as M does from the real one
+        p, state = m.step(z[:, -1], act, read_prefix(m, z, a))
+    assert torch.allclose(torch.as_tensor(obs[:, 4:]), state["h"].expand(2, -1), atol=1e-5)
+    assert torch.allclose(torch.as_tensor(r, dtype=torch.float32), p.reward.expand(2), atol=1e-5)
+    env.close()
+    bad = {**bank, "h": torch.zeros(1, 1, 8)}
+    with pytest.raises(WorldModelError, match="bank's h must be \\(members >= 1, 1, 16\\)"):
+        WorldModel(base.vae, m, task="car_racing", action_space=base.action_space, max_episode_steps=50,
+                   start_mu=base.start_mu, mid_bank=bad)

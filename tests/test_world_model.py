@@ -279,7 +279,7 @@ def test_bad_checkpoints_fail_with_one_clear_line(trained_run: Path, tmp_path: P
 
     run = copy()  # swapped files
     shutil.copy(run / "checkpoints" / "vae.pt", run / "checkpoints" / "mdrnn.pt")
-    with pytest.raises(ValueError, match="not a worldlab MDN-RNN checkpoint"):
+    with pytest.raises(ValueError, match="is not an M checkpoint \\(family .vae.,"):
         WorldModel.load(run)
 
     with pytest.raises(FileNotFoundError, match="train V"):

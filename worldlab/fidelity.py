@@ -26,6 +26,7 @@ import torch
 from worldlab.io import atomic_write_json
 from worldlab.mdrnn import mixture_log_prob, sample_mixture
 from worldlab.rundir import RunDir
+from worldlab.sequence_m import read_prefix
 from worldlab.storage import Manifest, load_shard
 from worldlab.vae import image_grid, save_png, to_uint8_hwc, vae_recon_mse
 from worldlab.world_model import WorldModel
@@ -89,7 +90,7 @@ def episode_fidelity(wm: WorldModel, ep: dict[str, np.ndarray], context: int, ho
     # open loop: teacher-force `context` steps, then predict from actions alone
     c = max(1, min(context, T - 1))
     k = max(1, min(horizon, T - c))
-    _, state = wm.mdrnn(mu[None, :c], actions[None, :c])     # state after consuming steps 0..c-1
+    state = read_prefix(wm.mdrnn, mu[None, :c], actions[None, :c])  # state after consuming steps 0..c-1
     z = mu[c:c + 1]                                          # (1, Z) last real latent
     zs = []
     for t in range(c, c + k):

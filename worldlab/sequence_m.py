@@ -254,7 +254,77 @@ class MambaM(SequenceM):
         return h, {"h": h, "ssm": torch.stack(ssm), "conv": torch.stack(conv)}
 
 
+# -- one state protocol for every M ------------------------------------------------------------------
+# The MDN-RNN's step state is the LSTM's ``(h, c)``, each (B, H); a sequence M's is a dict whose
+# tensors keep their rows on :attr:`SequenceM.STATE_ROW_DIM`. The code that plays an M (the real
+# game's controller, the batched real-env fitness, the probes, the mid-episode bank) goes through
+# these functions and never looks inside.
+
+
+def state_keys(m: nn.Module) -> tuple[str, ...]:
+    """The names of ``m``'s state tensors: ("h", "c") for the MDN-RNN, the dict's keys for the others."""
+    return ("h", "c") if isinstance(m, MDRNN) else tuple(m.STATE_ROW_DIM)
+
+
+def state_h(state: Any) -> torch.Tensor:
+    """What the controller reads beside z: the LSTM's ``h`` or a sequence M's ``state["h"]`` (B, H)."""
+    return state["h"] if isinstance(state, dict) else state[0]
+
+
+def state_entries(m: nn.Module, state: Any) -> dict[str, torch.Tensor]:
+    """``state`` as a dict of tensors with the rows first (B, ...), e.g. to bank them."""
+    if isinstance(m, MDRNN):
+        return {"h": state[0], "c": state[1]}
+    return {k: state[k].movedim(d, 0) for k, d in m.STATE_ROW_DIM.items()}
+
+
+def state_from_entries(m: nn.Module, entries: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`state_entries` (contiguous copies, so a step may write them in place)."""
+    if isinstance(m, MDRNN):
+        return entries["h"].contiguous(), entries["c"].contiguous()
+    return {k: entries[k].movedim(0, d).contiguous() for k, d in m.STATE_ROW_DIM.items()}
+
+
+def take_rows(m: nn.Module, state: Any, idx: torch.Tensor) -> Any:
+    """The state of rows ``idx`` (a copy)."""
+    return state_from_entries(m, {k: v[idx] for k, v in state_entries(m, state).items()})
+
+
+def put_rows(m: nn.Module, state: Any, idx: torch.Tensor, rows: Any) -> None:
+    """Write the state ``rows`` of rows ``idx`` into ``state`` in place."""
+    new = state_entries(m, rows)
+    for k, v in state_entries(m, state).items():
+        v[idx] = new[k]
+
+
+@torch.no_grad()
+def read_prefix(m: nn.Module, z: torch.Tensor, a: torch.Tensor) -> Any:
+    """M's step state after reading ``z`` (B, T, Z) and ``a`` (B, T, A) or (B, T) teacher-forced,
+    from an empty past: what :meth:`step` carries on from (the LSTM reads the window at once; a
+    sequence M steps through it, so its caches hold what the dream's would)."""
+    if isinstance(m, MDRNN):
+        return m(z, a)[1]
+    state = m.initial_state(z.shape[0], z.device)
+    for t in range(z.shape[1]):
+        _, state = m.step_hidden(z[:, t], a[:, t], state)
+    return state
+
+
 M_CLASSES: dict[str, type] = {"mdrnn": MDRNN, "transformer_m": TransformerM, "mamba_m": MambaM}
+
+
+def describe_m(m: nn.Module) -> str:
+    """A few words on ``m``'s architecture, for progress lines and tables."""
+    return describe_m_config(m.FAMILY, m.config)
+
+
+def describe_m_config(family: str, c: Any) -> str:
+    """:func:`describe_m` from a family and its config."""
+    if family == "mdrnn":
+        return f"MDN-RNN LSTM {c.hidden}"
+    if family == "transformer_m":
+        return f"Transformer M {c.layers} x {c.width}, {c.heads} heads, window {c.window}"
+    return f"Mamba M {c.layers} x {c.width}, state {c.state}"
 
 
 def make_m(family: str, **config: Any) -> nn.Module:

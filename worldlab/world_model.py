@@ -17,6 +17,11 @@ of the others in ``meta["members"]``; member k >= 1 is ``RUN/checkpoints/mdrnn_m
 mid-episode starts (real latents at random times with every member's LSTM state there, teacher
 forced) rides in ``mdrnn.pt``'s meta as ``mid_mu``, ``mid_logvar`` (B, Z), ``mid_h``, ``mid_c``
 (members, B, H) when the run asked for one.
+
+M may be a Transformer or Mamba M (:mod:`worldlab.sequence_m`) instead of the MDN-RNN: its
+checkpoint (still ``mdrnn.pt``, the run's M) says which family it holds and loads without being
+told; its mid-episode bank holds the model's whole step state (``mid_h`` and, per state tensor,
+``mid_<key>`` with the rows second: (1, B, ...)), since its past is more than ``(h, c)``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import nn
 from worldlab.io import torch_load
 from worldlab.mdrnn import MDRNN, MDRNNConfig
 from worldlab.rundir import RunDir
+from worldlab.sequence_m import SequenceM, load_m, state_entries, state_keys
 from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
 
 CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
@@ -70,9 +76,10 @@ class WorldModel(nn.Module):
     """
 
     MID_KEYS = ("mu", "logvar", "h", "c")
-    """the entries of a mid-episode start bank (``mid_<key>`` in M's checkpoint meta)."""
+    """the entries of an MDN-RNN's mid-episode start bank (``mid_<key>`` in M's checkpoint meta);
+    :attr:`mid_keys` names those of this world model's M."""
 
-    def __init__(self, vae: ConvVAE, mdrnn: MDRNN, *, task: str, action_space: dict[str, Any],
+    def __init__(self, vae: ConvVAE, mdrnn: MDRNN | SequenceM, *, task: str, action_space: dict[str, Any],
                  max_episode_steps: int, start_mu: torch.Tensor, start_logvar: torch.Tensor | None = None,
                  members: Sequence[MDRNN] | None = None, mid_bank: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
@@ -94,6 +101,8 @@ class WorldModel(nn.Module):
             raise WorldModelError(f"start_logvar {tuple(start_logvar.shape)} must match start_mu {tuple(start_mu.shape)}")
         if int(max_episode_steps) < 1:
             raise WorldModelError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if members and not isinstance(mdrnn, MDRNN):
+            raise WorldModelError(f"ensembles are built of MDN-RNNs; this M is a {mdrnn.FAMILY}: pass no members")
         for k, m in enumerate(members or (), 1):
             if not isinstance(m, MDRNN) or asdict(m.config) != asdict(mdrnn.config):
                 raise WorldModelError(f"ensemble member {k} is not an MDRNN of member 0's architecture; train every "
@@ -106,25 +115,34 @@ class WorldModel(nn.Module):
         self.register_buffer("start_mu", start_mu.clone())          # (N, Z)
         self.register_buffer("start_logvar", start_logvar.clone())  # (N, Z)
         bank = self._check_mid_bank(mid_bank)
-        for key in self.MID_KEYS:  # None when there is no bank (then not part of the state)
+        for key in self.mid_keys:  # None when there is no bank (then not part of the state)
             self.register_buffer(f"mid_{key}", None if bank is None else bank[key])
+
+    @property
+    def mid_keys(self) -> tuple[str, ...]:
+        """The entries of a mid-episode start bank: the latents' ``mu``, ``logvar`` and M's state tensors."""
+        return ("mu", "logvar", *state_keys(self.mdrnn))
 
     def _check_mid_bank(self, bank: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         if bank is None:
             return None
-        missing = [k for k in self.MID_KEYS if k not in bank]
+        missing = [k for k in self.mid_keys if k not in bank]
         if missing:
             raise WorldModelError(f"the mid-episode start bank lacks {missing}; rebuild it (train M with dream.start=mid)")
-        out = {k: torch.as_tensor(bank[k], dtype=torch.float32).clone() for k in self.MID_KEYS}
-        B, Z, H, M = out["mu"].shape[0], self.z_size, self.hidden_size, self.num_members
+        out = {}
+        for k in self.mid_keys:
+            t = torch.as_tensor(bank[k])
+            out[k] = (t.float() if t.is_floating_point() else t).clone()
+        B, Z, M = out["mu"].shape[0], self.z_size, self.num_members
         if out["mu"].shape != (B, Z) or out["logvar"].shape != (B, Z) or B < 1:
             raise WorldModelError(f"the mid-episode start bank must hold (B >= 1, {Z}) latents, got "
                                   f"{tuple(out['mu'].shape)} and {tuple(out['logvar'].shape)}")
-        for k in ("h", "c"):
-            t = out[k]
-            if t.dim() != 3 or t.shape[0] < M or t.shape[1:] != (B, H):
-                raise WorldModelError(f"the mid-episode start bank's {k} must be (members >= {M}, {B}, {H}), got "
-                                      f"{tuple(t.shape)}; rebuild it for this ensemble")
+        row = state_entries(self.mdrnn, self.mdrnn.initial_state(1, "cpu"))  # each state tensor of one row
+        for k in state_keys(self.mdrnn):
+            t, want = out[k], (B, *row[k].shape[1:])
+            if t.dim() != len(want) + 1 or t.shape[0] < M or t.shape[1:] != want:
+                raise WorldModelError(f"the mid-episode start bank's {k} must be (members >= {M}, "
+                                      f"{', '.join(map(str, want))}), got {tuple(t.shape)}; rebuild it for this M")
             out[k] = t[:M].clone()
         return out
 
@@ -152,16 +170,22 @@ class WorldModel(nn.Module):
         return 1 + len(self.members)
 
     @property
+    def family(self) -> str:
+        """M's family: "mdrnn", "transformer_m" or "mamba_m"."""
+        return str(self.mdrnn.FAMILY)
+
+    @property
     def ensemble(self) -> list[MDRNN]:
         """Every M, member 0 (``mdrnn``) first."""
         return [self.mdrnn, *self.members]  # type: ignore[list-item]
 
     @property
     def mid_bank(self) -> dict[str, torch.Tensor] | None:
-        """The mid-episode start bank (``mu``, ``logvar`` (B, Z); ``h``, ``c`` (members, B, H)), or None."""
+        """The mid-episode start bank (``mu``, ``logvar`` (B, Z); M's state: ``h``, ``c`` (members, B, H)
+        for the MDN-RNN, every state tensor with the rows second for the others), or None."""
         if self.mid_mu is None:
             return None
-        return {k: getattr(self, f"mid_{k}") for k in self.MID_KEYS}
+        return {k: getattr(self, f"mid_{k}") for k in self.mid_keys}
 
     @property
     def obs_size(self) -> int:
@@ -229,7 +253,7 @@ class WorldModel(nn.Module):
                 raise FileNotFoundError(f"no world model in {run}: {p} is missing; train {stage} first "
                                         f"(the dream_train pipeline does)")
         vae = ConvVAE.from_checkpoint(torch_load(run.vae), run.vae)
-        mdrnn = MDRNN.from_checkpoint(torch_load(run.mdrnn), run.mdrnn)
+        mdrnn = load_m(run.mdrnn)
         members = []
         ids = mdrnn.meta.get("members", [])
         for k, member_id in enumerate(ids, 1):
@@ -245,7 +269,7 @@ class WorldModel(nn.Module):
         return cls.from_models(vae, mdrnn, task=task, z_size=z_size, run=run, members=members).to(device).eval()
 
     @classmethod
-    def from_models(cls, vae: ConvVAE, mdrnn: MDRNN, *, task: str | None = None, z_size: int | None = None,
+    def from_models(cls, vae: ConvVAE, mdrnn: MDRNN | SequenceM, *, task: str | None = None, z_size: int | None = None,
                     run: RunDir | str | os.PathLike | None = None, members: Sequence[MDRNN] | None = None
                     ) -> WorldModel:
         """Bundle a trained V and M as their checkpoints' meta describes them (M's meta carries the
@@ -277,7 +301,8 @@ class WorldModel(nn.Module):
             if m.meta.get("vae_id") is not None and m.meta["vae_id"] != mm.get("vae_id"):
                 raise WorldModelError(f"ensemble member {k} was trained on latents of another V than member 0 "
                                       f"({m_path}); train M again")
-        mid = {k: mm[f"mid_{k}"] for k in cls.MID_KEYS} if "mid_mu" in mm else None
+        mid = {k: mm[f"mid_{k}"] for k in ("mu", "logvar", *state_keys(mdrnn)) if f"mid_{k}" in mm} \
+            if "mid_mu" in mm else None
         wm = cls(vae, mdrnn, task=mm["task"], action_space=mm["action_space"],
                  max_episode_steps=int(mm["max_episode_steps"]), start_mu=mm["start_mu"],
                  start_logvar=mm.get("start_logvar"), members=members, mid_bank=mid)

@@ -29,6 +29,7 @@ from envs.tasks import get_task
 from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import MDRNNConfig
 from worldlab.rundir import RunDir
+from worldlab.sequence_m import SequenceMConfig
 from worldlab.training import TrainConfig
 from worldlab.vae import VAEConfig
 from worldlab.world_model import action_dim_of
@@ -133,7 +134,8 @@ class DreamConfig:
     latents and a bank of ``start_bank`` states (z, and every member's LSTM state) at random times
     is saved with it)."""
     start_bank: int = 2048
-    """mid-episode states banked when ``start`` is "mid"."""
+    """mid-episode states banked when ``start`` is "mid" (512 at most for a Transformer or Mamba M,
+    whose whole state is banked: :attr:`RunConfig.mid_bank_size`)."""
     horizon: int | None = None
     """dream episode length when ``start`` is "mid" (None: ``max_steps``, or the task's limit)."""
 
@@ -197,6 +199,50 @@ class EnsembleConfig:
         if self.disagreement_penalty > 0 and self.members < 2:
             raise ValueError(f"ensemble.disagreement_penalty ({self.disagreement_penalty}) needs ensemble.members "
                              f">= 2 (one M never disagrees with itself); pass --set ensemble.members=5")
+
+
+SEQUENCE_BANK_MAX = 512
+"""the most mid-episode starts banked for a Transformer or Mamba M (see :attr:`RunConfig.mid_bank_size`)."""
+
+M_FAMILIES = {"mdrnn": "mdrnn", "gpt": "transformer_m", "mamba": "mamba_m"}
+"""``m.family`` -> the checkpoint family of the M it trains (:data:`worldlab.sequence_m.M_CLASSES`)."""
+
+
+@dataclass
+class MConfig:
+    """Which M the dream runs: the MDN-RNN of World Models (sized by ``mdrnn``), a Transformer
+    ("gpt") or a Mamba state-space M (:mod:`worldlab.sequence_m`). Every family ends in the
+    MDN-RNN's head (``mdrnn.gaussians``, the reward and done weights and the sigma clamps apply to
+    all) and hands the controller its last hidden state as ``h``."""
+
+    family: str = "mdrnn"
+    """"mdrnn" (an LSTM, the paper's M), "gpt" (causal attention in a sliding window, with a ring
+    key/value cache in the dream) or "mamba" (a selective scan; O(1) state per dream step)."""
+    width: int = 0
+    """the Transformer's or Mamba's residual width, the size of the ``h`` C sees (0: ``mdrnn.hidden``,
+    the task's LSTM size, so the controller keeps its shape)."""
+    layers: int = 2
+    heads: int = 4
+    """gpt: attention heads (the width must split into heads of an even size)."""
+    window: int = 16
+    """gpt: steps each position attends to, itself included (the dream's key/value cache holds as many)."""
+    state: int = 16
+    """mamba: the state size N of each channel."""
+    expand: int = 2
+    """mamba: inner width = expand x width."""
+    conv: int = 4
+    """mamba: the causal convolution's width."""
+    scan: str = "auto"
+    """mamba's training scan: "loop", "parallel" or "auto"."""
+
+    def __post_init__(self) -> None:
+        if self.family not in M_FAMILIES:
+            raise ValueError(f"m.family must be one of {', '.join(M_FAMILIES)}, got {self.family!r}; pass "
+                             f"--set m.family=mdrnn (the paper's LSTM), gpt or mamba")
+        _at_least("m", self, 0, "width")
+        _at_least("m", self, 1, "layers", "heads", "window", "state", "expand", "conv")
+        if self.scan not in ("loop", "parallel", "auto"):
+            raise ValueError(f"m.scan must be loop, parallel or auto, got {self.scan!r}")
 
 
 @dataclass
@@ -301,6 +347,7 @@ class RunConfig:
     mdrnn_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3))
     mdrnn_batch: int = 32
     seq_len: int = 64
+    m: MConfig = field(default_factory=MConfig)
     cma: CMAConfig = field(default_factory=CMAConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
@@ -323,11 +370,43 @@ class RunConfig:
         if self.finetune_m and not self.freeze_v:
             raise ValueError("finetune_m needs freeze_v: a V retrained each round changes the latents M learned; "
                              "pass --set freeze_v=true too, or drop finetune_m")
+        if self.m.family != "mdrnn" and (self.ensemble.members > 1 or self.ensemble.dropout > 0):
+            raise ValueError(f"ensembles and dropout dreams are built for the MDN-RNN, not m.family={self.m.family}; "
+                             f"pass --set m.family=mdrnn or drop ensemble.members / ensemble.dropout")
+        self.m_config()  # a Transformer's width must split into its heads: refused here, before any work
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
             raise ValueError(f"train_workers must be an integer >= 1, got {self.train_workers!r}; pass "
                              f"--train-workers 1 (one process) or N > 1 (N Ray Train workers)")
+
+    @property
+    def mid_bank_size(self) -> int:
+        """Mid-episode starts banked: ``dream.start_bank``, at most :data:`SEQUENCE_BANK_MAX` for a
+        Transformer or Mamba M, whose whole step state (key/value cache, scan state; ~64-80 KB a
+        start at width 256) is banked instead of the LSTM's (h, c) (2 KB)."""
+        return self.dream.start_bank if self.m.family == "mdrnn" else min(self.dream.start_bank, SEQUENCE_BANK_MAX)
+
+    @property
+    def m_family(self) -> str:
+        """The checkpoint family of this run's M: mdrnn, transformer_m or mamba_m."""
+        return M_FAMILIES[self.m.family]
+
+    def m_config(self) -> MDRNNConfig | SequenceMConfig:
+        """M's architecture: ``mdrnn`` for the MDN-RNN; for a Transformer or Mamba M, ``m``'s
+        fields with ``mdrnn``'s sizes of z, actions and mixture (and its loss weights)."""
+        if self.m.family == "mdrnn":
+            return self.mdrnn
+        d, m = self.mdrnn, self.m
+        width = m.width or d.hidden
+        if m.family == "gpt" and (width % m.heads or (width // m.heads) % 2):
+            raise ValueError(f"m.width {width} must split into m.heads={m.heads} heads of an even size; "
+                             f"pass --set m.heads=4 (or a width that {m.heads} divides into even parts)")
+        return SequenceMConfig(z_size=d.z_size, action_dim=d.action_dim, discrete_actions=d.discrete_actions,
+                               width=width, layers=m.layers, gaussians=d.gaussians, reward_weight=d.reward_weight,
+                               done_weight=d.done_weight, logsigma_min=d.logsigma_min, logsigma_max=d.logsigma_max,
+                               heads=m.heads, window=m.window, state=m.state, expand=m.expand, conv=m.conv,
+                               scan=m.scan)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

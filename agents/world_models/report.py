@@ -10,11 +10,12 @@ from typing import Any
 from agents.coverage import PRIVILEGED_NOTE, coverage, coverage_table
 from agents.evaluate import episode_limit, summarize_returns
 from agents.probes import probe_table
-from agents.world_models.config import CollectConfig
+from agents.world_models.config import CollectConfig, RunConfig
 from agents.world_models.plan import stage_times
 from worldlab.io import atomic_write_text, read_json
 from worldlab.logging import read_metrics
 from worldlab.rundir import MANIFEST, RunDir
+from worldlab.sequence_m import describe_m_config
 
 LOSS_PANELS = (("vae/loss", "V: loss (reconstruction + KL)", "loss per frame"),
                ("vae/recon", "V: reconstruction", "squared error per frame"), ("vae/kl", "V: KL", "KL (nats)"),
@@ -258,6 +259,23 @@ def environment_lines() -> list[str]:
             f"- worldlab commit {commit}"]
 
 
+def world_model_line(config: dict[str, Any]) -> str:
+    """One line on the world model the controller was evolved in: V's and M's architectures and the dream's starts."""
+    cfg = RunConfig.from_dict(config)
+    dream = cfg.dream
+    starts = "real first frames" if dream.start == "first" else "real mid-episode states"
+    limit = dream.steps
+    extra = []
+    if cfg.ensemble.members > 1:
+        extra.append(f"an ensemble of {cfg.ensemble.members} Ms ({cfg.ensemble.member_mode})")
+    if cfg.ensemble.dropout > 0:
+        extra.append(f"dropout {cfg.ensemble.dropout:g} per dream")
+    return (f"World model: V (ConvVAE z={cfg.vae.z_size}) and M ({describe_m_config(cfg.m_family, cfg.m_config())}, "
+            f"{cfg.mdrnn.gaussians} Gaussians){''.join(', ' + e for e in extra)}; dreams of "
+            f"{'up to ' + str(limit) + ' steps' if limit else 'the task episode limit'} from {starts}, tau "
+            f"{dream.temperature:g}.")
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -272,6 +290,7 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes of up to {limit} steps "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
+        lines += [world_model_line(config), ""]
     if run_dir.eval_finetuned_json.exists():
         e = json.loads(run_dir.eval_finetuned_json.read_text())
         ft = config.get("finetune", {})

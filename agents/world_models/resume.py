@@ -90,13 +90,14 @@ def check_checkpoints(run: RunDir, cfg: RunConfig) -> None:
     old ones."""
     from dataclasses import asdict
 
-    from worldlab.mdrnn import MDRNNConfig
     from worldlab.vae import VAEConfig
 
     _check_archives(run)
-    models = [(run.vae, "V", cfg.vae, VAEConfig), (run.mdrnn, "M", cfg.mdrnn, MDRNNConfig)]
-    models += [(run.mdrnn_member(k), f"M's member {k}", cfg.mdrnn, MDRNNConfig) for k in range(1, cfg.ensemble.members)]
-    for path, what, want, kind in models:
+    m_cfg = cfg.m_config()
+    models = [(run.vae, "V", cfg.vae, VAEConfig, "vae"), (run.mdrnn, "M", m_cfg, type(m_cfg), cfg.m_family)]
+    models += [(run.mdrnn_member(k), f"M's member {k}", m_cfg, type(m_cfg), cfg.m_family)
+               for k in range(1, cfg.ensemble.members)]
+    for path, what, want, kind, family in models:
         if not path.is_file():
             continue
         state = torch_load(path)  # a damaged file: one line naming it
@@ -105,6 +106,10 @@ def check_checkpoints(run: RunDir, cfg: RunConfig) -> None:
         task = meta.get("task")
         if task is not None and task != cfg.task:
             raise ValueError(f"{path} is the {what} of a {task} run, not of this {cfg.task} run; {fix}")
+        got_family = state.get("family") if isinstance(state, dict) else None
+        if got_family is not None and got_family != family:
+            raise ValueError(f"{path} holds a {got_family} {what}, but this run's is a {family} (m.family="
+                             f"{cfg.m.family}); {fix}")
         try:
             got = asdict(kind.from_dict(state["config"]))
         except (KeyError, TypeError, ValueError):

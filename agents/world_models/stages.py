@@ -51,13 +51,14 @@ from agents.fitness import (
 )
 from agents.policies import PolicySpec
 from agents.watch import dream_frames, real_frames
-from agents.world_models.config import RunConfig
+from agents.world_models.config import SEQUENCE_BANK_MAX, RunConfig
 from worldlab.distributed import train_distributed
 from worldlab.fidelity import save_video
 from worldlab.io import atomic_torch_save, atomic_write_json, read_json, sha256_file, torch_load
 from worldlab.logging import RunLogger
 from worldlab.mdrnn import MDRNN
 from worldlab.rundir import RunDir
+from worldlab.sequence_m import M_CLASSES, SequenceM, describe_m, load_m, state_entries
 from worldlab.storage import Manifest, ShardStream, load_shard, split_episodes, write_shard
 from worldlab.training import TrainConfig, train
 from worldlab.vae import ConvVAE, image_grid, save_png, to_uint8_hwc
@@ -356,8 +357,9 @@ def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN]
     ts = np.array([rng.integers(1, steps[int(e)]) if steps[int(e)] > 1 else steps[int(e)] for e in eps])
     cfg = models[0].config
     Z, H, dev = cfg.z_size, cfg.hidden, models[0].device
-    out = {"mu": torch.zeros(size, Z), "logvar": torch.zeros(size, Z), "h": torch.zeros(len(models), size, H),
-           "c": torch.zeros(len(models), size, H)}
+    one = state_entries(models[0], models[0].initial_state(1, "cpu"))  # each state tensor of one row
+    out = {"mu": torch.zeros(size, Z), "logvar": torch.zeros(size, Z),
+           **{key: torch.zeros(len(models), size, *v.shape[1:], dtype=v.dtype) for key, v in one.items()}}
     ids = sorted(steps)
     for c0 in range(0, len(ids), chunk):
         part = ids[c0:c0 + chunk]
@@ -377,6 +379,9 @@ def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN]
         for j in picks:
             at_t.setdefault(int(ts[j]), []).append(j)
         for k, m in enumerate(models):
+            if not isinstance(m, MDRNN):  # a sequence M: its whole step state, stepped through the prefixes
+                _bank_sequence_m(m, x, at_t, row, eps, out)
+                continue
             r = m.rnn
             h = torch.zeros(len(part), H, device=dev)
             c = torch.zeros(len(part), H, device=dev)
@@ -390,16 +395,31 @@ def mid_episode_bank(latents: Manifest, episodes: list[int], models: list[MDRNN]
     return out
 
 
+def _bank_sequence_m(m: SequenceM, x: torch.Tensor, at_t: dict[int, list[int]], row: dict[int, int],
+                     eps: np.ndarray, out: dict[str, torch.Tensor]) -> None:
+    """:func:`mid_episode_bank` for a Transformer or Mamba M: step ``x`` (E, T, Z + A) one step at a
+    time from an empty past (as the dream does) and bank every state tensor at the chosen times."""
+    c = m.config
+    state = m.initial_state(x.shape[0], x.device)
+    for t in range(x.shape[1]):
+        _, state = m.step_hidden(x[:, t, :c.z_size], x[:, t, c.z_size:], state)
+        now = at_t.get(t + 1)
+        if now:
+            src = torch.as_tensor([row[int(eps[j])] for j in now], device=x.device)
+            for key, v in state_entries(m, state).items():
+                out[key][0, now] = v[src].cpu()
+
+
 def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None) -> MDRNN | None:
     """Ensemble member ``k`` as a finished training left it (``episodes``: the resample it must have
     been trained on; None for a single M), or None."""
     path = run.mdrnn_member(k)
     if not path.exists():
         return None
-    done = MDRNN.load(path, cfg.device)
+    done = load_m(path, cfg.device)
     m = done.meta
-    if (m.get("steps", 0) >= cfg.mdrnn_train.steps and m.get("vae_id") == vae_id
-            and asdict(done.config) == asdict(cfg.mdrnn) and m.get("episodes") == episodes):
+    if (m.get("steps", 0) >= cfg.mdrnn_train.steps and m.get("vae_id") == vae_id and done.FAMILY == cfg.m_family
+            and asdict(done.config) == asdict(cfg.m_config()) and m.get("episodes") == episodes):
         return done
     return None
 
@@ -490,7 +510,11 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
 
     ``resample`` is None for a single M (trained and saved exactly as before ensembles existed);
     member 0 banks the first frames of all ``train_eps`` as the dream's starts."""
-    model_cfg, path, state_path = cfg.mdrnn, run.mdrnn_member(k), run.mdrnn_member_train(k)
+    model_cfg, path, state_path = cfg.m_config(), run.mdrnn_member(k), run.mdrnn_member_train(k)
+    m_class = M_CLASSES[cfg.m_family]
+    # the training state records the family too when it is not the MDN-RNN (a Transformer's and a
+    # Mamba's configs have the same fields); an MDN-RNN's is as it always was
+    config_record = asdict(model_cfg) if cfg.m_family == "mdrnn" else {"family": cfg.m_family, **asdict(model_cfg)}
     if k > 0:
         done = _memory_done(run, cfg, k, vae_id, resample)
         if done is not None:
@@ -500,10 +524,10 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
         state = torch_load(state_path)
         if state.get("vae_id") != vae_id or state.get("episodes") != resample:
             state_path.unlink()  # trained on latents of an older V (or another resample): start over
-    _check_train_state(state_path, asdict(model_cfg), "M")
+    _check_train_state(state_path, config_record, "M")
     stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
     if resample is None:
-        model = MDRNN(model_cfg)
+        model = m_class(model_cfg)
         what = ""
     else:
         with torch.random.fork_rng(devices=[]):  # one initialisation for every member: comparable LSTM features
@@ -511,9 +535,9 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
             model = MDRNN(model_cfg)
         train_cfg = replace(train_cfg, seed=_member_seed(cfg.seed, k, 0x7EA1))
         what = f" member {k} of {cfg.ensemble.members} ({len(set(episodes))} distinct of {len(episodes)} episodes)"
-    say(f"M{what} (MDN-RNN LSTM {model_cfg.hidden}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
+    say(f"M{what} ({describe_m(model)}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
         f"{_on_workers(cfg)}")
-    extra_state = {"config": asdict(model_cfg), "vae_id": vae_id}
+    extra_state = {"config": config_record, "vae_id": vae_id}
     if resample is not None:
         extra_state["episodes"] = resample
     extra = _fit(model, partial(mdrnn_batches, run.latents, episodes, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
@@ -539,12 +563,14 @@ def _with_mid_bank(run: RunDir, cfg: RunConfig, members: list[MDRNN], lat: Manif
     "mid" (computed and saved when missing or of another size)."""
     if cfg.dream.start != "mid":
         return members
-    first = members[0]
+    first, size = members[0], cfg.mid_bank_size
     h = first.meta.get("mid_h")
-    if h is not None and tuple(h.shape[:2]) == (len(members), cfg.dream.start_bank):
+    if h is not None and tuple(h.shape[:2]) == (len(members), size):
         return members
-    say(f"banking {cfg.dream.start_bank} mid-episode states of the training episodes for the dream's starts")
-    bank = mid_episode_bank(lat, train_eps, members, cfg.dream.start_bank, cfg.seed)
+    why = "" if size == cfg.dream.start_bank else f" (of dream.start_bank={cfg.dream.start_bank}: a {cfg.m.family} M's " \
+        f"whole state is banked, {SEQUENCE_BANK_MAX} at most)"
+    say(f"banking {size} mid-episode states of the training episodes for the dream's starts{why}")
+    bank = mid_episode_bank(lat, train_eps, members, size, cfg.seed)
     first = _save_fresh(first, run.mdrnn, {**first.meta, **{f"mid_{k}": v for k, v in bank.items()}}, cfg.device)
     return [first, *members[1:]]
 
