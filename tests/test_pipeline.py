@@ -219,6 +219,33 @@ def test_m_as_a_choice_a_transformer_m_dreams_from_mid_episode_states(
     assert r.returncode == 2 and "holds a mdrnn M, but this run's is a transformer_m (m.family=gpt)" in r.stderr
 
 
+def test_m_compare_trains_another_m_on_the_runs_data_at_equal_time(
+        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    out, _ = smoke_run
+    doc, figures = tmp_path / "WORLD_MODELS.md", tmp_path / "m.json"
+    args = [str(out), "--families", "mdrnn", "gpt", "--doc", str(doc), "--json", str(figures), "--dreams", "32",
+            "--dream-steps", "3", "--probe-steps", "2"]
+    r = run("m_compare.py", *args)
+    res = json.loads(figures.read_text())
+    plan, rows = res["plan"], res["rows"]
+    # equal time: the Transformer trains the MDN-RNN's 40 steps scaled by their measured step times
+    assert plan["steps"]["gpt"] == max(1, round(40 * plan["step_seconds"]["mdrnn"] / plan["step_seconds"]["gpt"]))
+    assert rows["gpt"]["train_steps"] == plan["steps"]["gpt"] and rows["mdrnn"]["train_steps"] == 40
+    sub = out / "m_compare" / "gpt"
+    assert json.loads((sub / "config.json").read_text())["m"]["family"] == "gpt"
+    assert os.path.samefile(sub / "checkpoints" / "vae.pt", out / "checkpoints" / "vae.pt")  # linked, not trained again
+    for f in ("mdrnn", "gpt"):
+        h = rows[f]["heldout"]
+        assert np.isfinite(h["nll_per_dim"]) and set(h["open_loop_latent_mse_at"]) == {"1", "10", "30"}
+        assert rows[f]["dream_steps_s"] > 0 and len(json.loads((Path(rows[f]["folder"]) / "eval.json").read_text())
+                                                      ["returns"]) == 4
+    text = doc.read_text()
+    assert "<!-- m-compare-car_racing:begin -->" in text and "| Transformer M 2 x 64, 4 heads, window 16 |" in text
+    assert "the MDN-RNN's at equal training time" in text
+    again = run("m_compare.py", *args)  # finished: nothing trained again
+    assert "training M" not in again.stdout and "gpt: finished in" in again.stdout and "training M" in r.stdout
+
+
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("dream_train.py", ["car_racin", "--preset", "smoke"], "error: unknown task 'car_racin'; known tasks:"),
     ("dream_train.py", ["car_racing", "--resume", "--out", "/nonexistent/run"], "error: nothing to resume"),

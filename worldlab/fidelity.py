@@ -150,3 +150,71 @@ def fidelity_report(run_dir: str | os.PathLike, *, episodes: list[int] | None = 
     }
     atomic_write_json(run.fidelity_json, report)
     return report
+
+
+OPEN_LOOP_AT = (1, 10, 30)
+"""the open-loop steps :func:`m_heldout_figures` reports the latent error at."""
+
+
+@torch.no_grad()
+def m_heldout_figures(m: torch.nn.Module, latents: Manifest, episodes: list[int], *, horizon: int = 30,
+                      start_every: int = 100) -> dict[str, Any]:
+    """How well any M (MDN-RNN, Transformer M, Mamba M) predicts held-out real episodes, from their latents.
+
+    M steps through each episode one step at a time on the real latent means and actions (a
+    step equals the teacher-forced output: tested), giving per step the next-latent NLL per
+    dimension (nats, tau = 1, of the next frame's mean), the reward's squared error and the done
+    flag's cross-entropy and accuracy (logit > 0). Every ``start_every`` steps (from
+    ``start_every // 2``) M's state is kept and, from there, M dreams ``horizon`` steps open loop on
+    the real actions (deterministic mode: the most likely next latent) against the real latents:
+    the latent MSE at the steps of :data:`OPEN_LOOP_AT`. Returns the means over all steps (and all
+    open-loop starts), the counts, and the per-episode NLL."""
+    from worldlab.sequence_m import state_entries, state_from_entries
+
+    sums = {"nll": 0.0, "reward_se": 0.0, "done_bce": 0.0, "done_right": 0.0}
+    steps, per_episode, drift = 0, {}, []
+    for e in episodes:
+        info = latents.episodes[e]
+        ep = load_shard(latents.dir / info["file"], info["sha256"])
+        mu = torch.as_tensor(ep["mu"], dtype=torch.float32).to(m.device)             # (T+1, Z)
+        act = torch.as_tensor(ep["actions"]).to(m.device)                              # (T, A) or (T,)
+        rew = torch.as_tensor(ep["rewards"], dtype=torch.float32).to(m.device)       # (T,)
+        term = torch.as_tensor(ep["terminated"], dtype=torch.float32).to(m.device)   # (T,)
+        T = int(rew.shape[0])
+        starts = [t for t in range(start_every // 2, T - horizon + 1, start_every) if t >= 1]
+        kept: dict[int, dict[str, torch.Tensor]] = {}
+        state = m.initial_state(1, m.device)
+        nll_ep = 0.0
+        for t in range(T):
+            if t in starts:  # M's state after reading steps 0..t-1
+                kept[t] = {k: v.clone() for k, v in state_entries(m, state).items()}
+            p, state = m.step(mu[t:t + 1], act[t:t + 1], state)
+            nll = -float(mixture_log_prob(mu[t + 1:t + 2], p.logits, p.mu, p.logsigma).mean())
+            nll_ep += nll
+            sums["nll"] += nll
+            sums["reward_se"] += float((p.reward[0] - rew[t]) ** 2)
+            sums["done_bce"] += float(torch.nn.functional.binary_cross_entropy_with_logits(p.done_logit[0], term[t]))
+            sums["done_right"] += float((p.done_logit[0] > 0).float() == term[t])
+        steps += T
+        per_episode[int(e)] = nll_ep / max(T, 1)
+        if not kept:
+            continue
+        idx = torch.as_tensor(sorted(kept), device=m.device)  # every open-loop start of the episode, as one batch
+        state = state_from_entries(m, {k: torch.cat([kept[int(t)][k] for t in idx]) for k in kept[int(idx[0])]})
+        z, errs = mu[idx], []
+        for i in range(horizon):
+            p, state = m.step(z, act[idx + i], state)
+            z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)
+            errs.append((z - mu[idx + i + 1]).pow(2).mean(1))  # (starts,)
+        drift.append(torch.stack(errs, 1).cpu())  # (starts, horizon)
+    if not steps:
+        raise ValueError("no held-out steps to measure M on; pass episodes with at least one step")
+    out: dict[str, Any] = {"episodes": len(episodes), "steps": steps,
+                           "nll_per_dim": sums["nll"] / steps, "reward_mse": sums["reward_se"] / steps,
+                           "done_bce": sums["done_bce"] / steps, "done_accuracy": sums["done_right"] / steps,
+                           "nll_per_episode": per_episode}
+    if drift:
+        d = torch.cat(drift)
+        out["open_loop_starts"] = int(d.shape[0])
+        out["open_loop_latent_mse_at"] = {str(s): float(d[:, s - 1].mean()) for s in OPEN_LOOP_AT if s <= horizon}
+    return out
