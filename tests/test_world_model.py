@@ -171,6 +171,26 @@ def test_vae_interface() -> None:
         vae.sample(2, cond=torch.zeros(2))
 
 
+def test_salience_weights_what_stands_out() -> None:
+    from worldlab.vae import salience_weights
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.05 * torch.rand(8, 3, 64, 64, generator=g)  # a shared background
+    x[0, :, 10:14, 20:24] = 1.0  # a fireball in one frame
+    w = salience_weights(x, 4.0)
+    assert w.shape == (8, 1, 64, 64) and torch.isclose(w.mean(), torch.tensor(1.0))
+    assert w[0, 0, 12, 22] > 10 * w[0, 0, 40, 40] and w[0, 0, 12, 22] > 10 * w[1, 0, 12, 22]
+    assert torch.allclose(salience_weights(x[:1], 4.0), torch.ones(1, 1, 64, 64))  # one frame: nothing stands out
+    frames = (x * 255).to(torch.uint8)
+    torch.manual_seed(1)
+    plain = ConvVAE(VAEConfig(z_size=8)).loss(frames)["recon"]
+    torch.manual_seed(1)
+    weighted = ConvVAE(VAEConfig(z_size=8, salience=4.0)).loss(frames)["recon"]
+    assert torch.isfinite(weighted) and not torch.isclose(plain, weighted)
+    with pytest.raises(ValueError, match="vae.salience must be >= 0, got -1"):
+        VAEConfig(salience=-1)
+
+
 # -- stages on tiny real data ------------------------------------------------------------------
 
 

@@ -47,6 +47,12 @@ class VAEConfig:
     """weight of the (floored) KL term against the summed squared pixel error."""
     image_size: int = 64
     """frame side in pixels; the paper's layer sizes need 64."""
+    salience: float = 0.0
+    """weight of what stands out (0: the paper's plain squared error). Each pixel's squared error
+    is weighted by ``1 + salience * d / mean(d)``, renormalised to a mean weight of 1, where ``d``
+    is the pixel's absolute difference (averaged over channels) from the batch's per-pixel median
+    frame: small things that move (Doom's fireballs, the car off the road) weigh more than the
+    walls and sky every frame shares, which a V trained briefly otherwise blurs away."""
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -60,12 +66,24 @@ class VAEConfig:
                              f"resize frames to 64x64 (the task wrappers do)")
         if self.kl_tolerance < 0:
             raise ValueError(f"kl_tolerance must be >= 0, got {self.kl_tolerance}")
+        if isinstance(self.salience, bool) or not isinstance(self.salience, int | float) or self.salience < 0:
+            raise ValueError(f"vae.salience must be >= 0, got {self.salience!r}; pass --set vae.salience=0 (the "
+                             f"paper's loss) or a positive weight such as 4")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
         """The config of a checkpoint; keys this version no longer has (e.g. ``extra``) are ignored."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def salience_weights(x: torch.Tensor, salience: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, H, W) of mean 1 for frames ``x`` (B, 3, H, W) in [0, 1]: ``1 +
+    salience * d / mean(d)`` renormalised, ``d`` = |x - the batch's per-pixel median| averaged over
+    channels (see :attr:`VAEConfig.salience`). Constant 1 for a batch of one frame or of equal frames."""
+    d = (x - x.median(dim=0, keepdim=True).values).abs().mean(1, keepdim=True)  # (B, 1, H, W)
+    w = 1.0 + salience * d / d.mean().clamp(min=1e-8)
+    return (w / w.mean()).detach()
 
 
 def frames_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +196,10 @@ class ConvVAE(ConfigCheckpoint, nn.Module):
         mu, logvar = self.encode(x)  # (B, Z) each
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         recon = torch.sigmoid(self.decode_logits(z).float())  # (B, 3, 64, 64)
-        rec = (recon - x).pow(2).flatten(1).sum(1).mean()
+        err = (recon - x).pow(2)
+        if self.config.salience > 0:
+            err = err * salience_weights(x, self.config.salience)
+        rec = err.flatten(1).sum(1).mean()
         kl_per = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)  # (B,)
         floor = self.config.kl_tolerance * self.config.z_size
         kl = kl_per.clamp(min=floor).mean()
