@@ -161,3 +161,26 @@ def test_close_is_idempotent(kind: str, request: pytest.FixtureRequest) -> None:
     with _pool(kind, request, workers=1) as pool:
         pass
     pool.close()  # after the with block closed it
+
+
+def test_a_local_ray_listens_on_loopback_only(ray_session) -> None:
+    import ipaddress
+
+    import psutil
+
+    ray = ray_session
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1  # workers are up
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    me = psutil.Process()
+    listening = []
+    for p in [me, *me.children(recursive=True)]:  # the driver, GCS, raylet, workers, agents
+        try:
+            listening += [(p.name(), c.laddr.ip) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            continue
+    names = {n for n, _ in listening}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), names
+    for name, ip in listening:
+        addr = ipaddress.ip_address(ip)
+        addr = addr.ipv4_mapped or addr if isinstance(addr, ipaddress.IPv6Address) else addr
+        assert addr.is_loopback, (name, ip)

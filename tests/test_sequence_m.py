@@ -136,7 +136,14 @@ def test_the_dream_step_runs_a_sequence_m(family: str) -> None:
 
 @pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
 def test_state_rows_and_prefixes_serve_any_m(family: str) -> None:
-    from worldlab.sequence_m import put_rows, read_prefix, state_entries, state_from_entries, state_h, take_rows
+    from worldlab.sequence_m import (
+        put_rows,
+        read_prefix,
+        state_entries,
+        state_from_entries,
+        state_h,
+        take_rows,
+    )
 
     torch.manual_seed(0)
     for m in (make_m(family, z_size=4, action_dim=2, width=16, layers=2, heads=2, window=4, state=4).eval(),

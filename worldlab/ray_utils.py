@@ -1,5 +1,5 @@
-"""Ray helpers: one place that starts or joins Ray, with the dashboard kept on loopback and
-errors that say how to fix a failed ``--address``."""
+"""Ray helpers: one place that starts or joins Ray, a local Ray on loopback only, and errors that
+say how to fix a failed ``--address``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
              quiet: bool = True, **kwargs: Any) -> dict[str, Any]:
     """Start a local Ray (no ``address``) or join a running cluster (``address="HOST:PORT"`` or "auto").
 
-    Reuses a Ray session that is already initialised in this process. A local Ray starts with
-    no dashboard; a dashboard, if one is started, is bound to 127.0.0.1. Returns the cluster's
-    resources. A failed join raises ``ConnectionError`` with one line that names the fix.
+    Reuses a Ray session that is already initialised in this process. A local Ray listens on
+    127.0.0.1 only (:func:`local_ray_on_loopback`) and starts with no dashboard (one, if started,
+    is bound to 127.0.0.1); a cluster binds where its nodes were started (``ray start
+    --node-ip-address``). Returns the cluster's resources. A failed join raises
+    ``ConnectionError`` with one line that names the fix.
     """
     import ray
 
@@ -28,6 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                               "logging_level": "ERROR" if quiet else "INFO"}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    local_ray_on_loopback(not address)
     if address:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # one clear line instead of retry warnings
         try:
@@ -50,6 +53,32 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
     reinstall()  # Ray's driver installs its own SIGTERM handler: a quiet interrupt stays in charge
     return ray.cluster_resources()
+
+
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch between a single-machine Ray, whose node address is the loopback (its default on
+macOS and Windows), and a Ray that other machines may join (the default on Linux)."""
+
+
+def local_ray_on_loopback(on: bool) -> None:
+    """Make the next local Ray of this process a single-machine one (``on``), or undo it.
+
+    On Linux, Ray 2.60 gives a local node the machine's routable address (``127.0.0.1`` passed as
+    the node IP is resolved to it on purpose) and its GCS, raylet, workers and agents listen
+    there or on every interface. A single-machine Ray (Ray's own default on macOS and Windows)
+    takes the loopback as the node address instead, and then every one of its servers binds to
+    127.0.0.1: nothing of a local run is reachable from the network. The switch is Ray's
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ``ray`` is imported, so the already
+    imported constant is set too; the workers Ray starts inherit the environment variable.
+    """
+    from ray._private import ray_constants
+
+    if on:
+        os.environ[LOOPBACK_SWITCH] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    elif os.environ.get(LOOPBACK_SWITCH) == "0":  # joining a cluster after a local Ray in this process
+        del os.environ[LOOPBACK_SWITCH]
+        ray_constants.ENABLE_RAY_CLUSTER = not ray_constants.IS_WINDOWS_OR_OSX
 
 
 def has_auth_token() -> bool:
