@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from generators import images
     from generators.metrics import frechet_distance
     from generators.train import FitConfig, train_generator
-    from worldlab.io import atomic_write_json, atomic_write_text, read_json, splice_section
+    from worldlab.io import atomic_write_json, read_json, write_doc_section
     from worldlab.rundir import RunDir
     from worldlab.vae import ConvVAE
 
@@ -147,12 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['sampler']} | {r['evals']} | {r['fd']:.2f} | {r['ms']:.1f} ms |" for r in rows]
     lines += ["", "Real frames (top), V's N(0, I) samples (middle), the distilled prior's (bottom):", "",
               "![latent prior samples](generators/latent_prior_samples.png)", "",
-              "The dream starts from them with `DreamVectorEnv.reset(options={\"z0\": prior.sample(n)})`.", "",
-              "Reproduce:", "", "```", ("python scripts/latent_prior_report.py " + " ".join(
-                  argv if argv is not None else sys.argv[1:])).strip(), "```"]
-    doc = Path(args.doc)
-    old = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    atomic_write_text(doc, splice_section(old, "latent-prior", "\n".join(lines)))
+              "The dream starts from them with `DreamVectorEnv.reset(options={\"z0\": prior.sample(n)})`.", ""]
+    doc = write_doc_section(args.doc, "latent-prior", lines, "python scripts/latent_prior_report.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]))
     log(f"wrote the latent-prior section of {doc}")
     return 0
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from agents.world_models.report import environment_lines
     from agents.world_models.stages import HOLDOUT, mdrnn_batches
     from worldlab.fidelity import m_heldout_figures
-    from worldlab.io import atomic_write_json, atomic_write_text, read_json, splice_section
+    from worldlab.io import atomic_write_json, read_json, write_doc_section
     from worldlab.rundir import RunDir
     from worldlab.sequence_m import M_CLASSES, describe_m, load_m
     from worldlab.storage import Manifest, split_episodes
@@ -244,10 +244,9 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python scripts/m_compare.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out_json = Path(args.json or ROOT / "docs" / "results" / f"m_compare_{cfg.task}.json")
     atomic_write_json(out_json, result)
-    doc_path = Path(args.doc)
-    doc = doc_path.read_text() if doc_path.exists() else WORLD_MODELS_HEAD
-    atomic_write_text(doc_path, splice_section(doc, f"m-compare-{cfg.task}", section(result, cfg, out_json,
-                                                                                    environment_lines())))
+    doc_path = write_doc_section(args.doc, f"m-compare-{cfg.task}", section(result, cfg, out_json,
+                                                                            environment_lines()).splitlines(),
+                                 head=WORLD_MODELS_HEAD)
     for f, r in rows.items():
         log(f"{f}: held-out NLL {r['heldout']['nll_per_dim']:.3f}/dim, real {r['real']['mean']:.1f} ± "
             f"{r['real']['std']:.1f}, dream {r['dream_steps_s']:,.0f} steps/s")

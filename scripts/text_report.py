@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from generators.data import load
     from generators.train import suggested_threads
-    from worldlab.io import atomic_write_text, splice_section
+    from worldlab.io import write_doc_section
 
     torch.set_num_threads(max(1, args.threads or suggested_threads()))
     try:
@@ -150,11 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         for t, text in outs:
             lines += [f"**{fam}, temperature {t:g}** (prompt `{PROMPT.strip()}`, seed {args.seed}):", "", "```",
                       text.replace("```", "'''"), "```", ""]
-    cmd = "python scripts/text_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines += ["Reproduce:", "", "```", cmd.strip(), "```"]
-    doc = Path(args.doc)
-    old = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    atomic_write_text(doc, splice_section(old, "text-models", "\n".join(lines)))
+    doc = write_doc_section(args.doc, "text-models", lines,
+                            "python scripts/text_report.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     log(f"wrote the text-models section of {doc}")
     return 0
 

@@ -156,3 +156,18 @@ def test_no_run_folder_path_outside_rundir() -> None:
                     if isinstance(side, ast.Constant) and side.value in RUN_FILES and id(side) not in docstrings:
                         found.append(f"{path.relative_to(ROOT)}:{node.lineno} / {side.value!r}")
     assert not found, found
+
+
+def test_report_scripts_own_one_section_each_of_a_shared_doc(tmp_path: Path) -> None:
+    from worldlab.io import splice_section, write_doc_section
+
+    doc = tmp_path / "D.md"
+    write_doc_section(doc, "a", ["alpha"], "python scripts/a.py --x 1 ", head="# Head\n")
+    write_doc_section(doc, "b", ["beta"])
+    write_doc_section(doc, "a", ["alpha 2"])  # rewritten in place, b kept
+    text = doc.read_text()
+    assert text.startswith("# Head\n") and text.index("<!-- a:begin -->") < text.index("<!-- b:begin -->")
+    assert splice_section(text, "a", None) == "alpha 2" and splice_section(text, "b", None) == "beta"
+    write_doc_section(doc, "c", ["gamma"], "python scripts/c.py")
+    assert splice_section(doc.read_text(), "c", None) == "gamma\nReproduce:\n\n```\npython scripts/c.py\n```"
+    assert not list(tmp_path.glob(".*"))  # written through a temp file and renamed

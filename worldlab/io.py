@@ -68,6 +68,18 @@ def splice_section(doc: str, tag: str, body: str | None) -> str:
     return doc.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def write_doc_section(doc: str | os.PathLike, tag: str, lines: list[str], command: str | None = None,
+                      head: str = "") -> Path:
+    """Write ``lines`` as section ``tag`` of the markdown file ``doc`` (:func:`splice_section`;
+    other sections kept; a missing file starts as ``head``), with a "Reproduce" block of
+    ``command`` when given, atomically. Lets every report script own one section of a shared doc."""
+    doc = Path(doc)
+    if command is not None:
+        lines = [*lines, "Reproduce:", "", "```", command.strip(), "```"]
+    old = doc.read_text(encoding="utf-8") if doc.exists() else head
+    return atomic_write_text(doc, splice_section(old, tag, "\n".join(lines)))
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
