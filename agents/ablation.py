@@ -53,15 +53,13 @@ def ablate(run_dir: str | Path, variants: list[str], generations: int = 40, pops
            address: str | None = None, progress: bool = True, say: Any = print) -> list[dict[str, Any]]:
     """Evolve and score one controller per dream variant; writes ``RUN/ablation/<variant>/`` and the
     table ``RUN/ablation.json`` / ``.md``. A variant already scored with the same settings is kept."""
-    import torch
-
-    from agents.cmaes import CMAConfig, evolve
-    from agents.controller import ControllerConfig, save_controller
+    from agents.cmaes import CMAConfig
+    from agents.controller import ControllerConfig
     from agents.fitness import (
         EVAL_GENERATION,
-        DreamFitness,
         RealEvalWorker,
         RealPool,
+        evolve_in_dream,
         generation_seeds,
     )
     from agents.world_models.config import RunConfig
@@ -108,12 +106,9 @@ def ablate(run_dir: str | Path, variants: list[str], generations: int = 40, pops
             o = opts[v]
             steps = dream_steps or (cfg.dream.steps if o["start"] == "mid" else None)
             say(f"dream variant {v}: evolving C ({popsize} x {rollouts}, {generations} generations, tau {tau})")
-            fit = DreamFitness(wm, ccfg, popsize, rollouts, tau, steps, seed=seed, **o)
-            state = evolve(fit, ccfg.num_params, cma_cfg, run.ablation_cma_state(v), progress=progress, desc=v)
-            save_controller(run.ablation_controller(v), ccfg, state.mean_params, variant=v, temperature=tau)
-            dream = DreamFitness(wm, ccfg, 1, eval_episodes, tau, steps, seed=seed + 7, **o)
-            with torch.inference_mode():
-                dream_returns = dream.returns(state.mean_params[None], EVAL_GENERATION)[0].cpu().numpy()
+            state, dream_returns = evolve_in_dream(wm, ccfg, cma_cfg, tau, steps, run.ablation_cma_state(v),
+                                                   run.ablation_controller(v), eval_episodes, progress=progress,
+                                                   desc=v, **o)
             if pool is None:  # workers=0: in this process
                 pool = RealPool(wm.task, wm, ccfg, workers, env_kwargs, address, backend=backend) if workers else \
                     RealEvalWorker(wm.task, wm, ccfg, env_kwargs)

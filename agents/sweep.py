@@ -22,9 +22,9 @@ def tau_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from agents.cmaes import CMAConfig, evolve
-    from agents.controller import ControllerConfig, save_controller
-    from agents.fitness import EVAL_GENERATION, DreamFitness, RealEvalWorker, generation_seeds
+    from agents.cmaes import CMAConfig
+    from agents.controller import ControllerConfig
+    from agents.fitness import EVAL_GENERATION, RealEvalWorker, evolve_in_dream, generation_seeds
     from worldlab.world_model import WorldModel
 
     torch.set_num_threads(1)
@@ -33,13 +33,9 @@ def tau_trial(config: dict[str, Any]) -> None:
     ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
     cma_cfg = CMAConfig(popsize=config["popsize"], rollouts=config["rollouts"], generations=config["generations"],
                         seed=config["seed"])
-    fit = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, tau, config.get("dream_steps"),
-                       seed=cma_cfg.seed)
-    state = evolve(fit, ccfg.num_params, cma_cfg, run.tau_cma_state(tau), progress=False)
-    save_controller(run.tau_controller(tau), ccfg, state.mean_params, temperature=tau)
-    # the dream score of the final controller: fresh dreams at the same tau
-    dream = DreamFitness(wm, ccfg, 1, config["eval_episodes"], tau, config.get("dream_steps"), seed=config["seed"] + 7)
-    dream_returns = dream.returns(state.mean_params[None], EVAL_GENERATION)[0].numpy()
+    # the final controller's dream score: fresh dreams at the same tau
+    state, dream_returns = evolve_in_dream(wm, ccfg, cma_cfg, tau, config.get("dream_steps"), run.tau_cma_state(tau),
+                                           run.tau_controller(tau), config["eval_episodes"])
     env_kwargs = {"max_episode_steps": config["real_steps"]} if config.get("real_steps") else {}
     worker = RealEvalWorker(wm.task, wm, ccfg, env_kwargs)
     seeds = generation_seeds(config["seed"], EVAL_GENERATION, config["eval_episodes"])
