@@ -189,51 +189,32 @@ def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.Co
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_m_as_a_choice_a_transformer_m_dreams_from_mid_episode_states(
-        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    """m_compare trains a Transformer M (m.family=gpt) on the smoke run's data and V at the MDN-RNN's
+    training time, through the pipeline from M on, dreaming from mid-episode states (--set)."""
     import shutil
 
     import torch
 
     out, _ = smoke_run
-    gpt = tmp_path / "gpt"  # the smoke run's data, latents and V: only M and what follows it are new
-    (gpt / "checkpoints").mkdir(parents=True)
-    for part in ("data", "latents"):
-        shutil.copytree(out / part, gpt / part)
-    shutil.copy(out / "checkpoints" / "vae.pt", gpt / "checkpoints" / "vae.pt")
-    r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(gpt), "--no-progress", "--set",
-            "m.family=gpt", "--set", "dream.start=mid", "--set", "eval.videos=false")
-    assert "collecting" not in r.stdout and "M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in r.stdout
-    assert "banking 512 mid-episode states" in r.stdout and "starting mid-episode" in r.stdout
-    m = torch.load(gpt / "checkpoints" / "mdrnn.pt", weights_only=True)
-    assert m["family"] == "transformer_m" and m["meta"]["mid_k"].shape == (1, 512, 2, 4, 16, 16)
-    ev = json.loads((gpt / "eval.json").read_text())
-    assert len(ev["returns"]) == 4 and all(np.isfinite(ev["returns"]))
-    assert "and M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in (gpt / "report.md").read_text()
-    r = run("evaluate.py", str(gpt), "--episodes", "1", "--max-steps", "20")  # the run's M loads without being told
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", "--set", "m.family=mamba",
-            check=False)
-    assert r.returncode == 2 and "differs in m.family" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    shutil.copy(out / "checkpoints" / "mdrnn.pt", gpt / "checkpoints" / "mdrnn.pt")  # an MDN-RNN copied over it
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", check=False)
-    assert r.returncode == 2 and "holds a mdrnn M, but this run's is a transformer_m (m.family=gpt)" in r.stderr
-
-
-def test_m_compare_trains_another_m_on_the_runs_data_at_equal_time(
-        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
-    out, _ = smoke_run
     doc, figures = tmp_path / "WORLD_MODELS.md", tmp_path / "m.json"
     args = [str(out), "--families", "mdrnn", "gpt", "--doc", str(doc), "--json", str(figures), "--dreams", "32",
-            "--dream-steps", "3", "--probe-steps", "2"]
+            "--dream-steps", "3", "--probe-steps", "2", "--set", "dream.start=mid"]
     r = run("m_compare.py", *args)
     res = json.loads(figures.read_text())
     plan, rows = res["plan"], res["rows"]
     # equal time: the Transformer trains the MDN-RNN's 40 steps scaled by their measured step times
     assert plan["steps"]["gpt"] == max(1, round(40 * plan["step_seconds"]["mdrnn"] / plan["step_seconds"]["gpt"]))
     assert rows["gpt"]["train_steps"] == plan["steps"]["gpt"] and rows["mdrnn"]["train_steps"] == 40
-    sub = out / "m_compare" / "gpt"
-    assert json.loads((sub / "config.json").read_text())["m"]["family"] == "gpt"
-    assert os.path.samefile(sub / "checkpoints" / "vae.pt", out / "checkpoints" / "vae.pt")  # linked, not trained again
+    gpt = out / "m_compare" / "gpt"
+    assert json.loads((gpt / "config.json").read_text())["m"]["family"] == "gpt"
+    assert os.path.samefile(gpt / "checkpoints" / "vae.pt", out / "checkpoints" / "vae.pt")  # linked, not trained again
+    log = (out / "m_compare" / "gpt.log").read_text()
+    assert "collecting" not in log and "M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in log
+    assert "banking 512 mid-episode states" in log and "starting mid-episode" in log
+    m = torch.load(gpt / "checkpoints" / "mdrnn.pt", weights_only=True)
+    assert m["family"] == "transformer_m" and m["meta"]["mid_k"].shape == (1, 512, 2, 4, 16, 16)
+    assert "and M (Transformer M 2 x 64, 4 heads, window 16, 5 Gaussians)" in (gpt / "report.md").read_text()
     for f in ("mdrnn", "gpt"):
         h = rows[f]["heldout"]
         assert np.isfinite(h["nll_per_dim"]) and set(h["open_loop_latent_mse_at"]) == {"1", "10", "30"}
@@ -244,6 +225,13 @@ def test_m_compare_trains_another_m_on_the_runs_data_at_equal_time(
     assert "the MDN-RNN's at equal training time" in text
     again = run("m_compare.py", *args)  # finished: nothing trained again
     assert "training M" not in again.stdout and "gpt: finished in" in again.stdout and "training M" in r.stdout
+    run("evaluate.py", str(gpt), "--episodes", "1", "--max-steps", "20")  # the run's M loads without being told
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", "--set", "m.family=mamba",
+            check=False)
+    assert r.returncode == 2 and "differs in m.family" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    shutil.copy(out / "checkpoints" / "mdrnn.pt", gpt / "checkpoints" / "mdrnn.pt")  # an MDN-RNN copied over it
+    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", check=False)
+    assert r.returncode == 2 and "holds a mdrnn M, but this run's is a transformer_m (m.family=gpt)" in r.stderr
 
 
 @pytest.mark.parametrize(("script", "args", "message"), [
