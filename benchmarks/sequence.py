@@ -47,10 +47,35 @@ def sample_tokens_per_s(model: torch.nn.Module, n: int = 64, steps: int = 64) ->
     return n * steps / (time.perf_counter() - t0)
 
 
-def dream_steps_per_s(n: int, steps: int, repeats: int) -> dict[str, float]:
-    """Dream steps per second of ``n`` dreams at once, eager, for the MDN-RNN (LSTM 256), a
-    Transformer M (2 x 256, window 16) and a Mamba M (2 x 128), CarRacing's sizes (z 32, 3 actions)."""
+def dream_rates(ms: dict[str, torch.nn.Module], n: int, steps: int, repeats: int,
+                compiled: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Dream steps per second of ``n`` dreams at once for each M of ``ms`` (any family: the dream
+    step :func:`envs.dream_step.make_dream_step` builds for it; the names in ``compiled`` compiled),
+    the Ms alternating in each of ``repeats`` rounds, median per M. Also what
+    ``scripts/m_compare.py`` reports for a run's trained Ms."""
     from envs.dream_step import make_dream_step
+
+    steppers = {k: make_dream_step(m, n, "cpu", compile=k in compiled) for k, m in ms.items()}
+    rates: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(repeats):
+        for k, st in steppers.items():
+            c = ms[k].config
+            st.reset_rows(slice(None), torch.randn(n, c.z_size))
+            actions = torch.rand(n, c.action_dim) if not c.discrete_actions else torch.randint(c.action_dim, (n,))
+            for _ in range(3):  # warm-up (and the compile, once)
+                st.set_actions(actions)
+                st.step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                st.set_actions(actions)
+                st.step()
+            rates[k].append(n * steps / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def dream_steps_per_s(n: int, steps: int, repeats: int) -> dict[str, float]:
+    """:func:`dream_rates` (eager) of the MDN-RNN (LSTM 256), a Transformer M (2 x 256, window 16)
+    and a Mamba M (2 x 128), CarRacing's sizes (z 32, 3 actions), untrained."""
     from worldlab.mdrnn import MDRNN, MDRNNConfig
     from worldlab.sequence_m import make_m
 
@@ -58,20 +83,7 @@ def dream_steps_per_s(n: int, steps: int, repeats: int) -> dict[str, float]:
     ms = {"mdrnn": MDRNN(MDRNNConfig(z_size=32, action_dim=3, hidden=256)),
           "transformer_m": make_m("transformer_m", z_size=32, action_dim=3, width=256, layers=2, heads=4, window=16),
           "mamba_m": make_m("mamba_m", z_size=32, action_dim=3, width=128, layers=2)}
-    steppers = {k: make_dream_step(m, n, "cpu") for k, m in ms.items()}
-    actions = torch.rand(n, 3)
-    rates: dict[str, list[float]] = {k: [] for k in ms}
-    for _ in range(repeats):
-        for k, st in steppers.items():
-            st.reset_rows(slice(None), torch.randn(n, 32))
-            st.set_actions(actions)
-            st.step()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                st.set_actions(actions)
-                st.step()
-            rates[k].append(n * steps / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in rates.items()}
+    return dream_rates(ms, n, steps, repeats)
 
 
 def main() -> dict:

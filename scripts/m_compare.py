@@ -26,7 +26,6 @@ figure into ``docs/results/m_compare_<task>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -83,30 +82,6 @@ def step_seconds(models: dict[str, Any], batches: Any, lr: float, steps: int) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def dream_rates(ms: dict[str, Any], n: int, steps: int, repeats: int, compiled: set[str]) -> dict[str, float]:
-    """Dream steps per second of ``n`` dreams at once per M (``compiled``: the names to compile), median of ``repeats``."""
-    import torch
-
-    from envs.dream_step import make_dream_step
-
-    steppers = {k: make_dream_step(m, n, "cpu", compile=k in compiled) for k, m in ms.items()}
-    rates: dict[str, list[float]] = {k: [] for k in steppers}
-    for _ in range(repeats):
-        for k, st in steppers.items():
-            c = ms[k].config
-            st.reset_rows(slice(None), torch.randn(n, c.z_size))
-            actions = torch.rand(n, c.action_dim) if not c.discrete_actions else torch.randint(c.action_dim, (n,))
-            for _ in range(3):  # warm-up (and the compile, once)
-                st.set_actions(actions)
-                st.step()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                st.set_actions(actions)
-                st.step()
-            rates[k].append(n * steps / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in rates.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished one-round dream_train run folder (its M: the MDN-RNN)")
@@ -132,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     from agents.world_models.config import RunConfig, override
     from agents.world_models.report import environment_lines
     from agents.world_models.stages import HOLDOUT, mdrnn_batches
+    from benchmarks.sequence import dream_rates
     from worldlab.fidelity import m_heldout_figures
     from worldlab.io import atomic_write_json, read_json, write_doc_section
+    from worldlab.logging import read_metrics
     from worldlab.rundir import RunDir
     from worldlab.sequence_m import M_CLASSES, describe_m, load_m
     from worldlab.storage import Manifest, split_episodes
@@ -154,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     lat = Manifest.open(run.latents)
     train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
-    folder = run.root / "m_compare"
-    folder.mkdir(exist_ok=True)
-    plan_path = folder / "plan.json"
+    run.m_compare.mkdir(exist_ok=True)
+    plan_path = run.m_compare / "plan.json"
     others = [f for f in args.families if f != "mdrnn"]
 
     # -- equal CPU time: each family's training step, timed here on the run's own batches
@@ -187,24 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     # -- the sub-runs: the run's data, V and config; another M; the pipeline from M on
     dirs = {"mdrnn": run}
     for f in others:
-        sub = RunDir(folder / f)
+        sub, sub_log = RunDir(run.m_compare_run(f)), run.m_compare_log(f)
         dirs[f] = sub
         if not sub.config_json.exists():
-            (sub.root / "checkpoints").mkdir(parents=True, exist_ok=True)
-            for part in ("data", "latents"):
-                link_tree(run.root / part, sub.root / part)
+            sub.checkpoints.mkdir(parents=True, exist_ok=True)
+            link_tree(run.data, sub.data)
+            link_tree(run.latents, sub.latents)
             link_tree(run.vae.parent, sub.vae.parent, only=run.vae.name)
             sub_cfg = override(base, [f"m.family={f}", f"mdrnn_train.steps={plan['steps'][f]}", "eval.videos=false"])
             sub_cfg.save(sub)
-        if sub.eval_json.exists() and (sub.root / "stages.json").exists():
+        if sub.eval_json.exists() and sub.stages_json.exists():
             log(f"{f}: finished in {sub}")
             continue
-        log(f"{f}: training M, evolving C in its dream and scoring C in the real game ({sub}; log {sub.root}.log)")
-        with open(f"{sub.root}.log", "a") as out:
+        log(f"{f}: training M, evolving C in its dream and scoring C in the real game ({sub}; log {sub_log})")
+        with open(sub_log, "a") as out:
             r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dream_train.py"), cfg.task, "--resume",
                                 "--out", str(sub.root), "--no-progress"], stdout=out, stderr=subprocess.STDOUT)
         if r.returncode != 0:
-            print(f"error: the {f} sub-run failed (exit {r.returncode}); see {sub.root}.log, then run this again "
+            print(f"error: the {f} sub-run failed (exit {r.returncode}); see {sub_log}, then run this again "
                   f"to resume it", file=sys.stderr)
             return 1
 
@@ -215,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         d = dirs[f]
         m = load_m(d.mdrnn)
         ms[f] = m
-        cache = d.root / "m_heldout.json"
+        cache = d.m_heldout_json
         figs = read_json(cache) if cache.exists() else {}
         if figs.get("m_id") != m.meta.get("id") or figs.get("horizon") != args.heldout_horizon:
             log(f"{f}: held-out figures on {len(held)} episodes")
@@ -223,19 +199,17 @@ def main(argv: list[str] | None = None) -> int:
                     **m_heldout_figures(m, lat, m.meta.get("heldout") or held, horizon=args.heldout_horizon)}
             atomic_write_json(cache, figs)
         ev = read_json(d.eval_json)
-        stages = {s["key"]: s for s in read_json(d.root / "stages.json")["stages"]}
-        metrics = [json.loads(line) for line in (d.root / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        best = [r["value"] for r in metrics if r["name"] == "evolve/best"]
+        stages = {s["key"]: s for s in read_json(d.stages_json)["stages"]}
+        best = [r["value"] for r in read_metrics(d, name="evolve/best")]
         rows[f] = {"m": describe_m(m), "parameters": sum(x.numel() for x in m.parameters()),
                    "train_steps": int(m.meta.get("steps", 0)), "train_s": stages.get("memory_r0", {}).get("seconds"),
                    "heldout": {k: v for k, v in figs.items() if k not in ("m_id", "nll_per_episode")},
                    "dream_best": best[-1] if best else None,
                    "real": {k: ev[k] for k in ("mean", "std", "min", "max", "episodes")}, "folder": str(d.root)}
     log(f"dream steps per second at {args.dreams} dreams")
-    compiled = {"mdrnn"} if "mdrnn" in ms and cfg.dream.compile else set()
-    rates = dream_rates(ms, args.dreams, args.dream_steps, 3, set())
-    if compiled:
-        rates_c = dream_rates({"mdrnn": ms["mdrnn"]}, args.dreams, args.dream_steps, 3, compiled)
+    rates = dream_rates(ms, args.dreams, args.dream_steps, 3)
+    if "mdrnn" in ms and cfg.dream.compile:  # the run's MDN-RNN dreamed compiled too
+        rates_c = dream_rates({"mdrnn": ms["mdrnn"]}, args.dreams, args.dream_steps, 3, frozenset({"mdrnn"}))
         rows["mdrnn"]["dream_steps_s_compiled"] = rates_c["mdrnn"]
     for f in rows:
         rows[f]["dream_steps_s"] = rates[f]

@@ -35,6 +35,9 @@ spelling paths, so the layout below is written down once::
     RUN/ablation/{variant}/      a dream variant's controller, CMA-ES   .ablation_controller(v), .ablation_cma_state(v)
         and result (+ RUN/ablation.json/.md: the table)                 .ablation_result(v), .ablation_json, .ablation_md
     RUN/renderer/                the dream renderer's training folder   .renderer
+    RUN/m_compare/               scripts/m_compare.py's plan.json       .m_compare
+        {family}/ (+ .log)       a sub-run of another M on RUN's data   .m_compare_run(f), .m_compare_log(f)
+    RUN/m_heldout.json           M's held-out figures (m_compare)       .m_heldout_json
 
 A generator trained on its own (``generators.fit``/``scripts/train_generator.py``) writes a
 folder of the same shape::
@@ -203,6 +206,20 @@ class RunDir:
 
     def tau_cma_state(self, tau: float) -> Path:
         return self.tau_sweep / f"tau_{tau:g}" / "cma.npz"
+
+    @property
+    def m_compare(self) -> Path:
+        return self.root / "m_compare"
+
+    def m_compare_run(self, family: str) -> Path:
+        return self.m_compare / family
+
+    def m_compare_log(self, family: str) -> Path:
+        return self.m_compare / f"{family}.log"
+
+    @property
+    def m_heldout_json(self) -> Path:
+        return self.root / "m_heldout.json"
 
     @property
     def tau_sweep_json(self) -> Path:

@@ -26,6 +26,7 @@ from agents.pool import check_backend
 from envs.dream import STARTS
 from envs.dream_step import MEMBER_MODES
 from envs.tasks import get_task
+from worldlab.blocks import SCANS
 from worldlab.io import atomic_write_json, read_json
 from worldlab.mdrnn import MDRNNConfig
 from worldlab.rundir import RunDir
@@ -241,8 +242,8 @@ class MConfig:
                              f"--set m.family=mdrnn (the paper's LSTM), gpt or mamba")
         _at_least("m", self, 0, "width")
         _at_least("m", self, 1, "layers", "heads", "window", "state", "expand", "conv")
-        if self.scan not in ("loop", "parallel", "auto"):
-            raise ValueError(f"m.scan must be loop, parallel or auto, got {self.scan!r}")
+        if self.scan not in SCANS:
+            raise ValueError(f"m.scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
 
 
 @dataclass
