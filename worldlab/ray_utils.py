@@ -55,30 +55,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     return ray.cluster_resources()
 
 
-LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-"""Ray's switch between a single-machine Ray, whose node address is the loopback (its default on
-macOS and Windows), and a Ray that other machines may join (the default on Linux)."""
-
-
 def local_ray_on_loopback(on: bool) -> None:
-    """Make the next local Ray of this process a single-machine one (``on``), or undo it.
+    """Make the next Ray this process starts a single-machine one (``on``), or a Ray that other
+    machines may join (the Linux default; before joining a cluster).
 
     On Linux, Ray 2.60 gives a local node the machine's routable address (``127.0.0.1`` passed as
     the node IP is resolved to it on purpose) and its GCS, raylet, workers and agents listen
-    there or on every interface. A single-machine Ray (Ray's own default on macOS and Windows)
-    takes the loopback as the node address instead, and then every one of its servers binds to
-    127.0.0.1: nothing of a local run is reachable from the network. The switch is Ray's
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ``ray`` is imported, so the already
-    imported constant is set too; the workers Ray starts inherit the environment variable.
+    there or on every interface. A single-machine Ray (Ray's own default on macOS and Windows, its
+    switch ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``) takes the loopback as the node address instead,
+    and then every one of its servers binds to 127.0.0.1: nothing of a local run is reachable from
+    the network. Only this process's copy of the switch is set (the node address is decided here
+    and handed to the processes Ray starts); the environment is left alone, so a ``ray start`` run
+    from this process (a test's cluster, a user's script) still makes a joinable node.
     """
     from ray._private import ray_constants
 
-    if on:
-        os.environ[LOOPBACK_SWITCH] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    elif os.environ.get(LOOPBACK_SWITCH) == "0":  # joining a cluster after a local Ray in this process
-        del os.environ[LOOPBACK_SWITCH]
-        ray_constants.ENABLE_RAY_CLUSTER = not ray_constants.IS_WINDOWS_OR_OSX
+    ray_constants.ENABLE_RAY_CLUSTER = False if on else ray_constants.env_bool(
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX)
 
 
 def has_auth_token() -> bool:
