@@ -119,6 +119,9 @@ class _ReducingLogger:
         if self.channel is not None:
             self.channel.put(("log", int(step), name.removeprefix(self.prefix), mean))
 
+    def resume_after(self, step: int) -> int:
+        return self.logger.resume_after(step) if self.logger is not None else 0
+
     def flush(self) -> None:
         if self.logger is not None:
             self.logger.flush()

@@ -34,6 +34,39 @@ class RunLogger:
 
             self._tb = SummaryWriter(log_dir=str(self.run.tb(stage)))
 
+    def resume_after(self, step: int) -> int:
+        """A stage resumed from its checkpoint at ``step``: forget what it logged after that step
+        before it was killed (it logs those steps again), so no step appears twice.
+
+        Rewrites ``metrics.jsonl`` (atomically) without this stage's lines of later steps and
+        without lines a kill cut short; TensorBoard purges its later events (``purge_step``).
+        Returns the number of lines dropped.
+        """
+        from worldlab.io import atomic_write_bytes
+
+        self._jsonl.close()
+        kept, dropped = [], 0
+        with open(self.run.metrics, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    dropped += bool(line.strip())
+                    continue
+                if rec.get("stage") == self.stage and rec.get("step", -1) > step:
+                    dropped += 1
+                    continue
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            atomic_write_bytes(self.run.metrics, "".join(kept).encode("utf-8"))
+        self._jsonl = open(self.run.metrics, "a", encoding="utf-8")  # noqa: SIM115
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(log_dir=str(self.run.tb(self.stage)), purge_step=step + 1)
+        return dropped
+
     def scalar(self, name: str, value: float, step: int) -> None:
         value = float(value)
         self._jsonl.write(json.dumps({"stage": self.stage, "step": int(step), "name": name,

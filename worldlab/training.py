@@ -177,6 +177,8 @@ def train(
         _set_rng(state.get("rng"))
     else:
         seed_everything(cfg.seed)
+    if logger is not None:  # what a killed run logged after the checkpoint (a restarted model: all) is logged again
+        logger.resume_after(step)
 
     def save(at: int) -> None:
         if checkpoint_path is None:
