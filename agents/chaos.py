@@ -207,7 +207,8 @@ def kill_and_resume(task: str, out: str | Path, *, kills_per_stage: int = 2, see
     point inside each stage (``uniform(0, max_delay)`` seconds after the stage is announced),
     ``kills_per_stage`` times in a row, resuming after each kill; the last resume runs to the end.
     A stage that ends before its kill lands is killed in the next one (the row says where each
-    kill landed). Returns the kills and :func:`check_finished`'s verdict on the run folder."""
+    kill landed). Returns the kills and :func:`check_finished`'s verdict on the run folder (with a
+    problem added if any start printed a traceback)."""
     rng = random.Random(seed)
     out = Path(out)
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
@@ -216,6 +217,7 @@ def kill_and_resume(task: str, out: str | Path, *, kills_per_stage: int = 2, see
     kills: list[dict[str, Any]] = []
     starts, t_end = 0, time.monotonic() + timeout
     titles: dict[int, str] = {}
+    tracebacks = 0
     while True:
         args = [task, "--out", str(out), *settings] if starts == 0 else [task, "--resume", "--out", str(out),
                                                                          "--no-progress"]
@@ -232,6 +234,7 @@ def kill_and_resume(task: str, out: str | Path, *, kills_per_stage: int = 2, see
             if line is None:
                 break
             said.append(line)
+            tracebacks += line.startswith("Traceback")
             if after is not None and not after["resume_said"] and "resuming " in line:
                 after["resume_said"] = line.split("] ", 1)[-1]
             m = STAGE_LINE.search(line)
@@ -258,8 +261,11 @@ def kill_and_resume(task: str, out: str | Path, *, kills_per_stage: int = 2, see
         if killed:
             continue
         code = p.wait()
+        verdict = check_finished(out)
+        if tracebacks:
+            verdict["problems"].append(f"{tracebacks} traceback(s) printed")
         return {"kills": kills, "starts": starts, "exit": code, "last_lines": said[-3:],
-                "stages": {k: titles[k] for k in sorted(titles)}, **check_finished(out)}
+                "stages": {k: titles[k] for k in sorted(titles)}, **verdict}
 
 
 def check_finished(run_dir: str | Path) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 
 For each family at its default size (the sizes of docs/GENERATORS.md's text table): the time of
 one training step (forward, backward, AdamW) on ``--batch`` x ``--block`` characters, and sampling
-throughput (one token for 64 sequences per ``step`` call). Then the world model's Ms in the dream: steps per second of ``--dreams`` dreams at once (eager)
-for the MDN-RNN, a Transformer M and a Mamba M. For Mamba the training step is timed
+throughput (one token for 64 sequences per ``step`` call). Then the world model's Ms in the dream: steps per second of ``--dreams`` dreams at once
+for the MDN-RNN, a Transformer M and a Mamba M, eager and (MDN-RNN, Mamba) compiled. For Mamba the training step is timed
 with both scans, ``loop`` and ``parallel``, alternating in the same process: the ratio is what
 ``MambaConfig.scan="auto"`` relies on to pick the loop on a CPU. Median of ``--repeats`` rounds.
 Weights are untrained (the cost does not depend on them); torch threads as set by ``--threads``.
@@ -73,17 +73,23 @@ def dream_rates(ms: dict[str, torch.nn.Module], n: int, steps: int, repeats: int
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
+COMPILED_FAMILIES = ("mdrnn", "mamba")
+"""The m.family names whose dream step compiles (:mod:`envs.dream_step`); the Transformer M's stays eager."""
+
+
 def dream_steps_per_s(n: int, steps: int, repeats: int) -> dict[str, float]:
-    """:func:`dream_rates` (eager) of the MDN-RNN (LSTM 256), a Transformer M (2 x 256, window 16)
-    and a Mamba M (2 x 128), CarRacing's sizes (z 32, 3 actions), untrained."""
+    """:func:`dream_rates` of the MDN-RNN (LSTM 256), a Transformer M (2 x 256, window 16) and a
+    Mamba M (2 x 256), CarRacing's sizes (z 32, 3 actions, the widths m_compare gives them),
+    untrained: eager, and compiled (``mdrnn_compiled``, ``mamba_m_compiled``) where the step compiles."""
     from worldlab.mdrnn import MDRNN, MDRNNConfig
     from worldlab.sequence_m import make_m
 
     torch.manual_seed(0)
     ms = {"mdrnn": MDRNN(MDRNNConfig(z_size=32, action_dim=3, hidden=256)),
           "transformer_m": make_m("transformer_m", z_size=32, action_dim=3, width=256, layers=2, heads=4, window=16),
-          "mamba_m": make_m("mamba_m", z_size=32, action_dim=3, width=128, layers=2)}
-    return dream_rates(ms, n, steps, repeats)
+          "mamba_m": make_m("mamba_m", z_size=32, action_dim=3, width=256, layers=2)}
+    ms.update({"mdrnn_compiled": ms["mdrnn"], "mamba_m_compiled": ms["mamba_m"]})
+    return dream_rates(ms, n, steps, repeats, compiled=frozenset({"mdrnn_compiled", "mamba_m_compiled"}))
 
 
 def main() -> dict:

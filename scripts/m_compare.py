@@ -18,7 +18,7 @@ the same steps instead).
 Then, for each M: held-out teacher-forced NLL per latent dimension, reward MSE and done accuracy
 and the open-loop latent error at steps 1 / 10 / 30 on the run's held-out episodes
 (:func:`worldlab.fidelity.m_heldout_figures`), dream steps per second at ``--dreams`` dreams
-(eager, and compiled where the run compiles the MDN-RNN's), training time, C's best dream fitness
+(eager, and compiled for the Ms whose dream step compiles: the MDN-RNN's and the Mamba M's), training time, C's best dream fitness
 and its real score. The table goes into docs/WORLD_MODELS.md (a section per task), every
 figure into ``docs/results/m_compare_<task>.json``.
 """
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from agents.world_models.config import RunConfig, override
     from agents.world_models.report import environment_lines
     from agents.world_models.stages import HOLDOUT, mdrnn_batches
-    from benchmarks.sequence import dream_rates
+    from benchmarks.sequence import COMPILED_FAMILIES, dream_rates
     from worldlab.fidelity import m_heldout_figures
     from worldlab.io import atomic_write_json, read_json, write_doc_section
     from worldlab.logging import read_metrics
@@ -208,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                    "real": {k: ev[k] for k in ("mean", "std", "min", "max", "episodes")}, "folder": str(d.root)}
     log(f"dream steps per second at {args.dreams} dreams")
     rates = dream_rates(ms, args.dreams, args.dream_steps, 3)
-    if "mdrnn" in ms and cfg.dream.compile:  # the run's MDN-RNN dreamed compiled too
-        rates_c = dream_rates({"mdrnn": ms["mdrnn"]}, args.dreams, args.dream_steps, 3, frozenset({"mdrnn"}))
-        rows["mdrnn"]["dream_steps_s_compiled"] = rates_c["mdrnn"]
+    fused = {f: m for f, m in ms.items() if f in COMPILED_FAMILIES}
+    if fused and cfg.dream.compile:  # the runs dreamed compiled where the dream step compiles
+        for f, rate in dream_rates(fused, args.dreams, args.dream_steps, 3, frozenset(fused)).items():
+            rows[f]["dream_steps_s_compiled"] = rate
     for f in rows:
         rows[f]["dream_steps_s"] = rates[f]
 

@@ -134,6 +134,38 @@ def test_the_dream_step_runs_a_sequence_m(family: str) -> None:
         step.reset_rows(slice(None), z0, state0=(torch.zeros(3, 16), torch.zeros(3, 16)))
 
 
+@pytest.mark.slow
+def test_the_compiled_mamba_dream_equals_the_eager_one() -> None:
+    from envs.dream_step import make_dream_step
+
+    torch.manual_seed(0)
+    m = make_m("mamba_m", z_size=8, action_dim=3, width=32, layers=2).eval()
+    eager, fused = make_dream_step(m, 16, "cpu"), make_dream_step(m, 16, "cpu", compile=True)
+    assert fused.compiled and not make_dream_step(make_m("transformer_m", z_size=8, action_dim=3, width=32,
+                                                         heads=2), 16, "cpu", compile=True).compiled
+    z0, acts = torch.randn(16, 8), torch.rand(20, 16, 3)
+    g_eager, g_fused = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for st in (eager, fused):
+        st.reset_rows(slice(None), z0)
+    for t in range(20):  # sampled steps, rows reset to an empty past and to a banked state on the way
+        for st in (eager, fused):
+            st.set_actions(acts[t])
+        r_e, d_e = eager.step(1.0, generator=g_eager)
+        r_f, d_f = fused.step(1.0, generator=g_fused)
+        assert torch.allclose(eager.obs, fused.obs, atol=1e-5) and torch.allclose(r_e, r_f, atol=1e-5)
+        assert torch.equal(d_e, d_f)
+        if t == 6:
+            for st in (eager, fused):
+                st.reset_rows(torch.tensor([1, 3]), z0[:2])
+        if t == 12:
+            from worldlab.sequence_m import state_entries
+
+            bank = {k: v[[0, 5]][None].clone() for k, v in state_entries(m, fused.state).items()}  # (1, 2, ...)
+            for st in (eager, fused):
+                st.reset_rows(torch.tensor([2, 7]), z0[2:4], state0=bank)
+    assert fused.compiled
+
+
 @pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
 def test_state_rows_and_prefixes_serve_any_m(family: str) -> None:
     from worldlab.sequence_m import (
