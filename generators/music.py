@@ -1,0 +1,358 @@
+"""Music as data: Bach's chorales from music21's corpus, the book's note and duration tokens, a
+16th-note piano roll, and MIDI in and out (``pretty_midi``).
+
+The chorales ship with music21 (its chorale iterator yields 371 scores; 351 of them have the four
+parts soprano, alto, tenor, bass). Parsing them takes minutes, so :func:`load_chorales` parses
+once and caches the notes as one npz under ``$WORLDLAB_CACHE`` (default ``~/.cache/worldlab``);
+``limit`` parses (and caches) only the first chorales, as the tests do. Nothing is downloaded.
+
+A chorale is held as its notes, one row per note of one part (:class:`Chorale`): part (0 soprano
+... 3 bass), MIDI pitch, onset and duration in 16th notes from the chorale's first beat. Two views
+are built from that:
+
+- **tokens** (the book's chapter 11): each part a stream of (note, duration) pairs, a note being a
+  pitch name (``"G4"``) or ``"rest"``, a duration its length in quarter notes (``"1.5"``);
+  parallel integer streams through :class:`MusicTokenizer`, whose vocabularies are fixed (every
+  MIDI pitch, every multiple of a 16th up to 16 quarters), so a model's vocabulary never depends
+  on which chorales were read;
+- **a piano roll** (MuseGAN, chapter 11): ``(segments, 4 tracks, 2 bars, 16 steps, 84 pitches)``
+  booleans of the 4/4 chorales cut into 2-bar segments, a pitch index being MIDI - 24 (C1..B7).
+
+MIDI out: :func:`tokens_to_midi` / :func:`roll_to_midi` (one instrument per part, 120 beats per
+minute); MIDI in: :func:`midi_to_tokens`. Tokens -> MIDI -> tokens is exact for canonical tokens
+(no two rests in a row, no zero durations): :func:`notes_to_tokens` makes them so.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldlab.io import atomic_write_bytes
+
+PARTS = ("soprano", "alto", "tenor", "bass")
+STEPS_PER_QUARTER = 4
+"""the grid: a 16th note is one step."""
+LOWEST, PITCHES = 24, 84
+"""the piano roll's pitch range: MIDI 24 (C1) .. 107 (B7)."""
+BAR_STEPS, SEGMENT_BARS = 16, 2
+MAX_DURATION_STEPS = 64
+"""the longest duration token: 16 quarter notes (longer notes are split into tied tokens)."""
+TEMPO = 120.0
+CACHE_VERSION = 1
+NOTE_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WORLDLAB_CACHE") or Path.home() / ".cache" / "worldlab")
+
+
+def pitch_name(midi: int) -> str:
+    """``60 -> "C4"`` (sharps and music21's flats for the black keys, spelled one way)."""
+    return f"{NOTE_NAMES[midi % 12]}{midi // 12 - 1}"
+
+
+@dataclass
+class Chorale:
+    """One chorale: ``notes`` ``(n, 4)`` int32 rows ``(part, pitch, onset, duration)`` (steps of a
+    16th, from the first beat), sorted by part then onset; ``beats_per_bar`` (3 or 4), ``pickup``:
+    the steps before the first full bar (an upbeat), ``title``."""
+
+    title: str
+    notes: np.ndarray
+    beats_per_bar: int
+    pickup: int
+
+    @property
+    def length(self) -> int:
+        """Steps to the end of the last note."""
+        return int((self.notes[:, 2] + self.notes[:, 3]).max()) if len(self.notes) else 0
+
+    def part(self, k: int) -> np.ndarray:
+        """The ``(pitch, onset, duration)`` rows of part ``k``."""
+        return self.notes[self.notes[:, 0] == k][:, 1:]
+
+
+# -- the corpus ---------------------------------------------------------------------------------------
+
+
+def _parse(score: object) -> Chorale | None:
+    """A music21 score -> :class:`Chorale` (None unless it has 4 parts in 3/4 or 4/4 on the 16th grid)."""
+    from music21 import meter
+
+    parts = list(score.parts)  # type: ignore[attr-defined]
+    if len(parts) != 4:
+        return None
+    sigs = list(score.recurse().getElementsByClass(meter.TimeSignature))  # type: ignore[attr-defined]
+    if not sigs or sigs[0].ratioString not in ("3/4", "4/4"):
+        return None
+    beats = int(sigs[0].numerator)
+    rows = []
+    for k, p in enumerate(parts):
+        for n in p.flatten().notes:
+            on, dur = float(n.offset) * STEPS_PER_QUARTER, float(n.quarterLength) * STEPS_PER_QUARTER
+            if dur <= 0:  # grace notes
+                continue
+            if on != int(on) or dur != int(dur):
+                return None  # off the 16th grid (a triplet): not in this data set
+            midi = n.pitch.midi if n.isNote else max(p.midi for p in n.pitches)  # a chord in one part: its top
+            rows.append((k, int(midi), int(on), int(dur)))
+    if not rows:
+        return None
+    notes = np.array(sorted(set(rows)), dtype=np.int32)
+    first = parts[0].getElementsByClass("Measure")
+    pickup = 0
+    if first:
+        m0 = first[0]
+        bar = beats * STEPS_PER_QUARTER
+        pickup = int(round(float(m0.duration.quarterLength) * STEPS_PER_QUARTER)) % bar
+    title = str(score.metadata.title) if getattr(score, "metadata", None) and score.metadata.title else ""  # type: ignore[attr-defined]
+    return Chorale(title, notes, beats, pickup)
+
+
+def load_chorales(limit: int | None = None, cache: bool = True, progress: bool = False) -> list[Chorale]:
+    """The four-part chorales of music21's corpus in 3/4 or 4/4 on the 16th grid, parsed once and
+    cached (``chorales_v1.npz``; ``limit``: the first that many of the iterator, cached apart)."""
+    path = cache_dir() / (f"chorales_v{CACHE_VERSION}" + (f"_first{limit}" if limit else "") + ".npz")
+    if cache and path.is_file():
+        return _read_cache(path)
+    try:
+        from music21 import corpus
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ImportError("the chorales come from music21's corpus: pip install music21") from e
+    out = []
+    for i, score in enumerate(corpus.chorales.Iterator()):
+        if limit is not None and i >= limit:
+            break
+        c = _parse(score)
+        if c is not None:
+            out.append(c)
+        if progress and i % 50 == 49:
+            print(f"parsed {i + 1} chorales ({len(out)} kept)", flush=True)
+    if cache:
+        _write_cache(path, out)
+    return out
+
+
+def _write_cache(path: Path, chorales: Sequence[Chorale]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, notes=np.concatenate([c.notes for c in chorales]) if chorales else np.zeros((0, 4), np.int32),
+        counts=np.array([len(c.notes) for c in chorales], dtype=np.int64),
+        beats=np.array([c.beats_per_bar for c in chorales], dtype=np.int32),
+        pickup=np.array([c.pickup for c in chorales], dtype=np.int32),
+        titles=np.array([c.title for c in chorales], dtype=np.str_))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _read_cache(path: Path) -> list[Chorale]:
+    with np.load(path, allow_pickle=False) as z:
+        bounds = np.concatenate([[0], np.cumsum(z["counts"])])
+        return [Chorale(str(t), z["notes"][a:b], int(be), int(pu))
+                for t, a, b, be, pu in zip(z["titles"], bounds[:-1], bounds[1:], z["beats"], z["pickup"], strict=True)]
+
+
+# -- tokens -------------------------------------------------------------------------------------------
+
+
+class MusicTokenizer:
+    """The book's two vocabularies: notes (``"rest"``, every MIDI pitch's name, ``"START"``) and
+    durations (every multiple of a 16th up to 16 quarters, as quarter-note strings, and
+    ``"START"``). Fixed, so any chorale, and any model's output, maps into the same ids."""
+
+    START = "START"
+
+    def __init__(self) -> None:
+        self.notes = ["rest", *[pitch_name(m) for m in range(128)], self.START]
+        self.durations = [_qlen(s) for s in range(1, MAX_DURATION_STEPS + 1)] + [self.START]
+        self._note_id = {n: i for i, n in enumerate(self.notes)}
+        self._dur_id = {d: i for i, d in enumerate(self.durations)}
+
+    @property
+    def note_vocab(self) -> int:
+        return len(self.notes)
+
+    @property
+    def duration_vocab(self) -> int:
+        return len(self.durations)
+
+    def encode(self, notes: Sequence[str], durations: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token strings -> two int64 id arrays; an unknown token is refused by name."""
+        try:
+            return (np.array([self._note_id[n] for n in notes], dtype=np.int64),
+                    np.array([self._dur_id[d] for d in durations], dtype=np.int64))
+        except KeyError as e:
+            raise ValueError(f"{e.args[0]!r} is not a note (a pitch name like 'G4', 'rest') or a duration "
+                             f"(quarter notes in 16ths, like '0.25' .. '16.0')") from None
+
+    def decode(self, note_ids: Sequence[int], duration_ids: Sequence[int]) -> tuple[list[str], list[str]]:
+        return [self.notes[int(i)] for i in note_ids], [self.durations[int(i)] for i in duration_ids]
+
+
+def _qlen(steps: int) -> str:
+    return repr(int(steps) / STEPS_PER_QUARTER)
+
+
+def _steps(qlen: str) -> int:
+    s = float(qlen) * STEPS_PER_QUARTER
+    if s != int(s) or s <= 0:
+        raise ValueError(f"duration {qlen!r} is not a positive multiple of a 16th note (0.25)")
+    return int(s)
+
+
+def notes_to_tokens(rows: np.ndarray, start: int = 0) -> tuple[list[str], list[str]]:
+    """One part's ``(pitch, onset, duration)`` rows -> canonical (note, duration) token strings from
+    step ``start``: gaps become one rest, notes longer than 16 quarters are split, overlaps are cut."""
+    notes, durs = [], []
+    t = start
+
+    def emit(name: str, steps: int) -> None:
+        while steps > 0:
+            d = min(steps, MAX_DURATION_STEPS)
+            if name == "rest" and notes and notes[-1] == "rest":  # one rest per gap
+                total = _steps(durs[-1]) + d
+                if total <= MAX_DURATION_STEPS:
+                    durs[-1] = _qlen(total)
+                    steps -= d
+                    continue
+            notes.append(name)
+            durs.append(_qlen(d))
+            steps -= d
+
+    for pitch, on, dur in sorted(map(tuple, rows), key=lambda r: r[1]):
+        if on > t:
+            emit("rest", on - t)
+        elif on < t:  # overlaps the previous note: start it where that one ends
+            dur -= t - on
+            on = t
+        if dur > 0:
+            emit(pitch_name(int(pitch)), int(dur))
+            t = on + dur
+    return notes, durs
+
+
+def tokens_to_notes(notes: Sequence[str], durations: Sequence[str], start: int = 0) -> np.ndarray:
+    """Token strings -> ``(pitch, onset, duration)`` rows (rests leave gaps; START tokens are skipped)."""
+    name_to_midi = {pitch_name(m): m for m in range(128)}
+    rows, t = [], start
+    for n, d in zip(notes, durations, strict=True):
+        if n == MusicTokenizer.START or d == MusicTokenizer.START:
+            continue
+        steps = _steps(d)
+        if n != "rest":
+            if n not in name_to_midi:
+                raise ValueError(f"{n!r} is not a pitch name like 'G4' (or 'rest')")
+            rows.append((name_to_midi[n], t, steps))
+        t += steps
+    return np.array(rows, dtype=np.int32).reshape(-1, 3)
+
+
+def chorale_tokens(c: Chorale) -> list[tuple[list[str], list[str]]]:
+    """The four parts of ``c`` as canonical token streams, each from the chorale's first step."""
+    return [notes_to_tokens(c.part(k)) for k in range(4)]
+
+
+# -- the piano roll -----------------------------------------------------------------------------------
+
+
+def piano_roll(chorales: Sequence[Chorale], hop_bars: int = 1) -> np.ndarray:
+    """``(segments, 4, 2, 16, 84)`` bool: each 4/4 chorale's full bars (after its pickup) cut into
+    2-bar segments every ``hop_bars`` bars; a note sounds on every step it covers."""
+    segs = []
+    seg_steps = SEGMENT_BARS * BAR_STEPS
+    for c in chorales:
+        if c.beats_per_bar != 4:
+            continue
+        roll = notes_to_roll(c.notes, c.length + seg_steps)
+        bars = (c.length - c.pickup) // BAR_STEPS
+        for b in range(0, bars - SEGMENT_BARS + 1, hop_bars):
+            a = c.pickup + b * BAR_STEPS
+            segs.append(roll[:, a:a + seg_steps].reshape(4, SEGMENT_BARS, BAR_STEPS, PITCHES))
+    return np.stack(segs) if segs else np.zeros((0, 4, SEGMENT_BARS, BAR_STEPS, PITCHES), dtype=bool)
+
+
+def notes_to_roll(notes: np.ndarray, steps: int, parts: int = 4) -> np.ndarray:
+    """``(part, pitch, onset, duration)`` rows -> a ``(parts, steps, 84)`` bool roll (pitches outside
+    MIDI 24..107 dropped; a later note of a part replaces what sounds there)."""
+    roll = np.zeros((parts, steps, PITCHES), dtype=bool)
+    for part, pitch, on, dur in np.asarray(notes, dtype=np.int64).reshape(-1, 4):
+        if LOWEST <= pitch < LOWEST + PITCHES:
+            roll[part, on:on + dur] = False
+            roll[part, on:on + dur, pitch - LOWEST] = True
+    return roll
+
+
+def roll_to_notes(roll: np.ndarray) -> np.ndarray:
+    """A ``(4, bars, 16, 84)`` (or ``(4, steps, 84)``) roll -> ``(part, pitch, onset, duration)``
+    rows: a pitch held over consecutive steps is one note (the roll has no onsets)."""
+    r = np.asarray(roll, dtype=bool).reshape(roll.shape[0], -1, PITCHES)
+    rows = []
+    for part in range(r.shape[0]):
+        for p in range(PITCHES):
+            on = np.flatnonzero(np.diff(np.concatenate([[0], r[part, :, p].astype(np.int8), [0]])) == 1)
+            off = np.flatnonzero(np.diff(np.concatenate([[0], r[part, :, p].astype(np.int8), [0]])) == -1)
+            rows += [(part, p + LOWEST, a, b - a) for a, b in zip(on, off, strict=True)]
+    return np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
+
+
+# -- MIDI ---------------------------------------------------------------------------------------------
+
+
+def notes_to_midi(notes: np.ndarray, path: str | os.PathLike | None = None, tempo: float = TEMPO,
+                  parts: Sequence[str] = PARTS) -> bytes:
+    """``(part, pitch, onset, duration)`` rows -> a MIDI file (one piano instrument per part, named);
+    written to ``path`` (atomically) when given; returns its bytes."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    step_s = 60.0 / tempo / STEPS_PER_QUARTER
+    insts = [pretty_midi.Instrument(program=0, name=name) for name in parts]
+    for part, pitch, on, dur in np.asarray(notes, dtype=np.int64).reshape(-1, 4):
+        insts[int(part)].notes.append(pretty_midi.Note(velocity=80, pitch=int(pitch), start=on * step_s,
+                                                       end=(on + dur) * step_s))
+    pm.instruments.extend(insts)
+    buf = io.BytesIO()
+    pm.write(buf)
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, data)
+    return data
+
+
+def midi_to_notes(midi: str | os.PathLike | bytes) -> np.ndarray:
+    """A MIDI file (path or bytes) -> ``(part, pitch, onset, duration)`` rows on the 16th grid (each
+    instrument a part, in file order; times rounded to the nearest step at the file's first tempo)."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi) if isinstance(midi, bytes) else str(midi))
+    _, tempi = pm.get_tempo_changes()
+    step_s = 60.0 / (float(tempi[0]) if len(tempi) else TEMPO) / STEPS_PER_QUARTER
+    rows = []
+    for part, inst in enumerate(pm.instruments):
+        for n in inst.notes:
+            on, off = int(round(n.start / step_s)), int(round(n.end / step_s))
+            if off > on:
+                rows.append((part, n.pitch, on, off - on))
+    return np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
+
+
+def tokens_to_midi(parts: Sequence[tuple[Sequence[str], Sequence[str]]], path: str | os.PathLike | None = None,
+                   tempo: float = TEMPO) -> bytes:
+    """Token streams (one per part) -> a MIDI file (see :func:`notes_to_midi`)."""
+    rows = [np.concatenate([np.full((len(r), 1), k, np.int32), r], axis=1)
+            for k, r in enumerate(tokens_to_notes(n, d) for n, d in parts)]
+    return notes_to_midi(np.concatenate(rows) if rows else np.zeros((0, 4), np.int32), path, tempo,
+                         [PARTS[k] if k < 4 else f"part {k}" for k in range(len(parts))])
+
+
+def midi_to_tokens(midi: str | os.PathLike | bytes) -> list[tuple[list[str], list[str]]]:
+    """A MIDI file -> canonical token streams, one per instrument (from the file's start)."""
+    rows = midi_to_notes(midi)
+    n_parts = int(rows[:, 0].max()) + 1 if len(rows) else 0
+    return [notes_to_tokens(rows[rows[:, 0] == k][:, 1:]) for k in range(n_parts)]

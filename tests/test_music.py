@@ -1,0 +1,82 @@
+"""Music as data (generators/music.py): chorales parsed from music21's corpus and cached, the book's
+note and duration tokens, the piano roll, and MIDI round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generators import music as mu
+
+
+@pytest.fixture(scope="module")
+def chorales(tmp_path_factory: pytest.TempPathFactory) -> list[mu.Chorale]:
+    import os
+
+    os.environ["WORLDLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        return mu.load_chorales(limit=5)
+    finally:
+        del os.environ["WORLDLAB_CACHE"]
+
+
+def test_chorales_are_four_parts_on_the_16th_grid_and_cached(chorales: list[mu.Chorale], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 3 <= len(chorales) <= 5
+    for c in chorales:
+        assert set(np.unique(c.notes[:, 0])) == {0, 1, 2, 3} and c.beats_per_bar in (3, 4)
+        assert (c.notes[:, 3] > 0).all() and (c.notes[:, 2] >= 0).all()
+        sop, bass = c.part(0)[:, 0], c.part(3)[:, 0]
+        assert sop.mean() > bass.mean() + 12  # the soprano sits above the bass
+    monkeypatch.setenv("WORLDLAB_CACHE", str(tmp_path))
+    first = mu.load_chorales(limit=2)
+    cached = next(tmp_path.glob("chorales_v*_first2.npz"))
+    monkeypatch.setattr(mu, "_parse", lambda score: pytest.fail("parsed again instead of read from the cache"))
+    again = mu.load_chorales(limit=2)
+    assert cached.is_file() and [c.title for c in again] == [c.title for c in first]
+    assert all(np.array_equal(a.notes, b.notes) for a, b in zip(first, again, strict=True))
+
+
+def test_tokens_are_the_books_notes_and_durations(chorales: list[mu.Chorale]) -> None:
+    notes, durs = mu.chorale_tokens(chorales[0])[0]
+    assert notes[:2] == ["G4", "G4"] and durs[:2] == ["1.0", "2.0"]  # "Aus meines Herzens Grunde" opens so
+    tok = mu.MusicTokenizer()
+    n_ids, d_ids = tok.encode(notes, durs)
+    assert tok.decode(n_ids, d_ids) == (notes, durs)
+    assert tok.note_vocab == 130 and tok.duration_vocab == 65
+    with pytest.raises(ValueError, match="'H4' is not a note"):
+        tok.encode(["H4"], ["1.0"])
+    with pytest.raises(ValueError, match="not a positive multiple of a 16th"):
+        mu.tokens_to_notes(["C4"], ["0.3"])
+
+
+def test_canonical_tokens_merge_rests_and_split_long_notes() -> None:
+    rows = np.array([[60, 0, 4], [62, 8, 100], [64, 120, 4]])  # a gap, a note of 25 quarters, a gap
+    notes, durs = mu.notes_to_tokens(rows)
+    assert notes == ["C4", "rest", "D4", "D4", "rest", "E4"]
+    assert durs == ["1.0", "1.0", "16.0", "9.0", "3.0", "1.0"]
+
+
+def test_tokens_midi_tokens_round_trip_exactly(chorales: list[mu.Chorale], tmp_path: Path) -> None:
+    for c in chorales:
+        parts = mu.chorale_tokens(c)
+        data = mu.tokens_to_midi(parts, tmp_path / "c.mid")
+        assert (tmp_path / "c.mid").read_bytes() == data
+        assert mu.midi_to_tokens(tmp_path / "c.mid") == [(list(n), list(d)) for n, d in parts]
+        canonical = np.array(sorted((k, *r) for k, (n, d) in enumerate(parts) for r in mu.tokens_to_notes(n, d)),
+                             dtype=np.int32)
+        assert np.array_equal(mu.midi_to_notes(data), canonical)
+
+
+def test_piano_roll_segments_and_back(chorales: list[mu.Chorale]) -> None:
+    roll = mu.piano_roll(chorales)
+    four = [c for c in chorales if c.beats_per_bar == 4]
+    assert roll.shape[1:] == (4, 2, 16, 84) and roll.dtype == bool
+    assert len(roll) == sum((c.length - c.pickup) // 16 - 1 for c in four)
+    assert roll.any(axis=-1).mean() > 0.9  # four voices sound almost always
+    assert (roll.sum(-1) <= 1).all()  # each voice one pitch at a time
+    rows = mu.roll_to_notes(roll[0])
+    assert np.array_equal(mu.notes_to_roll(rows, 32).reshape(4, 2, 16, 84), roll[0])  # roll -> notes -> roll
+    assert np.array_equal(mu.midi_to_notes(mu.notes_to_midi(rows)), rows)  # notes -> MIDI -> notes
