@@ -14,6 +14,8 @@
                             points (N, Z): what the latent prior learns
 ``pydoc``, ``python_docs``  text shipped with Python, as character tokens in windows of
 ``text:PATH``               ``block_size`` (:mod:`generators.text`; a :class:`TokenData`)
+``chorales``                Bach's four-part chorales from music21's corpus as note and
+                            duration tokens (:mod:`generators.music`; a ``MusicData``)
 ==========================  =================================================================
 
 The package knows no task: a run's frames are found through its manifest
@@ -45,7 +47,7 @@ FRAMES = "frames"
 LATENTS = "latents"
 """the prefix of a run's encoded latents: ``latents:RUN``."""
 SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN", f"{LATENTS}:RUN", "pydoc", "python_docs",
-           "text:PATH")
+           "text:PATH", "chorales")
 
 
 @dataclass
@@ -155,7 +157,14 @@ def _resized(levels_u8: torch.Tensor, levels: int, size: int | None) -> torch.Te
 def load(source: str, image_size: int | None = None, max_items: int | None = None, seed: int = 0,
          block_size: int | None = None) -> GenData | TokenData:
     """Load a data source by name (see the module docstring); errors name the fix. Text sources give
-    a :class:`generators.text.TokenData` (``max_items``: its first that many characters)."""
+    a :class:`generators.text.TokenData` (``max_items``: its first that many characters); ``chorales``
+    a :class:`generators.music.MusicData` (``max_items``: the corpus's first that many chorales)."""
+    if source == "chorales":
+        if image_size is not None:
+            raise ValueError("chorales are note/duration tokens: give --block-size, not --image-size")
+        from generators.music import load_music
+
+        return load_music(source, block_size=block_size, max_items=max_items)
     if is_text_source(source):
         if image_size is not None:
             raise ValueError(f"{source} is text: give --block-size, not --image-size")

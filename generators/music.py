@@ -356,3 +356,134 @@ def midi_to_tokens(midi: str | os.PathLike | bytes) -> list[tuple[list[str], lis
     rows = midi_to_notes(midi)
     n_parts = int(rows[:, 0].max()) + 1 if len(rows) else 0
     return [notes_to_tokens(rows[rows[:, 0] == k][:, 1:]) for k in range(n_parts)]
+
+
+# -- the data a music model trains on -----------------------------------------------------------------
+
+HOLDOUT_CHORALES = 0.1
+"""the held-out chorales (a seeded choice of whole chorales: no held-out phrase was seen in training)."""
+
+
+def split_chorales(chorales: Sequence[Chorale], holdout: float = HOLDOUT_CHORALES, seed: int = 0
+                   ) -> tuple[list[Chorale], list[Chorale]]:
+    """(train, held-out), split by chorale; at least one of each."""
+    n = len(chorales)
+    if n < 2:
+        raise ValueError(f"splitting by chorale needs >= 2 chorales, got {n}")
+    k = min(n - 1, max(1, int(round(holdout * n))))
+    perm = np.random.default_rng(seed).permutation(n)
+    held = set(perm[:k].tolist())
+    return [c for i, c in enumerate(chorales) if i not in held], [c for i, c in enumerate(chorales) if i in held]
+
+
+@dataclass
+class MusicData:
+    """Note and duration token streams of chorale parts (each part a stream that begins with a START
+    pair), concatenated into one ``(N, 2)`` stream; windows of ``block_size + 1`` pairs at random
+    offsets are a model's batches, as text's are (:class:`generators.text.TokenData`)."""
+
+    name: str
+    tokens: np.ndarray
+    """``(N, 2)`` int64: note id, duration id (:class:`MusicTokenizer`)."""
+    block_size: int = 64
+    num_classes: int = 0
+    kind = "music"
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.tokens.ndim != 2 or self.tokens.shape[1] != 2 or len(self.tokens) < self.block_size + 2:
+            raise ValueError(f"{self.name}: {len(self.tokens)} note/duration pairs cannot fill one window of "
+                             f"{self.block_size} + 1; lower --block-size or read more chorales")
+
+    @classmethod
+    def from_chorales(cls, name: str, chorales: Sequence[Chorale], block_size: int = 64) -> MusicData:
+        tok = MusicTokenizer()
+        rows = []
+        for c in chorales:
+            for notes, durs in chorale_tokens(c):
+                n, d = tok.encode([tok.START, *notes], [tok.START, *durs])
+                rows.append(np.stack([n, d], axis=1))
+        return cls(name, np.concatenate(rows) if rows else np.zeros((0, 2), np.int64), block_size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.block_size,)
+
+    def __len__(self) -> int:
+        return len(self.tokens) - self.block_size
+
+    def windows(self, starts: np.ndarray | Sequence[int]) -> np.ndarray:
+        """``(len(starts), block_size + 1, 2)`` windows beginning at ``starts``."""
+        return self.tokens[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)[None, :]]
+
+    def batches(self, batch_size: int, seed: int = 0, labels: bool = False) -> MusicBatches:
+        if labels:
+            raise ValueError(f"{self.name} has no class labels; train an unconditional model")
+        return MusicBatches(self, batch_size, seed)
+
+    def eval_windows(self, count: int) -> np.ndarray:
+        """``count`` evenly spaced windows (fixed, for held-out losses comparable across models)."""
+        return self.windows(np.linspace(0, len(self) - 1, count).astype(np.int64))
+
+
+class MusicBatches:
+    """Random windows of a :class:`MusicData` as ``(B, T + 1, 2)`` int64 tensors; an epoch is about
+    one pass, drawn from ``seed`` and the epoch (a resumed run draws the same windows)."""
+
+    def __init__(self, data: MusicData, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.seed, self.epoch = data, batch_size, seed, 0
+        self.dataset = self  # so worldlab.training.cycle finds set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(1, len(self.data.tokens) // (self.batch_size * self.data.block_size))
+
+    def __iter__(self):  # noqa: ANN204
+        import torch
+
+        rng = np.random.default_rng(self.seed * 1_000_003 + self.epoch)
+        for _ in range(len(self)):
+            yield torch.from_numpy(self.data.windows(rng.integers(0, len(self.data), self.batch_size)))
+
+
+def load_music(source: str = "chorales", block_size: int | None = None, max_items: int | None = None,
+               split: str = "all", seed: int = 0) -> MusicData:
+    """``chorales`` as a :class:`MusicData` (``max_items``: the first that many chorales of the
+    corpus; ``split``: "all", "train" or "heldout", by chorale with :func:`split_chorales`)."""
+    if source != "chorales":
+        raise ValueError(f"unknown music source {source!r}; use chorales")
+    chorales = load_chorales(limit=max_items)
+    if split != "all":
+        train, held = split_chorales(chorales, seed=seed)
+        chorales = {"train": train, "heldout": held}[split]
+    return MusicData.from_chorales("chorales" if split == "all" else f"chorales ({split})", chorales,
+                                   block_size or 64)
+
+
+# -- what the music metrics measure ---------------------------------------------------------------------
+
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+
+
+def bigram_nll(train: np.ndarray, test: np.ndarray, vocab: int, alpha: float = 1.0) -> float:
+    """Held-out nats per token of an add-``alpha`` bigram model fitted on the stream ``train`` (ids),
+    on the pairs of ``test``: the baseline a sequence model must beat."""
+    counts = np.full((vocab, vocab), alpha)
+    np.add.at(counts, (train[:-1], train[1:]), 1.0)
+    logp = np.log(counts / counts.sum(1, keepdims=True))
+    return float(-logp[test[:-1], test[1:]].mean())
+
+
+def in_scale_rate(pitches: Sequence[int] | np.ndarray) -> float:
+    """The share of ``pitches`` (MIDI) in the major scale (of the 12) that holds most of them: how
+    tonal a passage is (a minor key's notes are its relative major's)."""
+    pc = np.bincount(np.asarray(pitches, dtype=np.int64) % 12, minlength=12)
+    if pc.sum() == 0:
+        return 0.0
+    best = max(sum(pc[(root + s) % 12] for s in MAJOR) for root in range(12))
+    return float(best / pc.sum())

@@ -70,6 +70,13 @@ def model_for(name: str, data: GenData | TokenData, preset: str | None = None, *
     fam = family(name)
     fields = {f.name for f in dataclasses.fields(fam.config)}
     cfg: dict[str, Any] = {"shape": data.shape}
+    from generators.music import MusicData
+
+    if isinstance(data, MusicData) != ("music" in fam.kinds):
+        raise ValueError(f"{name} models {' and '.join(fam.kinds)}, not {data.kind} data ({data.name}); "
+                         f"{'use music_transformer for chorales' if isinstance(data, MusicData) else 'give it chorales'}")
+    if isinstance(data, MusicData):
+        return make(name, preset=preset, **{"shape": data.shape, **overrides})
     if isinstance(data, TokenData) != ("tokens" in fam.kinds):
         what = "text" if isinstance(data, TokenData) else f"{data.kind} data"
         raise ValueError(f"{name} models {' and '.join(fam.kinds)}, not {what} ({data.name}); "
@@ -124,6 +131,16 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
         if run is None:
             return
         assert isinstance(m, Generator)
+        if getattr(data, "kind", None) == "music":
+            from generators.music import tokens_to_midi
+
+            parts = m.sample_tokens(4, length=data.block_size, temperature=1.0, generator=settings.seed + 12345)
+            run.samples.mkdir(parents=True, exist_ok=True)
+            tokens_to_midi(parts, run.sample_midi(step))  # four sampled streams, played as the four voices
+            if logger is not None:
+                logger.text("generator/samples", "\n".join(" ".join(f"{n}/{d}" for n, d in zip(*p, strict=True))
+                                                            for p in parts), step)
+            return
         if isinstance(data, TokenData):
             text = text_samples(m, settings.seed + 12345)
             run.samples.mkdir(parents=True, exist_ok=True)
@@ -189,6 +206,14 @@ def check_gen_data(data: Any, model: Generator) -> None:
     """Refuse, in one line saying what was given, what is expected and the fix, training data that
     are not a :class:`GenData` holding what ``model`` learns from: images as integer levels
     ``(N, C, H, W)`` (``0 .. levels - 1``), points as floats ``(N, D)``."""
+    from generators.music import MusicData
+
+    if model.kind == "music" or isinstance(data, MusicData):
+        if not isinstance(data, MusicData) or model.kind != "music":
+            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
+                             f"{'music' if model.kind == 'music' else model.kind}: load a source that matches "
+                             f"(generators.data.load('chorales') for music)")
+        return
     if model.kind == "tokens" or isinstance(data, TokenData):
         if not isinstance(data, TokenData) or model.kind != "tokens":
             raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "

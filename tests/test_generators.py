@@ -26,6 +26,7 @@ EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "v
 FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x64 RGB frames
 TEXT_ONLY = {n for n in FAMILIES if "tokens" in generators.family(n).kinds}  # lstm, gpt, mamba
 POINTS_ONLY = {n for n in FAMILIES if generators.family(n).kinds == ("points",)}  # latent_prior
+MUSIC_ONLY = {n for n in FAMILIES if "music" in generators.family(n).kinds}  # music_transformer
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
@@ -60,13 +61,19 @@ def text():
     return generators.data.load("pydoc", block_size=16, max_items=20_000)
 
 
+@pytest.fixture(scope="module")
+def chorales():
+    """The first 5 chorales of music21's corpus as note/duration tokens in windows of 16."""
+    return generators.data.load("chorales", block_size=16, max_items=5)
+
+
 @pytest.fixture
-def data_of(digits: GenData, frames: GenData, text):
+def data_of(digits: GenData, frames: GenData, text, chorales):
     """The tiny training set of a family: 64 digits, 32 frames for the frame-only V, text for the
-    sequence families."""
+    sequence families, chorales for the music ones."""
     moons = generators.data.load("moons", max_items=256)
     return lambda name: (frames if name in FRAME_ONLY else text if name in TEXT_ONLY else
-                         moons if name in POINTS_ONLY else digits)
+                         moons if name in POINTS_ONLY else chorales if name in MUSIC_ONLY else digits)
 
 
 _TINY_V: list[Path] = []
@@ -154,6 +161,13 @@ def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
         assert model.training
         with pytest.raises(ValueError, match="unconditional"):
             model.sample(2, cond=torch.tensor([0, 1]))
+        return
+    if name in MUSIC_ONLY:  # (note, duration) id pairs, (n, block_size, 2) by default
+        assert x.shape == (5, *data.shape, 2) and x.dtype == torch.long
+        assert x.min() >= 0 and (x[..., 0] < model.config.note_vocab).all()
+        assert (x[..., 1] < model.config.duration_vocab).all()
+        assert torch.equal(x, model.sample(5, generator=1)) and not torch.equal(x, model.sample(5, generator=2))
+        assert model.training
         return
     assert x.shape == (5, *data.shape) and x.dtype == torch.float32
     assert torch.isfinite(x).all() and (data.kind == "points" or (x.min() >= -1.0 and x.max() <= 1.0))
@@ -559,6 +573,7 @@ def test_cli_errors_are_one_line(args: list[str], message: str, capsys: pytest.C
 def test_longer_training_keeps_improving(name: str) -> None:
     data = (synthetic_frames(256) if name in FRAME_ONLY else generators.data.load("pydoc", block_size=16,
             max_items=200_000) if name in TEXT_ONLY else generators.data.load("moons") if name in POINTS_ONLY
+            else generators.data.load("chorales", block_size=16, max_items=5) if name in MUSIC_ONLY
             else generators.data.load("digits"))
     model = tiny(name, data)
     steps, lr = FALLING.get(name, (30, 2e-3))

@@ -80,3 +80,35 @@ def test_piano_roll_segments_and_back(chorales: list[mu.Chorale]) -> None:
     rows = mu.roll_to_notes(roll[0])
     assert np.array_equal(mu.notes_to_roll(rows, 32).reshape(4, 2, 16, 84), roll[0])  # roll -> notes -> roll
     assert np.array_equal(mu.midi_to_notes(mu.notes_to_midi(rows)), rows)  # notes -> MIDI -> notes
+
+
+def test_the_metrics_measure_what_they_say() -> None:
+    assert mu.in_scale_rate([60, 62, 64, 65, 67, 69, 71, 72]) == 1.0  # C major
+    assert mu.in_scale_rate([57, 59, 60, 62, 64, 65, 67]) == 1.0  # A minor: its relative major's notes
+    assert mu.in_scale_rate(range(60, 72)) == pytest.approx(7 / 12)  # the chromatic scale
+    cycle = np.tile([0, 1, 2], 200)
+    assert mu.bigram_nll(cycle, cycle, vocab=3, alpha=1e-6) < 1e-4  # a deterministic sequence
+    assert mu.bigram_nll(np.array([0]), cycle, vocab=5) == pytest.approx(np.log(5))  # nothing learned: uniform
+
+
+def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import music_report
+    finally:
+        sys.path.pop(0)
+    doc, out = tmp_path / "MUSIC.md", tmp_path / "r.json"
+    assert music_report.main(["--steps", "40", "--chorales", "6", "--preset", "tiny", "--samples", "2",
+                              "--block-size", "16", "--out", str(tmp_path / "run"), "--doc", str(doc),
+                              "--json", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["heldout_nll"]["note"] < np.log(mu.MusicTokenizer().note_vocab)  # better than uniform after 40 steps
+    assert 0.0 < r["real"]["in_scale_rate"] <= 1.0 and set(r["generated"]) == {"1", "0.7"}
+    text = doc.read_text()
+    assert "<!-- music-transformer:begin -->" in text and "| note | **" in text
+    assert (tmp_path / "music" / "music_transformer_t1.mid").is_file()
+    assert mu.midi_to_tokens(tmp_path / "music" / "chorale_heldout.mid")  # a readable MIDI file
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.mid"))  # samples written while training

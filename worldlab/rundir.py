@@ -117,6 +117,10 @@ class RunDir:
         """A generator's sample grid drawn at training ``step``, or (``step=None``) its final grid."""
         return self.root / "samples.png" if step is None else self.samples / f"step_{int(step):06d}.png"
 
+    def sample_midi(self, step: int) -> Path:
+        """A music model's samples at ``step`` as MIDI."""
+        return self.samples / f"step_{int(step):06d}.mid"
+
     def sample_text(self, step: int | None = None) -> Path:
         """A sequence model's text samples written at training ``step``, or (``step=None``) the final ones."""
         return self.root / "samples.txt" if step is None else self.samples / f"step_{int(step):06d}.txt"
