@@ -253,9 +253,10 @@ VARIANTS: list[Variant] = [
 ]
 
 
-SWEEP = [(v, seed) for i, v in enumerate(VARIANTS) for seed in (5 + i, 12 + i)]
-"""Two full episodes per variant, on seeds that differ between variants (eight tracks in all): CI's
-40 minutes do not hold every variant on every seed, and the fast tests already cover seeds 0-4."""
+SWEEP = list(zip(VARIANTS, (5, 14, 9, 18), strict=True))
+"""One full episode per variant, on seeds that differ between variants (5, 14, 9, 18: four tracks in
+all; eight before the fault-injection suite joined CI): CI's 40 minutes do not hold every variant on
+every seed, and the fast tests already cover seeds 0-4."""
 
 
 @pytest.mark.slow
