@@ -28,6 +28,7 @@ from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cga
 from generators import gpt as _gpt  # noqa: F401  (registers gpt)
 from generators import latent_prior as _latent_prior  # noqa: F401  (registers latent_prior)
 from generators import mamba as _mamba  # noqa: F401  (registers mamba)
+from generators import musegan as _musegan  # noqa: F401  (registers musegan)
 from generators import music_transformer as _music_transformer  # noqa: F401  (registers music_transformer)
 from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
 from generators import renderer as _renderer  # noqa: F401  (registers renderer, the dream's sharper decoder)

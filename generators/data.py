@@ -16,6 +16,8 @@
 ``text:PATH``               ``block_size`` (:mod:`generators.text`; a :class:`TokenData`)
 ``chorales``                Bach's four-part chorales from music21's corpus as note and
                             duration tokens (:mod:`generators.music`; a ``MusicData``)
+``chorale_rolls``           the 4/4 chorales as 2-bar piano-roll segments (4, 2, 16, 84) for
+                            MuseGAN (a ``RollData``)
 ==========================  =================================================================
 
 The package knows no task: a run's frames are found through its manifest
@@ -47,7 +49,7 @@ FRAMES = "frames"
 LATENTS = "latents"
 """the prefix of a run's encoded latents: ``latents:RUN``."""
 SOURCES = ("digits", "mnist", "moons", f"{FRAMES}:RUN", "TASK:RUN", f"{LATENTS}:RUN", "pydoc", "python_docs",
-           "text:PATH", "chorales")
+           "text:PATH", "chorales", "chorale_rolls")
 
 
 @dataclass
@@ -159,6 +161,10 @@ def load(source: str, image_size: int | None = None, max_items: int | None = Non
     """Load a data source by name (see the module docstring); errors name the fix. Text sources give
     a :class:`generators.text.TokenData` (``max_items``: its first that many characters); ``chorales``
     a :class:`generators.music.MusicData` (``max_items``: the corpus's first that many chorales)."""
+    if source == "chorale_rolls":
+        from generators.music import load_rolls
+
+        return load_rolls(max_items=max_items, seed=seed)
     if source == "chorales":
         if image_size is not None:
             raise ValueError("chorales are note/duration tokens: give --block-size, not --image-size")

@@ -487,3 +487,126 @@ def in_scale_rate(pitches: Sequence[int] | np.ndarray) -> float:
         return 0.0
     best = max(sum(pc[(root + s) % 12] for s in MAJOR) for root in range(12))
     return float(best / pc.sum())
+
+
+@dataclass
+class RollData:
+    """Piano-roll segments ``(N, tracks, bars, 16, 84)`` (bool) for MuseGAN; a batch is float32 in
+    ``[-1, 1]`` (a sounding pitch +1, silence -1)."""
+
+    name: str
+    x: np.ndarray
+    num_classes: int = 0
+    kind = "roll"
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 5 or self.x.shape[3:] != (BAR_STEPS, PITCHES) or len(self.x) < 1:
+            raise ValueError(f"{self.name}: piano rolls must be (N >= 1, tracks, bars, {BAR_STEPS}, {PITCHES}), "
+                             f"got {self.x.shape}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def tensor(self, idx: np.ndarray | slice | None = None):  # noqa: ANN201 - a torch.Tensor
+        import torch
+
+        x = self.x if idx is None else self.x[idx]
+        return torch.from_numpy(np.ascontiguousarray(x)).float() * 2.0 - 1.0
+
+    def batches(self, batch_size: int, seed: int = 0, labels: bool = False) -> RollBatches:
+        if labels:
+            raise ValueError(f"{self.name} has no class labels; train an unconditional model")
+        return RollBatches(self, batch_size, seed)
+
+
+class RollBatches:
+    """Shuffled batches of a :class:`RollData`, one epoch a pass, drawn from ``seed`` and the epoch."""
+
+    def __init__(self, data: RollData, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.seed, self.epoch = data, min(batch_size, len(data)), seed, 0
+        self.dataset = self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(1, len(self.data) // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204
+        perm = np.random.default_rng(self.seed * 1_000_003 + self.epoch).permutation(len(self.data))
+        for i in range(len(self)):
+            yield self.data.tensor(np.sort(perm[i * self.batch_size:(i + 1) * self.batch_size]))
+
+
+def load_rolls(max_items: int | None = None, split: str = "all", seed: int = 0) -> RollData:
+    """The 4/4 chorales (``max_items``: among the corpus's first that many) as 2-bar piano-roll
+    segments, one every bar (:func:`piano_roll`); ``split`` by chorale as :func:`load_music`."""
+    chorales = load_chorales(limit=max_items)
+    if split != "all":
+        train, held = split_chorales(chorales, seed=seed)
+        chorales = {"train": train, "heldout": held}[split]
+    return RollData("chorale_rolls" if split == "all" else f"chorale_rolls ({split})", piano_roll(chorales))
+
+
+# -- MuseGAN's measures on bool rolls (..., tracks, bars, steps, 84) -------------------------------------
+
+QUALIFIED_STEPS = 2
+"""a note is "qualified" when it lasts at least an eighth (2 steps): MuseGAN's 3 ticks of 96 per bar
+are shorter than the grid here, where every note would qualify."""
+
+
+def roll_metrics(rolls: np.ndarray) -> dict[str, float]:
+    """MuseGAN's measures, means over ``(N, tracks, bars, steps, 84)`` bool rolls, with their standard
+    deviations over the segments (``*_std``): empty bars (share of track-bars without a note), used
+    pitch classes per non-empty track-bar, qualified notes (share of notes of >= 2 steps), tonal
+    distance (between the tonal centroids of each pair of tracks, per bar; Harte et al. 2006)."""
+    r = np.asarray(rolls, dtype=bool)
+    n, tracks, bars = r.shape[:3]
+    empty = ~r.any(axis=(3, 4))  # (N, T, B)
+    pcs = np.zeros((n, tracks, bars, 12), dtype=bool)
+    for k in range(12):
+        pcs[..., k] = r[..., k::12].any(axis=(3, 4)) if r.shape[-1] > k else False
+    used = pcs.sum(-1).astype(float)  # (N, T, B)
+    used_mean = np.array([u[~e].mean() if (~e).any() else 0.0 for u, e in zip(used, empty, strict=True)])
+    qual = []
+    for seg in r:  # notes: runs of one pitch within a track, across the segment
+        lengths = []
+        for t in range(tracks):
+            track = seg[t].reshape(-1, r.shape[-1]).astype(np.int8)
+            d = np.diff(np.concatenate([np.zeros((1, track.shape[1]), np.int8), track,
+                                        np.zeros((1, track.shape[1]), np.int8)]), axis=0)
+            on, off = np.nonzero(d.T == 1), np.nonzero(d.T == -1)
+            lengths += list(off[1] - on[1])
+        qual.append(np.mean(np.array(lengths) >= QUALIFIED_STEPS) if lengths else 0.0)
+    chroma = np.zeros((n, tracks, bars, 12))
+    for k in range(12):
+        chroma[..., k] = r[..., k::12].sum(axis=(3, 4))
+    tc = _tonal_centroid(chroma)  # (N, T, B, 6)
+    dists = [np.linalg.norm(tc[:, a] - tc[:, b], axis=-1).mean(1) for a in range(tracks) for b in range(a + 1, tracks)]
+    tonal = np.mean(dists, axis=0) if dists else np.zeros(n)
+    out = {"empty_bars": empty.mean(axis=(1, 2)), "pitch_classes": used_mean, "qualified_notes": np.array(qual),
+           "tonal_distance": tonal}
+    return {**{k: float(v.mean()) for k, v in out.items()}, **{f"{k}_std": float(v.std()) for k, v in out.items()}}
+
+
+def _tonal_centroid(chroma: np.ndarray) -> np.ndarray:
+    """Harte, Sandler & Gasser (2006): a 12-bin chroma -> a 6-D point (fifths, minor and major thirds)."""
+    k = np.arange(12)
+    phi = np.stack([np.sin(k * 7 * np.pi / 6), np.cos(k * 7 * np.pi / 6),
+                    np.sin(k * 3 * np.pi / 2), np.cos(k * 3 * np.pi / 2),
+                    0.5 * np.sin(k * 2 * np.pi / 3), 0.5 * np.cos(k * 2 * np.pi / 3)])  # (6, 12)
+    norm = chroma.sum(-1, keepdims=True)
+    return np.where(norm > 0, chroma / np.maximum(norm, 1e-9), 0.0) @ phi.T
+
+
+def pitch_class_histogram(rolls: np.ndarray) -> np.ndarray:
+    """``(N, 12)``: each segment's share of sounding steps per pitch class."""
+    r = np.asarray(rolls, dtype=bool)
+    h = np.stack([r[..., k::12].sum(axis=tuple(range(1, r.ndim))) for k in range(12)], axis=1).astype(float)
+    return h / np.maximum(h.sum(1, keepdims=True), 1.0)

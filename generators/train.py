@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from generators import images
@@ -70,8 +71,13 @@ def model_for(name: str, data: GenData | TokenData, preset: str | None = None, *
     fam = family(name)
     fields = {f.name for f in dataclasses.fields(fam.config)}
     cfg: dict[str, Any] = {"shape": data.shape}
-    from generators.music import MusicData
+    from generators.music import MusicData, RollData
 
+    if isinstance(data, RollData) != ("roll" in fam.kinds):
+        raise ValueError(f"{name} models {' and '.join(fam.kinds)}, not {data.kind} data ({data.name}); "
+                         f"{'use musegan for piano rolls' if isinstance(data, RollData) else 'give it chorale_rolls'}")
+    if isinstance(data, RollData):
+        return make(name, preset=preset, **{"shape": data.shape, **overrides})
     if isinstance(data, MusicData) != ("music" in fam.kinds):
         raise ValueError(f"{name} models {' and '.join(fam.kinds)}, not {data.kind} data ({data.name}); "
                          f"{'use music_transformer for chorales' if isinstance(data, MusicData) else 'give it chorales'}")
@@ -131,6 +137,15 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
         if run is None:
             return
         assert isinstance(m, Generator)
+        if getattr(data, "kind", None) == "roll":
+            from generators.musegan import binarize
+            from generators.music import notes_to_midi, roll_to_notes
+
+            rolls = binarize(m.sample(4, generator=settings.seed + 12345).cpu())  # (4, tracks, bars, 16, 84)
+            run.samples.mkdir(parents=True, exist_ok=True)
+            notes_to_midi(np.concatenate([_shifted(roll_to_notes(r), i * r.shape[1] * r.shape[2])
+                                          for i, r in enumerate(rolls)]), run.sample_midi(step))
+            return
         if getattr(data, "kind", None) == "music":
             from generators.music import tokens_to_midi
 
@@ -164,6 +179,13 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
     if tc.ema > 0:  # the model now holds EMA weights: what they averaged travels with its checkpoint
         model.meta["ema"] = {"decay": tc.ema, "steps": tc.steps}
     return history
+
+
+def _shifted(notes: np.ndarray, steps: int) -> np.ndarray:
+    """``(part, pitch, onset, duration)`` rows moved ``steps`` later (samples played one after another)."""
+    out = notes.copy()
+    out[:, 2] += steps
+    return out
 
 
 TEXT_SETTINGS = ((1.0, None, None), (0.7, None, 0.9))
@@ -206,8 +228,14 @@ def check_gen_data(data: Any, model: Generator) -> None:
     """Refuse, in one line saying what was given, what is expected and the fix, training data that
     are not a :class:`GenData` holding what ``model`` learns from: images as integer levels
     ``(N, C, H, W)`` (``0 .. levels - 1``), points as floats ``(N, D)``."""
-    from generators.music import MusicData
+    from generators.music import MusicData, RollData
 
+    if model.kind == "roll" or isinstance(data, RollData):
+        if not isinstance(data, RollData) or model.kind != "roll":
+            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
+                             f"{'a piano roll' if model.kind == 'roll' else model.kind}: load a source that matches "
+                             f"(generators.data.load('chorale_rolls') for MuseGAN)")
+        return
     if model.kind == "music" or isinstance(data, MusicData):
         if not isinstance(data, MusicData) or model.kind != "music":
             raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "

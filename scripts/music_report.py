@@ -1,9 +1,13 @@
 """The music Transformer on Bach's chorales (book chapter 11), measured: held-out note and duration
 NLL against bigram baselines, the in-scale rate of its samples against the real chorales', and
 samples as MIDI files and piano-roll pictures; writes the "Music Transformer" section of
-docs/MUSIC.md and docs/results/music_transformer.json.
+docs/MUSIC.md and docs/results/music_transformer.json. ``--model musegan``: MuseGAN on the 4/4
+chorales' 2-bar piano rolls, measured by MuseGAN's rates (empty bars, pitch classes per bar,
+qualified notes, tonal distance) against the held-out chorales' and by how far each noise moves
+the samples' pitch classes; its own section and docs/results/musegan.json.
 
     python scripts/music_report.py                       # all chorales, 2,000 steps
+    python scripts/music_report.py --model musegan --steps 1000
     python scripts/music_report.py --steps 200 --chorales 20 --out runs/music_quick --doc /tmp/MUSIC.md
 
 The chorales are split by chorale (10% held out, seed 0), so no held-out phrase was seen in
@@ -30,6 +34,7 @@ TEMPERATURES = (1.0, 0.7)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("music_transformer", "musegan"), default="music_transformer")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--chorales", type=int, default=None, help="the corpus's first N chorales (default: all)")
     p.add_argument("--block-size", type=int, default=64)
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=32, help="streams sampled per temperature")
     p.add_argument("--out", default="runs/music_transformer", help="run folder (checkpoint, TensorBoard, MIDI)")
     p.add_argument("--doc", default=str(ROOT / "docs" / "MUSIC.md"))
-    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "music_transformer.json"))
+    p.add_argument("--json", default=None, help="default: docs/results/<model>.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
@@ -52,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     from worldlab.io import atomic_write_json, write_doc_section
 
     torch.set_num_threads(args.threads)
+    args.json = args.json or str(ROOT / "docs" / "results" / f"{args.model}.json")
+    if args.out == "runs/music_transformer":
+        args.out = f"runs/{args.model}"
     t0 = time.time()
     say = (lambda m: None) if args.no_progress else (lambda m: print(m, flush=True))
     say("reading the chorales (parsed once, then cached)")
     chorales = mu.load_chorales(limit=args.chorales, progress=not args.no_progress)
     train_c, held_c = mu.split_chorales(chorales, seed=args.seed)
+    if args.model == "musegan":
+        return musegan_report(args, argv, chorales, train_c, held_c, t0, say)
     train = mu.MusicData.from_chorales("chorales (train)", train_c, args.block_size)
     held = mu.MusicData.from_chorales("chorales (held out)", held_c, args.block_size)
     say(f"{len(chorales)} chorales: {len(train_c)} to train ({len(train.tokens):,} tokens), {len(held_c)} held out "
@@ -134,6 +144,90 @@ def main(argv: list[str] | None = None) -> int:
                            "piano roll, MIDI in and out) and the book's music models, each measured by one command.\n")
     say(f"wrote {args.doc} and {args.json} ({(time.time() - t0) / 60:.1f} min)")
     return 0
+
+
+def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: list, train_c: list, held_c: list,
+                   t0: float, say: object) -> int:
+    import torch
+
+    import generators
+    from generators import music as mu
+    from generators.musegan import binarize, noise_effect
+    from worldlab.io import atomic_write_json, write_doc_section
+
+    train = mu.RollData("chorale_rolls (train)", mu.piano_roll(train_c))
+    held = mu.piano_roll(held_c)
+    say(f"{len(train)} two-bar segments to train, {len(held)} held out")  # type: ignore[operator]
+    torch.manual_seed(args.seed)
+    model = generators.model_for("musegan", train, preset=args.preset)
+    t_fit = time.time()
+    generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),
+                                                      seed=args.seed), out=args.out, progress=not args.no_progress)
+    fit_s = time.time() - t_fit
+    n = max(args.samples, 64)
+    fake = binarize(model.sample(n, generator=args.seed + 1).cpu())
+    real_m, fake_m = mu.roll_metrics(held), mu.roll_metrics(fake)
+    effects = {k: noise_effect(model, k, n=n, seed=args.seed + 2) for k in ("chords", "style", "melody", "groove")}
+    docs = Path(args.doc).parent / "music"
+    docs.mkdir(parents=True, exist_ok=True)
+    rows = mu.roll_to_notes(fake[0])
+    for i in range(1, min(4, len(fake))):
+        more = mu.roll_to_notes(fake[i])
+        more[:, 2] += i * 32
+        rows = np.concatenate([rows, more])
+    mu.notes_to_midi(rows, docs / "musegan.mid")
+    _notes_png(rows, docs / "musegan.png", "MuseGAN: four sampled 2-bar segments, one after another")
+    keys = ("empty_bars", "pitch_classes", "qualified_notes", "tonal_distance")
+    within = {k: abs(fake_m[k] - real_m[k]) <= real_m[f"{k}_std"] for k in keys}
+    ratio = effects["chords"] / max(effects["groove"], 1e-9)
+    result = {"command": "python scripts/music_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "train_segments": len(train), "heldout_segments": int(len(held)), "steps": args.steps,
+              "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": fit_s,
+              "real": real_m, "generated": fake_m, "within_one_std": within, "noise_effect": effects,
+              "chords_over_groove": ratio, "seconds": time.time() - t0, "seed": args.seed}
+    atomic_write_json(args.json, result)
+    lines = [f"The 4/4 chorales of the same split as 2-bar segments, one every bar: {len(train):,} to train, "
+             f"{len(held):,} held out. MuseGAN of {result['parameters']:,} parameters (generator and critic), "
+             f"{args.steps} steps ({fit_s / 60:.1f} min on this machine), seed {args.seed}; {n} samples binarised "
+             f"(each track's loudest pitch per step, when above 0).", "", "```bash",
+             result["command"].replace(" --doc " + args.doc, ""), "```", "",
+             "| | empty bars | pitch classes per bar | qualified notes (>= an eighth) | tonal distance |",
+             "|---|---|---|---|---|",
+             "| held-out chorales (mean ± std over segments) | " + " | ".join(
+                 f"{real_m[k]:.3f} ± {real_m[k + '_std']:.3f}" for k in keys) + " |",
+             "| MuseGAN | " + " | ".join(f"**{fake_m[k]:.3f}**" for k in keys) + " |",
+             "| within one std of real | " + " | ".join("yes" if within[k] else "no" for k in keys) + " |", "",
+             "How far each noise moves the samples' pitch-class histograms (mean L1 distance when only that noise "
+             "is drawn again): " + ", ".join(f"{k} {v:.3f}" for k, v in effects.items()) +
+             f"; chords / groove = **{ratio:.2f}** (target >= 2).", "",
+             "[musegan.mid](music/musegan.mid)", "", "![MuseGAN samples](music/musegan.png)", ""]
+    write_doc_section(Path(args.doc), "musegan", ["## MuseGAN", "", *lines],
+                      head="# Music\n\nBach's chorales as data (`generators/music.py`: music21's corpus, tokens, "
+                           "piano roll, MIDI in and out) and the book's music models, each measured by one command.\n")
+    say(f"wrote {args.doc} and {args.json} ({(time.time() - t0) / 60:.1f} min)")  # type: ignore[operator]
+    return 0
+
+
+def _notes_png(rows: np.ndarray, path: Path, title: str) -> None:
+    """``(part, pitch, onset, duration)`` rows as a piano roll, one colour per part."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    colours = ("tab:red", "tab:orange", "tab:green", "tab:blue")
+    for part, pitch, on, dur in rows:
+        ax.add_patch(plt.Rectangle((on, pitch - 0.4), dur, 0.8, color=colours[int(part) % 4], alpha=0.8))
+    ax.autoscale_view()
+    ax.set_xlabel("time (16th notes)")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _roll_png(mu: object, parts: list, path: Path, title: str) -> None:

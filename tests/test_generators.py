@@ -27,6 +27,7 @@ FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x
 TEXT_ONLY = {n for n in FAMILIES if "tokens" in generators.family(n).kinds}  # lstm, gpt, mamba
 POINTS_ONLY = {n for n in FAMILIES if generators.family(n).kinds == ("points",)}  # latent_prior
 MUSIC_ONLY = {n for n in FAMILIES if "music" in generators.family(n).kinds}  # music_transformer
+ROLL_ONLY = {n for n in FAMILIES if "roll" in generators.family(n).kinds}  # musegan
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3)}
@@ -67,13 +68,20 @@ def chorales():
     return generators.data.load("chorales", block_size=16, max_items=5)
 
 
+@pytest.fixture(scope="module")
+def rolls():
+    """The 4/4 chorales among the corpus's first 5 as 2-bar piano-roll segments."""
+    return generators.data.load("chorale_rolls", max_items=5)
+
+
 @pytest.fixture
-def data_of(digits: GenData, frames: GenData, text, chorales):
+def data_of(digits: GenData, frames: GenData, text, chorales, rolls):
     """The tiny training set of a family: 64 digits, 32 frames for the frame-only V, text for the
     sequence families, chorales for the music ones."""
     moons = generators.data.load("moons", max_items=256)
     return lambda name: (frames if name in FRAME_ONLY else text if name in TEXT_ONLY else
-                         moons if name in POINTS_ONLY else chorales if name in MUSIC_ONLY else digits)
+                         moons if name in POINTS_ONLY else chorales if name in MUSIC_ONLY else
+                         rolls if name in ROLL_ONLY else digits)
 
 
 _TINY_V: list[Path] = []
@@ -170,7 +178,7 @@ def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
         assert model.training
         return
     assert x.shape == (5, *data.shape) and x.dtype == torch.float32
-    assert torch.isfinite(x).all() and (data.kind == "points" or (x.min() >= -1.0 and x.max() <= 1.0))
+    assert torch.isfinite(x).all() and (data.kind in ("points",) or (x.min() >= -1.0 and x.max() <= 1.0))
     assert torch.equal(x, model.sample(5, generator=1))
     assert not torch.equal(x, model.sample(5, generator=2))
     assert model.training  # sample leaves the module's mode alone
@@ -574,6 +582,7 @@ def test_longer_training_keeps_improving(name: str) -> None:
     data = (synthetic_frames(256) if name in FRAME_ONLY else generators.data.load("pydoc", block_size=16,
             max_items=200_000) if name in TEXT_ONLY else generators.data.load("moons") if name in POINTS_ONLY
             else generators.data.load("chorales", block_size=16, max_items=5) if name in MUSIC_ONLY
+            else generators.data.load("chorale_rolls", max_items=5) if name in ROLL_ONLY
             else generators.data.load("digits"))
     model = tiny(name, data)
     steps, lr = FALLING.get(name, (30, 2e-3))

@@ -112,3 +112,51 @@ def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path, mon
     assert (tmp_path / "music" / "music_transformer_t1.mid").is_file()
     assert mu.midi_to_tokens(tmp_path / "music" / "chorale_heldout.mid")  # a readable MIDI file
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.mid"))  # samples written while training
+
+
+def test_roll_measures_and_musegans_noises(chorales: list[mu.Chorale]) -> None:
+    import torch
+
+    import generators
+    from generators.musegan import binarize, noise_effect
+
+    real = mu.piano_roll(chorales)
+    m = mu.roll_metrics(real)
+    assert m["empty_bars"] < 0.05 and 2.0 < m["pitch_classes"] < 6.0 and m["qualified_notes"] > 0.9
+    assert 0.0 < m["tonal_distance"] < 2.0 and all(m[f"{k}_std"] >= 0 for k in ("empty_bars", "pitch_classes"))
+    silent = np.zeros_like(real[:2])
+    assert mu.roll_metrics(silent)["empty_bars"] == 1.0
+    h = mu.pitch_class_histogram(real)
+    assert h.shape == (len(real), 12) and np.allclose(h.sum(1), 1.0)
+    x = torch.full((1, 4, 2, 16, 84), -1.0)
+    x[0, 0, 0, :, 36] = 0.5  # one pitch held in track 0, bar 0; all else below 0: silence
+    b = binarize(x)
+    assert b.sum() == 16 and b[0, 0, 0, :, 36].all()
+    torch.manual_seed(0)
+    model = generators.make("musegan", preset="tiny")
+    assert noise_effect(model, "chords", n=8) >= 0.0 and np.isfinite(noise_effect(model, "groove", n=8))
+    with pytest.raises(ValueError, match="unknown noise 'rhythm'"):
+        noise_effect(model, "rhythm", n=2)
+    with pytest.raises(ValueError, match="piano rolls"):
+        generators.make("musegan", shape=(1, 8, 8))
+
+
+def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import music_report
+    finally:
+        sys.path.pop(0)
+    doc, out = tmp_path / "MUSIC.md", tmp_path / "g.json"
+    assert music_report.main(["--model", "musegan", "--steps", "4", "--chorales", "8", "--preset", "tiny",
+                              "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
+                              "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["noise_effect"]) == {"chords", "style", "melody", "groove"}
+    assert all(np.isfinite(v) and v >= 0 for v in r["noise_effect"].values())
+    assert r["real"]["qualified_notes"] > 0.9 and "tonal_distance" in r["generated"]
+    assert "<!-- musegan:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan.mid").is_file()
+    assert sorted((tmp_path / "run" / "samples").glob("*.mid"))  # MIDI samples written while training
