@@ -380,7 +380,7 @@ def split_chorales(chorales: Sequence[Chorale], holdout: float = HOLDOUT_CHORALE
 class MusicData:
     """Note and duration token streams of chorale parts (each part a stream that begins with a START
     pair), concatenated into one ``(N, 2)`` stream; windows of ``block_size + 1`` pairs at random
-    offsets are a model's batches, as text's are (:class:`generators.text.TokenData`)."""
+    offsets are a model's batches, drawn as text's are (:class:`generators.text.TokenBatches`)."""
 
     name: str
     tokens: np.ndarray
@@ -413,42 +413,24 @@ class MusicData:
     def __len__(self) -> int:
         return len(self.tokens) - self.block_size
 
-    def windows(self, starts: np.ndarray | Sequence[int]) -> np.ndarray:
-        """``(len(starts), block_size + 1, 2)`` windows beginning at ``starts``."""
-        return self.tokens[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)[None, :]]
-
-    def batches(self, batch_size: int, seed: int = 0, labels: bool = False) -> MusicBatches:
-        if labels:
-            raise ValueError(f"{self.name} has no class labels; train an unconditional model")
-        return MusicBatches(self, batch_size, seed)
-
-    def eval_windows(self, count: int) -> np.ndarray:
-        """``count`` evenly spaced windows (fixed, for held-out losses comparable across models)."""
-        return self.windows(np.linspace(0, len(self) - 1, count).astype(np.int64))
-
-
-class MusicBatches:
-    """Random windows of a :class:`MusicData` as ``(B, T + 1, 2)`` int64 tensors; an epoch is about
-    one pass, drawn from ``seed`` and the epoch (a resumed run draws the same windows)."""
-
-    def __init__(self, data: MusicData, batch_size: int, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.seed, self.epoch = data, batch_size, seed, 0
-        self.dataset = self  # so worldlab.training.cycle finds set_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return max(1, len(self.data.tokens) // (self.batch_size * self.data.block_size))
-
-    def __iter__(self):  # noqa: ANN204
+    def windows(self, starts: np.ndarray | Sequence[int]):  # noqa: ANN201 - a torch.Tensor
+        """``(len(starts), block_size + 1, 2)`` int64 windows beginning at ``starts``."""
         import torch
 
-        rng = np.random.default_rng(self.seed * 1_000_003 + self.epoch)
-        for _ in range(len(self)):
-            yield torch.from_numpy(self.data.windows(rng.integers(0, len(self.data), self.batch_size)))
+        idx = np.asarray(starts)[:, None] + np.arange(self.block_size + 1)[None, :]
+        return torch.from_numpy(self.tokens[idx])
+
+    def batches(self, batch_size: int, seed: int = 0, labels: bool = False):  # noqa: ANN201 - TokenBatches
+        """Random windows as ``(B, T + 1, 2)`` int64 tensors (:class:`generators.text.TokenBatches`)."""
+        from generators.text import TokenBatches
+
+        if labels:
+            raise ValueError(f"{self.name} has no class labels; train an unconditional model")
+        return TokenBatches(self, batch_size, seed)  # type: ignore[arg-type]
+
+    def eval_windows(self, count: int):  # noqa: ANN201 - a torch.Tensor
+        """``count`` evenly spaced windows (fixed, for held-out losses comparable across models)."""
+        return self.windows(np.linspace(0, len(self) - 1, count).astype(np.int64))
 
 
 def load_music(source: str = "chorales", block_size: int | None = None, max_items: int | None = None,

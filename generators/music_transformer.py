@@ -27,6 +27,7 @@ from torch import nn
 from generators.base import Batch, GenConfig, Generator, as_generator, unpack
 from generators.music import MusicTokenizer
 from generators.registry import Family, register
+from generators.sequence import warmup_cosine
 from worldlab.blocks import Block, band_mask, rope_angles
 
 
@@ -108,13 +109,7 @@ class MusicTransformer(Generator):
 
     def lr_factor(self, step: int, steps: int) -> float:
         """Linear warm-up, then a cosine decay to ``lr_floor`` (as the text models)."""
-        import math
-
-        c = self.cfg
-        if step < c.warmup:
-            return (step + 1) / (c.warmup + 1)
-        progress = min(1.0, (step - c.warmup) / max(1, steps - c.warmup))
-        return c.lr_floor + (1.0 - c.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, steps, self.cfg.warmup, self.cfg.lr_floor)
 
     @torch.no_grad()
     def nll(self, windows: np.ndarray | torch.Tensor, batch_size: int = 64) -> dict[str, float]:

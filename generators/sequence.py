@@ -91,6 +91,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def warmup_cosine(step: int, steps: int, warmup: int, floor: float) -> float:
+    """nanoGPT's schedule: the learning rate's factor at ``step`` of ``steps``, a linear warm-up over
+    ``warmup`` steps, then a cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class SequenceModel(Generator):
     """A causal language model over ``config.vocab_size`` tokens (see the module docstring)."""
 
@@ -118,11 +127,7 @@ class SequenceModel(Generator):
 
     def lr_factor(self, step: int, steps: int) -> float:
         """The learning rate's factor at ``step`` of ``steps``: linear warm-up, cosine to ``lr_floor``."""
-        c = self.config
-        if step < c.warmup:
-            return (step + 1) / (c.warmup + 1)
-        progress = min(1.0, (step - c.warmup) / max(1, steps - c.warmup))
-        return c.lr_floor + (1.0 - c.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, steps, self.config.warmup, self.config.lr_floor)
 
     @torch.no_grad()
     def nll(self, windows: torch.Tensor, batch_size: int = 64) -> float:

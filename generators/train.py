@@ -230,23 +230,20 @@ def check_gen_data(data: Any, model: Generator) -> None:
     ``(N, C, H, W)`` (``0 .. levels - 1``), points as floats ``(N, D)``."""
     from generators.music import MusicData, RollData
 
-    if model.kind == "roll" or isinstance(data, RollData):
-        if not isinstance(data, RollData) or model.kind != "roll":
-            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
-                             f"{'a piano roll' if model.kind == 'roll' else model.kind}: load a source that matches "
-                             f"(generators.data.load('chorale_rolls') for MuseGAN)")
+    for kind, cls, what, source in (("roll", RollData, "a piano roll", "chorale_rolls"),
+                                    ("music", MusicData, "music", "chorales"),
+                                    ("tokens", TokenData, "text", "python_docs")):
+        if model.kind == kind or isinstance(data, cls):
+            if not isinstance(data, cls) or model.kind != kind:
+                raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
+                                 f"{what if model.kind == kind else model.kind}: load a source that matches "
+                                 f"(generators.data.load('{source}') for {what})")
+            break
+    else:
+        kind = ""
+    if kind in ("roll", "music"):
         return
-    if model.kind == "music" or isinstance(data, MusicData):
-        if not isinstance(data, MusicData) or model.kind != "music":
-            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
-                             f"{'music' if model.kind == 'music' else model.kind}: load a source that matches "
-                             f"(generators.data.load('chorales') for music)")
-        return
-    if model.kind == "tokens" or isinstance(data, TokenData):
-        if not isinstance(data, TokenData) or model.kind != "tokens":
-            raise ValueError(f"{model.family} models {model.kind}; {describe(getattr(data, 'x', data))} is not "
-                             f"{'text' if model.kind == 'tokens' else model.kind}: load a source that matches "
-                             f"(generators.data.load('python_docs') for text)")
+    if kind == "tokens":
         vocab = getattr(model.config, "vocab", "")
         if vocab and vocab != data.vocab:
             raise ValueError(f"{model.family} was built for another vocabulary ({len(vocab)} characters) than "

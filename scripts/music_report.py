@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    import generators
     from generators import music as mu
     from worldlab.io import atomic_write_json, write_doc_section
 
@@ -74,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = mu.MusicTokenizer()
     baseline = {"note": mu.bigram_nll(train.tokens[:, 0], held.tokens[:, 0], tok.note_vocab),
                 "duration": mu.bigram_nll(train.tokens[:, 1], held.tokens[:, 1], tok.duration_vocab)}
-    torch.manual_seed(args.seed)
-    model = generators.model_for("music_transformer", train, preset=args.preset)
-    t_fit = time.time()
-    generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),
-                                                      seed=args.seed), out=args.out, progress=not args.no_progress)
-    fit_s = time.time() - t_fit
+    model, fit_s = _train(args, train)
     windows = held.eval_windows(min(512, len(held)))
     nll = model.nll(windows)
     say(f"held-out NLL: note {nll['note']:.3f} (bigram {baseline['note']:.3f}), duration {nll['duration']:.3f} "
@@ -146,11 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: list, train_c: list, held_c: list,
-                   t0: float, say: object) -> int:
+def _train(args: argparse.Namespace, train: object) -> tuple[object, float]:
+    """``args.model`` trained on ``train`` into ``args.out`` (MIDI samples four times); the model and seconds."""
     import torch
 
     import generators
+
+    torch.manual_seed(args.seed)
+    model = generators.model_for(args.model, train, preset=args.preset)  # type: ignore[arg-type]
+    t = time.time()
+    generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),  # type: ignore[arg-type]
+                                                      seed=args.seed), out=args.out, progress=not args.no_progress)
+    return model, time.time() - t
+
+
+def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: list, train_c: list, held_c: list,
+                   t0: float, say: object) -> int:
+
     from generators import music as mu
     from generators.musegan import binarize, noise_effect
     from worldlab.io import atomic_write_json, write_doc_section
@@ -158,12 +164,7 @@ def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: l
     train = mu.RollData("chorale_rolls (train)", mu.piano_roll(train_c))
     held = mu.piano_roll(held_c)
     say(f"{len(train)} two-bar segments to train, {len(held)} held out")  # type: ignore[operator]
-    torch.manual_seed(args.seed)
-    model = generators.model_for("musegan", train, preset=args.preset)
-    t_fit = time.time()
-    generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),
-                                                      seed=args.seed), out=args.out, progress=not args.no_progress)
-    fit_s = time.time() - t_fit
+    model, fit_s = _train(args, train)
     n = max(args.samples, 64)
     fake = binarize(model.sample(n, generator=args.seed + 1).cpu())
     real_m, fake_m = mu.roll_metrics(held), mu.roll_metrics(fake)
@@ -231,26 +232,10 @@ def _notes_png(rows: np.ndarray, path: Path, title: str) -> None:
 
 
 def _roll_png(mu: object, parts: list, path: Path, title: str) -> None:
-    """Up to four token streams as a piano roll (pitch against 16th-note steps, one colour per voice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    colours = ("tab:red", "tab:orange", "tab:green", "tab:blue")
-    for k, (notes, durs) in enumerate(parts[:4]):
-        for pitch, on, dur in mu.tokens_to_notes(notes, durs):  # type: ignore[attr-defined]
-            ax.add_patch(plt.Rectangle((on, pitch - 0.4), dur, 0.8, color=colours[k], alpha=0.8))
-    ax.autoscale_view()
-    ax.set_xlabel("time (16th notes)")
-    ax.set_ylabel("MIDI pitch")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """Up to four token streams as a piano roll (:func:`_notes_png`, one colour per voice)."""
+    rows = [np.concatenate([np.full((len(r), 1), k), r], axis=1)
+            for k, r in enumerate(mu.tokens_to_notes(n, d) for n, d in parts[:4])]  # type: ignore[attr-defined]
+    _notes_png(np.concatenate(rows) if rows else np.zeros((0, 4), np.int64), path, title)
 
 
 if __name__ == "__main__":

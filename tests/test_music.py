@@ -91,8 +91,7 @@ def test_the_metrics_measure_what_they_say() -> None:
     assert mu.bigram_nll(np.array([0]), cycle, vocab=5) == pytest.approx(np.log(5))  # nothing learned: uniform
 
 
-def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
+def _music_report():  # noqa: ANN202 - the script's module
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -100,6 +99,13 @@ def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path, mon
         import music_report
     finally:
         sys.path.pop(0)
+    return music_report
+
+
+def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path) -> None:
+    import json
+
+    music_report = _music_report()
     doc, out = tmp_path / "MUSIC.md", tmp_path / "r.json"
     assert music_report.main(["--steps", "40", "--chorales", "6", "--preset", "tiny", "--samples", "2",
                               "--block-size", "16", "--out", str(tmp_path / "run"), "--doc", str(doc),
@@ -143,13 +149,8 @@ def test_roll_measures_and_musegans_noises(chorales: list[mu.Chorale]) -> None:
 
 def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
     import json
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import music_report
-    finally:
-        sys.path.pop(0)
+    music_report = _music_report()
     doc, out = tmp_path / "MUSIC.md", tmp_path / "g.json"
     assert music_report.main(["--model", "musegan", "--steps", "4", "--chorales", "8", "--preset", "tiny",
                               "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
