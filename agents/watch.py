@@ -109,15 +109,20 @@ def dream_frames(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, see
 def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.ndarray | None,
           temperature: float = 1.0, mode: str = "both", episodes: int = 1, seed: int = 0, record: str | None = None,
           fps: int = 50, max_steps: int | None = None, renderer: str | Path | None = None,
-          act: Callable[[np.ndarray], Any] | None = None) -> dict[str, list[float]]:
+          act: Callable[[np.ndarray], Any] | None = None, sound: bool = False) -> dict[str, list[float]]:
     """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
 
     ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
     the same controller in the world model). ``renderer``: a trained :mod:`generators.renderer`
     checkpoint that draws the dream pane instead of V's decoder. ``act``: instead of the
     controller (``ccfg``, ``params``), any policy on ``[z, h]`` (e.g. :func:`agents.sb3_policy.sb3_act`
-    of a policy trained in the dream). Returns the returns of each pane's episodes.
+    of a policy trained in the dream). ``sound`` (with ``record``): the video gets a sound track,
+    the dream pane's rollout (the real one's in ``mode="real"``) sonified by
+    :func:`generators.music.sonify` from its rewards and V's latents of its frames. Returns the
+    returns of each pane's episodes.
     """
+    if sound and record is None:
+        raise ValueError("sound goes into a recorded video: pass record=FILE.mp4 (--record) with it")
     if act is None and (ccfg is None or params is None):
         raise ValueError("watch needs a controller (ccfg and params) or a policy act on [z, h]")
     if mode not in ("real", "dream", "both"):
@@ -138,6 +143,8 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
         clock = pygame.time.Clock()
     frames: list[np.ndarray] = []
     returns: dict[str, list[float]] = {"real": [], "dream": []}
+    heard = "dream" if mode in ("dream", "both") else "real"
+    sonified: list[tuple[np.ndarray, float, int]] = []  # the heard pane's (frame, return so far, episode) per frame
     try:
         for ep in range(episodes):
             s = seed + ep
@@ -158,6 +165,8 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
                         del streams[name]
                 panes = [_pane(last[n][0], f"{n} {last[n][1]:7.1f}{' (done)' if n not in streams else ''}")
                          for n in ("real", "dream") if n in last]
+                if sound:
+                    sonified.append((last[heard][0], last[heard][1], ep))
                 img = np.concatenate(panes, axis=1)
                 if window is not None:
                     import pygame
@@ -178,8 +187,32 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
     if record is not None:
         from worldlab.fidelity import save_video
 
-        save_video(record, np.stack(frames), fps=min(fps, 30))
+        video_fps = min(fps, 30)
+        save_video(record, np.stack(frames), fps=video_fps)
+        if sound:
+            _add_sound(record, wm, sonified, video_fps, seed)
     return returns
+
+
+def _add_sound(record: str | Path, wm: WorldModel, sonified: list[tuple[np.ndarray, float, int]], fps: int,
+               seed: int) -> None:
+    """The heard pane's rollout as music (:func:`generators.music.sonify`: rewards from the return's
+    steps, latents from V's encoding of each shown frame at 64x64), muxed into the video."""
+    import tempfile
+
+    from generators.music import mux_audio, notes_to_wav, sonify
+
+    shown = np.stack([cv2.resize(np.ascontiguousarray(f), (64, 64), interpolation=cv2.INTER_AREA)
+                      for f, _, _ in sonified])
+    with torch.inference_mode():
+        z = torch.cat([wm.encode(torch.from_numpy(shown[i:i + 256]))[0].cpu() for i in range(0, len(shown), 256)])
+    returns, eps = np.array([R for _, R, _ in sonified]), np.array([e for _, _, e in sonified])
+    rewards = np.diff(returns, prepend=0.0)
+    rewards[1:][eps[1:] != eps[:-1]] = returns[1:][eps[1:] != eps[:-1]]  # a new episode pays from 0
+    with tempfile.TemporaryDirectory(prefix="worldlab_sound_") as tmp:
+        wav = Path(tmp) / "sound.wav"
+        notes_to_wav(sonify(rewards, z.numpy(), seed=seed), wav, step_s=1.0 / fps)
+        mux_audio(record, wav)
 
 
 def has_display() -> bool:

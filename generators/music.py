@@ -592,3 +592,95 @@ def pitch_class_histogram(rolls: np.ndarray) -> np.ndarray:
     r = np.asarray(rolls, dtype=bool)
     h = np.stack([r[..., k::12].sum(axis=tuple(range(1, r.ndim))) for k in range(12)], axis=1).astype(float)
     return h / np.maximum(h.sum(1, keepdims=True), 1.0)
+
+
+# -- sonified rollouts ----------------------------------------------------------------------------------
+
+MELODY_SCALE = (0, 2, 4, 5, 7, 9, 11)
+
+
+def sonify(rewards: Sequence[float] | np.ndarray, latents: np.ndarray, seed: int = 0,
+           steps_per_note: int = 2) -> np.ndarray:
+    """A rollout as music, ``(part, pitch, onset, duration)`` rows on a grid of one env step per
+    16th: deterministic for its inputs and ``seed``.
+
+    - part 0, the melody: where the latents go. Each step's latent is projected on a direction
+      drawn from ``seed`` and the projection, standardised over the rollout, picks a degree of C
+      major over two octaves from C4; a note every ``steps_per_note`` steps, held while the degree
+      stays;
+    - part 1, the bass: how the rollout is paid. The reward's moving mean over 16 steps, ranked
+      within the rollout, picks C2, F2, G2 or A2 (lowest to highest pay), one note a bar;
+    - part 2, the events: a short C6 on every step whose reward stands more than two standard
+      deviations above the rollout's mean (a tile reached, a fireball dodged).
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    z = np.asarray(latents, dtype=np.float64)
+    z = z.reshape(len(z), -1) if z.ndim else z.reshape(1, 1)
+    if len(z) != len(r):
+        raise ValueError(f"sonify needs one latent per reward, got {len(z)} latents for {len(r)} rewards")
+    if steps_per_note < 1:
+        raise ValueError(f"steps_per_note must be >= 1, got {steps_per_note}")
+    rows: list[tuple[int, int, int, int]] = []
+    if not len(r):
+        return np.zeros((0, 4), np.int32)
+    direction = np.random.default_rng(seed).standard_normal(z.shape[1])
+    proj = z @ (direction / np.linalg.norm(direction))
+    proj = (proj - proj.mean()) / (proj.std() + 1e-9)
+    degree = np.clip(np.round(proj * 3.5 + 7), 0, 13).astype(int)  # 14 degrees: two octaves
+    pitch = [60 + 12 * (d // 7) + MELODY_SCALE[d % 7] for d in degree]
+    t = 0
+    while t < len(r):
+        end = t + steps_per_note
+        while end < len(r) and pitch[end] == pitch[t]:
+            end += steps_per_note
+        rows.append((0, pitch[t], t, min(end, len(r)) - t))
+        t = end
+    pay = np.convolve(r, np.ones(16) / 16, mode="full")[:len(r)]
+    ranks = np.argsort(np.argsort(pay)) / max(1, len(r) - 1)
+    for a in range(0, len(r), BAR_STEPS):
+        level = int(min(3, ranks[a:a + BAR_STEPS].mean() * 4))
+        rows.append((1, (36, 41, 43, 45)[level], a, min(BAR_STEPS, len(r) - a)))
+    spikes = np.flatnonzero(r > r.mean() + 2 * r.std()) if r.std() > 0 else []
+    rows += [(2, 84, int(s), 1) for s in spikes]
+    return np.array(sorted(rows), dtype=np.int32)
+
+
+def notes_to_wav(notes: np.ndarray, path: str | os.PathLike, step_s: float, fs: int = 22050) -> None:
+    """``(part, pitch, onset, duration)`` rows (one step = ``step_s`` seconds) synthesised with sine
+    waves (``pretty_midi``, no sound font) into a 16-bit mono WAV, atomically."""
+    import wave
+
+    import pretty_midi
+
+    tempo = 60.0 / (step_s * STEPS_PER_QUARTER)
+    pm = pretty_midi.PrettyMIDI(io.BytesIO(notes_to_midi(notes, tempo=tempo)))
+    audio = pm.synthesize(fs=fs) if len(notes) else np.zeros(1)
+    audio = audio / max(1.0, float(np.abs(audio).max()))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(fs)
+        w.writeframes((audio * 0.8 * 32767).astype(np.int16).tobytes())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def mux_audio(video: str | os.PathLike, wav: str | os.PathLike) -> None:
+    """Put ``wav`` into the mp4 ``video`` as its sound track (AAC; the video stream copied), in place
+    and atomically (imageio-ffmpeg's ffmpeg)."""
+    import subprocess
+    import tempfile
+
+    import imageio_ffmpeg
+
+    video = Path(video)
+    fd, tmp = tempfile.mkstemp(prefix=f".{video.stem}.", suffix=".mp4", dir=video.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(video), "-i",
+                            str(wav), "-c:v", "copy", "-c:a", "aac", "-shortest", tmp], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"ffmpeg could not add the sound track to {video}: {r.stderr.strip()[-300:]}")
+        os.replace(tmp, video)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dream", action="store_const", const="dream", dest="mode", help="only the dream")
     g.add_argument("--real", action="store_const", const="real", dest="mode", help="only the real game")
     p.add_argument("--record", default=None, metavar="FILE", help="write an mp4 instead of opening a window")
+    p.add_argument("--sound", action="store_true",
+                   help="with --record: a sound track, the dream's rollout sonified (rewards and V's latents as music)")
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=50)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "SDL_VIDEODRIVER=dummy)")
             res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed,
                             record=args.record, fps=args.fps, max_steps=args.max_steps, renderer=args.renderer,
-                            sb3=args.sb3, sb3_algo=args.sb3_algo)
+                            sb3=args.sb3, sb3_algo=args.sb3_algo, sound=args.sound)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                   + f" over {len(rs)} episode{'s' if len(rs) > 1 else ''}"
                   + (f" of at most {limit} steps" if limit else ""))
     if args.record:
-        print(f"wrote {args.record}")
+        print(f"wrote {args.record}" + (" (with the dream's rollout as its sound track)" if args.sound else ""))
     return 0
 
 

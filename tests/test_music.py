@@ -161,3 +161,41 @@ def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
     assert r["real"]["qualified_notes"] > 0.9 and "tonal_distance" in r["generated"]
     assert "<!-- musegan:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan.mid").is_file()
     assert sorted((tmp_path / "run" / "samples").glob("*.mid"))  # MIDI samples written while training
+
+
+def test_sonify_maps_latents_pay_and_events_deterministically() -> None:
+    rng = np.random.default_rng(0)
+    rewards, z = rng.standard_normal(96) * 0.1, rng.standard_normal((96, 8))
+    rewards[[20, 70]] = 3.0  # two tiles reached
+    rows = mu.sonify(rewards, z, seed=3)
+    assert np.array_equal(rows, mu.sonify(rewards, z, seed=3)) and not np.array_equal(rows, mu.sonify(rewards, z, seed=4))
+    melody, bass, events = (rows[rows[:, 0] == k] for k in range(3))
+    assert melody[:, 2].min() == 0 and (melody[:, 2] + melody[:, 3]).max() == 96  # the melody spans the rollout
+    assert np.isin(melody[:, 1] % 12, mu.MELODY_SCALE).all() and (60 <= melody[:, 1]).all() and (melody[:, 1] < 84).all()
+    assert len(bass) == 6 and set(bass[:, 1]) <= {36, 41, 43, 45}  # a note a bar
+    assert events[:, 2].tolist() == [20, 70]
+    with pytest.raises(ValueError, match="one latent per reward"):
+        mu.sonify(rewards, z[:5])
+
+
+def test_watch_records_the_dream_with_its_sound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    import imageio_ffmpeg
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import watch
+    finally:
+        sys.path.pop(0)
+    fixture = Path(__file__).parent / "fixtures" / "old_run"
+    assert watch.main([str(fixture), "--sound"]) == 2
+    assert "sound goes into a recorded video: pass record=FILE.mp4" in capsys.readouterr().err
+    out = tmp_path / "w.mp4"
+    assert watch.main([str(fixture), "--record", str(out), "--sound", "--max-steps", "30", "--fps", "30"]) == 0
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(out)], capture_output=True, text=True).stderr
+    assert "Video: h264" in probe and "Audio: aac" in probe
+    assert not list(tmp_path.glob(".*"))  # no temp file left beside it

@@ -47,7 +47,7 @@ def load_run(run_dir: str | Path | RunDir, controller: str | Path | None = None
 def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int = 2, seed: int = 12345,
                  max_steps: int | None = None, address: str | None = None, backend: str = "ray",
                  controller: str | Path | None = None, sb3: str | Path | None = None,
-                 sb3_algo: str = "auto") -> dict[str, Any]:
+                 sb3_algo: str = "auto", sound: bool = False) -> dict[str, Any]:
     """Score a run's controller in ``episodes`` real episodes (see :func:`agents.evaluate.evaluate`),
     or, with ``sb3``, a Stable-Baselines3 policy trained in its dream on ``[z, h]`` (saved zip of
     algorithm ``sb3_algo``; see :func:`agents.sb3_policy.evaluate_sb3`). The result also holds
@@ -72,7 +72,7 @@ def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int
 def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 1, seed: int = 0,
               record: str | None = None, fps: int = 50, max_steps: int | None = None,
               renderer: str | Path | None = None, sb3: str | Path | None = None,
-              sb3_algo: str = "auto") -> dict[str, Any]:
+              sb3_algo: str = "auto", sound: bool = False) -> dict[str, Any]:
     """Watch a run's controller (see :func:`agents.watch.watch`), or with ``sb3`` a Stable-Baselines3
     policy trained in its dream, at the run's dream temperature. Returns each pane's returns
     (``"real"``, ``"dream"``) and ``"max_steps"``: each pane's episode limit."""
@@ -96,6 +96,6 @@ def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 
         raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "
                                 f"python scripts/renderer_report.py {run_dir}")
     returns = watch(cfg.task, wm, ccfg, params, cfg.dream.temperature, mode=mode, episodes=episodes, seed=seed,
-                    record=record, fps=fps, max_steps=max_steps, renderer=renderer, act=act)
+                    record=record, fps=fps, max_steps=max_steps, renderer=renderer, act=act, sound=sound)
     limits = {"real": episode_limit(cfg.task, max_steps), "dream": int(max_steps or wm.max_episode_steps)}
     return {**returns, "max_steps": limits}
