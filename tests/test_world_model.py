@@ -189,6 +189,10 @@ def test_salience_weights_what_stands_out() -> None:
     assert torch.isfinite(weighted) and not torch.isclose(plain, weighted)
     with pytest.raises(ValueError, match="vae.salience must be >= 0, got -1"):
         VAEConfig(salience=-1)
+    from agents.world_models.config import preset
+
+    assert preset("default", "doom_take_cover").vae.salience == 4.0  # Doom's default V sees the fireballs
+    assert preset("default", "car_racing").vae.salience == 0.0 and preset("smoke", "doom_take_cover").vae.salience == 0.0
 
 
 # -- stages on tiny real data ------------------------------------------------------------------
