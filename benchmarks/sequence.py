@@ -99,6 +99,8 @@ def main() -> dict:
     p.add_argument("--vocab", type=int, default=111, help="vocabulary size (python_docs: 111)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dream-threads", type=int, default=2,
+                   help="torch threads for the dream steps (default 2: a 2-core machine's dream)")
     p.add_argument("--dreams", type=int, default=1024, help="dreams stepped at once (default 1024)")
     p.add_argument("--dream-steps", type=int, default=50, help="timed dream steps per round (default 50)")
     p.add_argument("--json", default=None)
@@ -119,9 +121,11 @@ def main() -> dict:
             times[name].append(train_step_s(m, batch))
             tokens[name].append(sample_tokens_per_s(m))
         times["mamba_parallel"].append(train_step_s(parallel, batch))
+    torch.set_num_threads(args.dream_threads)
     dream = dream_steps_per_s(args.dreams, args.dream_steps, args.repeats)
+    torch.set_num_threads(args.threads)
     res = {
-        "dreams": args.dreams, "dream_steps_per_s": dream,
+        "dreams": args.dreams, "dream_steps_per_s": dream, "dream_threads": args.dream_threads,
         "batch": args.batch, "block": args.block, "vocab": args.vocab, "threads": args.threads,
         "train_step_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
         "sample_tokens_per_s": {k: statistics.median(v) for k, v in tokens.items()},

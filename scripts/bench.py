@@ -125,7 +125,8 @@ def render(results: dict[str, dict]) -> str:
               f"- Mamba's scan over time as a loop trains at **{fmt(r['mamba_loop_speedup'], 2)}x** the speed of the "
               "parallel (Hillis-Steele) scan on this CPU (which does log2(T) memory-bound passes over (B, T, E, N) "
               "tensors); `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel scan on CUDA.",
-              f"- The dream with {r['dreams']:,} dreams at once (eager, z 32): " + ", ".join(
+              f"- The dream with {r['dreams']:,} dreams at once (z 32, {r.get('dream_threads', r['threads'])} "
+              "threads; `_compiled`: the step compiled by inductor, as the pipeline runs it): " + ", ".join(
                   f"{k} **{fmt(v, 0)}** steps/s" for k, v in r["dream_steps_per_s"].items()) + ".", ""]
     return "\n".join(L)
 
