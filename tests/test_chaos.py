@@ -30,13 +30,15 @@ def test_each_fault_is_detected_or_repaired(case: object) -> None:
 
 
 @pytest.mark.slow
-def test_killed_twice_inside_every_stage_the_run_finishes_whole(tmp_path: Path) -> None:
-    r = kill_and_resume("car_racing", tmp_path / "run", kills_per_stage=2, seed=0)
+def test_killed_inside_every_stage_the_run_finishes_whole(tmp_path: Path) -> None:
+    # one kill per stage in CI (40 minutes); twice in a row per stage: scripts/chaos.py RUN --kills 2,
+    # whose table is in docs/RELIABILITY.md
+    r = kill_and_resume("car_racing", tmp_path / "run", kills_per_stage=1, seed=0, max_delay=0.4)  # inside even quick stages
     table = kills_table(r)
     assert r["exit"] == 0 and not r["problems"], table + "\n" + "\n".join(r["last_lines"])
     hits = [k["stage"] for k in r["kills"]]
-    assert set(r["stages"]) <= set(hits), table  # every stage was killed at least once (twice unless it ended first)
-    assert len(hits) == 2 * len(r["stages"]) and r["starts"] == len(hits) + 1, table
+    assert set(r["stages"]) <= set(hits), table  # every stage was killed
+    assert len(hits) == len(r["stages"]) and r["starts"] == len(hits) + 1, table
     assert all(k["resume_said"].startswith(f"resuming {tmp_path / 'run'}: ") for k in r["kills"]), table
 
 

@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM in the middle of a stage: no traceback, one line that says what was kept and
-how to go on, the shell's exit status (130, 143), and a resume that completes the run."""
+how to go on, the shell's exit status (130, 143), and what was done kept whole for a resume."""
 
 from __future__ import annotations
 
@@ -55,15 +55,18 @@ def _interrupt(tmp_path: Path, stage: str, sig: int, group: bool, extra: tuple[s
     return p.returncode, "".join(seen) + rest, log.read_text(), out
 
 
-def _resume_completes(out: Path) -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dream_train.py"), "car_racing", "--resume", "--out",
-                        str(out), "--no-progress"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"resuming {out}: " in r.stdout
-    assert json.loads((out / "eval.json").read_text())["episodes"] == 4
+def _kept_whole(out: Path) -> int:
+    """The episodes an interrupted collection kept: each listed shard on disk with its checksum, no
+    temp file left (what a resume starts from; tests/test_chaos.py resumes killed runs to the end)."""
+    from worldlab.io import sha256_file
+
+    eps = json.loads((out / "data" / "manifest.json").read_text())["episodes"]
+    assert all(sha256_file(out / "data" / e["file"]) == e["sha256"] for e in eps.values())
+    assert not list(out.rglob("*.tmp"))
+    return len(eps)
 
 
-def test_ctrl_c_during_collection_says_one_line_and_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_during_collection_says_one_line_and_keeps_what_it_collected(tmp_path: Path) -> None:
     # 100 episodes: the smoke preset's 6 can all be collected within the 2 s the interrupt waits
     code, stdout, stderr, out = _interrupt(tmp_path, "] stage 1/6 · round 0: collect", signal.SIGINT, group=True,
                                            extra=("--set", "collect.episodes=100"))
@@ -74,7 +77,7 @@ def test_ctrl_c_during_collection_says_one_line_and_resumes(tmp_path: Path) -> N
     assert lines[0] == (f"interrupted (Ctrl-C): stopped stage 1/6 (round 0: collect 100 real episodes (brownian)); "
                         f"every finished stage and the last checkpoints are kept in {out}; go on with: "
                         f"python scripts/dream_train.py car_racing --resume --out {out}")
-    _resume_completes(out)
+    assert _kept_whole(out) < 100  # those collected before the Ctrl-C (none if Ray was still starting)
 
 
 @pytest.mark.slow
@@ -89,7 +92,7 @@ def test_sigterm_during_training_says_one_line_and_keeps_the_stage_time(tmp_path
     stages = json.loads((out / "stages.json").read_text())["stages"]
     assert [t["key"] for t in stages][:2] == ["collect_r0", "vision_r0"]  # the interrupted stage's time counts
     assert stages[1]["finished"] is None and stages[1]["seconds"] > 1
-    # (a resume after an interrupt completing the run: the Ctrl-C test above)
+    # (a resume after a kill completing the run: tests/test_chaos.py::test_killed_inside_every_stage...)
 
 
 def test_a_watch_window_does_not_open_the_sound_device(monkeypatch: pytest.MonkeyPatch) -> None:
