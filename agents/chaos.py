@@ -143,13 +143,18 @@ def run_case(run_dir: str | Path, case: Case, timeout: float = 900) -> dict[str,
 def _data_whole(run: RunDir, listed: set[str]) -> bool:
     """Whether the data manifest lists every episode it listed before the damage, each shard on disk
     with the checksum it records."""
-    from worldlab.io import sha256_file
-
     if not run.data_manifest.is_file():
         return False
     eps = json.loads(run.data_manifest.read_text())["episodes"]
-    return listed <= set(eps) and all((run.data / e["file"]).is_file() and sha256_file(run.data / e["file"])
-                                      == e["sha256"] for e in eps.values())
+    return listed <= set(eps) and not bad_shards(run.data, eps)
+
+
+def bad_shards(folder: Path, episodes: dict[str, dict[str, Any]]) -> list[str]:
+    """The shards of a manifest's ``episodes`` missing from ``folder`` or not matching their SHA-256."""
+    from worldlab.io import sha256_file
+
+    return [e["file"] for e in episodes.values()
+            if not (folder / e["file"]).is_file() or sha256_file(folder / e["file"]) != e["sha256"]]
 
 
 def run_matrix(run_dir: str | Path, cases: list[Case] | None = None, say: Any = None) -> list[dict[str, Any]]:
@@ -283,6 +288,8 @@ def check_finished(run_dir: str | Path) -> dict[str, Any]:
     temps = [str(p.relative_to(run.root)) for p in run.root.rglob("*.tmp")]
     if temps:
         problems.append(f"temp files left: {temps[:5]}")
+    c = cfg["collect"]
+    want = c["episodes"] + (cfg["rounds"] - 1) * c["episodes_per_round"]
     for folder, manifest in ((run.data, run.data_manifest), (run.latents, run.latents_manifest)):
         if not manifest.is_file():
             problems.append(f"no {manifest.relative_to(run.root)}")
@@ -294,14 +301,9 @@ def check_finished(run_dir: str | Path) -> dict[str, Any]:
             problems.append(f"{manifest.relative_to(run.root)} lists a shard twice")
         if on_disk - set(files):
             problems.append(f"shards outside {manifest.relative_to(run.root)}: {sorted(on_disk - set(files))[:5]}")
-        c = cfg["collect"]
-        want = c["episodes"] + (cfg["rounds"] - 1) * c["episodes_per_round"]
         if folder == run.data and len(eps) != want:
             problems.append(f"{len(eps)} episodes collected, {want} configured")
-        from worldlab.io import sha256_file
-
-        bad = [e["file"] for e in eps.values() if not (folder / e["file"]).is_file()
-               or sha256_file(folder / e["file"]) != e["sha256"]]
+        bad = bad_shards(folder, eps)
         if bad:
             problems.append(f"shards missing or not matching their checksum: {bad[:5]}")
     keys = [s["key"] for s in json.loads(run.stages_json.read_text())["stages"]] if run.stages_json.is_file() else []

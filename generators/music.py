@@ -288,6 +288,17 @@ def notes_to_roll(notes: np.ndarray, steps: int, parts: int = 4) -> np.ndarray:
     return roll
 
 
+def segments_to_notes(rolls: np.ndarray) -> np.ndarray:
+    """Several ``(tracks, bars, steps, 84)`` rolls -> ``(part, pitch, onset, duration)`` rows, the
+    segments played one after another."""
+    rows = []
+    for i, r in enumerate(rolls):
+        notes = roll_to_notes(r)
+        notes[:, 2] += i * int(np.prod(r.shape[1:-1]))
+        rows.append(notes)
+    return np.concatenate(rows) if rows else np.zeros((0, 4), np.int32)
+
+
 def roll_to_notes(roll: np.ndarray) -> np.ndarray:
     """A ``(4, bars, 16, 84)`` (or ``(4, steps, 84)``) roll -> ``(part, pitch, onset, duration)``
     rows: a pitch held over consecutive steps is one note (the roll has no onsets)."""
@@ -433,16 +444,24 @@ class MusicData:
         return self.windows(np.linspace(0, len(self) - 1, count).astype(np.int64))
 
 
+def _chorales_of(max_items: int | None, split: str, seed: int) -> list[Chorale]:
+    """The corpus's first ``max_items`` chorales, all or one part of :func:`split_chorales`."""
+    if split not in ("all", "train", "heldout"):
+        raise ValueError(f"split must be all, train or heldout, got {split!r}")
+    chorales = load_chorales(limit=max_items)
+    if split == "all":
+        return chorales
+    train, held = split_chorales(chorales, seed=seed)
+    return train if split == "train" else held
+
+
 def load_music(source: str = "chorales", block_size: int | None = None, max_items: int | None = None,
                split: str = "all", seed: int = 0) -> MusicData:
     """``chorales`` as a :class:`MusicData` (``max_items``: the first that many chorales of the
     corpus; ``split``: "all", "train" or "heldout", by chorale with :func:`split_chorales`)."""
     if source != "chorales":
         raise ValueError(f"unknown music source {source!r}; use chorales")
-    chorales = load_chorales(limit=max_items)
-    if split != "all":
-        train, held = split_chorales(chorales, seed=seed)
-        chorales = {"train": train, "heldout": held}[split]
+    chorales = _chorales_of(max_items, split, seed)
     return MusicData.from_chorales("chorales" if split == "all" else f"chorales ({split})", chorales,
                                    block_size or 64)
 
@@ -529,10 +548,7 @@ class RollBatches:
 def load_rolls(max_items: int | None = None, split: str = "all", seed: int = 0) -> RollData:
     """The 4/4 chorales (``max_items``: among the corpus's first that many) as 2-bar piano-roll
     segments, one every bar (:func:`piano_roll`); ``split`` by chorale as :func:`load_music`."""
-    chorales = load_chorales(limit=max_items)
-    if split != "all":
-        train, held = split_chorales(chorales, seed=seed)
-        chorales = {"train": train, "heldout": held}[split]
+    chorales = _chorales_of(max_items, split, seed)
     return RollData("chorale_rolls" if split == "all" else f"chorale_rolls ({split})", piano_roll(chorales))
 
 
@@ -551,10 +567,8 @@ def roll_metrics(rolls: np.ndarray) -> dict[str, float]:
     r = np.asarray(rolls, dtype=bool)
     n, tracks, bars = r.shape[:3]
     empty = ~r.any(axis=(3, 4))  # (N, T, B)
-    pcs = np.zeros((n, tracks, bars, 12), dtype=bool)
-    for k in range(12):
-        pcs[..., k] = r[..., k::12].any(axis=(3, 4)) if r.shape[-1] > k else False
-    used = pcs.sum(-1).astype(float)  # (N, T, B)
+    chroma = np.stack([r[..., k::12].sum(axis=(3, 4)) for k in range(12)], axis=-1).astype(float)  # (N, T, B, 12)
+    used = (chroma > 0).sum(-1).astype(float)  # (N, T, B)
     used_mean = np.array([u[~e].mean() if (~e).any() else 0.0 for u, e in zip(used, empty, strict=True)])
     qual = []
     for seg in r:  # notes: runs of one pitch within a track, across the segment
@@ -566,9 +580,6 @@ def roll_metrics(rolls: np.ndarray) -> dict[str, float]:
             on, off = np.nonzero(d.T == 1), np.nonzero(d.T == -1)
             lengths += list(off[1] - on[1])
         qual.append(np.mean(np.array(lengths) >= QUALIFIED_STEPS) if lengths else 0.0)
-    chroma = np.zeros((n, tracks, bars, 12))
-    for k in range(12):
-        chroma[..., k] = r[..., k::12].sum(axis=(3, 4))
     tc = _tonal_centroid(chroma)  # (N, T, B, 6)
     dists = [np.linalg.norm(tc[:, a] - tc[:, b], axis=-1).mean(1) for a in range(tracks) for b in range(a + 1, tracks)]
     tonal = np.mean(dists, axis=0) if dists else np.zeros(n)

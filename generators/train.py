@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from generators import images
@@ -139,12 +138,11 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
         assert isinstance(m, Generator)
         if getattr(data, "kind", None) == "roll":
             from generators.musegan import binarize
-            from generators.music import notes_to_midi, roll_to_notes
+            from generators.music import notes_to_midi, segments_to_notes
 
             rolls = binarize(m.sample(4, generator=settings.seed + 12345).cpu())  # (4, tracks, bars, 16, 84)
             run.samples.mkdir(parents=True, exist_ok=True)
-            notes_to_midi(np.concatenate([_shifted(roll_to_notes(r), i * r.shape[1] * r.shape[2])
-                                          for i, r in enumerate(rolls)]), run.sample_midi(step))
+            notes_to_midi(segments_to_notes(rolls), run.sample_midi(step))  # one after another
             return
         if getattr(data, "kind", None) == "music":
             from generators.music import tokens_to_midi
@@ -179,13 +177,6 @@ def fit(model: Generator, data: GenData | TokenData, settings: FitConfig | None 
     if tc.ema > 0:  # the model now holds EMA weights: what they averaged travels with its checkpoint
         model.meta["ema"] = {"decay": tc.ema, "steps": tc.steps}
     return history
-
-
-def _shifted(notes: np.ndarray, steps: int) -> np.ndarray:
-    """``(part, pitch, onset, duration)`` rows moved ``steps`` later (samples played one after another)."""
-    out = notes.copy()
-    out[:, 2] += steps
-    return out
 
 
 TEXT_SETTINGS = ((1.0, None, None), (0.7, None, 0.9))

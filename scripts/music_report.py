@@ -171,11 +171,7 @@ def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: l
     effects = {k: noise_effect(model, k, n=n, seed=args.seed + 2) for k in ("chords", "style", "melody", "groove")}
     docs = Path(args.doc).parent / "music"
     docs.mkdir(parents=True, exist_ok=True)
-    rows = mu.roll_to_notes(fake[0])
-    for i in range(1, min(4, len(fake))):
-        more = mu.roll_to_notes(fake[i])
-        more[:, 2] += i * 32
-        rows = np.concatenate([rows, more])
+    rows = mu.segments_to_notes(fake[:4])
     mu.notes_to_midi(rows, docs / "musegan.mid")
     _notes_png(rows, docs / "musegan.png", "MuseGAN: four sampled 2-bar segments, one after another")
     keys = ("empty_bars", "pitch_classes", "qualified_notes", "tonal_distance")

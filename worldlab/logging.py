@@ -60,7 +60,7 @@ class RunLogger:
         if dropped:
             atomic_write_bytes(self.run.metrics, "".join(kept).encode("utf-8"))
         self._jsonl = open(self.run.metrics, "a", encoding="utf-8")  # noqa: SIM115
-        if self._tb is not None:
+        if dropped and self._tb is not None:  # nothing logged past ``step``: no events to purge either
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb.close()
