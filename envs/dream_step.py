@@ -862,7 +862,7 @@ class SequenceMDreamStep(DreamStep):
 
     ``compile=True`` (a Mamba M on the CPU): the model's step and head run as one inductor graph
     (:func:`compile_graph`, the weights passed in as arguments), which fuses the scan's element-wise
-    work: ~3x the eager steps/s at 1,024 dreams (``python benchmarks/sequence.py``). The state comes
+    work: 2.5x the eager steps/s at 1,024 dreams (``python benchmarks/sequence.py``). The state comes
     back as new tensors. A Transformer M stays eager (``compiled`` False): its step writes one slot
     of the key/value cache in place, which a traced graph turns into a copy of the whole cache, and
     measured slower compiled than eager. The sampling is eager in both.
