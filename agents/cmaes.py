@@ -162,13 +162,13 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
                                  else (state.best_params, state.best_fitness))
         state = EvolutionState(np.concatenate([state.fitness, fit[None]]), state.hashes + [_hash(X)],
                                best_params, best_fit, np.asarray(es.mean, dtype=np.float64).copy())
-        if state_path is not None:
-            state.save(state_path, cfg)
         stats = {"best": float(fit.max()), "mean": float(fit.mean()), "worst": float(fit.min()),
                  "sigma": float(es.sigma), "seconds": time.perf_counter() - t0}
-        if logger is not None:
+        if logger is not None:  # logged before the state is saved: a kill in between logs it again on resume
             logger.scalars({f"{desc}/{k}": v for k, v in stats.items()}, g)
             logger.flush()
+        if state_path is not None:
+            state.save(state_path, cfg)
         if on_generation is not None:  # after the state is saved: a hook that fails loses no generation
             on_generation(g, X[i].copy(), float(fit[i]))
         g += 1

@@ -194,6 +194,8 @@ def train(
             state["ema"] = ema.model.state_dict()
         if extra_state is not None:
             state.update(extra_state())
+        if logger is not None:  # the metrics up to this step reach the disk before the checkpoint that
+            logger.flush()      # resumes after them (a kill would otherwise lose the lines in between)
         atomic_torch_save(state, checkpoint_path)
 
     history: dict[str, list[float]] = {}
