@@ -93,10 +93,13 @@ def test_one_flipped_byte_in_a_checkpoint_is_caught_and_named(tmp_path: Path, na
     assert str(path) in msg and "corrupt" in msg and "delete it" in msg and len(msg.splitlines()) == 1
 
 
-def test_the_published_car_racing_run_is_watched_and_evaluated_as_shipped(tmp_path: Path) -> None:
-    shipped = Path(__file__).resolve().parents[1] / "pretrained" / "car_racing"
+@pytest.mark.parametrize("task", ["car_racing", "doom_take_cover"])
+def test_the_published_runs_are_watched_and_evaluated_as_shipped(task: str, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1] / "pretrained"
+    shipped = root / task
     published = json.loads((shipped / "published.json").read_text())
-    assert published["megabytes"] <= 40 and published["score"]["episodes"] == 100
+    assert published["score"]["episodes"] == 100 and published["score"]["task"] == task
+    assert sum(json.loads((d / "published.json").read_text())["megabytes"] for d in root.iterdir()) <= 40
     from worldlab.io import sha256_file
 
     for name, digest in published["files"].items():  # what was published is what is shipped
