@@ -31,9 +31,12 @@ from generators import mamba as _mamba  # noqa: F401  (registers mamba)
 from generators import musegan as _musegan  # noqa: F401  (registers musegan)
 from generators import music_transformer as _music_transformer  # noqa: F401  (registers music_transformer)
 from generators import pixelcnn as _pixelcnn  # noqa: F401  (registers pixelcnn)
+from generators import progan as _progan  # noqa: F401  (registers progan)
 from generators import renderer as _renderer  # noqa: F401  (registers renderer, the dream's sharper decoder)
 from generators import sequence as _sequence  # noqa: F401  (registers lstm)
+from generators import stylegan as _stylegan  # noqa: F401  (registers stylegan)
 from generators import vae as _vae  # noqa: F401  (registers vae, the lab's V)
+from generators import vqgan as _vqgan  # noqa: F401  (registers vqgan)
 from generators.base import GenConfig, Generator
 from generators.registry import Family, available, family, load, make
 from generators.train import FitConfig, fit, model_for, train_generator

@@ -141,14 +141,20 @@ class GAN(Generator):
 
     def __init__(self, config: DCGANConfig) -> None:
         super().__init__(config)
+        self.generator_net, self.discriminator_net = self.build_networks()
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The generator and the discriminator/critic. Other architectures trained with these losses
+        (ProGAN, StyleGAN: :mod:`generators.progan`, :mod:`generators.stylegan`) override this,
+        ``generate`` and ``discriminate``; their configs carry the loss fields used here (``z_dim``,
+        ``objective``, ``critic_steps``, ``gp_weight``, ``label_noise``, ``beta1``, ``beta2``)."""
+        config = self.config
         k = config.num_classes
         if config.kind == "image":
-            self.generator_net: nn.Module = _ConvG(config)
-            self.discriminator_net: nn.Module = _ConvD(config)
-        else:
-            (d,) = config.shape
-            self.generator_net = mlp([config.z_dim + k, config.hidden, config.hidden, d])
-            self.discriminator_net = mlp([d + k, config.hidden, config.hidden, 1])
+            return _ConvG(config), _ConvD(config)
+        (d,) = config.shape
+        return (mlp([config.z_dim + k, config.hidden, config.hidden, d]),
+                mlp([d + k, config.hidden, config.hidden, 1]))
 
     # --- the two networks ------------------------------------------------------------------
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

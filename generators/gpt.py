@@ -88,14 +88,19 @@ class GPT(SequenceModel):
     def _mask(self, t: int, device: torch.device) -> torch.Tensor | None:
         return None if self.cfg.span >= t else band_mask(t, self.cfg.span, device)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final hidden states ``(B, T, width)`` (after the last LayerNorm) of token ids ``(B, T)``:
+        what the output layer reads, and what a text encoder (:mod:`generators.clip`) pools."""
         t = idx.shape[1]
         cos, sin = rope_angles(torch.arange(t, device=idx.device), self.cfg.width // self.cfg.heads, self.cfg.rope_base)
         x = self.drop(self.wte(idx))
         mask = self._mask(t, idx.device)
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(idx))
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
