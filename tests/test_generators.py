@@ -22,7 +22,8 @@ from generators.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = generators.available()
-EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae", "renderer"}
+EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae", "renderer",
+            "progan", "stylegan", "vqgan"}
 FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x64 RGB frames
 TEXT_ONLY = {n for n in FAMILIES if "tokens" in generators.family(n).kinds}  # lstm, gpt, mamba
 POINTS_ONLY = {n for n in FAMILIES if generators.family(n).kinds == ("points",)}  # latent_prior
