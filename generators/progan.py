@@ -334,5 +334,5 @@ register(Family("progan", ProGAN, ProGANConfig,
                 "ProGAN: progressive growing with fade-in, pixel norm, minibatch stddev, equalised lr (book ch. 10)",
                 presets={"tiny": {"z_dim": 16, "channels": 8, "max_channels": 16, "fade_steps": 10, "stable_steps": 0},
                          "small": {"z_dim": 128, "channels": 8, "max_channels": 64,
-                                   "fade_steps": 60, "stable_steps": 60}},  # 64x64 frames: 600 steps ~2.5 CPU min
+                                   "fade_steps": 60, "stable_steps": 60}},  # 64x64 frames: 600 steps ~2.5 CPU min (lr 2e-3)
                 train={"lr": 1e-3, "batch_size": 16}, monitor="d_loss"))

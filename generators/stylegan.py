@@ -288,5 +288,5 @@ register(Family("stylegan", StyleGAN, StyleGANConfig,
                 "StyleGAN: mapping network, styles per layer, noise inputs, style mixing, truncation (book ch. 10)",
                 presets={"tiny": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channels": 8, "max_channels": 16},
                          "small": {"z_dim": 64, "w_dim": 64, "mapping_layers": 4, "channels": 8,
-                                   "max_channels": 64}},  # 64x64 frames: 250 steps ~3 CPU min
+                                   "max_channels": 64}},  # 64x64 frames: 300 steps ~3.5 CPU min
                 train={"lr": 2e-3, "batch_size": 32}, monitor="d_loss"))  # lr: StyleGAN2's (StyleGAN: 1e-3)

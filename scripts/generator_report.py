@@ -64,6 +64,9 @@ PLANS = [
     Plan("realnvp", "moons", 1200, 256, preset=None, note="the book's moons settings, 6 couplings"),
     Plan("vae", "frames", 300, 32),
     Plan("dcgan", "frames", 300, 32, config={"channels": 16}),
+    Plan("progan", "frames", 600, 32, lr=2e-3, note="grows 4x4 -> 64x64, the schedule ends at step 540; lr 2e-3 "
+         f"instead of the paper's 1e-3 {SHORT}"),
+    Plan("stylegan", "frames", 300, 32),
 ]
 
 
@@ -238,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                 row["fd_v"] = metrics.frechet_distance(enc(x), f_test)
                 row["fd_v_floor"] = metrics.frechet_distance(
                     enc(frames_train.tensor(torch.arange(min(N_EVAL, len(frames_train))))), f_test)
+                if plan.family == "stylegan":  # coarse styles (4x4, 8x8) from A, the rest from B
+                    from generators.stylegan import mixing_agreement
+
+                    v_mu = vae_model
+                    mix = mixing_agreement(model, lambda y, v=v_mu: v.encode(y)[0], pairs=100)
+                    row["note"] = (f"style mixing (4x4 and 8x8 styles from A): {100 * mix['nearer_a']:.0f}% of 100 "
+                                   f"pairs nearer A than B in V's latents")
                 if plan.family == "vae":
                     with torch.no_grad():
                         rec = vae_model.decode(vae_model.encode(frames_test.tensor(torch.arange(8)))[0])
