@@ -56,6 +56,7 @@ from generators.clip import (  # noqa: E402
     zero_shot,
 )
 from worldlab.io import atomic_savez, atomic_write_json, read_json, write_doc_section  # noqa: E402
+from worldlab.rundir import RunDir  # noqa: E402
 from worldlab.training import TrainConfig  # noqa: E402
 from worldlab.world_model import WorldModel  # noqa: E402
 
@@ -325,7 +326,9 @@ def controller_stage(out: Path, wm: WorldModel, clip: CLIP, reference: torch.Ten
         fit = DreamFitness(wm, ccfg, cma.popsize, cma.rollouts, 1.0, s.dream_steps, seed=cma.seed, reward_term=term,
                            term_scale=s.scale)
         state = evolve(fit, ccfg.num_params, cma, d / "cma.npz", progress=progress, desc=f"evolve ({arm} text reward)")
-        save_controller(d / "controller.npz", ccfg, state.mean_params, text_reward=arm == "with", scale=s.scale)
+        c_path = RunDir(d).controller()
+        c_path.parent.mkdir(parents=True, exist_ok=True)
+        save_controller(c_path, ccfg, state.mean_params, text_reward=arm == "with", scale=s.scale)
         evolve_s = time.time() - t0
         t0 = time.time()
         spec = PolicySpec("controller", policy_kwargs(wm, ccfg, state.mean_params))
@@ -525,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: res["controllers"][k] for k in ("with", "without")}, indent=1), flush=True)
     import platform
 
-    own = Path(args.world_model) / "eval.json"
+    own = RunDir(args.world_model).eval_json
     res["own_controller"] = read_json(own)["mean"] if own.exists() else None
     res["minutes"] = sum(res[k]["seconds"] for k in ("digits", "car", "controllers") if k in res) / 60
     res["machine"] = f"{torch.get_num_threads()} torch threads, {platform.machine()}"

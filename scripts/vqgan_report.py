@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = generators.data.load(f"car_racing:{run.root}", image_size=64)
     train, test = frames.split(min(N_EVAL, len(frames) // 5), seed=0)
     log(f"{len(train)} training frames, {len(test)} held out")
-    v_path = out / "v" / "generator.pt"
+    v_path = RunDir(out / "v").generator_final
     if not v_path.exists():  # as scripts/generator_report.py trains V
         torch.manual_seed(0)
         v = generators.model_for("vae", train, preset="small")
