@@ -28,6 +28,14 @@ def _pane(frame: np.ndarray, label: str, size: int = PANE) -> np.ndarray:
     return img
 
 
+def _panes(frame: np.ndarray, name: str, status: str, beside: bool = False) -> list[np.ndarray]:
+    """One pane per frame; ``beside``: a dream frame with a renderer's to its right gives two."""
+    h = frame.shape[0]
+    if beside:
+        return [_pane(frame[:, :h], f"{name}, V {status}"), _pane(frame[:, h:], f"{name}, renderer {status}")]
+    return [_pane(frame, f"{name} {status}")]
+
+
 def _play(env: Any, obs: Any, act: Any) -> Iterator[tuple[np.ndarray, float, bool]]:
     """Step ``env`` (already reset to ``obs``) with ``act(obs)``; yield (frame, return so far, done)."""
     total = 0.0
@@ -55,18 +63,40 @@ def real_episode(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.n
     yield from _play(env, obs, policy.act)
 
 
+def _beside(frames: Iterator[tuple[np.ndarray, float, bool]], env: Any, draw: Any
+            ) -> Iterator[tuple[np.ndarray, float, bool]]:
+    """``frames`` of a dream env drawn by V, each with ``draw``'s frame of the same latent to its right
+    (one (H, 2W, 3) frame: :func:`_panes` splits it into two panes)."""
+    from envs.dream import frames_uint8
+
+    for f, total, done in frames:
+        g = frames_uint8(draw(env.latents()))[0]
+        if g.shape != f.shape:
+            g = cv2.resize(g, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_AREA)
+        yield np.concatenate([f, g], axis=1), total, done
+
+
+def _dream(wm: WorldModel, act: Callable[[np.ndarray], Any], seed: int, temperature: float, max_steps: int | None,
+           renderer: Any) -> Iterator[tuple[np.ndarray, float, bool]]:
+    from envs.dream import DreamEnv, resolve_renderer
+
+    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps)
+    draw = resolve_renderer(renderer, env.world_model, env.device) if renderer is not None else None
+    obs, _ = env.reset(seed=seed)
+    frames = _play(env, obs, act)
+    yield from frames if draw is None else _beside(frames, env, draw)
+
+
 @torch.inference_mode()
 def dream_episode(wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int, temperature: float = 1.0,
                   max_steps: int | None = None, renderer: Any = None) -> Iterator[tuple[np.ndarray, float, bool]]:
     """Yield (dream frame, return so far, done) for one dream episode with the controller; frames are
-    V's decodings, or drawn by ``renderer`` (a :mod:`generators.renderer` model or its path)."""
-    from envs.dream import DreamEnv
-
-    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps,
-                   renderer=renderer)
+    V's decodings, or, with ``renderer`` (a :mod:`generators.renderer` or
+    :mod:`generators.diffusion_renderer` model, or its path), V's decoding and the renderer's frame
+    of the same latent side by side (one frame twice as wide)."""
     ctrl = BatchedController(ccfg, params)
-    obs, _ = env.reset(seed=seed)
-    yield from _play(env, obs, lambda o: ctrl.act(torch.as_tensor(o)[None])[0].numpy())
+    yield from _dream(wm, lambda o: ctrl.act(torch.as_tensor(o)[None])[0].numpy(), seed, temperature, max_steps,
+                      renderer)
 
 
 def latent_real_episode(task: str, wm: WorldModel, act: Callable[[np.ndarray], Any], seed: int,
@@ -86,13 +116,9 @@ def latent_real_episode(task: str, wm: WorldModel, act: Callable[[np.ndarray], A
 def latent_dream_episode(wm: WorldModel, act: Callable[[np.ndarray], Any], seed: int, temperature: float = 1.0,
                          max_steps: int | None = None, renderer: Any = None
                          ) -> Iterator[tuple[np.ndarray, float, bool]]:
-    """Yield (dream frame, return so far, done) for one dream episode of a policy ``act`` on ``[z, h]``."""
-    from envs.dream import DreamEnv
-
-    env = DreamEnv(world_model=wm, temperature=temperature, render_mode="rgb_array", max_episode_steps=max_steps,
-                   renderer=renderer)
-    obs, _ = env.reset(seed=seed)
-    yield from _play(env, obs, act)
+    """Yield (dream frame, return so far, done) for one dream episode of a policy ``act`` on ``[z, h]``
+    (frames as :func:`dream_episode` draws them)."""
+    yield from _dream(wm, act, seed, temperature, max_steps, renderer)
 
 
 def real_frames(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, seed: int,
@@ -113,8 +139,9 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
     """Play ``episodes`` episodes and show them in a pygame window, or write them to ``record``.
 
     ``mode``: "real", "dream" or "both" (side by side; the dream is an independent rollout of
-    the same controller in the world model). ``renderer``: a trained :mod:`generators.renderer`
-    checkpoint that draws the dream pane instead of V's decoder. ``act``: instead of the
+    the same controller in the world model). ``renderer``: a trained :mod:`generators.renderer` or
+    :mod:`generators.diffusion_renderer` checkpoint: the dream is then shown twice side by side,
+    drawn by V's decoder and by the renderer from the same latents. ``act``: instead of the
     controller (``ccfg``, ``params``), any policy on ``[z, h]`` (e.g. :func:`agents.sb3_policy.sb3_act`
     of a policy trained in the dream). ``sound`` (with ``record``): the video gets a sound track,
     the dream pane's rollout (the real one's in ``mode="real"``) sonified by
@@ -137,7 +164,7 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
 
         pygame.display.init()  # not pygame.init(): no mixer, so no ALSA lines where there is no sound card
         pygame.font.init()
-        width = PANE * (2 if mode == "both" else 1)
+        width = PANE * ((2 if mode == "both" else 1) + (renderer is not None and mode != "real"))
         window = pygame.display.set_mode((width, PANE))
         pygame.display.set_caption(f"worldlab: {task} ({mode})")
         clock = pygame.time.Clock()
@@ -163,10 +190,13 @@ def watch(task: str, wm: WorldModel, ccfg: ControllerConfig | None, params: np.n
                     except StopIteration:
                         returns[name].append(last[name][1])
                         del streams[name]
-                panes = [_pane(last[n][0], f"{n} {last[n][1]:7.1f}{' (done)' if n not in streams else ''}")
-                         for n in ("real", "dream") if n in last]
-                if sound:
-                    sonified.append((last[heard][0], last[heard][1], ep))
+                panes = [p for n in ("real", "dream") if n in last
+                         for p in _panes(last[n][0], n, f"{last[n][1]:7.1f}{' (done)' if n not in streams else ''}",
+                                        beside=n == "dream" and renderer is not None)]
+                if sound:  # the heard pane's frame (a dream's V half when a renderer draws beside it)
+                    f = last[heard][0]
+                    sonified.append((f[:, :f.shape[0]] if heard == "dream" and renderer is not None else f,
+                                     last[heard][1], ep))
                 img = np.concatenate(panes, axis=1)
                 if window is not None:
                     import pygame

@@ -22,6 +22,7 @@ convention: :mod:`generators.images`. Data sources: :mod:`generators.data`. Role
 
 from generators import data, images, music
 from generators import diffusion as _diffusion  # noqa: F401  (registers ddpm)
+from generators import diffusion_renderer as _diffusion_renderer  # noqa: F401  (registers diffusion_renderer)
 from generators import ebm as _ebm  # noqa: F401  (registers ebm)
 from generators import flow as _flow  # noqa: F401  (registers realnvp)
 from generators import gan as _gan  # noqa: F401  (registers dcgan, wgan_gp, cgan)
@@ -35,6 +36,7 @@ from generators import progan as _progan  # noqa: F401  (registers progan)
 from generators import renderer as _renderer  # noqa: F401  (registers renderer, the dream's sharper decoder)
 from generators import sequence as _sequence  # noqa: F401  (registers lstm)
 from generators import stylegan as _stylegan  # noqa: F401  (registers stylegan)
+from generators import stylegan_renderer as _stylegan_renderer  # noqa: F401  (registers stylegan_renderer)
 from generators import vae as _vae  # noqa: F401  (registers vae, the lab's V)
 from generators import vqgan as _vqgan  # noqa: F401  (registers vqgan)
 from generators.base import GenConfig, Generator

@@ -85,15 +85,19 @@ class _ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """``(noisy (B, C, H, W), noise variance (B,))`` -> predicted noise ``(B, C, H, W)`` (book U-Net)."""
+    """``(noisy (B, C, H, W), noise variance (B,))`` -> predicted noise ``(B, C, H, W)`` (book U-Net).
 
-    def __init__(self, c: int, widths: tuple[int, ...], depth: int, emb: int, max_freq: float) -> None:
+    ``c_out`` (default ``c``) output channels; ``cond`` > 0: a condition vector ``(B, cond)`` joins
+    the noise embedding, broadcast over the image (the diffusion renderer's latent ``z``)."""
+
+    def __init__(self, c: int, widths: tuple[int, ...], depth: int, emb: int, max_freq: float,
+                 c_out: int | None = None, cond: int = 0) -> None:
         super().__init__()
-        self.emb, self.max_freq = emb, max_freq
+        self.emb, self.max_freq, self.cond = emb, max_freq, cond
         self.inp = nn.Conv2d(c, widths[0], 1)
         self.down = nn.ModuleList()
         skips: list[int] = []
-        a = widths[0] + emb
+        a = widths[0] + emb + cond
         for w in widths[:-1]:
             blocks = nn.ModuleList()
             for _ in range(depth):
@@ -112,13 +116,18 @@ class UNet(nn.Module):
                 blocks.append(_ResBlock(a + skips.pop(), w))
                 a = w
             self.up.append(blocks)
-        self.out = nn.Conv2d(a, c, 1)
+        self.out = nn.Conv2d(a, c_out or c, 1)
         nn.init.zeros_(self.out.weight)  # book: zero-initialised output
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise_var: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         e = sinusoidal_embedding(noise_var, self.emb, 1.0, self.max_freq)  # (B, E)
+        if self.cond:
+            if cond is None or cond.shape != (x.shape[0], self.cond):
+                raise ValueError(f"this U-Net needs a condition of shape ({x.shape[0]}, {self.cond}), "
+                                 f"got {None if cond is None else tuple(cond.shape)}")
+            e = torch.cat([e, cond], dim=1)
         e = e[:, :, None, None].expand(-1, -1, h, w)  # (B, E, H, W), the book's nearest upsampling
         x = torch.cat([self.inp(x), e], dim=1)  # (B, W0 + E, H, W)
         skips = []

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generators.base import Batch, GenConfig, Generator, as_generator, unpack
-from generators.nets import sinusoidal_embedding
+from generators.nets import ddim_update, distill_v_target, sinusoidal_embedding, v_noisy
 from generators.registry import Family, register
 
 
@@ -75,11 +75,6 @@ class _Block(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.net(h)
-
-
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cosine schedule's signal and noise rates at ``t`` in [0, 1] (alpha^2 + sigma^2 = 1)."""
-    return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
 
 
 class LatentPrior(Generator):
@@ -143,11 +138,8 @@ class LatentPrior(Generator):
         cond = self._cond_of(y, len(z))
         x = (z - self.mean) / self.std
         t = torch.rand(len(x), device=x.device)
-        eps = torch.randn_like(x)
-        a, s = alpha_sigma(t)
-        zt = a[:, None] * x + s[:, None] * eps
+        zt, target = v_noisy(x, torch.randn_like(x), t)
         drop = (torch.rand(len(x), device=x.device) < self.cfg.cond_drop) if cond is not None else None
-        target = a[:, None] * eps - s[:, None] * x
         return F.mse_loss(self.v(zt, t, cond, drop), target)
 
     def _guided_v(self, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, guidance: float) -> torch.Tensor:
@@ -158,12 +150,7 @@ class LatentPrior(Generator):
     def ddim_step(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, cond: torch.Tensor | None = None,
                   guidance: float = 1.0) -> torch.Tensor:
         """One deterministic DDIM step of standardised ``x`` from times ``t`` to ``t_next`` ((n,) each)."""
-        v = self._guided_v(x, t, cond, guidance)
-        a, s = alpha_sigma(t)
-        a2, s2 = alpha_sigma(t_next)
-        x0 = a[:, None] * x - s[:, None] * v
-        eps = s[:, None] * x + a[:, None] * v
-        return a2[:, None] * x0 + s2[:, None] * eps
+        return ddim_update(x, self._guided_v(x, t, cond, guidance), t, t_next)
 
     @torch.no_grad()
     def sample(self, n: int, cond: torch.Tensor | None = None, generator: int | torch.Generator | None = None,
@@ -217,16 +204,10 @@ class LatentPrior(Generator):
                 k = torch.randint(1, steps // 2 + 1, (batch_size,), generator=g).to(self.device)  # student step k
                 t = 2 * k / steps
                 t_mid, t_next = t - 1.0 / steps, t - 2.0 / steps
-                a, s = alpha_sigma(t)
-                zt = a[:, None] * x + s[:, None] * torch.randn(x.shape, generator=g).to(self.device)
+                zt, _ = v_noisy(x, torch.randn(x.shape, generator=g).to(self.device), t)
                 with torch.no_grad():
                     target_x = teacher.ddim_step(teacher.ddim_step(zt, t, t_mid), t_mid, t_next)
-                    # the v that carries zt to target_x in one DDIM step (Salimans & Ho, eq. 8, for v)
-                    a2, s2 = alpha_sigma(t_next)
-                    ratio = torch.where(t_next > 0, s2 / s, torch.zeros_like(s))  # sigma_next / sigma
-                    x0_target = (target_x - ratio[:, None] * zt) / (a2 - ratio * a)[:, None]
-                    eps_target = (zt - a[:, None] * x0_target) / s[:, None]
-                    v_target = a[:, None] * eps_target - s[:, None] * x0_target
+                    v_target = distill_v_target(zt, target_x, t, t_next)
                 loss = F.mse_loss(student.v(zt, t), v_target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -40,3 +40,42 @@ def sinusoidal_embedding(v: torch.Tensor, dim: int, min_freq: float = 1.0, max_f
     freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), dim // 2, device=v.device))
     ang = 2.0 * math.pi * freqs[None, :] * v.reshape(-1, 1)  # (B, dim/2)
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)  # (B, dim)
+
+
+# -- v-prediction diffusion on a cosine schedule (Salimans & Ho 2022), for any tensor shape ----------
+# Shared by the latent prior (vectors) and the diffusion renderer (images): times ``t`` are (n,),
+# broadcast over the other dimensions of ``x``.
+
+
+def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosine schedule's signal and noise rates at ``t`` in [0, 1] (alpha^2 + sigma^2 = 1)."""
+    return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
+
+
+def v_noisy(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_t = alpha x + sigma eps`` and the v target ``alpha eps - sigma x`` at times ``t`` (n,)."""
+    a, s = (_bc(r, x) for r in alpha_sigma(t))
+    return a * x + s * eps, a * eps - s * x
+
+
+def ddim_update(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step from ``x`` at ``t`` to ``t_next`` given the model's ``v`` there."""
+    a, s = (_bc(r, x) for r in alpha_sigma(t))
+    a2, s2 = (_bc(r, x) for r in alpha_sigma(t_next))
+    x0, eps = a * x - s * v, s * x + a * v
+    return a2 * x0 + s2 * eps
+
+
+def distill_v_target(zt: torch.Tensor, target: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """Progressive distillation's target (Salimans & Ho 2022, eq. 8, written for v): the v that
+    carries ``zt`` at ``t`` to the teacher's ``target`` at ``t_next`` in one DDIM step."""
+    a, s = (_bc(r, zt) for r in alpha_sigma(t))
+    a2, s2 = (_bc(r, zt) for r in alpha_sigma(t_next))
+    ratio = torch.where(_bc(t_next, zt) > 0, s2 / s, torch.zeros_like(s))  # sigma_next / sigma
+    x0 = (target - ratio * zt) / (a2 - ratio * a)
+    eps = (zt - a * x0) / s
+    return a * eps - s * x0

@@ -46,8 +46,8 @@ from worldlab.vae import ConvVAE, VAEConfig
 
 
 @dataclass
-class RendererConfig(GenConfig):
-    """A latent-conditioned pix2pix-style renderer over V's latent space."""
+class VRendererConfig(GenConfig):
+    """What every renderer of V's latents shares: the frames it draws and the V it draws for."""
 
     shape: tuple[int, ...] = (3, 64, 64)
     """64x64 RGB frames (V's)."""
@@ -59,6 +59,25 @@ class RendererConfig(GenConfig):
     """V's config (filled in from the checkpoint; rebuilds the encoder and decoder on load)."""
     vae_id: str = ""
     """V's checkpoint id (``meta["id"]``): a world model with another V is refused."""
+    posterior_samples: bool = True
+    """train on ``z ~ q(z | x)`` (as the dream's z are) rather than on the posterior mean."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shape != (3, 64, 64):
+            raise ValueError(f"a renderer draws V's 64x64 RGB frames, not {self.shape}; train it on "
+                             f"frames:RUN at --image-size 64")
+        if self.num_classes:
+            raise ValueError("a renderer is conditioned on V's latent z, not on class labels")
+        if self.vae_config is None and not self.vae:
+            raise ValueError("a renderer needs the V whose latents it renders: train it with --data frames:RUN "
+                             "(or pass vae=PATH of a V checkpoint)")
+
+
+@dataclass
+class RendererConfig(VRendererConfig):
+    """A latent-conditioned pix2pix-style renderer over V's latent space."""
+
     l1_weight: float = 100.0
     """weight of the L1 term to the real frame (pix2pix: 100)."""
     adv_weight: float = 1.0
@@ -68,21 +87,8 @@ class RendererConfig(GenConfig):
     D (~20M multiply-adds a frame) as cheap as G on a CPU."""
     init_from_vae: bool = True
     """start G from V's decoder weights (else from scratch)."""
-    posterior_samples: bool = True
-    """train on ``z ~ q(z | x)`` (as the dream's z are) rather than on the posterior mean."""
     beta1: float = 0.5
     beta2: float = 0.999
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.shape != (3, 64, 64):
-            raise ValueError(f"renderer draws V's 64x64 RGB frames, not {self.shape}; train it on "
-                             f"frames:RUN at --image-size 64")
-        if self.num_classes:
-            raise ValueError("renderer is conditioned on V's latent z, not on class labels")
-        if self.vae_config is None and not self.vae:
-            raise ValueError("renderer needs the V whose latents it renders: train it with --data frames:RUN "
-                             "(or pass vae=PATH of a V checkpoint)")
 
 
 def vae_checkpoint_path(vae: str) -> Path:
@@ -120,12 +126,14 @@ class _PatchD(nn.Module):
         return self.head(torch.cat([h, zz], dim=1)).flatten(1)  # (B, 64)
 
 
-class LatentRenderer(Generator):
-    """``G(z)`` -> frame, trained as a conditional GAN with an L1 anchor (see module docstring)."""
+class VRenderer(Generator):
+    """What every renderer of V's latents shares: V's frozen encoder (training pairs ``(x, z ~ q(z | x))``),
+    V's decoder (the generator's start, or its frozen base), the check against a world model's V and
+    the drawing calls ``DreamEnv`` makes. Subclasses define :meth:`generate` and their training."""
 
-    config: RendererConfig
+    config: VRendererConfig
 
-    def __init__(self, config: RendererConfig) -> None:
+    def __init__(self, config: VRendererConfig, init_decoder: bool = True) -> None:
         super().__init__(config)
         v: ConvVAE | None = None
         if config.vae_config is None:  # a fresh renderer: read V
@@ -141,10 +149,9 @@ class LatentRenderer(Generator):
         self.fc_mu, self.fc_logvar = vae.fc_mu, vae.fc_logvar
         for m in (self.encoder, self.fc_mu, self.fc_logvar):
             m.requires_grad_(False)
-        # G: V's decoder architecture (and, fresh, V's decoder weights)
-        self.fc_dec = vae.fc_dec if config.init_from_vae else copy.deepcopy(vae.fc_dec).apply(_reset)
-        self.decoder = vae.decoder if config.init_from_vae else copy.deepcopy(vae.decoder).apply(_reset)
-        self.discriminator_net = _PatchD(self.z_size, config.d_channels)
+        # V's decoder architecture (and, fresh, V's decoder weights unless init_decoder is False)
+        self.fc_dec = vae.fc_dec if init_decoder else copy.deepcopy(vae.fc_dec).apply(_reset)
+        self.decoder = vae.decoder if init_decoder else copy.deepcopy(vae.decoder).apply(_reset)
 
     # --- the networks ----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +160,14 @@ class LatentRenderer(Generator):
             h = self.encoder(((x + 1.0) / 2.0).contiguous(memory_format=torch.channels_last))
             return self.fc_mu(h).float(), self.fc_logvar(h).float()
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]."""
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> the decoder's frames ``(B, 3, 64, 64)`` in [-1, 1]."""
         h = self.fc_dec(z).view(z.shape[0], -1, 1, 1).contiguous(memory_format=torch.channels_last)
         return torch.tanh(self.decoder(h).float() * 0.5)  # = 2 sigmoid(logits) - 1: V's decoder output, rescaled
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]."""
+        raise NotImplementedError
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The renderer as ``DreamEnv`` calls it: latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [0, 1]."""
@@ -176,13 +187,45 @@ class LatentRenderer(Generator):
         vae = world_model.vae
         if vae.config.z_size != self.z_size:
             raise ValueError(f"the renderer draws z of size {self.z_size}, this world model's V has z "
-                             f"{vae.config.z_size}; train a renderer on its run (train_generator.py renderer "
+                             f"{vae.config.z_size}; train a renderer on its run (train_generator.py {self.FAMILY} "
                              f"--data frames:RUN)")
         vid = str(vae.meta.get("id", ""))
         if self.config.vae_id and vid and vid != self.config.vae_id:
             raise ValueError(f"the renderer was trained on V {self.config.vae_id}, this world model's V is {vid} "
-                             f"(retrained since?); train a renderer on its run (train_generator.py renderer "
+                             f"(retrained since?); train a renderer on its run (train_generator.py {self.FAMILY} "
                              f"--data frames:RUN)")
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.encode(x)
+        if self.config.posterior_samples and self.training:
+            return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return mu
+
+    def sample(self, n: int, cond: torch.Tensor | None = None,
+               generator: int | torch.Generator | None = None) -> torch.Tensor:
+        """Frames for the latents ``cond`` ``(n, Z)``; without ``cond``, for ``z ~ N(0, I)`` (V's prior)."""
+        if cond is None:
+            g = as_generator(generator, self.device)
+            cond = torch.randn(n, self.z_size, generator=g, device=self.device)
+        cond = torch.as_tensor(cond, dtype=torch.float32, device=self.device)
+        if cond.shape != (n, self.z_size):
+            raise ValueError(f"{self.FAMILY}.sample needs latents cond of shape ({n}, {self.z_size}), "
+                             f"got {tuple(cond.shape)}")
+        return self.render(cond) * 2.0 - 1.0
+
+
+class LatentRenderer(VRenderer):
+    """``G(z)`` -> frame, trained as a conditional GAN with an L1 anchor (see module docstring)."""
+
+    config: RendererConfig
+
+    def __init__(self, config: RendererConfig) -> None:
+        super().__init__(config, init_decoder=config.init_from_vae)
+        self.discriminator_net = _PatchD(self.z_size, config.d_channels)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]: G is V's decoder architecture."""
+        return self.decode(z)
 
     # --- training ----------------------------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
@@ -190,12 +233,6 @@ class LatentRenderer(Generator):
         g_params = [*self.fc_dec.parameters(), *self.decoder.parameters()]
         return {"generator": torch.optim.Adam(g_params, lr=lr, betas=betas),
                 "discriminator": torch.optim.Adam(self.discriminator_net.parameters(), lr=lr, betas=betas)}
-
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self.encode(x)
-        if self.config.posterior_samples and self.training:
-            return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return mu
 
     def training_step(self, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
         """One discriminator update, then one generator update (adversarial + L1 to the real frame)."""
@@ -225,18 +262,6 @@ class LatentRenderer(Generator):
         """The generator's reconstruction term alone (L1 to the real frame), for evaluation."""
         x, _ = unpack(batch)
         return {"loss": (self.generate(self.latents(x)) - x).abs().mean()}
-
-    # --- sampling ----------------------------------------------------------------------------------
-    def sample(self, n: int, cond: torch.Tensor | None = None,
-               generator: int | torch.Generator | None = None) -> torch.Tensor:
-        """Frames for the latents ``cond`` ``(n, Z)``; without ``cond``, for ``z ~ N(0, I)`` (V's prior)."""
-        if cond is None:
-            g = as_generator(generator, self.device)
-            cond = torch.randn(n, self.z_size, generator=g, device=self.device)
-        cond = torch.as_tensor(cond, dtype=torch.float32, device=self.device)
-        if cond.shape != (n, self.z_size):
-            raise ValueError(f"renderer.sample needs latents cond of shape ({n}, {self.z_size}), got {tuple(cond.shape)}")
-        return self.render(cond) * 2.0 - 1.0
 
 
 def defaults_for_data(source: str) -> dict[str, Any]:

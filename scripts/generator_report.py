@@ -351,8 +351,12 @@ dataclass defaults of each config; `preset="tiny"` (tests) and `"small"` (CPU mi
   discriminator logit (`discriminator_logit`), on observation vectors, latents or images.
 - **Renderer**: `generators.renderer` (family `renderer`), a pix2pix-style conditional GAN on V's
   latent `z`, started from V's decoder; `DreamEnv(..., renderer=RunDir("RUN/renderer").generator_final)`
-  draws the dream with it. Trained and measured against V's decoder by
-  `python scripts/renderer_report.py RUN`: see [RENDERER.md](RENDERER.md).
+  draws the dream with it. Two more families draw `z` the same way: `stylegan_renderer` (StyleGAN's
+  synthesis network driven by `z`, the same L1 + patch-discriminator loss) and `diffusion_renderer`
+  (a diffusion model of the detail V's decoder leaves out, progressively distilled to one or two
+  steps). Trained and measured against V's decoder by
+  `python scripts/renderer_report.py RUN [--family stylegan_renderer|diffusion_renderer]`: see
+  [RENDERER.md](RENDERER.md).
 - **Reward synthesizer in evolution**: `generators.reward.novelty_penalty` (a flow's `log p(z)`
   below the real data's 5% quantile) as `DreamFitness(reward_term=...)`; real scores of controllers
   evolved with and without it: `python scripts/reward_compare.py RUN`, see [REWARD.md](REWARD.md).

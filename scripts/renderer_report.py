@@ -1,6 +1,13 @@
-"""Train the dream renderer on a run's frames and measure it against V's decoder.
+"""Train a dream renderer on a run's frames and measure it against V's decoder.
 
     python scripts/renderer_report.py RUN [--steps 1500] [--out RUN/renderer] [--doc docs/RENDERER.md]
+    python scripts/renderer_report.py RUN --family diffusion_renderer --steps 2000 --distill-rounds 2 \
+        --doc docs/RENDERER.md
+
+``--family renderer`` (default) is the pix2pix renderer; ``--family diffusion_renderer`` trains the
+diffusion renderer with ``--teacher-steps`` DDIM steps, then distils it ``--distill-rounds`` times
+(halving the steps each round; ``OUT/distilled.pt``) and measures both, with the frames per second
+each draws on one core (one frame at a time, as a watched dream draws).
 
 ``RUN`` is a `dream_train.py` run folder (``RUN/data`` rollout shards, ``RUN/checkpoints/vae.pt``).
 Episodes are split by index: every tenth episode is held out, the renderer trains on the rest
@@ -19,6 +26,7 @@ and by the renderer) and, with ``--doc``, the figures as Markdown.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -35,9 +43,10 @@ sys.path.insert(0, str(ROOT))
 import generators  # noqa: E402
 from generators import images, metrics  # noqa: E402
 from generators.data import GenData  # noqa: E402
-from generators.renderer import LatentRenderer, sharpness  # noqa: E402
+from generators.diffusion_renderer import DiffusionRenderer  # noqa: E402
+from generators.renderer import VRenderer, sharpness  # noqa: E402
 from generators.train import FitConfig, suggested_threads  # noqa: E402
-from worldlab.io import atomic_write_json, atomic_write_text  # noqa: E402
+from worldlab.io import atomic_write_json, write_doc_section  # noqa: E402
 from worldlab.rundir import RunDir  # noqa: E402
 from worldlab.storage import Manifest, load_shard  # noqa: E402
 from worldlab.vae import ConvVAE  # noqa: E402
@@ -67,12 +76,14 @@ def draw_all(fn: Any, z: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         return torch.cat([fn(z[i:i + chunk]).float().cpu() for i in range(0, len(z), chunk)])
 
 
-def measure(renderer: LatentRenderer, vae: ConvVAE, test: GenData
+def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData
             ) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Tensor]]:
+    """Each of ``renderers`` (name -> z (B, Z) -> frames in [0, 1]) and V's decoder on ``test``'s
+    posterior means: L1, MSE, sharpness against the real frames', Fréchet distance in V's latents."""
     x01 = test.x.float() / 255.0  # (N, 3, 64, 64) in [0, 1]
     with torch.no_grad():
         mu = torch.cat([vae.encode(test.x[i:i + 256])[0] for i in range(0, len(test), 256)])
-    drawn = {"v_decoder": draw_all(vae.decode, mu), "renderer": draw_all(renderer.render, mu)}
+    drawn = {"v_decoder": draw_all(vae.decode, mu), **{k: draw_all(fn, mu) for k, fn in renderers.items()}}
     real_sharp = sharpness(x01)
 
     def feats(x01_: torch.Tensor) -> np.ndarray:
@@ -88,7 +99,30 @@ def measure(renderer: LatentRenderer, vae: ConvVAE, test: GenData
     return res, x01, drawn
 
 
-def dream_strip(run: RunDir, renderer: LatentRenderer, steps: int, seed: int = 0) -> np.ndarray:
+def frames_per_s(fns: dict[str, Any], z: torch.Tensor, repeats: int = 3) -> dict[str, float]:
+    """Frames per second of each of ``fns`` drawing the latents ``z`` (N, Z) one at a time on one
+    torch thread (as a watched dream draws), alternating in ``repeats`` rounds, median per drawer."""
+    import statistics
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    try:
+        with torch.no_grad():
+            for fn in fns.values():
+                fn(z[:1])  # warm-up
+            for _ in range(repeats):
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    for i in range(len(z)):
+                        fn(z[i:i + 1])
+                    rates[k].append(len(z) / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads)
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def dream_strip(run: RunDir, renderer: VRenderer, steps: int, seed: int = 0) -> np.ndarray:
     """One dream rollout (random actions), drawn by V (top row) and by the renderer (bottom row)."""
     from envs.dream import DreamEnv
 
@@ -110,10 +144,18 @@ def dream_strip(run: RunDir, renderer: LatentRenderer, steps: int, seed: int = 0
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a dream_train.py run folder (RUN/data, RUN/checkpoints/vae.pt)")
+    p.add_argument("--family", choices=("renderer", "stylegan_renderer", "diffusion_renderer"), default="renderer",
+                   help="the pix2pix renderer (default), the z-conditioned StyleGAN renderer or the distilled "
+                        "diffusion renderer")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-frames", type=int, default=20_000, help="training frames (held-out: 2,000)")
-    p.add_argument("--out", default=None, help="renderer run folder (default RUN/renderer)")
+    p.add_argument("--preset", default=None, help="the family's preset (tiny, small)")
+    p.add_argument("--teacher-steps", type=int, default=8, help="diffusion_renderer: DDIM steps before distillation")
+    p.add_argument("--distill-rounds", type=int, default=2, help="diffusion_renderer: halvings of the steps")
+    p.add_argument("--distill-steps", type=int, default=400, help="diffusion_renderer: training steps per halving")
+    p.add_argument("--out", default=None, help="renderer run folder (default RUN/renderer, or RUN/diffusion_renderer "
+                                               "for the diffusion renderer; RUN/renderer/stylegan for StyleGAN's)")
     p.add_argument("--doc", default=None, help="write the figures as Markdown here (e.g. docs/RENDERER.md)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -123,54 +165,113 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run} is not a run folder with data/ and checkpoints/vae.pt; "
               f"run python scripts/dream_train.py TASK --out {run} first", file=sys.stderr)
         return 2
+    diffusion = args.family == "diffusion_renderer"
+    if diffusion and (args.distill_rounds < 0 or args.teacher_steps < 1
+                      or args.teacher_steps % (2 ** args.distill_rounds)):
+        print(f"error: --teacher-steps {args.teacher_steps} must be >= 1 and divisible by 2**--distill-rounds "
+              f"({2 ** max(args.distill_rounds, 0)}); e.g. --teacher-steps 8 --distill-rounds 2", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads or suggested_threads())
-    out = Path(args.out or run.renderer)
+    out = RunDir(args.out or (run.diffusion_renderer if diffusion else
+                              run.renderer / "stylegan" if args.family == "stylegan_renderer" else run.renderer))
     t0 = time.time()
     train = episode_frames(run.data, held_out=False, max_frames=args.max_frames)
     test = episode_frames(run.data, held_out=True, max_frames=2000)
     torch.manual_seed(0)
-    model = generators.model_for("renderer", train, vae=str(run))
-    assert isinstance(model, LatentRenderer)
+    kw: dict[str, Any] = {"steps": args.teacher_steps} if diffusion else {}
+    model = generators.model_for(args.family, train, preset=args.preset, vae=str(run), **kw)
+    assert isinstance(model, VRenderer)
     generators.fit(model, train, FitConfig(steps=args.steps, batch_size=args.batch_size, seed=0,
                                            sample_every=max(100, args.steps // 5), checkpoint_every=200),
-                   out=out, progress=args.progress)
-    model.save(RunDir(out).generator_final)
+                   out=out.root, progress=args.progress)
+    model.save(out.generator_final)
     train_s = time.time() - t0
     model.eval()
+    renderers: dict[str, VRenderer] = {"renderer": model}
+    distill_s = 0.0
+    if diffusion and args.distill_rounds:
+        assert isinstance(model, DiffusionRenderer)
+        if out.distilled.exists():  # a rerun keeps the distilled model
+            student = generators.load(out.distilled)
+        else:
+            t1 = time.time()
+            student = copy.deepcopy(model)
+            student.distill(train.x, args.distill_rounds, args.distill_steps, args.batch_size, seed=0,
+                            progress=(lambda r, i, loss: print(f"distill round {r + 1}: step {i}, loss {loss:.4f}",
+                                                               flush=True)) if args.progress else None)
+            student.save(out.distilled)
+            distill_s = time.time() - t1
+        renderers = {"teacher": model, "distilled": student.eval()}
     vae = ConvVAE.load(run.vae)
-    res, x01, drawn = measure(model, vae, test)
+    res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
+    zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
+    fps = frames_per_s({"v_decoder": vae.decode, **{k: m.render for k, m in renderers.items()}}, zs)
+    for k, v in fps.items():
+        res[k]["frames_per_s_1_core"] = v
+    for k, m in renderers.items():
+        res[k]["sampling_steps"] = int(getattr(m.config, "steps", 1))
+    final = renderers["distilled" if "distilled" in renderers else next(iter(renderers))]
     k = torch.linspace(0, len(test) - 1, 8).long()
-    pic = images.grid(torch.cat([x01[k], drawn["v_decoder"][k], drawn["renderer"][k]]) * 2 - 1, nrow=8, upscale=2)
-    images.save_png(out / "compare.png", pic)
-    strip = dream_strip(run, model, 200)
-    images.save_png(out / "dream_strip.png", strip)
-    res.update(run=str(run), task=train.name, train_frames=len(train), steps=args.steps,
+    rows = [x01[k], drawn["v_decoder"][k], *[drawn[n][k] for n in renderers]]
+    pic = images.grid(torch.cat(rows) * 2 - 1, nrow=8, upscale=2)
+    images.save_png(out.root / "compare.png", pic)
+    strip = dream_strip(run, final, 200)
+    images.save_png(out.root / "dream_strip.png", strip)
+    cmd = f"python scripts/renderer_report.py {run} --steps {args.steps}"
+    if diffusion:
+        cmd += (f" --family diffusion_renderer --teacher-steps {args.teacher_steps} --distill-rounds "
+                f"{args.distill_rounds} --distill-steps {args.distill_steps}")
+    elif args.family != "renderer":
+        cmd += f" --family {args.family}"
+    if args.preset:
+        cmd += f" --preset {args.preset}"
+    res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, seconds=time.time() - t0, train_seconds=train_s,
-               machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-               command=f"python scripts/renderer_report.py {run} --steps {args.steps}")
-    atomic_write_json(out / "report.json", res)
-    print(json.dumps({k_: v for k_, v in res.items() if k_ in ("v_decoder", "renderer", "real_sharpness")}, indent=2))
+               distill_seconds=distill_s, drawers=list(renderers),
+               machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
+    atomic_write_json(out.root / "report.json", res)
+    print(json.dumps({k_: v for k_, v in res.items() if k_ in ("v_decoder", *renderers, "real_sharpness")}, indent=2))
     if args.doc:
         doc = Path(args.doc)
         figs = doc.parent / "renderer"
         figs.mkdir(parents=True, exist_ok=True)
-        tag = train.name
+        tag = train.name + {"renderer": "", "stylegan_renderer": "_stylegan", "diffusion_renderer": "_diffusion"}[
+            args.family]
         images.save_png(figs / f"{tag}_compare.png", pic)
         images.save_png(figs / f"{tag}_dream_strip.png", strip)
-        atomic_write_text(doc, render_doc(res, tag, doc))
+        if diffusion:
+            write_doc_section(doc, "diffusion-renderer", diffusion_doc(res, tag, doc), head=DOC_HEAD)
+        else:
+            write_doc_section(doc, args.family.replace("_", "-"), render_doc(res, tag, doc, args.family),
+                              head=DOC_HEAD)
     return 0
 
 
-def render_doc(r: dict[str, Any], tag: str, doc: Path) -> str:
-    v, g = r["v_decoder"], r["renderer"]
-    return "\n".join([
-        "# The dream renderer (`generators.renderer`)", "",
+DOC_HEAD = "# The dream renderers (`generators.renderer`, `generators.diffusion_renderer`)\n"
+
+
+RENDER_INTRO = {
+    "renderer": [
+        "## The pix2pix renderer (`generators.renderer`)", "",
         "A generator conditioned on the dream's latent `z` that `DreamEnv` draws with in place of V's "
         "decoder (`DreamEnv(..., renderer=PATH)`, `watch.py RUN --dream --renderer PATH`). It is a "
         "pix2pix-style conditional GAN: `G(z)` has V's decoder architecture and starts from V's decoder "
         "weights; it trains with an L1 term to the real frame (weight 100) plus a patch discriminator "
         "`D(x, z)` that sees the frame and its latent. V's decoder, trained on a squared error, draws the "
-        "mean of the frames a latent could stand for; the renderer is pushed to draw one sharp frame.", "",
+        "mean of the frames a latent could stand for; the renderer is pushed to draw one sharp frame.", ""],
+    "stylegan_renderer": [
+        "## The StyleGAN renderer (`generators.stylegan_renderer`)", "",
+        "StyleGAN's synthesis network driven by the dream's latent: `z` goes through the mapping network to "
+        "`w`, every style layer's modulated convolution reads `w`, and the noise inputs are fixed images saved "
+        "with the model, so the same `z` always draws the same frame. It trains by the pix2pix renderer's "
+        "recipe (L1 to the real frame, weight 100, plus the patch discriminator `D(x, z)`), from scratch.", ""],
+}
+
+
+def render_doc(r: dict[str, Any], tag: str, doc: Path, family: str = "renderer") -> list[str]:
+    v, g = r["v_decoder"], r["renderer"]
+    return [
+        *RENDER_INTRO[family],
         f"Produced by `{r['command']} --doc {doc}` ({r['seconds'] / 60:.1f} min on {r['machine']}). "
         f"Run: `{r['run']}` ({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, "
         f"{r['steps']} steps of batch {r['batch_size']}; measured on {r['frames']:,} frames of the held-out "
@@ -195,7 +296,47 @@ def render_doc(r: dict[str, Any], tag: str, doc: Path) -> str:
         "Held-out frames (top), V's decoder (middle), the renderer (bottom):", "",
         f"![compare](renderer/{tag}_compare.png)", "",
         "One dream (random actions, temperature 1): V's decoder (top), the renderer (bottom), same latents:", "",
-        f"![dream](renderer/{tag}_dream_strip.png)", ""])
+        f"![dream](renderer/{tag}_dream_strip.png)", ""]
+
+
+def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
+    names = {"v_decoder": "V's decoder", "renderer": "diffusion renderer", "teacher": "diffusion renderer, teacher",
+             "distilled": "diffusion renderer, distilled"}
+    rows = []
+    for k in ("v_decoder", *r["drawers"]):
+        m = r[k]
+        evals = 1 if k == "v_decoder" else m["sampling_steps"]
+        rows.append(f"| {names[k]} | {evals} | {m['l1']:.4f} | {m['mse']:.4f} | {m['sharpness_vs_real']:.2f} | "
+                    f"{m['frechet_v_latent']:.3f} | {m['frames_per_s_1_core']:,.0f} |")
+    final = r[r["drawers"][-1]]
+    checks = [("frames/s on one core >= 15", final["frames_per_s_1_core"] >= 15),
+              ("sharpness >= 0.8 of real frames'", final["sharpness_vs_real"] >= 0.8),
+              ("Fréchet distance <= 0.15", final["frechet_v_latent"] <= 0.15)]
+    return [
+        "## The diffusion renderer (`generators.diffusion_renderer`)", "",
+        "A z-conditioned diffusion model of the detail V's decoder leaves out: V's frame `V_decoder(z)` is "
+        "the base, a small U-Net (the book's, 6 channels in: the noisy residual and the base; `z` projected "
+        "beside the noise embedding) learns the residual `x - V_decoder(z)` by v-prediction on a cosine "
+        "schedule, and progressive distillation (Salimans & Ho 2022) halves its DDIM steps round after round. "
+        "Every frame starts from the same noise, so the same `z` gives the same frame (no flicker). Drawn like "
+        "the pix2pix renderer: `DreamEnv(..., renderer=PATH)`, `watch.py RUN --renderer PATH` (V's decoder "
+        "and the renderer side by side).", "",
+        f"Produced by `{r['command']} --doc {doc}` ({r['seconds'] / 60:.1f} min on {r['machine']}: training "
+        f"{r['train_seconds'] / 60:.1f} min, distillation {r['distill_seconds'] / 60:.1f} min). Run: `{r['run']}` "
+        f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
+        f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "
+        "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
+        "rounds of 30 frames, in one process.", "",
+        "| drawn by | network evaluations | L1 to the real frame | MSE | sharpness / real frames' | Fréchet distance "
+        "in V's latent space | frames/s, 1 core |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        "Issue 17's targets for the renderer as the dream draws it: "
+        + "; ".join(f"{what}: **{'met' if ok else 'not met'}**" for what, ok in checks) + ".", "",
+        "Held-out frames (top), V's decoder, then " + ", ".join(names[k] for k in r["drawers"]) + ":", "",
+        f"![compare](renderer/{tag}_compare.png)", "",
+        "One dream (random actions, temperature 1): V's decoder (top), the "
+        f"{names[r['drawers'][-1]]} (bottom), same latents:", "",
+        f"![dream](renderer/{tag}_dream_strip.png)", ""]
 
 
 if __name__ == "__main__":

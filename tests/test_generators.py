@@ -23,8 +23,9 @@ from generators.train import FitConfig
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = generators.available()
 EXPECTED = {"dcgan", "wgan_gp", "cgan", "pixelcnn", "realnvp", "ebm", "ddpm", "vae", "renderer",
-            "progan", "stylegan", "vqgan"}
-FRAME_ONLY = {"vae", "renderer"}  # the lab's V and the dream renderer model 64x64 RGB frames
+            "diffusion_renderer", "stylegan_renderer", "progan", "stylegan", "vqgan"}
+RENDERERS = {"renderer", "diffusion_renderer", "stylegan_renderer"}  # draw some V's latents z
+FRAME_ONLY = {"vae", *RENDERERS}  # the lab's V and the dream renderers model 64x64 RGB frames
 TEXT_ONLY = {n for n in FAMILIES if "tokens" in generators.family(n).kinds}  # lstm, gpt, mamba
 POINTS_ONLY = {n for n in FAMILIES if generators.family(n).kinds == ("points",)}  # latent_prior
 MUSIC_ONLY = {n for n in FAMILIES if "music" in generators.family(n).kinds}  # music_transformer
@@ -32,6 +33,7 @@ ROLL_ONLY = {n for n in FAMILIES if "roll" in generators.family(n).kinds}  # mus
 
 # per-family settings of the "loss falls" check: (steps, lr); tiny models overfit 64 digits
 FALLING = {"ebm": (40, 1e-3), "realnvp": (40, 1e-3), "pixelcnn": (40, 2e-3), "ddpm": (40, 2e-3),
+           "diffusion_renderer": (40, 2e-3),
            "musegan": (12, 1e-3)}  # musegan: a critic and four generators per step, the dearest here
 
 
@@ -104,7 +106,7 @@ def tiny_v() -> Path:
 
 
 def tiny(name: str, data: GenData, **kw) -> generators.Generator:
-    if name == "renderer":
+    if name in RENDERERS:
         kw.setdefault("vae", str(tiny_v()))
     torch.manual_seed(0)
     return generators.model_for(name, data, preset="tiny", **kw)
@@ -184,7 +186,7 @@ def test_sample_shape_dtype_range_and_seed(name: str, data_of) -> None:
     assert torch.equal(x, model.sample(5, generator=1))
     assert not torch.equal(x, model.sample(5, generator=2))
     assert model.training  # sample leaves the module's mode alone
-    if name == "renderer":  # conditioned on V's latents z, not on labels
+    if name in RENDERERS:  # conditioned on V's latents z, not on labels
         z = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
         assert torch.equal(model.sample(4, cond=z), model.sample(4, cond=z))  # deterministic in z
         with pytest.raises(ValueError, match=r"needs latents cond of shape \(2, 4\)"):

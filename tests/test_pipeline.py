@@ -141,6 +141,37 @@ def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, sub
     assert r.returncode == 2 and "no renderer checkpoint at" in r.stderr
 
 
+def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
+        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    import cv2
+
+    import generators
+
+    out, _ = smoke_run
+    rend, doc = tmp_path / "drend", tmp_path / "R.md"
+    run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
+        "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+        "--distill-steps", "2", "--out", str(rend), "--doc", str(doc), "--no-progress")
+    res = json.loads((rend / "report.json").read_text())
+    assert res["drawers"] == ["teacher", "distilled"]
+    assert res["teacher"]["sampling_steps"] == 4 and res["distilled"]["sampling_steps"] == 1
+    for who in ("v_decoder", "teacher", "distilled"):
+        assert 0 < res[who]["l1"] < 1 and np.isfinite(res[who]["frechet_v_latent"])
+        assert res[who]["frames_per_s_1_core"] > 0
+    assert generators.load(rend / "distilled.pt").config.steps == 1
+    text = doc.read_text()
+    assert "<!-- diffusion-renderer:begin -->" in text and "| diffusion renderer, distilled | 1 |" in text
+    video = tmp_path / "d.mp4"
+    run("watch.py", str(out), "--record", str(video), "--max-steps", "6", "--renderer", str(rend / "distilled.pt"))
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape[1] == 3 * frame.shape[0]  # real | dream drawn by V | the same dream by the renderer
+    r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--teacher-steps", "6",
+            "--distill-rounds", "2", check=False)
+    assert r.returncode == 2 and "divisible by 2**--distill-rounds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_reward_compare_evolves_with_and_without_the_penalty(smoke_run: tuple[Path, subprocess.CompletedProcess]
                                                              ) -> None:
     out, _ = smoke_run

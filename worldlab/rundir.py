@@ -35,6 +35,8 @@ spelling paths, so the layout below is written down once::
     RUN/ablation/{variant}/      a dream variant's controller, CMA-ES   .ablation_controller(v), .ablation_cma_state(v)
         and result (+ RUN/ablation.json/.md: the table)                 .ablation_result(v), .ablation_json, .ablation_md
     RUN/renderer/                the dream renderer's training folder   .renderer
+    RUN/diffusion_renderer/      the diffusion renderer's folder        .diffusion_renderer
+        distilled.pt             it, distilled to few steps             .distilled
     RUN/m_compare/               scripts/m_compare.py's plan.json       .m_compare
         {family}/ (+ .log)       a sub-run of another M on RUN's data   .m_compare_run(f), .m_compare_log(f)
     RUN/m_heldout.json           M's held-out figures (m_compare)       .m_heldout_json
@@ -236,6 +238,15 @@ class RunDir:
     @property
     def renderer(self) -> Path:
         return self.root / "renderer"
+
+    @property
+    def diffusion_renderer(self) -> Path:
+        return self.root / "diffusion_renderer"
+
+    @property
+    def distilled(self) -> Path:
+        """A diffusion model distilled to few steps (in a generator's folder)."""
+        return self.root / "distilled.pt"
 
     @property
     def reward_compare(self) -> Path:

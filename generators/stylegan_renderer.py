@@ -1,0 +1,95 @@
+"""A z-conditioned StyleGAN renderer: the dream's latent ``z`` drives StyleGAN's styles.
+
+The pix2pix renderer (:mod:`generators.renderer`) draws with V's decoder architecture; this one
+draws with StyleGAN's synthesis network (:mod:`generators.stylegan`, book chapter 10): V's latent
+``z`` goes through the mapping network to ``w``, every style layer of the synthesis network reads
+``w`` through its modulated convolutions, and the per-layer noise inputs are the fixed noise
+images saved with the model (``noise="const"``), so the same ``z`` always gives the same frame and
+a watched dream does not flicker. It trains by the pix2pix renderer's recipe (its
+:meth:`~generators.renderer.LatentRenderer.training_step`): an L1 term to the real frame plus the
+patch discriminator ``D(x, z)`` that sees the frame and its latent, on pairs ``(x, z ~ q(z | x))``
+from the run's frames. V's decoder is kept, frozen, only as the base of comparison.
+
+    python scripts/renderer_report.py RUN --family stylegan_renderer --steps 1500 --doc docs/RENDERER.md
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from generators.registry import Family, register
+from generators.renderer import (
+    LatentRenderer,
+    RendererConfig,
+    VRenderer,
+    _PatchD,
+    defaults_for_data,
+)
+from generators.stylegan import StyleGANConfig, StyleGenerator
+
+
+@dataclass
+class StyleRendererConfig(RendererConfig):
+    """The pix2pix renderer's loss and discriminator around StyleGAN's generator."""
+
+    w_dim: int = 128
+    """size of the intermediate latent w."""
+    mapping_layers: int = 4
+    """layers of the mapping network z -> w (paper: 8)."""
+    mapping_lr_mul: float = 0.01
+    """learning-rate multiplier of the mapping network (paper: 0.01)."""
+    channels: int = 16
+    """filters at 64x64, doubled at each halving of the side (as StyleGAN's ``channels``)."""
+    max_channels: int = 128
+    """cap on the filters of any stage."""
+    init_from_vae: bool = False
+    """unused: the generator is StyleGAN's, trained from scratch (V's decoder stays as it is)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.w_dim, self.mapping_layers, self.channels, self.max_channels) < 1:
+            raise ValueError("w_dim, mapping_layers, channels and max_channels must be >= 1")
+
+    def style_config(self, z_size: int) -> StyleGANConfig:
+        return StyleGANConfig(shape=self.shape, z_dim=z_size, w_dim=self.w_dim, mapping_layers=self.mapping_layers,
+                              mapping_lr_mul=self.mapping_lr_mul, channels=self.channels,
+                              max_channels=self.max_channels)
+
+
+class StyleRenderer(LatentRenderer):
+    """``G(z)`` = StyleGAN's synthesis of the styles of ``map(z)``, with constant noise (module docstring)."""
+
+    config: StyleRendererConfig
+
+    def __init__(self, config: StyleRendererConfig) -> None:
+        VRenderer.__init__(self, config, init_decoder=True)
+        for m in (self.fc_dec, self.decoder):
+            m.requires_grad_(False)
+        self.style = StyleGenerator(config.style_config(self.z_size))
+        self.discriminator_net = _PatchD(self.z_size, config.d_channels)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.style.layers)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]: one ``w`` for every style layer."""
+        ws = self.style.map(z)[:, None].expand(-1, self.num_layers, -1)
+        return torch.tanh(self.style.synthesize(ws, noise="const"))
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.config.beta1, self.config.beta2)
+        return {"generator": torch.optim.Adam(self.style.parameters(), lr=lr, betas=betas),
+                "discriminator": torch.optim.Adam(self.discriminator_net.parameters(), lr=lr, betas=betas)}
+
+
+register(Family(
+    "stylegan_renderer", StyleRenderer, StyleRendererConfig,
+    "dream renderer: StyleGAN's synthesis network driven by V's latent z, trained as the pix2pix renderer "
+    "(role: renderer)",
+    kinds=("image",),
+    presets={"tiny": {"d_channels": 8, "w_dim": 8, "mapping_layers": 1, "channels": 4, "max_channels": 8},
+             "small": {"d_channels": 16, "w_dim": 64, "channels": 8, "max_channels": 64}},
+    train={"lr": 2e-4, "batch_size": 32}, monitor="l1", data_defaults=defaults_for_data))

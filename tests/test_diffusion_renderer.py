@@ -1,0 +1,103 @@
+"""The diffusion renderer: a residual over V's decoder, deterministic frames, progressive distillation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import generators
+from generators.diffusion_renderer import DiffusionRenderer
+from generators.nets import ddim_update, distill_v_target, v_noisy
+from worldlab.vae import ConvVAE, VAEConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
+    return v.save(tmp_path_factory.mktemp("v") / "vae.pt", meta={"task": "car_racing"})
+
+
+def frames(n: int, seed: int = 0) -> torch.Tensor:
+    """Blocky frames in [-1, 1] with sharp edges (what V's decoder blurs)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=g)
+    return (torch.nn.functional.interpolate(coarse, scale_factor=8, mode="nearest") * 2 - 1).contiguous()
+
+
+def make(tiny_v: Path, **kw) -> DiffusionRenderer:
+    torch.manual_seed(0)
+    m = generators.make("diffusion_renderer", vae=str(tiny_v), widths=(4, 8), embedding_dim=4, z_embedding=4, **kw)
+    assert isinstance(m, DiffusionRenderer)
+    return m
+
+
+def test_distillation_target_is_the_teachers_two_steps_in_one() -> None:
+    """The v of distill_v_target, taken as one DDIM step, lands on the teacher's two-step result."""
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(5, 3, 4, 4, generator=g), torch.randn(5, 3, 4, 4, generator=g)
+    t = torch.tensor([1.0, 0.75, 0.5, 0.5, 0.25])
+    t_next = t - 0.25
+    zt, v = v_noisy(x, eps, t)
+    assert torch.allclose(ddim_update(zt, v, t, torch.zeros(5)), x, atol=1e-5)  # the true v denoises exactly
+    target = torch.randn(5, 3, 4, 4, generator=g)
+    w = distill_v_target(zt, target, t, t_next)
+    assert torch.allclose(ddim_update(zt, w, t, t_next), target, atol=1e-4)
+
+
+def test_frames_are_v_plus_a_residual_and_deterministic(tiny_v: Path) -> None:
+    m = make(tiny_v).eval()
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    a = m.render(z)
+    assert a.shape == (3, 3, 64, 64) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, m.render(z))  # the same z, the same frame: every frame starts from one noise
+    # untrained, the U-Net's zero-initialised output predicts v = 0: one DDIM step from t = 1 then
+    # lands on a zero residual, and the frame is V's decoder's
+    v = ConvVAE.load(tiny_v)
+    with torch.no_grad():
+        assert torch.allclose((m.generate(z, steps=1) + 1) / 2, v.decode(z), atol=1e-5)
+    with pytest.raises(ValueError, match="draws latents of size 4"):
+        m.render(torch.zeros(2, 5))
+
+
+def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path) -> None:
+    m = make(tiny_v)
+    x = frames(64)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for i in range(60):
+        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert bool(m.adapted) and (m.res_std > 1e-3).all() and (m.res_std < 2).all()
+    assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10  # from ~1 (v has unit variance)
+    assert all(not p.requires_grad for p in [*m.decoder.parameters(), *m.encoder.parameters()])  # V stays V's
+
+
+def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Path) -> None:
+    m = make(tiny_v, steps=2)
+    x = frames(64)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    for i in range(30):
+        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    z = m.encode(frames(8, seed=3))[0]
+    with torch.no_grad():
+        two, one = m.generate(z, steps=2), m.generate(z, steps=1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        m.distill(x, rounds=2)
+    losses = m.distill(x, rounds=1, steps_per_round=60, batch_size=8, lr=2e-3)
+    assert m.config.steps == 1 and len(losses) == 1 and losses[0] == losses[0]
+    with torch.no_grad():
+        student = m.generate(z)
+    assert (student - two).pow(2).mean() < 0.8 * (one - two).pow(2).mean()
+    m.save(tmp_path / "d.pt")
+    back = generators.load(tmp_path / "d.pt")
+    assert back.config.steps == 1 and torch.equal(back.render(z), m.render(z))
