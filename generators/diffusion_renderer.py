@@ -27,7 +27,6 @@ with diffusion (book chapter 8), made fast enough for a watched dream by distill
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 from generators.base import Batch, unpack
 from generators.diffusion import UNet
-from generators.nets import ddim_update, distill_v_target, v_noisy
+from generators.nets import alpha_sigma, ddim_update, distill_times, distill_v_target, v_noisy
 from generators.registry import Family, register
 from generators.renderer import VRenderer, VRendererConfig, defaults_for_data
 
@@ -90,7 +89,7 @@ class DiffusionRenderer(VRenderer):
     def v(self, rt: torch.Tensor, t: torch.Tensor, base: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
         """The network's v for the scaled residual ``rt`` (B, 3, 64, 64) at times ``t`` (B,), given the
         base frame ``base`` (B, 3, 64, 64) in [-1, 1] and the projected latent ``zc`` (B, z_embedding)."""
-        noise_var = torch.sin(0.5 * math.pi * t) ** 2  # sigma^2, as the book's U-Net is fed
+        noise_var = alpha_sigma(t)[1] ** 2  # sigma^2, as the book's U-Net is fed
         return self.net(torch.cat([rt, base], dim=1), noise_var, zc)
 
     def ddim_step(self, rt: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, base: torch.Tensor,
@@ -135,11 +134,11 @@ class DiffusionRenderer(VRenderer):
         rt, target = v_noisy(r, torch.randn_like(r), t)
         return {"loss": F.mse_loss(self.v(rt, t, base, self.z_proj(z)), target)}
 
-    def distill(self, frames: torch.Tensor, rounds: int, steps_per_round: int = 400, batch_size: int = 32,
+    def distill(self, frames: Any, rounds: int, steps_per_round: int = 400, batch_size: int = 32,
                 lr: float = 2e-4, seed: int = 0, progress: Any = None) -> list[float]:
         """Progressive distillation, ``rounds`` times: a copy of this model learns to do in one DDIM
         step what the model did in two, halving ``config.steps`` each round (it must stay divisible).
-        ``frames``: uint8 (N, 3, 64, 64) or floats in [-1, 1]. ``progress(round, step, loss)`` is
+        ``frames``: a GenData of frames (e.g. ``frames:RUN``) or a float tensor (N, 3, 64, 64) in [-1, 1]. ``progress(round, step, loss)`` is
         called every 50 steps. Returns each round's mean loss over its last 50 steps."""
         if rounds < 1 or self.config.steps % (2 ** rounds):
             raise ValueError(f"{rounds} rounds halve {self.config.steps} steps {rounds} times: the steps must be "
@@ -155,12 +154,9 @@ class DiffusionRenderer(VRenderer):
             tail: list[float] = []
             for it in range(steps_per_round):
                 idx = torch.randint(0, len(frames), (batch_size,), generator=g)
-                x = frames[idx].to(self.device)
-                x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+                x = (frames.tensor(idx) if hasattr(frames, "tensor") else frames[idx].float()).to(self.device)
                 r, base, z = self._pairs(x)
-                k = torch.randint(1, steps // 2 + 1, (batch_size,), generator=g).to(self.device)
-                t = 2 * k / steps
-                t_mid, t_next = t - 1.0 / steps, t - 2.0 / steps
+                t, t_mid, t_next = distill_times(steps, batch_size, g, self.device)
                 rt, _ = v_noisy(r, torch.randn(r.shape, generator=g).to(self.device), t)
                 with torch.no_grad():
                     zc_t = teacher.z_proj(z)

@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from generators.base import Batch, GenConfig, Generator, as_generator, unpack
-from generators.nets import ddim_update, distill_v_target, sinusoidal_embedding, v_noisy
+from generators.nets import (
+    ddim_update,
+    distill_times,
+    distill_v_target,
+    sinusoidal_embedding,
+    v_noisy,
+)
 from generators.registry import Family, register
 
 
@@ -201,9 +207,7 @@ class LatentPrior(Generator):
             for it in range(steps_per_round):
                 idx = torch.randint(0, len(z_all), (batch_size,), generator=g)
                 x = ((z_all[idx] - self.mean) / self.std).to(self.device)
-                k = torch.randint(1, steps // 2 + 1, (batch_size,), generator=g).to(self.device)  # student step k
-                t = 2 * k / steps
-                t_mid, t_next = t - 1.0 / steps, t - 2.0 / steps
+                t, t_mid, t_next = distill_times(steps, batch_size, g, self.device)
                 zt, _ = v_noisy(x, torch.randn(x.shape, generator=g).to(self.device), t)
                 with torch.no_grad():
                     target_x = teacher.ddim_step(teacher.ddim_step(zt, t, t_mid), t_mid, t_next)

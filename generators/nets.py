@@ -70,6 +70,16 @@ def ddim_update(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch
     return a2 * x0 + s2 * eps
 
 
+def distill_times(steps: int, n: int, generator: torch.Generator, device: torch.device | str
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Progressive distillation's times for ``n`` rows of a ``steps``-step teacher: a student step
+    ``k`` in 1..steps/2 drawn per row, its start ``t = 2k / steps``, the teacher's midpoint and the
+    end, each (n,)."""
+    k = torch.randint(1, steps // 2 + 1, (n,), generator=generator).to(device)
+    t = 2 * k / steps
+    return t, t - 1.0 / steps, t - 2.0 / steps
+
+
 def distill_v_target(zt: torch.Tensor, target: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
     """Progressive distillation's target (Salimans & Ho 2022, eq. 8, written for v): the v that
     carries ``zt`` at ``t`` to the teacher's ``target`` at ``t_next`` in one DDIM step."""

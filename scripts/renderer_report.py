@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             t1 = time.time()
             student = copy.deepcopy(model)
-            student.distill(train.x, args.distill_rounds, args.distill_steps, args.batch_size, seed=0,
+            student.distill(train, args.distill_rounds, args.distill_steps, args.batch_size, seed=0,
                             progress=(lambda r, i, loss: print(f"distill round {r + 1}: step {i}, loss {loss:.4f}",
                                                                flush=True)) if args.progress else None)
             student.save(out.distilled)
