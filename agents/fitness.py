@@ -55,6 +55,7 @@ class DreamFitness:
             drives the dreams, per-dream dropout and the disagreement penalty, which is part of the
             dream's reward (see ``DreamVectorEnv``; a single M without dropout: the plain dream).
         start: ``"first"`` (real first frames) or ``"mid"`` (real mid-episode states).
+        precision: the dream step's number format, "fp32" or "bf16" (a Transformer or Mamba M).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
@@ -62,7 +63,7 @@ class DreamFitness:
                  seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  term_scale: float = 1.0, compile: bool = False, members: int | None = None,
                  member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
-                 start: str = "first") -> None:
+                 start: str = "first", precision: str = "fp32") -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
@@ -70,7 +71,7 @@ class DreamFitness:
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
                                   temperature=temperature, device=self.device, max_episode_steps=max_steps,
                                   compile=compile, members=members, member_mode=member_mode, dropout=dropout,
-                                  disagreement_penalty=disagreement_penalty, start=start)
+                                  disagreement_penalty=disagreement_penalty, start=start, precision=precision)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
         self.z_size = world_model.z_size

@@ -88,14 +88,16 @@ STARTS = ("first", "mid")
 
 def build_dream_step(wm: WorldModel, num_envs: int, device: torch.device, compile: bool = False,
                      members: int | None = None, member_mode: str = "episode", dropout: float = 0.0,
-                     disagreement_penalty: float = 0.0) -> DreamStep:
-    """The dream step of ``wm``'s first ``members`` Ms (None: all) with the ensemble options."""
+                     disagreement_penalty: float = 0.0, precision: str = "fp32") -> DreamStep:
+    """The dream step of ``wm``'s first ``members`` Ms (None: all) with the ensemble options, in
+    ``precision`` ("fp32", or "bf16" for a Transformer or Mamba M)."""
     k = wm.num_members if members is None else members
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= wm.num_members:
         raise ValueError(f"members must be an integer in 1..{wm.num_members} (the world model's ensemble of Ms), "
                          f"got {members!r}")
     return make_dream_step(wm.mdrnn, num_envs, device, compile=compile, members=wm.ensemble[1:k],
-                           member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty)
+                           member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty,
+                           precision=precision)
 
 
 def register_envs() -> None:
@@ -393,7 +395,8 @@ class DreamVectorEnv(VectorEnv):
     resets that sub-env (its action is ignored; reward 0, not done). ``autoreset_mode=SAME_STEP``
     resets in the same step and puts the last observation in ``info["final_obs"]``.
     ``compile=True`` fuses the step's element-wise work with inductor (seconds of
-    compilation on first use; faster for large N).
+    compilation on first use; faster for large N). ``precision="bf16"`` runs a Transformer or
+    Mamba M in bfloat16 (:class:`envs.dream_step.SequenceMDreamStep`).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 50, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -404,7 +407,8 @@ class DreamVectorEnv(VectorEnv):
                  renderer: Renderer | str | os.PathLike | None = None, max_episode_steps: int | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4,
                  compile: bool = False, members: int | None = None, member_mode: str = "episode",
-                 dropout: float = 0.0, disagreement_penalty: float = 0.0, start: str = "first") -> None:
+                 dropout: float = 0.0, disagreement_penalty: float = 0.0, start: str = "first",
+                 precision: str = "fp32") -> None:
         self._window: Any = None  # first: close() (from VectorEnv.__del__) reads it when a check below refuses
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
@@ -420,7 +424,8 @@ class DreamVectorEnv(VectorEnv):
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
         step = build_dream_step(self.world_model, self.num_envs, self.device, compile=compile, members=members,
-                                member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty)
+                                member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty,
+                                precision=precision)
         self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
                                 start)
         self.single_action_space = action_space_from(self.world_model.action_space)

@@ -127,9 +127,22 @@ def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalt
         raise ValueError(f"disagreement_penalty must be >= 0, got {disagreement_penalty!r}")
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""The dream step's number formats (``dream.precision``)."""
+
+
+def check_precision(precision: str, m: Any = None) -> None:
+    """Refuse an unknown ``precision``, or bf16 for an M whose dream step has no bf16 path (the MDN-RNN's)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"dream.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and m is not None and not isinstance(m, SequenceM):
+        raise ValueError(f"dream.precision={precision} is built for a Transformer or Mamba M (m.family=gpt|mamba); "
+                         f"this M is a {type(m).__name__}: pass --set dream.precision=fp32")
+
+
 def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | str | None, compile: bool = False,
                     min_rows: int = 8, *, members: Sequence[MDRNN] = (), member_mode: str = "episode",
-                    dropout: float = 0.0, disagreement_penalty: float = 0.0) -> DreamStep:
+                    dropout: float = 0.0, disagreement_penalty: float = 0.0, precision: str = "fp32") -> DreamStep:
     """The batched dream step of M for ``num_envs`` rollouts on ``device`` (None: M's device).
 
     ``compile`` fuses the step with inductor where the implementation can (eager if that fails);
@@ -140,10 +153,14 @@ def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | 
     ``disagreement_penalty`` make an :class:`EnsembleDreamStep` (eager: ``compile`` is ignored); a
     single M without dropout is today's :class:`MDRNNDreamStep` whatever the mode and the penalty
     (one member never disagrees with itself).
+
+    ``precision``: "fp32", or "bf16" for a Transformer or Mamba M (:class:`SequenceMDreamStep`:
+    the model's weights and state in bfloat16, the sampling in fp32).
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     check_ensemble_options(member_mode, dropout, disagreement_penalty)
+    check_precision(precision, m)
     if isinstance(m, MDRNN):
         members = list(members)
         for k, extra in enumerate(members, 1):
@@ -157,7 +174,7 @@ def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | 
         if list(members) or dropout:
             raise ValueError(f"ensembles and dropout dreams are built for the MDN-RNN; this run's M is a "
                              f"{m.FAMILY}: drop ensemble.members / ensemble.dropout, or train an mdrnn M")
-        return SequenceMDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile)
+        return SequenceMDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile, precision=precision)
     raise TypeError(f"no dream step for an M of type {type(m).__name__}: make_dream_step knows MDRNN, "
                     f"TransformerM and MambaM")
 
@@ -862,35 +879,45 @@ class SequenceMDreamStep(DreamStep):
 
     ``compile=True`` (a Mamba M on the CPU): the model's step and head run as one inductor graph
     (:func:`compile_graph`, the weights passed in as arguments), which fuses the scan's element-wise
-    work: 2.5x the eager steps/s at 1,024 dreams (``python benchmarks/sequence.py``). The state comes
-    back as new tensors. A Transformer M stays eager (``compiled`` False): its step writes one slot
+    work: 2.5x the eager steps/s at 1,024 dreams (``python benchmarks/sequence.py``). The state is
+    updated in place, as by the eager step. A Transformer M stays eager (``compiled`` False): its step writes one slot
     of the key/value cache in place, which a traced graph turns into a copy of the whole cache, and
     measured slower compiled than eager. The sampling is eager in both.
+
+    ``precision="bf16"``: the model's weights, its step's arithmetic and its state (the key/value
+    cache, the scan state) in bfloat16; ``h`` and the head's output come back in fp32 for the
+    controller and the sampling. On a CPU with native bf16 (AVX512-BF16, AMX) the matrix products
+    run ~3.5x faster; without it bf16 is far slower than fp32 (see
+    :func:`worldlab.training.native_bf16`). The dream it computes differs from the fp32 one by bf16
+    rounding: ``scripts/m_compare.py`` measures the held-out NLL of the bf16 step beside the fp32 one.
     """
 
     def __init__(self, m: SequenceM, num_envs: int, device: torch.device | str | None = None,
-                 min_rows: int = 8, compile: bool = False) -> None:
+                 min_rows: int = 8, compile: bool = False, precision: str = "fp32") -> None:
         import copy
 
+        check_precision(precision, m)
         cfg = m.config
         self.num_envs = int(num_envs)
         self.rows = N = max(self.num_envs, int(min_rows))
         self.device = dev = torch.device(device) if device is not None else m.device
-        self.m = copy.deepcopy(m).to(dev).eval()  # the weights as they are now: rebuild after training M
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+        # the weights as they are now (rebuild after training M), in the step's number format
+        self.m = copy.deepcopy(m).to(dev, self.dtype).eval()
         self.Z, self.A, self.H, self.K = cfg.z_size, cfg.action_dim, cfg.width, cfg.gaussians
         self.discrete = cfg.discrete_actions
         self.logsigma_range = (cfg.logsigma_min, cfg.logsigma_max)
         self.buf = torch.zeros(N, self.Z + self.H, device=dev)  # [z | h]
         self.actions = torch.zeros(N, self.A, device=dev)
-        self.state = self.m.initial_state(N, dev)
+        self.state = self.m.initial_state(N, dev)  # in the step's number format
         self.uni = torch.empty(N, self.Z + 1, device=dev)
         self.u, self.ud = self.uni[:, None, :self.Z], self.uni[:, self.Z]
         self.eps = torch.empty(N, self.Z, device=dev)
         self.work = mixture_workspace(N, self.K, self.Z, dev)
         self.compiled = bool(compile) and isinstance(self.m, MambaM)
         self._graph: Any = None
-        self._keys = [k for k in self.m.STATE_ROW_DIM if k != "h"]  # the state tensors the graph carries
-        self._params = [p.detach() for p in _StepAndHead(self.m, self._keys).parameters()]
+        self._keys = [k for k in self.m.STATE_ROW_DIM if k != "h"]  # the layer-first state tensors the graph updates
+        self._params = [p.detach() for p in _StepAndHead(self.m, self._keys, cfg.layers).parameters()]
 
     @property
     def obs_size(self) -> int:
@@ -941,13 +968,13 @@ class SequenceMDreamStep(DreamStep):
         if tau <= 0 and not deterministic:
             raise ValueError(f"temperature must be > 0 (use deterministic=True for tau -> 0), got {tau}")
         graph = self._compiled_graph() if self.compiled else None
-        if graph is not None:
-            h, out, *tensors = graph(*self._params, self.buf[:, :self.Z], self.actions,
-                                     *[self.state[k] for k in self._keys])
-            self.state = {"h": h, **dict(zip(self._keys, tensors, strict=True))}
+        if graph is not None:  # the state tensors updated in place, one layer's view each
+            h, out = graph(*self._params, self.buf[:, :self.Z], self.actions, *self._layer_views())
+            self.state["h"] = h
         else:
             h, self.state = self.m.step_hidden(self.buf[:, :self.Z], self.actions, self.state)
             out = self.m.head(h)
+        out = out.float()  # the sampling and the reward in fp32 whatever the step's precision
         self.buf[:, self.Z:] = h
         if not deterministic:
             self.uni.uniform_(generator=generator)
@@ -956,11 +983,15 @@ class SequenceMDreamStep(DreamStep):
                             self.ud, self.logsigma_range)
         return out[:self.num_envs, 3 * self.K * self.Z], done[:self.num_envs]
 
+    def _layer_views(self) -> list[torch.Tensor]:
+        """Every layer's slice of every state tensor, in :class:`_StepAndHead`'s order."""
+        return [self.state[k][i] for k in self._keys for i in range(self.m.config.layers)]
+
     def _compiled_graph(self) -> Any:
         """The step + head graph, compiled on first use; None (eager from then on, with a warning)
         when compilation fails, e.g. on a machine without a C++ compiler."""
         if self._graph is None:
-            module, keys = _StepAndHead(self.m, self._keys), self._keys
+            module = _StepAndHead(self.m, self._keys, self.m.config.layers)
             names = [n for n, _ in module.named_parameters()]
 
             def step(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -969,7 +1000,7 @@ class SequenceMDreamStep(DreamStep):
 
             try:
                 self._graph = compile_graph(step, *self._params, self.buf[:, :self.Z], self.actions,
-                                            *[self.state[k] for k in keys])
+                                            *self._layer_views())
             except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same dream
                 self.compiled = False
                 warnings.warn(f"compiling the {self.m.FAMILY} dream step failed ({type(e).__name__}: {str(e)[:200]}); "
@@ -981,13 +1012,19 @@ class SequenceMDreamStep(DreamStep):
 
 
 class _StepAndHead(torch.nn.Module):
-    """A sequence M's step and head as one module call, for :func:`torch.func.functional_call`:
-    ``(z, a, *state tensors) -> (h, head output, *new state tensors)``."""
+    """A Mamba M's step and head as one module call, for :func:`torch.func.functional_call`:
+    ``(z, a, *each layer's slice of each state tensor) -> (h, head output)``, the state slices
+    updated in place. One argument per layer, not the stacked (layers, ...) tensor: inductor then
+    writes each layer's new state over its input, where with slices of one input it computes the
+    new state into fresh buffers and copies them back at the end (at 1,024 dreams, 64 MB a layer
+    of fresh pages per step, which cost more than the step's arithmetic)."""
 
-    def __init__(self, m: SequenceM, keys: Sequence[str]) -> None:
+    def __init__(self, m: SequenceM, keys: Sequence[str], layers: int) -> None:
         super().__init__()
-        self.m, self.keys = m, list(keys)
+        self.m, self.keys, self.layers = m, list(keys), int(layers)
 
     def forward(self, z: torch.Tensor, a: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h, new = self.m.step_hidden(z, a, {"h": None, **dict(zip(self.keys, tensors, strict=True))})
-        return (h, self.m.head(h), *[new[k] for k in self.keys])
+        L = self.layers
+        state = {k: list(tensors[j * L:(j + 1) * L]) for j, k in enumerate(self.keys)}
+        h, _ = self.m.step_hidden(z, a, {"h": None, **state})
+        return h, self.m.head(h)

@@ -125,9 +125,18 @@ def render(results: dict[str, dict]) -> str:
               f"- Mamba's scan over time as a loop trains at **{fmt(r['mamba_loop_speedup'], 2)}x** the speed of the "
               "parallel (Hillis-Steele) scan on this CPU (which does log2(T) memory-bound passes over (B, T, E, N) "
               "tensors); `MambaConfig.scan=\"auto\"` takes the loop on a CPU and the parallel scan on CUDA.",
-              f"- The dream with {r['dreams']:,} dreams at once (z 32, {r.get('dream_threads', r['threads'])} "
-              "threads; `_compiled`: the step compiled by inductor, as the pipeline runs it): " + ", ".join(
-                  f"{k} **{fmt(v, 0)}** steps/s" for k, v in r["dream_steps_per_s"].items()) + ".", ""]
+              ""]
+        d = r["dream_steps_per_s"]
+        tasks = list(d)
+        L += [f"Dream steps per second with {r['dreams']:,} dreams at once ({r.get('dream_threads', r['threads'])} "
+              "threads, untrained Ms at each task's sizes: z 32, width 256 for CarRacing; z 64, width 512 for Doom; "
+              "`_compiled`: the step compiled by inductor, as the pipeline runs it; `_bf16`: "
+              "`--set dream.precision=bf16`" + ("" if r.get("native_bf16", True) else
+                                                 ", not measured: this CPU has no native bf16") + "):", "",
+              "| M | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        L += [f"| {k} | " + " | ".join(f"{fmt(d[t][k], 0)}" if k in d[t] else "-" for t in tasks) + " |"
+              for k in dict.fromkeys(k for t in tasks for k in d[t])]
+        L += [""]
     return "\n".join(L)
 
 

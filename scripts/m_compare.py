@@ -18,7 +18,9 @@ the same steps instead).
 Then, for each M: held-out teacher-forced NLL per latent dimension, reward MSE and done accuracy
 and the open-loop latent error at steps 1 / 10 / 30 on the run's held-out episodes
 (:func:`worldlab.fidelity.m_heldout_figures`), dream steps per second at ``--dreams`` dreams
-(eager, and compiled for the Ms whose dream step compiles: the MDN-RNN's and the Mamba M's), training time, C's best dream fitness
+(eager, compiled for the Ms whose dream step compiles: the MDN-RNN's and the Mamba M's, and on a CPU
+with native bf16 the sequence Ms' bf16 step, ``dream.precision=bf16``, with its held-out figures
+beside the fp32 ones), training time, C's best dream fitness
 and its real score. The table goes into docs/WORLD_MODELS.md (a section per task), every
 figure into ``docs/results/m_compare_<task>.json``.
 """
@@ -26,6 +28,7 @@ figure into ``docs/results/m_compare_<task>.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import statistics
@@ -107,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     from agents.world_models.config import RunConfig, override
     from agents.world_models.report import environment_lines
     from agents.world_models.stages import HOLDOUT, mdrnn_batches
-    from benchmarks.sequence import COMPILED_FAMILIES, dream_rates
+    from benchmarks.sequence import BF16_FAMILIES, COMPILED_FAMILIES, dream_rates
     from worldlab.fidelity import m_heldout_figures
     from worldlab.io import atomic_write_json, read_json, write_doc_section
     from worldlab.logging import read_metrics
     from worldlab.rundir import RunDir
     from worldlab.sequence_m import M_CLASSES, describe_m, load_m
     from worldlab.storage import Manifest, split_episodes
+    from worldlab.training import native_bf16
 
     run = RunDir(args.run)
     if not run.config_json.is_file() or not run.eval_json.is_file():
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = Manifest.open(run.latents)
     train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
     run.m_compare.mkdir(exist_ok=True)
+    bf16 = native_bf16(torch.device("cpu"))  # the bf16 dream is measured where it can pay (else far slower)
     plan_path = run.m_compare / "plan.json"
     others = [f for f in args.families if f != "mdrnn"]
 
@@ -193,17 +198,24 @@ def main(argv: list[str] | None = None) -> int:
         ms[f] = m
         cache = d.m_heldout_json
         figs = read_json(cache) if cache.exists() else {}
+        episodes = m.meta.get("heldout") or held
         if figs.get("m_id") != m.meta.get("id") or figs.get("horizon") != args.heldout_horizon:
             log(f"{f}: held-out figures on {len(held)} episodes")
             figs = {"m_id": m.meta.get("id"), "horizon": args.heldout_horizon,
-                    **m_heldout_figures(m, lat, m.meta.get("heldout") or held, horizon=args.heldout_horizon)}
+                    **m_heldout_figures(m, lat, episodes, horizon=args.heldout_horizon)}
+            atomic_write_json(cache, figs)
+        if f in BF16_FAMILIES and bf16 and "bf16" not in figs:  # the same M stepped in bf16 (dream.precision=bf16)
+            log(f"{f}: held-out figures of the bf16 step on {len(held)} episodes")
+            half = m_heldout_figures(copy.deepcopy(m).to(torch.bfloat16), lat, episodes, horizon=args.heldout_horizon)
+            figs["bf16"] = {k: v for k, v in half.items() if k != "nll_per_episode"}
             atomic_write_json(cache, figs)
         ev = read_json(d.eval_json)
         stages = {s["key"]: s for s in read_json(d.stages_json)["stages"]}
         best = [r["value"] for r in read_metrics(d, name="evolve/best")]
         rows[f] = {"m": describe_m(m), "parameters": sum(x.numel() for x in m.parameters()),
                    "train_steps": int(m.meta.get("steps", 0)), "train_s": stages.get("memory_r0", {}).get("seconds"),
-                   "heldout": {k: v for k, v in figs.items() if k not in ("m_id", "nll_per_episode")},
+                   "heldout": {k: v for k, v in figs.items() if k not in ("m_id", "nll_per_episode", "bf16")},
+                   **({"heldout_bf16": figs["bf16"]} if "bf16" in figs else {}),
                    "dream_best": best[-1] if best else None,
                    "real": {k: ev[k] for k in ("mean", "std", "min", "max", "episodes")}, "folder": str(d.root)}
     log(f"dream steps per second at {args.dreams} dreams")
@@ -214,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             rows[f]["dream_steps_s_compiled"] = rate
     for f in rows:
         rows[f]["dream_steps_s"] = rates[f]
+    half = {f: m for f, m in ms.items() if f in BF16_FAMILIES} if bf16 else {}
+    if half:  # dream.precision=bf16, compiled where the run's dream compiles
+        comp = frozenset(f for f in half if f in COMPILED_FAMILIES and cfg.dream.compile)
+        for f, rate in dream_rates(half, args.dreams, args.dream_steps, 3, comp, frozenset(half)).items():
+            rows[f]["dream_steps_s_bf16"] = rate
 
     result = {"run": str(run.root), "task": cfg.task, "seed": cfg.seed, "plan": plan, "rows": rows, "dreams": args.dreams,
               "command": "python scripts/m_compare.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -266,8 +283,11 @@ def section(result: dict[str, Any], cfg: Any, out_json: Path, env: list[str]) ->
         ol = " / ".join(f"{h['open_loop_latent_mse_at'][s]:.3f}" for s in ("1", "10", "30")) \
             if "open_loop_latent_mse_at" in h else "-"
         rate = f"{r['dream_steps_s']:,.0f}"
-        if "dream_steps_s_compiled" in r:
-            rate += f" ({r['dream_steps_s_compiled']:,.0f} compiled)"
+        more = [f"{r['dream_steps_s_compiled']:,.0f} compiled"] if "dream_steps_s_compiled" in r else []
+        if "dream_steps_s_bf16" in r:
+            more.append(f"{r['dream_steps_s_bf16']:,.0f} {'compiled ' if 'dream_steps_s_compiled' in r else ''}bf16")
+        if more:
+            rate += f" ({'; '.join(more)})"
         t = f"{r['train_steps']} steps, {r['train_s'] / 60:.1f} min" if r["train_s"] else f"{r['train_steps']} steps"
         dream = f"{r['dream_best']:.1f}" if r["dream_best"] is not None else "-"
         lines.append(f"| {r['m']} | {r['parameters']:,} | {t} | {h['nll_per_dim']:.3f} | {h['reward_mse']:.3f} | "
@@ -282,6 +302,13 @@ def section(result: dict[str, Any], cfg: Any, out_json: Path, env: list[str]) ->
                 where = f"{-d:.3f} below" if d <= 0 else f"{d:.3f} above (misses by {d:.3f})"
                 lines.append(f"- {r['m']}: held-out NLL {where} the MDN-RNN's at equal "
                              f"{'steps' if plan['equal_steps'] else 'training time'}.")
+        for r in rows.values():
+            if "heldout_bf16" in r:
+                h32, h16 = r["heldout"], r["heldout_bf16"]
+                lines.append(f"- {r['m']} stepped in bf16 (`--set dream.precision=bf16`): held-out NLL "
+                             f"{h16['nll_per_dim']:.3f} (fp32 {h32['nll_per_dim']:.3f}), open-loop latent MSE at 30 "
+                             f"{h16['open_loop_latent_mse_at']['30']:.3f} (fp32 {h32['open_loop_latent_mse_at']['30']:.3f}), "
+                             f"reward MSE {h16['reward_mse']:.3f}; {r['dream_steps_s_bf16']:,.0f} dream steps/s.")
     lines += ["", f"Training time: the run's `memory` stage (M's training and its mid-episode bank); dream steps/s: "
                   f"eager unless marked, median of 3, in one process. Every figure: "
                   f"[{out_json.name}](results/{out_json.name}).", "", *env]

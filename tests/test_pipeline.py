@@ -252,6 +252,13 @@ def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.Completed
         assert rows[f]["dream_steps_s"] > 0 and len(json.loads((Path(rows[f]["folder"]) / "eval.json").read_text())
                                                       ["returns"]) == 4
     text = doc.read_text()
+    from worldlab.training import native_bf16
+
+    if native_bf16(torch.device("cpu")):  # the Transformer M's bf16 step beside its fp32 one
+        assert np.isfinite(rows["gpt"]["heldout_bf16"]["nll_per_dim"]) and rows["gpt"]["dream_steps_s_bf16"] > 0
+        assert "stepped in bf16 (`--set dream.precision=bf16`): held-out NLL" in text
+    else:
+        assert "heldout_bf16" not in rows["gpt"] and "stepped in bf16" not in text
     assert "<!-- m-compare-car_racing:begin -->" in text and "| Transformer M 2 x 64, 4 heads, window 16 |" in text
     assert "the MDN-RNN's at equal training time" in text
     again = run("m_compare.py", *args)  # finished: nothing trained again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,44 @@ def test_the_dream_step_runs_a_sequence_m(family: str) -> None:
         step.reset_rows(slice(None), z0, state0=(torch.zeros(3, 16), torch.zeros(3, 16)))
 
 
+@pytest.mark.parametrize("family", ["transformer_m", "mamba_m"])
+def test_a_bf16_dream_step_is_the_bf16_m_and_close_to_the_fp32_one(family: str) -> None:
+    """dream.precision=bf16: the dream step plays M in bf16 (weights and state), z, h and the reward
+    in fp32; teacher-forced, the bf16 M's predictions are within bf16 rounding of the fp32 M's."""
+    import copy
+
+    from envs.dream_step import make_dream_step
+    from worldlab.mdrnn import sample_mixture
+
+    torch.manual_seed(0)
+    m = make_m(family, z_size=8, action_dim=3, width=32, layers=2, heads=2, window=4, state=4).eval()
+    m16 = copy.deepcopy(m).to(torch.bfloat16)
+    step = make_dream_step(m, 6, "cpu", precision="bf16")
+    assert all(v.dtype == torch.bfloat16 for v in step.state.values() if v.is_floating_point())
+    assert next(m.parameters()).dtype == torch.float32  # the caller's M is left as it was
+    z0, acts, zs = torch.randn(6, 8), torch.rand(12, 6, 3), torch.randn(12, 6, 8)
+    step.reset_rows(slice(None), z0)
+    dream, s16, s32, z = m16.initial_state(6), m16.initial_state(6), m.initial_state(6), z0.clone()
+    for t in range(12):  # past the window: the ring cache wraps
+        step.set_actions(acts[t])
+        r, _ = step.step(deterministic=True)
+        with torch.no_grad():
+            p, dream = m16.step(z, acts[t], dream)  # the dream by hand
+            q16, s16 = m16.step(zs[t], acts[t], s16)  # teacher-forced, both precisions
+            q32, s32 = m.step(zs[t], acts[t], s32)
+        z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)
+        assert step.obs.dtype == torch.float32 and r.dtype == torch.float32 and p.mu.dtype == torch.float32
+        assert torch.allclose(step.z, z, atol=1e-5) and torch.allclose(r, p.reward, atol=1e-5)
+        for x16, x32 in ((q16.mu, q32.mu), (q16.logits, q32.logits), (q16.reward, q32.reward),
+                         (s16["h"].float(), s32["h"])):
+            assert torch.allclose(x16, x32, atol=0.05, rtol=0.05), (t, (x16 - x32).abs().max())
+    assert (q16.mu - q32.mu).abs().max() > 0  # it did run in bf16
+    with pytest.raises(ValueError, match="dream.precision must be one of fp32, bf16, got 'fp16'"):
+        make_dream_step(m, 6, "cpu", precision="fp16")
+    with pytest.raises(ValueError, match="dream.precision=bf16 is built for a Transformer or Mamba M"):
+        make_dream_step(MDRNN(MDRNNConfig(z_size=8, action_dim=3, hidden=16)), 6, "cpu", precision="bf16")
+
+
 @pytest.mark.slow
 def test_the_compiled_mamba_dream_equals_the_eager_one() -> None:
     from envs.dream_step import make_dream_step
@@ -226,6 +265,12 @@ def test_a_dream_starts_mid_episode_from_a_sequence_ms_bank(family: str, tmp_pat
     assert torch.allclose(torch.as_tensor(obs[:, 4:]), state["h"].expand(2, -1), atol=1e-5)
     assert torch.allclose(torch.as_tensor(r, dtype=torch.float32), p.reward.expand(2), atol=1e-5)
     env.close()
+    half = DreamVectorEnv(world_model=wm, num_envs=2, start="mid", deterministic=True, precision="bf16")
+    h0, _ = half.reset(seed=0)  # the fp32 bank, read into the bf16 dream's state
+    obs16, r16, *_ = half.step(act.expand(2, -1).numpy())
+    assert h0.dtype == obs16.dtype == np.float32 and np.allclose(h0[:, 4:], prefix["h"].expand(2, -1), atol=0.02)
+    assert np.allclose(obs16[:, 4:], obs[:, 4:], atol=0.05) and np.allclose(r16, r, atol=0.05)
+    half.close()
     bad = {**bank, "h": torch.zeros(1, 1, 8)}
     with pytest.raises(WorldModelError, match="bank's h must be \\(members >= 1, 1, 16\\)"):
         WorldModel(base.vae, m, task="car_racing", action_space=base.action_space, max_episode_steps=50,

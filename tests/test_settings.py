@@ -37,6 +37,8 @@ def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
     (["--set", "collect.episodes=0"], "collect.episodes must be >= 1"),
     (["--set", "seq_len=1"], "seq_len must be >= 2"),
     (["--generations", "0"], "cma.generations must be >= 1"),
+    (["--set", "dream.precision=fp16"], "dream.precision must be one of fp32, bf16"),
+    (["--set", "dream.precision=bf16"], "dream.precision=bf16 is built for a Transformer or Mamba M"),
 ])
 def test_bad_settings_are_refused_before_any_work(flags: list[str], says: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

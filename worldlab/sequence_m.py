@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worldlab.blocks import (
@@ -117,7 +116,19 @@ class SequenceM(ConfigCheckpoint, nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    action_input = MDRNN.action_input
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype, which the step's state and arithmetic follow (bf16 after
+        ``m.to(torch.bfloat16)``, as a ``dream.precision=bf16`` dream runs it); predictions are fp32."""
+        return self.head.weight.dtype
+
+    def action_input(self, a: torch.Tensor) -> torch.Tensor:
+        """:meth:`MDRNN.action_input` in the weights' dtype (bf16 in a ``dream.precision=bf16`` dream)."""
+        return MDRNN.action_input(self, a).to(self.dtype)
+
+    def embed(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The input layer on ``[z, a]``, both in the weights' dtype: (..., Z), actions -> (..., width)."""
+        return self.inp(torch.cat([z.to(self.dtype), self.action_input(a)], dim=-1))
 
     def _split(self, out: torch.Tensor) -> MixtureOutput:
         c = self.config
@@ -132,7 +143,7 @@ class SequenceM(ConfigCheckpoint, nn.Module):
         ``{"h": (B, width)}`` of the last step. Starts from an empty past (``state`` must be None)."""
         if state is not None:
             raise ValueError(f"{type(self).__name__} runs a window from an empty past; step() carries a state")
-        h = self.hidden_states(self.inp(torch.cat([z, self.action_input(a)], dim=-1)))
+        h = self.hidden_states(self.embed(z, a))
         return self._split(self.head(h)), {"h": h[:, -1]}
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
@@ -149,7 +160,7 @@ class SequenceM(ConfigCheckpoint, nn.Module):
         (``state["h"]``: what the controller sees)."""
         state = state if state is not None else self.initial_state(z.shape[0], z.device)
         h, state = self.step_hidden(z, a, state)
-        return self._split(self.head(h)), state
+        return self._split(self.head(h).float()), state
 
     STATE_ROW_DIM: dict[str, int] = {}
     """the batch (row) dimension of each state tensor, for resetting rows in place."""
@@ -177,7 +188,9 @@ class TransformerM(SequenceM):
         self.ln_f = nn.LayerNorm(c.width)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_angles(positions, self.config.width // self.config.heads, 10000.0)
+        """cos and sin of the rotary angles (computed in fp32, handed over in the weights' dtype)."""
+        cos, sin = rope_angles(positions, self.config.width // self.config.heads, 10000.0)
+        return cos.to(self.dtype), sin.to(self.dtype)
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
@@ -189,31 +202,41 @@ class TransformerM(SequenceM):
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
         c, device = self.config, device or self.device
-        shape = (c.layers, batch, c.heads, c.window, c.width // c.heads)
-        return {"h": torch.zeros(batch, c.width, device=device), "k": torch.zeros(shape, device=device),
-                "v": torch.zeros(shape, device=device), "t": torch.zeros(batch, dtype=torch.long, device=device)}
+        shape, f = (c.layers, batch, c.heads, c.window, c.width // c.heads), {"device": device, "dtype": self.dtype}
+        return {"h": torch.zeros(batch, c.width, **f), "k": torch.zeros(shape, **f), "v": torch.zeros(shape, **f),
+                "t": torch.zeros(batch, dtype=torch.long, device=device)}
 
     STATE_ROW_DIM = {"h": 0, "k": 1, "v": 1, "t": 0}
 
     def step_hidden(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any]
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """One step of every row; rows may be at different steps of their episodes (``state["t"]``).
-        The key/value cache of ``state`` is updated in place (and returned in the new state)."""
+        The key/value cache of ``state`` is updated in place (and returned in the new state).
+
+        The one query per row attends by two batched matrix products with the softmax in fp32, not
+        by ``scaled_dot_product_attention``, and each row's new key and value go into its ring slot
+        by ``index_put_``, not ``scatter_``: both faster on a CPU at 1,024 dreams, by far in bf16,
+        where the fused attention kernel and ``scatter_`` take slow paths (``benchmarks/sequence.py``
+        times the whole step, fp32 and bf16)."""
         c = self.config
         t = state["t"]  # (B,) steps taken so far per row
-        slot = (t % c.window)[:, None, None].expand(-1, c.heads, 1)  # (B, H, 1)
+        rows = torch.arange(t.shape[0], device=z.device)[:, None]  # (B, 1)
+        heads = torch.arange(c.heads, device=z.device)[None, :]  # (1, H)
+        slot = (t % c.window)[:, None]  # (B, 1): each row's ring slot, broadcast over the heads
         cos, sin = self._rope(t)  # (B, hd)
         cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # (B, 1, 1, hd)
-        valid = torch.arange(c.window, device=z.device)[None, :] <= t[:, None]  # (B, W): filled slots
-        mask = valid[:, None, None, :]  # (B, 1, 1, W)
-        x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))[:, None]  # (B, 1, C)
+        empty = torch.arange(c.window, device=z.device)[None, :] > t[:, None]  # (B, W): slots not yet filled
+        empty = empty[:, None, None, :]  # (B, 1, 1, W)
+        scale = (c.width // c.heads) ** -0.5
+        x = self.embed(z, a)[:, None]  # (B, 1, C)
         k_all, v_all = state["k"], state["v"]  # written in place: a dream step must not copy the cache
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.qkv_heads(x, cos, sin)  # (B, H, 1, hd)
-            k_all[i].scatter_(2, slot[..., None].expand(-1, -1, -1, k.shape[-1]), k)
-            v_all[i].scatter_(2, slot[..., None].expand(-1, -1, -1, v.shape[-1]), v)
-            att = F.scaled_dot_product_attention(q, k_all[i], v_all[i], attn_mask=mask)
-            x = blk.finish(x, att)
+            k_all[i].index_put_((rows, heads, slot), k[:, :, 0])
+            v_all[i].index_put_((rows, heads, slot), v[:, :, 0])
+            scores = torch.matmul(q, k_all[i].transpose(-1, -2)).float().mul_(scale)  # (B, H, 1, W)
+            weights = scores.masked_fill_(empty, float("-inf")).softmax(-1).to(v.dtype)
+            x = blk.finish(x, torch.matmul(weights, v_all[i]))
         h = self.ln_f(x)[:, 0]
         return h, {"h": h, "k": k_all, "v": v_all, "t": t + 1}
 
@@ -235,23 +258,26 @@ class MambaM(SequenceM):
         return self.norm_f(x)
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> dict[str, Any]:
-        c, device = self.config, device or self.device
-        return {"h": torch.zeros(batch, c.width, device=device),
-                "ssm": torch.zeros(c.layers, batch, c.inner, c.state, device=device),
-                "conv": torch.zeros(c.layers, batch, c.inner, c.conv - 1, device=device)}
+        c, f = self.config, {"device": device or self.device, "dtype": self.dtype}
+        return {"h": torch.zeros(batch, c.width, **f), "ssm": torch.zeros(c.layers, batch, c.inner, c.state, **f),
+                "conv": torch.zeros(c.layers, batch, c.inner, c.conv - 1, **f)}
 
     STATE_ROW_DIM = {"h": 0, "ssm": 1, "conv": 1}
 
     def step_hidden(self, z: torch.Tensor, a: torch.Tensor, state: dict[str, Any]
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = self.inp(torch.cat([z, self.action_input(a)], dim=-1))
-        ssm, conv = [], []
+        """One step of every row; the scan and convolution states of ``state`` are updated in place
+        (and returned in the new state), as the Transformer M's cache: at 1,024 dreams a new state
+        tensor per step (64 MB a layer at width 512) costs more in fresh pages than the step's
+        arithmetic, and the compiled dream step writes the new state straight over the old."""
+        x = self.embed(z, a)
+        ssm, conv = state["ssm"], state["conv"]
         for i, layer in enumerate(self.layers):
-            x, (s, cv) = layer.step(x, (state["ssm"][i], state["conv"][i]))
-            ssm.append(s)
-            conv.append(cv)
+            x, (s, cv) = layer.step(x, (ssm[i], conv[i]))
+            ssm[i].copy_(s)
+            conv[i].copy_(cv)
         h = self.norm_f(x)
-        return h, {"h": h, "ssm": torch.stack(ssm), "conv": torch.stack(conv)}
+        return h, {"h": h, "ssm": ssm, "conv": conv}
 
 
 # -- one state protocol for every M ------------------------------------------------------------------
@@ -294,7 +320,7 @@ def put_rows(m: nn.Module, state: Any, idx: torch.Tensor, rows: Any) -> None:
     """Write the state ``rows`` of rows ``idx`` into ``state`` in place."""
     new = state_entries(m, rows)
     for k, v in state_entries(m, state).items():
-        v[idx] = new[k]
+        v[idx] = new[k].to(v.dtype)  # e.g. a banked fp32 state into a bf16 dream's
 
 
 @torch.no_grad()

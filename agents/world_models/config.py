@@ -24,7 +24,7 @@ from typing import Any
 from agents.cmaes import CMAConfig
 from agents.pool import check_backend
 from envs.dream import STARTS
-from envs.dream_step import MEMBER_MODES
+from envs.dream_step import MEMBER_MODES, PRECISIONS
 from envs.tasks import get_task
 from worldlab.blocks import SCANS
 from worldlab.io import atomic_write_json, read_json
@@ -139,6 +139,11 @@ class DreamConfig:
     whose whole state is banked: :attr:`RunConfig.mid_bank_size`)."""
     horizon: int | None = None
     """dream episode length when ``start`` is "mid" (None: ``max_steps``, or the task's limit)."""
+    precision: str = "fp32"
+    """the dream step's number format: "fp32", or "bf16" for a Transformer or Mamba M (``m.family=gpt|mamba``):
+    M's weights, arithmetic and state in bfloat16, the sampling in fp32. ~3x the Transformer M's
+    dream steps/s at width 512 on a CPU with native bf16 (AVX512-BF16 or AMX; far slower without
+    it); ``scripts/m_compare.py`` reports the bf16 step's held-out NLL beside the fp32 one."""
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or \
@@ -151,6 +156,9 @@ class DreamConfig:
                              f"--set dream.start=first (real first frames) or mid (real mid-episode states)")
         _at_least("dream", self, 1, "start_bank")
         _at_least("dream", self, 1, "horizon", optional=True)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"dream.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}; pass "
+                             f"--set dream.precision=fp32 (or bf16 for a Transformer or Mamba M)")
         if self.horizon is not None and self.start != "mid":
             raise ValueError(f"dream.horizon ({self.horizon}) applies to mid-episode starts only; pass "
                              f"--set dream.start=mid, or limit first-frame dreams with dream.max_steps")
@@ -374,6 +382,9 @@ class RunConfig:
         if self.m.family != "mdrnn" and (self.ensemble.members > 1 or self.ensemble.dropout > 0):
             raise ValueError(f"ensembles and dropout dreams are built for the MDN-RNN, not m.family={self.m.family}; "
                              f"pass --set m.family=mdrnn or drop ensemble.members / ensemble.dropout")
+        if self.dream.precision != "fp32" and self.m.family == "mdrnn":
+            raise ValueError(f"dream.precision={self.dream.precision} is built for a Transformer or Mamba M, not the "
+                             f"MDN-RNN; pass --set m.family=gpt or mamba, or --set dream.precision=fp32")
         self.m_config()  # a Transformer's width must split into its heads: refused here, before any work
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")

@@ -619,12 +619,14 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                                     cfg.dream.steps, device, seed=cma_cfg.seed,
                                     compile=cfg.dream.compile and device.type == "cpu", members=e.members,
                                     member_mode=e.member_mode, dropout=e.dropout,
-                                    disagreement_penalty=e.disagreement_penalty, start=cfg.dream.start)
+                                    disagreement_penalty=e.disagreement_penalty, start=cfg.dream.start,
+                                    precision=cfg.dream.precision)
         where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
                       f"{e.disagreement_penalty}")
-        where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'})"
+        where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'}"
+        where += f"; M in {cfg.dream.precision})" if cfg.dream.precision != "fp32" else ")"
     else:
         fitness = RealFitness(pool(), cma_cfg.rollouts, seed=cma_cfg.seed)
         where = f"the real {cfg.task} ({cfg.workers} workers)"
