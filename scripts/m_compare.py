@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         for f, rate in dream_rates(half, args.dreams, args.dream_steps, 3, comp, frozenset(half)).items():
             rows[f]["dream_steps_s_bf16"] = rate
 
+    env = environment_lines()  # before this command's own files change the checkout
     result = {"run": str(run.root), "task": cfg.task, "seed": cfg.seed, "plan": plan, "rows": rows, "dreams": args.dreams,
               "command": "python scripts/m_compare.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out_json = Path(args.json or ROOT / "docs" / "results" / f"m_compare_{cfg.task}.json")
     atomic_write_json(out_json, result)
-    doc_path = write_doc_section(args.doc, f"m-compare-{cfg.task}", section(result, cfg, out_json,
-                                                                            environment_lines()).splitlines(),
+    doc_path = write_doc_section(args.doc, f"m-compare-{cfg.task}", section(result, cfg, out_json, env).splitlines(),
                                  head=WORLD_MODELS_HEAD)
     for f, r in rows.items():
         log(f"{f}: held-out NLL {r['heldout']['nll_per_dim']:.3f}/dim, real {r['real']['mean']:.1f} ± "
