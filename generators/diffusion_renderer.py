@@ -58,12 +58,18 @@ class DiffusionRendererConfig(VRendererConfig):
     """DDIM steps ``render`` takes; :meth:`DiffusionRenderer.distill` halves it each round."""
     noise_seed: int = 0
     """the seed of the one noise image every frame starts from (deterministic frames)."""
+    temperature: float = 1.0
+    """the scale of that start noise: below 1 the sampler draws a smoother residual (less of the
+    fine grain a few-step sampler lays over flat surfaces), at 0 a deterministic DDIM from zero
+    noise. Set at drawing time; training does not depend on it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.widths = tuple(int(w) for w in self.widths)
         if not self.widths or min(self.widths) < 1 or self.block_depth < 1 or self.steps < 1:
             raise ValueError("widths, block_depth and steps must be >= 1")
+        if not 0.0 <= float(self.temperature) <= 1.5:
+            raise ValueError(f"temperature must be in [0, 1.5] (the start noise's scale), got {self.temperature}")
         if self.embedding_dim < 2 or self.embedding_dim % 2 or self.z_embedding < 1:
             raise ValueError(f"embedding_dim must be even and >= 2 (got {self.embedding_dim}), z_embedding >= 1")
 
@@ -101,14 +107,15 @@ class DiffusionRenderer(VRenderer):
 
     def generate(self, z: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]: V's frame plus ``steps`` DDIM
-        steps (default ``config.steps``) of the residual from the fixed noise."""
+        steps (default ``config.steps``) of the residual from the fixed noise, scaled by
+        ``config.temperature``."""
         steps = self.config.steps if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         n = z.shape[0]
         base = self.decode(z).contiguous()
         zc = self.z_proj(z)
-        r = self.noise.expand(n, -1, -1, -1)
+        r = self.noise.expand(n, -1, -1, -1) * float(self.config.temperature)
         ts = torch.linspace(1.0, 0.0, steps + 1, device=z.device)
         for i in range(steps):
             r = self.ddim_step(r, ts[i].expand(n), ts[i + 1].expand(n), base, zc)

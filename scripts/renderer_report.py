@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=8, help="diffusion_renderer: DDIM steps before distillation")
     p.add_argument("--distill-rounds", type=int, default=2, help="diffusion_renderer: halvings of the steps")
     p.add_argument("--distill-steps", type=int, default=400, help="diffusion_renderer: training steps per halving")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="diffusion_renderer: the start noise's scale the distilled renderer is saved with and the "
+                        "dream draws with (default 1; below 1: less grain)")
+    p.add_argument("--temperatures", type=float, nargs="*", default=[],
+                   help="diffusion_renderer: more start-noise scales to measure the distilled renderer at (rows of "
+                        "the table only)")
     p.add_argument("--out", default=None, help="renderer run folder (default RUN/renderer, or RUN/diffusion_renderer "
                                                "for the diffusion renderer; RUN/renderer/stylegan for StyleGAN's)")
     p.add_argument("--doc", default=None, help="write the figures as Markdown here (e.g. docs/RENDERER.md)")
@@ -170,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                       or args.teacher_steps % (2 ** args.distill_rounds)):
         print(f"error: --teacher-steps {args.teacher_steps} must be >= 1 and divisible by 2**--distill-rounds "
               f"({2 ** max(args.distill_rounds, 0)}); e.g. --teacher-steps 8 --distill-rounds 2", file=sys.stderr)
+        return 2
+    if diffusion and not all(0.0 <= t <= 1.5 for t in (args.temperature, *args.temperatures)):
+        print("error: --temperature and --temperatures must be in [0, 1.5] (the start noise's scale)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or suggested_threads())
     out = RunDir(args.out or (run.diffusion_renderer if diffusion else
@@ -201,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                flush=True)) if args.progress else None)
             student.save(out.distilled)
             distill_s = time.time() - t1
+        if student.config.temperature != args.temperature:  # the renderer the dream draws with
+            student.config.temperature = args.temperature
+            student.save(out.distilled)
         renderers = {"teacher": model, "distilled": student.eval()}
+        for t in args.temperatures:
+            other = copy.deepcopy(student)
+            other.config.temperature = t
+            renderers[f"distilled_t{t:g}"] = other
     vae = ConvVAE.load(run.vae)
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
     zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
@@ -210,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         res[k]["frames_per_s_1_core"] = v
     for k, m in renderers.items():
         res[k]["sampling_steps"] = int(getattr(m.config, "steps", 1))
-    final = renderers["distilled" if "distilled" in renderers else next(iter(renderers))]
+    final_name = "distilled" if "distilled" in renderers else next(iter(renderers))
+    final = renderers[final_name]
     k = torch.linspace(0, len(test) - 1, 8).long()
-    rows = [x01[k], drawn["v_decoder"][k], *[drawn[n][k] for n in renderers]]
+    shown = [n for n in renderers if not n.startswith("distilled_t")]
+    rows = [x01[k], drawn["v_decoder"][k], *[drawn[n][k] for n in shown]]
     pic = images.grid(torch.cat(rows) * 2 - 1, nrow=8, upscale=2)
     images.save_png(out.root / "compare.png", pic)
     strip = dream_strip(run, final, 200)
@@ -221,13 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     if diffusion:
         cmd += (f" --family diffusion_renderer --teacher-steps {args.teacher_steps} --distill-rounds "
                 f"{args.distill_rounds} --distill-steps {args.distill_steps}")
+        if args.temperature != 1.0:
+            cmd += f" --temperature {args.temperature:g}"
+        if args.temperatures:
+            cmd += " --temperatures " + " ".join(f"{t:g}" for t in args.temperatures)
     elif args.family != "renderer":
         cmd += f" --family {args.family}"
     if args.preset:
         cmd += f" --preset {args.preset}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, seconds=time.time() - t0, train_seconds=train_s,
-               distill_seconds=distill_s, drawers=list(renderers),
+               distill_seconds=distill_s, drawers=list(renderers), shown=shown, final=final_name,
+               temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
     atomic_write_json(out.root / "report.json", res)
     print(json.dumps({k_: v for k_, v in res.items() if k_ in ("v_decoder", *renderers, "real_sharpness")}, indent=2))
@@ -300,15 +323,19 @@ def render_doc(r: dict[str, Any], tag: str, doc: Path, family: str = "renderer")
 
 
 def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
+    temps = r.get("temperatures", {})
     names = {"v_decoder": "V's decoder", "renderer": "diffusion renderer", "teacher": "diffusion renderer, teacher",
-             "distilled": "diffusion renderer, distilled"}
+             **{k: "diffusion renderer, distilled" + (f", start noise x{temps[k]:g}" if temps.get(k, 1.0) != 1.0 else "")
+                for k in r["drawers"] if k.startswith("distilled")}}
+    final_name = r.get("final", r["drawers"][-1])
+    names[final_name] += " (saved: the dream draws with it)" if final_name.startswith("distilled") else ""
     rows = []
     for k in ("v_decoder", *r["drawers"]):
         m = r[k]
         evals = 1 if k == "v_decoder" else m["sampling_steps"]
         rows.append(f"| {names[k]} | {evals} | {m['l1']:.4f} | {m['mse']:.4f} | {m['sharpness_vs_real']:.2f} | "
                     f"{m['frechet_v_latent']:.3f} | {m['frames_per_s_1_core']:,.0f} |")
-    final = r[r["drawers"][-1]]
+    final = r[final_name]
     checks = [("frames/s on one core >= 15", final["frames_per_s_1_core"] >= 15),
               ("sharpness >= 0.8 of real frames'", final["sharpness_vs_real"] >= 0.8),
               ("Fréchet distance <= 0.15", final["frechet_v_latent"] <= 0.15)]
@@ -332,10 +359,11 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         "|---|---|---|---|---|---|---|", *rows, "",
         "Issue 17's targets for the renderer as the dream draws it: "
         + "; ".join(f"{what}: **{'met' if ok else 'not met'}**" for what, ok in checks) + ".", "",
-        "Held-out frames (top), V's decoder, then " + ", ".join(names[k] for k in r["drawers"]) + ":", "",
+        "Held-out frames (top), V's decoder, then " + ", ".join(names[k] for k in r.get("shown", r["drawers"])) + ":",
+        "",
         f"![compare](renderer/{tag}_compare.png)", "",
         "One dream (random actions, temperature 1): V's decoder (top), the "
-        f"{names[r['drawers'][-1]]} (bottom), same latents:", "",
+        f"{names[final_name]} (bottom), same latents:", "",
         f"![dream](renderer/{tag}_dream_strip.png)", ""]
 
 

@@ -62,6 +62,25 @@ def test_frames_are_v_plus_a_residual_and_deterministic(tiny_v: Path) -> None:
         m.render(torch.zeros(2, 5))
 
 
+def test_the_start_noise_temperature_scales_the_residual(tiny_v: Path) -> None:
+    """temperature t starts every frame from t x the fixed noise: a DDIM step is linear in its start
+    when the network's v is (untrained: v = 0), so the residual of 2 steps scales by t (where unclamped)."""
+    m = make(tiny_v).eval()
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = m.decode(z)
+        full = m.generate(z, steps=2) - base  # v = 0: the residual is the noise carried to t = 0 by DDIM
+        m.config.temperature = 0.5
+        half = m.generate(z, steps=2) - base
+        m.config.temperature = 0.0
+        zero = m.generate(z, steps=2) - base
+    inside = ((base + full).abs() < 0.999) & ((base + half).abs() < 0.999)  # frames are clamped to [-1, 1]
+    assert full.abs().max() > 0 and inside.float().mean() > 0.5 and not zero.any()
+    assert torch.allclose(half[inside], 0.5 * full[inside], atol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be in \\[0, 1.5\\]"):
+        make(tiny_v, temperature=2.0)
+
+
 def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path) -> None:
     m = make(tiny_v)
     x = frames(64)
