@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     out = RunDir(args.out or (run.diffusion_renderer if diffusion else
                               run.renderer / "stylegan" if args.family == "stylegan_renderer" else run.renderer))
     t0 = time.time()
+    prev_path = out.root / "report.json"
+    prev = json.loads(prev_path.read_text()) if prev_path.exists() else {}
+    resumed = out.generator_final.exists() and prev.get("steps") == args.steps  # trained by an earlier invocation
     train = episode_frames(run.data, held_out=False, max_frames=args.max_frames)
     test = episode_frames(run.data, held_out=True, max_frames=2000)
     torch.manual_seed(0)
@@ -194,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                                            sample_every=max(100, args.steps // 5), checkpoint_every=200),
                    out=out.root, progress=args.progress)
     model.save(out.generator_final)
-    train_s = time.time() - t0
+    train_s = prev.get("train_seconds", 0.0) if resumed else time.time() - t0
     model.eval()
     renderers: dict[str, VRenderer] = {"renderer": model}
     distill_s = 0.0
     if diffusion and args.distill_rounds:
         assert isinstance(model, DiffusionRenderer)
-        if out.distilled.exists():  # a rerun keeps the distilled model
+        if out.distilled.exists():  # a rerun keeps the distilled model (and the time it took)
             student = generators.load(out.distilled)
+            distill_s = prev.get("distill_seconds", 0.0)
         else:
             t1 = time.time()
             student = copy.deepcopy(model)
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             other.config.temperature = t
             renderers[f"distilled_t{t:g}"] = other
     vae = ConvVAE.load(run.vae)
+    t_measure = time.time()
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
     zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
     fps = frames_per_s({"v_decoder": vae.decode, **{k: m.render for k, m in renderers.items()}}, zs)
@@ -248,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:
         cmd += f" --preset {args.preset}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
-               batch_size=args.batch_size, seconds=time.time() - t0, train_seconds=train_s,
+               batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
+               seconds=(train_s + distill_s + time.time() - t_measure) if resumed else time.time() - t0,
+               resumed=resumed,
                distill_seconds=distill_s, drawers=list(renderers), shown=shown, final=final_name,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
@@ -349,7 +356,9 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         "the pix2pix renderer: `DreamEnv(..., renderer=PATH)`, `watch.py RUN --renderer PATH` (V's decoder "
         "and the renderer side by side).", "",
         f"Produced by `{r['command']} --doc {doc}` ({r['seconds'] / 60:.1f} min on {r['machine']}: training "
-        f"{r['train_seconds'] / 60:.1f} min, distillation {r['distill_seconds'] / 60:.1f} min). Run: `{r['run']}` "
+        f"{r['train_seconds'] / 60:.1f} min, distillation {r['distill_seconds'] / 60:.1f} min"
+        + (", both in an earlier invocation that this one resumed to measure" if r.get("resumed") else "")
+        + f"). Run: `{r['run']}` "
         f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
         f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "
         "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
