@@ -528,6 +528,20 @@ def test_fit_writes_grids_and_resumes(digits: GenData, tmp_path: Path) -> None:
     assert torch.load(tmp_path / "checkpoints" / "generator.pt", weights_only=True)["step"] == 6
 
 
+def test_a_finished_fit_resumed_hands_back_the_same_ema_weights(digits: GenData, tmp_path: Path) -> None:
+    """fit() on a folder whose training finished trains nothing and leaves the model holding the
+    finished run's result: the EMA average, not the raw weights of the last step."""
+    model = tiny("dcgan", digits)
+    settings = FitConfig(steps=4, batch_size=16, ema=0.5)
+    generators.fit(model, digits, settings, out=tmp_path, progress=False, tensorboard=False)
+    raw = torch.load(tmp_path / "checkpoints" / "generator.pt", weights_only=True)["model"]
+    assert any(not torch.equal(raw[k], v) for k, v in model.state_dict().items())  # EMA != the last step's
+    again = tiny("dcgan", digits)
+    assert generators.fit(again, digits, settings, out=tmp_path, progress=False, tensorboard=False) == {}
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert not again.training
+
+
 def test_train_generator_refuses_a_mismatched_resume(tmp_path: Path) -> None:
     settings = FitConfig(steps=2, batch_size=16)
     model, _ = generators.train_generator("dcgan", "digits", settings, out=tmp_path, preset="tiny", progress=False)

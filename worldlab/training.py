@@ -199,7 +199,10 @@ def train(
         atomic_torch_save(state, checkpoint_path)
 
     history: dict[str, list[float]] = {}
-    if step >= cfg.steps:
+    if step >= cfg.steps:  # finished before: hand back what a finished run hands back
+        model.eval()
+        if ema is not None:
+            model.load_state_dict(ema.model.state_dict())
         return history
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if resolve_amp(cfg.amp, device) == "bf16" else nullcontext())
