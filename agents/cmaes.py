@@ -39,9 +39,12 @@ class CMAConfig:
     """generations per round (a resumed run continues up to this number)."""
     seed: int = 0
     """seed of cma's sampling and of the rollouts' starts."""
+    restarts: int = 1
+    """independent searches per round in the dream (seeds ``seed``, ``seed + 1``, ...), the one whose
+    final mean scores best over :data:`RESTART_DREAMS` fresh dreams kept (1: one search, as the paper)."""
 
     def __post_init__(self) -> None:
-        for k in ("rollouts", "generations"):
+        for k in ("rollouts", "generations", "restarts"):
             if getattr(self, k) < 1:
                 raise ValueError(f"cma.{k} must be >= 1, got {getattr(self, k)}")
         if self.popsize < 2:
@@ -49,6 +52,10 @@ class CMAConfig:
         if self.sigma0 <= 0:
             raise ValueError(f"cma.sigma0 must be > 0, got {self.sigma0}")
 
+
+
+RESTART_DREAMS = 100
+"""fresh dreams that score each restart's final mean (``cma.restarts``)."""
 
 
 def _hash(x: np.ndarray) -> str:

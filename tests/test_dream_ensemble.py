@@ -485,6 +485,40 @@ def test_evolution_reads_the_ensemble_settings(ens_run: Path, tmp_path: Path) ->
     assert run.controller(0).is_file()
 
 
+def test_restarts_keep_the_search_whose_mean_dreams_best_and_resume(ens_run: Path, tmp_path: Path) -> None:
+    """cma.restarts=3: three searches on seeds cma.seed, +1, +2 (search 1 is the run without
+    restarts); the kept controller is the one with the best mean over fresh dreams, recorded; a
+    second call trains nothing and keeps the same pick."""
+    from agents.cmaes import RESTART_DREAMS
+    from agents.controller import load_controller
+    from agents.fitness import EVAL_GENERATION
+
+    run, single = RunDir(tmp_path / "run"), RunDir(tmp_path / "single")
+    for r in (run, single):
+        shutil.copytree(ens_run, r.root)
+    base = ["eval.gap_every=0", "cma.popsize=4", "cma.rollouts=2", "cma.generations=2", "dream.compile=false",
+            "dream.max_steps=20", "ensemble.members=1"]
+    cfg = override(tiny_cfg(), [*base, "cma.restarts=3"])
+    wm = WorldModel.load(run)
+    params = evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
+    extra = load_controller(run.controller(0))[2]["restarts"]
+    finals = [load_controller(run.restart_controller(0, j))[1] for j in range(3)]
+    assert extra["seeds"] == [0, 1, 2] and all(run.cma_state(0, j).is_file() for j in range(3))
+    assert len({f.tobytes() for f in finals}) == 3  # three different searches
+    assert extra["picked"] == int(np.argmax(extra["dream_means"])) and np.array_equal(params, finals[extra["picked"]])
+    judge = DreamFitness(wm, ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task), 3, RESTART_DREAMS,
+                         cfg.dream.temperature, cfg.dream.steps, seed=7, members=1)
+    with torch.inference_mode():
+        means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).double().numpy()
+    assert np.allclose(means, extra["dream_means"], atol=1e-3)  # the pick's figures, recomputed
+    one = evolve_controller(single, override(tiny_cfg(), base), 0, WorldModel.load(single), lambda: None,  # type: ignore[arg-type,return-value]
+                            progress=False)
+    assert np.array_equal(one, finals[0])  # search 1 of 3 is the search a run without restarts makes
+    stamp = run.restart_controller(0, 2).stat().st_mtime_ns
+    assert np.array_equal(evolve_controller(run, cfg, 0, wm, lambda: None, progress=False), params)  # type: ignore[arg-type]
+    assert run.restart_controller(0, 2).stat().st_mtime_ns == stamp
+
+
 def test_the_dream_ablation_evolves_one_controller_per_variant_on_the_same_seeds(ens_run: Path, tmp_path: Path) -> None:
     from agents.ablation import ablate, variant_options
 

@@ -12,6 +12,8 @@ spelling paths, so the layout below is written down once::
         mdrnn_m{k}.pt (+ .train.pt) ensemble member k >= 1 of M         .mdrnn_member(k), .mdrnn_member_train(k)
         controller_r{k}.npz      round k's controller                   .controller(k)
         cma_r{k}.npz             round k's CMA-ES state                 .cma_state(k)
+        cma_r{k}_s{j}.npz        search j's state (cma.restarts)        .cma_state(k, j)
+        controller_r{k}_s{j}.npz search j's final mean, before the pick .restart_controller(k, j)
         controller.npz           the final controller                   .controller()
         controller_finetuned.npz it, fine-tuned in the real game        .controller_finetuned
         cma_finetune_{d}.npz     the fine-tune's CMA-ES state (from d)  .cma_finetune(d)
@@ -287,9 +289,13 @@ class RunDir:
         """Round ``k``'s controller, or (``k=None``) the final one."""
         return self.checkpoints / ("controller.npz" if k is None else f"controller_r{int(k)}.npz")
 
-    def cma_state(self, k: int) -> Path:
-        """Round ``k``'s resumable CMA-ES state."""
-        return self.checkpoints / f"cma_r{int(k)}.npz"
+    def cma_state(self, k: int, restart: int = 0) -> Path:
+        """Round ``k``'s resumable CMA-ES state (of search ``restart`` > 0 with ``cma.restarts``)."""
+        return self.checkpoints / (f"cma_r{int(k)}.npz" if not restart else f"cma_r{int(k)}_s{int(restart)}.npz")
+
+    def restart_controller(self, k: int, restart: int) -> Path:
+        """The final mean of round ``k``'s search ``restart`` (``cma.restarts``), before the pick."""
+        return self.checkpoints / f"controller_r{int(k)}_s{int(restart)}.npz"
 
     @property
     def controller_finetuned(self) -> Path:

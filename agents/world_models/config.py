@@ -366,6 +366,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.train_in not in ("dream", "real"):
             raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
+        if self.cma.restarts > 1 and self.train_in != "dream":
+            raise ValueError(f"cma.restarts={self.cma.restarts} picks among searches by their mean over fresh dreams: "
+                             f"it needs --train-in dream; pass --set cma.restarts=1 for a search in the real game")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         check_backend(self.backend)

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agents.cmaes import CMAConfig, evolve
+from agents.cmaes import RESTART_DREAMS, CMAConfig, evolve
 from agents.controller import ControllerConfig, load_controller, save_controller
 from agents.evaluate import summarize_returns
 from agents.fitness import (
@@ -614,13 +614,12 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     device = torch.device(cfg.device)
     if cfg.train_in == "dream":
         e = cfg.ensemble
-        # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
-        fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, cfg.dream.temperature,
-                                    cfg.dream.steps, device, seed=cma_cfg.seed,
-                                    compile=cfg.dream.compile and device.type == "cpu", members=e.members,
-                                    member_mode=e.member_mode, dropout=e.dropout,
-                                    disagreement_penalty=e.disagreement_penalty, start=cfg.dream.start,
-                                    precision=cfg.dream.precision)
+        dream_kw = dict(temperature=cfg.dream.temperature, max_steps=cfg.dream.steps, device=device,
+                        # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
+                        compile=cfg.dream.compile and device.type == "cpu", members=e.members,
+                        member_mode=e.member_mode, dropout=e.dropout, disagreement_penalty=e.disagreement_penalty,
+                        start=cfg.dream.start, precision=cfg.dream.precision)
+        fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
         where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
@@ -630,17 +629,47 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     else:
         fitness = RealFitness(pool(), cma_cfg.rollouts, seed=cma_cfg.seed)
         where = f"the real {cfg.task} ({cfg.workers} workers)"
+    restarts = cma_cfg.restarts if cfg.train_in == "dream" else 1
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
-        f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}")
-    with RunLogger(run, f"evolve_r{k}") as logger:
-        gap = None
-        if cfg.train_in == "dream" and cfg.eval.gap_every > 0:
-            gap = partial(_log_gap, cfg, pool, logger, cma_cfg.seed, cma_cfg.generations)
-        state = evolve(fitness, ccfg.num_params, cma_cfg, run.cma_state(k), logger=logger, progress=progress,
-                       desc="evolve", x0=x0, on_generation=gap)
-    save_controller(out, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
-                    best_fitness=state.best_fitness, train_in=cfg.train_in, mdrnn_id=m_id)
-    return state.mean_params
+        f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}"
+        + (f", {restarts} searches (the best over {RESTART_DREAMS} fresh dreams kept)" if restarts > 1 else ""))
+    finals, bests = [], []
+    for j in range(restarts):  # search j: seed cma.seed + 1000 k + j (search 0 is the run without restarts)
+        cj = replace(cma_cfg, seed=cma_cfg.seed + j)
+        done = run.restart_controller(k, j)
+        if j and done.exists():
+            saved_cfg, params, extra = load_controller(done)
+            if saved_cfg == ccfg and extra.get("generations") == cma_cfg.generations and extra.get("mdrnn_id") == m_id:
+                finals.append(params)
+                bests.append(extra.get("best_fitness"))
+                continue
+        if j:
+            fitness = DreamFitness(wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
+            say(f"round {k}: search {j + 1} of {restarts} (CMA-ES seed {cj.seed})")
+        with RunLogger(run, f"evolve_r{k}" if not j else f"evolve_r{k}_s{j}") as logger:
+            gap = None
+            if cfg.train_in == "dream" and cfg.eval.gap_every > 0:
+                gap = partial(_log_gap, cfg, pool, logger, cj.seed, cj.generations)
+            state = evolve(fitness, ccfg.num_params, cj, run.cma_state(k, j), logger=logger, progress=progress,
+                           desc="evolve" if not j else f"evolve {j + 1}/{restarts}", x0=x0, on_generation=gap)
+        if restarts > 1:
+            save_controller(done, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
+                            best_fitness=state.best_fitness, train_in=cfg.train_in, mdrnn_id=m_id, search=j)
+        finals.append(state.mean_params)
+        bests.append(state.best_fitness)
+    pick, extra_info = 0, {}
+    if restarts > 1:
+        judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
+        with torch.inference_mode():
+            means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).cpu().double().numpy()
+        pick = int(np.argmax(means))
+        extra_info = {"restarts": {"dream_means": [float(x) for x in means], "picked": pick,
+                                   "seeds": [cma_cfg.seed + j for j in range(restarts)]}}
+        say(f"round {k}: the {restarts} searches' means over {RESTART_DREAMS} fresh dreams: "
+            + ", ".join(f"{x:.1f}" for x in means) + f"; keeping search {pick + 1}")
+    save_controller(out, ccfg, finals[pick], generations=cma_cfg.generations, round=k,
+                    best_fitness=bests[pick], train_in=cfg.train_in, mdrnn_id=m_id, **extra_info)
+    return finals[pick]
 
 
 def _log_gap(cfg: RunConfig, pool: Callable[[], RealPool], logger: RunLogger, seed: int, generations: int,
