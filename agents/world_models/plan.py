@@ -225,6 +225,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             if cfg.eval.gap_every:
                 cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+            cost *= cfg.cma.restarts  # every search costs the same
         else:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (CONTROLLER_STEPS_S * workers)
         out.append(_evolve(run, cfg, k, cost, finished))
@@ -365,19 +366,25 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
 
 
 def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
-    g = cfg.cma.generations
+    g, searches = cfg.cma.generations, cfg.cma.restarts if cfg.train_in == "dream" else 1
     title = f"round {k}: evolve C in the {cfg.train_in} for {g} generations of {cfg.cma.popsize} x {cfg.cma.rollouts}"
+    title += f", {searches} searches" if searches > 1 else ""
     if finished:
         return Stage(f"evolve_r{k}", title, estimate, f"round {k}'s C evolved", True)
-    state = run.cma_state(k)
-    if state.exists():
-        try:
-            import numpy as np
+    done = 0  # generations done over all the searches
+    for j in range(searches):
+        state = run.cma_state(k, j)
+        if state.exists():
+            try:
+                import numpy as np
 
-            with np.load(state, allow_pickle=False) as z:
-                done = int(z["fitness"].shape[0])
-            return Stage(f"evolve_r{k}", title, estimate * max(0.0, 1 - done / g),
-                         f"C at generation {done} of {g}", done >= g, estimate)
-        except Exception:  # noqa: BLE001
-            pass
+                with np.load(state, allow_pickle=False) as z:
+                    done += min(g, int(z["fitness"].shape[0]))
+            except Exception:  # noqa: BLE001
+                pass
+    if done:
+        where = f"C at generation {done} of {g}" if searches == 1 else f"C at generation {done} of {g * searches} " \
+                                                                        f"({searches} searches)"
+        return Stage(f"evolve_r{k}", title, estimate * max(0.0, 1 - done / (g * searches)), where,
+                     done >= g * searches, estimate)
     return Stage(f"evolve_r{k}", title, estimate)
