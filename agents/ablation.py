@@ -91,6 +91,8 @@ def ablate(run_dir: str | Path, variants: list[str], generations: int = 40, pops
     cma_cfg = CMAConfig(popsize=popsize, rollouts=rollouts, generations=generations, seed=seed)
     settings = {"generations": generations, "popsize": popsize, "rollouts": rollouts, "eval_episodes": eval_episodes,
                 "temperature": tau, "dream_steps": dream_steps, "real_steps": real_steps, "seed": seed}
+    if cfg.dream.precision != "fp32":  # the run's dream step (fp32 results on disk keep their settings)
+        settings["precision"] = cfg.dream.precision
     env_kwargs = {"max_episode_steps": real_steps} if real_steps else {}
     real_seeds = generation_seeds(seed, EVAL_GENERATION, eval_episodes)
     pool: Any = None
@@ -108,7 +110,7 @@ def ablate(run_dir: str | Path, variants: list[str], generations: int = 40, pops
             say(f"dream variant {v}: evolving C ({popsize} x {rollouts}, {generations} generations, tau {tau})")
             state, dream_returns = evolve_in_dream(wm, ccfg, cma_cfg, tau, steps, run.ablation_cma_state(v),
                                                    run.ablation_controller(v), eval_episodes, progress=progress,
-                                                   desc=v, **o)
+                                                   desc=v, precision=cfg.dream.precision, **o)
             if pool is None:  # workers=0: in this process
                 pool = RealPool(wm.task, wm, ccfg, workers, env_kwargs, address, backend=backend) if workers else \
                     RealEvalWorker(wm.task, wm, ccfg, env_kwargs)

@@ -109,21 +109,23 @@ class DreamFitness:
 
 def evolve_in_dream(wm: WorldModel, ccfg: ControllerConfig, cma_cfg: Any, tau: float, dream_steps: int | None,
                     state_path: Any, controller_path: Any, eval_dreams: int, *, progress: bool = False,
-                    desc: str = "evolve", **dream_options: Any) -> tuple[Any, np.ndarray]:
+                    desc: str = "evolve", precision: str = "fp32", **dream_options: Any) -> tuple[Any, np.ndarray]:
     """Evolve C with CMA-ES in ``wm``'s dream (``dream_options``: the :class:`DreamFitness` variant:
     start, members, dropout, ...), save its final mean as ``controller_path`` (with the temperature),
     and score it in ``eval_dreams`` fresh dreams of the same kind (seed ``cma_cfg.seed + 7``).
-    Returns the CMA-ES state and the dream returns. The search the ablation and the temperature
-    sweep share; ``state_path`` makes it resumable."""
+    ``precision``: the dream step's number format (the run's ``dream.precision``). Returns the CMA-ES
+    state and the dream returns. The search the ablation and the temperature sweep share;
+    ``state_path`` makes it resumable."""
     from agents.cmaes import evolve
     from agents.controller import save_controller
 
     fit = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, tau, dream_steps, seed=cma_cfg.seed,
-                       **dream_options)
+                       precision=precision, **dream_options)
     state = evolve(fit, ccfg.num_params, cma_cfg, state_path, progress=progress, desc=desc)
     extra = {"variant": desc} if dream_options else {}
     save_controller(controller_path, ccfg, state.mean_params, temperature=tau, **extra)
-    dream = DreamFitness(wm, ccfg, 1, eval_dreams, tau, dream_steps, seed=cma_cfg.seed + 7, **dream_options)
+    dream = DreamFitness(wm, ccfg, 1, eval_dreams, tau, dream_steps, seed=cma_cfg.seed + 7, precision=precision,
+                         **dream_options)
     with torch.inference_mode():
         returns = dream.returns(state.mean_params[None], EVAL_GENERATION)[0].cpu().numpy()
     return state, returns

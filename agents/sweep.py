@@ -25,17 +25,20 @@ def tau_trial(config: dict[str, Any]) -> None:
     from agents.cmaes import CMAConfig
     from agents.controller import ControllerConfig
     from agents.fitness import EVAL_GENERATION, RealEvalWorker, evolve_in_dream, generation_seeds
+    from agents.world_models.config import RunConfig
     from worldlab.world_model import WorldModel
 
     torch.set_num_threads(1)
     run, tau = RunDir(config["run_dir"]), float(config["temperature"])
     wm = WorldModel.load(run)
-    ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    cfg = RunConfig.load(run)  # the run's controller and dream step, as its own evolve stage used them
+    ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task, hidden=cfg.controller_hidden)
     cma_cfg = CMAConfig(popsize=config["popsize"], rollouts=config["rollouts"], generations=config["generations"],
                         seed=config["seed"])
     # the final controller's dream score: fresh dreams at the same tau
     state, dream_returns = evolve_in_dream(wm, ccfg, cma_cfg, tau, config.get("dream_steps"), run.tau_cma_state(tau),
-                                           run.tau_controller(tau), config["eval_episodes"])
+                                           run.tau_controller(tau), config["eval_episodes"],
+                                           precision=cfg.dream.precision)
     env_kwargs = {"max_episode_steps": config["real_steps"]} if config.get("real_steps") else {}
     worker = RealEvalWorker(wm.task, wm, ccfg, env_kwargs)
     seeds = generation_seeds(config["seed"], EVAL_GENERATION, config["eval_episodes"])

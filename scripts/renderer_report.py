@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     prev_path = out.root / "report.json"
     prev = json.loads(prev_path.read_text()) if prev_path.exists() else {}
     resumed = out.generator_final.exists() and prev.get("steps") == args.steps  # trained by an earlier invocation
+    # a longer --steps continues an earlier invocation's training: its time counts, its distillation does not
+    extended = not resumed and out.generator.exists() and 0 < prev.get("steps", 0) < args.steps
+    earlier_s = prev.get("train_seconds", 0.0) if extended else 0.0
+    same_distill = resumed and (prev.get("distill_rounds"), prev.get("distill_steps")) == (args.distill_rounds,
+                                                                                          args.distill_steps)
     train = episode_frames(run.data, held_out=False, max_frames=args.max_frames)
     test = episode_frames(run.data, held_out=True, max_frames=2000)
     torch.manual_seed(0)
@@ -197,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                                            sample_every=max(100, args.steps // 5), checkpoint_every=200),
                    out=out.root, progress=args.progress)
     model.save(out.generator_final)
-    train_s = prev.get("train_seconds", 0.0) if resumed else time.time() - t0
+    train_s = prev.get("train_seconds", 0.0) if resumed else earlier_s + time.time() - t0
     model.eval()
     renderers: dict[str, VRenderer] = {"renderer": model}
     distill_s = 0.0
     if diffusion and args.distill_rounds:
         assert isinstance(model, DiffusionRenderer)
-        if out.distilled.exists():  # a rerun keeps the distilled model (and the time it took)
+        if out.distilled.exists() and same_distill:  # a rerun keeps the distilled model (and the time it took)
             student = generators.load(out.distilled)
             distill_s = prev.get("distill_seconds", 0.0)
         else:
@@ -254,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd += f" --preset {args.preset}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
-               seconds=(train_s + distill_s + time.time() - t_measure) if resumed else time.time() - t0,
-               resumed=resumed,
+               seconds=(train_s + distill_s + time.time() - t_measure) if resumed else earlier_s + time.time() - t0,
+               resumed=resumed, extended_from=prev.get("steps") if extended else None,
+               distill_rounds=args.distill_rounds, distill_steps=args.distill_steps,
                distill_seconds=distill_s, drawers=list(renderers), shown=shown, final=final_name,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
@@ -358,6 +364,8 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         f"Produced by `{r['command']} --doc {doc}` ({r['seconds'] / 60:.1f} min on {r['machine']}: training "
         f"{r['train_seconds'] / 60:.1f} min, distillation {r['distill_seconds'] / 60:.1f} min"
         + (", both in an earlier invocation that this one resumed to measure" if r.get("resumed") else "")
+        + (f", training counted from step 0 over two invocations (the second continued the first's "
+           f"{r['extended_from']:,} steps)" if r.get("extended_from") else "")
         + f"). Run: `{r['run']}` "
         f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
         f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "

@@ -519,6 +519,24 @@ def test_restarts_keep_the_search_whose_mean_dreams_best_and_resume(ens_run: Pat
     assert run.restart_controller(0, 2).stat().st_mtime_ns == stamp
 
 
+def test_evolve_in_dream_steps_the_dream_in_the_given_precision(ens_run: Path, tmp_path: Path) -> None:
+    """The ablation and the temperature sweep evolve in the run's dream.precision: evolve_in_dream
+    hands it to the dream step, which refuses bf16 for an MDN-RNN before any search."""
+    from agents.cmaes import CMAConfig
+    from agents.fitness import evolve_in_dream
+
+    wm = WorldModel.load(ens_run)
+    ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    cma = CMAConfig(popsize=4, rollouts=1, generations=1, seed=0)
+    state, returns = evolve_in_dream(wm, ccfg, cma, 1.0, 6, tmp_path / "s.npz", tmp_path / "c.npz", 2,
+                                     precision="fp32", members=1)
+    assert len(returns) == 2 and np.isfinite(returns).all()
+    with pytest.raises(ValueError, match="dream.precision=bf16 is built for a Transformer or Mamba M"):
+        evolve_in_dream(wm, ccfg, cma, 1.0, 6, tmp_path / "s2.npz", tmp_path / "c2.npz", 2, precision="bf16",
+                        members=1)
+    assert not (tmp_path / "s2.npz").exists()
+
+
 def test_the_dream_ablation_evolves_one_controller_per_variant_on_the_same_seeds(ens_run: Path, tmp_path: Path) -> None:
     from agents.ablation import ablate, variant_options
 

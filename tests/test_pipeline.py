@@ -171,6 +171,21 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape[1] == 3 * frame.shape[0]  # real | dream drawn by V | the same dream by the renderer
+    # more --steps continue the teacher's training and distil the longer-trained teacher again; the same
+    # command once more only measures (the distilled model kept)
+    again = ["renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "6",
+             "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+             "--distill-steps", "2", "--temperature", "0.5", "--out", str(rend), "--no-progress"]
+    before = (rend / "distilled.pt").read_bytes()
+    run(*again)
+    longer = json.loads((rend / "report.json").read_text())
+    assert longer["steps"] == 6 and longer["extended_from"] == 4 and not longer["resumed"]
+    assert longer["train_seconds"] > res["train_seconds"] and (rend / "distilled.pt").read_bytes() != before
+    stamp = (rend / "distilled.pt").stat().st_mtime_ns
+    run(*again)
+    same = json.loads((rend / "report.json").read_text())
+    assert same["resumed"] and same["distill_seconds"] == longer["distill_seconds"]
+    assert (rend / "distilled.pt").stat().st_mtime_ns == stamp
     r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--teacher-steps", "6",
             "--distill-rounds", "2", check=False)
     assert r.returncode == 2 and "divisible by 2**--distill-rounds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
