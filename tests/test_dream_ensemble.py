@@ -506,6 +506,12 @@ def test_restarts_keep_the_search_whose_mean_dreams_best_and_resume(ens_run: Pat
     assert extra["seeds"] == [0, 1, 2] and all(run.cma_state(0, j).is_file() for j in range(3))
     assert len({f.tobytes() for f in finals}) == 3  # three different searches
     assert extra["picked"] == int(np.argmax(extra["dream_means"])) and np.array_equal(params, finals[extra["picked"]])
+    from agents.world_models.report import write_report
+
+    text = write_report(run, {"task": cfg.task, "rounds": 1}).read_text()  # the searches' table in report.md
+    assert "## CMA-ES searches (`cma.restarts`)" in text and "Each round ran 3 searches" in text
+    for j, m in enumerate(extra["dream_means"]):
+        assert f"| 0 | {j + 1} | {j} | {m:.1f} | {'**yes**' if j == extra['picked'] else ''} |" in text
     judge = DreamFitness(wm, ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task), 3, RESTART_DREAMS,
                          cfg.dream.temperature, cfg.dream.steps, seed=7, members=1)
     with torch.inference_mode():

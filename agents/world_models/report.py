@@ -276,6 +276,25 @@ def world_model_line(config: dict[str, Any]) -> str:
             f"{dream.temperature:g}.")
 
 
+def restart_rows(run_dir: RunDir, rounds: int) -> list[dict[str, Any]]:
+    """With ``cma.restarts``: each round's searches (CMA-ES seed, mean over fresh dreams, kept or not),
+    as the round's controller file records them."""
+    from agents.cmaes import RESTART_DREAMS
+    from agents.controller import load_controller
+
+    rows = []
+    for k in range(rounds):
+        path = run_dir.controller(k)
+        if not path.exists():
+            continue
+        info = load_controller(path)[2].get("restarts")
+        if info:
+            rows += [{"round": k, "search": j + 1, "seed": seed, "dream_mean": mean, "kept": j == info["picked"],
+                      "dreams": RESTART_DREAMS}
+                     for j, (seed, mean) in enumerate(zip(info["seeds"], info["dream_means"], strict=True))]
+    return rows
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -298,6 +317,16 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes (min {e['min']:.1f}, max "
                   f"{e['max']:.1f}) after CMA-ES continued in the real game from the controller above for "
                   f"{ft.get('generations')} generations of {ft.get('popsize')} x {ft.get('rollouts')} episodes.", ""]
+    searches = restart_rows(run_dir, int(config.get("rounds", 1)))
+    if searches:
+        lines += ["## CMA-ES searches (`cma.restarts`)", "",
+                  f"Each round ran {sum(r['round'] == searches[0]['round'] for r in searches)} searches on their own "
+                  f"seeds; each final mean played {searches[0]['dreams']} fresh dreams, and the best of them became "
+                  "the round's controller.", "", "| round | search | CMA-ES seed | mean over fresh dreams | kept |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['search']} | {r['seed']} | {r['dream_mean']:.1f} | "
+                  f"{'**yes**' if r['kept'] else ''} |" for r in searches]
+        lines += [""]
     rounds = collection_rounds(run_dir, config)
     if rounds:
         lines += ["## Data collected per round", "", "Real returns of the episodes each round added to the data "
