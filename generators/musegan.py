@@ -21,7 +21,9 @@ loudest pitch when it is above 0 (the voices of the chorales are monophonic).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +45,11 @@ class MuseGANConfig(GenConfig):
     """the size of each of the four noise vectors (book: 32)."""
     width: int = 256
     """the widest layer's channels (book: 1024 in the temporal network, 512 in the bar generator)."""
+    critic_streams: bool = True
+    """the critic of the MuseGAN paper's follow-up (Dong & Yang 2018): beside the book's pitch-then-time
+    stream, a time-then-pitch stream, an onset/offset stream and a chroma stream (False: the book's
+    critic alone). The book's critic reduces each step's 84 pitches to a few features before it compares
+    neighbouring steps, so it hardly sees whether a pitch is held or re-struck every 16th."""
     critic_steps: int = 5
     gp_weight: float = 10.0
     beta1: float = 0.5
@@ -110,9 +117,20 @@ class _BarGenerator(nn.Module):
 
 
 class _Critic(nn.Module):
-    """``(B, tracks, bars, 16, 84)`` -> a critic value ``(B,)`` (3-D convolutions, LeakyReLU, no norm)."""
+    """``(B, tracks, bars, 16, 84)`` -> a critic value ``(B,)`` (3-D convolutions, LeakyReLU, no norm).
 
-    def __init__(self, tracks: int, bars: int, width: int) -> None:
+    The book's critic is the pitch-then-time stream alone; with ``streams`` (the MuseGAN paper's
+    follow-up, Dong & Yang 2018) three more read the same segment and their features are joined
+    before the last layers:
+
+    - time then pitch: neighbouring steps at the same pitch first (a held note against a re-struck
+      or wandering one), then the pitch axis;
+    - onsets and offsets: ``|x[t] - x[t-1]|`` summed over the pitches, per track and step, across the
+      bar line (how often each voice changes);
+    - chroma: the 12 pitch classes' sums per beat (the harmony, whatever the octave).
+    """
+
+    def __init__(self, tracks: int, bars: int, width: int, streams: bool = False) -> None:
         super().__init__()
         w = width
         act = nn.LeakyReLU(0.2)
@@ -123,10 +141,38 @@ class _Critic(nn.Module):
             nn.Conv3d(w // 2, w // 2, (1, 2, 1), (1, 2, 1)), act,    # steps 16 -> 8
             nn.Conv3d(w // 2, w // 2, (1, 2, 1), (1, 2, 1)), act,    # -> 4
             nn.Conv3d(w // 2, w, (1, 4, 1), (1, 4, 1)), act,         # -> 1
-            nn.Flatten(), nn.Linear(w, w), act, nn.Linear(w, 1))
+            nn.Flatten())
+        self.streams = streams
+        feats = w
+        if streams:
+            h = max(8, w // 4)
+            self.time_pitch = nn.Sequential(
+                nn.Conv3d(tracks, h, (bars, 1, 1)), act,                # bars -> 1
+                nn.Conv3d(h, h, (1, 3, 1), padding=(0, 1, 0)), act,     # each step beside its neighbours
+                nn.Conv3d(h, h, (1, 2, 1), (1, 2, 1)), act,             # steps 16 -> 8
+                nn.Conv3d(h, h, (1, 2, 1), (1, 2, 1)), act,             # -> 4
+                nn.Conv3d(h, h, (1, 1, 12), (1, 1, 12)), act,           # pitch 84 -> 7
+                nn.Conv3d(h, h, (1, 1, 7), (1, 1, 7)), act,             # -> 1
+                nn.Conv3d(h, h, (1, 4, 1), (1, 4, 1)), act, nn.Flatten())  # steps 4 -> 1
+            self.onsets = nn.Sequential(  # (B, tracks, bars * 16 - 1) changes per step
+                nn.Conv1d(tracks, h, 4, 2, 1), act, nn.Conv1d(h, h, 4, 2, 1), act, nn.Conv1d(h, h, 4, 2, 1), act,
+                nn.AdaptiveAvgPool1d(1), nn.Flatten())
+            self.chroma = nn.Sequential(  # (B, tracks, bars, 4 beats, 12) pitch-class sums
+                nn.Conv3d(tracks, h, (bars, 1, 12)), act, nn.Conv3d(h, h, (1, 4, 1)), act, nn.Flatten())
+            feats += 3 * h
+        self.head = nn.Sequential(nn.Linear(feats, w), act, nn.Linear(w, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).reshape(-1)
+        f = [self.net(x)]
+        if self.streams:
+            n, tracks, bars, steps, pitches = x.shape
+            f.append(self.time_pitch(x))
+            line = x.reshape(n, tracks, bars * steps, pitches)  # the two bars as one line
+            f.append(self.onsets((line[:, :, 1:] - line[:, :, :-1]).abs().sum(-1) / 2))
+            on = (x + 1) / 2  # [-1, 1] -> [0, 1]
+            chroma = on.reshape(n, tracks, bars, steps // 4, 4, pitches // 12, 12).sum((4, 5))
+            f.append(self.chroma(chroma))
+        return self.head(torch.cat(f, dim=1)).reshape(-1)
 
 
 class MuseGAN(Generator):
@@ -140,7 +186,22 @@ class MuseGAN(Generator):
         self.chords_net = _Temporal(c.z_dim, c.width, c.bars)
         self.melody_nets = nn.ModuleList(_Temporal(c.z_dim, c.width, c.bars) for _ in range(c.tracks))
         self.bar_nets = nn.ModuleList(_BarGenerator(4 * c.z_dim, c.width) for _ in range(c.tracks))
-        self.critic = _Critic(c.tracks, c.bars, c.width)
+        self.critic = _Critic(c.tracks, c.bars, c.width, streams=c.critic_streams)
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MuseGAN:
+        """A checkpoint saved before ``critic_streams`` existed has the book's critic alone (its last two
+        layers then sat at ``critic.net.13`` and ``.15``, now ``critic.head.0`` and ``.2``)."""
+        if isinstance(state, dict) and isinstance(state.get("config"), dict) and "critic_streams" not in state["config"]:
+            moved = {"critic.net.13.": "critic.head.0.", "critic.net.15.": "critic.head.2."}
+
+            def rename(k: str) -> str:
+                return next((new + k[len(old):] for old, new in moved.items() if k.startswith(old)), k)
+
+            state = {**state, "config": {**state["config"], "critic_streams": False},
+                     **{k: {rename(n): v for n, v in state[k].items()} for k in ("model", "ema")
+                        if isinstance(state.get(k), dict)}}
+        return super().from_checkpoint(state, path)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The four noises of ``n`` samples: chords, style ``(n, Z)``; melody, groove ``(n, tracks, Z)``."""

@@ -147,6 +147,35 @@ def test_roll_measures_and_musegans_noises(chorales: list[mu.Chorale]) -> None:
         generators.make("musegan", shape=(1, 8, 8))
 
 
+def test_musegans_critic_streams_and_checkpoints_of_the_books_critic() -> None:
+    """The default critic reads the segment in four streams, each reached by the gradient; a
+    checkpoint saved before the streams existed loads as the book's critic, same outputs."""
+    import torch
+
+    import generators
+    from generators.musegan import MuseGAN
+
+    torch.manual_seed(0)
+    m = generators.make("musegan", preset="tiny")
+    assert m.config.critic_streams
+    x = torch.rand(3, 4, 2, 16, 84) * 2 - 1
+    m.critic(x).sum().backward()
+    for stream in ("net", "time_pitch", "onsets", "chroma", "head"):
+        grads = [p.grad for p in getattr(m.critic, stream).parameters()]
+        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), stream
+
+    book = generators.make("musegan", preset="tiny", critic_streams=False).eval()
+    state = book.checkpoint()
+    old = {"critic.head.0.": "critic.net.13.", "critic.head.2.": "critic.net.15."}  # the names it was saved under
+    state["model"] = {next((o + k[len(n):] for n, o in old.items() if k.startswith(n)), k): v
+                      for k, v in state["model"].items()}
+    del state["config"]["critic_streams"]
+    back = MuseGAN.from_checkpoint(state).eval()
+    assert not back.config.critic_streams and not hasattr(back.critic, "onsets")
+    with torch.no_grad():
+        assert torch.equal(back.critic(x), book.critic(x))
+
+
 def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
     import json
 
