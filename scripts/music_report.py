@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/music_transformer", help="run folder (checkpoint, TensorBoard, MIDI)")
     p.add_argument("--doc", default=str(ROOT / "docs" / "MUSIC.md"))
     p.add_argument("--json", default=None, help="default: docs/results/<model>.json")
+    p.add_argument("--book-critic", action="store_true",
+                   help="musegan: the book's critic alone (critic_streams=False), the ablation of the default "
+                        "four-stream critic; its own doc section and docs/results/musegan_book_critic.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
@@ -56,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     from worldlab.io import atomic_write_json, write_doc_section
 
     torch.set_num_threads(args.threads)
-    args.json = args.json or str(ROOT / "docs" / "results" / f"{args.model}.json")
+    if args.book_critic and args.model != "musegan":
+        print("error: --book-critic is MuseGAN's; pass --model musegan", file=sys.stderr)
+        return 2
+    args.json = args.json or str(ROOT / "docs" / "results" / f"{args.model}{'_book_critic' if args.book_critic else ''}.json")
     if args.out == "runs/music_transformer":
         args.out = f"runs/{args.model}"
     t0 = time.time()
@@ -147,7 +153,8 @@ def _train(args: argparse.Namespace, train: object) -> tuple[object, float]:
     import generators
 
     torch.manual_seed(args.seed)
-    model = generators.model_for(args.model, train, preset=args.preset)  # type: ignore[arg-type]
+    extra = {"critic_streams": False} if getattr(args, "book_critic", False) else {}
+    model = generators.model_for(args.model, train, preset=args.preset, **extra)  # type: ignore[arg-type]
     t = time.time()
     generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),  # type: ignore[arg-type]
                                                       seed=args.seed), out=args.out, progress=not args.no_progress)
@@ -171,9 +178,12 @@ def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: l
     effects = {k: noise_effect(model, k, n=n, seed=args.seed + 2) for k in ("chords", "style", "melody", "groove")}
     docs = Path(args.doc).parent / "music"
     docs.mkdir(parents=True, exist_ok=True)
+    book = args.book_critic
+    name = "musegan_book_critic" if book else "musegan"
     rows = mu.segments_to_notes(fake[:4])
-    mu.notes_to_midi(rows, docs / "musegan.mid")
-    _notes_png(rows, docs / "musegan.png", "MuseGAN: four sampled 2-bar segments, one after another")
+    mu.notes_to_midi(rows, docs / f"{name}.mid")
+    _notes_png(rows, docs / f"{name}.png", f"MuseGAN{' (the book critic)' if book else ''}: four sampled 2-bar "
+                                           "segments, one after another")
     keys = ("empty_bars", "pitch_classes", "qualified_notes", "tonal_distance")
     within = {k: abs(fake_m[k] - real_m[k]) <= real_m[f"{k}_std"] for k in keys}
     ratio = effects["chords"] / max(effects["groove"], 1e-9)
@@ -181,10 +191,13 @@ def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: l
               "train_segments": len(train), "heldout_segments": int(len(held)), "steps": args.steps,
               "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": fit_s,
               "real": real_m, "generated": fake_m, "within_one_std": within, "noise_effect": effects,
-              "chords_over_groove": ratio, "seconds": time.time() - t0, "seed": args.seed}
+              "chords_over_groove": ratio, "seconds": time.time() - t0, "seed": args.seed,
+              "critic": "book" if book else "streams"}
     atomic_write_json(args.json, result)
     lines = [f"The 4/4 chorales of the same split as 2-bar segments, one every bar: {len(train):,} to train, "
-             f"{len(held):,} held out. MuseGAN of {result['parameters']:,} parameters (generator and critic), "
+             f"{len(held):,} held out. MuseGAN of {result['parameters']:,} parameters (generator and critic"
+             + (": the book's critic alone, the ablation of the four-stream one" if book else
+                ": the four-stream critic, `critic_streams=True`") + "), "
              f"{args.steps} steps ({fit_s / 60:.1f} min on this machine), seed {args.seed}; {n} samples binarised "
              f"(each track's loudest pitch per step, when above 0).", "", "```bash",
              result["command"].replace(" --doc " + args.doc, ""), "```", "",
@@ -197,8 +210,9 @@ def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: l
              "How far each noise moves the samples' pitch-class histograms (mean L1 distance when only that noise "
              "is drawn again): " + ", ".join(f"{k} {v:.3f}" for k, v in effects.items()) +
              f"; chords / groove = **{ratio:.2f}** (target >= 2).", "",
-             "[musegan.mid](music/musegan.mid)", "", "![MuseGAN samples](music/musegan.png)", ""]
-    write_doc_section(Path(args.doc), "musegan", ["## MuseGAN", "", *lines],
+             f"[{name}.mid](music/{name}.mid)", "", f"![MuseGAN samples](music/{name}.png)", ""]
+    write_doc_section(Path(args.doc), name.replace("_", "-"),
+                      [f"## MuseGAN{' with the book critic (ablation)' if book else ''}", "", *lines],
                       head="# Music\n\nBach's chorales as data (`generators/music.py`: music21's corpus, tokens, "
                            "piano roll, MIDI in and out) and the book's music models, each measured by one command.\n")
     say(f"wrote {args.doc} and {args.json} ({(time.time() - t0) / 60:.1f} min)")  # type: ignore[operator]

@@ -190,6 +190,14 @@ def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
     assert r["real"]["qualified_notes"] > 0.9 and "tonal_distance" in r["generated"]
     assert "<!-- musegan:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan.mid").is_file()
     assert sorted((tmp_path / "run" / "samples").glob("*.mid"))  # MIDI samples written while training
+    assert r["critic"] == "streams"
+    book = tmp_path / "book.json"
+    assert music_report.main(["--model", "musegan", "--steps", "2", "--chorales", "8", "--preset", "tiny",
+                              "--book-critic", "--out", str(tmp_path / "book"), "--doc", str(doc), "--json", str(book),
+                              "--no-progress"]) == 0
+    b = json.loads(book.read_text())
+    assert b["critic"] == "book" and b["parameters"] < r["parameters"] and "<!-- musegan:begin -->" in doc.read_text()
+    assert "<!-- musegan-book-critic:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan_book_critic.png").is_file()
 
 
 def test_sonify_maps_latents_pay_and_events_deterministically() -> None:
