@@ -147,10 +147,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace, train: object) -> tuple[object, float]:
-    """``args.model`` trained on ``train`` into ``args.out`` (MIDI samples four times); the model and seconds."""
+    """``args.model`` trained on ``train`` into ``args.out`` (MIDI samples four times); the model and seconds.
+    A larger ``--steps`` on a run folder an earlier invocation trained continues it; the seconds then
+    count both invocations (the earlier one's from its JSON). A learning-rate schedule (the Music
+    Transformer's) follows the new length's schedule from the step it resumes at."""
+    import json
+
     import torch
 
     import generators
+    from worldlab.rundir import RunDir
+
+    prev = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    earlier = (prev.get("train_seconds", 0.0) if RunDir(args.out).generator.is_file()
+               and 0 < prev.get("steps", 0) < args.steps else 0.0)
 
     torch.manual_seed(args.seed)
     extra = {"critic_streams": False} if getattr(args, "book_critic", False) else {}
@@ -158,7 +168,7 @@ def _train(args: argparse.Namespace, train: object) -> tuple[object, float]:
     t = time.time()
     generators.fit(model, train, generators.FitConfig(steps=args.steps, sample_every=max(1, args.steps // 4),  # type: ignore[arg-type]
                                                       seed=args.seed), out=args.out, progress=not args.no_progress)
-    return model, time.time() - t
+    return model, earlier + time.time() - t
 
 
 def musegan_report(args: argparse.Namespace, argv: list[str] | None, chorales: list, train_c: list, held_c: list,

@@ -191,6 +191,11 @@ def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
     assert "<!-- musegan:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan.mid").is_file()
     assert sorted((tmp_path / "run" / "samples").glob("*.mid"))  # MIDI samples written while training
     assert r["critic"] == "streams"
+    assert music_report.main(["--model", "musegan", "--steps", "6", "--chorales", "8", "--preset", "tiny",
+                              "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
+                              "--no-progress"]) == 0  # more steps continue the run: its time counts both
+    longer = json.loads(out.read_text())
+    assert longer["steps"] == 6 and longer["train_seconds"] > r["train_seconds"]
     book = tmp_path / "book.json"
     assert music_report.main(["--model", "musegan", "--steps", "2", "--chorales", "8", "--preset", "tiny",
                               "--book-critic", "--out", str(tmp_path / "book"), "--doc", str(doc), "--json", str(book),
