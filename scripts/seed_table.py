@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from worldlab.io import atomic_write_json  # noqa: E402
+from worldlab.rundir import RunDir  # noqa: E402
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -53,7 +54,7 @@ def correlations(dream: np.ndarray, real: np.ndarray, shuffles: int = 100_000, s
 def seed_rows(run: Path, variant: str) -> list[dict[str, Any]]:
     rows = []
     for d in sorted((run / "seeds").glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
-        f = d / "ablation" / variant / "result.json"
+        f = RunDir(d).ablation_result(variant)
         if not d.name[4:].isdigit() or not f.is_file():
             continue
         r = json.loads(f.read_text())
