@@ -9,12 +9,17 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+import importlib.util  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def suggested_torch_threads():
@@ -26,6 +31,21 @@ def suggested_torch_threads():
     torch.set_num_threads(suggested_threads())
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def script() -> Callable[[str], ModuleType]:
+    """``script(NAME)``: ``scripts/NAME.py`` as a module, to call its ``main(argv)`` in this process
+    (scripts/ is no package)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 TINY_EPISODES = 6

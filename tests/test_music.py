@@ -3,7 +3,9 @@ note and duration tokens, the piano roll, and MIDI round trips."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -91,21 +93,11 @@ def test_the_metrics_measure_what_they_say() -> None:
     assert mu.bigram_nll(np.array([0]), cycle, vocab=5) == pytest.approx(np.log(5))  # nothing learned: uniform
 
 
-def _music_report():  # noqa: ANN202 - the script's module
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import music_report
-    finally:
-        sys.path.pop(0)
-    return music_report
-
-
-def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path) -> None:
+def test_the_music_transformer_learns_and_the_report_says_so(tmp_path: Path, script: Callable[[str], ModuleType]
+                                                            ) -> None:
     import json
 
-    music_report = _music_report()
+    music_report = script("music_report")
     doc, out = tmp_path / "MUSIC.md", tmp_path / "r.json"
     assert music_report.main(["--steps", "40", "--chorales", "6", "--preset", "tiny", "--samples", "2",
                               "--block-size", "16", "--out", str(tmp_path / "run"), "--doc", str(doc),
@@ -176,10 +168,10 @@ def test_musegans_critic_streams_and_checkpoints_of_the_books_critic() -> None:
         assert torch.equal(back.critic(x), book.critic(x))
 
 
-def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path) -> None:
+def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path, script: Callable[[str], ModuleType]) -> None:
     import json
 
-    music_report = _music_report()
+    music_report = script("music_report")
     doc, out = tmp_path / "MUSIC.md", tmp_path / "g.json"
     assert music_report.main(["--model", "musegan", "--steps", "4", "--chorales", "8", "--preset", "tiny",
                               "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
@@ -221,18 +213,14 @@ def test_sonify_maps_latents_pay_and_events_deterministically() -> None:
 
 
 def test_watch_records_the_dream_with_its_sound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               capsys: pytest.CaptureFixture[str],
+                                               script: Callable[[str], ModuleType]) -> None:
     import subprocess
-    import sys
 
     import imageio_ffmpeg
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import watch
-    finally:
-        sys.path.pop(0)
+    watch = script("watch")
     fixture = Path(__file__).parent / "fixtures" / "old_run"
     assert watch.main([str(fixture), "--sound"]) == 2
     assert "sound goes into a recorded video: pass record=FILE.mp4" in capsys.readouterr().err

@@ -4,10 +4,10 @@ in-process runs, one-line errors, and the whole job on it, resumed with more gen
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -22,18 +22,8 @@ from agents.pool import BACKENDS, WorkerPool, check_backend
 from worldlab.storage import Manifest, load_shard
 from worldlab.world_model import WorldModel
 
-ROOT = Path(__file__).resolve().parents[1]
 SHORT = {"max_episode_steps": 40}
 CAR = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
-
-
-def _script(name: str) -> ModuleType:
-    """``scripts/NAME.py`` as a module, to call its ``main(argv)`` in this process (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -97,8 +87,9 @@ def test_check_backend_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before any work
 
 
-def test_collect_cli_refuses_address_without_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = _script("collect").main(["car_racing", "--episodes", "1", "--out", str(tmp_path / "x"), "--backend", "processes",
+def test_collect_cli_refuses_address_without_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 script: Callable[[str], ModuleType]) -> None:
+    rc = script("collect").main(["car_racing", "--episodes", "1", "--out", str(tmp_path / "x"), "--backend", "processes",
                    "--address", "127.0.0.1:6379", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: --address joins a Ray cluster") and len(err.splitlines()) == 1
@@ -140,8 +131,9 @@ def test_real_pool_refuses_address_without_ray() -> None:
         RealPool("car_racing", wm, cfg, workers=2, backend="bogus")
 
 
-def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dream_train = _script("dream_train")
+def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      script: Callable[[str], ModuleType]) -> None:
+    dream_train = script("dream_train")
     out = tmp_path / "doom"
     threads = torch.get_num_threads()
     ray_before = "ray" in sys.modules
@@ -196,10 +188,11 @@ def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: p
         torch.set_num_threads(threads)  # the run sets this process's torch threads
 
 
-def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             script: Callable[[str], ModuleType]) -> None:
     """With two rounds, --generations on resume extends the last round only: round 0's controller
     played round 1's data, so it stays as it was (re-evolving it would break round 1's replay)."""
-    dream_train = _script("dream_train")
+    dream_train = script("dream_train")
     out = tmp_path / "doom2"
     threads = torch.get_num_threads()
     try:

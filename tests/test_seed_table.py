@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
-
-
-def _seed_table():  # noqa: ANN202 - the script's module
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import seed_table
-    finally:
-        sys.path.pop(0)
-    return seed_table
 
 
 def _scored(run: Path, seed: int, dream: float, real: list[float], **settings: object) -> None:
@@ -27,8 +19,8 @@ def _scored(run: Path, seed: int, dream: float, real: list[float], **settings: o
                                                "real_std": float(np.std(real)), "settings": s, "real_returns": real}))
 
 
-def test_ranks_share_ties_and_spearman_is_pearson_on_ranks() -> None:
-    st = _seed_table()
+def test_ranks_share_ties_and_spearman_is_pearson_on_ranks(script: Callable[[str], ModuleType]) -> None:
+    st = script("seed_table")
     assert st.ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
     up = st.correlations(np.arange(8.0), np.arange(8.0) ** 3)  # monotone, not linear
     assert up["spearman"] == pytest.approx(1.0) and up["pearson"] < 1.0
@@ -37,8 +29,9 @@ def test_ranks_share_ties_and_spearman_is_pearson_on_ranks() -> None:
     assert down["spearman"] == pytest.approx(-1.0) and down["spearman_p_permutation"] > 0.99
 
 
-def test_the_table_picks_the_best_dream_and_refuses_mixed_settings(tmp_path: Path) -> None:
-    st = _seed_table()
+def test_the_table_picks_the_best_dream_and_refuses_mixed_settings(tmp_path: Path,
+                                                                    script: Callable[[str], ModuleType]) -> None:
+    st = script("seed_table")
     run = tmp_path / "run"
     for seed, dream, real in ((0, 400.0, [300.0, 320.0]), (1, 600.0, [500.0, 480.0]), (2, 350.0, [200.0, 260.0])):
         _scored(run, seed, dream, real)
