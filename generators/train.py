@@ -325,6 +325,14 @@ def _read_png(path: Path) -> Any:
     return iio.imread(path)
 
 
+def continued_from(report: dict[str, Any], checkpoint: str | os.PathLike, steps: int) -> int | None:
+    """The steps an earlier invocation trained, when this one continues its run to ``steps``: its
+    ``report`` (a script's JSON with ``steps``) stopped short of them and its resumable ``checkpoint``
+    is there (:func:`fit` then goes on from it). None for a fresh run or one already that long."""
+    earlier = int(report.get("steps", 0) or 0)
+    return earlier if 0 < earlier < steps and Path(checkpoint).is_file() else None
+
+
 def suggested_threads(max_threads: int = 2) -> int:
     """Torch CPU threads for a training process: up to ``max_threads`` on an idle machine, 1 when busy.
 

@@ -156,11 +156,11 @@ def _train(args: argparse.Namespace, train: object) -> tuple[object, float]:
     import torch
 
     import generators
+    from generators.train import continued_from
     from worldlab.rundir import RunDir
 
     prev = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    earlier = (prev.get("train_seconds", 0.0) if RunDir(args.out).generator.is_file()
-               and 0 < prev.get("steps", 0) < args.steps else 0.0)
+    earlier = prev.get("train_seconds", 0.0) if continued_from(prev, RunDir(args.out).generator, args.steps) else 0.0
 
     torch.manual_seed(args.seed)
     extra = {"critic_streams": False} if getattr(args, "book_critic", False) else {}

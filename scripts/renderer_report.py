@@ -45,7 +45,7 @@ from generators import images, metrics  # noqa: E402
 from generators.data import GenData  # noqa: E402
 from generators.diffusion_renderer import DiffusionRenderer  # noqa: E402
 from generators.renderer import VRenderer, sharpness  # noqa: E402
-from generators.train import FitConfig, suggested_threads  # noqa: E402
+from generators.train import FitConfig, continued_from, suggested_threads  # noqa: E402
 from worldlab.io import atomic_write_json, write_doc_section  # noqa: E402
 from worldlab.rundir import RunDir  # noqa: E402
 from worldlab.storage import Manifest, load_shard  # noqa: E402
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     prev = json.loads(prev_path.read_text()) if prev_path.exists() else {}
     resumed = out.generator_final.exists() and prev.get("steps") == args.steps  # trained by an earlier invocation
     # a longer --steps continues an earlier invocation's training: its time counts, its distillation does not
-    extended = not resumed and out.generator.exists() and 0 < prev.get("steps", 0) < args.steps
+    extended = continued_from(prev, out.generator, args.steps)
     earlier_s = prev.get("train_seconds", 0.0) if extended else 0.0
     same_distill = resumed and (prev.get("distill_rounds"), prev.get("distill_steps")) == (args.distill_rounds,
                                                                                           args.distill_steps)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
                seconds=(train_s + distill_s + time.time() - t_measure) if resumed else earlier_s + time.time() - t0,
-               resumed=resumed, extended_from=prev.get("steps") if extended else None,
+               resumed=resumed, extended_from=extended,
                distill_rounds=args.distill_rounds, distill_steps=args.distill_steps,
                distill_seconds=distill_s, drawers=list(renderers), shown=shown, final=final_name,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},

@@ -53,12 +53,13 @@ def correlations(dream: np.ndarray, real: np.ndarray, shuffles: int = 100_000, s
 
 def seed_rows(run: Path, variant: str) -> list[dict[str, Any]]:
     rows = []
-    for d in sorted((run / "seeds").glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
-        f = RunDir(d).ablation_result(variant)
-        if not d.name[4:].isdigit() or not f.is_file():
+    seeds = sorted(int(d.name[4:]) for d in (run / "seeds").glob("seed*") if d.name[4:].isdigit())
+    for seed in seeds:
+        f = RunDir(run / "seeds" / f"seed{seed}").ablation_result(variant)
+        if not f.is_file():
             continue
         r = json.loads(f.read_text())
-        rows.append({"cma_seed": int(d.name[4:]), "dream_mean": r["dream_mean"], "dream_std": r["dream_std"],
+        rows.append({"cma_seed": seed, "dream_mean": r["dream_mean"], "dream_std": r["dream_std"],
                      "real_mean": r["real_mean"], "real_std": r["real_std"], "settings": r["settings"],
                      "real_returns": r["real_returns"]})
     return rows
@@ -73,14 +74,13 @@ def table(run: Path, variant: str) -> dict[str, Any]:
     if bad:
         raise ValueError(f"{run}/seeds/seed{bad[0]} holds a controller evolved with another seed; move each seed's "
                          "RUN/ablation* into its own folder")
-    settings = {json.dumps({k: v for k, v in r["settings"].items() if k != "seed"}, sort_keys=True) for r in rows}
-    if len(settings) > 1:
-        raise ValueError(f"{run}: the seeds were scored with different settings ({len(settings)} kinds); "
-                         "rescore them alike")
+    settings = [{k: v for k, v in r["settings"].items() if k != "seed"} for r in rows]
+    kinds = len({json.dumps(x, sort_keys=True) for x in settings})
+    if kinds > 1:
+        raise ValueError(f"{run}: the seeds were scored with different settings ({kinds} kinds); rescore them alike")
     dream, real = np.array([r["dream_mean"] for r in rows]), np.array([r["real_mean"] for r in rows])
     pick = int(np.argmax(dream))
-    return {"run": str(run), "variant": variant, "settings": {k: v for k, v in rows[0]["settings"].items() if k != "seed"},
-            "rows": rows,
+    return {"run": str(run), "variant": variant, "settings": settings[0], "rows": rows,
             **correlations(dream, real), "real_mean_over_seeds": float(real.mean()),
             "real_std_over_seeds": float(real.std()), "best_by_dream": rows[pick]["cma_seed"],
             "best_by_dream_real": float(real[pick]), "best_real": float(real.max())}
