@@ -13,7 +13,8 @@ As the book's model:
 Each track's bar generator turns ``[chords_bar, style, melody_track_bar, groove_track]`` into one
 bar ``(16 steps, 84 pitches)`` (a dense layer, then transposed convolutions up the time axis and
 out along the pitch axis, 1 -> 7 -> 84, as the book's); the critic reads the whole segment with
-3-D convolutions (bars, steps, pitches; the tracks as channels) and is trained as a WGAN-GP
+3-D convolutions (bars, steps, pitches; the tracks as channels), by default beside the three more
+streams of the paper's follow-up (:class:`_Critic`, ``critic_streams``), and is trained as a WGAN-GP
 (gradient penalty 10, 5 critic steps per generator step, Adam 1e-3 with betas 0.5 / 0.9: the
 book's settings). Outputs are in ``[-1, 1]``; :func:`binarize` keeps, for each track and step, the
 loudest pitch when it is above 0 (the voices of the chorales are monophonic).
