@@ -4,12 +4,13 @@ training an RLlib algorithm) run in the slow test only."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -39,15 +40,8 @@ def _blocks(run: Path) -> list[tuple[str, str, bool]]:
             re.findall(r"(<!-- test: slow -->\n)?```(\w+)\n(.*?)```", text, flags=re.S)]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_doc_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _run_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-              slow: bool) -> tuple[list[str], str]:
+              script: Callable[[str], ModuleType], slow: bool) -> tuple[list[str], str]:
     run = tmp_path / "car_racing"
     shutil.copytree(OLD_RUN, run)
     monkeypatch.chdir(tmp_path)  # the page writes ppo_dream.zip and ppo.mp4 where it runs
@@ -66,14 +60,15 @@ def _run_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
             for line in code.strip().splitlines():
                 argv = shlex.split(line)
                 assert argv[0] == "python" and argv[1].startswith("scripts/"), line
-                assert _script(Path(argv[1]).stem)(argv[2:]) == 0, capsys.readouterr()
+                assert script(Path(argv[1]).stem).main(argv[2:]) == 0, capsys.readouterr()
         ran.append(lang)
     return ran, capsys.readouterr().out
 
 
 def test_every_block_of_the_sb3_rllib_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    ran, out = _run_page(tmp_path, monkeypatch, capsys, slow=False)
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 script: Callable[[str], ModuleType]) -> None:
+    ran, out = _run_page(tmp_path, monkeypatch, capsys, script, slow=False)
     assert ran.count("bash") == 1 and (tmp_path / "ppo_dream.zip").is_file() and (tmp_path / "ppo.mp4").is_file()
     real = [line for line in out.splitlines() if line.startswith("real return ")]
     assert len(real) == 1 and math.isfinite(float(real[0].split()[-1]))
@@ -82,7 +77,8 @@ def test_every_block_of_the_sb3_rllib_page_runs(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.slow
 def test_every_block_of_the_sb3_rllib_page_runs_with_rllib_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    ran, out = _run_page(tmp_path, monkeypatch, capsys, slow=True)
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   script: Callable[[str], ModuleType]) -> None:
+    ran, out = _run_page(tmp_path, monkeypatch, capsys, script, slow=True)
     assert ran.count("python") == len([b for b in _blocks(tmp_path) if b[0] == "python"])
     assert float(out.strip().splitlines()[-1]) >= 400  # env steps RLlib sampled in the dream: one train batch

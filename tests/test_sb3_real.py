@@ -4,11 +4,12 @@ scripts score and show an SB3 policy file through it (tests/fixtures/old_run: z 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import gymnasium as gym
 import numpy as np
@@ -25,13 +26,6 @@ from agents.world_models.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +83,9 @@ def test_latent_observation_refuses_another_tasks_game(run_dir: Path) -> None:
 
 
 def test_ppo_trained_in_the_dream_scores_in_the_real_game(run_dir: Path, ppo_zip: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code = _script("evaluate")([str(run_dir), "--sb3", str(ppo_zip), "--episodes", "2", "--max-steps", "25",
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          script: Callable[[str], ModuleType]) -> None:
+    code = script("evaluate").main([str(run_dir), "--sb3", str(ppo_zip), "--episodes", "2", "--max-steps", "25",
                                 "--workers", "0", "--json", str(tmp_path / "sb3.json")])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -100,15 +95,16 @@ def test_ppo_trained_in_the_dream_scores_in_the_real_game(run_dir: Path, ppo_zip
     assert res["lengths"] == [25, 25]
     assert "over 2 episodes of at most 25 steps (all 25 steps)" in out.splitlines()[-1]
     # the same seeds as the controller's score, and the same episodes played again
-    again = _script("evaluate")([str(run_dir), "--sb3", str(ppo_zip), "--sb3-algo", "PPO", "--episodes", "2",
+    again = script("evaluate").main([str(run_dir), "--sb3", str(ppo_zip), "--sb3-algo", "PPO", "--episodes", "2",
                                  "--max-steps", "25", "--workers", "0"])
     assert again == 0 and json.loads(capsys.readouterr().out.splitlines()[0])["mean"] == res["mean"]
 
 
 def test_watch_shows_an_sb3_policy_in_the_real_game_and_the_dream(run_dir: Path, ppo_zip: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  script: Callable[[str], ModuleType]) -> None:
     video = tmp_path / "sb3.mp4"
-    code = _script("watch")([str(run_dir), "--sb3", str(ppo_zip), "--max-steps", "10", "--record", str(video)])
+    code = script("watch").main([str(run_dir), "--sb3", str(ppo_zip), "--max-steps", "10", "--record", str(video)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert video.stat().st_size > 0
@@ -117,8 +113,9 @@ def test_watch_shows_an_sb3_policy_in_the_real_game_and_the_dream(run_dir: Path,
 
 
 def test_sb3_policy_errors_are_one_line(run_dir: Path, ppo_zip: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    evaluate = _script("evaluate")
+                                        capsys: pytest.CaptureFixture[str],
+                                        script: Callable[[str], ModuleType]) -> None:
+    evaluate = script("evaluate").main
     for args, message in (
         (["--sb3", str(ppo_zip), "--sb3-algo", "SAC"], "was saved by PPO, not SAC; pass --sb3-algo PPO"),
         (["--sb3", str(tmp_path / "none.zip")], "no SB3 policy at"),
