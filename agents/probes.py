@@ -16,12 +16,22 @@ episodes:
 
 ``probe_fidelity(run)`` writes ``RUN/fidelity_probes.json``; ``scripts/fidelity.py RUN --probes``
 prints the table.
+
+**Controller probes** ask the same of an evolved controller's own real episodes, the states the
+dream's score is about: :func:`controller_probes` plays each controller in real episodes, runs M
+teacher-forced over them, and compares what M says (the return its reward head pays, the episode
+ends its done head expects, the done probability in the last steps before a real end) with what
+happened. Where M reads the real trajectory right and the dream still overrates the controller,
+the lie is the dream's open-loop drift; where M already misreads the real trajectory (it pays it
+more, or expects no end where the game ended it), the lie is in M's heads on those states.
+``scripts/fidelity.py RUN --controllers C [C ...]`` writes ``RUN/fidelity_controllers.json``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,4 +207,92 @@ def probe_table(report: dict[str, Any]) -> str:
                      f"{f(m['open_loop_dream_return'])} / {f(m['open_loop_real_return'])} | "
                      f"{f(m['open_loop_latent_mse_at_1'])} / {f(m['open_loop_latent_mse_at_10'])} / "
                      f"{f(m['open_loop_latent_mse_at_30'])} |")
+    return "\n".join(lines)
+
+
+END_WINDOW = 10
+"""steps before a real episode end whose done probabilities :func:`controller_probe` averages."""
+
+
+@torch.inference_mode()
+def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[int], max_steps: int | None = None
+                     ) -> dict[str, Any]:
+    """Play a controller (``cfg``, flat ``params``) in one real episode per seed and run M (member 0)
+    teacher-forced over each: per episode the real return and length, M's return (its reward head
+    summed), ``ends_expected`` (its done probabilities summed: the episode ends M expects on this
+    trajectory) against ``ended`` (1 when the game ended it, 0 when truncated), and the mean done
+    probability over the last :data:`END_WINDOW` steps of an episode the game ended and over the
+    steps before them; then their means over the episodes."""
+    import envs
+    from agents.policies import ControllerPolicy
+    from agents.rollout import run_episode
+
+    env = envs.make(wm.task, **({"max_episode_steps": max_steps} if max_steps else {}))
+    policy = ControllerPolicy(wm, cfg, params)
+    episodes = []
+    try:
+        for seed in seeds:
+            arrays = run_episode(env, policy, seed)["arrays"]
+            obs = torch.from_numpy(arrays["obs"])
+            T = int(arrays["rewards"].shape[0])
+            mu = torch.cat([wm.vae.encode(obs[i:i + 256])[0] for i in range(0, T + 1, 256)])  # (T+1, Z)
+            actions = torch.as_tensor(arrays["actions"])
+            actions = actions.float().reshape(T, -1) if not wm.discrete_actions else actions
+            pred, _ = wm.mdrnn(mu[None, :-1], actions[None])
+            p_end = torch.sigmoid(pred.done_logit[0]).numpy().astype(np.float64)          # (T,)
+            ended = bool(arrays["terminated"].any())
+            episodes.append({
+                "seed": int(seed), "steps": T, "real_return": float(arrays["rewards"].sum(dtype=np.float64)),
+                "predicted_return": float(pred.reward[0].sum()), "ended": int(ended),
+                "ends_expected": float(p_end.sum()),
+                "p_end_last": float(p_end[-END_WINDOW:].mean()) if ended else None,
+                "p_end_before": float(p_end[:-END_WINDOW].mean()) if T > END_WINDOW else None,
+            })
+    finally:
+        env.close()
+    keys = ("steps", "real_return", "predicted_return", "ended", "ends_expected", "p_end_last", "p_end_before")
+    return {"mean": {k: _mean([e[k] for e in episodes]) for k in keys}, "episodes": episodes}
+
+
+def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.PathLike], *, episodes: int = 12,
+                      seed: int = 50_000, max_steps: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """:func:`controller_probe` for each controller file (``episodes`` real episodes each, seeds
+    ``seed``, ``seed + 1``, ...; the same for every controller) on the run's world model; writes
+    ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it."""
+    from agents.controller import load_controller
+
+    if episodes < 1:
+        raise ValueError(f"--controller-episodes must be >= 1, got {episodes}")
+    run = RunDir(run_dir)
+    loaded = {}
+    for path in controllers:  # every file checked before any episode is played
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no controller at {path}; pass a controller.npz (e.g. {run.controller(0)})")
+        loaded[str(path)] = load_controller(path)
+    wm = WorldModel.load(run, device=device).cpu()
+    seeds = list(range(seed, seed + episodes))
+    rows = {}
+    for path, (cfg, params, _) in loaded.items():
+        if cfg.input_size != wm.obs_size:
+            raise ValueError(f"{path} reads {cfg.input_size} inputs, this world model gives {wm.obs_size}; "
+                             f"pass a controller evolved on {run}")
+        rows[path] = controller_probe(wm, params, cfg, seeds, max_steps)
+    report = {"task": wm.task, "mdrnn_id": wm.mdrnn.meta.get("id"), "seeds": seeds, "end_window": END_WINDOW,
+              "controllers": rows}
+    atomic_write_json(run.fidelity_controllers_json, report)
+    return report
+
+
+def controller_table(report: dict[str, Any]) -> str:
+    """The controller probes as a Markdown table."""
+    def f(x: float | None, fmt: str = ".3g") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lines = [f"| controller | steps | real return | M's return (teacher-forced) | ends: real / M expects | "
+             f"M's done probability: last {report['end_window']} steps / before |", "|---|---|---|---|---|---|"]
+    for path, row in report["controllers"].items():
+        m = row["mean"]
+        lines.append(f"| {path} | {f(m['steps'], '.0f')} | {f(m['real_return'], '.1f')} | "
+                     f"{f(m['predicted_return'], '.1f')} | {f(m['ended'], '.2f')} / {f(m['ends_expected'], '.2f')} | "
+                     f"{f(m['p_end_last'], '.4f')} / {f(m['p_end_before'], '.4f')} |")
     return "\n".join(lines)

@@ -2,12 +2,16 @@
 
 With --probes it also plays scripted probe episodes in the real game (CarRacing: straight at
 full speed, hard turns off the road, a spin, braking) and compares them with what M predicts
-(agents/probes.py): RUN/fidelity_probes.json and a Markdown table on stdout."""
+(agents/probes.py): RUN/fidelity_probes.json and a Markdown table on stdout. With --controllers
+C [C ...] it plays each evolved controller in real episodes and runs M teacher-forced over them:
+the return M pays and the episode ends it expects on the controller's own trajectory
+(RUN/fidelity_controllers.json and a table)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from worldlab.fidelity import fidelity_report
@@ -26,7 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", action="store_true", help="also play the scripted probe episodes (agents/probes.py)")
     p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the probe episodes")
     p.add_argument("--probe-steps", type=int, default=300, help="steps of each probe episode")
+    p.add_argument("--controllers", nargs="+", default=None, metavar="NPZ",
+                   help="also play these controllers in real episodes and run M teacher-forced over them: "
+                        "what M pays and which ends it expects on the controller's own trajectory "
+                        "(RUN/fidelity_controllers.json)")
+    p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
     a = p.parse_args(argv)
+    if a.controller_episodes < 1:
+        print(f"error: --controller-episodes must be >= 1, got {a.controller_episodes}", file=sys.stderr)
+        return 2
+    for c in a.controllers or ():
+        if not os.path.isfile(c):
+            print(f"error: no controller at {c}; pass a controller.npz (e.g. {a.run}/checkpoints/controller_r0.npz)",
+                  file=sys.stderr)
+            return 2
     try:
         r = fidelity_report(a.run, episodes=a.episodes, max_episodes=a.max_episodes, context=a.context,
                             horizon=a.horizon, device=a.device, video=not a.no_video)
@@ -40,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         from agents.probes import probe_fidelity, probe_table
 
         print(probe_table(probe_fidelity(a.run, seeds=tuple(a.probe_seeds), steps=a.probe_steps, device=a.device)))
+    if a.controllers:
+        from agents.probes import controller_probes, controller_table
+
+        try:
+            report = controller_probes(a.run, a.controllers, episodes=a.controller_episodes, device=a.device)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(controller_table(report))
     return 0
 
 

@@ -9,8 +9,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
-from agents.probes import play_probe, probe_fidelity, probe_scripts, probe_table
+import envs
+from agents.controller import ControllerConfig, load_controller, save_controller
+from agents.policies import ControllerPolicy
+from agents.probes import (
+    controller_probes,
+    controller_table,
+    play_probe,
+    probe_fidelity,
+    probe_scripts,
+    probe_table,
+)
+from agents.rollout import run_episode
+from worldlab.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"
@@ -51,3 +65,49 @@ def test_fidelity_script_prints_the_probe_table(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| probe | real return |" in out.stdout and "| gas_then_brake |" in out.stdout
+
+
+def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    ctrl = run / "checkpoints" / "controller_r0.npz"
+    rep = controller_probes(run, [ctrl], episodes=2, seed=7, max_steps=30)
+    assert json.loads((run / "fidelity_controllers.json").read_text()) == json.loads(json.dumps(rep))
+    row = rep["controllers"][str(ctrl)]
+    assert rep["seeds"] == [7, 8] and [e["seed"] for e in row["episodes"]] == [7, 8]
+    # the same episode again, M stepped one step at a time (its LSTM cell, not the sequence forward)
+    wm = WorldModel.load(run)
+    cfg, params, _ = load_controller(ctrl)
+    arrays = run_episode(envs.make("car_racing", max_episode_steps=30), ControllerPolicy(wm, cfg, params), 7)["arrays"]
+    ep = row["episodes"][0]
+    assert ep["steps"] == 30 and ep["ended"] == 0 and ep["p_end_last"] is None  # truncated, not ended
+    assert np.isclose(ep["real_return"], arrays["rewards"].sum(dtype=np.float64))
+    with torch.inference_mode():
+        z = wm.encode(torch.from_numpy(arrays["obs"]))[0]
+        state, paid, ends = None, 0.0, 0.0
+        for t in range(30):
+            p, state = wm.mdrnn.step(z[t:t + 1], torch.from_numpy(arrays["actions"][t:t + 1]), state)
+            paid, ends = paid + float(p.reward[0]), ends + float(torch.sigmoid(p.done_logit[0]))
+    assert np.isclose(ep["predicted_return"], paid, atol=1e-4) and np.isclose(ep["ends_expected"], ends, atol=1e-5)
+    assert np.isclose(row["mean"]["real_return"], np.mean([e["real_return"] for e in row["episodes"]]))
+    table = controller_table(rep)
+    assert table.count("\n") == 2 and str(ctrl) in table
+
+
+def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    with pytest.raises(FileNotFoundError, match="no controller at"):
+        controller_probes(run, [run / "checkpoints" / "controller_r0.npz", tmp_path / "none.npz"], episodes=1)
+    other = save_controller(tmp_path / "other.npz", ControllerConfig(input_size=5), np.zeros(18))
+    with pytest.raises(ValueError, match="reads 5 inputs, this world model gives 24"):
+        controller_probes(run, [other], episodes=1)
+    with pytest.raises(ValueError, match="--controller-episodes must be >= 1"):
+        controller_probes(run, [other], episodes=0)
+    assert not (run / "fidelity_controllers.json").exists()
+    for args, message in ((["--controllers", str(tmp_path / "none.npz")], "no controller at"),
+                          (["--controllers", str(other), "--controller-episodes", "0"], "must be >= 1")):
+        out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert not (run / "fidelity.json").exists()  # refused before the fidelity report's work

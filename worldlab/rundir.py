@@ -30,6 +30,7 @@ spelling paths, so the layout below is written down once::
     RUN/fidelity.json            the dream-fidelity report              .fidelity_json
     RUN/fidelity/                its open-loop strips and videos        .fidelity
     RUN/fidelity_probes.json     the dream on scripted probe episodes   .fidelity_probes_json
+    RUN/fidelity_controllers.json  M on controllers' own real episodes  .fidelity_controllers_json
     RUN/tau_sweep/ (+ .json/.md) the temperature sweep                  .tau_sweep
         tau_{t}/controller.npz   its controller evolved at tau t        .tau_controller(t)
         tau_{t}/cma.npz          and that evolution's CMA-ES state      .tau_cma_state(t)
@@ -178,6 +179,10 @@ class RunDir:
     @property
     def fidelity_probes_json(self) -> Path:
         return self.root / "fidelity_probes.json"
+
+    @property
+    def fidelity_controllers_json(self) -> Path:
+        return self.root / "fidelity_controllers.json"
 
     @property
     def fidelity(self) -> Path:
