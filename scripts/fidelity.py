@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         "what M pays and which ends it expects on the controller's own trajectory "
                         "(RUN/fidelity_controllers.json)")
     p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the report on held-out episodes (RUN/fidelity.json stays as it is): only the "
+                        "--probes and --controllers asked for")
     a = p.parse_args(argv)
     if a.controller_episodes < 1:
         print(f"error: --controller-episodes must be >= 1, got {a.controller_episodes}", file=sys.stderr)
@@ -44,15 +47,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no controller at {c}; pass a controller.npz (e.g. {a.run}/checkpoints/controller_r0.npz)",
                   file=sys.stderr)
             return 2
-    try:
-        r = fidelity_report(a.run, episodes=a.episodes, max_episodes=a.max_episodes, context=a.context,
-                            horizon=a.horizon, device=a.device, video=not a.no_video)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if a.no_report and not (a.probes or a.controllers):
+        print("error: --no-report leaves nothing to do; add --probes or --controllers NPZ", file=sys.stderr)
         return 2
-    summary = {k: r[k] for k in ("vae_recon_mse", "mdrnn_nll_per_dim", "reward_mse", "reward_mae", "done_accuracy")}
-    print(json.dumps({"episodes": r["episodes"], **summary}, indent=None))
-    print(f"wrote {a.run}/fidelity.json and {len(r['files'])} files under {a.run}/fidelity/")
+    if not a.no_report:
+        try:
+            r = fidelity_report(a.run, episodes=a.episodes, max_episodes=a.max_episodes, context=a.context,
+                                horizon=a.horizon, device=a.device, video=not a.no_video)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        summary = {k: r[k] for k in ("vae_recon_mse", "mdrnn_nll_per_dim", "reward_mse", "reward_mae",
+                                     "done_accuracy")}
+        print(json.dumps({"episodes": r["episodes"], **summary}, indent=None))
+        print(f"wrote {a.run}/fidelity.json and {len(r['files'])} files under {a.run}/fidelity/")
     if a.probes:
         from agents.probes import probe_fidelity, probe_table
 

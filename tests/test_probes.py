@@ -92,6 +92,12 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     assert np.isclose(row["mean"]["real_return"], np.mean([e["real_return"] for e in row["episodes"]]))
     table = controller_table(rep)
     assert table.count("\n") == 2 and str(ctrl) in table
+    (run / "fidelity_controllers.json").unlink()
+    out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), "--no-report", "--controllers", str(ctrl),
+                          "--controller-episodes", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| controller | steps |" in out.stdout and str(ctrl) in out.stdout
+    assert (run / "fidelity_controllers.json").is_file() and not (run / "fidelity.json").exists()
 
 
 def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path) -> None:
@@ -106,7 +112,8 @@ def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path)
         controller_probes(run, [other], episodes=0)
     assert not (run / "fidelity_controllers.json").exists()
     for args, message in ((["--controllers", str(tmp_path / "none.npz")], "no controller at"),
-                          (["--controllers", str(other), "--controller-episodes", "0"], "must be >= 1")):
+                          (["--controllers", str(other), "--controller-episodes", "0"], "must be >= 1"),
+                          (["--no-report"], "--no-report leaves nothing to do")):
         out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), *args], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
