@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from agents.controller import load_controller
 from agents.world_models import check_resumable, override
 from agents.world_models.resume import RESUMABLE
 from worldlab.rundir import RunDir
@@ -102,9 +104,12 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> No
     from worldlab.vae import ConvVAE
 
     cfg = override(RunConfig.load(OLD_RUN), ["freeze_v=true", "finetune_m=true", "backend=processes", "workers=1",
-                                             "eval.videos=false", "eval.gap_every=0"])
+                                             "eval.videos=false", "eval.gap_every=0", "later_generations=1"])
     run = RunDir(tmp_path / "run")
     DreamTrainer(cfg, run, progress=False, threads=1).learn()
+    # round 0 ran cma.generations, round 1 later_generations
+    assert cfg.cma.generations == 2 and [load_controller(run.controller(k))[2]["generations"] for k in (0, 1)] == [2, 1]
+    assert [len(np.load(run.cma_state(k))["hashes"]) for k in (0, 1)] == [2, 1]
     vae, m = ConvVAE.load(run.vae), MDRNN.load(run.mdrnn)
     assert vae.meta["steps"] == cfg.vae_train.steps  # not retrained in round 1
     assert m.meta["steps"] == 2 * cfg.mdrnn_train.steps and m.meta["vae_id"] == vae.meta["id"]
@@ -114,3 +119,5 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> No
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
+    with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):
+        override(cfg, ["later_generations=0"])

@@ -220,7 +220,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         members = cfg.ensemble.members
         out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
                            / M_LATENT_STEPS_S / gpu, finished))
-        g = cfg.cma.generations
+        g = cfg.round_generations(k)
         if cfg.train_in == "dream":
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             if cfg.eval.gap_every:
@@ -366,7 +366,7 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
 
 
 def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
-    g, searches = cfg.cma.generations, cfg.cma.restarts if cfg.train_in == "dream" else 1
+    g, searches = cfg.round_generations(k), cfg.cma.restarts if cfg.train_in == "dream" else 1
     title = f"round {k}: evolve C in the {cfg.train_in} for {g} generations of {cfg.cma.popsize} x {cfg.cma.rollouts}"
     title += f", {searches} searches" if searches > 1 else ""
     if finished:

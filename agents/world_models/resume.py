@@ -20,6 +20,7 @@ RESUMABLE: dict[str, str] = {
               "fewer (its last finished round's controller becomes the final one)",
     "cma.generations": "the last round's evolution continues from its saved CMA-ES state; an earlier round's "
                        "controller, which later rounds' data was played with, is kept",
+    "later_generations": "likewise, for the rounds after the first",
     "workers": "collection and evaluation do not depend on the number of workers",
     "backend": "nor on where the workers run",
     "train_workers": "V's and M's resumable checkpoints are the same whatever the number of workers that wrote them",

@@ -592,8 +592,9 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     """Round ``k``'s CMA-ES on C, in the dream (or, ``cfg.train_in == "real"``, in the real game on
     ``pool()``), warm-started from round k-1's controller; writes ``controller_r{k}.npz``.
 
-    A finished round is kept; the last round goes on when ``cma.generations`` grew; a round that
-    later rounds built on is final (its controller played their data).
+    A finished round is kept; the last round goes on when its generations (``cma.generations``, or
+    ``later_generations`` after round 0) grew; a round that later rounds built on is final (its
+    controller played their data).
     """
     run = RunDir(run)
     out = run.controller(k)
@@ -607,10 +608,10 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         if extra.get("mdrnn_id") not in (None, m_id):  # None: saved before controllers recorded their M
             raise ValueError(f"{out} was evolved in the dream of another M than this run's {run.mdrnn.name} (V or M "
                              f"was trained again since); delete it and {run.cma_state(k).name} to evolve it again")
-        if saved_cfg == ccfg and extra.get("generations") == cfg.cma.generations:
+        if saved_cfg == ccfg and extra.get("generations") == cfg.round_generations(k):
             return params
     x0 = load_controller(run.controller(k - 1))[1] if k > 0 else None
-    cma_cfg = replace(cfg.cma, seed=cfg.cma.seed + 1000 * k)
+    cma_cfg = replace(cfg.cma, seed=cfg.cma.seed + 1000 * k, generations=cfg.round_generations(k))
     device = torch.device(cfg.device)
     if cfg.train_in == "dream":
         e = cfg.ensemble
