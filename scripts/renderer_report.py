@@ -320,19 +320,30 @@ def render_doc(r: dict[str, Any], tag: str, doc: Path, family: str = "renderer")
         f"({r['real_sharpness']:.5f}): 1.0 is as much fine detail as a real frame. The Fréchet distance "
         "compares V's encodings `mu` of the drawn frames with those of the real ones (lower is closer); "
         "L1/MSE reward the blurred mean, so a sharper renderer need not win them.", "",
-        f"**What it shows.** The renderer draws {g['sharpness_vs_real']:.0%} of the real frames' fine detail "
-        f"where V's decoder draws {v['sharpness_vs_real']:.0%}; its L1 to the frame is "
-        f"{'higher' if g['l1'] > v['l1'] else 'lower'} ({g['l1']:.4f} vs {v['l1']:.4f}) and its Fréchet distance "
-        f"{'higher' if g['frechet_v_latent'] > v['frechet_v_latent'] else 'lower'} "
-        f"({g['frechet_v_latent']:.2f} vs {v['frechet_v_latent']:.2f}): sharp detail in slightly wrong places "
-        "costs more in these pixel and V-feature distances than blur does. Watch the strips: where V smears the "
-        "small objects of a scene (Doom's monsters and fireballs) into the wall, the renderer draws them as "
-        "objects, which is what a person watching the dream needs. It draws only what `z` encodes: an object "
-        "V's latent lost cannot come back.", "",
+        what_it_shows(g, v, r["steps"]), "",
         "Held-out frames (top), V's decoder (middle), the renderer (bottom):", "",
         f"![compare](renderer/{tag}_compare.png)", "",
         "One dream (random actions, temperature 1): V's decoder (top), the renderer (bottom), same latents:", "",
         f"![dream](renderer/{tag}_dream_strip.png)", ""]
+
+
+def what_it_shows(g: dict[str, float], v: dict[str, float], steps: int) -> str:
+    """The reading of a renderer's row against V's decoder's, from the figures: a renderer sharper
+    than V's decoder is read as one; one that is not is said to have failed, with its figures."""
+    sharp = f"The renderer draws {g['sharpness_vs_real']:.0%} of the real frames' fine detail where V's decoder " \
+            f"draws {v['sharpness_vs_real']:.0%}"
+    if g["sharpness_vs_real"] <= v["sharpness_vs_real"]:
+        return (f"**What it shows.** {sharp}, and its Fréchet distance is {g['frechet_v_latent']:.2f} against V's "
+                f"{v['frechet_v_latent']:.2f}: after {steps} steps it has not learned to draw the frames (the "
+                "pictures below). It is no better a drawer of the dream than V's decoder; do not draw with it.")
+    return (f"**What it shows.** {sharp}; its L1 to the frame is {'higher' if g['l1'] > v['l1'] else 'lower'} "
+            f"({g['l1']:.4f} vs {v['l1']:.4f}) and its Fréchet distance "
+            f"{'higher' if g['frechet_v_latent'] > v['frechet_v_latent'] else 'lower'} "
+            f"({g['frechet_v_latent']:.2f} vs {v['frechet_v_latent']:.2f}): sharp detail in slightly wrong places "
+            "costs more in these pixel and V-feature distances than blur does. Watch the strips: where V smears the "
+            "small objects of a scene (Doom's monsters and fireballs) into the wall, the renderer draws them as "
+            "objects, which is what a person watching the dream needs. It draws only what `z` encodes: an object "
+            "V's latent lost cannot come back.")
 
 
 def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:

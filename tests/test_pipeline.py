@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -326,3 +328,15 @@ def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
     rets = [m.episodes[i]["return"] for i in (6, 7)]  # round 1's episodes, played by round 0's controller
     assert (f"| 1 | round 0's controller + noise {cfg['collect']['noise_std']} | 2 (from 6) | "
             f"{np.mean(rets):.1f} ± {np.std(rets):.1f} |") in (out / "report.md").read_text()
+
+
+def test_renderer_doc_reads_a_failed_renderer_as_failed(script: Callable[[str], ModuleType]) -> None:
+    """The RENDERER.md narrative follows the figures: a renderer no sharper than V's decoder is
+    said to have failed, never described as drawing objects V smears."""
+    what = script("renderer_report").what_it_shows
+    v = {"l1": 0.0135, "mse": 0.0009, "sharpness_vs_real": 0.10, "frechet_v_latent": 0.13}
+    failed = what({"l1": 0.0327, "mse": 0.0036, "sharpness_vs_real": 0.08, "frechet_v_latent": 2.74}, v, 1500)
+    assert "has not learned to draw the frames" in failed and "8%" in failed and "2.74" in failed
+    assert "draws them as objects" not in failed
+    sharp = what({"l1": 0.0173, "mse": 0.0015, "sharpness_vs_real": 0.96, "frechet_v_latent": 0.11}, v, 1500)
+    assert "draws them as objects" in sharp and "96%" in sharp and "not learned" not in sharp
