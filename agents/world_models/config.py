@@ -341,8 +341,8 @@ class RunConfig:
     later_generations: int | None = None
     """CMA-ES generations of every round after the first (None: ``cma.generations``). A later round
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
-    on Doom its gap curve was narrowest 10-20 generations in, and 20 generations scored 413.2 where
-    50 scored 227.9 (docs/RESULTS.md)."""
+    on Doom its gap curve was narrowest 10-20 generations in: 20 generations scored 413.2 where 50
+    scored 227.9 (round 0: 310.2), and 980.0 on a second world model (round 0: 594.0; docs/RESULTS.md)."""
     controller_hidden: int = 0
     """0: the paper's linear controller on [z, h]; > 0: one hidden layer of this size."""
     freeze_v: bool = False
@@ -500,12 +500,15 @@ def preset(name: str, task: str) -> RunConfig:
             eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2, probe_steps=60),
         )
     if name == "default":
-        if doom:  # one round, as the paper did for Doom; its LSTM 512 makes each dream step dearer: a smaller population
+        if doom:  # its LSTM 512 makes each dream step dearer: a smaller population than CarRacing's
             # V's loss weighted toward the pixels that move (vae.salience): a briefly trained V then draws
-            # the fireballs (docs/RESULTS.md: 310 and 594 over two world models, 183 and 188 without)
+            # the fireballs (docs/RESULTS.md: 310 and 594 over two world models, 183 and 188 without).
+            # A short second round: 100 episodes of round 0's C (noise, random bursts) show M the deaths
+            # C's own states lead to (V frozen, M fine-tuned), then 20 generations from round 0's C
+            # (docs/RESULTS.md: 310 -> 413 and 594 -> 980 on two world models; 50 generations: 228)
             return RunConfig(
-                task=task, preset=name, workers=2, rounds=1,
-                collect=CollectConfig(episodes=300),
+                task=task, preset=name, workers=2, rounds=2, freeze_v=True, finetune_m=True, later_generations=20,
+                collect=CollectConfig(episodes=300, episodes_per_round=100, noise_std=0.1, burst_prob=0.05),
                 vae=dataclasses.replace(vae, salience=4.0), vae_train=TrainConfig(steps=3000, lr=1e-3, amp="auto", sample_every=1000), vae_batch=64,
                 mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
                 cma=CMAConfig(popsize=32, rollouts=8, generations=50, sigma0=0.1),
