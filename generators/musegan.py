@@ -190,9 +190,11 @@ class MuseGAN(Generator):
         self.critic = _Critic(c.tracks, c.bars, c.width, streams=c.critic_streams)
 
     @classmethod
-    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MuseGAN:
+    def upgrade_checkpoint(cls, state: Any) -> Any:
         """A checkpoint saved before ``critic_streams`` existed has the book's critic alone (its last two
-        layers then sat at ``critic.net.13`` and ``.15``, now ``critic.head.0`` and ``.2``)."""
+        layers then sat at ``critic.net.13`` and ``.15``, now ``critic.head.0`` and ``.2``): renamed, and
+        marked ``critic_streams=False``; any other state is returned as it is. Loading and resuming
+        training both go through it."""
         if isinstance(state, dict) and isinstance(state.get("config"), dict) and "critic_streams" not in state["config"]:
             moved = {"critic.net.13.": "critic.head.0.", "critic.net.15.": "critic.head.2."}
 
@@ -202,7 +204,11 @@ class MuseGAN(Generator):
             state = {**state, "config": {**state["config"], "critic_streams": False},
                      **{k: {rename(n): v for n, v in state[k].items()} for k in ("model", "ema")
                         if isinstance(state.get(k), dict)}}
-        return super().from_checkpoint(state, path)
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MuseGAN:
+        return super().from_checkpoint(cls.upgrade_checkpoint(state), path)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The four noises of ``n`` samples: chords, style ``(n, Z)``; melody, groove ``(n, tracks, Z)``."""

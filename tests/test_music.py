@@ -164,6 +164,11 @@ def test_musegans_critic_streams_and_checkpoints_of_the_books_critic() -> None:
     del state["config"]["critic_streams"]
     back = MuseGAN.from_checkpoint(state).eval()
     assert not back.config.critic_streams and not hasattr(back.critic, "onsets")
+    # resuming training goes through the same renaming (worldlab.training.train loads state["model"] raw)
+    fresh = generators.make("musegan", preset="tiny", critic_streams=False)
+    fresh.load_state_dict(MuseGAN.upgrade_checkpoint(state)["model"])
+    new_state = m.checkpoint()
+    assert MuseGAN.upgrade_checkpoint(new_state) is new_state  # a current checkpoint is left as it is
     with torch.no_grad():
         assert torch.equal(back.critic(x), book.critic(x))
 

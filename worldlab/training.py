@@ -168,6 +168,9 @@ def train(
     step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch_load(checkpoint_path, map_location=device)
+        upgrade = getattr(type(model), "upgrade_checkpoint", None)  # a model whose older checkpoints it renames
+        if upgrade is not None:
+            state = upgrade(state)
         model.load_state_dict(state["model"])
         for k, o in opts.items():
             o.load_state_dict(state["optimizers"][k])
