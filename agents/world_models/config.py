@@ -505,7 +505,7 @@ def preset(name: str, task: str) -> RunConfig:
             # the fireballs (docs/RESULTS.md: 310 and 594 over two world models, 183 and 188 without).
             # A short second round: 100 episodes of round 0's C (noise, random bursts) show M the deaths
             # C's own states lead to (V frozen, M fine-tuned), then 20 generations from round 0's C
-            # (docs/RESULTS.md: 310 -> 413 and 594 -> 980 on two world models; 50 generations: 228)
+            # (docs/RESULTS.md: 310 -> 413, 594 -> 980 and 271 -> 421 on three world models; 50 generations: 228)
             return RunConfig(
                 task=task, preset=name, workers=2, rounds=2, freeze_v=True, finetune_m=True, later_generations=20,
                 collect=CollectConfig(episodes=300, episodes_per_round=100, noise_std=0.1, burst_prob=0.05),
