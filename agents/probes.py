@@ -109,15 +109,30 @@ def play_probe(task: str, script: Script, seed: int, steps: int) -> dict[str, np
             "off_road": np.asarray(offs, bool)}
 
 
+ENCODE_CHUNK = 256
+"""frames V encodes per forward pass when reading a real episode."""
+
+
+@torch.inference_mode()
+def teacher_forced(wm: WorldModel, ep: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """A real episode (``obs`` (T+1, 64, 64, 3) uint8, ``actions`` (T, ...)) read by the world model:
+    V's posterior means ``mu`` (T+1, Z), the actions as M takes them (Box: float (T, A)), and M's
+    predictions for steps 1..T, run teacher-forced over the real latents."""
+    obs = torch.from_numpy(ep["obs"])
+    T = int(ep["actions"].shape[0])
+    mu = torch.cat([wm.vae.encode(obs[i:i + ENCODE_CHUNK])[0] for i in range(0, T + 1, ENCODE_CHUNK)])
+    actions = torch.as_tensor(ep["actions"])
+    actions = actions if wm.discrete_actions else actions.float().reshape(T, -1)
+    pred, _ = wm.mdrnn(mu[None, :-1], actions[None])
+    return mu, actions, pred
+
+
 @torch.inference_mode()
 def probe_figures(wm: WorldModel, ep: dict[str, np.ndarray], starts: tuple[int, ...], horizon: int
                   ) -> dict[str, Any]:
     """What M says about one real probe episode (see the module docstring)."""
-    obs = torch.from_numpy(ep["obs"])
     T = int(ep["rewards"].shape[0])
-    mu = torch.cat([wm.vae.encode(obs[i:i + 256])[0] for i in range(0, T + 1, 256)])  # (T+1, Z)
-    actions = torch.from_numpy(ep["actions"]).float()                                     # (T, A)
-    pred, _ = wm.mdrnn(mu[None, :-1], actions[None])                                      # teacher-forced
+    mu, actions, pred = teacher_forced(wm, ep)
     rewards = torch.from_numpy(ep["rewards"]).float()
     err = (pred.reward[0] - rewards).abs().numpy()                                        # (T,)
     off = ep["off_road"]
@@ -233,12 +248,8 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     try:
         for seed in seeds:
             arrays = run_episode(env, policy, seed)["arrays"]
-            obs = torch.from_numpy(arrays["obs"])
             T = int(arrays["rewards"].shape[0])
-            mu = torch.cat([wm.vae.encode(obs[i:i + 256])[0] for i in range(0, T + 1, 256)])  # (T+1, Z)
-            actions = torch.as_tensor(arrays["actions"])
-            actions = actions.float().reshape(T, -1) if not wm.discrete_actions else actions
-            pred, _ = wm.mdrnn(mu[None, :-1], actions[None])
+            pred = teacher_forced(wm, arrays)[2]
             p_end = torch.sigmoid(pred.done_logit[0]).numpy().astype(np.float64)          # (T,)
             ended = bool(arrays["terminated"].any())
             episodes.append({
@@ -254,29 +265,33 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     return {"mean": {k: _mean([e[k] for e in episodes]) for k in keys}, "episodes": episodes}
 
 
+def load_controllers(run: RunDir, controllers: list[str | os.PathLike]) -> dict[str, Any]:
+    """Each controller file as ``load_controller`` reads it, keyed by its path as given; a missing
+    file is refused (one line) before any is read."""
+    from agents.controller import load_controller
+
+    for path in controllers:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no controller at {path}; pass a controller.npz (e.g. {run.controller(0)})")
+    return {str(path): load_controller(path) for path in controllers}
+
+
 def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.PathLike], *, episodes: int = 12,
                       seed: int = 50_000, max_steps: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """:func:`controller_probe` for each controller file (``episodes`` real episodes each, seeds
     ``seed``, ``seed + 1``, ...; the same for every controller) on the run's world model; writes
     ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it."""
-    from agents.controller import load_controller
-
     if episodes < 1:
         raise ValueError(f"--controller-episodes must be >= 1, got {episodes}")
     run = RunDir(run_dir)
-    loaded = {}
-    for path in controllers:  # every file checked before any episode is played
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no controller at {path}; pass a controller.npz (e.g. {run.controller(0)})")
-        loaded[str(path)] = load_controller(path)
+    loaded = load_controllers(run, controllers)
     wm = WorldModel.load(run, device=device).cpu()
-    seeds = list(range(seed, seed + episodes))
-    rows = {}
-    for path, (cfg, params, _) in loaded.items():
+    for path, (cfg, _, _) in loaded.items():  # every controller checked before any episode is played
         if cfg.input_size != wm.obs_size:
             raise ValueError(f"{path} reads {cfg.input_size} inputs, this world model gives {wm.obs_size}; "
                              f"pass a controller evolved on {run}")
-        rows[path] = controller_probe(wm, params, cfg, seeds, max_steps)
+    seeds = list(range(seed, seed + episodes))
+    rows = {path: controller_probe(wm, params, cfg, seeds, max_steps) for path, (cfg, params, _) in loaded.items()}
     report = {"task": wm.task, "mdrnn_id": wm.mdrnn.meta.get("id"), "seeds": seeds, "end_window": END_WINDOW,
               "controllers": rows}
     atomic_write_json(run.fidelity_controllers_json, report)

@@ -163,9 +163,17 @@ class Generator(ConfigCheckpoint, nn.Module):
         return super().load(path, map_location)
 
     @classmethod
+    def upgrade_checkpoint(cls, state: Any) -> Any:
+        """A checkpoint saved by an older version of this family, in today's layout (renamed weights,
+        config fields added since). Loading (:meth:`from_checkpoint`) and resuming training
+        (``worldlab.training.train``) both go through it; a family whose layout changed overrides it."""
+        return state
+
+    @classmethod
     def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> Generator:
         """Rebuild from a checkpoint dict; a training checkpoint with an EMA copy gives the EMA weights
         (those are the ones sampled)."""
+        state = cls.upgrade_checkpoint(state)
         name = checkpoint_family(state, path)
         if name != cls.FAMILY:
             raise TypeError(f"{path} holds a {name} model, not {cls.__name__}")

@@ -22,7 +22,6 @@ loudest pitch when it is above 0 (the voices of the chorales are monophonic).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,8 +192,7 @@ class MuseGAN(Generator):
     def upgrade_checkpoint(cls, state: Any) -> Any:
         """A checkpoint saved before ``critic_streams`` existed has the book's critic alone (its last two
         layers then sat at ``critic.net.13`` and ``.15``, now ``critic.head.0`` and ``.2``): renamed, and
-        marked ``critic_streams=False``; any other state is returned as it is. Loading and resuming
-        training both go through it."""
+        marked ``critic_streams=False``; any other state is returned as it is."""
         if isinstance(state, dict) and isinstance(state.get("config"), dict) and "critic_streams" not in state["config"]:
             moved = {"critic.net.13.": "critic.head.0.", "critic.net.15.": "critic.head.2."}
 
@@ -205,10 +203,6 @@ class MuseGAN(Generator):
                      **{k: {rename(n): v for n, v in state[k].items()} for k in ("model", "ema")
                         if isinstance(state.get(k), dict)}}
         return state
-
-    @classmethod
-    def from_checkpoint(cls, state: Any, path: str | os.PathLike = "<memory>") -> MuseGAN:
-        return super().from_checkpoint(cls.upgrade_checkpoint(state), path)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The four noises of ``n`` samples: chords, style ``(n, Z)``; melody, groove ``(n, tracks, Z)``."""

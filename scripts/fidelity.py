@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from worldlab.fidelity import fidelity_report
+from worldlab.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.controller_episodes < 1:
         print(f"error: --controller-episodes must be >= 1, got {a.controller_episodes}", file=sys.stderr)
         return 2
-    for c in a.controllers or ():
-        if not os.path.isfile(c):
-            print(f"error: no controller at {c}; pass a controller.npz (e.g. {a.run}/checkpoints/controller_r0.npz)",
-                  file=sys.stderr)
+    if a.controllers:  # refused before the report's work
+        from agents.probes import load_controllers
+
+        try:
+            load_controllers(RunDir(a.run), a.controllers)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
     if a.no_report and not (a.probes or a.controllers):
         print("error: --no-report leaves nothing to do; add --probes or --controllers NPZ", file=sys.stderr)
