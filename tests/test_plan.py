@@ -101,6 +101,33 @@ def test_a_stage_first_removes_the_half_written_files_a_kill_left(tmp_path: Path
     assert all(p.name in lines[0] for p in stale)
 
 
+def test_training_resumes_past_a_save_that_a_kill_cut_short(tmp_path: Path) -> None:
+    """A kill during a checkpoint save leaves ``.NAME.XXXXXXXX.tmp`` beside it; the next ``train`` on that
+    checkpoint (the DDP driver does the same) removes it, and only its own."""
+    import torch
+
+    from worldlab.io import remove_stale_temps_of
+    from worldlab.training import TrainConfig, train
+
+    ckpt = tmp_path / "m.train.pt"
+    cut = tmp_path / ".m.train.pt.k2j4_9xq.tmp"
+    others = [tmp_path / ".vae.train.pt.a1b2c3d4.tmp", tmp_path / ".m.train.pt.tmp", tmp_path / "m.train.pt.a1b2c3d4.tmp"]
+    for p in [cut, *others]:
+        p.write_bytes(b"x")
+
+    class Line(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loss": ((self.w - batch) ** 2).mean()}
+
+    train(Line(), [torch.ones(4)], TrainConfig(steps=2, lr=0.1), checkpoint_path=ckpt, progress=False)
+    assert ckpt.exists() and not cut.exists() and all(p.exists() for p in others)
+    assert remove_stale_temps_of(tmp_path / "absent" / "x.pt") == []
+
+
 def test_a_foreign_checkpoint_is_refused_before_any_stage(old_run: RunDir) -> None:
     import torch
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +108,10 @@ TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 """The names :func:`_atomic` gives its temp files (``.NAME.XXXXXXXX.tmp``, from ``tempfile.mkstemp``)."""
 
 
-def remove_stale_temps(root: str | os.PathLike) -> list[tuple[Path, int]]:
-    """Delete the half-written temp files a killed process left under ``root`` (only names of the
-    atomic writers' pattern, :data:`TEMP_NAME`); returns each removed path and its size. Call it
-    when no other process writes under ``root``."""
+def _remove(paths: Iterable[Path], name: re.Pattern[str]) -> list[tuple[Path, int]]:
     removed = []
-    for p in Path(root).rglob(".*.tmp"):
-        if p.is_file() and TEMP_NAME.match(p.name):
+    for p in paths:
+        if p.is_file() and name.match(p.name):
             try:
                 size = p.stat().st_size
                 p.unlink()
@@ -122,6 +119,22 @@ def remove_stale_temps(root: str | os.PathLike) -> list[tuple[Path, int]]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Delete the half-written temp files a killed process left under ``root`` (only names of the
+    atomic writers' pattern, :data:`TEMP_NAME`); returns each removed path and its size. Call it
+    when no other process writes under ``root``."""
+    return _remove(Path(root).rglob(".*.tmp"), TEMP_NAME)
+
+
+def remove_stale_temps_of(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Delete the half-written temp files that a killed writer of ``path`` left beside it
+    (``.NAME.XXXXXXXX.tmp``); returns each removed path and its size. Call it before resuming the one
+    process that writes ``path``."""
+    path = Path(path)
+    own = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp$")
+    return _remove(path.parent.glob(".*.tmp") if path.parent.is_dir() else (), own)
 
 
 def read_json(path: str | os.PathLike) -> Any:

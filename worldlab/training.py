@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from worldlab.io import atomic_torch_save, torch_load
+from worldlab.io import atomic_torch_save, remove_stale_temps_of, torch_load
 from worldlab.logging import RunLogger
 
 
@@ -166,6 +166,8 @@ def train(
     opts = default_optimizers(model, cfg)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     step = 0
+    if checkpoint_path is not None:
+        remove_stale_temps_of(checkpoint_path)  # a killed run's half-written save
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch_load(checkpoint_path, map_location=device)
         upgrade = getattr(type(model), "upgrade_checkpoint", None)  # a model whose older checkpoints it renames
