@@ -109,10 +109,6 @@ def play_probe(task: str, script: Script, seed: int, steps: int) -> dict[str, np
             "off_road": np.asarray(offs, bool)}
 
 
-ENCODE_CHUNK = 256
-"""frames V encodes per forward pass when reading a real episode."""
-
-
 @torch.inference_mode()
 def teacher_forced(wm: WorldModel, ep: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """A real episode (``obs`` (T+1, 64, 64, 3) uint8, ``actions`` (T, ...)) read by the world model:
@@ -120,7 +116,7 @@ def teacher_forced(wm: WorldModel, ep: dict[str, np.ndarray]) -> tuple[torch.Ten
     predictions for steps 1..T, run teacher-forced over the real latents."""
     obs = torch.from_numpy(ep["obs"])
     T = int(ep["actions"].shape[0])
-    mu = torch.cat([wm.vae.encode(obs[i:i + ENCODE_CHUNK])[0] for i in range(0, T + 1, ENCODE_CHUNK)])
+    mu = wm.vae.encode_mean(obs)
     actions = torch.as_tensor(ep["actions"])
     actions = actions if wm.discrete_actions else actions.float().reshape(T, -1)
     pred, _ = wm.mdrnn(mu[None, :-1], actions[None])

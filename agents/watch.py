@@ -235,7 +235,7 @@ def _add_sound(record: str | Path, wm: WorldModel, sonified: list[tuple[np.ndarr
     shown = np.stack([cv2.resize(np.ascontiguousarray(f), (64, 64), interpolation=cv2.INTER_AREA)
                       for f, _, _ in sonified])
     with torch.inference_mode():
-        z = torch.cat([wm.encode(torch.from_numpy(shown[i:i + 256]))[0].cpu() for i in range(0, len(shown), 256)])
+        z = wm.vae.encode_mean(torch.from_numpy(shown)).cpu()
     returns, eps = np.array([R for _, R, _ in sonified]), np.array([e for _, _, e in sonified])
     rewards = np.diff(returns, prepend=0.0)
     rewards[1:][eps[1:] != eps[:-1]] = returns[1:][eps[1:] != eps[:-1]]  # a new episode pays from 0

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     @torch.no_grad()
     def features(x: torch.Tensor) -> np.ndarray:  # frames uint8 or [0, 1] floats -> V's posterior means
-        return torch.cat([v.encode(x[i:i + 250])[0] for i in range(0, len(x), 250)]).numpy()
+        return v.encode_mean(x, chunk=250).numpy()
 
     @torch.no_grad()
     def decoded(z: torch.Tensor) -> torch.Tensor:

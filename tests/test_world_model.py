@@ -169,6 +169,14 @@ def test_vae_interface() -> None:
     assert mu.shape == logvar.shape == (4, 16)
     with pytest.raises(ValueError, match="unconditional"):
         vae.sample(2, cond=torch.zeros(2))
+    frames = torch.randint(0, 256, (7, 64, 64, 3), dtype=torch.uint8)
+    whole = vae.encode(frames)[0]
+    for chunk in (1, 3, 256):  # chunked encoding: the same means, any chunk, no graph kept
+        got = vae.encode_mean(frames, chunk=chunk)
+        assert got.shape == (7, 16) and not got.requires_grad and torch.allclose(got, whole, atol=1e-5)
+    assert vae.encode_mean(frames[:0]).shape == (0, 16)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        vae.encode_mean(frames, chunk=0)
 
 
 def test_salience_weights_what_stands_out() -> None:

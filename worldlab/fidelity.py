@@ -69,8 +69,7 @@ def episode_fidelity(wm: WorldModel, ep: dict[str, np.ndarray], context: int, ho
     dev = wm.device
     obs = torch.from_numpy(ep["obs"])                       # (T+1, 64, 64, 3) uint8
     T = int(ep["rewards"].shape[0])
-    mus = [wm.vae.encode(obs[i:i + 256])[0] for i in range(0, T + 1, 256)]
-    mu = torch.cat(mus).to(dev)                             # (T+1, Z)
+    mu = wm.vae.encode_mean(obs).to(dev)                    # (T+1, Z)
     actions = torch.from_numpy(ep["actions"]).to(dev)       # (T, A) or (T,)
     pred, _ = wm.mdrnn(mu[None, :-1], actions[None])        # (1, T, ...) teacher-forced
     nll = -mixture_log_prob(mu[None, 1:], pred.logits, pred.mu, pred.logsigma).mean()

@@ -170,6 +170,16 @@ class ConvVAE(ConfigCheckpoint, nn.Module):
         h = self.encoder(frames_to_float(x).to(self.device))  # (B, 1024)
         return self.fc_mu(h).float(), self.fc_logvar(h).float()
 
+    @torch.no_grad()
+    def encode_mean(self, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """Posterior means (N, Z) of any number of frames, encoded ``chunk`` at a time (so memory stays
+        bounded; up to float rounding the result does not depend on ``chunk``)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 (got {chunk})")
+        if len(x) == 0:
+            return torch.zeros(0, self.z_size, device=self.device)
+        return torch.cat([self.encode(x[i:i + chunk])[0] for i in range(0, len(x), chunk)])
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, Z) -> frames (B, 3, 64, 64) float32 in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z)).float()
