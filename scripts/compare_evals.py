@@ -1,0 +1,77 @@
+"""Compare controllers scored on the same real episodes: each one's mean, and its paired difference
+to the first (by episode seed), with the standard error of that difference.
+
+    python scripts/compare_evals.py RUN/eval_r0.json RUN/eval_r1.json RUN/eval_r2.json
+    python scripts/compare_evals.py A.json B.json --markdown        # a table to paste into the docs
+
+The files are what ``scripts/evaluate.py --json`` and the pipeline write. A paired difference is
+only defined over episodes of the same seeds: files whose seeds differ are refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def load(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it as an evaluation JSON ({e})") from e
+    if not isinstance(d, dict) or "returns" not in d or "seeds" not in d:
+        raise ValueError(f"{path}: not an evaluation JSON (no 'returns' and 'seeds'); write one with "
+                         "scripts/evaluate.py RUN --json FILE")
+    return d
+
+
+def compare(paths: list[Path]) -> list[dict]:
+    """One row per file: mean, std, median, and (after the first) the paired difference to the first."""
+    evals = [load(p) for p in paths]
+    base = evals[0]
+    order = np.argsort(base["seeds"])
+    rows = []
+    for i, (p, d) in enumerate(zip(paths, evals, strict=True)):
+        if sorted(d["seeds"]) != sorted(base["seeds"]):
+            raise ValueError(f"{p}: its episodes' seeds differ from {paths[0]}'s; score both with the same "
+                             "--episodes and --seed of scripts/evaluate.py")
+        r = np.asarray(d["returns"], float)[np.argsort(d["seeds"])]
+        row = {"file": str(p), "episodes": len(r), "mean": float(r.mean()), "std": float(r.std()),
+               "median": float(np.median(r)), "max": float(r.max())}
+        if i > 0:
+            diff = r - np.asarray(base["returns"], float)[order]
+            row["paired_diff"] = float(diff.mean())
+            row["paired_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("evals", nargs="+", type=Path, help="evaluation JSONs; the first is the baseline")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = ap.parse_args(argv)
+    try:
+        rows = compare(args.evals)
+    except ValueError as e:
+        print(f"compare_evals.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print("| controller | real score (mean ± std) | median | max | paired difference to the first (± s.e.) |")
+        print("|---|---|---|---|---|")
+    for row in rows:
+        diff = (f"{row['paired_diff']:+.1f} ± {row['paired_se']:.1f}" if "paired_diff" in row else "")
+        if args.markdown:
+            print(f"| `{row['file']}` | {row['mean']:.1f} ± {row['std']:.1f} | {row['median']:.1f} | "
+                  f"{row['max']:.0f} | {diff} |")
+        else:
+            print(f"{row['file']}: {row['mean']:.1f} ± {row['std']:.1f} over {row['episodes']} episodes "
+                  f"(median {row['median']:.1f}, max {row['max']:.0f})" + (f"; paired {diff}" if diff else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""scripts/compare_evals.py: paired differences between controllers scored on the same episodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+
+def _eval(path: Path, seeds: list[int], returns: list[float]) -> Path:
+    path.write_text(json.dumps({"episodes": len(seeds), "seeds": seeds, "returns": returns,
+                                "mean": float(np.mean(returns)), "std": float(np.std(returns))}))
+    return path
+
+
+def test_pairs_episodes_by_seed_whatever_their_order(script: Callable[[str], ModuleType], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ce = script("compare_evals")
+    a = _eval(tmp_path / "a.json", [5, 7, 9, 11], [100.0, 200.0, 300.0, 400.0])
+    b = _eval(tmp_path / "b.json", [11, 9, 7, 5], [460.0, 330.0, 210.0, 100.0])  # the same episodes, reversed
+    base, other = ce.compare([a, b])
+    assert "paired_diff" not in base and base["mean"] == 250.0
+    diffs = np.array([0.0, 10.0, 30.0, 60.0])
+    assert other["paired_diff"] == pytest.approx(diffs.mean())
+    assert other["paired_se"] == pytest.approx(diffs.std(ddof=1) / 2.0)
+    assert ce.main([str(a), str(b), "--markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| controller") and "+25.0 ± 13.2" in out[3]
+
+
+def test_refuses_other_episodes_and_other_files(script: Callable[[str], ModuleType], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    ce = script("compare_evals")
+    a = _eval(tmp_path / "a.json", [1, 2], [1.0, 2.0])
+    b = _eval(tmp_path / "b.json", [1, 3], [1.0, 2.0])
+    assert ce.main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seeds differ" in err[0] and "--seed" in err[0]
+    (tmp_path / "c.json").write_text("{}")
+    assert ce.main([str(a), str(tmp_path / "c.json")]) == 2
+    assert "not an evaluation JSON" in capsys.readouterr().err
