@@ -201,7 +201,7 @@ def test_salience_weights_what_stands_out() -> None:
 
     assert preset("default", "doom_take_cover").vae.salience == 4.0  # Doom's default V sees the fireballs
     doom = preset("default", "doom_take_cover")  # a short second round on C's own states (docs/RESULTS.md)
-    assert (doom.rounds, doom.freeze_v, doom.finetune_m, doom.later_generations) == (6, True, True, 20)
+    assert (doom.rounds, doom.freeze_v, doom.finetune_m, doom.later_generations) == (7, True, True, 20)
     assert (doom.round_generations(0), doom.round_generations(1), doom.collect.burst_prob) == (50, 20, 0.05)
     assert preset("default", "car_racing").vae.salience == 0.0 and preset("smoke", "doom_take_cover").vae.salience == 0.0
 

@@ -506,9 +506,9 @@ def preset(name: str, task: str) -> RunConfig:
             # Short later rounds: 100 episodes of the last round's C (noise, random bursts) show M the deaths
             # C's own states lead to (V frozen, M fine-tuned), then 20 generations from that C
             # (docs/RESULTS.md: one such round 310 -> 413, 594 -> 980 and 271 -> 421 on three world models,
-            # 50 generations: 228; five such rounds 169 -> 283 -> 313 -> 426 -> 529 -> 560 on a fourth)
+            # 50 generations: 228; six such rounds 169 -> 283 -> 313 -> 426 -> 529 -> 560 -> 646 on a fourth)
             return RunConfig(
-                task=task, preset=name, workers=2, rounds=6, freeze_v=True, finetune_m=True, later_generations=20,
+                task=task, preset=name, workers=2, rounds=7, freeze_v=True, finetune_m=True, later_generations=20,
                 collect=CollectConfig(episodes=300, episodes_per_round=100, noise_std=0.1, burst_prob=0.05),
                 vae=dataclasses.replace(vae, salience=4.0), vae_train=TrainConfig(steps=3000, lr=1e-3, amp="auto", sample_every=1000), vae_batch=64,
                 mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
