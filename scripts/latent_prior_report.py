@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out.timing_json, {"steps": args.steps, "seconds": train_s})
     log(f"prior trained ({args.steps} steps, {train_s:.0f} s)")
 
-    @torch.no_grad()
     def features(x: torch.Tensor) -> np.ndarray:  # frames uint8 or [0, 1] floats -> V's posterior means
         return v.encode_mean(x, chunk=250).numpy()
 

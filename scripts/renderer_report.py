@@ -81,8 +81,7 @@ def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData
     """Each of ``renderers`` (name -> z (B, Z) -> frames in [0, 1]) and V's decoder on ``test``'s
     posterior means: L1, MSE, sharpness against the real frames', Fréchet distance in V's latents."""
     x01 = test.x.float() / 255.0  # (N, 3, 64, 64) in [0, 1]
-    with torch.no_grad():
-        mu = vae.encode_mean(test.x)
+    mu = vae.encode_mean(test.x)
     drawn = {"v_decoder": draw_all(vae.decode, mu), **{k: draw_all(fn, mu) for k, fn in renderers.items()}}
     real_sharp = sharpness(x01)
 

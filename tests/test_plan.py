@@ -103,7 +103,7 @@ def test_a_stage_first_removes_the_half_written_files_a_kill_left(tmp_path: Path
 
 def test_training_resumes_past_a_save_that_a_kill_cut_short(tmp_path: Path) -> None:
     """A kill during a checkpoint save leaves ``.NAME.XXXXXXXX.tmp`` beside it; the next ``train`` on that
-    checkpoint (the DDP driver does the same) removes it, and only its own."""
+    checkpoint (in DDP, rank 0's) removes it, and only its own."""
     import torch
 
     from worldlab.io import remove_stale_temps_of

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from worldlab.io import remove_stale_temps_of, torch_load
+from worldlab.io import torch_load
 from worldlab.logging import RunLogger
 from worldlab.training import TrainConfig, train
 
@@ -248,7 +248,6 @@ def train_distributed(
     channel = Queue(actor_options={"num_cpus": 0})
     scratch = checkpoint_path.with_name(f".{checkpoint_path.name}.ray_train")
     shutil.rmtree(scratch, ignore_errors=True)  # left by a killed run
-    remove_stale_temps_of(checkpoint_path)  # a save the kill cut short
     storage = scratch / "ray"  # Ray Train's own run state: kept out of ~/ray_results
     storage.mkdir(parents=True)
     trainer = TorchTrainer(

@@ -167,7 +167,7 @@ def train(
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     step = 0
     if checkpoint_path is not None:
-        remove_stale_temps_of(checkpoint_path)  # a killed run's half-written save
+        remove_stale_temps_of(checkpoint_path)  # a killed run's half-written save (DDP: rank 0's own path)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch_load(checkpoint_path, map_location=device)
         upgrade = getattr(type(model), "upgrade_checkpoint", None)  # a model whose older checkpoints it renames
