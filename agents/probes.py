@@ -38,9 +38,7 @@ import numpy as np
 import torch
 
 from worldlab.io import atomic_write_json, read_json
-from worldlab.mdrnn import sample_mixture
 from worldlab.rundir import RunDir
-from worldlab.sequence_m import read_prefix
 from worldlab.world_model import WorldModel
 
 Script = Callable[[int], list[float]]
@@ -110,25 +108,12 @@ def play_probe(task: str, script: Script, seed: int, steps: int) -> dict[str, np
 
 
 @torch.inference_mode()
-def teacher_forced(wm: WorldModel, ep: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """A real episode (``obs`` (T+1, 64, 64, 3) uint8, ``actions`` (T, ...)) read by the world model:
-    V's posterior means ``mu`` (T+1, Z), the actions as M takes them (Box: float (T, A)), and M's
-    predictions for steps 1..T, run teacher-forced over the real latents."""
-    obs = torch.from_numpy(ep["obs"])
-    T = int(ep["actions"].shape[0])
-    mu = wm.vae.encode_mean(obs)
-    actions = torch.as_tensor(ep["actions"])
-    actions = actions if wm.discrete_actions else actions.float().reshape(T, -1)
-    pred, _ = wm.mdrnn(mu[None, :-1], actions[None])
-    return mu, actions, pred
-
-
-@torch.inference_mode()
 def probe_figures(wm: WorldModel, ep: dict[str, np.ndarray], starts: tuple[int, ...], horizon: int
                   ) -> dict[str, Any]:
     """What M says about one real probe episode (see the module docstring)."""
     T = int(ep["rewards"].shape[0])
-    mu, actions, pred = teacher_forced(wm, ep)
+    mu, actions, pred = wm.teacher_forced(ep)
+    pred = type(pred)(*(v.cpu() for v in pred))                                            # figures on the CPU
     rewards = torch.from_numpy(ep["rewards"]).float()
     err = (pred.reward[0] - rewards).abs().numpy()                                        # (T,)
     off = ep["off_road"]
@@ -151,18 +136,12 @@ def probe_figures(wm: WorldModel, ep: dict[str, np.ndarray], starts: tuple[int, 
         k = min(horizon, T - t0)
         if t0 < 1 or k < 1:
             continue
-        state = read_prefix(wm.mdrnn, mu[None, :t0], actions[None, :t0])  # M's state after t0 real steps
-        z, zs, rs = mu[t0:t0 + 1], [], []
-        for t in range(t0, t0 + k):
-            p, state = wm.mdrnn.step(z, actions[t:t + 1], state)
-            z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)
-            zs.append(z[0])
-            rs.append(float(p.reward[0]))
-        drift = (torch.stack(zs) - mu[t0 + 1:t0 + 1 + k]).pow(2).mean(1).numpy()  # (k,)
+        zs, rs = wm.open_loop(mu, actions, t0, k)
+        drift = (zs - mu[t0 + 1:t0 + 1 + k]).pow(2).mean(1).cpu().numpy()  # (k,)
         out["open_loop"].append({
             "start": t0, "horizon": k,
             "latent_mse_at": {str(s): float(drift[s - 1]) for s in (1, 10, 30) if s <= k},
-            "dream_return": float(np.sum(rs)), "real_return": float(ep["rewards"][t0:t0 + k].sum()),
+            "dream_return": float(rs.sum()), "real_return": float(ep["rewards"][t0:t0 + k].sum()),
         })
     return out
 
@@ -245,8 +224,8 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
         for seed in seeds:
             arrays = run_episode(env, policy, seed)["arrays"]
             T = int(arrays["rewards"].shape[0])
-            pred = teacher_forced(wm, arrays)[2]
-            p_end = torch.sigmoid(pred.done_logit[0]).numpy().astype(np.float64)          # (T,)
+            pred = wm.teacher_forced(arrays)[2]
+            p_end = torch.sigmoid(pred.done_logit[0]).cpu().numpy().astype(np.float64)          # (T,)
             ended = bool(arrays["terminated"].any())
             episodes.append({
                 "seed": int(seed), "steps": T, "real_return": float(arrays["rewards"].sum(dtype=np.float64)),

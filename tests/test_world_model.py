@@ -344,3 +344,27 @@ def test_fidelity_report(trained_run: Path) -> None:
     for f in report["files"]:
         assert (trained_run / f).stat().st_size > 0
     assert any(f.endswith(".mp4") for f in report["files"]) and any(f.endswith(".png") for f in report["files"])
+
+
+@pytest.mark.parametrize("space", [{"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]},
+                                   {"type": "discrete", "n": 3}])
+def test_teacher_forced_and_open_loop_agree_on_the_first_dreamed_step(space: dict[str, Any]) -> None:
+    wm = WorldModel.untrained(action_space=space, z_size=8, hidden=32, seed=1)
+    rng = np.random.default_rng(0)
+    T = 12
+    actions = (rng.integers(0, wm.action_dim, T) if wm.discrete_actions
+               else rng.uniform(-1, 1, (T, wm.action_dim)).astype(np.float64))  # float64: the reader casts
+    ep = {"obs": rng.integers(0, 256, (T + 1, 64, 64, 3), dtype=np.uint8), "actions": actions}
+    mu, acts, pred = wm.teacher_forced(ep)
+    assert mu.shape == (T + 1, 8) and pred.reward.shape == (1, T)
+    assert acts.dtype == (torch.int64 if wm.discrete_actions else torch.float32)
+    for start in (1, 5):
+        zs, rs = wm.open_loop(mu, acts, start, T - start)
+        assert zs.shape == (T - start, 8) and rs.shape == (T - start,)
+        first = sample_mixture(pred.logits[0, start], pred.mu[0, start], pred.logsigma[0, start], deterministic=True)
+        torch.testing.assert_close(zs[0], first, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rs[0], pred.reward[0, start], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit an episode of 12 steps"):
+        wm.open_loop(mu, acts, 0, 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        wm.open_loop(mu, acts, 10, 3)

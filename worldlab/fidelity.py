@@ -26,7 +26,6 @@ import torch
 from worldlab.io import atomic_write_json
 from worldlab.mdrnn import mixture_log_prob, sample_mixture
 from worldlab.rundir import RunDir
-from worldlab.sequence_m import read_prefix
 from worldlab.storage import Manifest, load_shard
 from worldlab.vae import image_grid, save_png, to_uint8_hwc, vae_recon_mse
 from worldlab.world_model import WorldModel
@@ -66,15 +65,12 @@ def save_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15) -> Pa
 def episode_fidelity(wm: WorldModel, ep: dict[str, np.ndarray], context: int, horizon: int
                      ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Figures for one episode, plus (true frames, predicted frames) of the open-loop window."""
-    dev = wm.device
     obs = torch.from_numpy(ep["obs"])                       # (T+1, 64, 64, 3) uint8
     T = int(ep["rewards"].shape[0])
-    mu = wm.vae.encode_mean(obs).to(dev)                    # (T+1, Z)
-    actions = torch.from_numpy(ep["actions"]).to(dev)       # (T, A) or (T,)
-    pred, _ = wm.mdrnn(mu[None, :-1], actions[None])        # (1, T, ...) teacher-forced
+    mu, actions, pred = wm.teacher_forced(ep)               # (T+1, Z), (T, ...), (1, T, ...)
     nll = -mixture_log_prob(mu[None, 1:], pred.logits, pred.mu, pred.logsigma).mean()
-    rewards = torch.from_numpy(ep["rewards"]).float().to(dev)
-    terminated = torch.from_numpy(ep["terminated"]).bool().to(dev)
+    rewards = torch.from_numpy(ep["rewards"]).float().to(wm.device)
+    terminated = torch.from_numpy(ep["terminated"]).bool().to(wm.device)
     rerr = pred.reward[0] - rewards
     done_pred = pred.done_logit[0] > 0
     figures: dict[str, Any] = {
@@ -89,14 +85,7 @@ def episode_fidelity(wm: WorldModel, ep: dict[str, np.ndarray], context: int, ho
     # open loop: teacher-force `context` steps, then predict from actions alone
     c = max(1, min(context, T - 1))
     k = max(1, min(horizon, T - c))
-    state = read_prefix(wm.mdrnn, mu[None, :c], actions[None, :c])  # state after consuming steps 0..c-1
-    z = mu[c:c + 1]                                          # (1, Z) last real latent
-    zs = []
-    for t in range(c, c + k):
-        p, state = wm.mdrnn.step(z, actions[t:t + 1], state)
-        z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)  # (1, Z)
-        zs.append(z)
-    z_pred = torch.cat(zs)                                   # (k, Z) predictions of z_{c+1..c+k}
+    z_pred = wm.open_loop(mu, actions, c, k)[0]             # (k, Z) predictions of z_{c+1..c+k}
     frames_pred = to_uint8_hwc(wm.vae.decode(z_pred))        # (k, 64, 64, 3)
     frames_true = ep["obs"][c + 1:c + 1 + k]                 # (k, 64, 64, 3)
     pix = ((frames_pred.astype(np.float32) - frames_true.astype(np.float32)) / 255.0) ** 2

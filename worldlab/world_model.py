@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from worldlab.io import torch_load
-from worldlab.mdrnn import MDRNN, MDRNNConfig
+from worldlab.mdrnn import MDRNN, MDRNNConfig, sample_mixture
 from worldlab.rundir import RunDir
-from worldlab.sequence_m import SequenceM, load_m, state_entries, state_keys
+from worldlab.sequence_m import SequenceM, load_m, read_prefix, state_entries, state_keys
 from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
 
 CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
@@ -207,6 +207,40 @@ class WorldModel(nn.Module):
     def decode_frames(self, z: torch.Tensor) -> np.ndarray:
         """Latents (B, Z) -> uint8 frames (B, 64, 64, 3)."""
         return to_uint8_hwc(self.vae.decode(z.to(self.vae.device)))
+
+    @torch.no_grad()
+    def teacher_forced(self, ep: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """A real episode (``obs`` (T+1, 64, 64, 3) uint8, ``actions`` (T, ...)) read by the world
+        model, on its device: V's posterior means ``mu`` (T+1, Z), the actions as M takes them (Box:
+        float32 (T, A); Discrete: int64 (T,)), and M's predictions for steps 1..T (batch of one),
+        teacher-forced over the real latents."""
+        obs = torch.from_numpy(np.ascontiguousarray(ep["obs"]))
+        T = int(ep["actions"].shape[0])
+        mu = self.vae.encode_mean(obs).to(self.device)
+        actions = torch.as_tensor(np.asarray(ep["actions"]), device=self.device)
+        actions = actions.long() if self.discrete_actions else actions.float().reshape(T, -1)
+        pred, _ = self.mdrnn(mu[None, :-1], actions[None])
+        return mu, actions, pred
+
+    @torch.no_grad()
+    def open_loop(self, mu: torch.Tensor, actions: torch.Tensor, start: int, steps: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M dreaming ``steps`` steps from a real mid-episode state, on the real actions: it reads
+        the real latents ``mu[:start]`` and ``actions[:start]`` teacher-forced, then from ``mu[start]``
+        predicts one step at a time from its own most likely next latent (deterministic mode).
+        Returns the predicted latents of steps ``start+1 .. start+steps`` (steps, Z) and the
+        predicted rewards (steps,). ``mu`` and ``actions`` as :meth:`teacher_forced` gives them."""
+        if start < 1 or steps < 1 or start + steps > int(actions.shape[0]):
+            raise ValueError(f"open loop from step {start} for {steps} steps does not fit an episode of "
+                             f"{int(actions.shape[0])} steps; pass 1 <= start and start + steps <= its length")
+        state = read_prefix(self.mdrnn, mu[None, :start], actions[None, :start])  # M after `start` real steps
+        z, zs, rs = mu[start:start + 1], [], []
+        for t in range(start, start + steps):
+            p, state = self.mdrnn.step(z, actions[t:t + 1], state)
+            z = sample_mixture(p.logits, p.mu, p.logsigma, deterministic=True)   # (1, Z)
+            zs.append(z[0])
+            rs.append(p.reward[0])
+        return torch.stack(zs), torch.stack(rs).reshape(-1)
 
     def meta(self) -> dict[str, Any]:
         return {"task": self.task, "action_space": self.action_space, "max_episode_steps": self.max_episode_steps}
