@@ -19,6 +19,12 @@ with diffusion (book chapter 8), made fast enough for a watched dream by distill
   the latent prior's (:func:`generators.nets.distill_v_target`).
 - **Deterministic:** :meth:`render` starts every frame from the same noise (``noise_seed``), so the
   same ``z`` always gives the same frame and a watched dream does not flicker.
+- **Sharpened (optional):** :meth:`DiffusionRenderer.sharpen` fine-tunes the distilled few-step
+  sampler, as it draws (from its fixed noise, through its DDIM steps), with the pix2pix renderer's
+  loss: L1 to the real frame plus a patch discriminator ``D(x, z)``. Adversarial diffusion
+  distillation (Sauer et al. 2023, https://arxiv.org/abs/2311.17042) pairs a few-step student with a
+  discriminator the same way, to get back the detail that distillation and deterministic few-step
+  sampling smooth away; unlike it, the anchor here is the real frame rather than the teacher.
 
     python scripts/renderer_report.py RUN --family diffusion_renderer --distill-rounds 2
     env = gymnasium.make("worldlab/Dream-v0", run_dir=RUN, render_mode="rgb_array", renderer=PATH)
@@ -37,7 +43,7 @@ from generators.base import Batch, unpack
 from generators.diffusion import UNet
 from generators.nets import alpha_sigma, ddim_update, distill_times, distill_v_target, v_noisy
 from generators.registry import Family, register
-from generators.renderer import VRenderer, VRendererConfig, defaults_for_data
+from generators.renderer import VRenderer, VRendererConfig, _PatchD, defaults_for_data
 
 
 @dataclass
@@ -180,6 +186,50 @@ class DiffusionRenderer(VRenderer):
             out.append(sum(tail) / len(tail))
         self.eval()
         return out
+
+    def sharpen(self, frames: Any, steps: int, batch_size: int = 32, lr: float = 2e-4, l1_weight: float = 100.0,
+                adv_weight: float = 1.0, d_channels: int = 32, seed: int = 0, progress: Any = None
+                ) -> dict[str, float]:
+        """Fine-tune the sampler as it draws (``config.steps`` DDIM steps from the fixed noise at
+        ``config.temperature``, gradients through every step) for ``steps`` updates with the pix2pix
+        renderer's loss: ``l1_weight`` x L1 to the real frame + ``adv_weight`` x a patch
+        discriminator ``D(x, z)`` (trained beside it, one update per step, then dropped: only the
+        renderer is kept). ``frames`` as :meth:`distill` takes them; ``progress(step, l1, d_loss)``
+        every 50 steps. Returns the means over the last 50 steps of the L1, the generator's
+        adversarial loss and D's loss."""
+        if steps < 1:
+            raise ValueError(f"sharpening needs steps >= 1, got {steps}")
+        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            disc = _PatchD(self.z_size, d_channels).to(self.device)
+        opt_g = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.train()
+        tail: dict[str, list[float]] = {"l1": [], "g_adv": [], "d_loss": []}
+        for it in range(steps):
+            idx = torch.randint(0, len(frames), (batch_size,), generator=g)
+            x = (frames.tensor(idx) if hasattr(frames, "tensor") else frames[idx].float()).to(self.device)
+            z = self.latents(x)  # z ~ q(z | x), as the dream's are
+            fake = self.generate(z)  # (B, 3, 64, 64), through the sampler's steps
+            r, f = disc(x, z), disc(fake.detach(), z)
+            d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                            + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            f = disc(fake, z)
+            adv = F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+            l1 = (fake - x).abs().mean()
+            opt_g.zero_grad(set_to_none=True)
+            (adv_weight * adv + l1_weight * l1).backward()
+            opt_g.step()
+            for k, v in (("l1", l1), ("g_adv", adv), ("d_loss", d_loss)):
+                tail[k] = (tail[k] + [float(v.detach())])[-50:]
+            if progress is not None and (it + 1) % 50 == 0:
+                progress(it + 1, sum(tail["l1"]) / len(tail["l1"]), sum(tail["d_loss"]) / len(tail["d_loss"]))
+        self.eval()
+        return {k: sum(v) / len(v) for k, v in tail.items()}
 
 
 register(Family(

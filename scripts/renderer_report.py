@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=8, help="diffusion_renderer: DDIM steps before distillation")
     p.add_argument("--distill-rounds", type=int, default=2, help="diffusion_renderer: halvings of the steps")
     p.add_argument("--distill-steps", type=int, default=400, help="diffusion_renderer: training steps per halving")
+    p.add_argument("--sharpen-steps", type=int, default=0,
+                   help="diffusion_renderer: then fine-tune the distilled sampler this many steps with a patch "
+                        "discriminator and L1 to the real frame (OUT/sharpened.pt, the renderer the dream draws with)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="diffusion_renderer: the start noise's scale the distilled renderer is saved with and the "
                         "dream draws with (default 1; below 1: less grain)")
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                       or args.teacher_steps % (2 ** args.distill_rounds)):
         print(f"error: --teacher-steps {args.teacher_steps} must be >= 1 and divisible by 2**--distill-rounds "
               f"({2 ** max(args.distill_rounds, 0)}); e.g. --teacher-steps 8 --distill-rounds 2", file=sys.stderr)
+        return 2
+    if args.sharpen_steps < 0 or (args.sharpen_steps and not diffusion):
+        print("error: --sharpen-steps must be >= 0 and needs --family diffusion_renderer", file=sys.stderr)
         return 2
     if diffusion and not all(0.0 <= t <= 1.5 for t in (args.temperature, *args.temperatures)):
         print("error: --temperature and --temperatures must be in [0, 1.5] (the start noise's scale)", file=sys.stderr)
@@ -226,6 +232,25 @@ def main(argv: list[str] | None = None) -> int:
             other = copy.deepcopy(student)
             other.config.temperature = t
             renderers[f"distilled_t{t:g}"] = other
+    sharpen_s = 0.0
+    if args.sharpen_steps:
+        base_name = "distilled" if "distilled" in renderers else "renderer"
+        same_sharpen = (same_distill or not args.distill_rounds) and prev.get("sharpen_steps") == args.sharpen_steps \
+            and prev.get("temperatures", {}).get(base_name) == args.temperature
+        if out.sharpened.exists() and same_sharpen:  # a rerun keeps the sharpened model (and the time it took)
+            sharp = generators.load(out.sharpened)
+            sharpen_s = prev.get("sharpen_seconds", 0.0)
+        else:
+            t1 = time.time()
+            sharp = copy.deepcopy(renderers[base_name])
+            assert isinstance(sharp, DiffusionRenderer)
+            sharp.config.temperature = args.temperature
+            sharp.sharpen(train, args.sharpen_steps, args.batch_size, seed=0,
+                          progress=(lambda i, l1, d: print(f"sharpen: step {i}, L1 {l1:.4f}, D loss {d:.3f}",
+                                                           flush=True)) if args.progress else None)
+            sharp.save(out.sharpened)
+            sharpen_s = time.time() - t1
+        renderers["sharpened"] = sharp.eval()
     vae = ConvVAE.load(run.vae)
     t_measure = time.time()
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
@@ -235,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         res[k]["frames_per_s_1_core"] = v
     for k, m in renderers.items():
         res[k]["sampling_steps"] = int(getattr(m.config, "steps", 1))
-    final_name = "distilled" if "distilled" in renderers else next(iter(renderers))
+    final_name = next((n for n in ("sharpened", "distilled") if n in renderers), next(iter(renderers)))
     final = renderers[final_name]
     k = torch.linspace(0, len(test) - 1, 8).long()
     shown = [n for n in renderers if not n.startswith("distilled_t")]
@@ -248,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if diffusion:
         cmd += (f" --family diffusion_renderer --teacher-steps {args.teacher_steps} --distill-rounds "
                 f"{args.distill_rounds} --distill-steps {args.distill_steps}")
+        if args.sharpen_steps:
+            cmd += f" --sharpen-steps {args.sharpen_steps}"
         if args.temperature != 1.0:
             cmd += f" --temperature {args.temperature:g}"
         if args.temperatures:
@@ -258,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd += f" --preset {args.preset}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
-               seconds=(train_s + distill_s + time.time() - t_measure) if resumed else earlier_s + time.time() - t0,
+               seconds=(train_s + distill_s + sharpen_s + time.time() - t_measure) if resumed
+               else earlier_s + time.time() - t0,
                resumed=resumed, extended_from=extended,
                distill_rounds=args.distill_rounds, distill_steps=args.distill_steps,
-               distill_seconds=distill_s, drawers=list(renderers), shown=shown, final=final_name,
+               distill_seconds=distill_s, sharpen_steps=args.sharpen_steps, sharpen_seconds=sharpen_s,
+               drawers=list(renderers), shown=shown, final=final_name,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
     atomic_write_json(out.root / "report.json", res)
@@ -298,8 +327,10 @@ RENDER_INTRO = {
         "## The StyleGAN renderer (`generators.stylegan_renderer`)", "",
         "StyleGAN's synthesis network driven by the dream's latent: `z` goes through the mapping network to "
         "`w`, every style layer's modulated convolution reads `w`, and the noise inputs are fixed images saved "
-        "with the model, so the same `z` always draws the same frame. It trains by the pix2pix renderer's "
-        "recipe (L1 to the real frame, weight 100, plus the patch discriminator `D(x, z)`), from scratch.", ""],
+        "with the model, so the same `z` always draws the same frame. It draws the detail over V's frozen "
+        "decoder frame (`G(z) = tanh(V_logits(z) / 2 + S(map(z)))`, its to-RGB layers starting at zero, so "
+        "it starts as V's frame) and trains by the pix2pix renderer's recipe (L1 to the real frame, weight 100, "
+        "plus the patch discriminator `D(x, z)`).", ""],
 }
 
 
@@ -349,9 +380,11 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
     temps = r.get("temperatures", {})
     names = {"v_decoder": "V's decoder", "renderer": "diffusion renderer", "teacher": "diffusion renderer, teacher",
              **{k: "diffusion renderer, distilled" + (f", start noise x{temps[k]:g}" if temps.get(k, 1.0) != 1.0 else "")
-                for k in r["drawers"] if k.startswith("distilled")}}
+                for k in r["drawers"] if k.startswith("distilled")},
+             "sharpened": f"diffusion renderer, {'distilled, ' if r.get('distill_rounds') else ''}sharpened "
+                          f"({r.get('sharpen_steps', 0):,} steps with D)"}
     final_name = r.get("final", r["drawers"][-1])
-    names[final_name] += " (saved: the dream draws with it)" if final_name.startswith("distilled") else ""
+    names[final_name] += " (saved: the dream draws with it)" if final_name.startswith(("distilled", "sharpened")) else ""
     rows = []
     for k in ("v_decoder", *r["drawers"]):
         m = r[k]
@@ -368,12 +401,18 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         "the base, a small U-Net (the book's, 6 channels in: the noisy residual and the base; `z` projected "
         "beside the noise embedding) learns the residual `x - V_decoder(z)` by v-prediction on a cosine "
         "schedule, and progressive distillation (Salimans & Ho 2022) halves its DDIM steps round after round. "
-        "Every frame starts from the same noise, so the same `z` gives the same frame (no flicker). Drawn like "
-        "the pix2pix renderer: `DreamEnv(..., renderer=PATH)`, `watch.py RUN --renderer PATH` (V's decoder "
-        "and the renderer side by side).", "",
+        "Every frame starts from the same noise, so the same `z` gives the same frame (no flicker)."
+        + (" Then (`--sharpen-steps`) the distilled sampler is fine-tuned as it draws, through its steps from "
+           "that noise, with the pix2pix renderer's loss (L1 to the real frame, weight 100, plus a patch "
+           "discriminator `D(x, z)`), as adversarial diffusion distillation (Sauer et al. 2023) gives a "
+           "few-step student a discriminator; the anchor here is the real frame, not the teacher."
+           if r.get("sharpen_steps") else "")
+        + " Drawn like the pix2pix renderer: `DreamEnv(..., renderer=PATH)`, `watch.py RUN --renderer PATH` "
+        "(V's decoder and the renderer side by side).", "",
         f"Produced by `{r['command']} --doc {doc}` ({r['seconds'] / 60:.1f} min on {r['machine']}: training "
         f"{r['train_seconds'] / 60:.1f} min, distillation {r['distill_seconds'] / 60:.1f} min"
-        + (", both in an earlier invocation that this one resumed to measure" if r.get("resumed") else "")
+        + (f", sharpening {r['sharpen_seconds'] / 60:.1f} min" if r.get("sharpen_steps") else "")
+        + (", all in an earlier invocation that this one resumed to measure" if r.get("resumed") else "")
         + (f", training counted from step 0 over two invocations (the second continued the first's "
            f"{r['extended_from']:,} steps)" if r.get("extended_from") else "")
         + f"). Run: `{r['run']}` "

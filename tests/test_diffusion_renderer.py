@@ -120,3 +120,25 @@ def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Pat
     m.save(tmp_path / "d.pt")
     back = generators.load(tmp_path / "d.pt")
     assert back.config.steps == 1 and torch.equal(back.render(z), m.render(z))
+
+
+def test_sharpening_fits_the_frames_it_draws_and_keeps_v_frozen(tiny_v: Path) -> None:
+    """sharpen trains the sampler through its own steps: L1 to the real frames falls, frames stay
+    deterministic, V's networks do not move and no discriminator stays in the checkpoint."""
+    m = make(tiny_v, steps=2, posterior_samples=False)  # z = mu(x): an untrained V's posterior is mostly noise
+    x = frames(4).repeat(8, 1, 1, 1)  # four scenes: their detail is learnable from z
+    v_state = {k: t.clone() for k, t in m.state_dict().items() if k.startswith(("decoder", "fc_dec", "encoder"))}
+    keys = set(m.state_dict())
+    z = m.encode(x[:8])[0]
+    with torch.no_grad():
+        l1_before = float((m.generate(z) - x[:8]).abs().mean())
+    out = m.sharpen(x, steps=50, batch_size=8, lr=1e-2)
+    assert set(out) == {"l1", "g_adv", "d_loss"} and all(v == v for v in out.values())
+    with torch.no_grad():
+        l1_after = float((m.generate(z) - x[:8]).abs().mean())
+    assert l1_after < 0.85 * l1_before, (l1_before, l1_after)
+    assert not m.training and torch.equal(m.render(z), m.render(z))
+    assert set(m.state_dict()) == keys  # the discriminator was dropped
+    assert all(torch.equal(t, m.state_dict()[k]) for k, t in v_state.items())  # V's networks are frozen
+    with pytest.raises(ValueError, match="steps >= 1"):
+        m.sharpen(x, steps=0)

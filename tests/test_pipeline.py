@@ -153,22 +153,28 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     rend, doc = tmp_path / "drend", tmp_path / "R.md"
     run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
         "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
-        "--distill-steps", "2", "--temperature", "0.5", "--temperatures", "1", "--out", str(rend), "--doc", str(doc),
-        "--no-progress")
+        "--distill-steps", "2", "--sharpen-steps", "2", "--temperature", "0.5", "--temperatures", "1",
+        "--out", str(rend), "--doc", str(doc), "--no-progress")
     res = json.loads((rend / "report.json").read_text())
-    assert res["drawers"] == ["teacher", "distilled", "distilled_t1"] and res["final"] == "distilled"
-    assert res["temperatures"] == {"teacher": 1.0, "distilled": 0.5, "distilled_t1": 1.0}
+    assert res["drawers"] == ["teacher", "distilled", "distilled_t1", "sharpened"] and res["final"] == "sharpened"
+    assert res["temperatures"] == {"teacher": 1.0, "distilled": 0.5, "distilled_t1": 1.0, "sharpened": 0.5}
     assert res["teacher"]["sampling_steps"] == 4 and res["distilled"]["sampling_steps"] == 1
-    for who in ("v_decoder", "teacher", "distilled"):
+    assert res["sharpened"]["sampling_steps"] == 1 and res["sharpen_steps"] == 2 and res["sharpen_seconds"] > 0
+    for who in ("v_decoder", "teacher", "distilled", "sharpened"):
         assert 0 < res[who]["l1"] < 1 and np.isfinite(res[who]["frechet_v_latent"])
         assert res[who]["frames_per_s_1_core"] > 0
-    saved = generators.load(rend / "distilled.pt").config
-    assert saved.steps == 1 and saved.temperature == 0.5  # the dream draws with the chosen start noise
+    for name in ("distilled.pt", "sharpened.pt"):
+        saved = generators.load(rend / name).config
+        assert saved.steps == 1 and saved.temperature == 0.5  # the dream draws with the chosen start noise
     text = doc.read_text()
     assert "<!-- diffusion-renderer:begin -->" in text and "| diffusion renderer, distilled | 1 |" in text
-    assert "| diffusion renderer, distilled, start noise x0.5 (saved: the dream draws with it) | 1 |" in text
+    assert "| diffusion renderer, distilled, start noise x0.5 | 1 |" in text
+    assert "| diffusion renderer, distilled, sharpened (2 steps with D) (saved: the dream draws with it) | 1 |" in text
+    assert "sharpening" in text and "adversarial diffusion distillation" in text
+    r = run("renderer_report.py", str(out), "--sharpen-steps", "3", check=False)
+    assert r.returncode == 2 and "needs --family diffusion_renderer" in r.stderr
     video = tmp_path / "d.mp4"
-    run("watch.py", str(out), "--record", str(video), "--max-steps", "6", "--renderer", str(rend / "distilled.pt"))
+    run("watch.py", str(out), "--record", str(video), "--max-steps", "6", "--renderer", str(rend / "sharpened.pt"))
     cap = cv2.VideoCapture(str(video))
     ok, frame = cap.read()
     cap.release()

@@ -40,6 +40,7 @@ spelling paths, so the layout below is written down once::
     RUN/renderer/                the dream renderer's training folder   .renderer
     RUN/diffusion_renderer/      the diffusion renderer's folder        .diffusion_renderer
         distilled.pt             it, distilled to few steps             .distilled
+        sharpened.pt             that, fine-tuned with a discriminator  .sharpened
     RUN/m_compare/               scripts/m_compare.py's plan.json       .m_compare
         {family}/ (+ .log)       a sub-run of another M on RUN's data   .m_compare_run(f), .m_compare_log(f)
     RUN/m_heldout.json           M's held-out figures (m_compare)       .m_heldout_json
@@ -254,6 +255,11 @@ class RunDir:
     def distilled(self) -> Path:
         """A diffusion model distilled to few steps (in a generator's folder)."""
         return self.root / "distilled.pt"
+
+    @property
+    def sharpened(self) -> Path:
+        """A distilled diffusion renderer fine-tuned with a discriminator (in a generator's folder)."""
+        return self.root / "sharpened.pt"
 
     @property
     def reward_compare(self) -> Path:
