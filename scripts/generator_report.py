@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -276,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-KEPT_SECTIONS = ("text-models", "latent-prior")
-"""sections of GENERATORS.md that other commands write (scripts/text_report.py): a rerun keeps them."""
+KEPT_SECTIONS = ("text-models", "latent-prior", "vqgan")
+"""sections of GENERATORS.md that other commands write (text_report.py, latent_prior_report.py,
+vqgan_report.py), in the places this report leaves for them."""
 
 
 def keep_sections(path: Path, doc: str) -> str:
+    """``doc`` with every marked section (``<!-- TAG:begin -->`` ... ``<!-- TAG:end -->``) of the file
+    at ``path`` kept: those of :data:`KEPT_SECTIONS` in their places, any other at the end, so a
+    rerun never drops what another command wrote."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    for tag in KEPT_SECTIONS:
+    for tag in dict.fromkeys(re.findall(r"<!-- ([\w-]+):begin -->", old)):
         body = splice_section(old, tag, None)
         if body:
             doc = splice_section(doc, tag, body)

@@ -171,3 +171,18 @@ def test_report_scripts_own_one_section_each_of_a_shared_doc(tmp_path: Path) -> 
     write_doc_section(doc, "c", ["gamma"], "python scripts/c.py")
     assert splice_section(doc.read_text(), "c", None) == "gamma\nReproduce:\n\n```\npython scripts/c.py\n```"
     assert not list(tmp_path.glob(".*"))  # written through a temp file and renamed
+
+
+def test_generator_report_keeps_every_section_other_commands_wrote(script, tmp_path: Path) -> None:
+    """A rerun of generator_report.py rewrites GENERATORS.md: the sections that text_report, the
+    latent-prior and VQ-GAN reports (or any other command) wrote survive it."""
+    gr = script("generator_report")
+    doc = tmp_path / "G.md"
+    doc.write_text("old head\n\n<!-- vqgan:begin -->\nVQ rows\n<!-- vqgan:end -->\n\n"
+                   "<!-- someone-else:begin -->\ntheir rows\n<!-- someone-else:end -->\n", encoding="utf-8")
+    new = "new head\n<!-- text-models:begin -->\n<!-- text-models:end -->\n<!-- vqgan:begin -->\n<!-- vqgan:end -->\ntail\n"
+    out = gr.keep_sections(doc, new)
+    assert out.startswith("new head") and "old head" not in out
+    assert "<!-- vqgan:begin -->\nVQ rows\n<!-- vqgan:end -->\ntail" in out  # in the place left for it
+    assert out.rstrip().endswith("<!-- someone-else:begin -->\ntheir rows\n<!-- someone-else:end -->")
+    assert "vqgan" in gr.KEPT_SECTIONS
