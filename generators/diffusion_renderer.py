@@ -43,7 +43,7 @@ from generators.base import Batch, unpack
 from generators.diffusion import UNet
 from generators.nets import alpha_sigma, ddim_update, distill_times, distill_v_target, v_noisy
 from generators.registry import Family, register
-from generators.renderer import VRenderer, VRendererConfig, _PatchD, defaults_for_data
+from generators.renderer import VRenderer, VRendererConfig, _PatchD, defaults_for_data, pix2pix_step
 
 
 @dataclass
@@ -167,7 +167,7 @@ class DiffusionRenderer(VRenderer):
             tail: list[float] = []
             for it in range(steps_per_round):
                 idx = torch.randint(0, len(frames), (batch_size,), generator=g)
-                x = (frames.tensor(idx) if hasattr(frames, "tensor") else frames[idx].float()).to(self.device)
+                x = _frames_at(frames, idx).to(self.device)
                 r, base, z = self._pairs(x)
                 t, t_mid, t_next = distill_times(steps, batch_size, g, self.device)
                 rt, _ = v_noisy(r, torch.randn(r.shape, generator=g).to(self.device), t)
@@ -209,27 +209,21 @@ class DiffusionRenderer(VRenderer):
         tail: dict[str, list[float]] = {"l1": [], "g_adv": [], "d_loss": []}
         for it in range(steps):
             idx = torch.randint(0, len(frames), (batch_size,), generator=g)
-            x = (frames.tensor(idx) if hasattr(frames, "tensor") else frames[idx].float()).to(self.device)
+            x = _frames_at(frames, idx).to(self.device)
             z = self.latents(x)  # z ~ q(z | x), as the dream's are
             fake = self.generate(z)  # (B, 3, 64, 64), through the sampler's steps
-            r, f = disc(x, z), disc(fake.detach(), z)
-            d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
-                            + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            f = disc(fake, z)
-            adv = F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
-            l1 = (fake - x).abs().mean()
-            opt_g.zero_grad(set_to_none=True)
-            (adv_weight * adv + l1_weight * l1).backward()
-            opt_g.step()
-            for k, v in (("l1", l1), ("g_adv", adv), ("d_loss", d_loss)):
-                tail[k] = (tail[k] + [float(v.detach())])[-50:]
+            losses = pix2pix_step(disc, x, z, fake, opt_g, opt_d, l1_weight=l1_weight, adv_weight=adv_weight)
+            for k in tail:
+                tail[k] = (tail[k] + [losses[k]])[-50:]
             if progress is not None and (it + 1) % 50 == 0:
                 progress(it + 1, sum(tail["l1"]) / len(tail["l1"]), sum(tail["d_loss"]) / len(tail["d_loss"]))
         self.eval()
         return {k: sum(v) / len(v) for k, v in tail.items()}
+
+
+def _frames_at(frames: Any, idx: torch.Tensor) -> torch.Tensor:
+    """Frames ``idx`` of a GenData (``frames:RUN``) or of a float tensor (N, 3, 64, 64) in [-1, 1]."""
+    return frames.tensor(idx) if hasattr(frames, "tensor") else frames[idx].float()
 
 
 register(Family(

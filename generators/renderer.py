@@ -162,8 +162,12 @@ class VRenderer(Generator):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, Z)`` -> the decoder's frames ``(B, 3, 64, 64)`` in [-1, 1]."""
+        return torch.tanh(self.decode_half_logits(z))  # = 2 sigmoid(logits) - 1: V's decoder output, rescaled
+
+    def decode_half_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Half of the decoder's logits ``(B, 3, 64, 64)``: their tanh is :meth:`decode`'s frame."""
         h = self.fc_dec(z).view(z.shape[0], -1, 1, 1).contiguous(memory_format=torch.channels_last)
-        return torch.tanh(self.decoder(h).float() * 0.5)  # = 2 sigmoid(logits) - 1: V's decoder output, rescaled
+        return self.decoder(h).float() * 0.5
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]."""
@@ -237,31 +241,40 @@ class LatentRenderer(VRenderer):
     def training_step(self, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
         """One discriminator update, then one generator update (adversarial + L1 to the real frame)."""
         x, _ = unpack(batch)
-        cfg = self.config
-        opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         z = self.latents(x)  # (B, Z)
-        fake = self.generate(z)  # (B, 3, 64, 64)
-        r, f = self.discriminator_net(x, z), self.discriminator_net(fake.detach(), z)  # (B, 64) each
-        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
-                        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        f = self.discriminator_net(fake, z)
-        adv = F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
-        l1 = (fake - x).abs().mean()
-        g_loss = cfg.adv_weight * adv + cfg.l1_weight * l1
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        return {"g_loss": float(g_loss.detach()), "l1": float(l1.detach()), "g_adv": float(adv.detach()),
-                "d_loss": float(d_loss.detach()), "d_real_acc": float((r > 0).float().mean()),
-                "d_fake_acc": float((f.detach() < 0).float().mean())}
+        return pix2pix_step(self.discriminator_net, x, z, self.generate(z), optimizers["generator"],
+                            optimizers["discriminator"], l1_weight=self.config.l1_weight,
+                            adv_weight=self.config.adv_weight)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The generator's reconstruction term alone (L1 to the real frame), for evaluation."""
         x, _ = unpack(batch)
         return {"loss": (self.generate(self.latents(x)) - x).abs().mean()}
+
+
+def pix2pix_step(discriminator: nn.Module, x: torch.Tensor, z: torch.Tensor, fake: torch.Tensor,
+                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *, l1_weight: float,
+                 adv_weight: float) -> dict[str, float]:
+    """One discriminator update, then one generator update, for real frames ``x``, their latents
+    ``z`` and the generator's frames ``fake`` (drawn with gradients): ``D(x, z)`` learns real from
+    drawn, the generator minimises ``adv_weight`` x its adversarial loss + ``l1_weight`` x the L1 to
+    ``x``. Returns the losses and D's accuracies."""
+    r, f = discriminator(x, z), discriminator(fake.detach(), z)  # (B, 64) each
+    d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                    + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    f = discriminator(fake, z)
+    adv = F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+    l1 = (fake - x).abs().mean()
+    g_loss = adv_weight * adv + l1_weight * l1
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    return {"g_loss": float(g_loss.detach()), "l1": float(l1.detach()), "g_adv": float(adv.detach()),
+            "d_loss": float(d_loss.detach()), "d_real_acc": float((r > 0).float().mean()),
+            "d_fake_acc": float((f.detach() < 0).float().mean())}
 
 
 def defaults_for_data(source: str) -> dict[str, Any]:

@@ -95,8 +95,7 @@ class StyleRenderer(LatentRenderer):
         out = self.style.synthesize(ws, noise="const")
         if self.config.residual:
             with torch.no_grad():
-                base = self.fc_dec(z).view(z.shape[0], -1, 1, 1).contiguous(memory_format=torch.channels_last)
-                base = self.decoder(base).float() * 0.5  # tanh(base) is V's decoder frame in [-1, 1]
+                base = self.decode_half_logits(z)  # its tanh is V's decoder frame in [-1, 1]
             out = out + base
         return torch.tanh(out)
 

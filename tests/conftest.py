@@ -75,3 +75,27 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     collect("car_racing", out, TINY_EPISODES, workers=0, policy="brownian", seed=0,
             env_kwargs={"max_episode_steps": TINY_STEPS}, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained V (z = 4) saved as a checkpoint: what the renderer tests draw the latents of."""
+    from worldlab.vae import ConvVAE, VAEConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
+    return v.save(tmp_path_factory.mktemp("v") / "vae.pt", meta={"task": "car_racing"})
+
+
+@pytest.fixture(scope="session")
+def blocky_frames() -> Callable[..., torch.Tensor]:
+    """``blocky_frames(n, seed=0)``: frames (n, 3, 64, 64) in [-1, 1] of 8x8 flat blocks, with the
+    sharp edges V's decoder blurs."""
+
+    def make(n: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        coarse = torch.rand(n, 3, 8, 8, generator=g)
+        return (torch.nn.functional.interpolate(coarse, scale_factor=8, mode="nearest") * 2 - 1).contiguous()
+
+    return make

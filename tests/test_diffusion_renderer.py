@@ -10,21 +10,7 @@ import torch
 import generators
 from generators.diffusion_renderer import DiffusionRenderer
 from generators.nets import ddim_update, distill_v_target, v_noisy
-from worldlab.vae import ConvVAE, VAEConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
-    return v.save(tmp_path_factory.mktemp("v") / "vae.pt", meta={"task": "car_racing"})
-
-
-def frames(n: int, seed: int = 0) -> torch.Tensor:
-    """Blocky frames in [-1, 1] with sharp edges (what V's decoder blurs)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 8, 8, generator=g)
-    return (torch.nn.functional.interpolate(coarse, scale_factor=8, mode="nearest") * 2 - 1).contiguous()
+from worldlab.vae import ConvVAE
 
 
 def make(tiny_v: Path, **kw) -> DiffusionRenderer:
@@ -81,9 +67,9 @@ def test_the_start_noise_temperature_scales_the_residual(tiny_v: Path) -> None:
         make(tiny_v, temperature=2.0)
 
 
-def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path) -> None:
+def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path, blocky_frames) -> None:
     m = make(tiny_v)
-    x = frames(64)
+    x = blocky_frames(64)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
     losses = []
     for i in range(60):
@@ -97,9 +83,9 @@ def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path) ->
     assert all(not p.requires_grad for p in [*m.decoder.parameters(), *m.encoder.parameters()])  # V stays V's
 
 
-def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Path) -> None:
+def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Path, blocky_frames) -> None:
     m = make(tiny_v, steps=2)
-    x = frames(64)
+    x = blocky_frames(64)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
     for i in range(30):
         loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
@@ -107,7 +93,7 @@ def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Pat
         loss.backward()
         opt.step()
     m.eval()
-    z = m.encode(frames(8, seed=3))[0]
+    z = m.encode(blocky_frames(8, seed=3))[0]
     with torch.no_grad():
         two, one = m.generate(z, steps=2), m.generate(z, steps=1)
     with pytest.raises(ValueError, match="divisible by 4"):
@@ -122,11 +108,11 @@ def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Pat
     assert back.config.steps == 1 and torch.equal(back.render(z), m.render(z))
 
 
-def test_sharpening_fits_the_frames_it_draws_and_keeps_v_frozen(tiny_v: Path) -> None:
+def test_sharpening_fits_the_frames_it_draws_and_keeps_v_frozen(tiny_v: Path, blocky_frames) -> None:
     """sharpen trains the sampler through its own steps: L1 to the real frames falls, frames stay
     deterministic, V's networks do not move and no discriminator stays in the checkpoint."""
     m = make(tiny_v, steps=2, posterior_samples=False)  # z = mu(x): an untrained V's posterior is mostly noise
-    x = frames(4).repeat(8, 1, 1, 1)  # four scenes: their detail is learnable from z
+    x = blocky_frames(4).repeat(8, 1, 1, 1)  # four scenes: their detail is learnable from z
     v_state = {k: t.clone() for k, t in m.state_dict().items() if k.startswith(("decoder", "fc_dec", "encoder"))}
     keys = set(m.state_dict())
     z = m.encode(x[:8])[0]

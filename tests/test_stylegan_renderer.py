@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 import generators
 from generators.stylegan_renderer import StyleRenderer
-from worldlab.vae import ConvVAE, VAEConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    v = ConvVAE(VAEConfig(z_size=4, channels=(4, 8, 8, 8), dec_channels=(8, 8, 4)))
-    return v.save(tmp_path_factory.mktemp("v") / "vae.pt", meta={"task": "car_racing"})
-
-
-def frames(n: int, seed: int = 0) -> torch.Tensor:
-    """Blocky frames in [-1, 1] with sharp edges (what V's decoder blurs)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 8, 8, generator=g)
-    return (torch.nn.functional.interpolate(coarse, scale_factor=8, mode="nearest") * 2 - 1).contiguous()
+from worldlab.vae import ConvVAE
 
 
 def make(tiny_v: Path, **kw) -> StyleRenderer:
@@ -33,7 +18,7 @@ def make(tiny_v: Path, **kw) -> StyleRenderer:
     return m
 
 
-def test_residual_renderer_starts_as_vs_decoder_and_learns_away_from_it(tiny_v: Path) -> None:
+def test_residual_renderer_starts_as_vs_decoder_and_learns_away_from_it(tiny_v: Path, blocky_frames) -> None:
     m = make(tiny_v)
     assert m.config.residual
     v = ConvVAE.load(tiny_v)
@@ -43,7 +28,7 @@ def test_residual_renderer_starts_as_vs_decoder_and_learns_away_from_it(tiny_v: 
     assert torch.allclose(a, v.decode(z), atol=1e-5)  # the to-RGB layers start at zero: V's own frame
     opts = m.configure_optimizers(2e-3)
     m.train()
-    x = frames(8)
+    x = blocky_frames(8)
     l1 = [m.training_step((x, None), opts, s)["l1"] for s in range(12)]
     assert all(torch.isfinite(torch.tensor(l1))) and sum(l1[-3:]) < sum(l1[:3]), l1
     assert not torch.allclose(m.render(z), v.decode(z), atol=1e-3)  # it draws its own detail now
