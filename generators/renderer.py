@@ -244,7 +244,11 @@ class LatentRenderer(VRenderer):
         z = self.latents(x)  # (B, Z)
         return pix2pix_step(self.discriminator_net, x, z, self.generate(z), optimizers["generator"],
                             optimizers["discriminator"], l1_weight=self.config.l1_weight,
-                            adv_weight=self.config.adv_weight)
+                            adv_weight=self.adv_weight_at(step))
+
+    def adv_weight_at(self, step: int) -> float:
+        """The adversarial term's weight at training step ``step`` (here constant: ``adv_weight``)."""
+        return self.config.adv_weight
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The generator's reconstruction term alone (L1 to the real frame), for evaluation."""

@@ -26,7 +26,7 @@ the full resolution) and the loss gan.py's WGAN-GP: :class:`StyleGAN` subclasses
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -164,8 +164,11 @@ class StyleGenerator(nn.Module):
             h = lrelu(layer(h))
         return h
 
-    def synthesize(self, ws: torch.Tensor, noise: str = "random", generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-layer styles ``ws (B, L, W)`` -> image ``(B, C, S, S)`` (linear output)."""
+    def synthesize(self, ws: torch.Tensor, noise: str = "random", generator: torch.Generator | None = None,
+                   inject: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-layer styles ``ws (B, L, W)`` -> image ``(B, C, S, S)`` (linear output). ``inject[k]``
+        ``(B, ch_k, r_k, r_k)``, when given, is added to the features of block k after its first
+        (upsampling) layer: a spatial input beside the styles (the StyleGAN renderer's V frame)."""
         b = ws.shape[0]
         h = self.const.expand(b, -1, -1, -1)  # (B, w0, 4, 4)
         rgb: torch.Tensor | None = None
@@ -173,6 +176,8 @@ class StyleGenerator(nn.Module):
             for j in (2 * k, 2 * k + 1):
                 layer: StyledConv = self.layers[j]  # type: ignore[assignment]
                 h = layer(h, ws[:, j], layer.noise(b, noise, generator))  # (B, ch, r, r)
+                if inject is not None and j == 2 * k:
+                    h = h + inject[k]
             y = to_rgb(h, ws[:, 2 * k + 1])  # (B, C, r, r)
             rgb = y if rgb is None else upsample(rgb, mode="bilinear") + y
         assert rgb is not None

@@ -23,8 +23,10 @@ its patch discriminator won from step ~20 on (docs/RENDERER.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from generators.registry import Family, register
@@ -57,11 +59,25 @@ class StyleRendererConfig(RendererConfig):
     residual: bool = True
     """draw over V's frozen decoder frame (StyleGAN adds the detail; starts as V's frame) rather
     than the whole frame from scratch."""
+    spatial: bool = True
+    """with ``residual``: V's decoder frame, averaged down to each block's side, also enters the
+    synthesis network (a 1x1 convolution added to the block's features, starting at zero), so the
+    detail can be placed where V's frame shows its blurred objects; the styles alone carry no
+    position."""
+    d_lr_mul: float = 0.25
+    """the discriminator's learning rate as a multiple of the generator's."""
+    adv_ramp: int = 300
+    """training steps over which the adversarial weight rises linearly from 0 to ``adv_weight``
+    (L1 first: D does not meet a generator that still draws nothing)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if min(self.w_dim, self.mapping_layers, self.channels, self.max_channels) < 1:
             raise ValueError("w_dim, mapping_layers, channels and max_channels must be >= 1")
+        if self.spatial and not self.residual:
+            raise ValueError("spatial=True feeds V's decoder frame to the synthesis network: it needs residual=True")
+        if not self.d_lr_mul > 0 or self.adv_ramp < 0:
+            raise ValueError(f"d_lr_mul must be > 0 and adv_ramp >= 0, got {self.d_lr_mul}, {self.adv_ramp}")
 
     def style_config(self, z_size: int) -> StyleGANConfig:
         return StyleGANConfig(shape=self.shape, z_dim=z_size, w_dim=self.w_dim, mapping_layers=self.mapping_layers,
@@ -82,7 +98,21 @@ class StyleRenderer(LatentRenderer):
         if config.residual:  # the detail starts at zero: G(z) is V's decoder frame at step 0
             for to_rgb in self.style.to_rgb:
                 nn.init.zeros_(to_rgb.conv.conv.weight)
+        widths = config.style_config(self.z_size).widths()
+        self.frame_in = nn.ModuleList(nn.Conv2d(3, ch, 1) for ch in widths) if config.spatial else None
+        if self.frame_in is not None:
+            for conv in self.frame_in:  # starts at zero: the synthesis network learns to read the frame
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self.discriminator_net = _PatchD(self.z_size, config.d_channels)
+
+    @classmethod
+    def upgrade_checkpoint(cls, state: Any) -> Any:
+        """A checkpoint saved before ``spatial``, ``d_lr_mul`` and ``adv_ramp`` existed was trained
+        without them: marked ``spatial=False, d_lr_mul=1, adv_ramp=0``; any other state is returned as it is."""
+        if isinstance(state, dict) and isinstance(state.get("config"), dict) and "spatial" not in state["config"]:
+            state = {**state, "config": {**state["config"], "spatial": False, "d_lr_mul": 1.0, "adv_ramp": 0}}
+        return state
 
     @property
     def num_layers(self) -> int:
@@ -92,17 +122,27 @@ class StyleRenderer(LatentRenderer):
         """Latents ``(B, Z)`` -> frames ``(B, 3, 64, 64)`` in [-1, 1]: one ``w`` for every style layer
         (over V's decoder frame with ``residual``)."""
         ws = self.style.map(z)[:, None].expand(-1, self.num_layers, -1)
-        out = self.style.synthesize(ws, noise="const")
-        if self.config.residual:
-            with torch.no_grad():
-                base = self.decode_half_logits(z)  # its tanh is V's decoder frame in [-1, 1]
-            out = out + base
-        return torch.tanh(out)
+        if not self.config.residual:
+            return torch.tanh(self.style.synthesize(ws, noise="const"))
+        with torch.no_grad():
+            base = self.decode_half_logits(z)  # its tanh is V's decoder frame in [-1, 1]
+        inject = None
+        if self.frame_in is not None:
+            frame = torch.tanh(base)  # (B, 3, 64, 64)
+            inject = [conv(F.adaptive_avg_pool2d(frame, 4 * 2 ** k)) for k, conv in enumerate(self.frame_in)]
+        return torch.tanh(self.style.synthesize(ws, noise="const", inject=inject) + base)
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
-        return {"generator": torch.optim.Adam(self.style.parameters(), lr=lr, betas=betas),
-                "discriminator": torch.optim.Adam(self.discriminator_net.parameters(), lr=lr, betas=betas)}
+        g_params = [*self.style.parameters(), *(self.frame_in.parameters() if self.frame_in is not None else ())]
+        return {"generator": torch.optim.Adam(g_params, lr=lr, betas=betas),
+                "discriminator": torch.optim.Adam(self.discriminator_net.parameters(), lr=lr * self.config.d_lr_mul,
+                                                  betas=betas)}
+
+    def adv_weight_at(self, step: int) -> float:
+        """The adversarial weight at training step ``step`` (``adv_ramp``: 0 at step 0, full after)."""
+        ramp = self.config.adv_ramp
+        return self.config.adv_weight * (min(1.0, step / ramp) if ramp else 1.0)
 
 
 register(Family(

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
@@ -346,3 +347,39 @@ def test_renderer_doc_reads_a_failed_renderer_as_failed(script: Callable[[str], 
     assert "draws them as objects" not in failed
     sharp = what({"l1": 0.0173, "mse": 0.0015, "sharpness_vs_real": 0.96, "frechet_v_latent": 0.11}, v, 1500)
     assert "draws them as objects" in sharp and "96%" in sharp and "not learned" not in sharp
+    # sharper than V but far off the frames' distribution (the residual StyleGAN renderer's figures)
+    off = what({"l1": 0.026, "mse": 0.003, "sharpness_vs_real": 1.44, "frechet_v_latent": 0.775,
+                "latent_error": 0.17, "detail_own": 0.02, "detail_other": -0.01}, v, 1500)
+    assert "has failed" in off and "0.78 against V's 0.13" in off and "draws them as objects" not in off
+    # sharp, near the distribution, but the detail does not follow the frame (the same blobs everywhere)
+    blobs = what({"l1": 0.017, "mse": 0.0014, "sharpness_vs_real": 0.84, "frechet_v_latent": 0.12,
+                  "latent_error": 0.03, "detail_own": 0.07, "detail_other": -0.003}, v, 1500)
+    assert "Sharper, not truer" in blobs and "0.07" in blobs and "draws them as objects" not in blobs
+    placed = what({"l1": 0.017, "mse": 0.0014, "sharpness_vs_real": 0.84, "frechet_v_latent": 0.12,
+                   "latent_error": 0.03, "detail_own": 0.3, "detail_other": 0.0}, v, 1500)
+    assert "draws them as objects" in placed and "correlates 0.30" in placed
+
+
+def test_per_frame_figures_see_placement(script: Callable[[str], ModuleType]) -> None:
+    """The per-frame figures: the real frames drawn exactly score detail 1 on their own frame; the
+    same detail pasted on every frame, and noise, score ~0; V's latent error is 0 for matching codes."""
+    per_frame = script("renderer_report").per_frame
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    base = torch.rand(n, 3, 16, 16, generator=g) * 0.1 + 0.4  # V's blurred frames
+    real = base.clone()
+    cells = torch.randperm(16, generator=g).repeat(4)[:n].roll(1)  # frames i and i + n/2 in different cells
+    cells[n // 2:] = (cells[:n // 2] + 5) % 16
+    for i in range(n):  # each real frame has a "monster" V lost, somewhere of its own
+        r, c = divmod(int(cells[i]), 4)
+        real[i, :, r * 4:r * 4 + 4, c * 4:c * 4 + 4] += 0.4
+    mu = torch.randn(n, 8, generator=g).numpy()
+    exact = per_frame(real, real, base, mu, mu)
+    assert exact["latent_error"] == 0.0 and abs(exact["detail_own"] - 1) < 1e-6 and exact["detail_other"] < 0.1
+    pasted = base.clone()
+    pasted[:, :, 4:8, 4:8] += 0.4  # the same blob in every frame
+    same = per_frame(pasted, real, base, mu, mu)
+    noise = per_frame(base + 0.05 * torch.randn(base.shape, generator=g), real, base, mu, mu)
+    assert abs(same["detail_own"]) < 0.05 and abs(noise["detail_own"]) < 0.1
+    far = per_frame(real, real, base, mu[::-1].copy(), mu)
+    assert 0.6 < far["latent_error"] < 1.4  # another frame's code: as far as two different frames' codes

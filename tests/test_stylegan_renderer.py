@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import generators
@@ -37,7 +38,41 @@ def test_residual_renderer_starts_as_vs_decoder_and_learns_away_from_it(tiny_v: 
 
 
 def test_from_scratch_renderer_does_not_draw_vs_frame(tiny_v: Path) -> None:
-    m = make(tiny_v, residual=False)
+    m = make(tiny_v, residual=False, spatial=False)
     v = ConvVAE.load(tiny_v)
     z = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(m.render(z), v.decode(z), atol=1e-2)
+
+
+def test_spatial_input_learns_and_old_checkpoints_load_without_it(tiny_v: Path, blocky_frames, tmp_path: Path) -> None:
+    """V's frame enters the synthesis network (spatial, the default) through 1x1 convolutions that
+    start at zero and train; the adversarial weight ramps in; D's learning rate is a multiple of G's;
+    a checkpoint saved before these settings existed loads as the renderer it was (none of them)."""
+    m = make(tiny_v)
+    assert m.config.spatial and m.frame_in is not None and len(m.frame_in) == len(m.style.to_rgb)
+    assert all(int(torch.count_nonzero(c.weight.detach())) == 0 for c in m.frame_in)
+    assert m.adv_weight_at(0) == 0.0 and m.adv_weight_at(m.config.adv_ramp // 2) == 0.5 * m.config.adv_weight
+    assert m.adv_weight_at(10 * m.config.adv_ramp) == m.config.adv_weight
+    opts = m.configure_optimizers(2e-3)
+    assert opts["discriminator"].param_groups[0]["lr"] == 2e-3 * m.config.d_lr_mul
+    m.train()
+    x = blocky_frames(8)
+    for s in range(4):
+        m.training_step((x, None), opts, s)
+    assert all(int(torch.count_nonzero(c.weight.detach())) > 0 for c in m.frame_in)  # it reads V's frame now
+    old = make(tiny_v, spatial=False, d_lr_mul=1.0, adv_ramp=0)
+    old.save(tmp_path / "old.pt")
+    state = torch.load(tmp_path / "old.pt", weights_only=True)
+    for k in ("spatial", "d_lr_mul", "adv_ramp"):  # as written before the fields existed
+        del state["config"][k]
+    torch.save(state, tmp_path / "old.pt")
+    back = generators.load(tmp_path / "old.pt")
+    assert isinstance(back, StyleRenderer) and not back.config.spatial and back.frame_in is None
+    assert back.adv_weight_at(0) == back.config.adv_weight
+    z = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(back.render(z), old.render(z))
+
+
+def test_spatial_needs_residual(tiny_v: Path) -> None:
+    with pytest.raises(ValueError, match="needs residual=True"):
+        make(tiny_v, residual=False, spatial=True)
