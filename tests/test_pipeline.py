@@ -352,12 +352,28 @@ def test_renderer_doc_reads_a_failed_renderer_as_failed(script: Callable[[str], 
                 "latent_error": 0.17, "detail_own": 0.02, "detail_other": -0.01}, v, 1500)
     assert "has failed" in off and "0.78 against V's 0.13" in off and "draws them as objects" not in off
     # sharp, near the distribution, but the detail does not follow the frame (the same blobs everywhere)
+    # (judged against V's frame through an unsharp mask, the fixed-filter baseline)
+    u = {"l1": 0.0155, "mse": 0.001, "sharpness_vs_real": 0.8, "frechet_v_latent": 0.12, "latent_error": 0.03,
+         "detail_own": 0.09, "detail_other": 0.008, "amount": 2.0}
     blobs = what({"l1": 0.017, "mse": 0.0014, "sharpness_vs_real": 0.84, "frechet_v_latent": 0.12,
-                  "latent_error": 0.03, "detail_own": 0.07, "detail_other": -0.003}, v, 1500)
-    assert "Sharper, not truer" in blobs and "0.07" in blobs and "draws them as objects" not in blobs
+                  "latent_error": 0.03, "detail_own": 0.07, "detail_other": -0.003}, v, 1500, u)
+    assert "Sharper, not truer" in blobs and "0.07" in blobs and "scores 0.09" in blobs
+    assert "draws them as objects" not in blobs
     placed = what({"l1": 0.017, "mse": 0.0014, "sharpness_vs_real": 0.84, "frechet_v_latent": 0.12,
-                   "latent_error": 0.03, "detail_own": 0.3, "detail_other": 0.0}, v, 1500)
+                   "latent_error": 0.03, "detail_own": 0.3, "detail_other": 0.0}, v, 1500, u)
     assert "draws them as objects" in placed and "correlates 0.30" in placed
+
+
+def test_unsharp_baseline_reaches_the_asked_sharpness(script: Callable[[str], ModuleType]) -> None:
+    rr = script("renderer_report")
+    from generators.renderer import sharpness
+
+    g = torch.Generator().manual_seed(0)
+    blurred = torch.nn.functional.avg_pool2d(torch.rand(6, 3, 64, 64, generator=g), 5, 1, 2)
+    assert torch.equal(rr.unsharp(blurred, 0.0), blurred)
+    target = 4 * sharpness(blurred)
+    amount = rr.unsharp_amount(blurred, target)
+    assert amount > 0 and abs(sharpness(rr.unsharp(blurred, amount)) / target - 1) < 1e-3
 
 
 def test_per_frame_figures_see_placement(script: Callable[[str], ModuleType]) -> None:
