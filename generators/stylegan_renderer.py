@@ -59,14 +59,16 @@ class StyleRendererConfig(RendererConfig):
     residual: bool = True
     """draw over V's frozen decoder frame (StyleGAN adds the detail; starts as V's frame) rather
     than the whole frame from scratch."""
-    spatial: bool = True
+    spatial: bool = False
     """with ``residual``: V's decoder frame, averaged down to each block's side, also enters the
     synthesis network (a 1x1 convolution added to the block's features, starting at zero), so the
     detail can be placed where V's frame shows its blurred objects; the styles alone carry no
-    position."""
-    d_lr_mul: float = 0.25
+    position. Off by default: on Doom, with ``d_lr_mul=0.25`` and ``adv_ramp=300`` beside it, the
+    renderer collapsed to one bright arc in every frame (FD 1.36; without the three, 0.775;
+    docs/RENDERER.md)."""
+    d_lr_mul: float = 1.0
     """the discriminator's learning rate as a multiple of the generator's."""
-    adv_ramp: int = 300
+    adv_ramp: int = 0
     """training steps over which the adversarial weight rises linearly from 0 to ``adv_weight``
     (L1 first: D does not meet a generator that still draws nothing)."""
 

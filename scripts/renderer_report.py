@@ -71,6 +71,34 @@ def episode_frames(data_dir: Path, held_out: bool, max_frames: int, every: int =
     return GenData(m.meta.get("task", "frames"), x, None, 256, 0)
 
 
+def family_overrides(name: str, pairs: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` pairs as the family's config values, typed by each field's default
+    (true/false for a flag); an unknown field or a value of the wrong type is refused with one line."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(generators.family(name).config)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair}: give FIELD=VALUE with a field of {name}'s config "
+                             f"({', '.join(sorted(fields))})")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                out[key] = text.lower() == "true"
+            elif isinstance(default, int | float | str):
+                out[key] = type(default)(text)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--set {pair}: {key} takes a value of type {type(default).__name__} "
+                             f"(its default: {default!r})") from None
+    return out
+
+
 def draw_all(fn: Any, z: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """z (N, Z) -> frames (N, 3, 64, 64) in [0, 1], in chunks."""
     with torch.no_grad():
@@ -219,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-frames", type=int, default=20_000, help="training frames (held-out: 2,000)")
     p.add_argument("--preset", default=None, help="the family's preset (tiny, small)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="the family's config fields, e.g. --set spatial=true d_lr_mul=0.25 (stylegan_renderer)")
     p.add_argument("--teacher-steps", type=int, default=8, help="diffusion_renderer: DDIM steps before distillation")
     p.add_argument("--distill-rounds", type=int, default=2, help="diffusion_renderer: halvings of the steps")
     p.add_argument("--distill-steps", type=int, default=400, help="diffusion_renderer: training steps per halving")
@@ -254,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if diffusion and not all(0.0 <= t <= 1.5 for t in (args.temperature, *args.temperatures)):
         print("error: --temperature and --temperatures must be in [0, 1.5] (the start noise's scale)", file=sys.stderr)
         return 2
+    try:
+        overrides = family_overrides(args.family, args.overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads or suggested_threads())
     out = RunDir(args.out or (run.diffusion_renderer if diffusion else
                               run.renderer / "stylegan" if args.family == "stylegan_renderer" else run.renderer))
@@ -270,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     test = episode_frames(run.data, held_out=True, max_frames=2000)
     torch.manual_seed(0)
     kw: dict[str, Any] = {"steps": args.teacher_steps} if diffusion else {}
-    model = generators.model_for(args.family, train, preset=args.preset, vae=str(run), **kw)
+    model = generators.model_for(args.family, train, preset=args.preset, vae=str(run), **kw, **overrides)
     assert isinstance(model, VRenderer)
     generators.fit(model, train, FitConfig(steps=args.steps, batch_size=args.batch_size, seed=0,
                                            sample_every=max(100, args.steps // 5), checkpoint_every=200),
@@ -354,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += f" --family {args.family}"
     if args.preset:
         cmd += f" --preset {args.preset}"
+    if args.overrides:
+        cmd += " --set " + " ".join(args.overrides)
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
                seconds=(train_s + distill_s + sharpen_s + time.time() - t_measure) if resumed

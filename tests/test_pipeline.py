@@ -399,3 +399,15 @@ def test_per_frame_figures_see_placement(script: Callable[[str], ModuleType]) ->
     assert abs(same["detail_own"]) < 0.05 and abs(noise["detail_own"]) < 0.1
     far = per_frame(real, real, base, mu[::-1].copy(), mu)
     assert 0.6 < far["latent_error"] < 1.4  # another frame's code: as far as two different frames' codes
+
+
+def test_renderer_report_set_is_typed_and_checked(script: Callable[[str], ModuleType]) -> None:
+    over = script("renderer_report").family_overrides
+    assert over("stylegan_renderer", ["spatial=true", "d_lr_mul=0.25", "adv_ramp=300"]) == \
+        {"spatial": True, "d_lr_mul": 0.25, "adv_ramp": 300}
+    with pytest.raises(ValueError, match="a field of stylegan_renderer's config"):
+        over("stylegan_renderer", ["spatail=true"])
+    with pytest.raises(ValueError, match="adv_ramp takes a value of type int"):
+        over("stylegan_renderer", ["adv_ramp=lots"])
+    with pytest.raises(ValueError, match="spatial takes a value of type bool"):
+        over("stylegan_renderer", ["spatial=1"])

@@ -45,10 +45,11 @@ def test_from_scratch_renderer_does_not_draw_vs_frame(tiny_v: Path) -> None:
 
 
 def test_spatial_input_learns_and_old_checkpoints_load_without_it(tiny_v: Path, blocky_frames, tmp_path: Path) -> None:
-    """V's frame enters the synthesis network (spatial, the default) through 1x1 convolutions that
+    """V's frame enters the synthesis network (spatial=True) through 1x1 convolutions that
     start at zero and train; the adversarial weight ramps in; D's learning rate is a multiple of G's;
     a checkpoint saved before these settings existed loads as the renderer it was (none of them)."""
-    m = make(tiny_v)
+    assert not make(tiny_v).config.spatial  # off by default (docs/RENDERER.md)
+    m = make(tiny_v, spatial=True, d_lr_mul=0.25, adv_ramp=300)
     assert m.config.spatial and m.frame_in is not None and len(m.frame_in) == len(m.style.to_rgb)
     assert all(int(torch.count_nonzero(c.weight.detach())) == 0 for c in m.frame_in)
     assert m.adv_weight_at(0) == 0.0 and m.adv_weight_at(m.config.adv_ramp // 2) == 0.5 * m.config.adv_weight
