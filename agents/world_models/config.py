@@ -506,14 +506,17 @@ def preset(name: str, task: str) -> RunConfig:
             # Short later rounds: 100 episodes of the last round's C (noise, random bursts) show M the deaths
             # C's own states lead to (V frozen, M fine-tuned), then 20 generations from that C
             # (docs/RESULTS.md: one such round 310 -> 413, 594 -> 980 and 271 -> 421 on three world models,
-            # 50 generations: 228; six such rounds 169 -> 283 -> 313 -> 426 -> 529 -> 560 -> 646 on a fourth)
+            # 50 generations: 228; six such rounds 169 -> 283 -> 313 -> 426 -> 529 -> 560 -> 646 on a fourth).
+            # Dreams as long as the real episode (2,100 steps): 1,000-step dreams capped what CMA-ES could
+            # climb (its best candidates scored 870-959 of ~1,000); the same seed-0 run from scratch ends at
+            # 708 against 646 on the same 100 episodes (+63 ± 49 paired; its own 100 episodes: 755 vs 654).
             return RunConfig(
                 task=task, preset=name, workers=2, rounds=7, freeze_v=True, finetune_m=True, later_generations=20,
                 collect=CollectConfig(episodes=300, episodes_per_round=100, noise_std=0.1, burst_prob=0.05),
                 vae=dataclasses.replace(vae, salience=4.0), vae_train=TrainConfig(steps=3000, lr=1e-3, amp="auto", sample_every=1000), vae_batch=64,
                 mdrnn=mdrnn, mdrnn_train=TrainConfig(steps=3000, lr=1e-3), mdrnn_batch=32, seq_len=64,
                 cma=CMAConfig(popsize=32, rollouts=8, generations=50, sigma0=0.1),
-                dream=DreamConfig(temperature=1.15, max_steps=1000),
+                dream=DreamConfig(temperature=1.15, max_steps=2100),
                 eval=EvalConfig(episodes=100),
             )
         return RunConfig(
