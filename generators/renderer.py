@@ -89,6 +89,15 @@ class RendererConfig(VRendererConfig):
     """start G from V's decoder weights (else from scratch)."""
     beta1: float = 0.5
     beta2: float = 0.999
+    r1_gamma: float = 0.0
+    """weight of an R1 penalty on D (Mescheder et al. 2018; StyleGAN's regulariser): ``r1_gamma / 2``
+    x the squared norm of D's gradient at the real frames, so that D cannot become a cliff the
+    generator gets no direction from; 0 = off."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0 (0 turns the R1 penalty off), got {self.r1_gamma}")
 
 
 def vae_checkpoint_path(vae: str) -> Path:
@@ -244,7 +253,7 @@ class LatentRenderer(VRenderer):
         z = self.latents(x)  # (B, Z)
         return pix2pix_step(self.discriminator_net, x, z, self.generate(z), optimizers["generator"],
                             optimizers["discriminator"], l1_weight=self.config.l1_weight,
-                            adv_weight=self.adv_weight_at(step))
+                            adv_weight=self.adv_weight_at(step), r1_gamma=self.config.r1_gamma)
 
     def adv_weight_at(self, step: int) -> float:
         """The adversarial term's weight at training step ``step`` (here constant: ``adv_weight``)."""
@@ -258,14 +267,21 @@ class LatentRenderer(VRenderer):
 
 def pix2pix_step(discriminator: nn.Module, x: torch.Tensor, z: torch.Tensor, fake: torch.Tensor,
                  opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, *, l1_weight: float,
-                 adv_weight: float) -> dict[str, float]:
+                 adv_weight: float, r1_gamma: float = 0.0) -> dict[str, float]:
     """One discriminator update, then one generator update, for real frames ``x``, their latents
     ``z`` and the generator's frames ``fake`` (drawn with gradients): ``D(x, z)`` learns real from
-    drawn, the generator minimises ``adv_weight`` x its adversarial loss + ``l1_weight`` x the L1 to
-    ``x``. Returns the losses and D's accuracies."""
-    r, f = discriminator(x, z), discriminator(fake.detach(), z)  # (B, 64) each
+    drawn (plus ``r1_gamma / 2`` x the squared norm of its gradient at ``x``, when > 0), the generator
+    minimises ``adv_weight`` x its adversarial loss + ``l1_weight`` x the L1 to ``x``. Returns the
+    losses and D's accuracies."""
+    xr = x.detach().requires_grad_(True) if r1_gamma > 0 else x
+    r, f = discriminator(xr, z), discriminator(fake.detach(), z)  # (B, 64) each
     d_loss = 0.5 * (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
                     + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    r1 = torch.zeros(())
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(r.sum(), xr, create_graph=True)
+        r1 = grad.pow(2).flatten(1).sum(1).mean()
+        d_loss = d_loss + 0.5 * r1_gamma * r1
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
@@ -277,7 +293,7 @@ def pix2pix_step(discriminator: nn.Module, x: torch.Tensor, z: torch.Tensor, fak
     g_loss.backward()
     opt_g.step()
     return {"g_loss": float(g_loss.detach()), "l1": float(l1.detach()), "g_adv": float(adv.detach()),
-            "d_loss": float(d_loss.detach()), "d_real_acc": float((r > 0).float().mean()),
+            "d_loss": float(d_loss.detach()), "d_r1": float(r1.detach()), "d_real_acc": float((r > 0).float().mean()),
             "d_fake_acc": float((f.detach() < 0).float().mean())}
 
 

@@ -195,6 +195,31 @@ def per_frame(y: torch.Tensor, x01: torch.Tensor, base: torch.Tensor | None, mu_
     return out
 
 
+TEMPERATURE_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(21))
+"""The start-noise scales ``--target-sharpness`` tries, smallest first: 0.5 to 1.5 (the config's range)."""
+
+
+def pick_temperature(model: DiffusionRenderer, vae: ConvVAE, frames: GenData, target: float,
+                     grid: tuple[float, ...] = TEMPERATURE_GRID) -> tuple[float, dict[str, float]]:
+    """The smallest start-noise scale in ``grid`` at which ``model`` draws ``frames``' posterior means
+    at ``target`` x their real frames' sharpness or more (the largest scale if none does), and the
+    sharpness ratio at each scale tried. Picked on training frames, so that the held-out figures judge
+    the pick without having chosen it. The model's own temperature is left as it was."""
+    x01 = frames.x.float() / 255.0
+    real = sharpness(x01)
+    mu = vae.encode_mean(frames.x)
+    old, curve = model.config.temperature, {}
+    try:
+        for t in grid:
+            model.config.temperature = t
+            curve[f"{t:g}"] = sharpness(draw_all(model.render, mu)) / real
+            if curve[f"{t:g}"] >= target:
+                return t, curve
+    finally:
+        model.config.temperature = old
+    return grid[-1], curve
+
+
 def frames_per_s(fns: dict[str, Any], z: torch.Tensor, repeats: int = 3) -> dict[str, float]:
     """Frames per second of each of ``fns`` drawing the latents ``z`` (N, Z) one at a time on one
     torch thread (as a watched dream draws), alternating in ``repeats`` rounds, median per drawer."""
@@ -258,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="diffusion_renderer: the start noise's scale the distilled renderer is saved with and the "
                         "dream draws with (default 1; below 1: less grain)")
+    p.add_argument("--target-sharpness", type=float, default=None, metavar="S",
+                   help="diffusion_renderer: instead of --temperature, save the distilled renderer with the "
+                        "smallest start-noise scale (0.5, 0.55, ... 1.5) at which it draws S x the real frames' "
+                        "sharpness on 1,000 training frames (e.g. 0.85: issue 17's 0.8 line with a margin)")
     p.add_argument("--temperatures", type=float, nargs="*", default=[],
                    help="diffusion_renderer: more start-noise scales to measure the distilled renderer at (rows of "
                         "the table only)")
@@ -283,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if diffusion and not all(0.0 <= t <= 1.5 for t in (args.temperature, *args.temperatures)):
         print("error: --temperature and --temperatures must be in [0, 1.5] (the start noise's scale)", file=sys.stderr)
+        return 2
+    if args.target_sharpness is not None and (not diffusion or not args.distill_rounds
+                                              or not 0.0 < args.target_sharpness <= 3.0
+                                              or args.temperature != 1.0):
+        print("error: --target-sharpness S picks the distilled diffusion renderer's start noise: it needs "
+              "--family diffusion_renderer, --distill-rounds >= 1, 0 < S <= 3 and no --temperature", file=sys.stderr)
         return 2
     try:
         overrides = family_overrides(args.family, args.overrides)
@@ -314,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = prev.get("train_seconds", 0.0) if resumed else earlier_s + time.time() - t0
     model.eval()
     renderers: dict[str, VRenderer] = {"renderer": model}
+    vae = ConvVAE.load(run.vae)
+    temperature, pick = args.temperature, None
     distill_s = 0.0
     if diffusion and args.distill_rounds:
         assert isinstance(model, DiffusionRenderer)
@@ -328,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                flush=True)) if args.progress else None)
             student.save(out.distilled)
             distill_s = time.time() - t1
-        if student.config.temperature != args.temperature:  # the renderer the dream draws with
-            student.config.temperature = args.temperature
+        if args.target_sharpness is not None:  # the start noise, picked on training frames
+            sample = GenData(train.name, train.x[:: max(1, len(train) // 1000)][:1000].contiguous(), None, 256, 0)
+            temperature, curve = pick_temperature(student, vae, sample, args.target_sharpness)
+            pick = {"target": args.target_sharpness, "frames": len(sample), "sharpness": curve,
+                    "picked": temperature}
+        if student.config.temperature != temperature:  # the renderer the dream draws with
+            student.config.temperature = temperature
             student.save(out.distilled)
         renderers = {"teacher": model, "distilled": student.eval()}
         for t in args.temperatures:
@@ -340,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sharpen_steps:
         base_name = "distilled" if "distilled" in renderers else "renderer"
         same_sharpen = (same_distill or not args.distill_rounds) and prev.get("sharpen_steps") == args.sharpen_steps \
-            and prev.get("temperatures", {}).get(base_name) == args.temperature
+            and prev.get("temperatures", {}).get(base_name) == temperature
         if out.sharpened.exists() and same_sharpen:  # a rerun keeps the sharpened model (and the time it took)
             sharp = generators.load(out.sharpened)
             sharpen_s = prev.get("sharpen_seconds", 0.0)
@@ -348,14 +390,13 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.time()
             sharp = copy.deepcopy(renderers[base_name])
             assert isinstance(sharp, DiffusionRenderer)
-            sharp.config.temperature = args.temperature
+            sharp.config.temperature = temperature
             sharp.sharpen(train, args.sharpen_steps, args.batch_size, seed=0,
                           progress=(lambda i, l1, d: print(f"sharpen: step {i}, L1 {l1:.4f}, D loss {d:.3f}",
                                                            flush=True)) if args.progress else None)
             sharp.save(out.sharpened)
             sharpen_s = time.time() - t1
         renderers["sharpened"] = sharp.eval()
-    vae = ConvVAE.load(run.vae)
     t_measure = time.time()
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
     zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
@@ -381,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.distill_rounds} --distill-steps {args.distill_steps}")
         if args.sharpen_steps:
             cmd += f" --sharpen-steps {args.sharpen_steps}"
-        if args.temperature != 1.0:
+        if args.target_sharpness is not None:
+            cmd += f" --target-sharpness {args.target_sharpness:g}"
+        elif args.temperature != 1.0:
             cmd += f" --temperature {args.temperature:g}"
         if args.temperatures:
             cmd += " --temperatures " + " ".join(f"{t:g}" for t in args.temperatures)
@@ -398,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                resumed=resumed, extended_from=extended,
                distill_rounds=args.distill_rounds, distill_steps=args.distill_steps,
                distill_seconds=distill_s, sharpen_steps=args.sharpen_steps, sharpen_seconds=sharpen_s,
-               drawers=list(renderers), shown=shown, final=final_name,
+               drawers=list(renderers), shown=shown, final=final_name, temperature_pick=pick,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
     atomic_write_json(out.root / "report.json", res)
@@ -532,8 +575,19 @@ def what_it_shows(g: dict[str, float], v: dict[str, float], steps: int, u: dict[
             f"({g['frechet_v_latent']:.2f} vs {v['frechet_v_latent']:.2f}): sharp detail in slightly wrong places "
             "costs more in these pixel and V-feature distances than blur does. " + (f"{detail} " if detail else "")
             + "Watch the strips: where V smears the small objects of a scene (Doom's monsters and fireballs) into "
-            "the wall, the renderer draws them as objects, which is what a person watching the dream needs. It "
+            "the wall, a renderer that has learned them draws them as objects; grain over flat floors and ceilings "
+            "counts as sharpness too, and no figure above tells the two apart. It "
             "draws only what `z` encodes: an object V's latent lost cannot come back.")
+
+
+def pick_words(pick: dict[str, Any] | None) -> str:
+    """``--target-sharpness``'s pick in words ('' without one)."""
+    if not pick:
+        return ""
+    tried = ", ".join(f"x{t} {v:.2f}" for t, v in pick["sharpness"].items())
+    return (f" The distilled renderer's start noise, x{pick['picked']:g}, was picked on {pick['frames']:,} training "
+            f"frames, not on the held-out ones: the smallest scale (from x0.5 in steps of 0.05) whose frames reach "
+            f"{pick['target']:g} of the real frames' sharpness (tried: {tried}).")
 
 
 def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
@@ -584,7 +638,7 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
         f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "
         "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
-        "rounds of 30 frames, in one process.", "",
+        "rounds of 30 frames, in one process." + pick_words(r.get("temperature_pick")), "",
         "| drawn by | network evaluations | L1 to the real frame | MSE | sharpness / real frames' | Fréchet distance "
         "in V's latent space | V's latent error per frame | detail, own frame / another | frames/s, 1 core |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "", PER_FRAME_WORDS, "",

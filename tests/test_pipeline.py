@@ -145,10 +145,12 @@ def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, sub
 
 
 def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
-        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+        smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path,
+        script: Callable[[str], ModuleType]) -> None:
     import cv2
 
     import generators
+    from worldlab.vae import ConvVAE
 
     out, _ = smoke_run
     rend, doc = tmp_path / "drend", tmp_path / "R.md"
@@ -195,6 +197,21 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     same = json.loads((rend / "report.json").read_text())
     assert same["resumed"] and same["distill_seconds"] == longer["distill_seconds"]
     assert (rend / "distilled.pt").stat().st_mtime_ns == stamp
+    # --target-sharpness picks the start noise on training frames: the smallest scale that reaches it
+    run(*[a for a in again if a not in ("--temperature", "0.5")], "--target-sharpness", "0.001", "--doc", str(doc))
+    picked = json.loads((rend / "report.json").read_text())
+    assert picked["temperature_pick"]["picked"] == 0.5 and picked["temperatures"]["distilled"] == 0.5
+    assert list(picked["temperature_pick"]["sharpness"]) == ["0.5"] and "--target-sharpness 0.001" in picked["command"]
+    assert generators.load(rend / "distilled.pt").config.temperature == 0.5
+    assert "was picked on" in doc.read_text() and "not on the held-out ones" in doc.read_text()
+    rr = script("renderer_report")
+    model, vae = generators.load(rend / "distilled.pt").eval(), ConvVAE.load(out / "checkpoints" / "vae.pt")
+    frames = rr.episode_frames(out / "data", held_out=False, max_frames=40)
+    t, curve = rr.pick_temperature(model, vae, frames, 100.0)  # out of reach: the largest scale, all tried
+    assert t == 1.5 and list(curve) == [f"{g:g}" for g in rr.TEMPERATURE_GRID] and model.config.temperature == 0.5
+    assert all(v > 0 for v in curve.values())
+    r = run(*again, "--target-sharpness", "0.8", check=False)
+    assert r.returncode == 2 and "no --temperature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--teacher-steps", "6",
             "--distill-rounds", "2", check=False)
     assert r.returncode == 2 and "divisible by 2**--distill-rounds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
