@@ -150,3 +150,30 @@ def test_a_foreign_checkpoint_is_refused_before_any_stage(old_run: RunDir) -> No
         DreamTrainer(cfg, old_run, progress=False)
     old_run.mdrnn.write_bytes(own_m)
     DreamTrainer(cfg, old_run, progress=False)
+
+
+def test_a_fine_tune_whose_generations_grew_is_not_found_done(old_run: RunDir) -> None:
+    import numpy as np
+
+    from agents.controller import load_controller, save_controller
+    from agents.world_models.stages import file_digest
+
+    cfg = override(RunConfig.load(old_run), ["finetune.generations=3"])
+    ccfg, params, _ = load_controller(old_run.controller())
+    start = file_digest(old_run.controller())
+    np.savez(old_run.cma_finetune(start), fitness=np.zeros((3, 4)))  # three generations of CMA-ES state
+    save_controller(old_run.controller_finetuned, ccfg, params, generations=3, start=start, train_in="real")
+    old_run.eval_finetuned_json.write_text(json.dumps({"controller": file_digest(old_run.controller_finetuned),
+                                                       "episodes": cfg.eval.episodes}))
+    status = {s.key: s for s in RunPlan(old_run, cfg).stages}
+    assert status["finetune"].done and status["finetune"].found == "the fine-tuned controller"
+    assert status["evaluate_finetuned"].done
+    # asked for more generations: it goes on from generation 3, and the old evaluation no longer counts
+    plan = RunPlan(old_run, override(cfg, ["finetune.generations=5"]))
+    status = {s.key: s for s in plan.stages}
+    assert not status["finetune"].done and not status["evaluate_finetuned"].done
+    assert "the fine-tune at generation 3 of 5" in plan.resume_line()
+    assert status["finetune"].estimate_s == pytest.approx(status["finetune"].whole_s * 2 / 5)
+    # a fine-tune of another final controller is not this one's
+    save_controller(old_run.controller_finetuned, ccfg, params, generations=3, start="other", train_in="real")
+    assert not {s.key: s for s in RunPlan(old_run, cfg).stages}["finetune"].done

@@ -18,6 +18,7 @@ learn the machine. Each finished stage's wall time is added to ``RUN/stages.json
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -236,11 +237,9 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     f = cfg.finetune
     if f.generations:
         stall = min(eval_len, 300) if f.stall_steps else eval_len
-        out.append(Stage("finetune", f"fine-tune C in the real game for {f.generations} generations",
-                         f.generations * f.popsize * f.rollouts * stall / (2 * CONTROLLER_STEPS_S * workers),
-                         "the fine-tuned controller" if run.controller_finetuned.exists() else None,
-                         run.controller_finetuned.exists()))
-        scored = _scored(run.eval_finetuned_json, run.controller_finetuned, cfg)
+        tuned = _finetune(run, cfg, f.generations * f.popsize * f.rollouts * stall / (2 * CONTROLLER_STEPS_S * workers))
+        out.append(tuned)
+        scored = tuned.done and _scored(run.eval_finetuned_json, run.controller_finetuned, cfg)
         out.append(Stage("evaluate_finetuned", f"evaluate the fine-tuned C in {cfg.eval.episodes} real episodes",
                          eval_cost, None, scored))
     if cfg.eval.probes:
@@ -363,6 +362,38 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
     if step:
         return Stage(f"memory_r{k}", title, estimate, f"M's training at step {step} of {target}")
     return Stage(f"memory_r{k}", title, estimate)
+
+
+def _finetune(run: RunDir, cfg: RunConfig, estimate: float) -> Stage:
+    """The real-game fine-tune: done when ``controller_finetuned.npz`` holds ``finetune.generations``
+    generations from the current final controller (what ``stages.finetune_real`` checks); a fine-tune
+    whose generations grew goes on from its CMA-ES state, at the generation that state reached."""
+    g = cfg.finetune.generations
+    title = f"fine-tune C in the real game for {g} generations"
+    if not run.controller().exists():
+        return Stage("finetune", title, estimate)
+    import numpy as np
+
+    from agents.world_models.stages import file_digest
+
+    start = file_digest(run.controller())
+    done = 0
+    try:
+        if run.controller_finetuned.exists():
+            with np.load(run.controller_finetuned, allow_pickle=False) as z:
+                extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+            if extra.get("start") == start and extra.get("generations") == g:
+                return Stage("finetune", title, estimate, "the fine-tuned controller", True)
+        state = run.cma_finetune(start)
+        if state.exists():
+            with np.load(state, allow_pickle=False) as z:
+                done = min(g, int(z["fitness"].shape[0]))
+    except Exception:  # noqa: BLE001  (a damaged file is named by the stage itself)
+        done = 0
+    if done:
+        return Stage("finetune", title, estimate * max(0.0, 1 - done / g), f"the fine-tune at generation {done} of {g}",
+                     False, estimate)
+    return Stage("finetune", title, estimate)
 
 
 def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool) -> Stage:
