@@ -5,6 +5,7 @@
     python scripts/watch.py runs/car_racing --record drive.mp4   # headless: write a video instead
     python scripts/watch.py runs/car_racing --renderer runs/car_racing/renderer/generator.pt   # sharper dream
     python scripts/watch.py runs/car_racing --sb3 ppo_dream.zip   # a Stable-Baselines3 policy trained in the dream
+    python scripts/watch.py pretrained/car_racing --controller pretrained/car_racing/checkpoints/controller_finetuned.npz
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--renderer", default=None, metavar="PT",
                    help="draw the dream with a trained renderer (scripts/renderer_report.py) instead of V")
+    p.add_argument("--controller", default=None,
+                   help="watch this controller file instead of RUN/checkpoints/controller.npz (e.g. "
+                        "RUN/checkpoints/controller_finetuned.npz, fine-tuned in the real game)")
     add_sb3_arguments(p, "watch")
     args = p.parse_args(argv)
     from agents.watch import has_display
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "SDL_VIDEODRIVER=dummy)")
             res = watch_run(args.run, mode=args.mode or "both", episodes=args.episodes, seed=args.seed,
                             record=args.record, fps=args.fps, max_steps=args.max_steps, renderer=args.renderer,
-                            sb3=args.sb3, sb3_algo=args.sb3_algo, sound=args.sound)
+                            sb3=args.sb3, sb3_algo=args.sb3_algo, sound=args.sound, controller=args.controller)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -27,7 +27,7 @@ def test_a_published_run_plays_as_the_run_did(tmp_path: Path) -> None:
     assert manifest["half_precision"] and manifest["megabytes"] < 40
     files = {p.relative_to(out.root).as_posix() for p in out.root.rglob("*") if p.is_file()}
     assert {"config.json", "eval.json", "published.json", "checkpoints/vae.pt", "checkpoints/mdrnn.pt",
-            "checkpoints/controller.npz"} <= files
+            "checkpoints/controller.npz", "checkpoints/controller_r0.npz", "checkpoints/controller_r1.npz"} <= files
     assert not any(f.startswith(("data/", "latents/")) or f.endswith(".train.pt") or "cma_" in f for f in files)
     state = torch_load(out.vae)
     assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16" for v in state["model"].values())
@@ -38,6 +38,12 @@ def test_a_published_run_plays_as_the_run_did(tmp_path: Path) -> None:
     assert np.allclose(a["returns"], b["returns"], atol=0.5)
     res = watch_run(out, mode="both", episodes=1, max_steps=5, record=str(tmp_path / "w.mp4"))
     assert len(res["real"]) == 1 and (tmp_path / "w.mp4").stat().st_size > 0
+    # resumed (e.g. to fine-tune in the real game), its rounds' controllers are found, not evolved again
+    from agents.world_models import RunConfig
+    from agents.world_models.plan import RunPlan
+
+    status = {s.key: s.done for s in RunPlan(out, RunConfig.load(out)).stages}
+    assert status["evolve_r0"] and status["evolve_r1"] and status["evaluate"]
     # a worse run does not replace it; --force does; the limit is enforced before anything moves
     worse = RunDir(tmp_path / "worse")
     shutil.copytree(OLD_RUN, worse.root)
@@ -108,3 +114,10 @@ def test_the_published_runs_are_watched_and_evaluated_as_shipped(task: str, tmp_
     assert len(res["returns"]) == 1 and np.isfinite(res["returns"][0])
     watched = watch_run(shipped, mode="both", episodes=1, max_steps=5, record=str(tmp_path / "p.mp4"))
     assert len(watched["dream"]) == 1 and (tmp_path / "p.mp4").stat().st_size > 0
+    # both ship their real-game fine-tune, watched with --controller (never with --sb3 at once)
+    tuned = shipped / "checkpoints" / "controller_finetuned.npz"
+    assert json.loads((shipped / "eval_finetuned.json").read_text())["episodes"] == 100
+    watched = watch_run(shipped, mode="real", episodes=1, max_steps=5, controller=tuned, record=str(tmp_path / "t.mp4"))
+    assert len(watched["real"]) == 1 and (tmp_path / "t.mp4").stat().st_size > 0
+    with pytest.raises(ValueError, match="not both"):
+        watch_run(shipped, sb3=tmp_path / "policy.zip", controller=tuned)

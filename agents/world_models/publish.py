@@ -1,5 +1,5 @@
 """Publishing a finished run: the checkpoints a user needs to watch and evaluate it (V, M and its
-members, the final controller, the fine-tuned one if any), its ``config.json``, ``eval.json``,
+members, the final controller, each round's and the fine-tuned one if any), its ``config.json``, ``eval.json``,
 ``report.md``, its figures and videos, without rollout data, latents or training states, in half precision,
 under a size limit. ``pretrained/car_racing`` and ``pretrained/doom_take_cover`` are made this way:
 
@@ -62,7 +62,9 @@ def publish_run(run_dir: str | Path, out_dir: str | Path, limit_mb: float = LIMI
                 continue
             state = torch_load(src)
             atomic_torch_save(_half(state) if half else state, tmp.checkpoints / src.name)
-        for src in (run.controller(), run.controller_finetuned):
+        # every round's controller too: a published folder resumes (``--resume --finetune-real G``)
+        # without evolving its rounds again
+        for src in (run.controller(), run.controller_finetuned, *sorted(run.checkpoints.glob("controller_r*.npz"))):
             if src.is_file():
                 shutil.copy2(src, tmp.checkpoints / src.name)
         for src in (run.config_json, run.eval_json, run.eval_finetuned_json, run.report, run.stages_json,

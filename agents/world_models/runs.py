@@ -72,9 +72,10 @@ def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int
 def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 1, seed: int = 0,
               record: str | None = None, fps: int = 50, max_steps: int | None = None,
               renderer: str | Path | None = None, sb3: str | Path | None = None,
-              sb3_algo: str = "auto", sound: bool = False) -> dict[str, Any]:
-    """Watch a run's controller (see :func:`agents.watch.watch`), or with ``sb3`` a Stable-Baselines3
-    policy trained in its dream, at the run's dream temperature. Returns each pane's returns
+              sb3_algo: str = "auto", sound: bool = False, controller: str | Path | None = None) -> dict[str, Any]:
+    """Watch a run's controller (see :func:`agents.watch.watch`; ``controller``: another controller
+    file of this world model, e.g. ``RUN/checkpoints/controller_finetuned.npz``), or with ``sb3`` a
+    Stable-Baselines3 policy trained in its dream, at the run's dream temperature. Returns each pane's returns
     (``"real"``, ``"dream"``) and ``"max_steps"``: each pane's episode limit."""
     if mode not in ("real", "dream", "both"):
         raise ValueError(f"mode must be real, dream or both, got {mode!r}")
@@ -84,6 +85,8 @@ def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 
         raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
     act = None
     if sb3 is not None:
+        if controller is not None:
+            raise ValueError("pass --controller or --sb3, not both")
         from agents.sb3_policy import check_fits, load_sb3, sb3_act
 
         cfg, wm = load_world_model(run_dir)
@@ -91,7 +94,7 @@ def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 
         check_fits(model, wm, str(sb3))
         ccfg, params, act = None, None, sb3_act(model)
     else:
-        cfg, wm, ccfg, params = load_run(run_dir)
+        cfg, wm, ccfg, params = load_run(run_dir, controller)
     if renderer is not None and not Path(renderer).is_file():
         raise FileNotFoundError(f"no renderer checkpoint at {renderer}; train one with "
                                 f"python scripts/renderer_report.py {run_dir}")
