@@ -121,3 +121,22 @@ def test_the_published_runs_are_watched_and_evaluated_as_shipped(task: str, tmp_
     assert len(watched["real"]) == 1 and (tmp_path / "t.mp4").stat().st_size > 0
     with pytest.raises(ValueError, match="not both"):
         watch_run(shipped, sb3=tmp_path / "policy.zip", controller=tuned)
+
+
+def test_a_published_run_resumes_without_collecting_its_data_again(tmp_path: Path) -> None:
+    from agents.world_models import DreamTrainer, RunConfig, override
+    from agents.world_models.plan import RunPlan
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(OLD_RUN, run.root)
+    out = RunDir(tmp_path / "pub")
+    publish_run(run, out)
+    cfg = override(RunConfig.load(out), ["eval.probes=false", "eval.videos=false", "backend=processes"])
+    plan = RunPlan(out, cfg)
+    assert all(s.done for s in plan.stages) and "collected" in plan.resume_line()
+    result = DreamTrainer(cfg, out, progress=False).learn()  # every round final: nothing to collect or encode
+    assert result["mean"] == json.loads(out.eval_json.read_text())["mean"]
+    assert not out.data.exists() and not out.latents.exists()
+    # a round with work left (a longer last evolution) still needs the data: it is collected as before
+    longer = override(cfg, ["cma.generations=5"])
+    assert not {s.key: s.done for s in RunPlan(out, longer).stages}["collect_r0"]

@@ -200,9 +200,10 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     found = _Found(run)
     out: list[Stage] = []
     frames = 0
+    final = rounds_final(run, cfg)
     for k in range(cfg.rounds):
         eps = c.round_episodes(k)
-        have = sum(str(i) in manifest for i in eps)
+        have = len(eps) if final else sum(str(i) in manifest for i in eps)
         rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
         policy = c.policy if k == 0 else c.later_policy(k)
         per_episode = collect_len / (rate * workers)
@@ -216,7 +217,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             steps = vision_steps(cfg, k) - (vision_steps(cfg, k - 1) if k > 0 else 0)
             out.append(_vision(run, found, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
         out.append(Stage(f"encode_r{k}", f"round {k}: encode the frames to latents",
-                         frames / ENCODE_FRAMES_S / gpu, None, finished or _encoded(found, manifest)))
+                         frames / ENCODE_FRAMES_S / gpu, None, final or finished or _encoded(found, manifest)))
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
         out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
@@ -362,6 +363,24 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
     if step:
         return Stage(f"memory_r{k}", title, estimate, f"M's training at step {step} of {target}")
     return Stage(f"memory_r{k}", title, estimate)
+
+
+def rounds_final(run: RunDir, cfg: RunConfig) -> bool:
+    """Whether every round is finished for good: V, M and each round's controller saved, the last
+    one evolved for as many generations as ``cfg`` asks. Such a run (a published folder, which ships
+    no rollout data, resumed to fine-tune or evaluate) has nothing left that reads its data: it is
+    not collected or encoded again."""
+    last = cfg.rounds - 1
+    if not (run.vae.is_file() and run.mdrnn.is_file() and all(run.controller(k).is_file() for k in range(cfg.rounds))):
+        return False
+    try:
+        import numpy as np
+
+        with np.load(run.controller(last), allow_pickle=False) as z:
+            extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
+    except Exception:  # noqa: BLE001  (a damaged controller is named by the evolution stage)
+        return False
+    return extra.get("generations") == cfg.round_generations(last)
 
 
 def _finetune(run: RunDir, cfg: RunConfig, estimate: float) -> Stage:

@@ -32,7 +32,7 @@ from agents.pool import check_backend
 from agents.probes import probe_fidelity
 from agents.world_models import stages
 from agents.world_models.config import RunConfig
-from agents.world_models.plan import RunPlan
+from agents.world_models.plan import RunPlan, rounds_final
 from agents.world_models.report import write_report
 from agents.world_models.resume import check_checkpoints, check_resumable
 from worldlab.io import atomic_write_bytes
@@ -105,6 +105,25 @@ class DreamTrainer:
                                                     progress=self.progress)
         return WorldModel.from_models(vae, mdrnn, task=c.task, run=run, members=members).to(c.device)
 
+    def _finished_rounds(self) -> tuple[WorldModel, np.ndarray] | None:
+        """The world model and the last round's controller when every round is finished for good
+        (:func:`~agents.world_models.plan.rounds_final`, and the last controller was evolved for
+        this config in this M's dream); None when any round has work left (the rounds run as usual,
+        and say what is wrong)."""
+        c, run = self.cfg, self.run
+        if not rounds_final(run, c):
+            return None
+        from agents.controller import load_controller
+
+        try:
+            wm = WorldModel.load(run, device=c.device)
+            saved_cfg, params, extra = load_controller(run.controller(c.rounds - 1))
+        except (OSError, ValueError):
+            return None
+        if saved_cfg != stages.controller_config(c, wm) or extra.get("mdrnn_id") not in (None, wm.mdrnn.meta.get("id")):
+            return None
+        return wm, params
+
     def learn(self) -> dict[str, Any]:
         """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""
         c, run = self.cfg, self.run
@@ -118,7 +137,10 @@ class DreamTrainer:
             resumed = f"resuming {run}: no stage had finished; {plan.start_line()}"
         stages.say(resumed or plan.start_line())
         try:
-            for k in range(c.rounds):
+            finished = self._finished_rounds()
+            if finished is not None:  # nothing left reads the rollout data: it is not collected again
+                wm, params = finished
+            for k in range(c.rounds if finished is None else 0):
                 self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
                 with plan.stage(f"collect_r{k}"):
                     stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
