@@ -203,13 +203,15 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     final = rounds_final(run, cfg)
     for k in range(cfg.rounds):
         eps = c.round_episodes(k)
-        have = len(eps) if final else sum(str(i) in manifest for i in eps)
+        found_eps = sum(str(i) in manifest for i in eps)
+        have = len(eps) if final else found_eps  # a final round does not need its data
         rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
         policy = c.policy if k == 0 else c.later_policy(k)
         per_episode = collect_len / (rate * workers)
         out.append(Stage(f"collect_r{k}", f"round {k}: collect {len(eps)} real episodes ({policy})",
                          (len(eps) - have) * per_episode,
-                         f"round {k}'s {have} of {len(eps)} episodes collected" if have else None, have == len(eps),
+                         f"round {k}'s {found_eps} of {len(eps)} episodes collected" if found_eps else None,
+                         have == len(eps),
                          len(eps) * per_episode))
         frames += len(eps) * collect_len
         finished = run.controller(k).exists()  # a round whose C was evolved: its V, latents and M were done
