@@ -18,7 +18,6 @@ learn the machine. Each finished stage's wall time is added to ``RUN/stages.json
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -375,14 +374,32 @@ def rounds_final(run: RunDir, cfg: RunConfig) -> bool:
     last = cfg.rounds - 1
     if not (run.vae.is_file() and run.mdrnn.is_file() and all(run.controller(k).is_file() for k in range(cfg.rounds))):
         return False
+    extra = _controller_extra(run.controller(last))
+    return extra is not None and extra.get("generations") == cfg.round_generations(last)
+
+
+def _controller_extra(path: Any) -> dict[str, Any] | None:
+    """A controller file's ``extra`` (``load_controller``'s); None when it is damaged (the stage that
+    reads it names the fault)."""
+    from agents.controller import load_controller
+
+    try:
+        return load_controller(path)[2]
+    except (OSError, ValueError):
+        return None
+
+
+def _generations_in(state: Any, most: int) -> int:
+    """How many generations (at most ``most``) a CMA-ES state file holds; 0 when absent or damaged."""
+    if not state.exists():
+        return 0
     try:
         import numpy as np
 
-        with np.load(run.controller(last), allow_pickle=False) as z:
-            extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
-    except Exception:  # noqa: BLE001  (a damaged controller is named by the evolution stage)
-        return False
-    return extra.get("generations") == cfg.round_generations(last)
+        with np.load(state, allow_pickle=False) as z:
+            return min(most, int(z["fitness"].shape[0]))
+    except Exception:  # noqa: BLE001  (the evolution names a damaged state when it reads it)
+        return 0
 
 
 def _finetune(run: RunDir, cfg: RunConfig, estimate: float) -> Stage:
@@ -393,24 +410,14 @@ def _finetune(run: RunDir, cfg: RunConfig, estimate: float) -> Stage:
     title = f"fine-tune C in the real game for {g} generations"
     if not run.controller().exists():
         return Stage("finetune", title, estimate)
-    import numpy as np
-
     from agents.world_models.stages import file_digest
 
     start = file_digest(run.controller())
-    done = 0
-    try:
-        if run.controller_finetuned.exists():
-            with np.load(run.controller_finetuned, allow_pickle=False) as z:
-                extra = json.loads(str(z["extra"])) if "extra" in z.files else {}
-            if extra.get("start") == start and extra.get("generations") == g:
-                return Stage("finetune", title, estimate, "the fine-tuned controller", True)
-        state = run.cma_finetune(start)
-        if state.exists():
-            with np.load(state, allow_pickle=False) as z:
-                done = min(g, int(z["fitness"].shape[0]))
-    except Exception:  # noqa: BLE001  (a damaged file is named by the stage itself)
-        done = 0
+    if run.controller_finetuned.exists():
+        extra = _controller_extra(run.controller_finetuned) or {}
+        if extra.get("start") == start and extra.get("generations") == g:
+            return Stage("finetune", title, estimate, "the fine-tuned controller", True)
+    done = _generations_in(run.cma_finetune(start), g)
     if done:
         return Stage("finetune", title, estimate * max(0.0, 1 - done / g), f"the fine-tune at generation {done} of {g}",
                      False, estimate)
@@ -423,17 +430,7 @@ def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
     title += f", {searches} searches" if searches > 1 else ""
     if finished:
         return Stage(f"evolve_r{k}", title, estimate, f"round {k}'s C evolved", True)
-    done = 0  # generations done over all the searches
-    for j in range(searches):
-        state = run.cma_state(k, j)
-        if state.exists():
-            try:
-                import numpy as np
-
-                with np.load(state, allow_pickle=False) as z:
-                    done += min(g, int(z["fitness"].shape[0]))
-            except Exception:  # noqa: BLE001
-                pass
+    done = sum(_generations_in(run.cma_state(k, j), g) for j in range(searches))  # over all the searches
     if done:
         where = f"C at generation {done} of {g}" if searches == 1 else f"C at generation {done} of {g * searches} " \
                                                                         f"({searches} searches)"

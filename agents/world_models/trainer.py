@@ -124,30 +124,32 @@ class DreamTrainer:
             return None
         return wm, params
 
+    def _rounds(self, plan: RunPlan) -> tuple[WorldModel, np.ndarray]:
+        """Every round's collection, V, M and evolution (each skipped where finished); the last
+        round's world model and controller."""
+        c, run = self.cfg, self.run
+        for k in range(c.rounds):
+            self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
+            with plan.stage(f"collect_r{k}"):
+                stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
+            wm = self.world_model(k)
+            with plan.stage(f"evolve_r{k}"):
+                params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
+        return wm, params
+
     def learn(self) -> dict[str, Any]:
         """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""
         c, run = self.cfg, self.run
         torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
-        wm: WorldModel | None = None
-        params: np.ndarray | None = None
         plan = self.plan = RunPlan(run, c, say=stages.say)
         resumed = plan.resume_line()
         if resumed is None and self.resuming:
             resumed = f"resuming {run}: no stage had finished; {plan.start_line()}"
         stages.say(resumed or plan.start_line())
         try:
-            finished = self._finished_rounds()
-            if finished is not None:  # nothing left reads the rollout data: it is not collected again
-                wm, params = finished
-            for k in range(c.rounds if finished is None else 0):
-                self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
-                with plan.stage(f"collect_r{k}"):
-                    stages.collect_rollouts(run, c, k, address=self.address, progress=self.progress)
-                wm = self.world_model(k)
-                with plan.stage(f"evolve_r{k}"):
-                    params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
-            assert wm is not None and params is not None
+            # a run whose rounds are all final skips them: nothing left reads the rollout data
+            wm, params = self._finished_rounds() or self._rounds(plan)
             last = run.controller(c.rounds - 1)
             if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(last):
                 atomic_write_bytes(run.controller(), last.read_bytes())
