@@ -140,3 +140,8 @@ def test_a_published_run_resumes_without_collecting_its_data_again(tmp_path: Pat
     # a round with work left (a longer last evolution) still needs the data: it is collected as before
     longer = override(cfg, ["cma.generations=5"])
     assert not {s.key: s.done for s in RunPlan(out, longer).stages}["collect_r0"]
+    # the run it came from has its data: its rounds are not skipped, so its collection still checks
+    # (and repairs) every shard
+    from agents.world_models.plan import rounds_final
+
+    assert rounds_final(out, cfg) and not rounds_final(run, override(RunConfig.load(run), ["backend=processes"]))

@@ -367,12 +367,15 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
 
 
 def rounds_final(run: RunDir, cfg: RunConfig) -> bool:
-    """Whether every round is finished for good: V, M and each round's controller saved, the last
-    one evolved for as many generations as ``cfg`` asks. Such a run (a published folder, which ships
-    no rollout data, resumed to fine-tune or evaluate) has nothing left that reads its data: it is
-    not collected or encoded again."""
+    """Whether every round is finished for good in a folder without rollout data (a published one,
+    resumed to fine-tune or evaluate): V, M and each round's controller saved, the last one evolved
+    for as many generations as ``cfg`` asks, and no data manifest or shard. Nothing left reads the
+    data, so it is not collected or encoded again. A folder that has data goes through the rounds as
+    usual, whose collection checks every shard and repairs a damaged one."""
     last = cfg.rounds - 1
     if not (run.vae.is_file() and run.mdrnn.is_file() and all(run.controller(k).is_file() for k in range(cfg.rounds))):
+        return False
+    if run.data_manifest.exists() or (run.data.is_dir() and any(run.data.glob("ep_*.npz"))):
         return False
     extra = _controller_extra(run.controller(last))
     return extra is not None and extra.get("generations") == cfg.round_generations(last)
