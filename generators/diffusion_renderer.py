@@ -44,6 +44,7 @@ from generators.diffusion import UNet
 from generators.nets import alpha_sigma, ddim_update, distill_times, distill_v_target, v_noisy
 from generators.registry import Family, register
 from generators.renderer import VRenderer, VRendererConfig, _PatchD, defaults_for_data, pix2pix_step
+from worldlab.vae import salience_weights
 
 
 @dataclass
@@ -69,8 +70,18 @@ class DiffusionRendererConfig(VRendererConfig):
     fine grain a few-step sampler lays over flat surfaces), at 0 a deterministic DDIM from zero
     noise. Set at drawing time; training does not depend on it."""
 
+    salience: float = 0.0
+    """weight the diffusion loss (and distillation's) per pixel by the real frame's salience, as
+    V's ``vae.salience`` weights V's loss (:func:`worldlab.vae.salience_weights`): ``1 + salience *
+    d / mean(d)`` renormalised to a mean of 1, ``d`` = how far each pixel is from the batch's median
+    frame. The few pixels that differ from the static room (Doom's monsters and fireballs) then
+    count as much as the floor and ceiling, where a uniform loss spends the model on grain. 0: a
+    uniform loss."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.salience, bool) or not isinstance(self.salience, int | float) or self.salience < 0:
+            raise ValueError(f"salience must be a number >= 0, got {self.salience!r}; pass salience=0 for a uniform loss")
         self.widths = tuple(int(w) for w in self.widths)
         if not self.widths or min(self.widths) < 1 or self.block_depth < 1 or self.steps < 1:
             raise ValueError("widths, block_depth and steps must be >= 1")
@@ -139,13 +150,22 @@ class DiffusionRenderer(VRenderer):
                 self.adapted.fill_(True)
         return res / self._scale(), base, z
 
+    def _mse(self, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The squared error of ``pred`` to ``target``, per pixel weighted by the salience of the real
+        frames ``x`` in [-1, 1] (``config.salience``; plain mean at 0)."""
+        if not self.config.salience:
+            return F.mse_loss(pred, target)
+        w = salience_weights((x.float() + 1.0) / 2.0, float(self.config.salience))  # (B, 1, H, W), mean 1
+        return (w * (pred - target).pow(2)).mean()
+
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """v-prediction's squared error on the scaled residual at a uniform time."""
+        """v-prediction's squared error on the scaled residual at a uniform time (salience-weighted
+        per pixel with ``config.salience``)."""
         x, _ = unpack(batch)
         r, base, z = self._pairs(x)
         t = torch.rand(len(r), device=r.device)
         rt, target = v_noisy(r, torch.randn_like(r), t)
-        return {"loss": F.mse_loss(self.v(rt, t, base, self.z_proj(z)), target)}
+        return {"loss": self._mse(self.v(rt, t, base, self.z_proj(z)), target, x)}
 
     def distill(self, frames: Any, rounds: int, steps_per_round: int = 400, batch_size: int = 32,
                 lr: float = 2e-4, seed: int = 0, progress: Any = None) -> list[float]:
@@ -175,7 +195,7 @@ class DiffusionRenderer(VRenderer):
                     zc_t = teacher.z_proj(z)
                     target = teacher.ddim_step(teacher.ddim_step(rt, t, t_mid, base, zc_t), t_mid, t_next, base, zc_t)
                     v_target = distill_v_target(rt, target, t, t_next)
-                loss = F.mse_loss(self.v(rt, t, base, self.z_proj(z)), v_target)
+                loss = self._mse(self.v(rt, t, base, self.z_proj(z)), v_target, x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

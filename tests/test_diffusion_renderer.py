@@ -128,3 +128,38 @@ def test_sharpening_fits_the_frames_it_draws_and_keeps_v_frozen(tiny_v: Path, bl
     assert all(torch.equal(t, m.state_dict()[k]) for k, t in v_state.items())  # V's networks are frozen
     with pytest.raises(ValueError, match="steps >= 1"):
         m.sharpen(x, steps=0)
+
+
+def test_salience_weights_the_pixels_that_differ_from_the_room(tiny_v: Path) -> None:
+    """salience s: an error on the pixels where a frame differs from the batch's median (a monster)
+    costs more than the same error on the static room, by the weights V's vae.salience uses; s = 0
+    is the plain mean."""
+    room = torch.full((8, 3, 64, 64), -0.5)
+    room[:4, :, 20:28, 30:38] = 0.8  # a "monster" in half the frames
+    on, off = torch.zeros_like(room), torch.zeros_like(room)
+    on[:4, :, 20:28, 30:38] = 0.1  # the same error, on the monster or on the floor
+    off[:4, :, 50:58, 30:38] = 0.1
+    plain, weighted = make(tiny_v), make(tiny_v, salience=4.0)
+    target = torch.zeros_like(room)
+    assert plain._mse(on, target, room) == plain._mse(off, target, room)
+    assert weighted._mse(on, target, room) > 3 * weighted._mse(off, target, room)
+    assert torch.allclose(weighted._mse(torch.full_like(room, 0.1), target, room), torch.tensor(0.01))  # mean weight 1
+    for bad in (-1.0, True):
+        with pytest.raises(ValueError, match="salience must be a number >= 0"):
+            make(tiny_v, salience=bad)
+
+
+def test_salience_weighted_training_lowers_the_loss(tiny_v: Path, blocky_frames) -> None:
+    m = make(tiny_v, salience=4.0)
+    x = blocky_frames(64)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for i in range(60):
+        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(v == v for v in losses) and sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10
+    losses = m.distill(x, rounds=1, steps_per_round=20, batch_size=8, lr=2e-3)  # distillation weighs alike
+    assert m.config.steps == 4 and losses[0] == losses[0]
