@@ -45,7 +45,7 @@ import generators  # noqa: E402
 from generators import images, metrics  # noqa: E402
 from generators.data import GenData  # noqa: E402
 from generators.diffusion_renderer import DiffusionRenderer  # noqa: E402
-from generators.renderer import VRenderer, sharpness  # noqa: E402
+from generators.renderer import VRenderer, sharpness, vae_checkpoint_path  # noqa: E402
 from generators.train import FitConfig, continued_from, suggested_threads  # noqa: E402
 from worldlab.io import atomic_write_json, write_doc_section  # noqa: E402
 from worldlab.rundir import RunDir  # noqa: E402
@@ -133,13 +133,14 @@ def unsharp_amount(frames: torch.Tensor, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData
+def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData, judge: ConvVAE | None = None
             ) -> tuple[dict[str, Any], torch.Tensor, dict[str, torch.Tensor]]:
     """Each of ``renderers`` (name -> z (B, Z) -> frames in [0, 1]), V's decoder and the baseline
     ``unsharp_v`` (V's frame through an unsharp mask, its amount set so that it is as sharp as
     ``UNSHARP_TARGET`` of the real frames: what a fixed filter does) on ``test``'s posterior means:
     L1, MSE, sharpness against the real frames', Fréchet distance in V's latents, the per-frame
-    figures (:func:`per_frame`)."""
+    figures (:func:`per_frame`); with ``judge`` (another V), the Fréchet distance in its latents too
+    (``frechet_judge``): a yardstick that does not move with the V being drawn for."""
     x01 = test.x.float() / 255.0  # (N, 3, 64, 64) in [0, 1]
     mu = vae.encode_mean(test.x)
     v_frames = draw_all(vae.decode, mu)
@@ -152,7 +153,13 @@ def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData
         with torch.no_grad():
             return metrics.batched(lambda b: vae.encode(b)[0], x01_, 256).numpy()
 
+    def judged(x01_: torch.Tensor) -> np.ndarray:
+        assert judge is not None
+        with torch.no_grad():
+            return metrics.batched(lambda b: judge.encode(b)[0], x01_, 256).numpy()
+
     f_real = feats(x01)
+    j_real = judged(x01) if judge is not None else None
     res: dict[str, Any] = {"frames": len(test), "real_sharpness": real_sharp}
     for name, y in drawn.items():
         f_y = feats(y)
@@ -160,6 +167,8 @@ def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData
                      "sharpness_vs_real": sharpness(y) / real_sharp,
                      "frechet_v_latent": metrics.frechet_distance(f_y, f_real),
                      **per_frame(y, x01, None if name == "v_decoder" else drawn["v_decoder"], f_y, f_real)}
+        if j_real is not None:
+            res[name]["frechet_judge"] = metrics.frechet_distance(judged(y), j_real)
     res["unsharp_v"]["amount"] = amount
     return res, x01, drawn
 
@@ -293,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="renderer run folder (default RUN/renderer, or RUN/diffusion_renderer "
                                                "for the diffusion renderer; RUN/renderer/stylegan for StyleGAN's)")
     p.add_argument("--doc", default=None, help="write the figures as Markdown here (e.g. docs/RENDERER.md)")
+    p.add_argument("--judge-vae", default=None, metavar="V",
+                   help="also measure the Fréchet distance in another V's latents (a vae.pt or a run folder): "
+                        "a yardstick that does not change with the V the renderer draws for")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -319,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --target-sharpness S picks the distilled diffusion renderer's start noise: it needs "
               "--family diffusion_renderer, --distill-rounds >= 1, 0 < S <= 3 and no --temperature", file=sys.stderr)
         return 2
+    judge = None
+    if args.judge_vae:
+        try:
+            judge = ConvVAE.load(vae_checkpoint_path(args.judge_vae)).eval()
+        except (OSError, ValueError) as e:
+            print(f"error: --judge-vae {args.judge_vae}: {e}", file=sys.stderr)
+            return 2
     try:
         overrides = family_overrides(args.family, args.overrides)
     except ValueError as e:
@@ -398,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             sharpen_s = time.time() - t1
         renderers["sharpened"] = sharp.eval()
     t_measure = time.time()
-    res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test)
+    res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test, judge)
     zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
     amount = res["unsharp_v"]["amount"]
     fps = frames_per_s({"v_decoder": vae.decode, "unsharp_v": lambda z: unsharp(vae.decode(z), amount),
@@ -434,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += f" --preset {args.preset}"
     if args.overrides:
         cmd += " --set " + " ".join(args.overrides)
+    if args.judge_vae:
+        cmd += f" --judge-vae {args.judge_vae}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
                seconds=(train_s + distill_s + sharpen_s + time.time() - t_measure) if resumed
@@ -443,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                distill_seconds=distill_s, sharpen_steps=args.sharpen_steps, sharpen_seconds=sharpen_s,
                drawers=list(renderers), shown=shown, final=final_name, temperature_pick=pick,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
-               machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd)
+               machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd,
+               judge_vae=args.judge_vae)
     atomic_write_json(out.root / "report.json", res)
     print(json.dumps({k_: v for k_, v in res.items() if k_ in ("v_decoder", "unsharp_v", *renderers, "real_sharpness")},
                      indent=2))
@@ -602,18 +624,23 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
     u = r.get("unsharp_v")
     if u:
         names["unsharp_v"] = unsharp_name(u)
+    judged = bool(r.get("judge_vae")) and "frechet_judge" in r["v_decoder"]
     rows = []
     for k in ("v_decoder", *(["unsharp_v"] if u else []), *r["drawers"]):
         m = r[k]
         evals = 1 if k in ("v_decoder", "unsharp_v") else m["sampling_steps"]
         rows.append(f"| {names[k]} | {evals} | {m['l1']:.4f} | {m['mse']:.4f} | {m['sharpness_vs_real']:.2f} | "
-                    f"{m['frechet_v_latent']:.3f} | {_fig(m, 'latent_error')} | "
+                    f"{m['frechet_v_latent']:.3f} | " + (f"{m['frechet_judge']:.3f} | " if judged else "")
+                    + f"{_fig(m, 'latent_error')} | "
                     + ("| " if k == "v_decoder" else f"{_fig(m, 'detail_own')} / {_fig(m, 'detail_other')} | ")
                     + f"{m['frames_per_s_1_core']:,.0f} |")
     final = r[final_name]
     checks = [("frames/s on one core >= 15", final["frames_per_s_1_core"] >= 15),
               ("sharpness >= 0.8 of real frames'", final["sharpness_vs_real"] >= 0.8),
               ("Fréchet distance <= 0.15", final["frechet_v_latent"] <= 0.15)]
+    if judged:
+        checks.append((f"Fréchet distance <= 0.15 in the judge V's latents (`{r['judge_vae']}`)",
+                       final["frechet_judge"] <= 0.15))
     return [
         "## The diffusion renderer (`generators.diffusion_renderer`)", "",
         "A z-conditioned diffusion model of the detail V's decoder leaves out: V's frame `V_decoder(z)` is "
@@ -640,8 +667,9 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
         "rounds of 30 frames, in one process." + pick_words(r.get("temperature_pick")), "",
         "| drawn by | network evaluations | L1 to the real frame | MSE | sharpness / real frames' | Fréchet distance "
-        "in V's latent space | V's latent error per frame | detail, own frame / another | frames/s, 1 core |",
-        "|---|---|---|---|---|---|---|---|---|", *rows, "", PER_FRAME_WORDS, "",
+        "in V's latent space | " + (f"Fréchet distance in the judge V's (`{r['judge_vae']}`) | " if judged else "")
+        + "V's latent error per frame | detail, own frame / another | frames/s, 1 core |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if judged else ""), *rows, "", PER_FRAME_WORDS, "",
         "Issue 17's targets for the renderer as the dream draws it: "
         + "; ".join(f"{what}: **{'met' if ok else 'not met'}**" for what, ok in checks) + "."
         + (f" The lab's own line beside them, since a fixed filter meets the sharpness line and all three can be "

@@ -157,8 +157,11 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
         "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
         "--distill-steps", "2", "--sharpen-steps", "2", "--temperature", "0.5", "--temperatures", "1",
-        "--out", str(rend), "--doc", str(doc), "--no-progress")
+        "--judge-vae", str(out), "--out", str(rend), "--doc", str(doc), "--no-progress")
     res = json.loads((rend / "report.json").read_text())
+    # the judge is the run's own V here: its Fréchet distances are the V-latent ones, bit for bit
+    assert all(res[w]["frechet_judge"] == res[w]["frechet_v_latent"] for w in ("v_decoder", "unsharp_v", *res["drawers"]))
+    assert f"Fréchet distance in the judge V's (`{out}`)" in doc.read_text() and f"--judge-vae {out}" in res["command"]
     assert res["drawers"] == ["teacher", "distilled", "distilled_t1", "sharpened"] and res["final"] == "sharpened"
     assert res["temperatures"] == {"teacher": 1.0, "distilled": 0.5, "distilled_t1": 1.0, "sharpened": 0.5}
     assert res["teacher"]["sampling_steps"] == 4 and res["distilled"]["sampling_steps"] == 1
@@ -176,6 +179,9 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     assert "sharpening" in text and "adversarial diffusion distillation" in text
     r = run("renderer_report.py", str(out), "--sharpen-steps", "3", check=False)
     assert r.returncode == 2 and "needs --family diffusion_renderer" in r.stderr
+    r = run("renderer_report.py", str(out), "--judge-vae", str(tmp_path / "nowhere"), check=False)
+    assert r.returncode == 2 and "--judge-vae" in r.stderr and "no V checkpoint at" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     video = tmp_path / "d.mp4"
     run("watch.py", str(out), "--record", str(video), "--max-steps", "6", "--renderer", str(rend / "sharpened.pt"))
     cap = cv2.VideoCapture(str(video))
