@@ -513,7 +513,7 @@ def unsharp_name(u: dict[str, Any]) -> str:
 
 
 PER_FRAME_WORDS = (
-    "The last two columns are per frame, where the others judge the frames as a crowd: V's latent error is "
+    "V's latent error and the detail columns are per frame, where the others judge the frames as a crowd: V's latent error is "
     "`|mu(drawn) - mu(real)|^2` of each frame as a fraction of that between two different real frames; the "
     "detail columns correlate, in 4 x 4 blocks, what the renderer adds to V's frame with what the real frame "
     "has that V's frame lacks, each frame's own part only (the mean over all frames removed), against its own "
@@ -591,11 +591,16 @@ def what_it_shows(g: dict[str, float], v: dict[str, float], steps: int, u: dict[
                 f"better than a fixed filter's. {detail} V's frame through an unsharp mask scores "
                 f"{u['detail_own']:.2f}. Sharper, not truer: much of what it draws is texture or shapes that `z` "
                 "does not place (the pictures below); watch the strips before drawing the dream with it.")
-    return (f"**What it shows.** {sharp}; its L1 to the frame is {'higher' if g['l1'] > v['l1'] else 'lower'} "
-            f"({g['l1']:.4f} vs {v['l1']:.4f}) and its Fréchet distance "
-            f"{'higher' if g['frechet_v_latent'] > v['frechet_v_latent'] else 'lower'} "
-            f"({g['frechet_v_latent']:.2f} vs {v['frechet_v_latent']:.2f}): sharp detail in slightly wrong places "
-            "costs more in these pixel and V-feature distances than blur does. " + (f"{detail} " if detail else "")
+    l1_up, fd_up = g["l1"] > v["l1"], g["frechet_v_latent"] > v["frechet_v_latent"]
+    why = {(True, True): "sharp detail in slightly wrong places costs more in these pixel and V-feature distances "
+                         "than blur does",
+           (True, False): "the pixel distance prefers the blur (sharp detail a little off costs more per pixel than "
+                          "blur does), V's features prefer the renderer's frames",
+           (False, True): "nearer the frames per pixel, farther in V's features",
+           (False, False): "nearer the real frames than V's own decoding, per pixel and in V's features"}[(l1_up, fd_up)]
+    return (f"**What it shows.** {sharp}; its L1 to the frame is {'higher' if l1_up else 'lower'} "
+            f"({g['l1']:.4f} vs {v['l1']:.4f}) and its Fréchet distance {'higher' if fd_up else 'lower'} "
+            f"({g['frechet_v_latent']:.2f} vs {v['frechet_v_latent']:.2f}): {why}. " + (f"{detail} " if detail else "")
             + "Watch the strips: where V smears the small objects of a scene (Doom's monsters and fireballs) into "
             "the wall, a renderer that has learned them draws them as objects; grain over flat floors and ceilings "
             "counts as sharpness too, and no figure above tells the two apart. It "
