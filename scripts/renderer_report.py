@@ -149,26 +149,21 @@ def measure(renderers: dict[str, Any], vae: ConvVAE, test: GenData, judge: ConvV
     drawn = {"v_decoder": v_frames, "unsharp_v": unsharp(v_frames, amount),
              **{k: draw_all(fn, mu) for k, fn in renderers.items()}}
 
-    def feats(x01_: torch.Tensor) -> np.ndarray:
+    def feats(v: ConvVAE, x01_: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return metrics.batched(lambda b: vae.encode(b)[0], x01_, 256).numpy()
+            return metrics.batched(lambda b: v.encode(b)[0], x01_, 256).numpy()
 
-    def judged(x01_: torch.Tensor) -> np.ndarray:
-        assert judge is not None
-        with torch.no_grad():
-            return metrics.batched(lambda b: judge.encode(b)[0], x01_, 256).numpy()
-
-    f_real = feats(x01)
-    j_real = judged(x01) if judge is not None else None
+    f_real = feats(vae, x01)
+    j_real = feats(judge, x01) if judge is not None else None
     res: dict[str, Any] = {"frames": len(test), "real_sharpness": real_sharp}
     for name, y in drawn.items():
-        f_y = feats(y)
+        f_y = feats(vae, y)
         res[name] = {"l1": float((y - x01).abs().mean()), "mse": float((y - x01).pow(2).mean()),
                      "sharpness_vs_real": sharpness(y) / real_sharp,
                      "frechet_v_latent": metrics.frechet_distance(f_y, f_real),
                      **per_frame(y, x01, None if name == "v_decoder" else drawn["v_decoder"], f_y, f_real)}
-        if j_real is not None:
-            res[name]["frechet_judge"] = metrics.frechet_distance(judged(y), j_real)
+        if judge is not None:
+            res[name]["frechet_judge"] = metrics.frechet_distance(feats(judge, y), j_real)
     res["unsharp_v"]["amount"] = amount
     return res, x01, drawn
 

@@ -20,6 +20,19 @@ def make(tiny_v: Path, **kw) -> DiffusionRenderer:
     return m
 
 
+def train(m: DiffusionRenderer, x: torch.Tensor, steps: int) -> list[float]:
+    """``steps`` Adam updates of ``m``'s loss on batches of 8 of ``x`` (64 frames) in turn; the losses."""
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for i in range(steps):
+        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_distillation_target_is_the_teachers_two_steps_in_one() -> None:
     """The v of distill_v_target, taken as one DDIM step, lands on the teacher's two-step result."""
     g = torch.Generator().manual_seed(0)
@@ -70,14 +83,7 @@ def test_the_start_noise_temperature_scales_the_residual(tiny_v: Path) -> None:
 def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path, blocky_frames) -> None:
     m = make(tiny_v)
     x = blocky_frames(64)
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
-    losses = []
-    for i in range(60):
-        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train(m, x, 60)
     assert bool(m.adapted) and (m.res_std > 1e-3).all() and (m.res_std < 2).all()
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10  # from ~1 (v has unit variance)
     assert all(not p.requires_grad for p in [*m.decoder.parameters(), *m.encoder.parameters()])  # V stays V's
@@ -86,12 +92,7 @@ def test_training_lowers_the_loss_and_adapts_the_residual_scale(tiny_v: Path, bl
 def test_distilled_one_step_follows_the_teachers_two(tiny_v: Path, tmp_path: Path, blocky_frames) -> None:
     m = make(tiny_v, steps=2)
     x = blocky_frames(64)
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
-    for i in range(30):
-        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train(m, x, 30)
     m.eval()
     z = m.encode(blocky_frames(8, seed=3))[0]
     with torch.no_grad():
@@ -152,14 +153,7 @@ def test_salience_weights_the_pixels_that_differ_from_the_room(tiny_v: Path) -> 
 def test_salience_weighted_training_lowers_the_loss(tiny_v: Path, blocky_frames) -> None:
     m = make(tiny_v, salience=4.0)
     x = blocky_frames(64)
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=2e-3)
-    losses = []
-    for i in range(60):
-        loss = m.loss(x[(i * 8) % 64:(i * 8) % 64 + 8])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train(m, x, 60)
     assert all(v == v for v in losses) and sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10
     losses = m.distill(x, rounds=1, steps_per_round=20, batch_size=8, lr=2e-3)  # distillation weighs alike
     assert m.config.steps == 4 and losses[0] == losses[0]
