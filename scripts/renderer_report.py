@@ -284,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sharpen-steps", type=int, default=0,
                    help="diffusion_renderer: then fine-tune the distilled sampler this many steps with a patch "
                         "discriminator and L1 to the real frame (OUT/sharpened.pt, the renderer the dream draws with)")
+    p.add_argument("--sharpen-adv-weight", type=float, default=1.0, metavar="W",
+                   help="diffusion_renderer: the discriminator's weight in the fine-tune (0: L1 to the real frame only, "
+                        "the ablation)")
+    p.add_argument("--sharpen-seed", type=int, default=0, help="diffusion_renderer: the fine-tune's seed (D, batches)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="diffusion_renderer: the start noise's scale the distilled renderer is saved with and the "
                         "dream draws with (default 1; below 1: less grain)")
@@ -316,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sharpen_steps < 0 or (args.sharpen_steps and not diffusion):
         print("error: --sharpen-steps must be >= 0 and needs --family diffusion_renderer", file=sys.stderr)
+        return 2
+    if args.sharpen_adv_weight < 0 or ((args.sharpen_adv_weight != 1.0 or args.sharpen_seed) and not args.sharpen_steps):
+        print("error: --sharpen-adv-weight (>= 0) and --sharpen-seed set the fine-tune: they need --sharpen-steps N",
+              file=sys.stderr)
         return 2
     if diffusion and not all(0.0 <= t <= 1.5 for t in (args.temperature, *args.temperatures)):
         print("error: --temperature and --temperatures must be in [0, 1.5] (the start noise's scale)", file=sys.stderr)
@@ -396,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sharpen_steps:
         base_name = "distilled" if "distilled" in renderers else "renderer"
         same_sharpen = (same_distill or not args.distill_rounds) and prev.get("sharpen_steps") == args.sharpen_steps \
+            and (prev.get("sharpen_adv_weight", 1.0), prev.get("sharpen_seed", 0)) == (args.sharpen_adv_weight,
+                                                                                     args.sharpen_seed) \
             and prev.get("temperatures", {}).get(base_name) == temperature
         if out.sharpened.exists() and same_sharpen:  # a rerun keeps the sharpened model (and the time it took)
             sharp = generators.load(out.sharpened)
@@ -405,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             sharp = copy.deepcopy(renderers[base_name])
             assert isinstance(sharp, DiffusionRenderer)
             sharp.config.temperature = temperature
-            sharp.sharpen(train, args.sharpen_steps, args.batch_size, seed=0,
+            sharp.sharpen(train, args.sharpen_steps, args.batch_size, adv_weight=args.sharpen_adv_weight,
+                          seed=args.sharpen_seed,
                           progress=(lambda i, l1, d: print(f"sharpen: step {i}, L1 {l1:.4f}, D loss {d:.3f}",
                                                            flush=True)) if args.progress else None)
             sharp.save(out.sharpened)
@@ -436,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.distill_rounds} --distill-steps {args.distill_steps}")
         if args.sharpen_steps:
             cmd += f" --sharpen-steps {args.sharpen_steps}"
+            if args.sharpen_adv_weight != 1.0:
+                cmd += f" --sharpen-adv-weight {args.sharpen_adv_weight:g}"
+            if args.sharpen_seed:
+                cmd += f" --sharpen-seed {args.sharpen_seed}"
         if args.target_sharpness is not None:
             cmd += f" --target-sharpness {args.target_sharpness:g}"
         elif args.temperature != 1.0:
@@ -450,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += " --set " + " ".join(args.overrides)
     if args.judge_vae:
         cmd += f" --judge-vae {args.judge_vae}"
+    if args.out:
+        cmd += f" --out {args.out}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
                batch_size=args.batch_size, train_seconds=train_s, measure_seconds=time.time() - t_measure,
                seconds=(train_s + distill_s + sharpen_s + time.time() - t_measure) if resumed
@@ -457,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                resumed=resumed, extended_from=extended,
                distill_rounds=args.distill_rounds, distill_steps=args.distill_steps,
                distill_seconds=distill_s, sharpen_steps=args.sharpen_steps, sharpen_seconds=sharpen_s,
+               sharpen_adv_weight=args.sharpen_adv_weight, sharpen_seed=args.sharpen_seed,
                drawers=list(renderers), shown=shown, final=final_name, temperature_pick=pick,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd,
@@ -618,7 +636,9 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
              **{k: "diffusion renderer, distilled" + (f", start noise x{temps[k]:g}" if temps.get(k, 1.0) != 1.0 else "")
                 for k in r["drawers"] if k.startswith("distilled")},
              "sharpened": f"diffusion renderer, {'distilled, ' if r.get('distill_rounds') else ''}sharpened "
-                          f"({r.get('sharpen_steps', 0):,} steps with D)"}
+                          f"({r.get('sharpen_steps', 0):,} steps "
+                          + {0.0: "of L1 only, no D)", 1.0: "with D)"}.get(
+                              float(r.get("sharpen_adv_weight", 1.0)), f"with D x{r.get('sharpen_adv_weight', 1.0):g})")}
     final_name = r.get("final", r["drawers"][-1])
     names[final_name] += " (saved: the dream draws with it)" if final_name.startswith(("distilled", "sharpened")) else ""
     u = r.get("unsharp_v")

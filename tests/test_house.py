@@ -186,3 +186,20 @@ def test_generator_report_keeps_every_section_other_commands_wrote(script, tmp_p
     assert "<!-- vqgan:begin -->\nVQ rows\n<!-- vqgan:end -->\ntail" in out  # in the place left for it
     assert out.rstrip().endswith("<!-- someone-else:begin -->\ntheir rows\n<!-- someone-else:end -->")
     assert "vqgan" in gr.KEPT_SECTIONS
+
+
+def test_atomic_writes_give_files_the_permissions_a_plain_write_would(tmp_path: Path) -> None:
+    """``mkstemp`` makes its temp file 0o600: renamed as it is, every checkpoint, figure and report
+    would be unreadable to anyone else on the machine. A new file gets 0o666 less the umask, a
+    replaced file keeps its own mode."""
+    from worldlab.io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # under the process's umask, as atomic writes read it
+    new = atomic_write_text(tmp_path / "new.json", "{}")
+    assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 != 0o600
+    kept = tmp_path / "run.sh"
+    kept.write_text("#!/bin/sh\n")
+    kept.chmod(0o750)
+    atomic_write_text(kept, "#!/bin/sh\necho\n")
+    assert kept.stat().st_mode & 0o777 == 0o750 and kept.read_text().endswith("echo\n")

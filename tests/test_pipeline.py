@@ -188,6 +188,19 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape[1] == 3 * frame.shape[0]  # real | dream drawn by V | the same dream by the renderer
+    # the ablation: the same folder fine-tuned again without D (the distilled model kept, the fine-tune redone)
+    sharp_before, distilled_before = (rend / "sharpened.pt").read_bytes(), (rend / "distilled.pt").read_bytes()
+    run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
+        "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+        "--distill-steps", "2", "--sharpen-steps", "2", "--sharpen-adv-weight", "0", "--temperature", "0.5",
+        "--out", str(rend), "--doc", str(doc), "--no-progress")
+    l1_only = json.loads((rend / "report.json").read_text())
+    assert l1_only["sharpen_adv_weight"] == 0 and "--sharpen-adv-weight 0" in l1_only["command"]
+    assert (rend / "distilled.pt").read_bytes() == distilled_before and (rend / "sharpened.pt").read_bytes() != sharp_before
+    assert "| diffusion renderer, distilled, sharpened (2 steps of L1 only, no D) (saved: the dream draws with it) |" \
+        in doc.read_text()
+    r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--sharpen-adv-weight", "0", check=False)
+    assert r.returncode == 2 and "need --sharpen-steps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # more --steps continue the teacher's training and distil the longer-trained teacher again; the same
     # command once more only measures (the distilled model kept)
     again = ["renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "6",

@@ -20,6 +20,25 @@ import numpy as np
 import torch
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it; set back at once (import time, one thread)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions ``path`` gets: those of the file it replaces, else what ``open(path, "w")``
+    would give (0o666 less the umask). ``mkstemp`` makes its temp file 0o600, which a rename would
+    otherwise hand on to every checkpoint, figure and report the lab writes."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +47,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
