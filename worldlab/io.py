@@ -47,7 +47,8 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
-            os.fchmod(f.fileno(), _file_mode(path))
+            if hasattr(os, "fchmod"):  # POSIX (and Windows from Python 3.13)
+                os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
