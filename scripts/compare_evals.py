@@ -3,9 +3,13 @@ to the first (by episode seed), with the standard error of that difference.
 
     python scripts/compare_evals.py RUN/eval_r0.json RUN/eval_r1.json RUN/eval_r2.json
     python scripts/compare_evals.py A.json B.json --markdown        # a table to paste into the docs
+    python scripts/compare_evals.py S0/eval.json S1/eval.json S2/eval.json --across   # one recipe, several world models
 
 The files are what ``scripts/evaluate.py --json`` and the pipeline write. A paired difference is
-only defined over episodes of the same seeds: files whose seeds differ are refused.
+only defined over episodes of the same seeds: files whose seeds differ are refused. ``--across``
+reads the files as one recipe run on several world models (other run seeds): it prints each
+file's mean, then the mean over the files with the standard error across them (the spread of the
+recipe from one world model to the next, not the episodes'); their episodes need not match.
 """
 from __future__ import annotations
 
@@ -49,11 +53,34 @@ def compare(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def across(paths: list[Path]) -> dict:
+    """The mean over the files' means (one per world model) and its standard error across them."""
+    if len(paths) < 2:
+        raise ValueError("--across needs the evaluations of at least two world models")
+    means = np.array([float(np.mean(load(p)["returns"])) for p in paths])
+    return {"files": [str(p) for p in paths], "means": means.tolist(), "mean": float(means.mean()),
+            "se": float(means.std(ddof=1) / np.sqrt(len(means))), "min": float(means.min()),
+            "max": float(means.max()), "n": len(means)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("evals", nargs="+", type=Path, help="evaluation JSONs; the first is the baseline")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--across", action="store_true",
+                    help="the files are one recipe on several world models: their mean and its standard error across them")
     args = ap.parse_args(argv)
+    if args.across:
+        try:
+            a = across(args.evals)
+        except ValueError as e:
+            print(f"compare_evals.py: error: {e}", file=sys.stderr)
+            return 2
+        for f, m in zip(a["files"], a["means"], strict=True):
+            print(f"{f}: {m:.1f}")
+        print(f"over {a['n']} world models: {a['mean']:.1f} ± {a['se']:.1f} (standard error across them; "
+              f"min {a['min']:.1f}, max {a['max']:.1f})")
+        return 0
     try:
         rows = compare(args.evals)
     except ValueError as e:

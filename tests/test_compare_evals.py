@@ -43,3 +43,18 @@ def test_refuses_other_episodes_and_other_files(script: Callable[[str], ModuleTy
     (tmp_path / "c.json").write_text("{}")
     assert ce.main([str(a), str(tmp_path / "c.json")]) == 2
     assert "not an evaluation JSON" in capsys.readouterr().err
+
+
+def test_across_world_models_gives_their_mean_and_its_standard_error(
+        script: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ce = script("compare_evals")
+    a = _eval(tmp_path / "a.json", [1, 2], [100.0, 300.0])  # mean 200
+    b = _eval(tmp_path / "b.json", [3, 4], [500.0, 700.0])  # mean 600, other episodes: allowed across world models
+    c = _eval(tmp_path / "c.json", [5, 6], [400.0, 400.0])  # mean 400
+    res = ce.across([a, b, c])
+    assert res["mean"] == pytest.approx(400.0) and res["n"] == 3
+    assert res["se"] == pytest.approx(np.std([200.0, 600.0, 400.0], ddof=1) / np.sqrt(3))
+    assert ce.main([str(a), str(b), str(c), "--across"]) == 0
+    assert "over 3 world models: 400.0 ± 115.5" in capsys.readouterr().out
+    assert ce.main([str(a), "--across"]) == 2
+    assert "at least two" in capsys.readouterr().err
