@@ -70,22 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--across", action="store_true",
                     help="the files are one recipe on several world models: their mean and its standard error across them")
     args = ap.parse_args(argv)
-    if args.across:
-        try:
-            a = across(args.evals)
-        except ValueError as e:
-            print(f"compare_evals.py: error: {e}", file=sys.stderr)
-            return 2
-        for f, m in zip(a["files"], a["means"], strict=True):
-            print(f"{f}: {m:.1f}")
-        print(f"over {a['n']} world models: {a['mean']:.1f} ± {a['se']:.1f} (standard error across them; "
-              f"min {a['min']:.1f}, max {a['max']:.1f})")
-        return 0
     try:
-        rows = compare(args.evals)
+        summary = across(args.evals) if args.across else None
+        rows = compare(args.evals) if not args.across else []
     except ValueError as e:
         print(f"compare_evals.py: error: {e}", file=sys.stderr)
         return 2
+    if summary is not None:
+        for f, m in zip(summary["files"], summary["means"], strict=True):
+            print(f"{f}: {m:.1f}")
+        print(f"over {summary['n']} world models: {summary['mean']:.1f} ± {summary['se']:.1f} (standard error "
+              f"across them; min {summary['min']:.1f}, max {summary['max']:.1f})")
+        return 0
     if args.markdown:
         print("| controller | real score (mean ± std) | median | max | paired difference to the first (± s.e.) |")
         print("|---|---|---|---|---|")
