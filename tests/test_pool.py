@@ -184,3 +184,12 @@ def test_a_local_ray_listens_on_loopback_only(ray_session) -> None:
         addr = ipaddress.ip_address(ip)
         addr = addr.ipv4_mapped or addr if isinstance(addr, ipaddress.IPv6Address) else addr
         assert addr.is_loopback, (name, ip)
+
+
+def test_a_local_rays_workers_run_at_the_drivers_priority(ray_session) -> None:
+    """Ray renices its workers to 15; a local run's workers are its work, so they keep the driver's."""
+    from worldlab.ray_utils import LOCAL_WORKER_NICENESS
+
+    ray = ray_session
+    driver = os.nice(0)
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == driver + LOCAL_WORKER_NICENESS == driver

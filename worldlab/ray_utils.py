@@ -11,6 +11,9 @@ AUTH_HINT = ("if the cluster uses token authentication (Ray 2.60 turns it on for
              "(or the file ~/.ray/auth_token / RAY_AUTH_TOKEN_PATH) before joining; else check the "
              "address with `ray status` on the head")
 
+LOCAL_WORKER_NICENESS = 0
+"""Niceness added to a local Ray's worker processes (Ray's own default is 15)."""
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              quiet: bool = True, **kwargs: Any) -> dict[str, Any]:
@@ -21,6 +24,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     is bound to 127.0.0.1); a cluster binds where its nodes were started (``ray start
     --node-ip-address``). Returns the cluster's resources. A failed join raises
     ``ConnectionError`` with one line that names the fix.
+
+    A local Ray's workers run at the driver's priority (:data:`LOCAL_WORKER_NICENESS`): Ray
+    renices its workers to 15, and this run's workers are its work (collection, evaluation, real
+    fitness), so beside any other busy process (a second run, a training job) they crawled at a
+    tenth of a core. ``_system_config`` passed here still wins.
     """
     import ray
 
@@ -47,8 +55,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 "token (RAY_AUTH_TOKEN), or drop --address to run on a local Ray")
             raise ConnectionError(f"could not join the Ray cluster at {address}: {msg[:200]}; {hint}") from None
     else:
+        system = {"worker_niceness": LOCAL_WORKER_NICENESS, **kwargs.pop("_system_config", {})}
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 dashboard_host="127.0.0.1", **common, **kwargs)
+                 dashboard_host="127.0.0.1", _system_config=system, **common, **kwargs)
     from worldlab.interrupt import reinstall
 
     reinstall()  # Ray's driver installs its own SIGTERM handler: a quiet interrupt stays in charge
