@@ -22,6 +22,9 @@ from worldlab.world_model import WorldModel
 GAP_GENERATION = 2 * 10**6
 """The generation numbers ``GAP_GENERATION + g`` seed the real episodes that measure generation
 g's dream-vs-real gap: disjoint from training and evaluation seeds."""
+SELECT_GENERATION = 3 * 10**6
+"""The generation whose seeds the rounds' controllers play when the final one is picked among
+them (``eval.select_episodes``): apart from training, gap and evaluation seeds."""
 EVAL_GENERATION = 10**6
 """The generation number whose seeds evaluations play: past any training generation, so a
 controller is never scored on the episodes it was evolved on."""

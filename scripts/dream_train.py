@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min"
           f"{' since the resume; every stage: stages.json' if trainer.resuming else ''}) -> "
           f"{run.report}")
+    if "selected" in res:
+        sel = res["selected"]
+        print(f"{cfg.task}: that controller is round {sel['round']}'s, picked among {sel['of_rounds']} rounds by "
+              f"{sel['episodes']} real episodes each (a selection by real returns, not a dream-only result)"
+              + (f"; the last round's (dream-only) scores {res['last_round']['mean']:.1f} ± "
+                 f"{res['last_round']['std']:.1f} on the same episodes" if "last_round" in res else ""))
     if "finetuned" in res:
         f = res["finetuned"]
         print(f"{cfg.task}: fine-tuned in the real game for {cfg.finetune.generations} generations: real score "

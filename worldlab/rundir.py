@@ -23,6 +23,10 @@ spelling paths, so the layout below is written down once::
     RUN/tb/<stage>/              TensorBoard event files                .tb(stage)
     RUN/eval.json                the real-game evaluation               .eval_json
     RUN/eval_finetuned.json      that of the fine-tuned controller      .eval_finetuned_json
+    RUN/selection.json           every round's C in the same real       .selection_json
+                                 episodes, the round kept (eval.select_episodes)
+    RUN/eval_last.json           the last round's C when another was    .eval_last_json
+                                 kept: the dream-only result, same episodes
     RUN/videos/                  real.mp4, dream.mp4                    .videos
     RUN/figures/                 the report's plots                     .figures
     RUN/report.md                the report                             .report
@@ -155,6 +159,14 @@ class RunDir:
     @property
     def eval_finetuned_json(self) -> Path:
         return self.root / "eval_finetuned.json"
+
+    @property
+    def selection_json(self) -> Path:
+        return self.root / "selection.json"
+
+    @property
+    def eval_last_json(self) -> Path:
+        return self.root / "eval_last.json"
 
     @property
     def videos(self) -> Path:

@@ -276,9 +276,17 @@ class EvalConfig:
     (``fidelity_probes.json``, a table in ``report.md``)."""
     probe_steps: int = 300
     """steps of each probe episode."""
+    select_episodes: int = 0
+    """0: the final controller is the last round's (a dream-only result). N > 0, with more than one
+    round: after the last round every round's controller plays the same N real episodes (seeds
+    apart from training's and the evaluation's) and the round with the best mean becomes the final
+    controller (``selection.json``). A selection by real returns: ``eval.json`` and the report say
+    so, and the last round's controller is scored on the evaluation's episodes too
+    (``eval_last.json``, the dream-only figure)."""
 
     def __post_init__(self) -> None:
         _at_least("eval", self, 1, "episodes", "gap_episodes")
+        _at_least("eval", self, 0, "select_episodes")
         _at_least("eval", self, 1, "max_steps", optional=True)
         _at_least("eval", self, 0, "gap_every")
         _at_least("eval", self, 2, "probe_steps")

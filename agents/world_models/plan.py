@@ -52,7 +52,7 @@ TYPICAL_LENGTH = {"doom_take_cover": 400}
 class Stage:
     key: str
     """a stable name: ``collect_r0``, ``vision_r0``, ``encode_r0``, ``memory_r0``, ``evolve_r0``,
-    ``evaluate``, ``finetune``, ``evaluate_finetuned``, ``probes``, ``videos``."""
+    ``select``, ``evaluate``, ``finetune``, ``evaluate_finetuned``, ``probes``, ``videos``."""
     title: str
     estimate_s: float
     found: str | None = None
@@ -233,6 +233,11 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (CONTROLLER_STEPS_S * workers)
         out.append(_evolve(run, cfg, k, cost, finished))
     eval_cost = cfg.eval.episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+    if cfg.eval.select_episodes and cfg.rounds > 1:
+        picked = run.selection_json.exists()  # select_round judges whether it is this config's
+        out.append(Stage("select", f"pick the final C among the {cfg.rounds} rounds' by {cfg.eval.select_episodes} "
+                         f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
+                         / (CONTROLLER_STEPS_S * workers), "the rounds' selection" if picked else None, picked))
     scored = _scored(run.eval_json, run.controller(), cfg)
     out.append(Stage("evaluate", f"evaluate C in {cfg.eval.episodes} real episodes", eval_cost,
                      "C evaluated" if scored else None, scored))

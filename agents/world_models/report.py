@@ -295,6 +295,28 @@ def restart_rows(run_dir: RunDir, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
+    """The report's lines on a final controller picked among the rounds by real episodes
+    (``eval.select_episodes``): which round, every round's mean, and the last round's controller
+    (the dream-only result) on the evaluation's episodes. None when the last round's was kept as is."""
+    sel = e.get("selected")
+    if not sel or not run_dir.selection_json.exists():
+        return []
+    rows = json.loads(run_dir.selection_json.read_text())["rounds"]
+    out = [f"**A selection by real returns, not a dream-only result:** every round's controller (each evolved in "
+           f"the dream) played the same {sel['episodes']} real episodes (seeds apart from the evaluation's), and "
+           f"round {sel['round']}'s, the best mean, became the final controller.", "",
+           "| round | mean over the selection's episodes | kept |", "|---|---|---|"]
+    out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "")
+            + f" | {'yes' if r['round'] == sel['round'] else ''} |" for r in rows]
+    out.append("")
+    if run_dir.eval_last_json.exists():
+        last = json.loads(run_dir.eval_last_json.read_text())
+        out += [f"The last round's controller (round {len(rows) - 1}, the dream-only result) on the evaluation's "
+                f"{last['episodes']} episodes: **{last['mean']:.1f} ± {last['std']:.1f}**.", ""]
+    return out
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -309,6 +331,7 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes of up to {limit} steps "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
+        lines += selection_lines(run_dir, e)
         lines += [world_model_line(config), ""]
     if run_dir.eval_finetuned_json.exists():
         e = json.loads(run_dir.eval_finetuned_json.read_text())

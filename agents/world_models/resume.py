@@ -35,6 +35,8 @@ RESUMABLE: dict[str, str] = {
     "eval.gap_episodes": "likewise",
     "eval.probes": "the probe episodes only read the world model",
     "eval.probe_steps": "likewise",
+    "eval.select_episodes": "the selection only reads finished rounds' controllers: a change picks again, and the "
+                            "final controller and its evaluation follow the pick",
     "collect.verify": "it only decides how closely finished shards are checked on a restart",
     "finetune.generations": "the real-game fine-tune comes after the dream-only result and continues from its "
                             "saved CMA-ES state",

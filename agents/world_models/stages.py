@@ -45,6 +45,7 @@ from agents.evaluate import summarize_returns
 from agents.fitness import (
     EVAL_GENERATION,
     GAP_GENERATION,
+    SELECT_GENERATION,
     DreamFitness,
     RealFitness,
     generation_seeds,
@@ -717,24 +718,72 @@ def finetune_real(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
     return state.mean_params
 
 
-def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
-                        finetuned: bool = False) -> dict[str, Any]:
-    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``; or,
-    ``finetuned``, ``controller_finetuned.npz``) in ``eval.episodes`` real episodes on seeds no
-    training generation used; writes ``eval.json`` (``eval_finetuned.json``). Skipped when that
-    file already scores this controller over as many episodes."""
+def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable[[], RealPool]) -> int:
+    """The round whose controller becomes the final one: the last round's, or, with
+    ``eval.select_episodes`` N > 0 and more than one round, the round whose controller has the best
+    mean over the same N real episodes (seeds of generation :data:`SELECT_GENERATION`, which no
+    training, gap measurement or evaluation plays; a tie keeps the later round). Writes
+    ``selection.json`` (every round's returns, the pick); skipped when it already scores these
+    controllers over as many episodes with the same episode limit."""
     run = RunDir(run)
-    path, out_json = (run.controller_finetuned, run.eval_finetuned_json) if finetuned else \
-        (run.controller(), run.eval_json)
+    n, last = cfg.eval.select_episodes, cfg.rounds - 1
+    if n == 0 or cfg.rounds == 1:
+        return last
+    digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
+    if run.selection_json.exists():
+        try:
+            old = read_json(run.selection_json)
+            if (old.get("episodes") == n and old.get("max_steps") == cfg.eval.max_steps
+                    and [r.get("controller") for r in old.get("rounds", [])] == digests):
+                return int(old["picked"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: played again, and written whole
+    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, n)
+    say(f"picking the final controller among the {cfg.rounds} rounds' by their mean over the same {n} real "
+        f"episodes (a selection by real returns, labelled as such in eval.json)")
+    params = [load_controller(run.controller(k))[1] for k in range(cfg.rounds)]
+    res = pool().play([(p, s) for p in params for s in seeds])
+    returns = np.asarray([r["return"] for r in res], dtype=np.float64).reshape(cfg.rounds, n)
+    means = returns.mean(axis=1)
+    picked = last - int(np.argmax(means[::-1]))  # the best mean; a tie keeps the later round
+    rows = [{"round": k, "controller": digests[k], "mean": float(means[k]),
+             "se": float(returns[k].std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+             "returns": [float(x) for x in returns[k]]} for k in range(cfg.rounds)]
+    atomic_write_json(run.selection_json, {"episodes": n, "max_steps": cfg.eval.max_steps, "seeds": seeds,
+                                           "picked": picked, "rounds": rows})
+    say(f"round means over {n} real episodes: " + ", ".join(f"r{k} {m:.1f}" for k, m in enumerate(means))
+        + f"; keeping round {picked}'s controller")
+    return picked
+
+
+def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
+                        finetuned: bool = False, last_round: bool = False) -> dict[str, Any]:
+    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``; or,
+    ``finetuned``, ``controller_finetuned.npz``; or, ``last_round``, the last round's controller
+    when the selection kept another) in ``eval.episodes`` real episodes on seeds no training
+    generation used; writes ``eval.json`` (``eval_finetuned.json``, ``eval_last.json``), which
+    names the kept round when the final controller was picked by real episodes
+    (:func:`select_round`). Skipped when that file already scores this controller over as many
+    episodes."""
+    run = RunDir(run)
+    path, out_json = ((run.controller_finetuned, run.eval_finetuned_json) if finetuned else
+                      (run.controller(cfg.rounds - 1), run.eval_last_json) if last_round else
+                      (run.controller(), run.eval_json))
     digest = file_digest(path)
     if out_json.exists():
         old = read_json(out_json)
         # eval.json files written before the episode limit was recorded were played with the saved one
         same_limit = old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps
         if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes and same_limit:
-            return old
+            if finetuned or last_round:
+                return old
+            labelled = _label_selection(run, cfg, old)  # the same controller on the same episodes, picked anew
+            if labelled != old:
+                atomic_write_json(out_json, labelled)
+            return labelled
     n = cfg.eval.episodes
-    what = "the fine-tuned controller" if finetuned else "the controller"
+    what = ("the fine-tuned controller" if finetuned else "the last round's controller (the dream-only result)"
+            if last_round else "the controller")
     say(f"evaluating {what} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
     res = pool().play([(params, s) for s in seeds])
@@ -742,7 +791,24 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
     out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
            "train_in": train_in, "seeds": seeds, "lengths": [r["length"] for r in res],
            "max_steps": cfg.eval.max_steps}
+    if not (finetuned or last_round):
+        out = _label_selection(run, cfg, out)
     atomic_write_json(out_json, out)
+    return out
+
+
+def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """``eval.json``'s content with ``selected`` (the kept round, the rounds' means) and its
+    ``train_in`` saying so when the final controller was picked by real episodes; without them
+    when it is the last round's."""
+    out = {k: v for k, v in result.items() if k != "selected"}
+    out["train_in"] = cfg.train_in
+    if cfg.eval.select_episodes and cfg.rounds > 1:
+        sel = read_json(run.selection_json)
+        out["selected"] = {"round": sel["picked"], "of_rounds": cfg.rounds, "by": "real returns",
+                           "episodes": sel["episodes"], "means": [r["mean"] for r in sel["rounds"]]}
+        out["train_in"] = (f"{cfg.train_in} (every round), the final controller picked among the rounds by "
+                           f"{sel['episodes']} real episodes each")
     return out
 
 
@@ -760,5 +826,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]

@@ -10,7 +10,9 @@ complete, so a killed run resumes where it stopped::
         encode_latents     frames -> latents                      -> latents/
         train_memory       M on every latent                      -> checkpoints/mdrnn.pt (+ mdrnn_m{k}.pt)
         evolve_controller  CMA-ES on C in the dream (or the game) -> checkpoints/controller_r{k}.npz
-    evaluate_controller    the final C in the real game           -> eval.json
+    select_round           the last round's C, or (eval.select_episodes) the rounds' best by real
+                           episodes                               -> selection.json, checkpoints/controller.npz
+    evaluate_controller    the final C in the real game           -> eval.json (+ eval_last.json)
     record_videos, write_report                                   -> videos/, report.md
 """
 
@@ -150,11 +152,21 @@ class DreamTrainer:
         try:
             # a run whose rounds are all final skips them: nothing left reads the rollout data
             wm, params = self._finished_rounds() or self._rounds(plan)
-            last = run.controller(c.rounds - 1)
-            if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(last):
-                atomic_write_bytes(run.controller(), last.read_bytes())
+            with plan.stage("select"):
+                k = stages.select_round(run, c, partial(self.pool, wm))
+            kept = run.controller(k)
+            last_params = params
+            if k != c.rounds - 1:
+                from agents.controller import load_controller
+
+                params = load_controller(kept)[1]
+            if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(kept):
+                atomic_write_bytes(run.controller(), kept.read_bytes())
             with plan.stage("evaluate"):
                 result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
+                if k != c.rounds - 1:  # the dream-only figure beside the picked one, on the same episodes
+                    result = {**result, "last_round": stages.evaluate_controller(
+                        run, c, last_params, partial(self.pool, wm), last_round=True)}
             with plan.stage("finetune"):
                 tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
             if tuned is not None:

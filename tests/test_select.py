@@ -1,0 +1,86 @@
+"""Picking the final controller among the rounds by real episodes (``eval.select_episodes``): the
+best mean is kept, a tie keeps the later round, the pick is labelled in eval.json and the report,
+the last round's (dream-only) controller is scored beside it, a resume redoes nothing, and turning
+it off restores the last round's controller."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from agents.controller import load_controller, save_controller
+from agents.world_models.stages import file_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"  # car_racing, 2 rounds, eval 2 episodes of 25 steps
+ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
+
+
+def _resume(run: Path, *sets: str, check: bool = True) -> subprocess.CompletedProcess:
+    args = [a for s in sets for a in ("--set", s)]
+    r = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(run),
+                        "--no-progress", "--backend", "processes", "--workers", "1", "--set", "eval.probes=false",
+                        *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    ck = run / "checkpoints"
+    ccfg, params, extra = load_controller(ck / "controller_r1.npz")
+    # the last round's controller made bad: large random weights steer and brake at random
+    save_controller(ck / "controller_r1.npz", ccfg, 3 * np.random.default_rng(0).standard_normal(params.shape), **extra)
+
+    r = _resume(run, "eval.select_episodes=3")
+    sel = json.loads((run / "selection.json").read_text())
+    assert sel["episodes"] == 3 and len(sel["seeds"]) == 3 and [row["round"] for row in sel["rounds"]] == [0, 1]
+    means = [row["mean"] for row in sel["rounds"]]
+    for row in sel["rounds"]:
+        assert len(row["returns"]) == 3 and np.isclose(row["mean"], np.mean(row["returns"]))
+    assert means[0] > means[1] and sel["picked"] == 0
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_r0.npz").read_bytes()
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["selected"] == {"round": 0, "of_rounds": 2, "by": "real returns", "episodes": 3, "means": means}
+    assert ev["train_in"] == "dream (every round), the final controller picked among the rounds by 3 real episodes each"
+    assert not set(sel["seeds"]) & set(ev["seeds"])  # picked on other episodes than it is scored on
+    last = json.loads((run / "eval_last.json").read_text())  # the dream-only figure, on the same episodes
+    assert last["controller"] == file_digest(ck / "controller_r1.npz") and last["seeds"] == ev["seeds"]
+    assert last["train_in"] == "dream" and last["mean"] < ev["mean"]
+    assert "that controller is round 0's, picked among 2 rounds by 3 real episodes each" in r.stdout
+    report = (run / "report.md").read_text()
+    assert "**A selection by real returns, not a dream-only result:**" in report and "| 0 | " in report
+    assert f"the dream-only result) on the evaluation's 2 episodes: **{last['mean']:.1f}" in report
+
+    before = {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json", run / "eval_last.json"]}
+    again = _resume(run, "eval.select_episodes=3")
+    assert "picking" not in again.stdout and "evaluating" not in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json",
+                                                   run / "eval_last.json"]} == before
+
+    _resume(run, "eval.select_episodes=0")  # off again: the last round's controller is the final one
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
+    ev = json.loads((run / "eval.json").read_text())
+    assert "selected" not in ev and ev["train_in"] == "dream" and ev["controller"] == file_digest(ck / "controller_r1.npz")
+
+    shutil.copyfile(ck / "controller_r0.npz", ck / "controller_r1.npz")  # equal controllers: the later round is kept
+    _resume(run, "eval.select_episodes=2")
+    sel = json.loads((run / "selection.json").read_text())
+    assert sel["episodes"] == 2 and sel["rounds"][0]["returns"] == sel["rounds"][1]["returns"] and sel["picked"] == 1
+
+
+def test_a_negative_selection_is_refused_before_any_work(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    r = _resume(run, "eval.select_episodes=-1", check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "eval.select_episodes must be >= 0, got -1" in r.stderr
+    assert not (run / "selection.json").exists()
