@@ -741,9 +741,11 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
     seeds = generation_seeds(cfg.seed, SELECT_GENERATION, n)
     say(f"picking the final controller among the {cfg.rounds} rounds' by their mean over the same {n} real "
         f"episodes (a selection by real returns, labelled as such in eval.json)")
-    params = [load_controller(run.controller(k))[1] for k in range(cfg.rounds)]
-    res = pool().play([(p, s) for p in params for s in seeds])
-    returns = np.asarray([r["return"] for r in res], dtype=np.float64).reshape(cfg.rounds, n)
+    returns = np.zeros((cfg.rounds, n))
+    for k in range(cfg.rounds):  # a round at a time: a line of progress each
+        params = load_controller(run.controller(k))[1]
+        returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds])]
+        say(f"round {k}'s controller: {returns[k].mean():.1f} over the {n} episodes")
     means = returns.mean(axis=1)
     picked = last - int(np.argmax(means[::-1]))  # the best mean; a tie keeps the later round
     rows = [{"round": k, "controller": digests[k], "mean": float(means[k]),
