@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.controller import load_controller, save_controller
-from agents.world_models.stages import file_digest
+from agents.world_models.stages import file_digest, pick_round
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"  # car_racing, 2 rounds, eval 2 episodes of 25 steps
@@ -66,6 +66,13 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json",
                                                    run / "eval_last.json"]} == before
 
+    r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # the pick made again from the returns
+    assert "picking" not in r.stdout and "no round beat the last by more than the margin" in r.stdout
+    sel = json.loads((run / "selection.json").read_text())
+    assert sel["picked"] == 1 and sel["margin"] == 1000 and [row["mean"] for row in sel["rounds"]] == means
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
+    assert json.loads((run / "eval.json").read_text())["selected"]["round"] == 1
+
     _resume(run, "eval.select_episodes=0")  # off again: the last round's controller is the final one
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     ev = json.loads((run / "eval.json").read_text())
@@ -84,3 +91,26 @@ def test_a_negative_selection_is_refused_before_any_work(tmp_path: Path) -> None
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "eval.select_episodes must be >= 0, got -1" in r.stderr
     assert not (run / "selection.json").exists()
+
+
+def test_pick_round_keeps_the_last_unless_beaten_by_the_margin() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(500, 100, size=50)
+    rounds = np.stack([base + 30, base + 5 + rng.normal(0, 40, 50), base])  # r0 beats r2 by 30 on every episode
+    assert pick_round(rounds, 1.0) == 0 and pick_round(rounds, 0.0) == 0
+    noisy = np.stack([base + rng.normal(10, 200, 50), base])  # +10 on average, with a paired s.e. of ~28
+    assert pick_round(noisy, 1.0) == 1 and pick_round(noisy, 0.0) == (0 if (noisy[0] - base).mean() > 0 else 1)
+    assert pick_round(np.stack([base, base, base]), 0.0) == 2  # a tie keeps the later round
+    assert pick_round(np.stack([base + 1, base + 1, base]), 0.0) == 1  # equal gains: the later of the two
+    assert pick_round(np.stack([base - 50, base]), 0.0) == 1
+
+
+def test_selection_cv_reproduces_the_documented_figures() -> None:
+    r = subprocess.run([sys.executable, "scripts/selection_cv.py", *[
+        f"docs/results/doom_sel_s{s}_selection.json=docs/results/doom_def_s{s}_r{{k}}_eval.json" for s in (2, 3, 4)],
+        "--margins", "0", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("margin 0: +64.8 over the last round on average (6 picks, worst -39.0)")
+    assert lines[1].startswith("margin 1: +71.8 over the last round on average (6 picks, worst -22.4)")

@@ -37,6 +37,7 @@ RESUMABLE: dict[str, str] = {
     "eval.probe_steps": "likewise",
     "eval.select_episodes": "the selection only reads finished rounds' controllers: a change picks again, and the "
                             "final controller and its evaluation follow the pick",
+    "eval.select_margin": "likewise: the pick is made again from the returns selection.json holds",
     "collect.verify": "it only decides how closely finished shards are checked on a restart",
     "finetune.generations": "the real-game fine-tune comes after the dream-only result and continues from its "
                             "saved CMA-ES state",

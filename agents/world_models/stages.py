@@ -720,42 +720,61 @@ def finetune_real(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable[[], RealPool]) -> int:
     """The round whose controller becomes the final one: the last round's, or, with
-    ``eval.select_episodes`` N > 0 and more than one round, the round whose controller has the best
-    mean over the same N real episodes (seeds of generation :data:`SELECT_GENERATION`, which no
-    training, gap measurement or evaluation plays; a tie keeps the later round). Writes
-    ``selection.json`` (every round's returns, the pick); skipped when it already scores these
-    controllers over as many episodes with the same episode limit."""
+    ``eval.select_episodes`` N > 0 and more than one round, the one :func:`pick_round` keeps after
+    every round's controller played the same N real episodes (seeds of generation
+    :data:`SELECT_GENERATION`, which no training, gap measurement or evaluation plays). Writes
+    ``selection.json`` (every round's returns, the pick); the episodes are not played again while
+    it holds these controllers over as many episodes with the same episode limit (a new
+    ``eval.select_margin`` picks again from its returns)."""
     run = RunDir(run)
-    n, last = cfg.eval.select_episodes, cfg.rounds - 1
+    n, last, margin = cfg.eval.select_episodes, cfg.rounds - 1, cfg.eval.select_margin
     if n == 0 or cfg.rounds == 1:
         return last
     digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
+    returns, seeds = None, generation_seeds(cfg.seed, SELECT_GENERATION, n)
     if run.selection_json.exists():
         try:
             old = read_json(run.selection_json)
             if (old.get("episodes") == n and old.get("max_steps") == cfg.eval.max_steps
                     and [r.get("controller") for r in old.get("rounds", [])] == digests):
-                return int(old["picked"])
+                returns = np.asarray([r["returns"] for r in old["rounds"]], dtype=np.float64)
+                if old.get("picked") == pick_round(returns, margin) and old.get("margin") == margin:
+                    return int(old["picked"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: played again, and written whole
-    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, n)
-    say(f"picking the final controller among the {cfg.rounds} rounds' by their mean over the same {n} real "
-        f"episodes (a selection by real returns, labelled as such in eval.json)")
-    returns = np.zeros((cfg.rounds, n))
-    for k in range(cfg.rounds):  # a round at a time: a line of progress each
-        params = load_controller(run.controller(k))[1]
-        returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds])]
-        say(f"round {k}'s controller: {returns[k].mean():.1f} over the {n} episodes")
+            returns = None  # unreadable: played again, and written whole
+    if returns is None or returns.shape != (cfg.rounds, n):
+        say(f"picking the final controller among the {cfg.rounds} rounds' by the same {n} real episodes each "
+            f"(a selection by real returns, labelled as such in eval.json)")
+        returns = np.zeros((cfg.rounds, n))
+        for k in range(cfg.rounds):  # a round at a time: a line of progress each
+            params = load_controller(run.controller(k))[1]
+            returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds])]
+            say(f"round {k}'s controller: {returns[k].mean():.1f} over the {n} episodes")
+    picked = pick_round(returns, margin)
     means = returns.mean(axis=1)
-    picked = last - int(np.argmax(means[::-1]))  # the best mean; a tie keeps the later round
     rows = [{"round": k, "controller": digests[k], "mean": float(means[k]),
              "se": float(returns[k].std(ddof=1) / np.sqrt(n)) if n > 1 else None,
              "returns": [float(x) for x in returns[k]]} for k in range(cfg.rounds)]
     atomic_write_json(run.selection_json, {"episodes": n, "max_steps": cfg.eval.max_steps, "seeds": seeds,
-                                           "picked": picked, "rounds": rows})
+                                           "margin": margin, "picked": picked, "rounds": rows})
     say(f"round means over {n} real episodes: " + ", ".join(f"r{k} {m:.1f}" for k, m in enumerate(means))
-        + f"; keeping round {picked}'s controller")
+        + f"; keeping round {picked}'s controller"
+        + (" (no round beat the last by more than the margin)" if picked == last else ""))
     return picked
+
+
+def pick_round(returns: np.ndarray, margin: float) -> int:
+    """The round kept from ``returns`` (rounds x episodes, the same episodes in every row): the
+    last round unless an earlier one beats it on the paired mean by more than ``margin`` standard
+    errors of that paired difference (and by more than 0); of those that do, the best mean (a tie:
+    the later round). ``margin`` 0 is the plain best mean."""
+    last = len(returns) - 1
+    diff = returns - returns[last]
+    n = returns.shape[1]
+    gain = diff.mean(axis=1)
+    se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(returns))
+    beat = [k for k in range(last) if gain[k] > 0 and gain[k] > margin * se[k]]
+    return max(beat, key=lambda k: (gain[k], k)) if beat else last
 
 
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
@@ -828,5 +847,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "select_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]
