@@ -1,5 +1,6 @@
 """Picking the final controller among the rounds by real episodes (``eval.select_episodes``): the
-best mean is kept, a tie keeps the later round, the pick is labelled in eval.json and the report,
+last round is kept unless another beats it by ``eval.select_margin`` paired standard errors, a tie
+keeps the later round, the pick is labelled in eval.json and the report,
 the last round's (dream-only) controller is scored beside it, a resume redoes nothing, and turning
 it off restores the last round's controller."""
 

@@ -305,7 +305,8 @@ def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
     rows = json.loads(run_dir.selection_json.read_text())["rounds"]
     out = [f"**A selection by real returns, not a dream-only result:** every round's controller (each evolved in "
            f"the dream) played the same {sel['episodes']} real episodes (seeds apart from the evaluation's), and "
-           f"round {sel['round']}'s, the best mean, became the final controller.", "",
+           f"round {sel['round']}'s became the final controller (the last round's unless another beat it by more "
+           f"than `eval.select_margin` standard errors of the paired difference).", "",
            "| round | mean over the selection's episodes | kept |", "|---|---|---|"]
     out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "")
             + f" | {'yes' if r['round'] == sel['round'] else ''} |" for r in rows]
