@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from agents.controller import load_controller, save_controller
-from agents.world_models.stages import file_digest, pick_round
+from agents.world_models.config import RunConfig
+from agents.world_models.plan import RunPlan
+from agents.world_models.stages import file_digest, pick_round, stored_selection
+from worldlab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"  # car_racing, 2 rounds, eval 2 episodes of 25 steps
@@ -92,6 +95,32 @@ def test_a_negative_selection_is_refused_before_any_work(tmp_path: Path) -> None
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "eval.select_episodes must be >= 0, got -1" in r.stderr
     assert not (run / "selection.json").exists()
+
+
+def test_the_plan_counts_a_selection_done_only_when_it_is_this_configs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    cfg = RunConfig.load(run)
+    cfg3 = RunConfig.from_dict({**cfg.to_dict(), "eval": {**cfg.to_dict()["eval"], "select_episodes": 3}})
+    ck = run / "checkpoints"
+    digests = [file_digest(ck / f"controller_r{k}.npz") for k in range(2)]
+
+    def plan_says() -> bool:
+        return {s.key: s.done for s in RunPlan(RunDir(run), cfg3, say=lambda *_: None).stages}["select"]
+
+    assert stored_selection(run, cfg3) is None and not plan_says()  # none yet
+    rows = [{"round": k, "controller": digests[k], "returns": [1.0, 2.0, 3.0 + k]} for k in range(2)]
+    sel = {"episodes": 3, "max_steps": cfg3.eval.max_steps, "picked": 1, "margin": 1.0, "rounds": rows}
+    (run / "selection.json").write_text(json.dumps(sel))
+    assert stored_selection(run, cfg3).tolist() == [[1.0, 2.0, 3.0], [1.0, 2.0, 4.0]] and plan_says()
+    (run / "selection.json").write_text(json.dumps({**sel, "episodes": 2}))  # another N: to be played
+    assert stored_selection(run, cfg3) is None and not plan_says()
+    (run / "selection.json").write_text(json.dumps({**sel, "max_steps": 7}))  # another episode limit
+    assert stored_selection(run, cfg3) is None and not plan_says()
+    (run / "selection.json").write_text(json.dumps({**sel, "rounds": rows[::-1]}))  # other controllers
+    assert stored_selection(run, cfg3) is None and not plan_says()
+    (run / "selection.json").write_text("{not json")  # unreadable: to be played
+    assert stored_selection(run, cfg3) is None and not plan_says()
 
 
 def test_pick_round_keeps_the_last_unless_beaten_by_the_margin() -> None:

@@ -234,7 +234,9 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         out.append(_evolve(run, cfg, k, cost, finished))
     eval_cost = cfg.eval.episodes * eval_len / (CONTROLLER_STEPS_S * workers)
     if cfg.eval.select_episodes and cfg.rounds > 1:
-        picked = run.selection_json.exists()  # select_round judges whether it is this config's
+        from agents.world_models.stages import stored_selection
+
+        picked = stored_selection(run, cfg) is not None  # this config's episodes, these rounds' controllers
         out.append(Stage("select", f"pick the final C among the {cfg.rounds} rounds' by {cfg.eval.select_episodes} "
                          f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
                          / (CONTROLLER_STEPS_S * workers), "the rounds' selection" if picked else None, picked))

@@ -731,18 +731,13 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
     if n == 0 or cfg.rounds == 1:
         return last
     digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
-    returns, seeds = None, generation_seeds(cfg.seed, SELECT_GENERATION, n)
-    if run.selection_json.exists():
-        try:
-            old = read_json(run.selection_json)
-            if (old.get("episodes") == n and old.get("max_steps") == cfg.eval.max_steps
-                    and [r.get("controller") for r in old.get("rounds", [])] == digests):
-                returns = np.asarray([r["returns"] for r in old["rounds"]], dtype=np.float64)
-                if old.get("picked") == pick_round(returns, margin) and old.get("margin") == margin:
-                    return int(old["picked"])
-        except (OSError, ValueError, KeyError, TypeError):
-            returns = None  # unreadable: played again, and written whole
-    if returns is None or returns.shape != (cfg.rounds, n):
+    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, n)
+    returns = stored_selection(run, cfg, digests)
+    if returns is not None:
+        old = read_json(run.selection_json)
+        if old.get("picked") == pick_round(returns, margin) and old.get("margin") == margin:
+            return int(old["picked"])
+    else:
         say(f"picking the final controller among the {cfg.rounds} rounds' by the same {n} real episodes each "
             f"(a selection by real returns, labelled as such in eval.json)")
         returns = np.zeros((cfg.rounds, n))
@@ -761,6 +756,29 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
         + f"; keeping round {picked}'s controller"
         + (" (no round beat the last by more than the margin)" if picked == last else ""))
     return picked
+
+
+def stored_selection(run: RunDir | str | os.PathLike, cfg: RunConfig,
+                     digests: list[str] | None = None) -> np.ndarray | None:
+    """The returns (rounds x episodes) ``selection.json`` holds when they are this config's
+    selection: as many episodes with the same episode limit, played by the rounds' controllers
+    as they are now (``digests``, read from disk when not given); None otherwise (missing,
+    unreadable, or another selection's)."""
+    run = RunDir(run)
+    n = cfg.eval.select_episodes
+    if not run.selection_json.exists() or any(not run.controller(k).exists() for k in range(cfg.rounds)):
+        return None
+    if digests is None:
+        digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
+    try:
+        old = read_json(run.selection_json)
+        if (old.get("episodes") != n or old.get("max_steps") != cfg.eval.max_steps
+                or [r.get("controller") for r in old.get("rounds", [])] != digests):
+            return None
+        returns = np.asarray([r["returns"] for r in old["rounds"]], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: played again, and written whole
+    return returns if returns.shape == (cfg.rounds, n) else None
 
 
 def pick_round(returns: np.ndarray, margin: float) -> int:
@@ -847,5 +865,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "select_round", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "stored_selection", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]
