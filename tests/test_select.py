@@ -14,11 +14,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agents.controller import load_controller, save_controller
 from agents.world_models.config import RunConfig
 from agents.world_models.plan import RunPlan
-from agents.world_models.stages import file_digest, pick_round, stored_selection
+from agents.world_models.stages import (
+    evaluate_controller,
+    file_digest,
+    pick_round,
+    stored_selection,
+)
 from worldlab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +127,14 @@ def test_the_plan_counts_a_selection_done_only_when_it_is_this_configs(tmp_path:
     assert stored_selection(run, cfg3) is None and not plan_says()
     (run / "selection.json").write_text("{not json")  # unreadable: to be played
     assert stored_selection(run, cfg3) is None and not plan_says()
+
+
+def test_evaluate_controller_refuses_an_unknown_kind(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    with pytest.raises(ValueError, match="which must be one of final, last_round, finetuned, got 'best'"):
+        evaluate_controller(run, RunConfig.load(run), np.zeros(3), pool=lambda: None, which="best")
+    assert not (run / "eval_best.json").exists()
 
 
 def test_pick_round_keeps_the_last_unless_beaten_by_the_margin() -> None:

@@ -795,42 +795,50 @@ def pick_round(returns: np.ndarray, margin: float) -> int:
     return max(beat, key=lambda k: (gain[k], k)) if beat else last
 
 
+EVALUATED = {
+    "final": ("the controller", "eval.json"),
+    "last_round": ("the last round's controller (the dream-only result)", "eval_last.json"),
+    "finetuned": ("the fine-tuned controller", "eval_finetuned.json"),
+}
+"""what :func:`evaluate_controller` can score: its words in the log line, the file it writes."""
+
+
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
-                        finetuned: bool = False, last_round: bool = False) -> dict[str, Any]:
-    """The final controller (``checkpoints/controller.npz``, whose parameters are ``params``; or,
-    ``finetuned``, ``controller_finetuned.npz``; or, ``last_round``, the last round's controller
-    when the selection kept another) in ``eval.episodes`` real episodes on seeds no training
-    generation used; writes ``eval.json`` (``eval_finetuned.json``, ``eval_last.json``), which
-    names the kept round when the final controller was picked by real episodes
-    (:func:`select_round`). Skipped when that file already scores this controller over as many
-    episodes."""
+                        which: str = "final") -> dict[str, Any]:
+    """A controller in ``eval.episodes`` real episodes on seeds no training generation used:
+    ``which`` is "final" (``checkpoints/controller.npz``, whose parameters are ``params``; writes
+    ``eval.json``, which names the kept round when the final controller was picked by real
+    episodes, :func:`select_round`), "last_round" (the last round's controller when the selection
+    kept another: ``eval_last.json``) or "finetuned" (``controller_finetuned.npz``:
+    ``eval_finetuned.json``). Skipped when that file already scores this controller over as many
+    episodes with the same episode limit."""
+    if which not in EVALUATED:
+        raise ValueError(f"which must be one of {', '.join(EVALUATED)}, got {which!r}")
     run = RunDir(run)
-    path, out_json = ((run.controller_finetuned, run.eval_finetuned_json) if finetuned else
-                      (run.controller(cfg.rounds - 1), run.eval_last_json) if last_round else
-                      (run.controller(), run.eval_json))
+    path, out_json = {"final": (run.controller(), run.eval_json),
+                      "last_round": (run.controller(cfg.rounds - 1), run.eval_last_json),
+                      "finetuned": (run.controller_finetuned, run.eval_finetuned_json)}[which]
     digest = file_digest(path)
     if out_json.exists():
         old = read_json(out_json)
         # eval.json files written before the episode limit was recorded were played with the saved one
         same_limit = old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps
         if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes and same_limit:
-            if finetuned or last_round:
+            if which != "final":
                 return old
             labelled = _label_selection(run, cfg, old)  # the same controller on the same episodes, picked anew
             if labelled != old:
                 atomic_write_json(out_json, labelled)
             return labelled
     n = cfg.eval.episodes
-    what = ("the fine-tuned controller" if finetuned else "the last round's controller (the dream-only result)"
-            if last_round else "the controller")
-    say(f"evaluating {what} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
+    say(f"evaluating {EVALUATED[which][0]} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
     res = pool().play([(params, s) for s in seeds])
-    train_in = f"{cfg.train_in}, then fine-tuned in the real game" if finetuned else cfg.train_in
+    train_in = f"{cfg.train_in}, then fine-tuned in the real game" if which == "finetuned" else cfg.train_in
     out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
            "train_in": train_in, "seeds": seeds, "lengths": [r["length"] for r in res],
            "max_steps": cfg.eval.max_steps}
-    if not (finetuned or last_round):
+    if which == "final":
         out = _label_selection(run, cfg, out)
     atomic_write_json(out_json, out)
     return out

@@ -166,13 +166,13 @@ class DreamTrainer:
                 result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
                 if k != c.rounds - 1:  # the dream-only figure beside the picked one, on the same episodes
                     result = {**result, "last_round": stages.evaluate_controller(
-                        run, c, last_params, partial(self.pool, wm), last_round=True)}
+                        run, c, last_params, partial(self.pool, wm), which="last_round")}
             with plan.stage("finetune"):
                 tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
             if tuned is not None:
                 with plan.stage("evaluate_finetuned"):
                     result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
-                                                                                finetuned=True)}
+                                                                                which="finetuned")}
             if c.eval.probes:
                 with plan.stage("probes"):
                     probe_fidelity(run, steps=c.eval.probe_steps)
