@@ -38,14 +38,15 @@ def episode_limit(task: str, max_steps: int | None = None) -> int | None:
 
 def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, episodes: int = 100,
              workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
-             backend: str = "ray") -> dict[str, Any]:
+             backend: str = "ray", progress: bool = False) -> dict[str, Any]:
     """Play ``episodes`` real episodes of ``task`` with the controller ``params`` acting on [z, h]
-    through ``wm``; returns :func:`summarize_returns` plus the seeds and episode lengths."""
+    through ``wm``; returns :func:`summarize_returns` plus the seeds and episode lengths.
+    ``progress``: a bar counts the finished episodes."""
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
     pool = RealPool(task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:
         seeds = generation_seeds(seed, EVAL_GENERATION, episodes)
-        res = pool.play([(params, s) for s in seeds])
+        res = pool.play([(params, s) for s in seeds], progress="evaluate" if progress else None)
     finally:
         pool.close()
     return {**summarize_returns(task, [r["return"] for r in res]), "seeds": seeds,

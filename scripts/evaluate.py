@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. RUN/tau_sweep/tau_1.3/controller.npz)")
     add_sb3_arguments(p, "score")
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
     args = p.parse_args(argv)
     from worldlab.interrupt import interruptible
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
             res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
                                address=args.address, backend=args.backend,
-                               controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo)
+                               controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo,
+                               progress=not args.no_progress)
         except (ValueError, FileNotFoundError, ConnectionError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -192,6 +192,7 @@ def test_killed_ray_actor_does_not_lose_the_generation(ray_session) -> None:
     pool = RealPool("car_racing", wm, cfg, workers=2, env_kwargs={"max_episode_steps": 60})
     try:
         expected = [r["return"] for r in pool.play(jobs)]
+        assert [r["return"] for r in pool.play(jobs, progress="evaluate")] == expected  # the bar's path: same order
         pids = pool.workers.call_all("pid")
         refs_started = time.time()
         import threading

@@ -95,7 +95,7 @@ def test_collect_cli_refuses_address_without_ray(tmp_path: Path, capsys: pytest.
     assert rc == 2 and err.startswith("error: --address joins a Ray cluster") and len(err.splitlines()) == 1
 
 
-def test_real_pool_on_processes_equals_in_process_worker() -> None:
+def test_real_pool_on_processes_equals_in_process_worker(capsys) -> None:
     wm = WorldModel.untrained(task="car_racing", action_space=CAR, z_size=32, hidden=64, max_episode_steps=30)
     cfg = ControllerConfig.for_task(CAR, wm.obs_size, "car_racing")
     rng = np.random.default_rng(0)
@@ -113,8 +113,12 @@ def test_real_pool_on_processes_equals_in_process_worker() -> None:
         assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
         got = pool.play(jobs)
         assert pool.play([]) == []
+        capsys.readouterr()
+        shown = pool.play(jobs, progress="evaluate")  # small batches, finished ones counted as they come
+        bar = capsys.readouterr().err
     finally:
         pool.close()
+    assert shown == got and "evaluate" in bar and f"{len(jobs)}/{len(jobs)}" in bar
     assert [r["seed"] for r in got] == [s for _, s in jobs]  # results come back in job order
     assert [r["return"] for r in got] == [r["return"] for r in expected]
     assert [r["length"] for r in got] == [r["length"] for r in expected]

@@ -47,11 +47,11 @@ def load_run(run_dir: str | Path | RunDir, controller: str | Path | None = None
 def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int = 2, seed: int = 12345,
                  max_steps: int | None = None, address: str | None = None, backend: str = "ray",
                  controller: str | Path | None = None, sb3: str | Path | None = None,
-                 sb3_algo: str = "auto", sound: bool = False) -> dict[str, Any]:
+                 sb3_algo: str = "auto", sound: bool = False, progress: bool = False) -> dict[str, Any]:
     """Score a run's controller in ``episodes`` real episodes (see :func:`agents.evaluate.evaluate`),
     or, with ``sb3``, a Stable-Baselines3 policy trained in its dream on ``[z, h]`` (saved zip of
     algorithm ``sb3_algo``; see :func:`agents.sb3_policy.evaluate_sb3`). The result also holds
-    ``max_steps``, the episode limit used."""
+    ``max_steps``, the episode limit used. ``progress``: a bar counts the controller's finished episodes."""
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
@@ -65,7 +65,8 @@ def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int
         res = evaluate_sb3(cfg.task, wm, sb3, sb3_algo, episodes, workers, seed, max_steps, address, backend)
     else:
         cfg, wm, ccfg, params = load_run(run_dir, controller)
-        res = evaluate(cfg.task, wm, ccfg, params, episodes, workers, seed, max_steps, address, backend)
+        res = evaluate(cfg.task, wm, ccfg, params, episodes, workers, seed, max_steps, address, backend,
+                       progress=progress)
     return {**res, "max_steps": episode_limit(cfg.task, max_steps)}
 
 

@@ -718,7 +718,8 @@ def finetune_real(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
     return state.mean_params
 
 
-def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable[[], RealPool]) -> int:
+def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable[[], RealPool], *,
+                 progress: bool = True) -> int:
     """The round whose controller becomes the final one: the last round's, or, with
     ``eval.select_episodes`` N > 0 and more than one round, the one :func:`pick_round` keeps after
     every round's controller played the same N real episodes (seeds of generation
@@ -743,7 +744,8 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
         returns = np.zeros((cfg.rounds, n))
         for k in range(cfg.rounds):  # a round at a time: a line of progress each
             params = load_controller(run.controller(k))[1]
-            returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds])]
+            returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds],
+                                                           progress=f"select r{k}" if progress else None)]
             say(f"round {k}'s controller: {returns[k].mean():.1f} over the {n} episodes")
     picked = pick_round(returns, margin)
     means = returns.mean(axis=1)
@@ -804,7 +806,7 @@ EVALUATED = {
 
 
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
-                        which: str = "final") -> dict[str, Any]:
+                        which: str = "final", *, progress: bool = True) -> dict[str, Any]:
     """A controller in ``eval.episodes`` real episodes on seeds no training generation used:
     ``which`` is "final" (``checkpoints/controller.npz``, whose parameters are ``params``; writes
     ``eval.json``, which names the kept round when the final controller was picked by real
@@ -833,7 +835,7 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
     n = cfg.eval.episodes
     say(f"evaluating {EVALUATED[which][0]} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
-    res = pool().play([(params, s) for s in seeds])
+    res = pool().play([(params, s) for s in seeds], progress="evaluate" if progress else None)
     train_in = f"{cfg.train_in}, then fine-tuned in the real game" if which == "finetuned" else cfg.train_in
     out = {**summarize_returns(cfg.task, [r["return"] for r in res]), "controller": digest,
            "train_in": train_in, "seeds": seeds, "lengths": [r["length"] for r in res],

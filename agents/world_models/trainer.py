@@ -153,7 +153,7 @@ class DreamTrainer:
             # a run whose rounds are all final skips them: nothing left reads the rollout data
             wm, params = self._finished_rounds() or self._rounds(plan)
             with plan.stage("select"):
-                k = stages.select_round(run, c, partial(self.pool, wm))
+                k = stages.select_round(run, c, partial(self.pool, wm), progress=self.progress)
             kept = run.controller(k)
             last_params = params
             if k != c.rounds - 1:
@@ -163,16 +163,16 @@ class DreamTrainer:
             if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(kept):
                 atomic_write_bytes(run.controller(), kept.read_bytes())
             with plan.stage("evaluate"):
-                result = stages.evaluate_controller(run, c, params, partial(self.pool, wm))
+                result = stages.evaluate_controller(run, c, params, partial(self.pool, wm), progress=self.progress)
                 if k != c.rounds - 1:  # the dream-only figure beside the picked one, on the same episodes
                     result = {**result, "last_round": stages.evaluate_controller(
-                        run, c, last_params, partial(self.pool, wm), which="last_round")}
+                        run, c, last_params, partial(self.pool, wm), which="last_round", progress=self.progress)}
             with plan.stage("finetune"):
                 tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
             if tuned is not None:
                 with plan.stage("evaluate_finetuned"):
                     result = {**result, "finetuned": stages.evaluate_controller(run, c, tuned, partial(self.pool, wm),
-                                                                                which="finetuned")}
+                                                                                which="finetuned", progress=self.progress)}
             if c.eval.probes:
                 with plan.stage("probes"):
                     probe_fidelity(run, steps=c.eval.probe_steps)
