@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cfg.task}: that controller is round {sel['round']}'s, picked among {sel['of_rounds']} rounds by "
               f"{sel['episodes']} real episodes each (a selection by real returns, not a dream-only result)"
               + (f"; the last round's (dream-only) scores {res['last_round']['mean']:.1f} ± "
-                 f"{res['last_round']['std']:.1f} on the same episodes" if "last_round" in res else ""))
+                 f"{res['last_round']['std']:.1f} on the same episodes" if "last_round" in res else
+                 "; it is the last round's, so this is also the dream-only result"
+                 if sel["round"] == sel["of_rounds"] - 1 else ""))
     if "finetuned" in res:
         f = res["finetuned"]
         print(f"{cfg.task}: fine-tuned in the real game for {cfg.finetune.generations} generations: real score "

@@ -66,6 +66,7 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert last["controller"] == file_digest(ck / "controller_r1.npz") and last["seeds"] == ev["seeds"]
     assert last["train_in"] == "dream" and last["mean"] < ev["mean"]
     assert "that controller is round 0's, picked among 2 rounds by 3 real episodes each" in r.stdout
+    assert "also the dream-only result" not in r.stdout  # the last round's is scored beside it instead
     report = (run / "report.md").read_text()
     assert "**A selection by real returns, not a dream-only result:**" in report and "| 0 | " in report
     assert f"the dream-only result) on the evaluation's 2 episodes: **{last['mean']:.1f}" in report
@@ -79,6 +80,8 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # the pick made again from the returns
     assert "picking" not in r.stdout and "no round beat the last by more than the margin" in r.stdout
     sel = json.loads((run / "selection.json").read_text())
+    assert "it is the last round's, so this is also the dream-only result" in r.stdout
+    assert "the figure above is also the dream-only result" in (run / "report.md").read_text()
     assert sel["picked"] == 1 and sel["margin"] == 1000 and [row["mean"] for row in sel["rounds"]] == means
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     assert json.loads((run / "eval.json").read_text())["selected"]["round"] == 1

@@ -311,7 +311,9 @@ def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
     out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "")
             + f" | {'yes' if r['round'] == sel['round'] else ''} |" for r in rows]
     out.append("")
-    if run_dir.eval_last_json.exists():
+    if sel["round"] == len(rows) - 1:
+        out += ["That is the last round's controller: the figure above is also the dream-only result.", ""]
+    elif run_dir.eval_last_json.exists():
         last = json.loads(run_dir.eval_last_json.read_text())
         out += [f"The last round's controller (round {len(rows) - 1}, the dream-only result) on the evaluation's "
                 f"{last['episodes']} episodes: **{last['mean']:.1f} ± {last['std']:.1f}**.", ""]
