@@ -249,7 +249,7 @@ class RealPool:
         if not jobs:
             return []
         n = self.workers.size
-        per = max(1, math.ceil(len(jobs) / (n * (8 if progress else 2))))  # ~2 batches per worker balances the load
+        per = max(1, math.ceil(len(jobs) / (n * (8 if progress else 2))))  # >= 2 batches per worker balance the load
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
         if not progress:
             return [r for batch in self.workers.map("play", batches, record, self.wm_ref) for r in batch]

@@ -798,11 +798,11 @@ def pick_round(returns: np.ndarray, margin: float) -> int:
 
 
 EVALUATED = {
-    "final": ("the controller", "eval.json"),
-    "last_round": ("the last round's controller (the dream-only result)", "eval_last.json"),
-    "finetuned": ("the fine-tuned controller", "eval_finetuned.json"),
+    "final": "the controller",
+    "last_round": "the last round's controller (the dream-only result)",
+    "finetuned": "the fine-tuned controller",
 }
-"""what :func:`evaluate_controller` can score: its words in the log line, the file it writes."""
+"""what :func:`evaluate_controller` can score, with its words in the log line."""
 
 
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
@@ -833,7 +833,7 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
                 atomic_write_json(out_json, labelled)
             return labelled
     n = cfg.eval.episodes
-    say(f"evaluating {EVALUATED[which][0]} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
+    say(f"evaluating {EVALUATED[which]} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)
     res = pool().play([(params, s) for s in seeds], progress="evaluate" if progress else None)
     train_in = f"{cfg.train_in}, then fine-tuned in the real game" if which == "finetuned" else cfg.train_in
