@@ -86,6 +86,14 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     assert json.loads((run / "eval.json").read_text())["selected"]["round"] == 1
 
+    r0_returns = sel["rounds"][0]["returns"]
+    save_controller(ck / "controller_r1.npz", ccfg, 2 * np.random.default_rng(1).standard_normal(params.shape), **extra)
+    r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # a new round 1: only it is played
+    assert "1 of the rounds' controllers played these episodes before" in r.stdout
+    assert "round 0's controller:" not in r.stdout and "round 1's controller:" in r.stdout
+    sel = json.loads((run / "selection.json").read_text())
+    assert sel["rounds"][0]["returns"] == r0_returns and sel["rounds"][1]["controller"] == file_digest(ck / "controller_r1.npz")
+
     _resume(run, "eval.select_episodes=0")  # off again: the last round's controller is the final one
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     ev = json.loads((run / "eval.json").read_text())

@@ -739,10 +739,17 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
         if old.get("picked") == pick_round(returns, margin) and old.get("margin") == margin:
             return int(old["picked"])
     else:
+        played = played_rounds(run, cfg, seeds)  # rounds' returns already played on these episodes
+        kept = sum(d in played for d in digests)
         say(f"picking the final controller among the {cfg.rounds} rounds' by the same {n} real episodes each "
-            f"(a selection by real returns, labelled as such in eval.json)")
+            f"(a selection by real returns, labelled as such in eval.json)"
+            + (f"; {kept} of the rounds' controllers played these episodes before: their returns are kept from "
+               f"selection.json" if kept else ""))
         returns = np.zeros((cfg.rounds, n))
         for k in range(cfg.rounds):  # a round at a time: a line of progress each
+            if digests[k] in played:
+                returns[k] = played[digests[k]]
+                continue
             params = load_controller(run.controller(k))[1]
             returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds],
                                                            progress=f"select r{k}" if progress else None)]
@@ -758,6 +765,20 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
         + f"; keeping round {picked}'s controller"
         + (" (no round beat the last by more than the margin)" if picked == last else ""))
     return picked
+
+
+def played_rounds(run: RunDir, cfg: RunConfig, seeds: list[int]) -> dict[str, np.ndarray]:
+    """The returns ``selection.json`` holds per controller (file digest) when they were played on
+    these episode seeds with this episode limit: a run continued for more rounds plays only the new
+    rounds' controllers. Empty when the file is missing, unreadable or another selection's."""
+    try:
+        old = read_json(run.selection_json)
+        if old.get("seeds") != list(seeds) or old.get("max_steps") != cfg.eval.max_steps:
+            return {}
+        out = {r["controller"]: np.asarray(r["returns"], dtype=np.float64) for r in old["rounds"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {d: r for d, r in out.items() if r.shape == (len(seeds),)}
 
 
 def stored_selection(run: RunDir | str | os.PathLike, cfg: RunConfig,
@@ -875,5 +896,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "select_round", "stored_selection", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "played_rounds", "stored_selection", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]
