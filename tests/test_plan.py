@@ -177,3 +177,15 @@ def test_a_fine_tune_whose_generations_grew_is_not_found_done(old_run: RunDir) -
     # a fine-tune of another final controller is not this one's
     save_controller(old_run.controller_finetuned, ccfg, params, generations=3, start="other", train_in="real")
     assert not {s.key: s for s in RunPlan(old_run, cfg).stages}["finetune"].done
+
+
+def test_a_fine_tuned_m_under_way_is_found_in_its_round_only(old_run: RunDir) -> None:
+    import torch
+
+    cfg = override(RunConfig.load(old_run), ["rounds=4", "freeze_v=true", "finetune_m=true"])  # rounds 0, 1 done
+    steps = cfg.mdrnn_train.steps
+    torch.save({"step": 2 * steps}, old_run.mdrnn_train)  # round 1's M at its end: rounds 2 and 3 not begun
+    assert "M's training" not in RunPlan(old_run, cfg).resume_line()
+    torch.save({"step": 2 * steps + 1}, old_run.mdrnn_train)  # round 2's training under way
+    line = RunPlan(old_run, cfg).resume_line()
+    assert line.count("M's training") == 1 and f"M's training at step {2 * steps + 1} of {3 * steps}" in line

@@ -367,9 +367,11 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
     vae, meta = found.vae, found.mdrnn
     if vae.get("id") and meta.get("vae_id") == vae.get("id") and meta.get("steps", 0) >= target:
         return Stage(f"memory_r{k}", title, estimate, f"M trained ({target} steps)", True)
+    start = memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0  # a fine-tuned M goes on from there
     step = _train_step(run.mdrnn_train)
-    if step:
-        return Stage(f"memory_r{k}", title, estimate, f"M's training at step {step} of {target}")
+    if step and start < step < target:  # this round's training under way (not the last round's end)
+        return Stage(f"memory_r{k}", title, estimate * (target - step) / (target - start),
+                     f"M's training at step {step} of {target}", full_s=estimate)
     return Stage(f"memory_r{k}", title, estimate)
 
 
