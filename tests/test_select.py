@@ -20,9 +20,12 @@ from agents.controller import load_controller, save_controller
 from agents.world_models.config import RunConfig
 from agents.world_models.plan import RunPlan
 from agents.world_models.stages import (
+    checkpoint_id,
     evaluate_controller,
     file_digest,
     pick_round,
+    rounds_run,
+    rounds_stop,
     stored_selection,
 )
 from worldlab.rundir import RunDir
@@ -89,7 +92,6 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     r0_returns = sel["rounds"][0]["returns"]
     save_controller(ck / "controller_r1.npz", ccfg, 2 * np.random.default_rng(1).standard_normal(params.shape), **extra)
     r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # a new round 1: only it is played
-    assert "1 of the rounds' controllers played these episodes before" in r.stdout
     assert "round 0's controller:" not in r.stdout and "round 1's controller:" in r.stdout
     sel = json.loads((run / "selection.json").read_text())
     assert sel["rounds"][0]["returns"] == r0_returns and sel["rounds"][1]["controller"] == file_digest(ck / "controller_r1.npz")
@@ -126,7 +128,8 @@ def test_the_plan_counts_a_selection_done_only_when_it_is_this_configs(tmp_path:
         return {s.key: s.done for s in RunPlan(RunDir(run), cfg3, say=lambda *_: None).stages}["select"]
 
     assert stored_selection(run, cfg3) is None and not plan_says()  # none yet
-    rows = [{"round": k, "controller": digests[k], "returns": [1.0, 2.0, 3.0 + k]} for k in range(2)]
+    m_id = checkpoint_id(run / "checkpoints" / "mdrnn.pt")
+    rows = [{"round": k, "controller": digests[k], "mdrnn": m_id, "returns": [1.0, 2.0, 3.0 + k]} for k in range(2)]
     sel = {"episodes": 3, "max_steps": cfg3.eval.max_steps, "picked": 1, "margin": 1.0, "rounds": rows}
     (run / "selection.json").write_text(json.dumps(sel))
     assert stored_selection(run, cfg3).tolist() == [[1.0, 2.0, 3.0], [1.0, 2.0, 4.0]] and plan_says()
@@ -136,6 +139,10 @@ def test_the_plan_counts_a_selection_done_only_when_it_is_this_configs(tmp_path:
     assert stored_selection(run, cfg3) is None and not plan_says()
     (run / "selection.json").write_text(json.dumps({**sel, "rounds": rows[::-1]}))  # other controllers
     assert stored_selection(run, cfg3) is None and not plan_says()
+    (run / "selection.json").write_text(json.dumps({**sel, "rounds": [{**r, "mdrnn": "another"} for r in rows]}))
+    assert stored_selection(run, cfg3) is None and not plan_says()  # played through another M
+    (run / "selection.json").write_text(json.dumps({k: v for k, v in sel.items() if k != "picked"}))
+    assert stored_selection(run, cfg3) is None and not plan_says()  # returns without a pick: the rounds' judging
     (run / "selection.json").write_text("{not json")  # unreadable: to be played
     assert stored_selection(run, cfg3) is None and not plan_says()
 
@@ -169,3 +176,44 @@ def test_selection_cv_reproduces_the_documented_figures() -> None:
     lines = r.stdout.splitlines()
     assert lines[0].startswith("margin 0: +64.8 over the last round on average (6 picks, worst -39.0)")
     assert lines[1].startswith("margin 1: +71.8 over the last round on average (6 picks, worst -22.4)")
+
+
+def test_rounds_stop_after_patience_rounds_without_a_new_best() -> None:
+    assert not rounds_stop([1.0], 1) and rounds_stop([2.0, 1.0], 1) and not rounds_stop([1.0, 2.0], 1)
+    assert rounds_stop([2.0, 2.0], 1)  # a tie does not beat the best
+    assert not rounds_stop([3.0, 1.0], 2) and rounds_stop([3.0, 1.0, 2.0], 2) and not rounds_stop([3.0, 1.0, 4.0], 2)
+    assert not rounds_stop([3.0, 1.0, 2.0], 0)  # 0: off
+
+
+def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    ck = run / "checkpoints"
+    ccfg, params, extra = load_controller(ck / "controller_r1.npz")
+    save_controller(ck / "controller_r1.npz", ccfg, 3 * np.random.default_rng(0).standard_normal(params.shape), **extra)
+
+    r = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # round 1 (bad) does not beat round 0
+    assert "the rounds stop after round 1: none of the last 1 beat round 0's" in r.stdout
+    assert not (ck / "controller_r2.npz").exists() and not (ck / "cma_r2.npz").exists()
+    judged = json.loads((run / "rounds.json").read_text())
+    assert [row["round"] for row in judged["rounds"]] == [0, 1] and judged["patience"] == 1
+    assert judged["rounds"][0]["mean"] > judged["rounds"][1]["mean"]
+    assert rounds_run(run, RunConfig.load(run)) == 2
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["selected"]["round"] == 0 and ev["selected"]["of_rounds"] == 2
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_r0.npz").read_bytes()
+    sel = json.loads((run / "selection.json").read_text())
+    assert len(sel["rounds"]) == 2 and sel["rounds"][1]["returns"] == judged["rounds"][1]["returns"]  # same M: kept
+    assert "They stopped after round 1: none of the last 1 beat round 0's" in (run / "report.md").read_text()
+
+    again = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # nothing left to do
+    assert "controller:" not in again.stdout and "picking" not in again.stdout and "stop after" in again.stdout
+    assert not (ck / "controller_r2.npz").exists()
+
+    before = judged["rounds"]
+    _resume(run, "rounds=4", "rounds_patience=2", "eval.select_episodes=3")  # more patience: round 2 runs
+    assert (ck / "controller_r2.npz").exists()
+    judged = json.loads((run / "rounds.json").read_text())
+    means = [row["mean"] for row in judged["rounds"]]
+    assert len(means) == 3 and judged["patience"] == 2 and judged["rounds"][:2] == before  # rounds 0, 1 kept
+    assert (ck / "controller_r3.npz").exists() != rounds_stop(means, 2)  # round 3 ran unless round 2 stopped them

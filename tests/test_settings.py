@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agents.controller import load_controller
-from agents.world_models import check_resumable, override
+from agents.world_models import check_resumable, override, preset
 from agents.world_models.resume import RESUMABLE
 from worldlab.rundir import RunDir
 
@@ -121,3 +121,13 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> No
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):
         override(cfg, ["later_generations=0"])
+
+
+def test_the_rounds_patience_needs_the_selections_episodes() -> None:
+    cfg = preset("smoke", "doom_take_cover")
+    with pytest.raises(ValueError, match="rounds_patience=2 judges each round by the selection's real episodes: pass "
+                                         "--set eval.select_episodes=100 too, or --set rounds_patience=0"):
+        override(cfg, ["rounds_patience=2"])
+    with pytest.raises(ValueError, match="rounds_patience must be >= 0, got -1"):
+        override(cfg, ["rounds_patience=-1", "eval.select_episodes=4"])
+    assert override(cfg, ["rounds_patience=2", "eval.select_episodes=4"]).rounds_patience == 2

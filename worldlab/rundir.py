@@ -25,6 +25,8 @@ spelling paths, so the layout below is written down once::
     RUN/eval_finetuned.json      that of the fine-tuned controller      .eval_finetuned_json
     RUN/selection.json           every round's C in the same real       .selection_json
                                  episodes, the round kept (eval.select_episodes)
+    RUN/rounds.json              each round's C in those episodes as    .rounds_json
+                                 soon as it is evolved (rounds_patience)
     RUN/eval_last.json           the last round's C when another was    .eval_last_json
                                  kept: the dream-only result, same episodes
     RUN/videos/                  real.mp4, dream.mp4                    .videos
@@ -163,6 +165,10 @@ class RunDir:
     @property
     def selection_json(self) -> Path:
         return self.root / "selection.json"
+
+    @property
+    def rounds_json(self) -> Path:
+        return self.root / "rounds.json"
 
     @property
     def eval_last_json(self) -> Path:

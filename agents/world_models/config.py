@@ -352,6 +352,12 @@ class RunConfig:
     """where C is evolved: "dream" (the World Models way) or "real"."""
     rounds: int = 1
     """iterative training rounds: collect -> V -> M -> evolve, then again with new real data."""
+    rounds_patience: int = 0
+    """0: the run goes through all ``rounds``. P > 0 (needs ``eval.select_episodes`` N): each round's
+    controller plays the selection's N real episodes as soon as it is evolved, and the rounds stop
+    once P rounds in a row have not beaten the best mean before them; ``rounds`` is then the most a
+    run goes to, and the selection picks among the rounds run. A weak world model keeps climbing for
+    more rounds, a strong one stops early (docs/RESULTS.md)."""
     later_generations: int | None = None
     """CMA-ES generations of every round after the first (None: ``cma.generations``). A later round
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
@@ -398,6 +404,10 @@ class RunConfig:
             raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        _at_least("run", self, 0, "rounds_patience")
+        if self.rounds_patience and not self.eval.select_episodes:
+            raise ValueError(f"rounds_patience={self.rounds_patience} judges each round by the selection's real "
+                             f"episodes: pass --set eval.select_episodes=100 too, or --set rounds_patience=0")
         if self.finetune_m and not self.freeze_v:
             raise ValueError("finetune_m needs freeze_v: a V retrained each round changes the latents M learned; "
                              "pass --set freeze_v=true too, or drop finetune_m")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -81,6 +81,13 @@ class RunPlan:
         """the stage running now (None between stages)."""
         self._actual = 0.0  # seconds of the stages run here ...
         self._estimated = 0.0  # ... and what the model said they would take
+
+    def stop_after(self, k: int) -> None:
+        """The rounds stopped after round ``k`` (``rounds_patience``): later rounds' stages are dropped."""
+        later = {f"{name}_r{j}" for j in range(k + 1, self.cfg.rounds)
+                 for name in ("collect", "vision", "encode", "memory", "evolve", "judge")}
+        self.stages = [s for s in self.stages if s.key not in later]
+        self.index = {s.key: i for i, s in enumerate(self.stages)}
 
     def __len__(self) -> int:
         return len(self.stages)
@@ -199,7 +206,12 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     found = _Found(run)
     out: list[Stage] = []
     frames = 0
+    from agents.world_models.stages import rounds_run
+
+    most = cfg.rounds
+    cfg = replace(cfg, rounds=rounds_run(run, cfg))  # fewer where the rounds' patience stopped them
     final = rounds_final(run, cfg)
+    judged = _judged_rounds(run, cfg)
     for k in range(cfg.rounds):
         eps = c.round_episodes(k)
         found_eps = sum(str(i) in manifest for i in eps)
@@ -232,6 +244,11 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         else:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (CONTROLLER_STEPS_S * workers)
         out.append(_evolve(run, cfg, k, cost, finished))
+        if cfg.rounds_patience and k < most - 1:
+            n = cfg.eval.select_episodes
+            out.append(Stage(f"judge_r{k}", f"round {k}: play C in the selection's {n} real episodes (rounds_patience "
+                             f"{cfg.rounds_patience})", n * eval_len / (CONTROLLER_STEPS_S * workers),
+                             f"round {k}'s C judged" if k < judged else None, k < judged))
     eval_cost = cfg.eval.episodes * eval_len / (CONTROLLER_STEPS_S * workers)
     if cfg.eval.select_episodes and cfg.rounds > 1:
         from agents.world_models.stages import stored_selection
@@ -260,6 +277,16 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / CONTROLLER_STEPS_S,
                          None, done))
     return out
+
+
+def _judged_rounds(run: RunDir, cfg: RunConfig) -> int:
+    """How many rounds (0, 1, ...) ``rounds.json`` holds judged with their controllers as they are now."""
+    if not cfg.rounds_patience:
+        return 0
+    from agents.fitness import SELECT_GENERATION, generation_seeds
+    from agents.world_models.stages import _judged
+
+    return len(_judged(run, cfg, cfg.rounds, generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)))
 
 
 def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:

@@ -67,8 +67,9 @@ def publish_run(run_dir: str | Path, out_dir: str | Path, limit_mb: float = LIMI
         for src in (run.controller(), run.controller_finetuned, *sorted(run.checkpoints.glob("controller_r*.npz"))):
             if src.is_file():
                 shutil.copy2(src, tmp.checkpoints / src.name)
-        for src in (run.config_json, run.eval_json, run.eval_finetuned_json, run.report, run.stages_json,
-                    run.fidelity_probes_json):
+        # the selection's and the rounds' patience's returns: which rounds ran and which was kept
+        for src in (run.config_json, run.eval_json, run.eval_finetuned_json, run.eval_last_json, run.selection_json,
+                    run.rounds_json, run.report, run.stages_json, run.fidelity_probes_json):
             if src.is_file():
                 shutil.copy2(src, tmp.root / src.name)
         if run.figures.is_dir():

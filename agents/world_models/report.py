@@ -320,6 +320,33 @@ def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
     return out
 
 
+def patience_lines(run_dir: RunDir, config: dict[str, Any]) -> list[str]:
+    """The report's lines on the rounds' patience (``rounds_patience``): each round's controller on
+    the selection's real episodes as soon as it was evolved, through its own round's M
+    (``rounds.json``), and where the rounds stopped. None when the patience is off."""
+    patience = int(config.get("rounds_patience", 0) or 0)
+    if not patience or not run_dir.rounds_json.exists():
+        return []
+    try:
+        rows = json.loads(run_dir.rounds_json.read_text())["rounds"]
+    except (OSError, ValueError, KeyError):
+        return []
+    most = int(config.get("rounds", 1))
+    means = [r["mean"] for r in rows]
+    best = means.index(max(means)) if means else 0
+    stopped = bool(rows) and len(rows) - 1 - best >= patience
+    out = ["## The rounds' patience (`rounds_patience`)", "",
+           f"Each round's controller played the selection's {len(rows[0]['returns']) if rows else 0} real episodes "
+           f"as soon as it was evolved (through its own round's M); the rounds stop once {patience} rounds in a row "
+           f"have not beaten the best mean before them, at most {most} rounds."
+           + (f" They stopped after round {len(rows) - 1}: none of the last {patience} beat round {best}'s "
+              f"{means[best]:.1f}." if stopped and rows else ""), "",
+           "| round | mean over the selection's episodes (its own M) |", "|---|---|"]
+    out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "") + " |"
+            for r in rows]
+    return [*out, ""]
+
+
 def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     """Write ``RUN/report.md`` (and its plots) from what the run folder holds."""
     run_dir = RunDir(run_dir)
@@ -335,6 +362,7 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
                   f"{config.get('train_in', 'dream')}.", ""]
         lines += selection_lines(run_dir, e)
+        lines += patience_lines(run_dir, config)
         lines += [world_model_line(config), ""]
     if run_dir.eval_finetuned_json.exists():
         e = json.loads(run_dir.eval_finetuned_json.read_text())

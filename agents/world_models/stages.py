@@ -719,89 +719,187 @@ def finetune_real(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable[[], RealPool], *,
-                 progress: bool = True) -> int:
+                 m_id: str | None = None, progress: bool = True) -> int:
     """The round whose controller becomes the final one: the last round's, or, with
     ``eval.select_episodes`` N > 0 and more than one round, the one :func:`pick_round` keeps after
     every round's controller played the same N real episodes (seeds of generation
-    :data:`SELECT_GENERATION`, which no training, gap measurement or evaluation plays). Writes
-    ``selection.json`` (every round's returns, the pick); the episodes are not played again while
-    it holds these controllers over as many episodes with the same episode limit (a new
-    ``eval.select_margin`` picks again from its returns)."""
+    :data:`SELECT_GENERATION`, which no training, gap measurement or evaluation plays) through the
+    final world model (M ``m_id``). Writes ``selection.json`` (every round's returns, the pick); a
+    controller that played these episodes through this M (``selection.json``, ``rounds.json``) does
+    not play them again (a new ``eval.select_margin`` picks again from the returns). ``cfg.rounds``
+    is the rounds the run went to (:func:`rounds_run`)."""
     run = RunDir(run)
     n, last, margin = cfg.eval.select_episodes, cfg.rounds - 1, cfg.eval.select_margin
     if n == 0 or cfg.rounds == 1:
         return last
     digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
     seeds = generation_seeds(cfg.seed, SELECT_GENERATION, n)
-    returns = stored_selection(run, cfg, digests)
+    returns = stored_selection(run, cfg, digests, m_id)
     if returns is not None:
         old = read_json(run.selection_json)
         if old.get("picked") == pick_round(returns, margin) and old.get("margin") == margin:
             return int(old["picked"])
     else:
-        played = played_rounds(run, cfg, seeds)  # rounds' returns already played on these episodes
+        played = played_rounds(run, cfg, seeds, m_id)
         kept = sum(d in played for d in digests)
         say(f"picking the final controller among the {cfg.rounds} rounds' by the same {n} real episodes each "
             f"(a selection by real returns, labelled as such in eval.json)"
-            + (f"; {kept} of the rounds' controllers played these episodes before: their returns are kept from "
-               f"selection.json" if kept else ""))
+            + (f"; {kept} of them played these episodes through this M before: their returns are kept" if kept else ""))
         returns = np.zeros((cfg.rounds, n))
         for k in range(cfg.rounds):  # a round at a time: a line of progress each
             if digests[k] in played:
                 returns[k] = played[digests[k]]
                 continue
-            params = load_controller(run.controller(k))[1]
-            returns[k] = [r["return"] for r in pool().play([(params, s) for s in seeds],
-                                                           progress=f"select r{k}" if progress else None)]
-            say(f"round {k}'s controller: {returns[k].mean():.1f} over the {n} episodes")
+            returns[k] = _play_round(run, k, seeds, pool, progress)
     picked = pick_round(returns, margin)
-    means = returns.mean(axis=1)
-    rows = [{"round": k, "controller": digests[k], "mean": float(means[k]),
-             "se": float(returns[k].std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-             "returns": [float(x) for x in returns[k]]} for k in range(cfg.rounds)]
+    rows = _rows(returns, digests, m_id)
     atomic_write_json(run.selection_json, {"episodes": n, "max_steps": cfg.eval.max_steps, "seeds": seeds,
                                            "margin": margin, "picked": picked, "rounds": rows})
-    say(f"round means over {n} real episodes: " + ", ".join(f"r{k} {m:.1f}" for k, m in enumerate(means))
+    say(f"round means over {n} real episodes: " + ", ".join(f"r{k} {r['mean']:.1f}" for k, r in enumerate(rows))
         + f"; keeping round {picked}'s controller"
         + (" (no round beat the last by more than the margin)" if picked == last else ""))
     return picked
 
 
-def played_rounds(run: RunDir, cfg: RunConfig, seeds: list[int]) -> dict[str, np.ndarray]:
-    """The returns ``selection.json`` holds per controller (file digest) when they were played on
-    these episode seeds with this episode limit: a run continued for more rounds plays only the new
-    rounds' controllers. Empty when the file is missing, unreadable or another selection's."""
+def _play_round(run: RunDir, k: int, seeds: list[int], pool: Callable[[], RealPool], progress: bool) -> np.ndarray:
+    """Round ``k``'s controller's returns over the episodes ``seeds`` (a line of progress)."""
+    params = load_controller(run.controller(k))[1]
+    got = np.asarray([r["return"] for r in pool().play([(params, s) for s in seeds],
+                                                       progress=f"select r{k}" if progress else None)])
+    n = len(seeds)
+    say(f"round {k}'s controller: {got.mean():.1f} ± {got.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0:.1f} "
+        f"over the selection's {n} real episodes")
+    return got
+
+
+def _rows(returns: np.ndarray, digests: list[str], m_ids: str | None | list[str | None]) -> list[dict[str, Any]]:
+    """``selection.json``'s and ``rounds.json``'s rows: each round's controller, the M it played
+    through, its mean, standard error and returns."""
+    n = returns.shape[1]
+    ms = m_ids if isinstance(m_ids, list) else [m_ids] * len(returns)
+    return [{"round": k, "controller": digests[k], "mdrnn": ms[k], "mean": float(returns[k].mean()),
+             "se": float(returns[k].std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+             "returns": [float(x) for x in returns[k]]} for k in range(len(returns))]
+
+
+def _stored_rows(path: Path, cfg: RunConfig, seeds: list[int]) -> list[dict[str, Any]]:
+    """The rows of ``selection.json`` or ``rounds.json`` when it was played on these episode seeds
+    with this episode limit; [] when missing, unreadable or another selection's."""
+    if not path.exists():
+        return []
     try:
-        old = read_json(run.selection_json)
+        old = read_json(path)
         if old.get("seeds") != list(seeds) or old.get("max_steps") != cfg.eval.max_steps:
-            return {}
-        out = {r["controller"]: np.asarray(r["returns"], dtype=np.float64) for r in old["rounds"]}
+            return []
+        rows = [r for r in old["rounds"] if isinstance(r, dict) and len(r["returns"]) == len(seeds)]
+        for r in rows:
+            r["returns"] = np.asarray(r["returns"], dtype=np.float64)
+        return rows
     except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def played_rounds(run: RunDir, cfg: RunConfig, seeds: list[int], m_id: str | None) -> dict[str, np.ndarray]:
+    """The returns ``selection.json`` and ``rounds.json`` hold per controller (file digest) played on
+    these episode seeds, with this episode limit, through M ``m_id``: a run continued for more
+    rounds plays only the new rounds' controllers. Empty for an M without an id."""
+    if m_id is None:
         return {}
-    return {d: r for d, r in out.items() if r.shape == (len(seeds),)}
+    return {r["controller"]: r["returns"] for path in (run.rounds_json, run.selection_json)
+            for r in _stored_rows(path, cfg, seeds) if r.get("mdrnn") == m_id}
 
 
-def stored_selection(run: RunDir | str | os.PathLike, cfg: RunConfig,
-                     digests: list[str] | None = None) -> np.ndarray | None:
+def judge_round(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, pool: Callable[[], RealPool], *,
+                m_id: str | None = None, progress: bool = True) -> list[float]:
+    """With ``rounds_patience``: round ``k``'s controller plays the selection's N real episodes as
+    soon as it is evolved, through its own round's world model (M ``m_id``); its row is added to
+    ``rounds.json`` (each round's controller digest, M, mean, returns). Returns the means of the
+    rounds 0..k judged so far (a round's row is kept while its controller is the same file), from
+    which :func:`rounds_stop` says whether the rounds stop."""
+    run = RunDir(run)
+    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)
+    rows = _judged(run, cfg, k + 1, seeds)
+    for j in range(len(rows), k + 1):  # round k, and any earlier one not judged yet (patience turned on later)
+        got = _play_round(run, j, seeds, pool, progress)
+        rows.append(_rows(got[None], [file_digest(run.controller(j))], m_id)[0] | {"round": j})
+        atomic_write_json(run.rounds_json, {"episodes": len(seeds), "max_steps": cfg.eval.max_steps, "seeds": seeds,
+                                            "patience": cfg.rounds_patience,
+                                            "rounds": [{**r, "returns": [float(x) for x in r["returns"]]}
+                                                       for r in rows]})
+    return [float(np.mean(r["returns"])) for r in rows[:k + 1]]
+
+
+def _judged(run: RunDir, cfg: RunConfig, upto: int, seeds: list[int]) -> list[dict[str, Any]]:
+    """``rounds.json``'s rows for rounds 0, 1, ... while each is there and its controller is the file
+    on disk now (at most ``upto`` rows)."""
+    rows = {r.get("round"): r for r in _stored_rows(run.rounds_json, cfg, seeds)}
+    out = []
+    for k in range(upto):
+        r = rows.get(k)
+        if r is None or not run.controller(k).exists() or r.get("controller") != file_digest(run.controller(k)):
+            break
+        out.append(r)
+    return out
+
+
+def rounds_stop(means: list[float] | np.ndarray, patience: int) -> bool:
+    """Whether the rounds stop after the last of ``means`` (each round's mean over the selection's
+    episodes): ``patience`` > 0 rounds in a row have not beaten the best mean before them (a tie
+    does not beat it)."""
+    return patience > 0 and len(means) - 1 - int(np.argmax(means)) >= patience
+
+
+def rounds_run(run: RunDir | str | os.PathLike, cfg: RunConfig) -> int:
+    """How many rounds this run goes to: ``cfg.rounds``, or with ``rounds_patience`` fewer when
+    ``rounds.json`` says the rounds stopped (:func:`rounds_stop` over its rounds whose controllers
+    are the files on disk). Raising ``rounds_patience`` or ``rounds`` on a resume lets a stopped
+    run go on."""
+    run = RunDir(run)
+    if not cfg.rounds_patience or cfg.rounds == 1:
+        return cfg.rounds
+    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)
+    means = [float(np.mean(r["returns"])) for r in _judged(run, cfg, cfg.rounds - 1, seeds)]
+    for k in range(len(means)):
+        if rounds_stop(means[:k + 1], cfg.rounds_patience):
+            return k + 1
+    return cfg.rounds
+
+
+def stored_selection(run: RunDir | str | os.PathLike, cfg: RunConfig, digests: list[str] | None = None,
+                     m_id: str | None = None) -> np.ndarray | None:
     """The returns (rounds x episodes) ``selection.json`` holds when they are this config's
     selection: as many episodes with the same episode limit, played by the rounds' controllers
-    as they are now (``digests``, read from disk when not given); None otherwise (missing,
-    unreadable, or another selection's)."""
+    as they are now (``digests``, read from disk when not given) through the M now in
+    ``mdrnn.pt`` (``m_id``, read when not given); None otherwise (missing, unreadable, or another
+    selection's)."""
     run = RunDir(run)
     n = cfg.eval.select_episodes
     if not run.selection_json.exists() or any(not run.controller(k).exists() for k in range(cfg.rounds)):
         return None
     if digests is None:
         digests = [file_digest(run.controller(k)) for k in range(cfg.rounds)]
+    if m_id is None:
+        m_id = checkpoint_id(run.mdrnn)
     try:
         old = read_json(run.selection_json)
-        if (old.get("episodes") != n or old.get("max_steps") != cfg.eval.max_steps
-                or [r.get("controller") for r in old.get("rounds", [])] != digests):
+        if (old.get("episodes") != n or old.get("max_steps") != cfg.eval.max_steps or "picked" not in old
+                or [r.get("controller") for r in old.get("rounds", [])] != digests
+                or m_id is None or any(r.get("mdrnn") != m_id for r in old["rounds"])):
             return None
         returns = np.asarray([r["returns"] for r in old["rounds"]], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable: played again, and written whole
     return returns if returns.shape == (cfg.rounds, n) else None
+
+
+def checkpoint_id(path: Path) -> str | None:
+    """A model checkpoint's id (its meta's ``id``); None when absent, unreadable or without one."""
+    try:
+        state = torch_load(path)
+    except Exception:  # noqa: BLE001 - the stage that loads it names the fault
+        return None
+    meta = state.get("meta", {}) if isinstance(state, dict) else {}
+    return meta.get("id") if isinstance(meta, dict) else None
 
 
 def pick_round(returns: np.ndarray, margin: float) -> int:
@@ -896,5 +994,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "select_round", "played_rounds", "stored_selection", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "judge_round", "rounds_stop", "rounds_run", "played_rounds", "stored_selection", "checkpoint_id", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import os
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,12 @@ class DreamTrainer:
                                                     progress=self.progress)
         return WorldModel.from_models(vae, mdrnn, task=c.task, run=run, members=members).to(c.device)
 
-    def _finished_rounds(self) -> tuple[WorldModel, np.ndarray] | None:
+    def _finished_rounds(self, c: RunConfig) -> tuple[WorldModel, np.ndarray] | None:
         """The world model and the last round's controller when every round is finished for good
         (:func:`~agents.world_models.plan.rounds_final`, and the last controller was evolved for
         this config in this M's dream); None when any round has work left (the rounds run as usual,
-        and say what is wrong)."""
-        c, run = self.cfg, self.run
+        and say what is wrong). ``c.rounds`` is the rounds the run goes to (:func:`stages.rounds_run`)."""
+        run = self.run
         if not rounds_final(run, c):
             return None
         from agents.controller import load_controller
@@ -126,9 +127,10 @@ class DreamTrainer:
             return None
         return wm, params
 
-    def _rounds(self, plan: RunPlan) -> tuple[WorldModel, np.ndarray]:
-        """Every round's collection, V, M and evolution (each skipped where finished); the last
-        round's world model and controller."""
+    def _rounds(self, plan: RunPlan) -> tuple[WorldModel, np.ndarray, int]:
+        """Every round's collection, V, M and evolution (each skipped where finished), each round
+        judged by real episodes with ``rounds_patience`` (the rounds stop when it says so); the last
+        round's world model and controller, and how many rounds ran."""
         c, run = self.cfg, self.run
         for k in range(c.rounds):
             self.close_pool()  # its workers hold CPUs that collection's workers need (a Ray of 2 CPUs waits forever)
@@ -137,7 +139,18 @@ class DreamTrainer:
             wm = self.world_model(k)
             with plan.stage(f"evolve_r{k}"):
                 params = stages.evolve_controller(run, c, k, wm, partial(self.pool, wm), progress=self.progress)
-        return wm, params
+            if c.rounds_patience and k < c.rounds - 1:
+                with plan.stage(f"judge_r{k}"):
+                    means = stages.judge_round(run, c, k, partial(self.pool, wm), m_id=wm.mdrnn.meta.get("id"),
+                                               progress=self.progress)
+                if stages.rounds_stop(means, c.rounds_patience):
+                    best = int(np.argmax(means))
+                    stages.say(f"the rounds stop after round {k}: none of the last {c.rounds_patience} beat round "
+                               f"{best}'s {means[best]:.1f} over the selection's {c.eval.select_episodes} real "
+                               f"episodes (rounds_patience {c.rounds_patience}; at most {c.rounds} rounds)")
+                    plan.stop_after(k)
+                    return wm, params, k + 1
+        return wm, params, c.rounds
 
     def learn(self) -> dict[str, Any]:
         """Run every stage that is not finished; returns ``eval.json``'s content plus ``wall_s``."""
@@ -151,9 +164,13 @@ class DreamTrainer:
         stages.say(resumed or plan.start_line())
         try:
             # a run whose rounds are all final skips them: nothing left reads the rollout data
-            wm, params = self._finished_rounds() or self._rounds(plan)
+            stopped = replace(c, rounds=stages.rounds_run(run, c))  # fewer rounds where the patience stopped them
+            final = self._finished_rounds(stopped)
+            wm, params, n = (*final, stopped.rounds) if final else self._rounds(plan)
+            c = replace(c, rounds=n)  # the stages after the rounds see the rounds that ran
             with plan.stage("select"):
-                k = stages.select_round(run, c, partial(self.pool, wm), progress=self.progress)
+                k = stages.select_round(run, c, partial(self.pool, wm), m_id=wm.mdrnn.meta.get("id"),
+                                        progress=self.progress)
             kept = run.controller(k)
             last_params = params
             if k != c.rounds - 1:
