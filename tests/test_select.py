@@ -74,6 +74,13 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert "**A selection by real returns, not a dream-only result:**" in report and "| 0 | " in report
     assert f"the dream-only result) on the evaluation's 2 episodes: **{last['mean']:.1f}" in report
 
+    cfg3 = RunConfig.from_dict({**RunConfig.load(run).to_dict(), "eval": {**RunConfig.load(run).to_dict()["eval"],
+                                                                          "select_episodes": 3, "probes": False}})
+    evaluated = {s.key: s.done for s in RunPlan(RunDir(run), cfg3, say=lambda *_: None).stages}["evaluate"]
+    shutil.copyfile(run / "eval_last.json", tmp_path / "eval_last.json")
+    (run / "eval_last.json").unlink()  # the kept round's evaluation alone does not finish the stage
+    assert evaluated and not {s.key: s.done for s in RunPlan(RunDir(run), cfg3, say=lambda *_: None).stages}["evaluate"]
+    shutil.copyfile(tmp_path / "eval_last.json", run / "eval_last.json")
     before = {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json", run / "eval_last.json"]}
     again = _resume(run, "eval.select_episodes=3")
     assert "picking" not in again.stdout and "evaluating" not in again.stdout

@@ -258,8 +258,15 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
                          f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
                          / (CONTROLLER_STEPS_S * workers), "the rounds' selection" if picked else None, picked))
     scored = _scored(run.eval_json, run.controller(), cfg)
-    out.append(Stage("evaluate", f"evaluate C in {cfg.eval.episodes} real episodes", eval_cost,
-                     "C evaluated" if scored else None, scored))
+    # another round kept by the selection: the last round's C is evaluated too (eval_last.json)
+    last = run.controller(cfg.rounds - 1)
+    last_too = bool(cfg.eval.select_episodes) and cfg.rounds > 1 and not (
+        run.controller().exists() and last.exists() and _same_file(run.controller(), last))
+    if last_too and scored:
+        scored = _scored(run.eval_last_json, last, cfg)
+    out.append(Stage("evaluate", f"evaluate C in {cfg.eval.episodes} real episodes"
+                     + (" (and the last round's C, when another round was kept)" if last_too else ""),
+                     eval_cost * (2 if last_too else 1), "C evaluated" if scored else None, scored))
     f = cfg.finetune
     if f.generations:
         stall = min(eval_len, 300) if f.stall_steps else eval_len
@@ -287,6 +294,12 @@ def _judged_rounds(run: RunDir, cfg: RunConfig) -> int:
     from agents.world_models.stages import _judged
 
     return len(_judged(run, cfg, cfg.rounds, generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)))
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    from agents.world_models.stages import file_digest
+
+    return file_digest(a) == file_digest(b)
 
 
 def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
