@@ -73,6 +73,8 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     report = (run / "report.md").read_text()
     assert "**A selection by real returns, not a dream-only result:**" in report and "| 0 | " in report
     assert f"the dream-only result) on the evaluation's 2 episodes: **{last['mean']:.1f}" in report
+    assert "![each round's controller in the real game](figures/rounds.png)" in report
+    assert (run / "figures" / "rounds.png").stat().st_size > 10_000  # a plot of the rounds' means, the kept one marked
 
     cfg3 = RunConfig.from_dict({**RunConfig.load(run).to_dict(), "eval": {**RunConfig.load(run).to_dict()["eval"],
                                                                           "select_episodes": 3, "probes": False}})

@@ -110,9 +110,10 @@ def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None
     stages = sorted({r["stage"] for r in recs if r["name"].endswith("/best")})
     if not stages:
         return None
+    stages = sorted(stages, key=_stage_order)
     gap = gap_rows(run_dir)
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
+    fig, axes = _panels(plt, len(stages), 5, 3.6)
+    for ax, stage in zip(axes, stages, strict=False):
         for k in ("best", "mean", "worst"):
             steps, vals = _last_per_step([r for r in recs if r["stage"] == stage and r["name"].endswith(f"/{k}")])
             if steps:
@@ -129,6 +130,66 @@ def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _stage_order(stage: str) -> tuple[int, str]:
+    """evolve_r2 before evolve_r10 (and finetune_real after the rounds)."""
+    return len(stage), stage
+
+
+PANELS_PER_ROW = 4
+
+
+def _panels(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, at most :data:`PANELS_PER_ROW` a row (a 10-round run stays
+    readable), unused panels hidden; the panels in reading order."""
+    cols = min(PANELS_PER_ROW, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def plot_rounds(run_dir: RunDir, out: Path) -> Path | None:
+    """Each round's controller's mean (± s.e.) over the selection's real episodes: through the
+    final M (``selection.json``) and, with the rounds' patience, through its own round's M as soon
+    as it was evolved (``rounds.json``); the kept round marked."""
+    series = []
+    for path, label in ((run_dir.selection_json, "through the final M (the selection)"),
+                        (run_dir.rounds_json, "through its own round's M (the rounds' patience)")):
+        try:
+            d = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            d = None
+        if d and d.get("rounds"):
+            series.append((label, d))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for (label, d), marker in zip(series, ("o-", "s--"), strict=False):
+        rows = d["rounds"]
+        ax.errorbar([r["round"] for r in rows], [r["mean"] for r in rows],
+                    yerr=[r.get("se") or 0.0 for r in rows], fmt=marker, capsize=3, label=label)
+        if d.get("picked") is not None:
+            kept = rows[int(d["picked"])]
+            ax.plot([kept["round"]], [kept["mean"]], "r*", ms=14, label=f"kept: round {kept['round']}")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"mean return over {series[0][1]['episodes']} real episodes")
+    ax.set_title("each round's controller in the real game")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -157,9 +218,9 @@ def plot_gap(run_dir: RunDir, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    stages = sorted({r["stage"] for r in rows})
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
+    stages = sorted({r["stage"] for r in rows}, key=_stage_order)
+    fig, axes = _panels(plt, len(stages), 5, 3.5)
+    for ax, stage in zip(axes, stages, strict=False):
         rs = [r for r in rows if r["stage"] == stage]
         gens = [r["generation"] + 1 for r in rs]
         ax.plot(gens, [r["dream"] for r in rs], "o-", label="in the dream")
@@ -363,6 +424,8 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"{config.get('train_in', 'dream')}.", ""]
         lines += selection_lines(run_dir, e)
         lines += patience_lines(run_dir, config)
+        if (e.get("selected") or run_dir.rounds_json.exists()) and plot_rounds(run_dir, figs / "rounds.png"):
+            lines += [f"![each round's controller in the real game]({figs.name}/rounds.png)", ""]
         lines += [world_model_line(config), ""]
     if run_dir.eval_finetuned_json.exists():
         e = json.loads(run_dir.eval_finetuned_json.read_text())
