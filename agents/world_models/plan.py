@@ -33,8 +33,9 @@ from worldlab.rundir import RunDir
 # rates on the 2-core laptop (docs/RESULTS.md, docs/benchmarks/): rough, the ETA rescales them as the run goes
 COLLECT_STEPS_S = {"car_racing": 170.0, "doom_take_cover": 600.0}
 """real steps per second per worker with a data policy (frames compressed and written)."""
-CONTROLLER_STEPS_S = 70.0
-"""real steps per second per worker with V, M and C in the loop."""
+CONTROLLER_STEPS_S = {"car_racing": 70.0, "doom_take_cover": 300.0}
+"""real steps per second per worker with V, M and C in the loop (Doom: 100 evaluation episodes in
+~70 s on 2 workers, docs/RESULTS.md)."""
 V_FRAMES_S = 400.0
 """V's training frames per second (fp32 ConvVAE)."""
 ENCODE_FRAMES_S = 2500.0
@@ -202,6 +203,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     eval_len = min(cfg.eval.max_steps or spec.max_episode_steps, typical)
     dream_len = min(cfg.dream.steps or spec.max_episode_steps, typical)
     workers = max(cfg.workers, 1)
+    ctrl_rate = CONTROLLER_STEPS_S.get(cfg.task, 70.0)
     manifest = _episodes(run.data_manifest)
     found = _Found(run)
     out: list[Stage] = []
@@ -216,7 +218,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         eps = c.round_episodes(k)
         found_eps = sum(str(i) in manifest for i in eps)
         have = len(eps) if final else found_eps  # a final round does not need its data
-        rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else CONTROLLER_STEPS_S
+        rate = COLLECT_STEPS_S.get(cfg.task, 300.0) if k == 0 else ctrl_rate
         policy = c.policy if k == 0 else c.later_policy(k)
         per_episode = collect_len / (rate * workers)
         out.append(Stage(f"collect_r{k}", f"round {k}: collect {len(eps)} real episodes ({policy})",
@@ -239,24 +241,24 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         if cfg.train_in == "dream":
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             if cfg.eval.gap_every:
-                cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+                cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
             cost *= cfg.cma.restarts  # every search costs the same
         else:
-            cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (CONTROLLER_STEPS_S * workers)
+            cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (ctrl_rate * workers)
         out.append(_evolve(run, cfg, k, cost, finished))
         if cfg.rounds_patience and k < most - 1:
             n = cfg.eval.select_episodes
             out.append(Stage(f"judge_r{k}", f"round {k}: play C in the selection's {n} real episodes (rounds_patience "
-                             f"{cfg.rounds_patience})", n * eval_len / (CONTROLLER_STEPS_S * workers),
+                             f"{cfg.rounds_patience})", n * eval_len / (ctrl_rate * workers),
                              f"round {k}'s C judged" if k < judged else None, k < judged))
-    eval_cost = cfg.eval.episodes * eval_len / (CONTROLLER_STEPS_S * workers)
+    eval_cost = cfg.eval.episodes * eval_len / (ctrl_rate * workers)
     if cfg.eval.select_episodes and cfg.rounds > 1:
         from agents.world_models.stages import stored_selection
 
         picked = stored_selection(run, cfg) is not None  # this config's episodes, these rounds' controllers
         out.append(Stage("select", f"pick the final C among the {cfg.rounds} rounds' by {cfg.eval.select_episodes} "
                          f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
-                         / (CONTROLLER_STEPS_S * workers), "the rounds' selection" if picked else None, picked))
+                         / (ctrl_rate * workers), "the rounds' selection" if picked else None, picked))
     scored = _scored(run.eval_json, run.controller(), cfg)
     # another round kept by the selection: the last round's C is evaluated too (eval_last.json)
     last = run.controller(cfg.rounds - 1)
@@ -270,7 +272,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     f = cfg.finetune
     if f.generations:
         stall = min(eval_len, 300) if f.stall_steps else eval_len
-        tuned = _finetune(run, cfg, f.generations * f.popsize * f.rollouts * stall / (2 * CONTROLLER_STEPS_S * workers))
+        tuned = _finetune(run, cfg, f.generations * f.popsize * f.rollouts * stall / (2 * ctrl_rate * workers))
         out.append(tuned)
         scored = tuned.done and _scored(run.eval_finetuned_json, run.controller_finetuned, cfg)
         out.append(Stage("evaluate_finetuned", f"evaluate the fine-tuned C in {cfg.eval.episodes} real episodes",
@@ -281,7 +283,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
                          run.fidelity_probes_json.exists()))
     if cfg.eval.videos:
         done = (run.videos / "real.mp4").exists() and (run.videos / "dream.mp4").exists()
-        out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / CONTROLLER_STEPS_S,
+        out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / ctrl_rate,
                          None, done))
     return out
 
