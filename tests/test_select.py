@@ -28,6 +28,7 @@ from agents.world_models.stages import (
     rounds_stop,
     stored_selection,
 )
+from worldlab.logging import read_metrics
 from worldlab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,8 @@ def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(t
     assert [row["round"] for row in judged["rounds"]] == [0, 1] and judged["patience"] == 1
     assert judged["rounds"][0]["mean"] > judged["rounds"][1]["mean"]
     assert rounds_run(run, RunConfig.load(run)) == 2
+    logged = read_metrics(run, "rounds", "rounds/real_mean")  # TensorBoard and metrics.jsonl, a point a round
+    assert [m["step"] for m in logged] == [0, 1] and [m["value"] for m in logged] == [r["mean"] for r in judged["rounds"]]
     ev = json.loads((run / "eval.json").read_text())
     assert ev["selected"]["round"] == 0 and ev["selected"]["of_rounds"] == 2
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r0.npz").read_bytes()

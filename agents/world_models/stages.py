@@ -822,6 +822,8 @@ def judge_round(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, pool: C
     for j in range(len(rows), k + 1):  # round k, and any earlier one not judged yet (patience turned on later)
         got = _play_round(run, j, seeds, pool, progress)
         rows.append(_rows(got[None], [file_digest(run.controller(j))], m_id)[0] | {"round": j})
+        with RunLogger(run, "rounds") as logger:  # TensorBoard: the rounds' real means as they come
+            logger.scalars({"rounds/real_mean": rows[-1]["mean"], "rounds/real_se": rows[-1]["se"] or 0.0}, j)
         atomic_write_json(run.rounds_json, {"episodes": len(seeds), "max_steps": cfg.eval.max_steps, "seeds": seeds,
                                             "patience": cfg.rounds_patience,
                                             "rounds": [{**r, "returns": [float(x) for x in r["returns"]]}
