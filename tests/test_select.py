@@ -46,13 +46,19 @@ def _resume(run: Path, *sets: str, check: bool = True) -> subprocess.CompletedPr
     return r
 
 
-def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) -> None:
+def _bad_last_round(tmp_path: Path) -> tuple[Path, Path, tuple]:
+    """OLD_RUN copied with its last round's controller made bad (large random weights steer and brake
+    at random); the run, its checkpoints and that round's (config, params, extra) as they were."""
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     ck = run / "checkpoints"
     ccfg, params, extra = load_controller(ck / "controller_r1.npz")
-    # the last round's controller made bad: large random weights steer and brake at random
     save_controller(ck / "controller_r1.npz", ccfg, 3 * np.random.default_rng(0).standard_normal(params.shape), **extra)
+    return run, ck, (ccfg, params, extra)
+
+
+def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) -> None:
+    run, ck, (ccfg, params, extra) = _bad_last_round(tmp_path)
 
     r = _resume(run, "eval.select_episodes=3")
     sel = json.loads((run / "selection.json").read_text())
@@ -196,11 +202,7 @@ def test_rounds_stop_after_patience_rounds_without_a_new_best() -> None:
 
 
 def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(OLD_RUN, run)
-    ck = run / "checkpoints"
-    ccfg, params, extra = load_controller(ck / "controller_r1.npz")
-    save_controller(ck / "controller_r1.npz", ccfg, 3 * np.random.default_rng(0).standard_normal(params.shape), **extra)
+    run, ck, _ = _bad_last_round(tmp_path)
 
     r = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # round 1 (bad) does not beat round 0
     assert "the rounds stop after round 1: none of the last 1 beat round 0's" in r.stdout

@@ -208,12 +208,13 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     found = _Found(run)
     out: list[Stage] = []
     frames = 0
-    from agents.world_models.stages import rounds_run
+    from agents.world_models.stages import judged_means, rounds_run
 
     most = cfg.rounds
-    cfg = replace(cfg, rounds=rounds_run(run, cfg))  # fewer where the rounds' patience stopped them
+    means = judged_means(run, cfg)  # the rounds judged so far (rounds_patience)
+    cfg = replace(cfg, rounds=rounds_run(run, cfg, means))  # fewer where the rounds' patience stopped them
     final = rounds_final(run, cfg)
-    judged = _judged_rounds(run, cfg)
+    judged = len(means)
     for k in range(cfg.rounds):
         eps = c.round_episodes(k)
         found_eps = sum(str(i) in manifest for i in eps)
@@ -255,7 +256,8 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     if cfg.eval.select_episodes and cfg.rounds > 1:
         from agents.world_models.stages import stored_selection
 
-        picked = stored_selection(run, cfg) is not None  # this config's episodes, these rounds' controllers
+        # this config's episodes, these rounds' controllers, through the M in mdrnn.pt (its meta read once)
+        picked = stored_selection(run, cfg, m_id=found.mdrnn.get("id")) is not None
         out.append(Stage("select", f"pick the final C among the {cfg.rounds} rounds' by {cfg.eval.select_episodes} "
                          f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
                          / (ctrl_rate * workers), "the rounds' selection" if picked else None, picked))
@@ -286,16 +288,6 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / ctrl_rate,
                          None, done))
     return out
-
-
-def _judged_rounds(run: RunDir, cfg: RunConfig) -> int:
-    """How many rounds (0, 1, ...) ``rounds.json`` holds judged with their controllers as they are now."""
-    if not cfg.rounds_patience:
-        return 0
-    from agents.fitness import SELECT_GENERATION, generation_seeds
-    from agents.world_models.stages import _judged
-
-    return len(_judged(run, cfg, cfg.rounds, generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)))
 
 
 def _same_file(a: Any, b: Any) -> bool:

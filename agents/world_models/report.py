@@ -49,6 +49,14 @@ def _readable_ylim(ax: Any, values: list[float]) -> None:
         ax.set_ylim(lo - pad, hi + pad)
 
 
+def _save(plt: Any, fig: Any, out: Path) -> Path:
+    """Lay out, write and close a report figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_losses(run_dir: RunDir, out: Path) -> Path | None:
     """V's and M's losses against the training step, one panel per loss with linear, labelled axes."""
     import matplotlib
@@ -91,10 +99,7 @@ def plot_losses(run_dir: RunDir, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None:
@@ -107,10 +112,9 @@ def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None
     from matplotlib.ticker import MaxNLocator
 
     recs = read_metrics(run_dir)
-    stages = sorted({r["stage"] for r in recs if r["name"].endswith("/best")})
+    stages = sorted({r["stage"] for r in recs if r["name"].endswith("/best")}, key=_stage_order)
     if not stages:
         return None
-    stages = sorted(stages, key=_stage_order)
     gap = gap_rows(run_dir)
     fig, axes = _panels(plt, len(stages), 5, 3.6)
     for ax, stage in zip(axes, stages, strict=False):
@@ -130,10 +134,7 @@ def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def _stage_order(stage: str) -> tuple[int, str]:
@@ -190,10 +191,7 @@ def plot_rounds(run_dir: RunDir, out: Path) -> Path | None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def gap_rows(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -230,10 +228,7 @@ def plot_gap(run_dir: RunDir, out: Path) -> Path | None:
         ax.set_ylabel("return")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def collection_rounds(run_dir: RunDir, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -356,6 +351,11 @@ def restart_rows(run_dir: RunDir, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _mean_se(row: dict[str, Any]) -> str:
+    """A round's mean over the selection's episodes, with its standard error when there is one."""
+    return f"{row['mean']:.1f}" + (f" ± {row['se']:.1f}" if row.get("se") is not None else "")
+
+
 def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
     """The report's lines on a final controller picked among the rounds by real episodes
     (``eval.select_episodes``): which round, every round's mean, and the last round's controller
@@ -369,8 +369,7 @@ def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
            f"round {sel['round']}'s became the final controller (the last round's unless another beat it by more "
            f"than `eval.select_margin` standard errors of the paired difference).", "",
            "| round | mean over the selection's episodes | kept |", "|---|---|---|"]
-    out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "")
-            + f" | {'yes' if r['round'] == sel['round'] else ''} |" for r in rows]
+    out += [f"| {r['round']} | {_mean_se(r)} | {'yes' if r['round'] == sel['round'] else ''} |" for r in rows]
     out.append("")
     if sel["round"] == len(rows) - 1:
         out += ["That is the last round's controller: the figure above is also the dream-only result.", ""]
@@ -392,10 +391,12 @@ def patience_lines(run_dir: RunDir, config: dict[str, Any]) -> list[str]:
         rows = json.loads(run_dir.rounds_json.read_text())["rounds"]
     except (OSError, ValueError, KeyError):
         return []
+    from agents.world_models.stages import rounds_stop
+
     most = int(config.get("rounds", 1))
     means = [r["mean"] for r in rows]
     best = means.index(max(means)) if means else 0
-    stopped = bool(rows) and len(rows) - 1 - best >= patience
+    stopped = bool(rows) and rounds_stop(means, patience)
     out = ["## The rounds' patience (`rounds_patience`)", "",
            f"Each round's controller played the selection's {len(rows[0]['returns']) if rows else 0} real episodes "
            f"as soon as it was evolved (through its own round's M); the rounds stop once {patience} rounds in a row "
@@ -403,8 +404,7 @@ def patience_lines(run_dir: RunDir, config: dict[str, Any]) -> list[str]:
            + (f" They stopped after round {len(rows) - 1}: none of the last {patience} beat round {best}'s "
               f"{means[best]:.1f}." if stopped and rows else ""), "",
            "| round | mean over the selection's episodes (its own M) |", "|---|---|"]
-    out += [f"| {r['round']} | {r['mean']:.1f}" + (f" ± {r['se']:.1f}" if r.get("se") is not None else "") + " |"
-            for r in rows]
+    out += [f"| {r['round']} | {_mean_se(r)} |" for r in rows]
     return [*out, ""]
 
 

@@ -851,16 +851,23 @@ def rounds_stop(means: list[float] | np.ndarray, patience: int) -> bool:
     return patience > 0 and len(means) - 1 - int(np.argmax(means)) >= patience
 
 
-def rounds_run(run: RunDir | str | os.PathLike, cfg: RunConfig) -> int:
+def judged_means(run: RunDir | str | os.PathLike, cfg: RunConfig) -> list[float]:
+    """The means ``rounds.json`` holds for rounds 0, 1, ... (before the last, which is never judged)
+    judged with their controllers as they are on disk now; [] without ``rounds_patience``."""
+    if not cfg.rounds_patience:
+        return []
+    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)
+    return [float(np.mean(r["returns"])) for r in _judged(RunDir(run), cfg, cfg.rounds - 1, seeds)]
+
+
+def rounds_run(run: RunDir | str | os.PathLike, cfg: RunConfig, means: list[float] | None = None) -> int:
     """How many rounds this run goes to: ``cfg.rounds``, or with ``rounds_patience`` fewer when
-    ``rounds.json`` says the rounds stopped (:func:`rounds_stop` over its rounds whose controllers
-    are the files on disk). Raising ``rounds_patience`` or ``rounds`` on a resume lets a stopped
-    run go on."""
-    run = RunDir(run)
+    ``rounds.json`` says the rounds stopped (:func:`rounds_stop` over :func:`judged_means`, or
+    ``means`` when the caller read them already). Raising ``rounds_patience`` or ``rounds`` on a
+    resume lets a stopped run go on."""
     if not cfg.rounds_patience or cfg.rounds == 1:
         return cfg.rounds
-    seeds = generation_seeds(cfg.seed, SELECT_GENERATION, cfg.eval.select_episodes)
-    means = [float(np.mean(r["returns"])) for r in _judged(run, cfg, cfg.rounds - 1, seeds)]
+    means = judged_means(run, cfg) if means is None else means
     for k in range(len(means)):
         if rounds_stop(means[:k + 1], cfg.rounds_patience):
             return k + 1
@@ -996,5 +1003,5 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
 
 
 __all__ = ["collect_rollouts", "train_vision", "encode_latents", "train_memory", "train_memories", "evolve_controller",
-           "select_round", "judge_round", "rounds_stop", "rounds_run", "played_rounds", "stored_selection", "checkpoint_id", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
+           "select_round", "judge_round", "rounds_stop", "judged_means", "rounds_run", "played_rounds", "stored_selection", "checkpoint_id", "pick_round", "evaluate_controller", "record_videos", "controller_config", "start_bank", "vision_steps",
            "bootstrap_episodes", "mid_episode_bank"]
