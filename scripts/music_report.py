@@ -233,6 +233,8 @@ def _notes_png(rows: np.ndarray, path: Path, title: str) -> None:
     """``(part, pitch, onset, duration)`` rows as a piano roll, one colour per part."""
     import matplotlib
 
+    from worldlab.io import atomic_savefig
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -247,7 +249,7 @@ def _notes_png(rows: np.ndarray, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
 
 

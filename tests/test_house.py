@@ -203,3 +203,31 @@ def test_atomic_writes_give_files_the_permissions_a_plain_write_would(tmp_path: 
     kept.chmod(0o750)
     atomic_write_text(kept, "#!/bin/sh\necho\n")
     assert kept.stat().st_mode & 0o777 == 0o750 and kept.read_text().endswith("echo\n")
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Report figures go through a temp file and a rename: a savefig that fails halfway leaves the
+    old figure as it was and no temp file behind; one that works writes a PNG of the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from worldlab.io import atomic_savefig
+
+    out = tmp_path / "figures" / "gap.png"
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    atomic_savefig(fig, out, dpi=50)
+    first = out.read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def broken(buf, **kw):  # the backend fails after writing part of the image
+        buf.write(first[:100])
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_savefig(fig, out)
+    plt.close(fig)
+    assert out.read_bytes() == first and [p.name for p in out.parent.iterdir()] == ["gap.png"]

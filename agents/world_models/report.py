@@ -12,7 +12,7 @@ from agents.evaluate import episode_limit, summarize_returns
 from agents.probes import probe_table
 from agents.world_models.config import CollectConfig, RunConfig
 from agents.world_models.plan import stage_times
-from worldlab.io import atomic_write_text, read_json
+from worldlab.io import atomic_savefig, atomic_write_text, read_json
 from worldlab.logging import read_metrics
 from worldlab.rundir import MANIFEST, RunDir
 from worldlab.sequence_m import describe_m_config
@@ -52,7 +52,7 @@ def _readable_ylim(ax: Any, values: list[float]) -> None:
 def _save(plt: Any, fig: Any, out: Path) -> Path:
     """Lay out, write and close a report figure; returns its path."""
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
     return out
 
