@@ -36,6 +36,24 @@ def test_a_fresh_run_plans_every_stage_of_every_round(tmp_path: Path) -> None:
     assert "vision_r1" not in keys and keys[-3:] == ["evaluate", "finetune", "evaluate_finetuned"]
 
 
+def test_a_plan_with_the_rounds_patience_says_its_estimate_counts_every_round(tmp_path: Path) -> None:
+    cfg = override(preset("default", "doom_take_cover"), ["rounds=12", "rounds_patience=2", "eval.select_episodes=100"])
+    plan = RunPlan(RunDir(tmp_path / "fresh"), cfg, say=(said := []).append)
+    keys = [s.key for s in plan.stages]
+    assert [k for k in keys if k.startswith("judge")] == [f"judge_r{k}" for k in range(11)]  # not the last round
+    assert " of work if all 12 rounds run (ETA " in plan.start_line()
+    full = plan.remaining_s()
+    with plan.stage("collect_r0"):
+        pass
+    assert said[0].startswith("stage 1/") and " left if all 12 rounds run (ETA " in said[0]
+    plan.stop_after(3)  # the rounds stopped: later rounds' stages are gone and the estimate is plain again
+    assert "collect_r4" not in [s.key for s in plan.stages] and plan.remaining_s() < full
+    assert "if all" not in plan.start_line()
+    with plan.stage("vision_r0"):
+        pass
+    assert "if all" not in said[-2] and " left (ETA " in said[-2]
+
+
 def test_resume_line_says_what_was_found_and_what_is_left(old_run: RunDir) -> None:
     cfg = RunConfig.load(old_run)  # 2 rounds of 3 + 2 episodes, 2 generations, evaluated
     line = RunPlan(old_run, cfg).resume_line()

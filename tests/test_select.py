@@ -206,6 +206,7 @@ def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(t
 
     r = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # round 1 (bad) does not beat round 0
     assert "the rounds stop after round 1: none of the last 1 beat round 0's" in r.stdout
+    assert "of work if all 4 rounds run" in r.stdout  # the estimate says what it counts while they may stop
     assert not (ck / "controller_r2.npz").exists() and not (ck / "cma_r2.npz").exists()
     judged = json.loads((run / "rounds.json").read_text())
     assert [row["round"] for row in judged["rounds"]] == [0, 1] and judged["patience"] == 1
@@ -222,6 +223,7 @@ def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(t
 
     again = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # nothing left to do
     assert "controller:" not in again.stdout and "picking" not in again.stdout and "stop after" in again.stdout
+    assert "if all" not in again.stdout  # stopped: the plan counts the rounds that ran
     assert not (ck / "controller_r2.npz").exists()
 
     before = judged["rounds"]

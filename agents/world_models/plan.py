@@ -80,6 +80,11 @@ class RunPlan:
         self.index = {s.key: i for i, s in enumerate(self.stages)}
         self.current: Stage | None = None
         """the stage running now (None between stages)."""
+        last_judge = self.index.get(f"judge_r{cfg.rounds - 2}")
+        self.if_all: int | None = (cfg.rounds if last_judge is not None and not self.stages[last_judge].done
+                                   else None)
+        """with ``rounds_patience``, the rounds the estimates count while the rounds may still stop
+        early (their lines say "if all N rounds run"); None once that is settled."""
         self._actual = 0.0  # seconds of the stages run here ...
         self._estimated = 0.0  # ... and what the model said they would take
 
@@ -89,6 +94,12 @@ class RunPlan:
                  for name in ("collect", "vision", "encode", "memory", "evolve", "judge")}
         self.stages = [s for s in self.stages if s.key not in later]
         self.index = {s.key: i for i, s in enumerate(self.stages)}
+        self.if_all = None
+
+    def _left(self, seconds: float) -> str:
+        """"about 62 min left (ETA 11:04)", saying so when the count assumes every round runs."""
+        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
+        return f"about {_minutes(seconds)} left{cond} (ETA {_clock(seconds)})"
 
     def __len__(self) -> int:
         return len(self.stages)
@@ -104,8 +115,9 @@ class RunPlan:
         if not found:
             return None
         left = sum(not s.done for s in self.stages)
+        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
         return (f"resuming {self.run}: {'; '.join(found)}; {left} of {len(self)} stages left, "
-                f"about {_minutes(self.remaining_s())} of work")
+                f"about {_minutes(self.remaining_s())} of work{cond}")
 
     def where(self) -> str:
         """The running stage as "stage 3/12 (round 0: encode the frames to latents)", or "between stages"."""
@@ -114,7 +126,9 @@ class RunPlan:
 
     def start_line(self) -> str:
         left = self.remaining_s()
-        return f"{len(self)} stages, about {_minutes(left)} of work (ETA {_clock(left)}); the estimate learns the machine as it goes"
+        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
+        return (f"{len(self)} stages, about {_minutes(left)} of work{cond} (ETA {_clock(left)}); the estimate "
+                f"learns the machine as it goes")
 
     @contextmanager
     def stage(self, key: str) -> Iterator[None]:
@@ -133,8 +147,7 @@ class RunPlan:
         done_pct = 100 * (1 - sum(t.estimate_s for t in self.stages[i:] if not t.done) / max(total, 1e-9))
         if not s.done:
             left = self.remaining_s(i - 1)
-            self.say(f"stage {i + 1}/{len(self)} · {s.title} · run {done_pct:.0f}% done, about "
-                     f"{_minutes(left)} left (ETA {_clock(left)})")
+            self.say(f"stage {i + 1}/{len(self)} · {s.title} · run {done_pct:.0f}% done, {self._left(left)}")
         t0 = time.perf_counter()
         self.current = s
         try:
