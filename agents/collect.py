@@ -10,7 +10,6 @@ killed collection resumes by collecting only the episodes the folder lacks.
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +162,5 @@ def collect(task: str, out_dir: str | Path, episodes: int, workers: int = 2, pol
 def _feed(pool: WorkerPool, policy_ref: list[Any], todo: list[int], seed: int, record: Any) -> None:
     """Play the episodes ``todo`` on the pool's workers, two in flight per worker (hides the driver's
     round trip), recording each as it finishes."""
-    queue = deque(todo)
-    pending: dict[Any, int] = {}  # handle -> worker
-
-    def submit(worker: int) -> None:
-        if queue:
-            i = queue.popleft()
-            pending[pool.submit(worker, "collect", i, episode_seed(seed, i), policy_ref)] = worker
-
-    for w in range(pool.size):
-        submit(w)
-        submit(w)
-    while pending:
-        handle, result = pool.wait(list(pending))
-        worker = pending.pop(handle)
+    for _, result in pool.imap("collect", [(i, episode_seed(seed, i), policy_ref) for i in todo]):
         record(*result)
-        submit(worker)

@@ -243,30 +243,27 @@ class RealPool:
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
              progress: str | None = None) -> list[dict[str, Any]]:
-        """Play every job, spread in batches over the workers (several episodes per call); the
-        results in the order of ``jobs``. ``progress``: a bar of that name counts the finished
-        episodes (the batches are then smaller, ~8 per worker, so that it moves)."""
+        """Play every job, in batches of a few episodes (~8 per worker) that each worker takes as
+        it finishes the last (:meth:`agents.pool.WorkerPool.imap`: episodes of uneven length do
+        not leave a worker idle at the end); the results in the order of ``jobs``. ``progress``: a
+        bar of that name counts the finished episodes."""
         if not jobs:
             return []
-        n = self.workers.size
-        per = max(1, math.ceil(len(jobs) / (n * (8 if progress else 2))))  # >= 2 batches per worker balance the load
+        per = max(1, math.ceil(len(jobs) / (self.workers.size * 8)))
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
-        if not progress:
-            return [r for batch in self.workers.map("play", batches, record, self.wm_ref) for r in batch]
-        from tqdm.auto import tqdm
-
-        pending = [self.workers.submit(i % n, "play", b, record, self.wm_ref) for i, b in enumerate(batches)]
-        order = list(pending)
         done: dict[int, list[dict[str, Any]]] = {}
-        with tqdm(total=len(jobs), desc=progress, unit="ep", dynamic_ncols=True) as bar:
-            while pending:
-                handle, res = self.workers.wait(pending)
-                i = next(j for j, h in enumerate(order) if h == handle)
-                pending = [h for h in pending if h != handle]
-                done[i] = res
-                returns = [r["return"] for batch in done.values() for r in batch]
-                bar.set_postfix(mean=f"{np.mean(returns):.1f}", refresh=False)
-                bar.update(len(res))
+        calls = [(b, record, self.wm_ref) for b in batches]
+        if not progress:
+            done.update(self.workers.imap("play", calls))
+        else:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(jobs), desc=progress, unit="ep", dynamic_ncols=True) as bar:
+                for i, res in self.workers.imap("play", calls):
+                    done[i] = res
+                    returns = [r["return"] for batch in done.values() for r in batch]
+                    bar.set_postfix(mean=f"{np.mean(returns):.1f}", refresh=False)
+                    bar.update(len(res))
         return [r for i in range(len(batches)) for r in done[i]]
 
     def play_lockstep(self, jobs: list[tuple[np.ndarray, int]], stall_steps: int | None = None

@@ -17,6 +17,7 @@ knows how:
 
 The calls are the same everywhere: ``submit(i, method, *args)`` -> handle, ``wait(handles)`` ->
 ``(handle, result)`` of the first finished, ``map(method, batches, *args)`` -> results in order,
+``imap(method, calls)`` -> ``(i, result)`` as they finish, each worker fed as its calls finish,
 ``call_all(method, *args)`` -> one result per worker, ``close()`` (or ``with``). A worker's error
 is raised where its result is taken, and does not end the worker.
 
@@ -34,7 +35,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -223,6 +225,31 @@ class WorkerPool:
         """``worker.method(batch, *args)`` for every batch, batch ``i`` on worker ``i % size``;
         the results in the order of ``batches``."""
         return self.results([self.submit(i % self.size, method, b, *args) for i, b in enumerate(batches)])
+
+    def imap(self, method: str, calls: Iterable[Sequence[Any]], inflight: int = 2) -> Iterator[tuple[int, Any]]:
+        """``worker.method(*call)`` for every call, yielding ``(i, result)`` for call ``i`` as each
+        finishes. Each worker has up to ``inflight`` calls in flight (it never waits for the driver's
+        round trip) and gets the next call as soon as one of its own finishes, so a worker whose calls
+        run short takes more of them (:meth:`map` splits the calls up front). A call's error is raised
+        when its result comes."""
+        if inflight < 1:
+            raise ValueError(f"inflight must be >= 1, got {inflight}")
+        queue = deque(enumerate(calls))
+        pending: dict[Any, tuple[int, int]] = {}  # handle -> (call index, worker)
+
+        def send(worker: int) -> None:
+            if queue:
+                i, call = queue.popleft()
+                pending[self.submit(worker, method, *call)] = (i, worker)
+
+        for _ in range(inflight):
+            for w in range(self.size):
+                send(w)
+        while pending:
+            handle, result = self.wait(list(pending))
+            i, worker = pending.pop(handle)
+            send(worker)
+            yield i, result
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """``worker.method(*args)`` on every worker; one result per worker, in worker order."""

@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                 ["--episodes", "4", "--max-steps", "100", "--repeats", "1"]),
     "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
+    "real_pool": (["--episodes", "40", "--repeats", "3"], ["--episodes", "4", "--repeats", "1"]),
     "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16", "--dreams", "64",
                                       "--dream-steps", "5"]),
 }
@@ -113,6 +114,17 @@ def render(results: dict[str, dict]) -> str:
               f"{fmt(r['real_steps_per_s'], 0)} steps/s measured on {r['real_episodes']} episodes -> "
               f"{fmt(r['real_generation_s_projected'] / 60, 1)} min projected: the dream is "
               f"**{fmt(r['ratio_real_over_dream'], 0)}x** faster.", ""]
+    r = results.get("real_pool")
+    if r:
+        st, med = r["episode_steps"], r["median_s"]
+        L += ["## Real episodes on the worker pool: split up front vs fed as they finish", "",
+              f"Command: `{r['_command']}`", "",
+              f"- {r['episodes']} `{r['task']}` episodes ({st['min']}-{st['max']} steps, median {fmt(st['median'], 0)}; "
+              + (f"the rounds' controllers of `{r['run']}`" if r.get("run") else "controllers drawn at random")
+              + f") on {r['workers']} Ray workers, the median of {r['repeats']} alternating passes: split into two "
+              f"batches a worker up front {fmt(med['split'], 1)} s, fed to each worker as it finishes "
+              f"(`RealPool.play`) {fmt(med['fed'], 1)} s: **{fmt(r['speedup_fed_over_split'], 2)}x**; the same "
+              "returns both ways.", ""]
     r = results.get("sequence")
     if r:
         ms, tok = r["train_step_ms"], r["sample_tokens_per_s"]

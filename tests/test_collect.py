@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from agents.collect import collect, episode_seed
+from agents.pool import WorkerPool
 from worldlab.storage import CorruptShardError, Manifest, ShardStream, load_shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,7 @@ class _FakePool:
     each worker has in flight."""
 
     size = 3
+    imap = WorkerPool.imap  # the scheduling under test: WorkerPool's, over this pool's submit and wait
 
     def __init__(self) -> None:
         self.pending: dict[object, tuple[int, tuple]] = {}

@@ -117,6 +117,24 @@ def test_map_keeps_order_and_wait_takes_the_first_finished() -> None:
         assert pool.wait([slow]) == (slow, [1])
 
 
+def test_imap_feeds_each_worker_as_its_calls_finish() -> None:
+    """A worker held up by a long call does not hold the rest: the other takes the short calls as
+    it finishes them (a split made up front would leave half of them behind the long one)."""
+    with WorkerPool(Tally, (0,), workers=2, backend="processes") as pool:
+        pool.call_all("state")  # both processes up
+        calls = [([0], None, 1.5)] + [([i], None, 0.02) for i in range(1, 10)]
+        got = list(pool.imap("add", calls, inflight=1))
+        assert sorted(i for i, _ in got) == list(range(10)) and all(r == [i] for i, r in got)
+        assert got[-1][0] == 0  # as they finish: the long call last
+        assert [s["calls"] for s in pool.call_all("state")] == [1, 9]
+        with pytest.raises(ValueError, match="inflight must be >= 1"):
+            next(pool.imap("add", calls, inflight=0))
+        with pytest.raises(ValueError, match="tally failed"):  # a call's error comes with its result
+            list(pool.imap("fail", [()]))
+    with WorkerPool(Tally, (3,), workers=0) as pool:  # in-process: each call runs as it is sent
+        assert sorted(pool.imap("add", [([1],), ([2],), ([3],)])) == [(0, [4]), (1, [5]), (2, [6])]
+
+
 def test_in_process_with_no_workers() -> None:
     CLOSED.clear()
     pool = WorkerPool(Tally, (3,), workers=0, backend="ray")  # any backend: no Ray started for workers=0
