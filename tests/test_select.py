@@ -199,6 +199,9 @@ def test_rounds_stop_after_patience_rounds_without_a_new_best() -> None:
     assert rounds_stop([2.0, 2.0], 1)  # a tie does not beat the best
     assert not rounds_stop([3.0, 1.0], 2) and rounds_stop([3.0, 1.0, 2.0], 2) and not rounds_stop([3.0, 1.0, 4.0], 2)
     assert not rounds_stop([3.0, 1.0, 2.0], 0)  # 0: off
+    # rounds_min: no stop before that many rounds, whatever the patience says; then as before
+    assert not rounds_stop([3.0, 1.0, 2.0], 2, least=4) and rounds_stop([3.0, 1.0, 2.0, 2.5], 2, least=4)
+    assert not rounds_stop([3.0, 1.0, 2.0, 3.5], 2, least=4) and rounds_stop([3.0, 1.0, 2.0], 2, least=3)
 
 
 def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(tmp_path: Path) -> None:

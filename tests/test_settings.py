@@ -131,3 +131,9 @@ def test_the_rounds_patience_needs_the_selections_episodes() -> None:
     with pytest.raises(ValueError, match="rounds_patience must be >= 0, got -1"):
         override(cfg, ["rounds_patience=-1", "eval.select_episodes=4"])
     assert override(cfg, ["rounds_patience=2", "eval.select_episodes=4"]).rounds_patience == 2
+    with pytest.raises(ValueError, match=r"rounds_min=9 is more rounds than rounds=7: pass --rounds 9 or more, "
+                                         r"or a smaller rounds_min"):
+        override(cfg, ["rounds_patience=2", "eval.select_episodes=4", "rounds=7", "rounds_min=9"])
+    with pytest.raises(ValueError, match="rounds_min must be >= 1, got 0"):
+        override(cfg, ["rounds_min=0"])
+    assert override(cfg, ["rounds_patience=2", "eval.select_episodes=4", "rounds=12", "rounds_min=7"]).rounds_min == 7

@@ -358,6 +358,9 @@ class RunConfig:
     once P rounds in a row have not beaten the best mean before them; ``rounds`` is then the most a
     run goes to, and the selection picks among the rounds run. A weak world model keeps climbing for
     more rounds, a strong one stops early (docs/RESULTS.md)."""
+    rounds_min: int = 1
+    """with ``rounds_patience``: the rounds never stop before this many have run (a weak world
+    model's early rounds can dip before they climb: docs/RESULTS.md, session 28)."""
     later_generations: int | None = None
     """CMA-ES generations of every round after the first (None: ``cma.generations``). A later round
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
@@ -405,6 +408,10 @@ class RunConfig:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         _at_least("run", self, 0, "rounds_patience")
+        _at_least("run", self, 1, "rounds_min")
+        if self.rounds_patience and self.rounds_min > self.rounds:
+            raise ValueError(f"rounds_min={self.rounds_min} is more rounds than rounds={self.rounds}: pass "
+                             f"--rounds {self.rounds_min} or more, or a smaller rounds_min")
         if self.rounds_patience and not self.eval.select_episodes:
             raise ValueError(f"rounds_patience={self.rounds_patience} judges each round by the selection's real "
                              f"episodes: pass --set eval.select_episodes=100 too, or --set rounds_patience=0")

@@ -396,11 +396,13 @@ def patience_lines(run_dir: RunDir, config: dict[str, Any]) -> list[str]:
     most = int(config.get("rounds", 1))
     means = [r["mean"] for r in rows]
     best = means.index(max(means)) if means else 0
-    stopped = bool(rows) and rounds_stop(means, patience)
+    least = int(config.get("rounds_min", 1) or 1)
+    stopped = bool(rows) and rounds_stop(means, patience, least)
     out = ["## The rounds' patience (`rounds_patience`)", "",
            f"Each round's controller played the selection's {len(rows[0]['returns']) if rows else 0} real episodes "
            f"as soon as it was evolved (through its own round's M); the rounds stop once {patience} rounds in a row "
-           f"have not beaten the best mean before them, at most {most} rounds."
+           f"have not beaten the best mean before them, "
+           + (f"at least {least} and " if least > 1 else "") + f"at most {most} rounds."
            + (f" They stopped after round {len(rows) - 1}: none of the last {patience} beat round {best}'s "
               f"{means[best]:.1f}." if stopped and rows else ""), "",
            "| round | mean over the selection's episodes (its own M) |", "|---|---|"]

@@ -23,6 +23,7 @@ RESUMABLE: dict[str, str] = {
     "later_generations": "likewise, for the rounds after the first",
     "rounds_patience": "each round's real returns are kept in rounds.json: a change decides again where the rounds "
                        "stop (a stopped run goes on when it is raised)",
+    "rounds_min": "likewise",
     "workers": "collection and evaluation do not depend on the number of workers",
     "backend": "nor on where the workers run",
     "train_workers": "V's and M's resumable checkpoints are the same whatever the number of workers that wrote them",

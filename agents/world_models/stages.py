@@ -844,11 +844,11 @@ def _judged(run: RunDir, cfg: RunConfig, upto: int, seeds: list[int]) -> list[di
     return out
 
 
-def rounds_stop(means: list[float] | np.ndarray, patience: int) -> bool:
+def rounds_stop(means: list[float] | np.ndarray, patience: int, least: int = 1) -> bool:
     """Whether the rounds stop after the last of ``means`` (each round's mean over the selection's
-    episodes): ``patience`` > 0 rounds in a row have not beaten the best mean before them (a tie
-    does not beat it)."""
-    return patience > 0 and len(means) - 1 - int(np.argmax(means)) >= patience
+    episodes): at least ``least`` rounds have run and ``patience`` > 0 rounds in a row have not
+    beaten the best mean before them (a tie does not beat it)."""
+    return patience > 0 and len(means) >= least and len(means) - 1 - int(np.argmax(means)) >= patience
 
 
 def judged_means(run: RunDir | str | os.PathLike, cfg: RunConfig) -> list[float]:
@@ -863,13 +863,13 @@ def judged_means(run: RunDir | str | os.PathLike, cfg: RunConfig) -> list[float]
 def rounds_run(run: RunDir | str | os.PathLike, cfg: RunConfig, means: list[float] | None = None) -> int:
     """How many rounds this run goes to: ``cfg.rounds``, or with ``rounds_patience`` fewer when
     ``rounds.json`` says the rounds stopped (:func:`rounds_stop` over :func:`judged_means`, or
-    ``means`` when the caller read them already). Raising ``rounds_patience`` or ``rounds`` on a
-    resume lets a stopped run go on."""
+    ``means`` when the caller read them already). Raising ``rounds_patience``, ``rounds_min`` or
+    ``rounds`` on a resume lets a stopped run go on."""
     if not cfg.rounds_patience or cfg.rounds == 1:
         return cfg.rounds
     means = judged_means(run, cfg) if means is None else means
     for k in range(len(means)):
-        if rounds_stop(means[:k + 1], cfg.rounds_patience):
+        if rounds_stop(means[:k + 1], cfg.rounds_patience, cfg.rounds_min):
             return k + 1
     return cfg.rounds
 

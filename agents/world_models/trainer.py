@@ -143,7 +143,7 @@ class DreamTrainer:
                 with plan.stage(f"judge_r{k}"):
                     means = stages.judge_round(run, c, k, partial(self.pool, wm), m_id=wm.mdrnn.meta.get("id"),
                                                progress=self.progress)
-                if stages.rounds_stop(means, c.rounds_patience):
+                if stages.rounds_stop(means, c.rounds_patience, c.rounds_min):
                     best = int(np.argmax(means))
                     stages.say(f"the rounds stop after round {k}: none of the last {c.rounds_patience} beat round "
                                f"{best}'s {means[best]:.1f} over the selection's {c.eval.select_episodes} real "
