@@ -2,12 +2,13 @@
 each worker as it finishes (``WorkerPool.imap``, what ``RealPool.play`` does).
 
     python benchmarks/real_pool.py [--task doom_take_cover] [--episodes 40] [--repeats 2] [--json out.json]
-    python benchmarks/real_pool.py --run runs/doom_default     # a trained run's rounds' controllers
+    python benchmarks/real_pool.py --run pretrained/doom_take_cover   # a trained controller (or a run's rounds')
 
 The jobs are the same in both: ``--episodes`` seeded episodes of controllers drawn at random
 (an untrained world model; on DoomTakeCover they last ~100-250 steps), or, with ``--run``, of
-that run's rounds' controllers in turn through its world model (episodes of ~100 to 2,100 steps:
-the selection's and the rounds' judging's case). "split": the pool before ``imap``, two batches per
+that run's rounds' controllers in turn (its final one for a published run) through its world
+model: the shipped Doom controller's episodes last ~100 to 2,100 steps, the uneven case of the
+selection and the rounds' judging. "split": the pool before ``imap``, two batches per
 worker given out round-robin at once (``WorkerPool.map``); "fed": ``RealPool.play``, batches of
 ~1/8 of a worker's share, the next sent to whichever worker finished one. The two alternate
 ``--repeats`` times in one process (the machines are shared: only the ratio means anything), and
@@ -45,8 +46,8 @@ def main() -> dict:
 
         run_cfg, wm, cfg, _ = load_run(a.run)
         a.task = run_cfg.task
-        ctrls = [load_controller(p)[1] for p in sorted(RunDir(a.run).checkpoints.glob("controller_r*.npz"))
-                 if "_s" not in p.stem]
+        rounds = [p for p in sorted(RunDir(a.run).checkpoints.glob("controller_r*.npz")) if "_s" not in p.stem]
+        ctrls = [load_controller(p)[1] for p in rounds or [RunDir(a.run).controller()]]
         jobs = [(ctrls[i % len(ctrls)], 1000 + i) for i in range(a.episodes)]
     else:
         spec = get_task(a.task)

@@ -31,7 +31,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                 ["--episodes", "4", "--max-steps", "100", "--repeats", "1"]),
     "dream": (["--compile", "--rounds", "5"], ["--steps", "50", "--rounds", "1"]),
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
-    "real_pool": (["--episodes", "40", "--repeats", "3"], ["--episodes", "4", "--repeats", "1"]),
+    "real_pool": (["--run", "pretrained/doom_take_cover", "--episodes", "40", "--repeats", "3"],
+                  ["--episodes", "4", "--repeats", "1"]),
     "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16", "--dreams", "64",
                                       "--dream-steps", "5"]),
 }
@@ -120,7 +121,7 @@ def render(results: dict[str, dict]) -> str:
         L += ["## Real episodes on the worker pool: split up front vs fed as they finish", "",
               f"Command: `{r['_command']}`", "",
               f"- {r['episodes']} `{r['task']}` episodes ({st['min']}-{st['max']} steps, median {fmt(st['median'], 0)}; "
-              + (f"the rounds' controllers of `{r['run']}`" if r.get("run") else "controllers drawn at random")
+              + (f"the controllers of `{r['run']}`" if r.get("run") else "controllers drawn at random")
               + f") on {r['workers']} Ray workers, the median of {r['repeats']} alternating passes: split into two "
               f"batches a worker up front {fmt(med['split'], 1)} s, fed to each worker as it finishes "
               f"(`RealPool.play`) {fmt(med['fed'], 1)} s: **{fmt(r['speedup_fed_over_split'], 2)}x**; the same "
