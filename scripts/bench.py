@@ -125,7 +125,10 @@ def render(results: dict[str, dict]) -> str:
               + f") on {r['workers']} Ray workers, the median of {r['repeats']} alternating passes: split into two "
               f"batches a worker up front {fmt(med['split'], 1)} s, fed to each worker as it finishes "
               f"(`RealPool.play`) {fmt(med['fed'], 1)} s: **{fmt(r['speedup_fed_over_split'], 2)}x**; the same "
-              "returns both ways.", ""]
+              "returns both ways. The passes (s): split "
+              + ", ".join(fmt(x, 1) for x in r["seconds"]["split"]) + "; fed "
+              + ", ".join(fmt(x, 1) for x in r["seconds"]["fed"])
+              + " (a ratio inside their spread is no difference).", ""]
     r = results.get("sequence")
     if r:
         ms, tok = r["train_step_ms"], r["sample_tokens_per_s"]
