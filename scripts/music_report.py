@@ -248,8 +248,7 @@ def _notes_png(rows: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, dpi=90)
+    atomic_savefig(fig, path, dpi=90)  # makes the folder too
     plt.close(fig)
 
 

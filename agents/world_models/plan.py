@@ -96,10 +96,13 @@ class RunPlan:
         self.index = {s.key: i for i, s in enumerate(self.stages)}
         self.if_all = None
 
+    def _counted(self) -> str:
+        """" if all 12 rounds run" while the estimates count rounds that may not run; "" otherwise."""
+        return f" if all {self.if_all} rounds run" if self.if_all else ""
+
     def _left(self, seconds: float) -> str:
         """"about 62 min left (ETA 11:04)", saying so when the count assumes every round runs."""
-        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
-        return f"about {_minutes(seconds)} left{cond} (ETA {_clock(seconds)})"
+        return f"about {_minutes(seconds)} left{self._counted()} (ETA {_clock(seconds)})"
 
     def __len__(self) -> int:
         return len(self.stages)
@@ -115,9 +118,8 @@ class RunPlan:
         if not found:
             return None
         left = sum(not s.done for s in self.stages)
-        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
         return (f"resuming {self.run}: {'; '.join(found)}; {left} of {len(self)} stages left, "
-                f"about {_minutes(self.remaining_s())} of work{cond}")
+                f"about {_minutes(self.remaining_s())} of work{self._counted()}")
 
     def where(self) -> str:
         """The running stage as "stage 3/12 (round 0: encode the frames to latents)", or "between stages"."""
@@ -126,8 +128,7 @@ class RunPlan:
 
     def start_line(self) -> str:
         left = self.remaining_s()
-        cond = f" if all {self.if_all} rounds run" if self.if_all else ""
-        return (f"{len(self)} stages, about {_minutes(left)} of work{cond} (ETA {_clock(left)}); the estimate "
+        return (f"{len(self)} stages, about {_minutes(left)} of work{self._counted()} (ETA {_clock(left)}); the estimate "
                 f"learns the machine as it goes")
 
     @contextmanager
