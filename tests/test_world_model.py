@@ -260,6 +260,30 @@ def test_stages_skip_when_complete_and_resume(trained_run: Path) -> None:
     assert MDRNN.load(ck / "mdrnn.pt").meta["steps"] == M_STEPS + 10
 
 
+def test_same_seed_same_v_and_m_bit_for_bit_another_seed_another(trained_run: Path, tiny_data: Path,
+                                                                  tmp_path: Path) -> None:
+    """The run's ``--seed`` decides V's and M's initial weights too: the stages repeated on the same
+    data write the same weights and the same ids (ids follow the content), so runs can be paired."""
+    ck = trained_run / "checkpoints"
+    a = tmp_path / "a"
+    shutil.copytree(tiny_data, a / "data")
+    v = train_vae(a)
+    v0 = ConvVAE.load(ck / "vae.pt")
+    assert v.meta["id"] == v0.meta["id"]
+    assert all(torch.equal(x, y) for x, y in zip(v.state_dict().values(), v0.state_dict().values(), strict=True))
+    encode(a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    ma, mb = train_mdrnn(a), train_mdrnn(b)
+    assert ma.meta["id"] == mb.meta["id"]
+    assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True))
+    c = tmp_path / "c"
+    shutil.copytree(tiny_data, c / "data")
+    v1 = train_vae(c, stage_cfg(seed=1))
+    assert v1.meta["id"] != v0.meta["id"]
+    assert not torch.equal(v1.state_dict()["encoder.0.weight"], v0.state_dict()["encoder.0.weight"])
+
+
 def test_encode_resumes_missing_episodes_only(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

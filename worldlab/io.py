@@ -184,6 +184,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def weights_id(weights: dict[str, torch.Tensor], *salt: object) -> str:
+    """An id of a trained model that its content determines (32 hex digits): the sha256 of every
+    tensor's name, dtype, shape and bytes, and of ``salt`` (what else sets its meaning, e.g. the V it
+    was trained on). The same run repeated with the same seed writes the same ids, so its files
+    compare equal; any change of a weight gives another id."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(repr(salt).encode())
+    return h.hexdigest()[:32]
+
+
 NOT_A_ZIP = "not a readable archive"
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
@@ -55,7 +54,14 @@ from agents.watch import dream_frames, real_frames
 from agents.world_models.config import SEQUENCE_BANK_MAX, RunConfig
 from worldlab.distributed import train_distributed
 from worldlab.fidelity import save_video
-from worldlab.io import atomic_torch_save, atomic_write_json, read_json, sha256_file, torch_load
+from worldlab.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+    torch_load,
+    weights_id,
+)
 from worldlab.logging import RunLogger
 from worldlab.mdrnn import MDRNN
 from worldlab.rundir import RunDir
@@ -239,7 +245,7 @@ def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *,
     _check_train_state(run.vae_train, asdict(model_cfg), "V")
     train_eps, held = split_episodes(manifest, HOLDOUT, cfg.seed)
     probe = _probe_frames(manifest, held or train_eps, 16)
-    model = ConvVAE(model_cfg)
+    model = _seeded(lambda: ConvVAE(model_cfg), _member_seed(cfg.seed, 0, V_INIT))
 
     def on_sample(m: torch.nn.Module, step: int) -> None:
         vae: ConvVAE = m  # type: ignore[assignment]
@@ -255,7 +261,8 @@ def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *,
                                 cfg.loader_workers), train_cfg, "vae", run, run.vae_train, cfg, on_sample,
                  lambda: {"config": asdict(model_cfg)}, progress, tensorboard, address)
     meta = {"task": manifest.meta.get("task"), "steps": train_cfg.steps, "heldout": held,
-            "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra}
+            "train_config": asdict(train_cfg), **extra}
+    meta["id"] = weights_id(model.checkpoint_weights(), "V", meta["task"], train_cfg.steps)
     return _save_fresh(model, run.vae, meta, cfg.device)
 
 
@@ -340,6 +347,17 @@ def bootstrap_episodes(episodes: list[int], seed: int, k: int) -> list[int]:
 def _member_seed(seed: int, k: int, what: int) -> int:
     """A seed of ensemble member ``k`` (``what``: its initialisation, or its training)."""
     return int(np.random.SeedSequence([int(seed), int(k), int(what)]).generate_state(1)[0])
+
+
+V_INIT, M_INIT = 0x5A1E, 0x1417  # what :func:`_member_seed` seeds: V's and M's initial weights
+
+
+def _seeded(make: Callable[[], Any], seed: int) -> Any:
+    """``make()`` with torch's global generator seeded by ``seed`` (and left as it was after): a
+    fresh model's initial weights follow the run's ``--seed``, not whatever drew from torch before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
 
 
 @torch.no_grad()
@@ -527,13 +545,11 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
             state_path.unlink()  # trained on latents of an older V (or another resample): start over
     _check_train_state(state_path, config_record, "M")
     stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
+    # one initialisation for every member (comparable LSTM features), seeded by the run's seed
+    model = _seeded(lambda: m_class(model_cfg), _member_seed(cfg.seed, 0, M_INIT))
     if resample is None:
-        model = m_class(model_cfg)
         what = ""
     else:
-        with torch.random.fork_rng(devices=[]):  # one initialisation for every member: comparable LSTM features
-            torch.manual_seed(_member_seed(cfg.seed, 0, 0x1417))
-            model = MDRNN(model_cfg)
         train_cfg = replace(train_cfg, seed=_member_seed(cfg.seed, k, 0x7EA1))
         what = f" member {k} of {cfg.ensemble.members} ({len(set(episodes))} distinct of {len(episodes)} episodes)"
     say(f"M{what} ({describe_m(model)}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
@@ -550,7 +566,8 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
         bank_mu, bank_logvar = start_bank(lat, train_eps)
         meta.update({"start_mu": bank_mu, "start_logvar": bank_logvar})
     meta.update({"steps": train_cfg.steps, "heldout": held, "seq_len": cfg.seq_len,
-                 "train_config": asdict(train_cfg), "id": uuid.uuid4().hex, **extra})
+                 "train_config": asdict(train_cfg), **extra})
+    meta["id"] = weights_id(model.checkpoint_weights(), "M", vae_id, k, train_cfg.steps, resample)
     if resample is not None:
         meta.update({"member": k, "episodes": resample})
     if member_ids:
