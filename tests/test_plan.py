@@ -69,6 +69,22 @@ def test_resume_line_says_what_was_found_and_what_is_left(old_run: RunDir) -> No
     assert status["collect_r0"] and status["evolve_r0"] and not status["collect_r1"] and not status["evolve_r1"]
 
 
+def test_a_resumed_run_s_eta_starts_from_the_pace_its_stages_json_recorded(old_run: RunDir) -> None:
+    # a population this large makes the finished rounds' evolutions minutes of the cost model
+    cfg = override(RunConfig.load(old_run), ["cma.popsize=512", "cma.rollouts=64", "cma.generations=40"])
+    guess = RunPlan(old_run, cfg)
+    done = [s for s in guess.stages if s.done]
+    assert guess.remaining_s() > 0 and sum(s.whole_s for s in done) > 60  # the probe episodes are left
+    # the earlier processes ran the finished stages 10x slower than the model says
+    rows = [{"key": s.key, "title": s.title, "seconds": 10 * s.whole_s, "finished": "2026-12-06 00:00:00"}
+            for s in done if 10 * s.whole_s > 5]
+    rows.append({"key": "probes", "title": "", "seconds": 999.0, "finished": None})  # interrupted: not a pace
+    old_run.stages_json.write_text(json.dumps({"stages": rows}))
+    paced = RunPlan(old_run, cfg)
+    assert paced.remaining_s() == pytest.approx(10 * guess.remaining_s(), rel=1e-6)
+    assert "about 10 min of work" in paced.resume_line()  # the probes' 60 s, at the recorded pace
+
+
 def test_each_stage_says_its_number_and_records_its_wall_time(tmp_path: Path) -> None:
     cfg = preset("smoke", "car_racing")
     run = RunDir(tmp_path / "run")

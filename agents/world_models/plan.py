@@ -11,8 +11,9 @@ on a resume, one line saying what an earlier run left and what is still to do.
 
 The ETA comes from a rough cost model of each stage (its frames, steps or dream steps at the
 rates measured on a 2-core laptop, docs/benchmarks/) scaled by how fast the stages already run
-in this process went against that model: the first stage's estimate is a guess, the later ones
-learn the machine. Each finished stage's wall time is added to ``RUN/stages.json`` (the report's
+so far went against that model (this process's stages, and on a resume the finished stages that
+``stages.json`` recorded): a fresh run's first estimate is a guess, the later ones learn the
+machine, and a resumed run's ETA does not start from the guess again. Each finished stage's wall time is added to ``RUN/stages.json`` (the report's
 "Wall time per stage" table); the stage functions themselves stay the judges of what is finished.
 """
 
@@ -85,8 +86,13 @@ class RunPlan:
                                    else None)
         """with ``rounds_patience``, the rounds the estimates count while the rounds may still stop
         early (their lines say "if all N rounds run"); None once that is settled."""
-        self._actual = 0.0  # seconds of the stages run here ...
+        self._actual = 0.0  # seconds of the stages that worked (here, or before a resume, stages.json) ...
         self._estimated = 0.0  # ... and what the model said they would take
+        for t in stage_times(run):  # a resumed run's pace starts from its earlier processes' finished stages
+            i = self.index.get(t.get("key"))
+            if i is not None and self.stages[i].done and t.get("finished") and float(t["seconds"]) > 5:
+                self._actual += float(t["seconds"])
+                self._estimated += self.stages[i].whole_s
 
     def stop_after(self, k: int) -> None:
         """The rounds stopped after round ``k`` (``rounds_patience``): later rounds' stages are dropped."""
@@ -108,7 +114,8 @@ class RunPlan:
         return len(self.stages)
 
     def remaining_s(self, after: int = -1) -> float:
-        """Estimated seconds of the unfinished stages after index ``after``, scaled by the pace so far."""
+        """Estimated seconds of the unfinished stages after index ``after``, scaled by the pace so far
+        (once more than a minute of the model's estimates has run)."""
         pace = self._actual / self._estimated if self._estimated > 60 else 1.0
         return pace * sum(s.estimate_s for s in self.stages[after + 1:] if not s.done)
 
