@@ -211,3 +211,27 @@ def test_a_local_rays_workers_run_at_the_drivers_priority(ray_session) -> None:
     ray = ray_session
     driver = os.nice(0)
     assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == driver + LOCAL_WORKER_NICENESS == driver
+
+
+def test_a_local_ray_that_does_not_start_says_one_line_after_a_second_try() -> None:
+    """A machine too busy for Ray's 30 s node start (seen beside a long run): tried again, then one
+    line naming the fixes, not Ray's traceback. In a child process: the shared Ray stays untouched."""
+    import subprocess
+
+    code = (
+        "import ray\n"
+        "from worldlab.ray_utils import init_ray\n"
+        "calls = []\n"
+        "def busy(**kw):\n"
+        "    calls.append(kw)\n"
+        "    raise Exception('The current node timed out during startup. This could happen because...')\n"
+        "ray.init = busy\n"
+        "try:\n"
+        "    init_ray(num_cpus=1)\n"
+        "except ConnectionError as e:\n"
+        "    print(len(calls), e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = out.stdout.strip()
+    assert line.startswith("2 a local Ray did not start (2 tries): The current node timed out during startup."), out
+    assert "\n" not in line and "--resume" in line and "--backend processes" in line

@@ -14,6 +14,9 @@ AUTH_HINT = ("if the cluster uses token authentication (Ray 2.60 turns it on for
 LOCAL_WORKER_NICENESS = 0
 """Niceness added to a local Ray's worker processes (Ray's own default is 15)."""
 
+LOCAL_START_TRIES = 2
+"""How many times a local Ray is started before giving up with one line (Ray waits 30 s for its node)."""
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              quiet: bool = True, **kwargs: Any) -> dict[str, Any]:
@@ -22,8 +25,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     Reuses a Ray session that is already initialised in this process. A local Ray listens on
     127.0.0.1 only (:func:`local_ray_on_loopback`) and starts with no dashboard (one, if started,
     is bound to 127.0.0.1); a cluster binds where its nodes were started (``ray start
-    --node-ip-address``). Returns the cluster's resources. A failed join raises
-    ``ConnectionError`` with one line that names the fix.
+    --node-ip-address``). Returns the cluster's resources. A failed join, or a local Ray that did
+    not start in :data:`LOCAL_START_TRIES` tries, raises ``ConnectionError`` with one line that
+    names the fix.
 
     A local Ray's workers run at the driver's priority (:data:`LOCAL_WORKER_NICENESS`): Ray
     renices its workers to 15, and this run's workers are its work (collection, evaluation, real
@@ -56,8 +60,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
             raise ConnectionError(f"could not join the Ray cluster at {address}: {msg[:200]}; {hint}") from None
     else:
         system = {"worker_niceness": LOCAL_WORKER_NICENESS, **kwargs.pop("_system_config", {})}
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 dashboard_host="127.0.0.1", _system_config=system, **common, **kwargs)
+        for attempt in range(LOCAL_START_TRIES):
+            try:
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                         dashboard_host="127.0.0.1", _system_config=system, **common, **kwargs)
+                break
+            except Exception as e:  # noqa: BLE001 - a busy machine: once more, then one actionable line
+                ray.shutdown()  # what the failed start left (its GCS, a half-started raylet)
+                if attempt + 1 < LOCAL_START_TRIES:
+                    continue
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ConnectionError(
+                    f"a local Ray did not start ({LOCAL_START_TRIES} tries): {msg[:160]}; Ray gives its node 30 s, "
+                    f"which a machine busy with other jobs can exceed: run again when it is less loaded (a run "
+                    f"folder goes on where it stopped with --resume), or run without Ray: --backend processes"
+                ) from None
     from worldlab.interrupt import reinstall
 
     reinstall()  # Ray's driver installs its own SIGTERM handler: a quiet interrupt stays in charge
