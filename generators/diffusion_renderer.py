@@ -48,6 +48,7 @@ from generators.diffusion import UNet
 from generators.nets import alpha_sigma, ddim_update, distill_times, distill_v_target, v_noisy
 from generators.registry import Family, register
 from generators.renderer import VRenderer, VRendererConfig, _PatchD, defaults_for_data, pix2pix_step
+from worldlab.training import seeded
 from worldlab.vae import salience_weights
 
 
@@ -224,9 +225,7 @@ class DiffusionRenderer(VRenderer):
         if steps < 1:
             raise ValueError(f"sharpening needs steps >= 1, got {steps}")
         g = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            disc = _PatchD(self.z_size, d_channels).to(self.device)
+        disc = seeded(lambda: _PatchD(self.z_size, d_channels), seed).to(self.device)
         opt_g = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
         self.train()

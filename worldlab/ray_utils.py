@@ -51,7 +51,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
             reinstall()
         except Exception as e:  # noqa: BLE001 - turned into one actionable line
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = _first_line(e)
             auth_error = "auth" in msg.lower() or "token" in msg.lower() or type(e).__name__ == "AuthenticationError"
             hint = AUTH_HINT if (auth_error or not has_auth_token()) else (
                 "check the address with `ray status` on the head node (it must be the GCS address "
@@ -69,9 +69,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                 ray.shutdown()  # what the failed start left (its GCS, a half-started raylet)
                 if attempt + 1 < LOCAL_START_TRIES:
                     continue
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ConnectionError(
-                    f"a local Ray did not start ({LOCAL_START_TRIES} tries): {msg[:160]}; Ray gives its node 30 s, "
+                    f"a local Ray did not start ({LOCAL_START_TRIES} tries): {_first_line(e)[:160]}; Ray gives its node 30 s, "
                     f"which a machine busy with other jobs can exceed: run again when it is less loaded (a run "
                     f"folder goes on where it stopped with --resume), or run without Ray: --backend processes"
                 ) from None
@@ -79,6 +78,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
     reinstall()  # Ray's driver installs its own SIGTERM handler: a quiet interrupt stays in charge
     return ray.cluster_resources()
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line (its type's name when it says nothing): Ray's errors run to pages."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def local_ray_on_loopback(on: bool) -> None:

@@ -111,6 +111,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seeded(make: Callable[[], Any], seed: int) -> Any:
+    """``make()`` with torch's global generator seeded by ``seed``, and left after as it was before:
+    a fresh module's initial weights follow ``seed``, not whatever drew from torch earlier."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 def cycle(batches: Iterable[Any]) -> Iterator[Any]:
     """Repeat an iterable (a DataLoader over an IterableDataset) forever, calling set_epoch."""
     for epoch in itertools.count():

@@ -40,6 +40,7 @@ from worldlab.io import torch_load
 from worldlab.mdrnn import MDRNN, MDRNNConfig, sample_mixture
 from worldlab.rundir import RunDir
 from worldlab.sequence_m import SequenceM, load_m, read_prefix, state_entries, state_keys
+from worldlab.training import seeded
 from worldlab.vae import ConvVAE, VAEConfig, to_uint8_hwc
 
 CAR_RACING_ACTIONS: dict[str, Any] = {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}
@@ -349,11 +350,9 @@ class WorldModel(nn.Module):
         """A freshly initialised world model with a random start bank (tests, demos, benchmarks)."""
         action_space = dict(action_space or CAR_RACING_ACTIONS)
         adim, discrete = action_dim_of(action_space)
-        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
-            torch.manual_seed(seed)
-            vae = ConvVAE(VAEConfig(z_size=z_size))
-            mdrnn = MDRNN(MDRNNConfig(z_size=z_size, action_dim=adim, discrete_actions=discrete, hidden=hidden,
-                                      gaussians=gaussians))
+        vae, mdrnn = seeded(lambda: (ConvVAE(VAEConfig(z_size=z_size)),
+                                     MDRNN(MDRNNConfig(z_size=z_size, action_dim=adim, discrete_actions=discrete,
+                                                       hidden=hidden, gaussians=gaussians))), seed)
         g = torch.Generator().manual_seed(seed)
         start_mu = torch.randn(bank, z_size, generator=g)
         start_logvar = torch.full((bank, z_size), -4.0)

@@ -13,8 +13,9 @@ The ETA comes from a rough cost model of each stage (its frames, steps or dream 
 rates measured on a 2-core laptop, docs/benchmarks/) scaled by how fast the stages already run
 so far went against that model (this process's stages, and on a resume the finished stages that
 ``stages.json`` recorded): a fresh run's first estimate is a guess, the later ones learn the
-machine, and a resumed run's ETA does not start from the guess again. Each finished stage's wall time is added to ``RUN/stages.json`` (the report's
-"Wall time per stage" table); the stage functions themselves stay the judges of what is finished.
+machine, and a resumed run's ETA does not start from the guess again. Each finished stage's wall
+time is added to ``RUN/stages.json`` (the report's "Wall time per stage" table); the stage
+functions themselves stay the judges of what is finished.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ from worldlab.mdrnn import MDRNN
 from worldlab.rundir import RunDir
 from worldlab.sequence_m import M_CLASSES, SequenceM, describe_m, load_m, state_entries
 from worldlab.storage import Manifest, ShardStream, load_shard, split_episodes, write_shard
-from worldlab.training import TrainConfig, train
+from worldlab.training import TrainConfig, seeded, train
 from worldlab.vae import ConvVAE, image_grid, save_png, to_uint8_hwc
 from worldlab.world_model import WorldModel, WorldModelError, action_dim_of
 
@@ -245,7 +245,7 @@ def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *,
     _check_train_state(run.vae_train, asdict(model_cfg), "V")
     train_eps, held = split_episodes(manifest, HOLDOUT, cfg.seed)
     probe = _probe_frames(manifest, held or train_eps, 16)
-    model = _seeded(lambda: ConvVAE(model_cfg), _member_seed(cfg.seed, 0, V_INIT))
+    model = seeded(lambda: ConvVAE(model_cfg), _member_seed(cfg.seed, 0, V_INIT))
 
     def on_sample(m: torch.nn.Module, step: int) -> None:
         vae: ConvVAE = m  # type: ignore[assignment]
@@ -350,14 +350,6 @@ def _member_seed(seed: int, k: int, what: int) -> int:
 
 
 V_INIT, M_INIT = 0x5A1E, 0x1417  # what :func:`_member_seed` seeds: V's and M's initial weights
-
-
-def _seeded(make: Callable[[], Any], seed: int) -> Any:
-    """``make()`` with torch's global generator seeded by ``seed`` (and left as it was after): a
-    fresh model's initial weights follow the run's ``--seed``, not whatever drew from torch before."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
 
 
 @torch.no_grad()
@@ -546,7 +538,7 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
     _check_train_state(state_path, config_record, "M")
     stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
     # one initialisation for every member (comparable LSTM features), seeded by the run's seed
-    model = _seeded(lambda: m_class(model_cfg), _member_seed(cfg.seed, 0, M_INIT))
+    model = seeded(lambda: m_class(model_cfg), _member_seed(cfg.seed, 0, M_INIT))
     if resample is None:
         what = ""
     else:
