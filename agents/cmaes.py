@@ -41,18 +41,30 @@ class CMAConfig:
     """seed of cma's sampling and of the rollouts' starts."""
     restarts: int = 1
     """independent searches per round in the dream (seeds ``seed``, ``seed + 1``, ...), the one whose
-    final mean scores best over :data:`RESTART_DREAMS` fresh dreams kept (1: one search, as the paper)."""
+    final mean scores best by ``pick`` kept (1: one search, as the paper)."""
+    pick: str = "dream"
+    """how a round's ``restarts`` searches are told apart: "dream" (each final mean's return over
+    :data:`RESTART_DREAMS` fresh dreams: a dream-only result) or "real" (over ``pick_episodes`` real
+    episodes each, on seeds nothing else plays: a selection by real returns, labelled as such in
+    ``eval.json`` and the report; the dream means are recorded beside them)."""
+    pick_episodes: int = 16
+    """real episodes per search with ``pick="real"``."""
 
     def __post_init__(self) -> None:
-        for k in ("rollouts", "generations", "restarts"):
+        for k in ("rollouts", "generations", "restarts", "pick_episodes"):
             if getattr(self, k) < 1:
                 raise ValueError(f"cma.{k} must be >= 1, got {getattr(self, k)}")
+        if self.pick not in PICKS:
+            raise ValueError(f"cma.pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if self.popsize < 2:
             raise ValueError(f"cma.popsize must be >= 2, got {self.popsize}")
         if self.sigma0 <= 0:
             raise ValueError(f"cma.sigma0 must be > 0, got {self.sigma0}")
 
 
+
+PICKS = ("dream", "real")
+"""the ways ``cma.pick`` tells a round's searches apart."""
 
 RESTART_DREAMS = 100
 """fresh dreams that score each restart's final mean (``cma.restarts``)."""

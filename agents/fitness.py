@@ -25,6 +25,9 @@ g's dream-vs-real gap: disjoint from training and evaluation seeds."""
 SELECT_GENERATION = 3 * 10**6
 """The generation whose seeds the rounds' controllers play when the final one is picked among
 them (``eval.select_episodes``): apart from training, gap and evaluation seeds."""
+PICK_GENERATION = 4 * 10**6
+"""The generation whose seeds each CMA-ES search's final mean plays when a round's searches are
+picked by real episodes (``cma.pick="real"``): apart from every other use."""
 EVAL_GENERATION = 10**6
 """The generation number whose seeds evaluations play: past any training generation, so a
 controller is never scored on the episodes it was evolved on."""

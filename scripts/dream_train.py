@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = f" of up to {episode_limit(cfg.task, cfg.eval.max_steps)} steps"
     print(f"{cfg.task}: real score {res['mean']:.1f} ± {res['std']:.1f} over {res['episodes']} episodes{limit} "
-          f"(C trained in the {cfg.train_in}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min"
+          f"(C trained in the {res.get('train_in', cfg.train_in)}, preset {cfg.preset}, {res['wall_s'] / 60:.1f} min"
           f"{' since the resume; every stage: stages.json' if trainer.resuming else ''}) -> "
           f"{run.report}")
     if "selected" in res:

@@ -511,9 +511,9 @@ def test_restarts_keep_the_search_whose_mean_dreams_best_and_resume(ens_run: Pat
     from agents.world_models.report import write_report
 
     text = write_report(run, {"task": cfg.task, "rounds": 1}).read_text()  # the searches' table in report.md
-    assert "## CMA-ES searches (`cma.restarts`)" in text and "Each round ran 3 searches" in text
+    assert "## CMA-ES searches (`cma.restarts`)" in text and "a selection by real returns" not in text
     for j, m in enumerate(extra["dream_means"]):
-        assert f"| 0 | {j + 1} | {j} | {m:.1f} | {'**yes**' if j == extra['picked'] else ''} |" in text
+        assert f"| 0 | {j + 1} | {j} | {m:.1f} |  | {'**yes**' if j == extra['picked'] else ''} |" in text
     judge = DreamFitness(wm, ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task), 3, RESTART_DREAMS,
                          cfg.dream.temperature, cfg.dream.steps, seed=7, members=1)
     with torch.inference_mode():
@@ -525,6 +525,48 @@ def test_restarts_keep_the_search_whose_mean_dreams_best_and_resume(ens_run: Pat
     stamp = run.restart_controller(0, 2).stat().st_mtime_ns
     assert np.array_equal(evolve_controller(run, cfg, 0, wm, lambda: None, progress=False), params)  # type: ignore[arg-type]
     assert run.restart_controller(0, 2).stat().st_mtime_ns == stamp
+
+
+def test_restarts_picked_by_real_episodes_keep_the_best_real_mean_and_say_so(ens_run: Path, tmp_path: Path) -> None:
+    """cma.pick=real: each search's final mean plays the same pick_episodes real episodes (seeds of
+    PICK_GENERATION), the best real mean is kept (not the best dream mean), the returns are recorded
+    and replay the same; later_restarts=1 gives later rounds one search; eval.json's label and the
+    report say the controller was picked by real returns."""
+    from agents.controller import load_controller
+    from agents.fitness import PICK_GENERATION, RealPool, generation_seeds
+    from agents.world_models.stages import _label_selection, controller_config
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ens_run, run.root)
+    cfg = override(tiny_cfg(), ["eval.gap_every=0", "cma.popsize=4", "cma.rollouts=2", "cma.generations=2",
+                                "dream.compile=false", "dream.max_steps=20", "ensemble.members=1", "cma.restarts=3",
+                                "cma.pick=real", "cma.pick_episodes=2", "later_restarts=1"])
+    assert [cfg.round_restarts(k) for k in range(3)] == [3, 1, 1] and cfg.picked_by_real
+    wm = WorldModel.load(run)
+    pool = RealPool(cfg.task, wm, controller_config(cfg, wm), workers=1, env_kwargs={"max_episode_steps": 30},
+                    backend="processes")
+    try:
+        params = evolve_controller(run, cfg, 0, wm, lambda: pool, progress=False)
+        info = load_controller(run.controller(0))[2]["restarts"]
+        finals = [load_controller(run.restart_controller(0, j))[1] for j in range(3)]
+        seeds = generation_seeds(cfg.cma.seed, PICK_GENERATION, 2)
+        assert info["by"] == "real returns" and info["episodes"] == 2 and info["episode_seeds"] == seeds
+        assert len(info["dream_means"]) == len(info["real_means"]) == 3
+        assert info["picked"] == int(np.argmax(info["real_means"])) and np.array_equal(params, finals[info["picked"]])
+        again = [[r["return"] for r in pool.play([(f, s) for s in seeds])] for f in finals]
+        assert np.allclose(again, info["real_returns"])  # the recorded returns are the episodes' own
+    finally:
+        pool.close()
+    label = _label_selection(run, cfg, {"mean": 1.0})
+    assert label["searches_picked"] == {"rounds": [0], "by": "real returns", "episodes": 2, "searches": [3]}
+    assert "round 0's controller picked among 3 searches by 2 real episodes each" in label["train_in"]
+    assert "searches_picked" not in _label_selection(run, override(cfg, ["cma.pick=dream"]), {"mean": 1.0})
+    from agents.world_models.report import write_report
+
+    text = write_report(run, {"task": cfg.task, "rounds": 1}).read_text()
+    assert "the same 2 real episodes" in text and "(**a selection by real returns**)" in text
+    j = info["picked"]
+    assert f"| {info['dream_means'][j]:.1f} | {info['real_means'][j]:.1f} | **yes** |" in text
 
 
 def test_evolve_in_dream_steps_the_dream_in_the_given_precision(ens_run: Path, tmp_path: Path) -> None:

@@ -41,7 +41,11 @@ def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
     (["--generations", "0"], "cma.generations must be >= 1"),
     (["--set", "dream.precision=fp16"], "dream.precision must be one of fp32, bf16"),
     (["--set", "cma.restarts=0"], "cma.restarts must be >= 1"),
-    (["--set", "cma.restarts=2", "--train-in", "real"], "cma.restarts=2 picks among searches"),
+    (["--set", "cma.pick=best"], "cma.pick must be one of dream, real"),
+    (["--set", "cma.pick_episodes=0"], "cma.pick_episodes must be >= 1"),
+    (["--set", "later_restarts=2", "--train-in", "real"], "later_restarts=2 runs several searches in the dream"),
+    (["--set", "later_restarts=0"], "later_restarts must be >= 1"),
+    (["--set", "cma.restarts=2", "--train-in", "real"], "cma.restarts=2 runs several searches in the dream"),
     (["--set", "dream.precision=bf16"], "dream.precision=bf16 is built for a Transformer or Mamba M"),
 ])
 def test_bad_settings_are_refused_before_any_work(flags: list[str], says: str, tmp_path: Path,

@@ -366,6 +366,10 @@ class RunConfig:
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
     on Doom its gap curve was narrowest 10-20 generations in: 20 generations scored 413.2 where 50
     scored 227.9 (round 0: 310.2), and 980.0 on a second world model (round 0: 594.0; docs/RESULTS.md)."""
+    later_restarts: int | None = None
+    """CMA-ES searches of every round after the first (None: ``cma.restarts``). A later round's
+    search starts from the previous round's controller, so the spread between searches' seeds that
+    ``cma.restarts`` buys down is round 0's (docs/RESULTS.md)."""
     controller_hidden: int = 0
     """0: the paper's linear controller on [z, h]; > 0: one hidden layer of this size."""
     freeze_v: bool = False
@@ -394,9 +398,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.train_in not in ("dream", "real"):
             raise ValueError(f"train_in must be 'dream' or 'real', got {self.train_in!r}")
-        if self.cma.restarts > 1 and self.train_in != "dream":
-            raise ValueError(f"cma.restarts={self.cma.restarts} picks among searches by their mean over fresh dreams: "
-                             f"it needs --train-in dream; pass --set cma.restarts=1 for a search in the real game")
+        for key, n in (("cma.restarts", self.cma.restarts), ("later_restarts", self.later_restarts or 1)):
+            if n > 1 and self.train_in != "dream":
+                raise ValueError(f"{key}={n} runs several searches in the dream and keeps one: it needs --train-in "
+                                 f"dream; pass --set {key}=1 for a search in the real game")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         check_backend(self.backend)
@@ -425,7 +430,7 @@ class RunConfig:
             raise ValueError(f"dream.precision={self.dream.precision} is built for a Transformer or Mamba M, not the "
                              f"MDN-RNN; pass --set m.family=gpt or mamba, or --set dream.precision=fp32")
         self.m_config()  # a Transformer's width must split into its heads: refused here, before any work
-        _at_least("run", self, 1, "later_generations", optional=True)
+        _at_least("run", self, 1, "later_generations", "later_restarts", optional=True)
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
@@ -448,6 +453,19 @@ class RunConfig:
         """CMA-ES generations of round ``k``: ``cma.generations`` for round 0, ``later_generations``
         (when set) for the rounds after it."""
         return self.cma.generations if k == 0 or self.later_generations is None else self.later_generations
+
+    def round_restarts(self, k: int) -> int:
+        """CMA-ES searches of round ``k`` (1 when C trains in the real game): ``cma.restarts`` for
+        round 0, ``later_restarts`` (when set) for the rounds after it."""
+        if self.train_in != "dream":
+            return 1
+        return self.cma.restarts if k == 0 or self.later_restarts is None else self.later_restarts
+
+    @property
+    def picked_by_real(self) -> bool:
+        """Whether some round keeps one of several searches by real episodes (``cma.pick="real"``):
+        the final controller is then a selection by real returns, and says so."""
+        return self.cma.pick == "real" and any(self.round_restarts(k) > 1 for k in range(self.rounds))
 
     def m_config(self) -> MDRNNConfig | SequenceMConfig:
         """M's architecture: ``mdrnn`` for the MDN-RNN; for a Transformer or Mamba M, ``m``'s

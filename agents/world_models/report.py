@@ -345,9 +345,10 @@ def restart_rows(run_dir: RunDir, rounds: int) -> list[dict[str, Any]]:
             continue
         info = load_controller(path)[2].get("restarts")
         if info:
-            rows += [{"round": k, "search": j + 1, "seed": seed, "dream_mean": mean, "kept": j == info["picked"],
-                      "dreams": RESTART_DREAMS}
-                     for j, (seed, mean) in enumerate(zip(info["seeds"], info["dream_means"], strict=True))]
+            real = info.get("real_means") or [None] * len(info["seeds"])
+            rows += [{"round": k, "search": j + 1, "seed": seed, "dream_mean": mean, "real_mean": r,
+                      "real_episodes": info.get("episodes"), "kept": j == info["picked"], "dreams": RESTART_DREAMS}
+                     for j, (seed, mean, r) in enumerate(zip(info["seeds"], info["dream_means"], real, strict=True))]
     return rows
 
 
@@ -423,7 +424,9 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
         lines += ["## Score in the real environment", "",
                   f"**{e['mean']:.1f} ± {e['std']:.1f}** over {e['episodes']} episodes of up to {limit} steps "
                   f"(min {e['min']:.1f}, max {e['max']:.1f}); controller trained in the "
-                  f"{config.get('train_in', 'dream')}.", ""]
+                  f"{e.get('train_in', config.get('train_in', 'dream'))}"
+                  + (" (**a selection by real returns, not a dream-only result**)" if e.get("searches_picked") else "")
+                  + ".", ""]
         lines += selection_lines(run_dir, e)
         lines += patience_lines(run_dir, config)
         if (e.get("selected") or run_dir.rounds_json.exists()) and plot_rounds(run_dir, figs / "rounds.png"):
@@ -438,12 +441,16 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"{ft.get('generations')} generations of {ft.get('popsize')} x {ft.get('rollouts')} episodes.", ""]
     searches = restart_rows(run_dir, int(config.get("rounds", 1)))
     if searches:
+        n_real = next((r["real_episodes"] for r in searches if r["real_mean"] is not None), None)
+        by = (f"and the same {n_real} real episodes; the best of them in the real game became the round's controller "
+              "(**a selection by real returns**)" if n_real else "and the best of them became the round's controller")
         lines += ["## CMA-ES searches (`cma.restarts`)", "",
-                  f"Each round ran {sum(r['round'] == searches[0]['round'] for r in searches)} searches on their own "
-                  f"seeds; each final mean played {searches[0]['dreams']} fresh dreams, and the best of them became "
-                  "the round's controller.", "", "| round | search | CMA-ES seed | mean over fresh dreams | kept |",
-                  "|---|---|---|---|---|"]
+                  f"A round with several searches ran each on its own seed; each final mean played "
+                  f"{searches[0]['dreams']} fresh dreams {by}.", "",
+                  "| round | search | CMA-ES seed | mean over fresh dreams | mean over real episodes | kept |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['round']} | {r['search']} | {r['seed']} | {r['dream_mean']:.1f} | "
+                  f"{'' if r['real_mean'] is None else format(r['real_mean'], '.1f')} | "
                   f"{'**yes**' if r['kept'] else ''} |" for r in searches]
         lines += [""]
     rounds = collection_rounds(run_dir, config)

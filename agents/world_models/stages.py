@@ -44,6 +44,7 @@ from agents.evaluate import summarize_returns
 from agents.fitness import (
     EVAL_GENERATION,
     GAP_GENERATION,
+    PICK_GENERATION,
     SELECT_GENERATION,
     DreamFitness,
     RealFitness,
@@ -640,10 +641,14 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     else:
         fitness = RealFitness(pool(), cma_cfg.rollouts, seed=cma_cfg.seed)
         where = f"the real {cfg.task} ({cfg.workers} workers)"
-    restarts = cma_cfg.restarts if cfg.train_in == "dream" else 1
+    restarts = cfg.round_restarts(k)
+    cma_cfg = replace(cma_cfg, restarts=restarts)
+    by_real = restarts > 1 and cma_cfg.pick == "real"
+    judged_by = (f"{cma_cfg.pick_episodes} real episodes each, a selection by real returns" if by_real
+                 else f"{RESTART_DREAMS} fresh dreams")
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
         f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}"
-        + (f", {restarts} searches (the best over {RESTART_DREAMS} fresh dreams kept)" if restarts > 1 else ""))
+        + (f", {restarts} searches (the best over {judged_by} kept)" if restarts > 1 else ""))
     finals, bests = [], []
     for j in range(restarts):  # search j: seed cma.seed + 1000 k + j (search 0 is the run without restarts)
         cj = replace(cma_cfg, seed=cma_cfg.seed + j)
@@ -673,11 +678,24 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
         with torch.inference_mode():
             means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).cpu().double().numpy()
-        pick = int(np.argmax(means))
-        extra_info = {"restarts": {"dream_means": [float(x) for x in means], "picked": pick,
-                                   "seeds": [cma_cfg.seed + j for j in range(restarts)]}}
+        info: dict[str, Any] = {"dream_means": [float(x) for x in means], "seeds": [cma_cfg.seed + j for j in range(restarts)],
+                                "by": "dream"}
         say(f"round {k}: the {restarts} searches' means over {RESTART_DREAMS} fresh dreams: "
-            + ", ".join(f"{x:.1f}" for x in means) + f"; keeping search {pick + 1}")
+            + ", ".join(f"{x:.1f}" for x in means))
+        if by_real:
+            seeds = generation_seeds(cma_cfg.seed, PICK_GENERATION, cma_cfg.pick_episodes)
+            real = np.asarray([[r["return"] for r in pool().play([(p, s) for s in seeds],
+                                                                   progress=f"pick {j + 1}/{restarts}" if progress else None)]
+                               for j, p in enumerate(finals)], dtype=np.float64)
+            means = real.mean(axis=1)
+            info.update(by="real returns", real_means=[float(x) for x in means], real_returns=real.tolist(),
+                        episodes=cma_cfg.pick_episodes, episode_seeds=seeds)
+            say(f"round {k}: the {restarts} searches' means over the same {cma_cfg.pick_episodes} real episodes "
+                f"(a selection by real returns): " + ", ".join(f"{x:.1f}" for x in means))
+        pick = int(np.argmax(means))
+        info["picked"] = pick
+        extra_info = {"restarts": info}
+        say(f"round {k}: keeping search {pick + 1}")
     save_controller(out, ccfg, finals[pick], generations=cma_cfg.generations, round=k,
                     best_fitness=bests[pick], train_in=cfg.train_in, mdrnn_id=m_id, **extra_info)
     return finals[pick]
@@ -987,13 +1005,20 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     """``eval.json``'s content with ``selected`` (the kept round, the rounds' means) and its
     ``train_in`` saying so when the final controller was picked by real episodes; without them
     when it is the last round's."""
-    out = {k: v for k, v in result.items() if k != "selected"}
+    out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked")}
     out["train_in"] = cfg.train_in
+    if cfg.picked_by_real:
+        rounds = [k for k in range(cfg.rounds) if cfg.round_restarts(k) > 1]
+        out["searches_picked"] = {"rounds": rounds, "by": "real returns", "episodes": cfg.cma.pick_episodes,
+                                  "searches": [cfg.round_restarts(k) for k in rounds]}
+        out["train_in"] = (f"{cfg.train_in}, round{'s' if len(rounds) > 1 else ''} "
+                           f"{', '.join(map(str, rounds))}'s controller picked among {cfg.round_restarts(rounds[0])} "
+                           f"searches by {cfg.cma.pick_episodes} real episodes each")
     if cfg.eval.select_episodes and cfg.rounds > 1:
         sel = read_json(run.selection_json)
         out["selected"] = {"round": sel["picked"], "of_rounds": cfg.rounds, "by": "real returns",
                            "episodes": sel["episodes"], "means": [r["mean"] for r in sel["rounds"]]}
-        out["train_in"] = (f"{cfg.train_in} (every round), the final controller picked among the rounds by "
+        out["train_in"] = (f"{out['train_in']} (every round), the final controller picked among the rounds by "
                            f"{sel['episodes']} real episodes each")
     return out
 
