@@ -644,11 +644,11 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     restarts = cfg.round_restarts(k)
     cma_cfg = replace(cma_cfg, restarts=restarts)
     by_real = restarts > 1 and cma_cfg.pick == "real"
-    judged_by = (f"{cma_cfg.pick_episodes} real episodes each, a selection by real returns" if by_real
-                 else f"{RESTART_DREAMS} fresh dreams")
+    judged_by = (f"the best by {cma_cfg.pick_episodes} real episodes each kept: a selection by real returns" if by_real
+                 else f"the best over {RESTART_DREAMS} fresh dreams kept")
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
         f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}"
-        + (f", {restarts} searches (the best over {judged_by} kept)" if restarts > 1 else ""))
+        + (f", {restarts} searches ({judged_by})" if restarts > 1 else ""))
     finals, bests = [], []
     for j in range(restarts):  # search j: seed cma.seed + 1000 k + j (search 0 is the run without restarts)
         cj = replace(cma_cfg, seed=cma_cfg.seed + j)
