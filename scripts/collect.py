@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, required=True, help="number of episodes the folder should hold")
     p.add_argument("--workers", type=int, default=2, help="Ray rollout workers (0 = in this process, no Ray)")
     p.add_argument("--policy", choices=[n for n in POLICIES if n != "controller"], default="brownian",
-                   help="data-collection policy: brownian (random walk), driving (a walk that drives), scripted "
+                   help="data-collection policy: brownian (random walk), holding (the random walk with long holds of one "
+                        "action), driving (a walk that drives), scripted "
                         "(CarRacing: follows the track with excursions off it; reads the env's state), "
                         "random_controller (the paper's)")
     p.add_argument("--out", required=True, help="output folder (created; its parent must exist)")

@@ -20,6 +20,7 @@ from agents.coverage import coverage
 from agents.policies import (
     BrownianPolicy,
     DrivingPolicy,
+    HoldingPolicy,
     PolicySpec,
     ScriptedDriver,
     check_policy,
@@ -44,6 +45,35 @@ GYM_PIXELS = "MountainCarContinuous-v0"
 def _actions(policy: object, seed: int, n: int, obs: np.ndarray) -> np.ndarray:
     policy.reset(seed)
     return np.stack([np.asarray(policy.act(obs), dtype=np.float64) for _ in range(n)])
+
+
+def _longest_run(labels: np.ndarray) -> int:
+    """The longest stretch of equal consecutive values."""
+    cuts = np.flatnonzero(np.diff(labels) != 0)
+    return int(np.diff(np.concatenate([[-1], cuts, [len(labels) - 1]])).max())
+
+
+def test_holding_policy_holds_doom_actions_the_brownian_never_holds() -> None:
+    """On Doom's one output (left / stay / right at -1/3 and 1/3): the brownian's pressed button
+    never stays for 60 steps; the holding walk is seeded, in bounds, and holds one action for
+    30-300 steps, about 40% of the time; a Discrete space gets held bins too; bad holds are refused."""
+    obs = np.zeros((64, 64, 3), np.uint8)
+    buttons = lambda a: np.digitize(a[:, 0], [-1 / 3, 1 / 3])  # noqa: E731
+    p = HoldingPolicy(DOOM)
+    a, b, c = _actions(p, 3, 3000, obs), _actions(p, 3, 3000, obs), _actions(p, 4, 3000, obs)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (a >= -1).all() and (a <= 1).all() and p.act(obs).dtype == DOOM.dtype
+    brown = np.concatenate([_actions(BrownianPolicy(DOOM), s, 3000, obs) for s in range(3)])
+    hold = np.concatenate([_actions(p, s, 3000, obs) for s in range(3)])
+    assert _longest_run(buttons(brown)) < 60 and _longest_run(buttons(hold)) >= 150
+    held = np.abs(np.diff(hold[:, 0])) == 0  # a held step repeats the last action exactly
+    assert 0.25 < held.mean() < 0.6
+    d = HoldingPolicy(spaces.Discrete(3))
+    k = np.concatenate([_actions(d, s, 3000, obs) for s in range(3)])
+    assert set(np.unique(k)) <= {0, 1, 2} and _longest_run(k) >= 30
+    with pytest.raises(ValueError, match="hold_min <= hold_max"):
+        HoldingPolicy(DOOM, hold_min=40, hold_max=20)
+    assert isinstance(make_policy(PolicySpec("holding"), DOOM, "doom_take_cover"), HoldingPolicy)
 
 
 @pytest.mark.parametrize("space", [CAR, DOOM], ids=["car_racing", "doom"])

@@ -66,6 +66,7 @@ class CollectConfig:
     """episodes collected before the first round."""
     policy: str = "brownian"
     """first-round policy (``agents.policies``): "brownian" (a random walk; its car creeps),
+    "holding" (the brownian with long holds of one action: the data shows where a held action leads),
     "driving" (a smooth walk with the gas on that follows the road it sees for a while),
     "scripted" (CarRacing only: a driver that follows the track from the env's privileged state,
     with deliberate excursions onto the grass, spins and full brakes) or "random_controller" (the

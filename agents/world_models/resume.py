@@ -21,6 +21,8 @@ RESUMABLE: dict[str, str] = {
     "cma.generations": "the last round's evolution continues from its saved CMA-ES state; an earlier round's "
                        "controller, which later rounds' data was played with, is kept",
     "later_generations": "likewise, for the rounds after the first",
+    "later_restarts": "the rounds after the first that have not run yet search that many times; a finished round's "
+                      "controller is kept",
     "rounds_patience": "each round's real returns are kept in rounds.json: a change decides again where the rounds "
                        "stop (a stopped run goes on when it is raised)",
     "rounds_min": "likewise",
