@@ -6,6 +6,8 @@ records CarRacing's per-step signals in each shard (``speed``, ``off_road``, ``t
 up per data set: the speed's percentiles, the tiles reached per episode, the share of steps off
 the road and of steps that earn a tile, and the return. Shards without the signals (another
 task, or collected before they were recorded) count toward the episodes and the return only.
+For every task it also counts the steps where one action was held (:data:`HELD_STEPS` or more
+equal actions in a row): what the data shows of a constant action, the simplest controller.
 """
 
 from __future__ import annotations
@@ -20,12 +22,25 @@ import numpy as np
 from agents.rollout import SIGNALS
 from worldlab.storage import SHARD_FIX, CorruptShardError, Manifest
 
+HELD_STEPS = 30
+"""a stretch of this many equal actions in a row or more counts as held."""
+
+
+def held_steps(actions: np.ndarray, least: int = HELD_STEPS) -> int:
+    """How many steps of an episode lie in a stretch of ``least`` or more equal actions in a row."""
+    if len(actions) == 0:
+        return 0
+    a = np.asarray(actions).reshape(len(actions), -1)
+    cuts = np.flatnonzero((a[1:] != a[:-1]).any(axis=1)) + 1
+    runs = np.diff(np.concatenate([[0], cuts, [len(a)]]))
+    return int(runs[runs >= least].sum())
+
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    """A shard's rewards and signals, not its frames (each array of an ``.npz`` is read on its own)."""
+    """A shard's rewards, actions and signals, not its frames (each array of an ``.npz`` is read on its own)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("rewards", *SIGNALS) if k in z.files}
+            return {k: z[k] for k in ("rewards", "actions", *SIGNALS) if k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise CorruptShardError(f"shard {path} cannot be read ({e}); {SHARD_FIX}") from e
 
@@ -37,7 +52,8 @@ def coverage(data_dir: str | os.PathLike, episodes: list[int] | range | None = N
     ``return_std``, ``return_min``, ``return_max``, and over the ``signal_episodes`` episodes that
     carry the signals (None when none does): ``speed_p50``, ``speed_p90`` (over every step),
     ``tiles_mean``, ``tiles_max`` (tiles reached per episode), ``off_road`` (share of steps with
-    no wheel on the road) and ``tile_steps`` (share of steps that reached a new tile).
+    no wheel on the road) and ``tile_steps`` (share of steps that reached a new tile); and over
+    every episode ``held`` (share of steps where one action was held, :func:`held_steps`).
 
     Reads only the small arrays of each shard, not the frames; checksums are left to the readers
     that train on the data.
@@ -47,11 +63,12 @@ def coverage(data_dir: str | os.PathLike, episodes: list[int] | range | None = N
     missing = [i for i in ids if i not in m.episodes]
     if missing:
         raise ValueError(f"episodes {missing[:5]} are not in {m.path}")
-    returns, steps, speeds, off, earn, tiles = [], 0, [], [], [], []
+    returns, steps, held, speeds, off, earn, tiles = [], 0, 0, [], [], [], []
     for i in ids:
         ep = _read(m.dir / m.episodes[i]["file"])
         returns.append(float(ep["rewards"].sum(dtype=np.float64)))
         steps += int(ep["rewards"].shape[0])
+        held += held_steps(ep["actions"]) if "actions" in ep else 0
         if all(k in ep for k in SIGNALS):
             speeds.append(ep["speed"])
             off.append(ep["off_road"])
@@ -62,7 +79,7 @@ def coverage(data_dir: str | os.PathLike, episodes: list[int] | range | None = N
         "policy": m.meta.get("policy"), "task": m.meta.get("task"), "episodes": len(ids), "steps": steps,
         "return_mean": float(r.mean()) if r.size else None, "return_std": float(r.std()) if r.size else None,
         "return_min": float(r.min()) if r.size else None, "return_max": float(r.max()) if r.size else None,
-        "signal_episodes": len(tiles),
+        "signal_episodes": len(tiles), "held": held / steps if steps else None,
     }
     if tiles and sum(s.size for s in speeds):
         s = np.concatenate(speeds).astype(np.float64)
@@ -83,7 +100,8 @@ def coverage_table(rows: list[dict[str, Any]]) -> list[str]:
     one, comes first; ``policy`` names who played)."""
     rounds = any("round" in r for r in rows)
     head = (["round"] if rounds else []) + ["policy", "episodes", "return", "speed p50", "speed p90",
-                                            "tiles reached (mean / max)", "off road", "tile steps"]
+                                            "tiles reached (mean / max)", "off road", "tile steps",
+                                            f"held ({HELD_STEPS}+ steps)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ret = "-" if r["return_mean"] is None else f"{r['return_mean']:.1f} ± {r['return_std']:.1f}"
@@ -92,7 +110,7 @@ def coverage_table(rows: list[dict[str, Any]]) -> list[str]:
         earn = "-" if r["tile_steps"] is None else f"{100 * r['tile_steps']:.1f}%"
         cells = ([str(r.get("round", ""))] if rounds else []) + [
             str(r.get("policy") or "?"), str(r["episodes"]), ret, _f(r["speed_p50"], ".1f"), _f(r["speed_p90"], ".1f"),
-            tiles, off, earn]
+            tiles, off, earn, "-" if r.get("held") is None else f"{100 * r['held']:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

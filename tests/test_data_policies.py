@@ -214,6 +214,9 @@ def test_coverage_agrees_with_the_shards(scripted_data: Path) -> None:
     tiles = [int(e["tiles"][-1]) for e in eps]
     assert cov["tiles_mean"] == pytest.approx(np.mean(tiles)) and cov["tiles_max"] == max(tiles)
     assert cov["off_road"] == pytest.approx(np.concatenate([e["off_road"] for e in eps]).mean())
+    from agents.coverage import held_steps
+
+    assert cov["held"] == pytest.approx(sum(held_steps(e["actions"]) for e in eps) / cov["steps"])
     # a step earns a tile when the count grows; the tiles reached add up to the steps that earned them
     # (a step may reach two tiles at once, so at least as many tiles as earning steps)
     earned = cov["tile_steps"] * cov["steps"]
@@ -222,6 +225,19 @@ def test_coverage_agrees_with_the_shards(scripted_data: Path) -> None:
     assert one["episodes"] == 1 and one["return_mean"] == m.episodes[1]["return"] and one["tiles_max"] == tiles[1]
     with pytest.raises(ValueError, match="not in"):
         coverage(scripted_data, [7])
+
+
+def test_held_steps_count_the_stretches_of_one_action() -> None:
+    from agents.coverage import held_steps
+
+    a = np.array([0.5] * 30 + [0.1, 0.2] + [-1.0] * 29 + [0.3] * 31, dtype=np.float32)[:, None]
+    assert held_steps(a) == 30 + 31 and held_steps(a, least=29) == 30 + 29 + 31 and held_steps(a[:0]) == 0
+    car = np.repeat(np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.5]]), 40, axis=0)  # every dimension must match
+    car[49, 2] = 0.4  # the second stretch: 9 steps, 1, then 30
+    assert held_steps(car) == 40 + 30
+    doom = HoldingPolicy(DOOM)
+    acts = _actions(doom, 0, 3000, np.zeros((64, 64, 3), np.uint8))
+    assert 0.25 < held_steps(acts) / 3000 < 0.6 and held_steps(_actions(BrownianPolicy(DOOM), 0, 3000, acts)) == 0
 
 
 def test_coverage_without_signals(tmp_path: Path) -> None:
