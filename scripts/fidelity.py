@@ -5,7 +5,9 @@ full speed, hard turns off the road, a spin, braking) and compares them with wha
 (agents/probes.py): RUN/fidelity_probes.json and a Markdown table on stdout. With --controllers
 C [C ...] it plays each evolved controller in real episodes and runs M teacher-forced over them:
 the return M pays and the episode ends it expects on the controller's own trajectory
-(RUN/fidelity_controllers.json and a table)."""
+(RUN/fidelity_controllers.json and a table). With --held-dreams N it holds each bound and the
+middle of the action space on every step, in N dreams and in real episodes: what the dream pays a
+constant controller against the game (RUN/fidelity_held.json and a table)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
                         "what M pays and which ends it expects on the controller's own trajectory "
                         "(RUN/fidelity_controllers.json)")
     p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
+    p.add_argument("--held-dreams", type=int, default=0, metavar="N",
+                   help="also hold each bound and the middle of the action space on every step in N dreams and "
+                        "in --held-episodes real episodes: what the dream pays a constant controller against the "
+                        "game (RUN/fidelity_held.json)")
+    p.add_argument("--held-episodes", type=int, default=8, help="real episodes per held action")
     p.add_argument("--no-report", action="store_true",
                    help="skip the report on held-out episodes (RUN/fidelity.json stays as it is): only the "
                         "--probes and --controllers asked for")
@@ -50,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if a.no_report and not (a.probes or a.controllers):
-        print("error: --no-report leaves nothing to do; add --probes or --controllers NPZ", file=sys.stderr)
+    if a.held_dreams == 1 or a.held_dreams < 0 or a.held_episodes < 0:
+        print(f"error: --held-dreams must be 0 (off) or >= 2 and --held-episodes >= 0, got {a.held_dreams} and "
+              f"{a.held_episodes}", file=sys.stderr)
+        return 2
+    if a.no_report and not (a.probes or a.controllers or a.held_dreams):
+        print("error: --no-report leaves nothing to do; add --probes, --controllers NPZ or --held-dreams N",
+              file=sys.stderr)
         return 2
     if not a.no_report:
         try:
@@ -77,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(controller_table(report))
+    if a.held_dreams:
+        from agents.probes import held_dreams, held_table
+
+        try:
+            print(held_table(held_dreams(a.run, dreams=a.held_dreams, real_episodes=a.held_episodes, device=a.device)))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -18,6 +18,8 @@ from agents.policies import ControllerPolicy
 from agents.probes import (
     controller_probes,
     controller_table,
+    held_dreams,
+    held_table,
     play_probe,
     probe_fidelity,
     probe_scripts,
@@ -118,3 +120,33 @@ def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path)
                              text=True, timeout=300)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert not (run / "fidelity.json").exists()  # refused before the fidelity report's work
+
+
+def test_held_dreams_pay_a_constant_controller_beside_the_game(tmp_path: Path) -> None:
+    """Each bound and the middle of the action space held in dreams and in real episodes of the same
+    length: the dream's returns are seeded (the same call, the same returns), the real ones are the
+    game's own for that held action; too few dreams are refused, by the function and the script."""
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    rep = held_dreams(run, dreams=4, real_episodes=1, max_steps=30, temperature=1.0)
+    assert json.loads((run / "fidelity_held.json").read_text()) == json.loads(json.dumps(rep))
+    assert list(rep["held"]) == ["low", "middle", "high"] and rep["max_steps"] == 30
+    high = rep["held"]["high"]
+    assert high["action"] == [1.0, 1.0, 1.0] and len(high["dream_returns"]) == 4
+    assert np.isclose(high["dream_mean"], np.mean(high["dream_returns"]))
+    env = envs.make("car_racing", max_episode_steps=30)
+    obs, _ = env.reset(seed=50_000)
+    real, done = 0.0, False
+    while not done:
+        obs, r, term, trunc, _ = env.step(np.ones(3, np.float32))
+        real, done = real + float(r), term or trunc
+    env.close()
+    assert np.isclose(high["real_mean"], real)
+    again = held_dreams(run, dreams=4, real_episodes=0, max_steps=30, temperature=1.0)
+    assert [r["dream_returns"] for r in again["held"].values()] == [r["dream_returns"] for r in rep["held"].values()]
+    assert again["held"]["low"]["real_mean"] is None and "| high [1.0, 1.0, 1.0] |" in held_table(again)
+    with pytest.raises(ValueError, match="--held-dreams must be >= 2"):
+        held_dreams(run, dreams=1)
+    out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), "--no-report", "--held-dreams", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "--held-dreams must be 0 (off) or >= 2" in out.stderr
