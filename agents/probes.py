@@ -306,17 +306,22 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
             pred = wm.teacher_forced(arrays)[2]
             p_end = torch.sigmoid(pred.done_logit[0]).cpu().numpy().astype(np.float64)          # (T,)
             ended = bool(arrays["terminated"].any())
+            acts = np.asarray(arrays["actions"], dtype=np.float64).reshape(T, -1)
             episodes.append({
                 "seed": int(seed), "steps": T, "real_return": float(arrays["rewards"].sum(dtype=np.float64)),
                 "predicted_return": float(pred.reward[0].sum()), "ended": int(ended),
                 "ends_expected": float(p_end.sum()),
                 "p_end_last": float(p_end[-END_WINDOW:].mean()) if ended else None,
                 "p_end_before": float(p_end[:-END_WINDOW].mean()) if T > END_WINDOW else None,
+                "action_mean": acts.mean(axis=0).tolist(), "action_std": acts.std(axis=0).tolist(),
             })
     finally:
         env.close()
     keys = ("steps", "real_return", "predicted_return", "ended", "ends_expected", "p_end_last", "p_end_before")
-    return {"mean": {k: _mean([e[k] for e in episodes]) for k in keys}, "episodes": episodes}
+    mean = {k: _mean([e[k] for e in episodes]) for k in keys}
+    for k in ("action_mean", "action_std"):  # per action dimension, the episodes' mean
+        mean[k] = np.mean([e[k] for e in episodes], axis=0).tolist() if episodes else None
+    return {"mean": mean, "episodes": episodes}
 
 
 def load_controllers(run: RunDir, controllers: list[str | os.PathLike]) -> dict[str, Any]:
@@ -358,10 +363,13 @@ def controller_table(report: dict[str, Any]) -> str:
         return "-" if x is None else format(x, fmt)
 
     lines = [f"| controller | steps | real return | M's return (teacher-forced) | ends: real / M expects | "
-             f"M's done probability: last {report['end_window']} steps / before |", "|---|---|---|---|---|---|"]
+             f"M's done probability: last {report['end_window']} steps / before | action: mean ± std within an "
+             f"episode |", "|---|---|---|---|---|---|---|"]
     for path, row in report["controllers"].items():
         m = row["mean"]
+        acts = ", ".join(f"{a:.2f} ± {sd:.2f}" for a, sd in zip(m.get("action_mean") or [], m.get("action_std") or [],
+                                                                  strict=True)) or "-"
         lines.append(f"| {path} | {f(m['steps'], '.0f')} | {f(m['real_return'], '.1f')} | "
                      f"{f(m['predicted_return'], '.1f')} | {f(m['ended'], '.2f')} / {f(m['ends_expected'], '.2f')} | "
-                     f"{f(m['p_end_last'], '.4f')} / {f(m['p_end_before'], '.4f')} |")
+                     f"{f(m['p_end_last'], '.4f')} / {f(m['p_end_before'], '.4f')} | {acts} |")
     return "\n".join(lines)

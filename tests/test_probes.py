@@ -92,6 +92,9 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
             paid, ends = paid + float(p.reward[0]), ends + float(torch.sigmoid(p.done_logit[0]))
     assert np.isclose(ep["predicted_return"], paid, atol=1e-4) and np.isclose(ep["ends_expected"], ends, atol=1e-5)
     assert np.isclose(row["mean"]["real_return"], np.mean([e["real_return"] for e in row["episodes"]]))
+    acts = np.asarray(arrays["actions"], dtype=np.float64)  # what C pressed: per dimension, within the episode
+    assert np.allclose(ep["action_mean"], acts.mean(axis=0)) and np.allclose(ep["action_std"], acts.std(axis=0))
+    assert np.allclose(row["mean"]["action_mean"], np.mean([e["action_mean"] for e in row["episodes"]], axis=0))
     table = controller_table(rep)
     assert table.count("\n") == 2 and str(ctrl) in table
     (run / "fidelity_controllers.json").unlink()
