@@ -1006,20 +1006,20 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     ``train_in`` saying so when the final controller was picked by real episodes; without them
     when it is the last round's."""
     out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked")}
-    out["train_in"] = cfg.train_in
+    picks = []
     if cfg.picked_by_real:
         rounds = [k for k in range(cfg.rounds) if cfg.round_restarts(k) > 1]
         out["searches_picked"] = {"rounds": rounds, "by": "real returns", "episodes": cfg.cma.pick_episodes,
                                   "searches": [cfg.round_restarts(k) for k in rounds]}
-        out["train_in"] = (f"{cfg.train_in}, round{'s' if len(rounds) > 1 else ''} "
-                           f"{', '.join(map(str, rounds))}'s controller picked among {cfg.round_restarts(rounds[0])} "
-                           f"searches by {cfg.cma.pick_episodes} real episodes each")
-    if cfg.eval.select_episodes and cfg.rounds > 1:
+        picks.append(f"round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))}'s controller picked among "
+                     f"{cfg.round_restarts(rounds[0])} searches by {cfg.cma.pick_episodes} real episodes each")
+    selection = cfg.eval.select_episodes and cfg.rounds > 1
+    if selection:
         sel = read_json(run.selection_json)
         out["selected"] = {"round": sel["picked"], "of_rounds": cfg.rounds, "by": "real returns",
                            "episodes": sel["episodes"], "means": [r["mean"] for r in sel["rounds"]]}
-        out["train_in"] = (f"{out['train_in']} (every round), the final controller picked among the rounds by "
-                           f"{sel['episodes']} real episodes each")
+        picks.append(f"the final controller picked among the rounds by {sel['episodes']} real episodes each")
+    out["train_in"] = f"{cfg.train_in}{' (every round)' if selection else ''}" + "".join(f", {p}" for p in picks)
     return out
 
 
