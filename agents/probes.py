@@ -60,16 +60,23 @@ def probe_scripts(task: str, action_space: dict[str, Any]) -> dict[str, Script]:
             "spin": _after(40, gas, [1.0, 1.0, 0.0]),
             "gas_then_brake": _after(60, gas, [0.0, 0.0, 1.0]),
         }
-    if action_space.get("type") != "box":
-        raise ValueError(f"probe episodes need a Box action space, got {action_space}")
-    low, high = (np.asarray(action_space[k], np.float64) for k in ("low", "high"))
-    mid = (low + high) / 2
+    held = held_actions(action_space, "probe episodes")
+    low, mid, high = held["low"], held["middle"], held["high"]
     return {
         "hold_low": lambda t: low.tolist(),
         "hold_high": lambda t: high.tolist(),
         "hold_middle": lambda t: mid.tolist(),
         "sweep": lambda t: (mid + (high - low) / 2 * np.sin(t / 20.0)).tolist(),
     }
+
+
+def held_actions(action_space: dict[str, Any], what: str = "held actions") -> dict[str, np.ndarray]:
+    """A Box action space's bounds and middle: "low", "middle", "high" (``what`` names the caller
+    in the one-line refusal of any other space)."""
+    if action_space.get("type") != "box":
+        raise ValueError(f"{what} need a Box action space, got {action_space}")
+    low, high = (np.asarray(action_space[k], np.float64) for k in ("low", "high"))
+    return {"low": low, "middle": (low + high) / 2, "high": high}
 
 
 def off_road(env: Any) -> bool | None:
@@ -181,11 +188,11 @@ def held_dreams(run_dir: str | os.PathLike, *, dreams: int = 100, real_episodes:
                 max_steps: int | None = None, seed: int = 7, device: str = "cpu") -> dict[str, Any]:
     """Each bound and the middle of a Box action space held on every step, in ``dreams`` dreams
     (temperature and length: the run's, unless given) and in ``real_episodes`` real episodes of
-    the same length limit: the
-    return the dream pays a constant controller against the game's. A dream that pays a held
-    action far more than the game does offers C its simplest exploit (Doom, session 30: a
-    constant right strafe, paid ~1,400 in one dream and ~170 in the game). Writes
+    the same length limit: the return the dream pays a constant controller against the game's. A
+    dream that pays a held action far more than the game does offers C its simplest exploit (Doom,
+    session 30: a constant right strafe, paid ~1,480 in one dream and ~145 in the game). Writes
     ``RUN/fidelity_held.json``."""
+    import envs
     from agents.rollout import run_episode
     from agents.world_models.config import RunConfig
     from envs.dream import DreamVectorEnv
@@ -197,11 +204,7 @@ def held_dreams(run_dir: str | os.PathLike, *, dreams: int = 100, real_episodes:
     tau = temperature if temperature is not None else (cfg.dream.temperature if cfg else 1.0)
     steps = max_steps if max_steps is not None else (cfg.dream.steps if cfg else None)
     wm = WorldModel.load(run, device=device)
-    space = wm.action_space
-    if space.get("type") != "box":
-        raise ValueError(f"held actions need a Box action space, got {space}")
-    low, high = (np.asarray(space[k], np.float64) for k in ("low", "high"))
-    held = {"low": low, "middle": (low + high) / 2, "high": high}
+    held = held_actions(wm.action_space)
     env = DreamVectorEnv(num_envs=len(held) * dreams, world_model=wm, temperature=tau, device=device,
                          max_episode_steps=steps)
     env.reset_torch(seed=[seed + i for i in range(dreams)] * len(held))
@@ -215,8 +218,6 @@ def held_dreams(run_dir: str | os.PathLike, *, dreams: int = 100, real_episodes:
         alive &= ~(terminated | truncated)
     env.close()
     dream = total.view(len(held), dreams).cpu().numpy()
-    import envs
-
     real_env = envs.make(wm.task, **({"max_episode_steps": steps} if steps else {})) if real_episodes else None
     rows: dict[str, Any] = {}
     for i, (name, a) in enumerate(held.items()):

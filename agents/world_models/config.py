@@ -462,11 +462,15 @@ class RunConfig:
             return 1
         return self.cma.restarts if k == 0 or self.later_restarts is None else self.later_restarts
 
+    def round_picks_by_real(self, k: int) -> bool:
+        """Whether round ``k`` keeps one of several searches by real episodes (``cma.pick="real"``)."""
+        return self.cma.pick == "real" and self.round_restarts(k) > 1
+
     @property
     def picked_by_real(self) -> bool:
-        """Whether some round keeps one of several searches by real episodes (``cma.pick="real"``):
-        the final controller is then a selection by real returns, and says so."""
-        return self.cma.pick == "real" and any(self.round_restarts(k) > 1 for k in range(self.rounds))
+        """Whether some round keeps one of several searches by real episodes: the final controller
+        is then a selection by real returns, and says so."""
+        return any(self.round_picks_by_real(k) for k in range(self.rounds))
 
     def m_config(self) -> MDRNNConfig | SequenceMConfig:
         """M's architecture: ``mdrnn`` for the MDN-RNN; for a Transformer or Mamba M, ``m``'s

@@ -265,9 +265,10 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             if cfg.eval.gap_every:
                 cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
-            cost *= cfg.round_restarts(k)  # every search costs the same
-            if cfg.round_restarts(k) > 1 and cfg.cma.pick == "real":
-                cost += cfg.round_restarts(k) * cfg.cma.pick_episodes * eval_len / (ctrl_rate * workers)
+            searches = cfg.round_restarts(k)
+            cost *= searches  # every search costs the same
+            if cfg.round_picks_by_real(k):
+                cost += searches * cfg.cma.pick_episodes * eval_len / (ctrl_rate * workers)
         else:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * eval_len / (ctrl_rate * workers)
         out.append(_evolve(run, cfg, k, cost, finished))
@@ -498,7 +499,7 @@ def _evolve(run: RunDir, cfg: RunConfig, k: int, estimate: float, finished: bool
     g, searches = cfg.round_generations(k), cfg.round_restarts(k)
     title = f"round {k}: evolve C in the {cfg.train_in} for {g} generations of {cfg.cma.popsize} x {cfg.cma.rollouts}"
     title += f", {searches} searches" if searches > 1 else ""
-    title += f" (picked by {cfg.cma.pick_episodes} real episodes each)" if searches > 1 and cfg.cma.pick == "real" else ""
+    title += f" (picked by {cfg.cma.pick_episodes} real episodes each)" if cfg.round_picks_by_real(k) else ""
     if finished:
         return Stage(f"evolve_r{k}", title, estimate, f"round {k}'s C evolved", True)
     done = sum(_generations_in(run.cma_state(k, j), g) for j in range(searches))  # over all the searches

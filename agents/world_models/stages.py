@@ -643,7 +643,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         where = f"the real {cfg.task} ({cfg.workers} workers)"
     restarts = cfg.round_restarts(k)
     cma_cfg = replace(cma_cfg, restarts=restarts)
-    by_real = restarts > 1 and cma_cfg.pick == "real"
+    by_real = cfg.round_picks_by_real(k)
     judged_by = (f"the best by {cma_cfg.pick_episodes} real episodes each kept: a selection by real returns" if by_real
                  else f"the best over {RESTART_DREAMS} fresh dreams kept")
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
@@ -1008,7 +1008,7 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked")}
     picks = []
     if cfg.picked_by_real:
-        rounds = [k for k in range(cfg.rounds) if cfg.round_restarts(k) > 1]
+        rounds = [k for k in range(cfg.rounds) if cfg.round_picks_by_real(k)]
         out["searches_picked"] = {"rounds": rounds, "by": "real returns", "episodes": cfg.cma.pick_episodes,
                                   "searches": [cfg.round_restarts(k) for k in rounds]}
         picks.append(f"round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))}'s controller picked among "
