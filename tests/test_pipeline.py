@@ -66,6 +66,12 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
     assert "## Dream vs real" in report and (out / "figures" / "gap.png").stat().st_size > 0
     probes = json.loads((out / "fidelity_probes.json").read_text())
     assert probes["steps"] == 60 and "spin" in probes["probes"] and "| spin |" in report
+    # the final controller's own real episode, M teacher-forced over it (eval.controller_episodes: 1 in the smoke preset)
+    probed = json.loads((out / "fidelity_controllers.json").read_text())
+    (row,) = probed["controllers"].values()
+    assert probed["seeds"] == [50_000] and len(row["episodes"]) == 1 and row["episodes"][0]["steps"] <= 120
+    assert 0 <= row["mean"]["ends_expected"] <= row["episodes"][0]["steps"]
+    assert "## The controller's own episodes" in report and "| checkpoints/controller.npz | " in report
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").rglob("*"))
     # one numbered line per stage with the run's progress, and each stage's wall time in the report
     keys = ["collect_r0", "vision_r0", "encode_r0", "memory_r0", "evolve_r0", "evaluate", "probes", "videos"]

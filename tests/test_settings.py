@@ -43,6 +43,7 @@ def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
     (["--set", "cma.restarts=0"], "cma.restarts must be >= 1"),
     (["--set", "cma.pick=best"], "cma.pick must be one of dream, real"),
     (["--set", "cma.pick_episodes=0"], "cma.pick_episodes must be >= 1"),
+    (["--set", "eval.controller_episodes=-1"], "eval.controller_episodes must be >= 0"),
     (["--set", "later_restarts=2", "--train-in", "real"], "later_restarts=2 runs several searches in the dream"),
     (["--set", "later_restarts=0"], "later_restarts must be >= 1"),
     (["--set", "cma.restarts=2", "--train-in", "real"], "cma.restarts=2 runs several searches in the dream"),

@@ -277,6 +277,13 @@ class EvalConfig:
     (``fidelity_probes.json``, a table in ``report.md``)."""
     probe_steps: int = 300
     """steps of each probe episode."""
+    controller_episodes: int = 6
+    """with ``probes``: the final controller also plays this many real episodes (seeds 50,000 on,
+    cut at ``max_steps``) and M runs teacher-forced over them: M's return, and the episode ends it
+    expects against the game's (``fidelity_controllers.json``, a table in ``report.md``). A dream
+    whose M expects fewer ends than the game deals where C goes overpays C: on three Doom world
+    models trained on the same data policy, the two whose controllers did not transfer expected
+    0.33 and 0.37 deaths per episode, the one that did 2.03 (docs/RESULTS.md, session 31). 0: off."""
     select_episodes: int = 0
     """0: the final controller is the last round's (a dream-only result). N > 0, with more than one
     round: after the last round every round's controller plays the same N real episodes (seeds
@@ -297,6 +304,7 @@ class EvalConfig:
         _at_least("eval", self, 1, "max_steps", optional=True)
         _at_least("eval", self, 0, "gap_every")
         _at_least("eval", self, 2, "probe_steps")
+        _at_least("eval", self, 0, "controller_episodes")
 
 
 @dataclass
@@ -551,7 +559,8 @@ def preset(name: str, task: str) -> RunConfig:
             mdrnn_train=TrainConfig(steps=40, lr=3e-3, log_every=5, checkpoint_every=20), mdrnn_batch=8, seq_len=32,
             cma=CMAConfig(popsize=8, rollouts=2, generations=3, sigma0=0.1),
             dream=DreamConfig(temperature=1.15 if doom else 1.0, max_steps=120, compile=False),
-            eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2, probe_steps=60),
+            eval=EvalConfig(episodes=4, max_steps=120, gap_every=2, gap_episodes=2, probe_steps=60,
+                            controller_episodes=1),
         )
     if name == "default":
         if doom:  # its LSTM 512 makes each dream step dearer: a smaller population than CarRacing's

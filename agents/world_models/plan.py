@@ -305,9 +305,11 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         out.append(Stage("evaluate_finetuned", f"evaluate the fine-tuned C in {cfg.eval.episodes} real episodes",
                          eval_cost, None, scored))
     if cfg.eval.probes:
-        out.append(Stage("probes", "probe episodes: the dream against the real game", 60.0,
-                         "the probe episodes" if run.fidelity_probes_json.exists() else None,
-                         run.fidelity_probes_json.exists()))
+        probed = run.fidelity_probes_json.exists() and (
+            not cfg.eval.controller_episodes or run.fidelity_controllers_json.exists())
+        out.append(Stage("probes", "probe episodes: the dream against the real game", 60.0
+                         + cfg.eval.controller_episodes * eval_len / ctrl_rate,
+                         "the probe episodes" if probed else None, probed))
     if cfg.eval.videos:
         done = (run.videos / "real.mp4").exists() and (run.videos / "dream.mp4").exists()
         out.append(Stage("videos", "record a real and a dream episode", 2 * eval_len / ctrl_rate,

@@ -9,7 +9,7 @@ from typing import Any
 
 from agents.coverage import PRIVILEGED_NOTE, coverage, coverage_table
 from agents.evaluate import episode_limit, summarize_returns
-from agents.probes import probe_table
+from agents.probes import controller_table, probe_table
 from agents.world_models.config import CollectConfig, RunConfig
 from agents.world_models.plan import stage_times
 from worldlab.io import atomic_savefig, atomic_write_text, read_json
@@ -192,6 +192,14 @@ def plot_rounds(run_dir: RunDir, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(plt, fig, out)
+
+
+def _under(run_dir: RunDir, path: str) -> str:
+    """``path`` relative to the run folder when it is inside it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(run_dir.root.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def gap_rows(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -483,6 +491,16 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   f"them: M's return teacher-forced on the real frames, its reward error on and off the road, and "
                   f"open-loop dreams of {probes['horizon']} steps from real states at steps {probes['starts']} "
                   f"(`fidelity_probes.json`; `agents/probes.py`).", "", probe_table(probes), ""]
+    if run_dir.fidelity_controllers_json.exists():
+        probed = json.loads(run_dir.fidelity_controllers_json.read_text())
+        rows = {_under(run_dir, path): row for path, row in probed["controllers"].items()}
+        lines += ["## The controller's own episodes: does M expect the ends the game deals?", "",
+                  f"Each controller in {len(probed['seeds'])} real episode(s) (seeds {probed['seeds'][0]} on) and M "
+                  f"teacher-forced over them: its return, and the episode ends it expects (its done probabilities "
+                  f"summed) against the game's. Fewer expected ends than real ones is a dream that ends C's "
+                  f"episodes more rarely than the game does where C goes, so it overpays C "
+                  f"(`fidelity_controllers.json`; `scripts/fidelity.py RUN --controllers C.npz`).", "",
+                  controller_table({**probed, "controllers": rows}), ""]
     gap = gap_rows(run_dir)
     if gap and plot_gap(run_dir, figs / "gap.png"):
         lines += ["## Dream vs real", "", "Every few generations the best candidate (selected on its dream score) "

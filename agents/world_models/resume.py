@@ -40,6 +40,7 @@ RESUMABLE: dict[str, str] = {
     "eval.gap_episodes": "likewise",
     "eval.probes": "the probe episodes only read the world model",
     "eval.probe_steps": "likewise",
+    "eval.controller_episodes": "likewise",
     "eval.select_episodes": "the selection only reads finished rounds' controllers: a change picks again, and the "
                             "final controller and its evaluation follow the pick",
     "eval.select_margin": "likewise: the pick is made again from the returns selection.json holds",

@@ -32,7 +32,7 @@ import torch
 
 from agents.fitness import RealPool
 from agents.pool import check_backend
-from agents.probes import probe_fidelity
+from agents.probes import controller_probes, probe_fidelity
 from agents.world_models import stages
 from agents.world_models.config import RunConfig
 from agents.world_models.plan import RunPlan, rounds_final
@@ -193,6 +193,9 @@ class DreamTrainer:
             if c.eval.probes:
                 with plan.stage("probes"):
                     probe_fidelity(run, steps=c.eval.probe_steps)
+                    if c.eval.controller_episodes:  # the final C's own episodes, M teacher-forced over them
+                        controller_probes(run, [run.controller()], episodes=c.eval.controller_episodes,
+                                          max_steps=c.eval.max_steps)
             if c.eval.videos:
                 steps = c.eval.max_steps or wm.max_episode_steps
                 with plan.stage("videos"):
