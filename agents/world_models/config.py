@@ -281,9 +281,10 @@ class EvalConfig:
     """with ``probes``: the final controller also plays this many real episodes (seeds 50,000 on,
     cut at ``max_steps``) and M runs teacher-forced over them: M's return, and the episode ends it
     expects against the game's (``fidelity_controllers.json``, a table in ``report.md``). A dream
-    whose M expects fewer ends than the game deals where C goes overpays C: on three Doom world
-    models trained on the same data policy, the two whose controllers did not transfer expected
-    0.33 and 0.37 deaths per episode, the one that did 2.03 (docs/RESULTS.md, session 31). 0: off."""
+    whose M expects fewer ends than the game deals where C goes ends C's dreams too rarely: on six
+    Doom round-0 world models M expected fewer than one death per episode on five (0.33-0.74); the
+    one that expected 2.03 gave the best controller, yet one at 0.57 transferred too, so it is a
+    symptom to watch, not a predictor (docs/RESULTS.md, session 31). 0: off."""
     select_episodes: int = 0
     """0: the final controller is the last round's (a dream-only result). N > 0, with more than one
     round: after the last round every round's controller plays the same N real episodes (seeds
