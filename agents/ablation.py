@@ -1,10 +1,11 @@
 """What each of the dream's mechanisms buys, on one world model and the same seeds.
 
 For every variant of the dream (the plain dream of one M from real first frames; a fresh dropout
-mask per dream; mid-episode starts; the ensemble of Ms; the members' disagreement penalty; and
-their combinations, ``"dropout+mid"``), CMA-ES evolves a controller from the same start with the
-same seeds, then the controller is scored in fresh dreams of its variant and in the same real
-episodes as every other variant. The world model (V, M and its members, the mid-episode bank)
+mask per dream; mid-episode starts; the ensemble of Ms; the members' disagreement penalty; a
+pessimistic dream that ends with the members' largest done probability; and their combinations,
+``"dropout+mid"``), CMA-ES evolves a controller from the same start with the same seeds, then
+the controller is scored in fresh dreams of its variant and in the same real episodes as every
+other variant. The world model (V, M and its members, the mid-episode bank)
 is the run's, untouched: only the dream the controller learns in differs.
 
     python scripts/ablate_dream.py runs/car_racing --variants plain dropout mid dropout+mid
@@ -27,16 +28,18 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "ensemble": {"members": None},
     "step": {"members": None, "member_mode": "step"},
     "penalty": {"members": None, "disagreement_penalty": 1.0},
+    "pessimistic": {"members": None, "done_mode": "max"},
 }
 """The dream's mechanisms, as :class:`agents.fitness.DreamFitness` options: ``dropout`` is
 Dropout's Dream Land's 0.1; ``ensemble`` dreams with every member (one per dream), ``step`` a
-fresh member each step, ``penalty`` subtracts the members' disagreement (weight 1)."""
+fresh member each step, ``penalty`` subtracts the members' disagreement (weight 1),
+``pessimistic`` ends each dream with the members' largest done probability."""
 
 
 def variant_options(name: str) -> dict[str, Any]:
     """``DreamFitness`` options of a variant name: components joined by ``+`` (``"dropout+mid"``)."""
     opts: dict[str, Any] = {"members": 1, "member_mode": "episode", "dropout": 0.0, "disagreement_penalty": 0.0,
-                            "start": "first"}
+                            "start": "first", "done_mode": "member"}
     parts = name.split("+")
     unknown = [p for p in parts if p not in COMPONENTS]
     if unknown or not name:

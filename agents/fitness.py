@@ -57,9 +57,10 @@ class DreamFitness:
             :func:`generators.reward.novelty_penalty` of a flow trained on real latents, which
             penalises dream states unlike the real data (the reward-synthesizer role).
         compile: fuse the dream step with inductor (see ``DreamVectorEnv``; eager if that fails).
-        members, member_mode, dropout, disagreement_penalty: the dream's ensemble of Ms, how it
-            drives the dreams, per-dream dropout and the disagreement penalty, which is part of the
-            dream's reward (see ``DreamVectorEnv``; a single M without dropout: the plain dream).
+        members, member_mode, dropout, disagreement_penalty, done_mode: the dream's ensemble of Ms,
+            how it drives the dreams, per-dream dropout, the disagreement penalty, which is part of
+            the dream's reward, and whose done probability ends a dream (see ``DreamVectorEnv``; a
+            single M without dropout: the plain dream).
         start: ``"first"`` (real first frames) or ``"mid"`` (real mid-episode states).
         precision: the dream step's number format, "fp32" or "bf16" (a Transformer or Mamba M).
     """
@@ -69,7 +70,7 @@ class DreamFitness:
                  seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  term_scale: float = 1.0, compile: bool = False, members: int | None = None,
                  member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
-                 start: str = "first", precision: str = "fp32") -> None:
+                 start: str = "first", precision: str = "fp32", done_mode: str = "member") -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
@@ -77,7 +78,8 @@ class DreamFitness:
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
                                   temperature=temperature, device=self.device, max_episode_steps=max_steps,
                                   compile=compile, members=members, member_mode=member_mode, dropout=dropout,
-                                  disagreement_penalty=disagreement_penalty, start=start, precision=precision)
+                                  disagreement_penalty=disagreement_penalty, start=start, precision=precision,
+                                  done_mode=done_mode)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
         self.z_size = world_model.z_size

@@ -292,7 +292,10 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     summed), ``ends_expected`` (its done probabilities summed: the episode ends M expects on this
     trajectory) against ``ended`` (1 when the game ended it, 0 when truncated), and the mean done
     probability over the last :data:`END_WINDOW` steps of an episode the game ended and over the
-    steps before them; then their means over the episodes."""
+    steps before them; then their means over the episodes. An ensemble's world model adds
+    ``ends_expected_members`` (each member's, member 0 first) and ``ends_expected_max`` (the
+    members' largest done probability each step, summed: the ends a ``done_mode="max"`` dream
+    expects)."""
     import envs
     from agents.policies import ControllerPolicy
     from agents.rollout import run_episode
@@ -304,8 +307,14 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
         for seed in seeds:
             arrays = run_episode(env, policy, seed)["arrays"]
             T = int(arrays["rewards"].shape[0])
-            pred = wm.teacher_forced(arrays)[2]
+            mu, actions, pred = wm.teacher_forced(arrays)
             p_end = torch.sigmoid(pred.done_logit[0]).cpu().numpy().astype(np.float64)          # (T,)
+            ens = {}
+            if wm.num_members > 1:  # every member over the same real latents: (K, T) done probabilities
+                p_all = np.stack([p_end] + [torch.sigmoid(m(mu[None, :-1], actions[None])[0].done_logit[0]).cpu()
+                                            .numpy().astype(np.float64) for m in wm.ensemble[1:]])
+                ens = {"ends_expected_members": p_all.sum(axis=1).tolist(),
+                       "ends_expected_max": float(p_all.max(axis=0).sum())}
             ended = bool(arrays["terminated"].any())
             acts = np.asarray(arrays["actions"], dtype=np.float64).reshape(T, -1)
             episodes.append({
@@ -314,7 +323,7 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
                 "ends_expected": float(p_end.sum()),
                 "p_end_last": float(p_end[-END_WINDOW:].mean()) if ended else None,
                 "p_end_before": float(p_end[:-END_WINDOW].mean()) if T > END_WINDOW else None,
-                "action_mean": acts.mean(axis=0).tolist(), "action_std": acts.std(axis=0).tolist(),
+                "action_mean": acts.mean(axis=0).tolist(), "action_std": acts.std(axis=0).tolist(), **ens,
             })
     finally:
         env.close()
@@ -322,6 +331,9 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     mean = {k: _mean([e[k] for e in episodes]) for k in keys}
     for k in ("action_mean", "action_std"):  # per action dimension, the episodes' mean
         mean[k] = np.mean([e[k] for e in episodes], axis=0).tolist() if episodes else None
+    if episodes and "ends_expected_max" in episodes[0]:
+        mean["ends_expected_max"] = _mean([e["ends_expected_max"] for e in episodes])
+        mean["ends_expected_members"] = np.mean([e["ends_expected_members"] for e in episodes], axis=0).tolist()
     return {"mean": mean, "episodes": episodes}
 
 
@@ -336,11 +348,43 @@ def load_controllers(run: RunDir, controllers: list[str | os.PathLike]) -> dict[
     return {str(path): load_controller(path) for path in controllers}
 
 
+def probed_settings(controllers: list[str | os.PathLike], mdrnn_id: Any, seeds: list[int],
+                    max_steps: int | None) -> dict[str, Any]:
+    """What ``fidelity_controllers.json`` was played for: each controller file's content hash (keyed
+    by its path as given), M's id (an ensemble's: every member's), the seeds and the episode limit."""
+    from agents.world_models.stages import file_digest
+
+    return {"digests": {str(p): file_digest(Path(p)) for p in controllers}, "mdrnn_id": mdrnn_id,
+            "seeds": list(seeds), "max_steps": max_steps}
+
+
+def controllers_probed(run: RunDir, controllers: list[str | os.PathLike], mdrnn_id: Any, episodes: int,
+                       seed: int = 50_000, max_steps: int | None = None) -> dict[str, Any] | None:
+    """The run's ``fidelity_controllers.json`` when it holds these controllers' probes (the same files,
+    M, seeds and limit), else None."""
+    if not run.fidelity_controllers_json.exists() or not all(Path(p).is_file() for p in controllers):
+        return None
+    try:
+        old = read_json(run.fidelity_controllers_json)
+    except (OSError, ValueError):
+        return None
+    want = probed_settings(controllers, mdrnn_id, list(range(seed, seed + episodes)), max_steps)
+    return old if isinstance(old, dict) and {k: old.get(k) for k in want} == want else None
+
+
+def ensemble_id(wm: WorldModel) -> Any:
+    """M's id, or the list of an ensemble's members' ids (member 0 first)."""
+    ids = [m.meta.get("id") for m in wm.ensemble]
+    return ids[0] if len(ids) == 1 else ids
+
+
 def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.PathLike], *, episodes: int = 12,
                       seed: int = 50_000, max_steps: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """:func:`controller_probe` for each controller file (``episodes`` real episodes each, seeds
     ``seed``, ``seed + 1``, ...; the same for every controller) on the run's world model; writes
-    ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it."""
+    ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it.
+    Skipped when the file already holds the probes of the same controller files on the same M, seeds
+    and episode limit."""
     if episodes < 1:
         raise ValueError(f"--controller-episodes must be >= 1, got {episodes}")
     run = RunDir(run_dir)
@@ -350,10 +394,13 @@ def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.Pat
         if cfg.input_size != wm.obs_size:
             raise ValueError(f"{path} reads {cfg.input_size} inputs, this world model gives {wm.obs_size}; "
                              f"pass a controller evolved on {run}")
+    old = controllers_probed(run, controllers, ensemble_id(wm), episodes, seed, max_steps)
+    if old is not None:
+        return old
     seeds = list(range(seed, seed + episodes))
     rows = {path: controller_probe(wm, params, cfg, seeds, max_steps) for path, (cfg, params, _) in loaded.items()}
-    report = {"task": wm.task, "mdrnn_id": wm.mdrnn.meta.get("id"), "seeds": seeds, "end_window": END_WINDOW,
-              "controllers": rows}
+    report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm), seeds, max_steps),
+              "end_window": END_WINDOW, "controllers": rows}
     atomic_write_json(run.fidelity_controllers_json, report)
     return report
 
@@ -363,6 +410,12 @@ def controller_table(report: dict[str, Any]) -> str:
     def f(x: float | None, fmt: str = ".3g") -> str:
         return "-" if x is None else format(x, fmt)
 
+    def ens_ends(m: dict[str, Any]) -> str:  # an ensemble: each member's expected ends, then their largest
+        if m.get("ends_expected_max") is None:
+            return ""
+        each = ", ".join(f(x, ".2f") for x in m["ends_expected_members"])
+        return f" (members {each}; their most likely end {f(m['ends_expected_max'], '.2f')})"
+
     lines = [f"| controller | steps | real return | M's return (teacher-forced) | ends: real / M expects | "
              f"M's done probability: last {report['end_window']} steps / before | action: mean ± std within an "
              f"episode |", "|---|---|---|---|---|---|---|"]
@@ -371,6 +424,7 @@ def controller_table(report: dict[str, Any]) -> str:
         acts = ", ".join(f"{a:.2f} ± {sd:.2f}" for a, sd in zip(m.get("action_mean") or [], m.get("action_std") or [],
                                                                   strict=True)) or "-"
         lines.append(f"| {path} | {f(m['steps'], '.0f')} | {f(m['real_return'], '.1f')} | "
-                     f"{f(m['predicted_return'], '.1f')} | {f(m['ended'], '.2f')} / {f(m['ends_expected'], '.2f')} | "
+                     f"{f(m['predicted_return'], '.1f')} | {f(m['ended'], '.2f')} / {f(m['ends_expected'], '.2f')}"
+                     f"{ens_ends(m)} | "
                      f"{f(m['p_end_last'], '.4f')} / {f(m['p_end_before'], '.4f')} | {acts} |")
     return "\n".join(lines)

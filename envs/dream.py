@@ -40,7 +40,9 @@ or floats in [0, 1] ``(B, 3, H, W)``);
 of them; a single-M world model has one), ``member_mode`` (``"episode"``: each dream is one
 member's, drawn at reset; ``"step"``: a fresh member each step), ``dropout`` (a fresh dropout mask
 on M's head input per dream, fixed for its episode), ``disagreement_penalty`` (subtracted from the
-reward times the members' disagreement on the next latent) (see
+reward times the members' disagreement on the next latent), ``done_mode`` (``"member"``: the
+dream's member says when it ends; ``"max"``: the members' largest done probability, a pessimistic
+dream) (see
 :class:`envs.dream_step.EnsembleDreamStep`; all off by default, and a single M without dropout
 dreams exactly as before); ``start`` (``"first"``: dreams start at banked real first frames with
 an empty past; ``"mid"``: at real mid-episode states, ``z`` and every member's LSTM state, from
@@ -88,7 +90,8 @@ STARTS = ("first", "mid")
 
 def build_dream_step(wm: WorldModel, num_envs: int, device: torch.device, compile: bool = False,
                      members: int | None = None, member_mode: str = "episode", dropout: float = 0.0,
-                     disagreement_penalty: float = 0.0, precision: str = "fp32") -> DreamStep:
+                     disagreement_penalty: float = 0.0, precision: str = "fp32", done_mode: str = "member"
+                     ) -> DreamStep:
     """The dream step of ``wm``'s first ``members`` Ms (None: all) with the ensemble options, in
     ``precision`` ("fp32", or "bf16" for a Transformer or Mamba M)."""
     k = wm.num_members if members is None else members
@@ -97,7 +100,7 @@ def build_dream_step(wm: WorldModel, num_envs: int, device: torch.device, compil
                          f"got {members!r}")
     return make_dream_step(wm.mdrnn, num_envs, device, compile=compile, members=wm.ensemble[1:k],
                            member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty,
-                           precision=precision)
+                           precision=precision, done_mode=done_mode)
 
 
 def register_envs() -> None:
@@ -276,7 +279,7 @@ class DreamEnv(gym.Env):
                  deterministic: bool = False, render_mode: str | None = None, renderer: Renderer | str | os.PathLike | None = None,
                  max_episode_steps: int | None = None, window_scale: int = 4, members: int | None = None,
                  member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
-                 start: str = "first") -> None:
+                 start: str = "first", done_mode: str = "member") -> None:
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, *self.metadata["render_modes"]):
@@ -286,7 +289,7 @@ class DreamEnv(gym.Env):
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
         step = build_dream_step(self.world_model, 1, self.device, members=members, member_mode=member_mode,
-                                dropout=dropout, disagreement_penalty=disagreement_penalty)
+                                dropout=dropout, disagreement_penalty=disagreement_penalty, done_mode=done_mode)
         self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
                                 start)
         self.action_space = action_space_from(self.world_model.action_space)
@@ -408,7 +411,7 @@ class DreamVectorEnv(VectorEnv):
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, window_scale: int = 4,
                  compile: bool = False, members: int | None = None, member_mode: str = "episode",
                  dropout: float = 0.0, disagreement_penalty: float = 0.0, start: str = "first",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", done_mode: str = "member") -> None:
         self._window: Any = None  # first: close() (from VectorEnv.__del__) reads it when a check below refuses
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
@@ -425,7 +428,7 @@ class DreamVectorEnv(VectorEnv):
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
         step = build_dream_step(self.world_model, self.num_envs, self.device, compile=compile, members=members,
                                 member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty,
-                                precision=precision)
+                                precision=precision, done_mode=done_mode)
         self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
                                 start)
         self.single_action_space = action_space_from(self.world_model.action_space)

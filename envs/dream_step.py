@@ -116,10 +116,19 @@ MEMBER_MODES = ("episode", "step")
 """How an ensemble drives a dream: one member for the whole episode, or a fresh member each step."""
 
 
-def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalty: float) -> None:
+DONE_MODES = ("member", "max")
+"""Whose episode end an ensemble's dream draws: its driving member's, or the members' most likely
+one (a pessimistic dream: a step ends the dream with the largest of the members' done
+probabilities)."""
+
+
+def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalty: float,
+                           done_mode: str = "member") -> None:
     """One-line refusal of ensemble options the dream step cannot run."""
     if member_mode not in MEMBER_MODES:
         raise ValueError(f"member_mode must be one of {', '.join(MEMBER_MODES)}, got {member_mode!r}")
+    if done_mode not in DONE_MODES:
+        raise ValueError(f"done_mode must be one of {', '.join(DONE_MODES)}, got {done_mode!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if isinstance(disagreement_penalty, bool) or not isinstance(disagreement_penalty, int | float) \
@@ -142,24 +151,25 @@ def check_precision(precision: str, m: Any = None) -> None:
 
 def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | str | None, compile: bool = False,
                     min_rows: int = 8, *, members: Sequence[MDRNN] = (), member_mode: str = "episode",
-                    dropout: float = 0.0, disagreement_penalty: float = 0.0, precision: str = "fp32") -> DreamStep:
+                    dropout: float = 0.0, disagreement_penalty: float = 0.0, precision: str = "fp32",
+                    done_mode: str = "member") -> DreamStep:
     """The batched dream step of M for ``num_envs`` rollouts on ``device`` (None: M's device).
 
     ``compile`` fuses the step with inductor where the implementation can (eager if that fails);
     ``min_rows`` pads the buffers so that a small batch sums like a large one (see
     :class:`MDRNNDreamStep`). The weights are copied from ``m``: build a new step after training M.
 
-    ``members`` (more MDN-RNNs of ``m``'s architecture), ``member_mode``, ``dropout`` and
-    ``disagreement_penalty`` make an :class:`EnsembleDreamStep` (eager: ``compile`` is ignored); a
-    single M without dropout is today's :class:`MDRNNDreamStep` whatever the mode and the penalty
-    (one member never disagrees with itself).
+    ``members`` (more MDN-RNNs of ``m``'s architecture), ``member_mode``, ``dropout``,
+    ``disagreement_penalty`` and ``done_mode`` make an :class:`EnsembleDreamStep` (eager: ``compile``
+    is ignored); a single M without dropout is today's :class:`MDRNNDreamStep` whatever the mode,
+    the penalty and the done mode (one member never disagrees with itself, nor is more pessimistic).
 
     ``precision``: "fp32", or "bf16" for a Transformer or Mamba M (:class:`SequenceMDreamStep`:
     the model's weights and state in bfloat16, the sampling in fp32).
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    check_ensemble_options(member_mode, dropout, disagreement_penalty)
+    check_ensemble_options(member_mode, dropout, disagreement_penalty, done_mode)
     check_precision(precision, m)
     if isinstance(m, MDRNN):
         members = list(members)
@@ -169,7 +179,7 @@ def make_dream_step(m: MDRNN | SequenceM, num_envs: int, device: torch.device | 
         if not members and dropout == 0:
             return MDRNNDreamStep(m, num_envs, device=device, min_rows=min_rows, compile=compile)
         return EnsembleDreamStep([m, *members], num_envs, device=device, min_rows=min_rows, member_mode=member_mode,
-                                 dropout=dropout, disagreement_penalty=disagreement_penalty)
+                                 dropout=dropout, disagreement_penalty=disagreement_penalty, done_mode=done_mode)
     if isinstance(m, SequenceM):
         if list(members) or dropout:
             raise ValueError(f"ensembles and dropout dreams are built for the MDN-RNN; this run's M is a "
@@ -550,14 +560,17 @@ class EnsembleDreamStep(DreamStep):
       ``min_rows`` as :class:`MDRNNDreamStep` pads its batch. The element-wise cell and the
       mixture sampling run on all slots at once. About the cost of one M's step
       (``benchmarks/dream.py --members``).
-    - **all members** (``member_mode="step"``, or a penalty with M > 1): every member follows every
+    - **all members** (``member_mode="step"``, a penalty or ``done_mode="max"``, with M > 1): every member follows every
       dream with its own ``(h, c)`` (``x`` (M, N, D + 1), one ``bmm`` for the gates and one for the
       heads over the members): M times the arithmetic. The next ``z``, reward and done come from the
       dream's member (episode mode) or a member drawn per dream and step (step mode), and every
       member reads that ``z`` next. The members' predicted next-z means (each mixture's mean,
       ``sum_k softmax(logits)_k mu_k``, at temperature 1) give the disagreement: their standard
       deviation over members, averaged over latent dims (:attr:`disagreement`, (n,));
-      ``disagreement_penalty * disagreement`` is subtracted from the reward (as MOPO does).
+      ``disagreement_penalty * disagreement`` is subtracted from the reward (as MOPO does). With
+      ``done_mode="max"`` a dream ends with the largest of the members' done probabilities (the
+      same uniform draw): a place where any member expects the end is one the dream ends in, so a
+      controller cannot be paid for going where one member is optimistic about its survival.
 
     The controller sees ``[z, h]`` with the ``h`` of the dream's episode member (step mode: member
     0's, the M the real game uses).
@@ -578,10 +591,10 @@ class EnsembleDreamStep(DreamStep):
 
     def __init__(self, mdrnns: Sequence[MDRNN], num_envs: int, device: torch.device | str | None = None,
                  min_rows: int = 8, member_mode: str = "episode", dropout: float = 0.0,
-                 disagreement_penalty: float = 0.0) -> None:
+                 disagreement_penalty: float = 0.0, done_mode: str = "member") -> None:
         from dataclasses import asdict
 
-        check_ensemble_options(member_mode, dropout, disagreement_penalty)
+        check_ensemble_options(member_mode, dropout, disagreement_penalty, done_mode)
         ms = list(mdrnns)
         if not ms:
             raise ValueError("an ensemble needs at least one MDRNN")
@@ -592,7 +605,8 @@ class EnsembleDreamStep(DreamStep):
                                  f"({asdict(m.config)} vs {asdict(cfg)}); train every member with one MDRNNConfig")
         self.num_members = M = len(ms)
         self.member_mode, self.dropout, self.penalty = member_mode, float(dropout), float(disagreement_penalty)
-        self.full = M > 1 and (member_mode == "step" or self.penalty > 0)
+        self.done_mode = done_mode
+        self.full = M > 1 and (member_mode == "step" or self.penalty > 0 or done_mode == "max")
         self.num_envs = n = int(num_envs)
         self.min_rows = int(min_rows)
         self.rows = N = max(n, self.min_rows)
@@ -855,6 +869,9 @@ class EnsembleDreamStep(DreamStep):
         sel = self.sel[0]  # (N, Op) each row's driving member's prediction
         done = _sample_head(sel, G, Z, self.znext, self.work, deterministic, tau, self.uni[:, None, :Z], self.eps,
                             self.uni[:, Z], self.logsigma_range)
+        if self.done_mode == "max":  # the pessimistic end: the members' largest done probability, the same draw
+            logit = out[:, :, 3 * G * Z + 1].amax(dim=0)  # (N,) sigmoid is monotone: max of logits = max of p
+            done = logit > 0 if deterministic else self.uni[:, Z] < torch.sigmoid(logit)
         x[..., :Z] = self.znext  # every member reads the sampled latent next
         reward = sel[:n, 3 * G * Z]
         if self.penalty > 0:

@@ -198,6 +198,53 @@ def test_stepping_every_member_follows_the_driving_members_draws(wm: WorldModel)
             assert len(set(ens.driver[:n].tolist())) > 1
 
 
+def test_a_pessimistic_dream_ends_where_any_member_expects_the_end() -> None:
+    wm = ensemble_wm(3, done_bias=-20.0)  # members 0 and 1 never end a dream...
+    with torch.no_grad():
+        wm.members[1].head.bias[-1] = 20.0  # ... member 2 always does
+    n = 6
+    z0 = torch.randn(n, Z, generator=torch.Generator().manual_seed(3))
+    a = torch.rand(n, 3, generator=torch.Generator().manual_seed(4))
+    members = torch.tensor([0, 1, 2, 0, 1, 2])
+    steps = {}
+    for mode in ("member", "max"):
+        steps[mode] = s = make_dream_step(wm.mdrnn, n, "cpu", members=list(wm.members), done_mode=mode)
+        assert isinstance(s, EnsembleDreamStep) and s.full == (mode == "max")
+        s.reset_rows(slice(None), z0, members=members)
+        s.set_actions(a)
+    r_member, d_member = steps["member"].step(1.0, False, torch.Generator().manual_seed(0))
+    r_max, d_max = steps["max"].step(1.0, False, torch.Generator().manual_seed(0))
+    assert torch.equal(d_member, members == 2)  # each dream's own member decides...
+    assert bool(d_max.all())  # ... or the member most sure of the end, whoever drives the dream
+    # the same dreams otherwise: the driving member's latent and reward
+    torch.testing.assert_close(steps["max"].z, steps["member"].z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r_max, r_member, atol=1e-5, rtol=1e-5)
+    for s in steps.values():  # deterministic dreams: the largest logit's sign
+        s.reset_rows(slice(None), z0, members=members)
+        s.set_actions(a)
+    assert torch.equal(steps["member"].step(1.0, True)[1], members == 2) and bool(steps["max"].step(1.0, True)[1].all())
+    # one M is never more pessimistic than itself: today's step
+    single = WorldModel.untrained(z_size=Z, hidden=H, gaussians=G, bank=8, max_episode_steps=LIMIT, seed=0)
+    assert type(make_dream_step(single.mdrnn, 4, "cpu", done_mode="max")) is MDRNNDreamStep
+    # through the vector env and the fitness, with a statistical check of the rate: dreams of members
+    # whose done probabilities are 0.5 and ~0 end at the rate of the larger, whichever member drives
+    wm2 = ensemble_wm(2, done_bias=-20.0)
+    with torch.no_grad():
+        wm2.members[0].head.weight[-1] = 0.0
+        wm2.members[0].head.bias[-1] = 0.0  # member 1: p = 0.5 every step
+    ended = {}
+    for mode in ("member", "max"):
+        env = DreamVectorEnv(400, world_model=wm2, done_mode=mode, max_episode_steps=100)
+        env.reset_torch(seed=0)
+        ended[mode] = float(env.step_torch(torch.zeros(400, 3))[2].float().mean())
+    assert 0.15 < ended["member"] < 0.35 and 0.4 < ended["max"] < 0.6  # half the dreams' member at 0.5, vs all
+    cfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    fit = DreamFitness(wm, cfg, 2, 2, max_steps=8, seed=1, done_mode="max")
+    assert fit.env._core.dream_step.done_mode == "max"
+    params = np.random.default_rng(0).standard_normal((2, cfg.num_params)) * 0.1
+    assert np.array_equal(fit(params, 0), fit(params, 0))
+
+
 def test_dropout_masks_are_fixed_within_a_dream_and_fresh_at_each_reset() -> None:
     p = 0.25
     env = DreamVectorEnv(8, world_model=ensemble_wm(3, done_bias=-20.0), dropout=p, max_episode_steps=100)
@@ -249,6 +296,7 @@ def test_bad_ensemble_options_fail_with_one_line(wm: WorldModel) -> None:
     for kw, msg in (({"member_mode": "sometimes"}, "member_mode must be one of episode, step"),
                     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
                     ({"disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
+                    ({"done_mode": "min"}, "done_mode must be one of member, max"),
                     ({"start": "middle"}, "start must be one of first, mid"),
                     ({"start": "mid"}, "start='mid' needs the world model's bank")):
         with pytest.raises(ValueError, match=msg) as e:
@@ -359,6 +407,8 @@ def test_config_fields_and_one_line_errors() -> None:
                      ("ensemble.dropout=-0.1", r"ensemble.dropout must be in \[0, 1\)"),
                      ("ensemble.disagreement_penalty=-1", "ensemble.disagreement_penalty must be >= 0"),
                      ("ensemble.disagreement_penalty=1", "needs ensemble.members >= 2"),
+                     ("ensemble.done_mode=mean", "ensemble.done_mode must be one of member, max"),
+                     ("ensemble.done_mode=max", "ensemble.done_mode=max needs ensemble.members >= 2"),
                      ("dream.start=middle", "dream.start must be one of first, mid"),
                      ("dream.start_bank=0", "dream.start_bank must be >= 1"),
                      ("dream.horizon=50", "dream.horizon \\(50\\) applies to mid-episode starts only")):
@@ -567,6 +617,24 @@ def test_restarts_picked_by_real_episodes_keep_the_best_real_mean_and_say_so(ens
     assert "the same 2 real episodes" in text and "(**a selection by real returns**)" in text
     j = info["picked"]
     assert f"| {info['dream_means'][j]:.1f} | {info['real_means'][j]:.1f} | **yes** |" in text
+
+
+def test_controller_probes_read_every_member_and_their_most_likely_end(ens_run: Path) -> None:
+    from agents.probes import controller_probe, controller_table
+
+    wm = WorldModel.load(ens_run)
+    ccfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    params = np.random.default_rng(0).standard_normal(ccfg.num_params) * 0.1
+    row = controller_probe(wm, params, ccfg, [3, 4], max_steps=25)
+    for ep in row["episodes"]:
+        each = ep["ends_expected_members"]
+        assert len(each) == 2 and np.isclose(each[0], ep["ends_expected"])  # member 0 is M
+        assert max(each) - 1e-9 <= ep["ends_expected_max"] <= sum(each) + 1e-9
+        assert each[0] != each[1]  # members trained on other resamples expect other ends
+    m = row["mean"]
+    assert np.isclose(m["ends_expected_max"], np.mean([e["ends_expected_max"] for e in row["episodes"]]))
+    assert f"their most likely end {m['ends_expected_max']:.2f}" in controller_table(
+        {"end_window": 10, "controllers": {"c.npz": row}})
 
 
 def test_evolve_in_dream_steps_the_dream_in_the_given_precision(ens_run: Path, tmp_path: Path) -> None:

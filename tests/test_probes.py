@@ -18,6 +18,7 @@ from agents.policies import ControllerPolicy
 from agents.probes import (
     controller_probes,
     controller_table,
+    controllers_probed,
     held_dreams,
     held_table,
     play_probe,
@@ -26,6 +27,7 @@ from agents.probes import (
     probe_table,
 )
 from agents.rollout import run_episode
+from worldlab.rundir import RunDir
 from worldlab.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +99,16 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     assert np.allclose(row["mean"]["action_mean"], np.mean([e["action_mean"] for e in row["episodes"]], axis=0))
     table = controller_table(rep)
     assert table.count("\n") == 2 and str(ctrl) in table
+    # the same controller file on the same M: the file is kept, not played again; another file is played
+    mtime = (run / "fidelity_controllers.json").stat().st_mtime_ns
+    assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 2, seed=7, max_steps=30) == rep
+    assert controller_probes(run, [ctrl], episodes=2, seed=7, max_steps=30) == rep
+    assert (run / "fidelity_controllers.json").stat().st_mtime_ns == mtime
+    assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 3, seed=7, max_steps=30) is None
+    assert controllers_probed(RunDir(run), [ctrl], "another M", 2, seed=7, max_steps=30) is None
+    other = tmp_path / "other.npz"
+    save_controller(other, cfg, params * 0.5)
+    assert controllers_probed(RunDir(run), [other], rep["mdrnn_id"], 2, seed=7, max_steps=30) is None
     (run / "fidelity_controllers.json").unlink()
     out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), "--no-report", "--controllers", str(ctrl),
                           "--controller-episodes", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)

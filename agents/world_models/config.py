@@ -24,7 +24,7 @@ from typing import Any
 from agents.cmaes import CMAConfig
 from agents.pool import check_backend
 from envs.dream import STARTS
-from envs.dream_step import MEMBER_MODES, PRECISIONS
+from envs.dream_step import DONE_MODES, MEMBER_MODES, PRECISIONS
 from envs.tasks import get_task
 from worldlab.blocks import SCANS
 from worldlab.io import atomic_write_json, read_json
@@ -193,6 +193,11 @@ class EnsembleConfig:
     """subtracted from the dream's reward times the members' disagreement: the standard deviation
     over members of their predicted next-z means, averaged over latent dims (MOPO-style; needs
     ``members`` > 1, and costs ``members`` Ms' steps)."""
+    done_mode: str = "member"
+    """"member": a dream ends by its driving member's done probability; "max": by the largest of
+    the members' (a pessimistic dream: where any member expects the end, the dream ends; needs
+    ``members`` > 1, and costs ``members`` Ms' steps). Aimed at the Doom dream's optimism about C's
+    deaths (:attr:`EvalConfig.controller_episodes` measures it)."""
 
     def __post_init__(self) -> None:
         _at_least("ensemble", self, 1, "members")
@@ -206,6 +211,12 @@ class EnsembleConfig:
             raise ValueError(f"ensemble.dropout must be in [0, 1), got {self.dropout!r}; pass "
                              f"--set ensemble.dropout=0.1 (Dropout's Dream Land's best) or 0 for none")
         _at_least("ensemble", self, 0, "disagreement_penalty")
+        if self.done_mode not in DONE_MODES:
+            raise ValueError(f"ensemble.done_mode must be one of {', '.join(DONE_MODES)}, got {self.done_mode!r}; "
+                             f"pass --set ensemble.done_mode=member or max")
+        if self.done_mode == "max" and self.members < 2:
+            raise ValueError("ensemble.done_mode=max needs ensemble.members >= 2 (one M is never more pessimistic "
+                             "than itself); pass --set ensemble.members=3")
         if self.disagreement_penalty > 0 and self.members < 2:
             raise ValueError(f"ensemble.disagreement_penalty ({self.disagreement_penalty}) needs ensemble.members "
                              f">= 2 (one M never disagrees with itself); pass --set ensemble.members=5")

@@ -306,7 +306,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
                          eval_cost, None, scored))
     if cfg.eval.probes:
         probed = run.fidelity_probes_json.exists() and (
-            not cfg.eval.controller_episodes or run.fidelity_controllers_json.exists())
+            not cfg.eval.controller_episodes or _controller_probed(run, found, cfg))
         out.append(Stage("probes", "probe episodes: the dream against the real game", 60.0
                          + cfg.eval.controller_episodes * eval_len / ctrl_rate,
                          "the probe episodes" if probed else None, probed))
@@ -321,6 +321,17 @@ def _same_file(a: Any, b: Any) -> bool:
     from agents.world_models.stages import file_digest
 
     return file_digest(a) == file_digest(b)
+
+
+def _controller_probed(run: RunDir, found: _Found, cfg: RunConfig) -> bool:
+    """Whether ``fidelity_controllers.json`` holds the final controller's probes on this M (what the
+    probes stage checks before playing them)."""
+    from agents.probes import controllers_probed
+
+    m = found.mdrnn
+    m_id = [m.get("id"), *m["members"]] if m.get("members") else m.get("id")
+    return controllers_probed(run, [run.controller()], m_id, cfg.eval.controller_episodes,
+                              max_steps=cfg.eval.max_steps) is not None
 
 
 def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:

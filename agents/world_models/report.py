@@ -331,7 +331,9 @@ def world_model_line(config: dict[str, Any]) -> str:
     limit = dream.steps
     extra = []
     if cfg.ensemble.members > 1:
-        extra.append(f"an ensemble of {cfg.ensemble.members} Ms ({cfg.ensemble.member_mode})")
+        extra.append(f"an ensemble of {cfg.ensemble.members} Ms ({cfg.ensemble.member_mode}"
+                     + ("; a dream ends with the members' largest done probability)" if cfg.ensemble.done_mode == "max"
+                        else ")"))
     if cfg.ensemble.dropout > 0:
         extra.append(f"dropout {cfg.ensemble.dropout:g} per dream")
     return (f"World model: V (ConvVAE z={cfg.vae.z_size}) and M ({describe_m_config(cfg.m_family, cfg.m_config())}, "

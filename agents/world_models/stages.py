@@ -630,12 +630,12 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                         # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
                         compile=cfg.dream.compile and device.type == "cpu", members=e.members,
                         member_mode=e.member_mode, dropout=e.dropout, disagreement_penalty=e.disagreement_penalty,
-                        start=cfg.dream.start, precision=cfg.dream.precision)
+                        start=cfg.dream.start, precision=cfg.dream.precision, done_mode=e.done_mode)
         fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
         where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
-                      f"{e.disagreement_penalty}")
+                      f"{e.disagreement_penalty}" + ("; the end the members find likeliest" if e.done_mode == "max" else ""))
         where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'}"
         where += f"; M in {cfg.dream.precision})" if cfg.dream.precision != "fp32" else ")"
     else:
