@@ -1,7 +1,8 @@
 """Benchmark: the batched dream against the real game and against the machine's matmul roofline.
 
     python benchmarks/dream.py [--envs 1024] [--steps 300] [--threads 2] [--run RUN] [--json OUT]
-                               [--members K --dropout P --member-mode episode|step --penalty L]
+                               [--members K --dropout P --member-mode episode|step --penalty L
+                                --done-mode member|max]
 
 Measured in one run, on this machine:
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dropout", type=float, default=0.0, help="per-dream dropout of the ensemble dream")
     p.add_argument("--member-mode", default="episode", choices=("episode", "step"))
     p.add_argument("--penalty", type=float, default=0.0, help="disagreement penalty of the ensemble dream")
+    p.add_argument("--done-mode", choices=["member", "max"], default="member",
+                   help="whose done probability ends an ensemble's dream (max: every member follows every dream)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile STEPS steps of the fastest dream with torch.profiler and print where the time goes")
     a = p.parse_args(argv)
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     ctrl = BatchedController(cfg, params).to(a.device).repeat_interleave(R)
 
     ensemble = a.members > 1 or a.dropout > 0
-    ens_kw = {"member_mode": a.member_mode, "dropout": a.dropout, "disagreement_penalty": a.penalty}
+    ens_kw = {"member_mode": a.member_mode, "dropout": a.dropout, "disagreement_penalty": a.penalty,
+              "done_mode": a.done_mode}
     if ensemble:  # K Ms of the same sizes, each with its own weights, as one world model
         from envs.dream_step import make_dream_step
 
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
             ratios = [s1 / s2 for s1, s2 in zip(rates[single], rates[many], strict=True)]
             ens[f"{what}_time_ratio_rounds"] = ratios
             ens[f"{what}_time_ratio"] = statistics.median(ratios)
-        ens.update({"members": a.members, "dropout": a.dropout, "member_mode": a.member_mode, "penalty": a.penalty})
+        ens.update({"members": a.members, "dropout": a.dropout, "member_mode": a.member_mode, "penalty": a.penalty,
+                    "done_mode": a.done_mode})
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{a.threads} threads",
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"(rounds: {', '.join(f'{r:,.0f}' for r in rates[k])})")
     print(f"CarRacing-v3, one core: {car:,.1f} steps/s -> {best} is {res['speedup_vs_car_racing']:,.0f}x")
     if ens:
-        print(f"ensemble of {a.members} Ms ({a.member_mode}, dropout {a.dropout}, penalty {a.penalty}) vs one M, "
+        print(f"ensemble of {a.members} Ms ({a.member_mode}, dropout {a.dropout}, penalty {a.penalty}, "
+              f"done {a.done_mode}) vs one M, "
               f"time per step, median of {a.rounds} rounds: dream {ens['dream_time_ratio']:.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ens['dream_time_ratio_rounds'])}), bare step "
               f"{ens['step_time_ratio']:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ens['step_time_ratio_rounds'])})")
