@@ -350,11 +350,12 @@ def load_controllers(run: RunDir, controllers: list[str | os.PathLike]) -> dict[
 
 def probed_settings(controllers: list[str | os.PathLike], mdrnn_id: Any, seeds: list[int],
                     max_steps: int | None) -> dict[str, Any]:
-    """What ``fidelity_controllers.json`` was played for: each controller file's content hash (keyed
-    by its path as given), M's id (an ensemble's: every member's), the seeds and the episode limit."""
+    """What ``fidelity_controllers.json`` was played for: each controller file's content hash (in the
+    order given; not its path, which a relative ``--out`` spells otherwise on a resume), M's id (an
+    ensemble's: every member's), the seeds and the episode limit."""
     from agents.world_models.stages import file_digest
 
-    return {"digests": {str(p): file_digest(Path(p)) for p in controllers}, "mdrnn_id": mdrnn_id,
+    return {"digests": [file_digest(Path(p)) for p in controllers], "mdrnn_id": mdrnn_id,
             "seeds": list(seeds), "max_steps": max_steps}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,8 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     assert (run / "fidelity_controllers.json").stat().st_mtime_ns == mtime
     assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 3, seed=7, max_steps=30) is None
     assert controllers_probed(RunDir(run), [ctrl], "another M", 2, seed=7, max_steps=30) is None
+    moved = Path(os.path.relpath(ctrl))  # the same file spelled otherwise (a relative --out, then an absolute one)
+    assert controllers_probed(RunDir(run), [moved], rep["mdrnn_id"], 2, seed=7, max_steps=30) == rep
     other = tmp_path / "other.npz"
     save_controller(other, cfg, params * 0.5)
     assert controllers_probed(RunDir(run), [other], rep["mdrnn_id"], 2, seed=7, max_steps=30) is None
