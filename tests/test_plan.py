@@ -36,6 +36,18 @@ def test_a_fresh_run_plans_every_stage_of_every_round(tmp_path: Path) -> None:
     assert "vision_r1" not in keys and keys[-3:] == ["evaluate", "finetune", "evaluate_finetuned"]
 
 
+def test_an_ensemble_s_estimate_counts_its_members(tmp_path: Path) -> None:
+    base = override(preset("default", "doom_take_cover"), ["rounds=1", "eval.gap_every=0"])
+
+    def est(*sets: str) -> dict[str, float]:
+        return {s.key: s.estimate_s for s in RunPlan(RunDir(tmp_path / "fresh"), override(base, list(sets))).stages}
+
+    one, episode, pessimistic = est(), est("ensemble.members=3"), est("ensemble.members=3", "ensemble.done_mode=max")
+    assert episode["memory_r0"] == pytest.approx(3 * one["memory_r0"])  # three Ms to train
+    assert episode["evolve_r0"] == pytest.approx(one["evolve_r0"])  # one member steps each dream
+    assert pessimistic["evolve_r0"] == pytest.approx(3 * one["evolve_r0"])  # every member steps every dream
+
+
 def test_a_plan_with_the_rounds_patience_says_its_estimate_counts_every_round(tmp_path: Path) -> None:
     cfg = override(preset("default", "doom_take_cover"), ["rounds=12", "rounds_patience=2", "eval.select_episodes=100"])
     plan = RunPlan(RunDir(tmp_path / "fresh"), cfg, say=(said := []).append)

@@ -263,6 +263,9 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         g = cfg.round_generations(k)
         if cfg.train_in == "dream":
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
+            e = cfg.ensemble
+            if e.members > 1 and (e.member_mode == "step" or e.disagreement_penalty > 0 or e.done_mode == "max"):
+                cost *= e.members  # every member follows every dream
             if cfg.eval.gap_every:
                 cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
             searches = cfg.round_restarts(k)
