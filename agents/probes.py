@@ -373,10 +373,10 @@ def controllers_probed(run: RunDir, controllers: list[str | os.PathLike], mdrnn_
     return old if isinstance(old, dict) and {k: old.get(k) for k in want} == want else None
 
 
-def ensemble_id(wm: WorldModel) -> Any:
-    """M's id, or the list of an ensemble's members' ids (member 0 first)."""
-    ids = [m.meta.get("id") for m in wm.ensemble]
-    return ids[0] if len(ids) == 1 else ids
+def ensemble_id(meta: dict[str, Any]) -> Any:
+    """M's id, or the list of an ensemble's members' ids (member 0 first), from member 0's meta
+    (``mdrnn.pt`` lists the other members' ids)."""
+    return [meta.get("id"), *meta["members"]] if meta.get("members") else meta.get("id")
 
 
 def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.PathLike], *, episodes: int = 12,
@@ -395,12 +395,12 @@ def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.Pat
         if cfg.input_size != wm.obs_size:
             raise ValueError(f"{path} reads {cfg.input_size} inputs, this world model gives {wm.obs_size}; "
                              f"pass a controller evolved on {run}")
-    old = controllers_probed(run, controllers, ensemble_id(wm), episodes, seed, max_steps)
+    old = controllers_probed(run, controllers, ensemble_id(wm.mdrnn.meta), episodes, seed, max_steps)
     if old is not None:
         return old
     seeds = list(range(seed, seed + episodes))
     rows = {path: controller_probe(wm, params, cfg, seeds, max_steps) for path, (cfg, params, _) in loaded.items()}
-    report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm), seeds, max_steps),
+    report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm.mdrnn.meta), seeds, max_steps),
               "end_window": END_WINDOW, "controllers": rows}
     atomic_write_json(run.fidelity_controllers_json, report)
     return report

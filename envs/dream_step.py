@@ -122,6 +122,12 @@ one (a pessimistic dream: a step ends the dream with the largest of the members'
 probabilities)."""
 
 
+def steps_every_member(members: int, member_mode: str, disagreement_penalty: float, done_mode: str) -> bool:
+    """Whether an ensemble of ``members`` Ms steps every member in every dream (``members`` Ms' cost):
+    a fresh member each step, a disagreement penalty, or the members' largest done probability."""
+    return members > 1 and (member_mode == "step" or disagreement_penalty > 0 or done_mode == "max")
+
+
 def check_ensemble_options(member_mode: str, dropout: float, disagreement_penalty: float,
                            done_mode: str = "member") -> None:
     """One-line refusal of ensemble options the dream step cannot run."""
@@ -606,7 +612,7 @@ class EnsembleDreamStep(DreamStep):
         self.num_members = M = len(ms)
         self.member_mode, self.dropout, self.penalty = member_mode, float(dropout), float(disagreement_penalty)
         self.done_mode = done_mode
-        self.full = M > 1 and (member_mode == "step" or self.penalty > 0 or done_mode == "max")
+        self.full = steps_every_member(M, member_mode, self.penalty, done_mode)
         self.num_envs = n = int(num_envs)
         self.min_rows = int(min_rows)
         self.rows = N = max(n, self.min_rows)

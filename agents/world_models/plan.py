@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Any
 
 from agents.world_models.config import RunConfig
+from envs.dream_step import steps_every_member
 from envs.tasks import get_task
 from worldlab.io import atomic_write_json, read_json, remove_stale_temps
 from worldlab.rundir import RunDir
@@ -264,8 +265,8 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         if cfg.train_in == "dream":
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             e = cfg.ensemble
-            if e.members > 1 and (e.member_mode == "step" or e.disagreement_penalty > 0 or e.done_mode == "max"):
-                cost *= e.members  # every member follows every dream
+            if steps_every_member(e.members, e.member_mode, e.disagreement_penalty, e.done_mode):
+                cost *= e.members
             if cfg.eval.gap_every:
                 cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
             searches = cfg.round_restarts(k)
@@ -329,11 +330,9 @@ def _same_file(a: Any, b: Any) -> bool:
 def _controller_probed(run: RunDir, found: _Found, cfg: RunConfig) -> bool:
     """Whether ``fidelity_controllers.json`` holds the final controller's probes on this M (what the
     probes stage checks before playing them)."""
-    from agents.probes import controllers_probed
+    from agents.probes import controllers_probed, ensemble_id
 
-    m = found.mdrnn
-    m_id = [m.get("id"), *m["members"]] if m.get("members") else m.get("id")
-    return controllers_probed(run, [run.controller()], m_id, cfg.eval.controller_episodes,
+    return controllers_probed(run, [run.controller()], ensemble_id(found.mdrnn), cfg.eval.controller_episodes,
                               max_steps=cfg.eval.max_steps) is not None
 
 
