@@ -92,6 +92,8 @@ def car_racing_rate(steps: int, seed: int = 0) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from envs.dream_step import DONE_MODES, MEMBER_MODES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--envs", type=int, default=1024)
     p.add_argument("--rollouts", type=int, default=16, help="envs per controller (CMA-ES: 64 candidates x 16)")
@@ -105,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--members", type=int, default=1, help="also time an ensemble of this many Ms (> 1)")
     p.add_argument("--dropout", type=float, default=0.0, help="per-dream dropout of the ensemble dream")
-    p.add_argument("--member-mode", default="episode", choices=("episode", "step"))
+    p.add_argument("--member-mode", default="episode", choices=MEMBER_MODES)
     p.add_argument("--penalty", type=float, default=0.0, help="disagreement penalty of the ensemble dream")
-    p.add_argument("--done-mode", choices=["member", "max"], default="member",
+    p.add_argument("--done-mode", choices=DONE_MODES, default="member",
                    help="whose done probability ends an ensemble's dream (max: every member follows every dream)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile STEPS steps of the fastest dream with torch.profiler and print where the time goes")
