@@ -385,7 +385,7 @@ def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.Pat
     ``seed``, ``seed + 1``, ...; the same for every controller) on the run's world model; writes
     ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it.
     Skipped when the file already holds the probes of the same controller files on the same M, seeds
-    and episode limit."""
+    and episode limit; an earlier file of other probes is kept beside it (:func:`keep_aside`)."""
     if episodes < 1:
         raise ValueError(f"--controller-episodes must be >= 1, got {episodes}")
     run = RunDir(run_dir)
@@ -402,8 +402,26 @@ def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.Pat
     rows = {path: controller_probe(wm, params, cfg, seeds, max_steps) for path, (cfg, params, _) in loaded.items()}
     report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm.mdrnn.meta), seeds, max_steps),
               "end_window": END_WINDOW, "controllers": rows}
+    kept = keep_aside(run.fidelity_controllers_json)
+    if kept is not None:
+        print(f"kept the earlier probes of other controllers (or another M, seeds or limit) as {kept}", flush=True)
     atomic_write_json(run.fidelity_controllers_json, report)
     return report
+
+
+def keep_aside(path: Path) -> Path | None:
+    """Moves an existing ``path`` (``NAME.json``) to ``NAME.<first 8 hex digits of its sha256>.json``
+    beside it and returns the new path (None when there was none): the pipeline's probes stage and a
+    user's ``fidelity.py --controllers`` write one file, and neither drops the other's probes."""
+    import hashlib
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    dest = path.with_name(f"{path.stem}.{hashlib.sha256(data).hexdigest()[:8]}{path.suffix}")
+    os.replace(path, dest)
+    return dest
 
 
 def controller_table(report: dict[str, Any]) -> str:

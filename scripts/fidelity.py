@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controllers", nargs="+", default=None, metavar="NPZ",
                    help="also play these controllers in real episodes and run M teacher-forced over them: "
                         "what M pays and which ends it expects on the controller's own trajectory "
-                        "(RUN/fidelity_controllers.json)")
+                        "(RUN/fidelity_controllers.json; an earlier file of other probes is kept beside it as "
+                        "fidelity_controllers.HASH.json)")
     p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
     p.add_argument("--held-dreams", type=int, default=0, metavar="N",
                    help="also hold each bound and the middle of the action space on every step in N dreams and "

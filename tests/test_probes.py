@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -112,6 +113,12 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     other = tmp_path / "other.npz"
     save_controller(other, cfg, params * 0.5)
     assert controllers_probed(RunDir(run), [other], rep["mdrnn_id"], 2, seed=7, max_steps=30) is None
+    # other probes (a user's fidelity.py --controllers, or the pipeline's stage after them) keep the earlier ones aside
+    before = (run / "fidelity_controllers.json").read_bytes()
+    rep2 = controller_probes(run, [other], episodes=1, seed=7, max_steps=30)
+    kept = run / f"fidelity_controllers.{hashlib.sha256(before).hexdigest()[:8]}.json"
+    assert kept.read_bytes() == before and list(rep2["controllers"]) == [str(other)]
+    assert json.loads((run / "fidelity_controllers.json").read_text()) == json.loads(json.dumps(rep2))
     (run / "fidelity_controllers.json").unlink()
     out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), "--no-report", "--controllers", str(ctrl),
                           "--controller-episodes", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
