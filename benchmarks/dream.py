@@ -146,10 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
     if ensemble:  # K Ms of the same sizes, each with its own weights, as one world model
         from envs.dream_step import make_dream_step
 
-        extra = [WorldModel.untrained(seed=k).mdrnn for k in range(1, a.members)]
-        with torch.no_grad():
-            for m in extra:
+        extra = list(wm.members)[:a.members - 1]  # a run's own ensemble first, then untrained Ms of its sizes
+        for k in range(len(extra) + 1, a.members):
+            m = WorldModel.untrained(seed=k, action_space=wm.action_space, z_size=Z, hidden=H, gaussians=K).mdrnn
+            with torch.no_grad():
                 m.head.bias[-1] = -9.0
+            extra.append(m)
         wm = WorldModel(wm.vae, wm.mdrnn, task=wm.task, action_space=wm.action_space,
                         max_episode_steps=wm.max_episode_steps, start_mu=wm.start_mu, start_logvar=wm.start_logvar,
                         members=extra)

@@ -567,8 +567,10 @@ class EnsembleDreamStep(DreamStep):
       mixture sampling run on all slots at once. About the cost of one M's step
       (``benchmarks/dream.py --members``).
     - **all members** (``member_mode="step"``, a penalty or ``done_mode="max"``, with M > 1): every member follows every
-      dream with its own ``(h, c)`` (``x`` (M, N, D + 1), one ``bmm`` for the gates and one for the
-      heads over the members): M times the arithmetic. The next ``z``, reward and done come from the
+      dream with its own ``(h, c)`` (``x`` (M, N, D + 1), one ``bmm`` for the gates over the members;
+      the heads: one ``bmm`` over the members with a penalty, which reads every member's mixture,
+      else one GEMM per member on the rows it drives, plus every member's done logit alone with
+      ``done_mode="max"``): about M times the LSTM's arithmetic. The next ``z``, reward and done come from the
       dream's member (episode mode) or a member drawn per dream and step (step mode), and every
       member reads that ``z`` next. The members' predicted next-z means (each mixture's mean,
       ``sum_k softmax(logits)_k mu_k``, at temperature 1) give the disagreement: their standard
@@ -643,7 +645,13 @@ class EnsembleDreamStep(DreamStep):
             self.gates = torch.empty(M, N, 4 * H, device=dev)
             self.tmp = torch.empty(M, N, H, device=dev)
             self.hd = torch.empty(M, N, H, device=dev)
-            self.out = torch.empty(M, N, Op, device=dev)
+            # every member's head output only where the disagreement reads every member's mixture; else
+            # the driving member's head alone per row, and with done_mode="max" every member's done logit
+            self.out = torch.empty(M, N, Op, device=dev) if self.penalty > 0 else None
+            d = 3 * G * Z + 1  # the done logit's row of the head
+            self.done_w = self.head_w[:, d:d + 1, :].transpose(1, 2).contiguous()  # (M, H, 1)
+            self.done_b = self.head_b[:, None, d:d + 1].contiguous()              # (M, 1, 1)
+            self.done_logits = torch.empty(M, N, 1, device=dev)
             self.sel = torch.empty(1, N, Op, device=dev)   # the driving member's head output per row
             self.pick = torch.empty(N, device=dev)         # step mode: the member uniforms
             self.znext = torch.empty(N, Z, device=dev)
@@ -862,7 +870,6 @@ class EnsembleDreamStep(DreamStep):
             head_in = self.hd
             torch.mul(h[:, :n], self.keep, out=head_in[:, :n])
             head_in[:, n:] = h[:, n:]
-        torch.baddbmm(self.head_b[:, None, :], head_in, self.head_w.transpose(1, 2), out=out)  # (M, N, Op)
         if self.member_mode == "step":
             if deterministic:
                 self.driver.zero_()
@@ -870,13 +877,25 @@ class EnsembleDreamStep(DreamStep):
                 self.pick.uniform_(generator=generator)
                 torch.mul(self.pick, M, out=self.pick)
                 self.driver.copy_(self.pick.long().clamp_(max=M - 1))
-        Op = out.shape[-1]
-        torch.gather(out, 0, self.driver.view(1, -1, 1).expand(1, -1, Op), out=self.sel)
         sel = self.sel[0]  # (N, Op) each row's driving member's prediction
+        if out is not None:  # the disagreement reads every member's mixture: every member's head
+            torch.baddbmm(self.head_b[:, None, :], head_in, self.head_w.transpose(1, 2), out=out)  # (M, N, Op)
+            torch.gather(out, 0, self.driver.view(1, -1, 1).expand(1, -1, out.shape[-1]), out=self.sel)
+        else:  # only the driving member's head on each row: one GEMM per member on the rows it drives
+            for m in range(M):
+                idx = (self.driver == m).nonzero().squeeze(1)
+                if idx.numel():
+                    sel.index_copy_(0, idx, torch.addmm(self.head_b[m], head_in[m].index_select(0, idx),
+                                                        self.head_w[m].t()))
         done = _sample_head(sel, G, Z, self.znext, self.work, deterministic, tau, self.uni[:, None, :Z], self.eps,
                             self.uni[:, Z], self.logsigma_range)
         if self.done_mode == "max":  # the pessimistic end: the members' largest done probability, the same draw
-            logit = out[:, :, 3 * G * Z + 1].amax(dim=0)  # (N,) sigmoid is monotone: max of logits = max of p
+            if out is not None:
+                logits = out[:, :, 3 * G * Z + 1]
+            else:  # every member's done logit alone: one row of each head
+                torch.baddbmm(self.done_b, head_in, self.done_w, out=self.done_logits)
+                logits = self.done_logits[..., 0]
+            logit = logits.amax(dim=0)  # (N,) sigmoid is monotone: max of logits = max of p
             done = logit > 0 if deterministic else self.uni[:, Z] < torch.sigmoid(logit)
         x[..., :Z] = self.znext  # every member reads the sampled latent next
         reward = sel[:n, 3 * G * Z]
