@@ -9,6 +9,8 @@ trained a few steps by the real stages.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -686,3 +688,13 @@ def test_the_dream_ablation_evolves_one_controller_per_variant_on_the_same_seeds
                          (["plain", "plain"], "give each variant once")):
         with pytest.raises(ValueError, match=message):
             ablate(run, bad, **kw)
+
+
+def test_the_dream_benchmark_runs_on_a_runs_ensemble_with_more_members(ens_run: Path) -> None:
+    """benchmarks/dream.py --run: the run's own members, then untrained ones of the run's sizes (not CarRacing's)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/dream.py", "--run", str(ens_run), "--members", "3",
+                          "--done-mode", "max", "--envs", "16", "--rollouts", "2", "--steps", "3", "--rounds", "1",
+                          "--threads", "1", "--car-steps", "0"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ensemble of 3 Ms (episode, dropout 0.0, penalty 0.0, done max) vs one M" in out.stdout
