@@ -8,6 +8,7 @@ trained a few steps by the real stages.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -413,12 +414,59 @@ def test_config_fields_and_one_line_errors() -> None:
                      ("ensemble.done_mode=max", "ensemble.done_mode=max needs ensemble.members >= 2"),
                      ("dream.start=middle", "dream.start must be one of first, mid"),
                      ("dream.start_bank=0", "dream.start_bank must be >= 1"),
-                     ("dream.horizon=50", "dream.horizon \\(50\\) applies to mid-episode starts only")):
+                     ("dream.horizon=50", "dream.horizon \\(50\\) applies to mid-episode starts only"),
+                     ("dream.done_bias=NaN", "dream.done_bias must be a finite number"),
+                     ("dream.done_bias=inf", "dream.done_bias must be a finite number")):
         with pytest.raises(ValueError, match=msg) as e:
             override(cfg, [bad])
         assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="ensemble.members must be an integer"):
         EnsembleConfig(members=2.5)  # type: ignore[arg-type]
+
+
+def test_a_done_bias_multiplies_the_odds_of_an_end_in_a_copy() -> None:
+    wm2 = ensemble_wm(2, done_bias=math.log(0.1 / 0.9))  # every member: an end with probability 0.1 at every step
+    with torch.no_grad():
+        for m in wm2.ensemble:
+            m.head.weight[-1] = 0.0
+    assert wm2.with_done_bias(0.0) is wm2
+    biased = wm2.with_done_bias(math.log(3.0))  # odds 1/9 -> 1/3: probability 0.25
+    for m, b in zip(wm2.ensemble, biased.ensemble, strict=True):
+        assert b is not m and float(b.head.bias.detach()[-1]) == pytest.approx(float(m.head.bias.detach()[-1]) + math.log(3.0))
+        assert float(m.head.bias.detach()[-1]) == pytest.approx(math.log(0.1 / 0.9))  # the world model given is unchanged
+        assert torch.equal(b.head.bias[:-1], m.head.bias[:-1]) and torch.equal(b.head.weight, m.head.weight)
+        assert all(torch.equal(x, y) for x, y in zip(b.rnn.parameters(), m.rnn.parameters(), strict=True))
+    assert biased.vae is wm2.vae and torch.equal(biased.start_mu, wm2.start_mu)
+    ended, paid = {}, {}
+    for name, w in (("plain", wm2), ("biased", biased)):
+        env = DreamVectorEnv(2000, world_model=w, max_episode_steps=100)
+        env.reset_torch(seed=0)
+        _, paid[name], te, _ = env.step_torch(torch.zeros(2000, 3))
+        ended[name] = float(te.float().mean())
+    assert 0.08 < ended["plain"] < 0.12 and 0.22 < ended["biased"] < 0.28
+    assert torch.equal(paid["plain"], paid["biased"])  # the same dreams otherwise: the same draws, the same rewards
+
+
+def test_evolution_dreams_with_the_done_bias(ens_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.world_models.stages as stages
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ens_run, run.root)
+    cfg = override(tiny_cfg(), ["eval.gap_every=0", "cma.popsize=4", "cma.rollouts=2", "cma.generations=1",
+                                "dream.compile=false", "dream.done_bias=1.5", "dream.max_steps=8"])
+    wm = WorldModel.load(run)
+    seen = []
+
+    def fitness(world_model: WorldModel, *args: object, **kw: object) -> DreamFitness:
+        seen.append(world_model)
+        return DreamFitness(world_model, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stages, "DreamFitness", fitness)
+    evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
+    assert seen and all(w is not wm for w in seen)
+    for w in seen:  # every member's done logit shifted in the dream; the run's world model as it was
+        for b, m in zip(w.ensemble, wm.ensemble, strict=True):
+            assert float(b.head.bias.detach()[-1]) == pytest.approx(float(m.head.bias.detach()[-1]) + 1.5)
 
 
 # -- training an ensemble on real data -------------------------------------------------------------

@@ -243,6 +243,22 @@ class WorldModel(nn.Module):
             rs.append(p.reward[0])
         return torch.stack(zs), torch.stack(rs).reshape(-1)
 
+    def with_done_bias(self, bias: float) -> WorldModel:
+        """This world model with ``bias`` added to every M's done logit (copies of the Ms; V and the
+        start banks shared): its dreams end with e^bias times M's odds, its LSTM states (the ``h``
+        a controller reads) and everything else unchanged. ``bias`` 0: this world model itself."""
+        if not bias:
+            return self
+        import copy
+
+        ms = [copy.deepcopy(m) for m in self.ensemble]
+        with torch.no_grad():
+            for m in ms:
+                m.head.bias[-1] += float(bias)  # the done logit: the head's last output (worldlab.mdrnn's layout)
+        return WorldModel(self.vae, ms[0], task=self.task, action_space=self.action_space,
+                          max_episode_steps=self.max_episode_steps, start_mu=self.start_mu,
+                          start_logvar=self.start_logvar, members=ms[1:], mid_bank=self.mid_bank)
+
     def meta(self) -> dict[str, Any]:
         return {"task": self.task, "action_space": self.action_space, "max_episode_steps": self.max_episode_steps}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,8 +146,17 @@ class DreamConfig:
     M's weights, arithmetic and state in bfloat16, the sampling in fp32. ~3x the Transformer M's
     dream steps/s at width 512 on a CPU with native bf16 (AVX512-BF16 or AMX; far slower without
     it); ``scripts/m_compare.py`` reports the bf16 step's held-out NLL beside the fp32 one."""
+    done_bias: float = 0.0
+    """added to M's done logit (every member's) in the dreams C is evolved in: ``ln k`` multiplies
+    the odds of an end by k (for rare ends about the death rate), a dream pessimistic about the
+    deaths everywhere alike, at one M's cost (an ensemble's ``done_mode="max"`` is pessimistic where
+    its members disagree). 0: M's own ends. The controller probes report M's own expectation."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.done_bias, bool) or not isinstance(self.done_bias, int | float) or \
+                not math.isfinite(self.done_bias):
+            raise ValueError(f"dream.done_bias must be a finite number, got {self.done_bias!r}; pass e.g. "
+                             f"--set dream.done_bias=1.1 (ln 3: three times the odds of an end)")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or \
                 not self.temperature > 0:
             raise ValueError(f"dream.temperature must be > 0, got {self.temperature!r}; pass --temperature with a "

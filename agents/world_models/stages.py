@@ -25,6 +25,7 @@ a single-process run.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -631,11 +632,14 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                         compile=cfg.dream.compile and device.type == "cpu", members=e.members,
                         member_mode=e.member_mode, dropout=e.dropout, disagreement_penalty=e.disagreement_penalty,
                         start=cfg.dream.start, precision=cfg.dream.precision, done_mode=e.done_mode)
-        fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
+        dream_wm = wm.with_done_bias(cfg.dream.done_bias)  # the Ms' done logits shifted in the dream only
+        fitness: Any = DreamFitness(dream_wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
         where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
                       f"{e.disagreement_penalty}" + ("; the end the members find likeliest" if e.done_mode == "max" else ""))
+        if cfg.dream.done_bias:
+            where += f"; M's done logit {cfg.dream.done_bias:+g}: {math.exp(cfg.dream.done_bias):.2f}x the odds of an end"
         where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'}"
         where += f"; M in {cfg.dream.precision})" if cfg.dream.precision != "fp32" else ")"
     else:
@@ -660,7 +664,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                 bests.append(extra.get("best_fitness"))
                 continue
         if j:
-            fitness = DreamFitness(wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
+            fitness = DreamFitness(dream_wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
             say(f"round {k}: search {j + 1} of {restarts} (CMA-ES seed {cj.seed})")
         with RunLogger(run, f"evolve_r{k}" if not j else f"evolve_r{k}_s{j}") as logger:
             gap = None
@@ -675,7 +679,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         bests.append(state.best_fitness)
     pick, extra_info = 0, {}
     if restarts > 1:
-        judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
+        judge = DreamFitness(dream_wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
         with torch.inference_mode():
             means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).cpu().double().numpy()
         info: dict[str, Any] = {"dream_means": [float(x) for x in means], "seeds": [cma_cfg.seed + j for j in range(restarts)],
@@ -1031,8 +1035,8 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
     if not real.exists():
         save_video(real, real_frames(cfg.task, wm, ccfg, params, seed=cfg.seed, max_steps=episode_steps), fps=30)
     if not dream.exists():
-        frames = dream_frames(wm, ccfg, params, seed=cfg.seed, temperature=cfg.dream.temperature,
-                              max_steps=episode_steps)
+        frames = dream_frames(wm.with_done_bias(cfg.dream.done_bias), ccfg, params, seed=cfg.seed,
+                              temperature=cfg.dream.temperature, max_steps=episode_steps)
         save_video(dream, frames, fps=30)
 
 
