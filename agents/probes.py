@@ -285,8 +285,8 @@ END_WINDOW = 10
 
 
 @torch.inference_mode()
-def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[int], max_steps: int | None = None
-                     ) -> dict[str, Any]:
+def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[int], max_steps: int | None = None,
+                     done_bias: float = 0.0) -> dict[str, Any]:
     """Play a controller (``cfg``, flat ``params``) in one real episode per seed and run M (member 0)
     teacher-forced over each: per episode the real return and length, M's return (its reward head
     summed), ``ends_expected`` (its done probabilities summed: the episode ends M expects on this
@@ -295,7 +295,8 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     steps before them; then their means over the episodes. An ensemble's world model adds
     ``ends_expected_members`` (each member's, member 0 first) and ``ends_expected_max`` (the
     members' largest done probability each step, summed: the ends a ``done_mode="max"`` dream
-    expects)."""
+    expects). ``done_bias`` b != 0 (``dream.done_bias``) adds ``ends_expected_biased`` (member 0's
+    done logits + b: the ends the run's dream expects) and, for an ensemble, ``ends_expected_max_biased``."""
     import envs
     from agents.policies import ControllerPolicy
     from agents.rollout import run_episode
@@ -308,13 +309,19 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
             arrays = run_episode(env, policy, seed)["arrays"]
             T = int(arrays["rewards"].shape[0])
             mu, actions, pred = wm.teacher_forced(arrays)
-            p_end = torch.sigmoid(pred.done_logit[0]).cpu().numpy().astype(np.float64)          # (T,)
+            logit = pred.done_logit[0].double()                                                   # (T,)
+            p_end = torch.sigmoid(logit).cpu().numpy()
             ens = {}
-            if wm.num_members > 1:  # every member over the same real latents: (K, T) done probabilities
-                p_all = np.stack([p_end] + [torch.sigmoid(m(mu[None, :-1], actions[None])[0].done_logit[0]).cpu()
-                                            .numpy().astype(np.float64) for m in wm.ensemble[1:]])
-                ens = {"ends_expected_members": p_all.sum(axis=1).tolist(),
-                       "ends_expected_max": float(p_all.max(axis=0).sum())}
+            if done_bias:
+                ens["ends_expected_biased"] = float(torch.sigmoid(logit + done_bias).sum())
+            if wm.num_members > 1:  # every member over the same real latents: (K, T) done logits
+                logits = torch.stack([logit] + [m(mu[None, :-1], actions[None])[0].done_logit[0].double()
+                                                for m in wm.ensemble[1:]])
+                p_all = torch.sigmoid(logits).cpu().numpy()
+                ens |= {"ends_expected_members": p_all.sum(axis=1).tolist(),
+                        "ends_expected_max": float(p_all.max(axis=0).sum())}
+                if done_bias:
+                    ens["ends_expected_max_biased"] = float(torch.sigmoid(logits.amax(dim=0) + done_bias).sum())
             ended = bool(arrays["terminated"].any())
             acts = np.asarray(arrays["actions"], dtype=np.float64).reshape(T, -1)
             episodes.append({
@@ -331,8 +338,10 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
     mean = {k: _mean([e[k] for e in episodes]) for k in keys}
     for k in ("action_mean", "action_std"):  # per action dimension, the episodes' mean
         mean[k] = np.mean([e[k] for e in episodes], axis=0).tolist() if episodes else None
-    if episodes and "ends_expected_max" in episodes[0]:
-        mean["ends_expected_max"] = _mean([e["ends_expected_max"] for e in episodes])
+    for k in ("ends_expected_max", "ends_expected_biased", "ends_expected_max_biased"):
+        if episodes and k in episodes[0]:
+            mean[k] = _mean([e[k] for e in episodes])
+    if episodes and "ends_expected_members" in episodes[0]:
         mean["ends_expected_members"] = np.mean([e["ends_expected_members"] for e in episodes], axis=0).tolist()
     return {"mean": mean, "episodes": episodes}
 
@@ -349,18 +358,20 @@ def load_controllers(run: RunDir, controllers: list[str | os.PathLike]) -> dict[
 
 
 def probed_settings(controllers: list[str | os.PathLike], mdrnn_id: Any, seeds: list[int],
-                    max_steps: int | None) -> dict[str, Any]:
+                    max_steps: int | None, done_bias: float = 0.0) -> dict[str, Any]:
     """What ``fidelity_controllers.json`` was played for: each controller file's content hash (in the
     order given; not its path, which a relative ``--out`` spells otherwise on a resume), M's id (an
-    ensemble's: every member's), the seeds and the episode limit."""
+    ensemble's: every member's), the seeds and the episode limit (and the dream's done bias when
+    not 0)."""
     from agents.world_models.stages import file_digest
 
     return {"digests": [file_digest(Path(p)) for p in controllers], "mdrnn_id": mdrnn_id,
-            "seeds": list(seeds), "max_steps": max_steps}
+            "seeds": list(seeds), "max_steps": max_steps, **({"done_bias": float(done_bias)} if done_bias else {})}
 
 
 def controllers_probed(run: RunDir, controllers: list[str | os.PathLike], mdrnn_id: Any, episodes: int,
-                       seed: int = 50_000, max_steps: int | None = None) -> dict[str, Any] | None:
+                       seed: int = 50_000, max_steps: int | None = None, done_bias: float = 0.0
+                       ) -> dict[str, Any] | None:
     """The run's ``fidelity_controllers.json`` when it holds these controllers' probes (the same files,
     M, seeds and limit), else None."""
     if not run.fidelity_controllers_json.exists() or not all(Path(p).is_file() for p in controllers):
@@ -369,8 +380,9 @@ def controllers_probed(run: RunDir, controllers: list[str | os.PathLike], mdrnn_
         old = read_json(run.fidelity_controllers_json)
     except (OSError, ValueError):
         return None
-    want = probed_settings(controllers, mdrnn_id, list(range(seed, seed + episodes)), max_steps)
-    return old if isinstance(old, dict) and {k: old.get(k) for k in want} == want else None
+    want = probed_settings(controllers, mdrnn_id, list(range(seed, seed + episodes)), max_steps, done_bias)
+    return old if isinstance(old, dict) and {k: old.get(k) for k in want} == want and \
+        old.get("done_bias", 0.0) == want.get("done_bias", 0.0) else None
 
 
 def ensemble_id(meta: dict[str, Any]) -> Any:
@@ -380,7 +392,8 @@ def ensemble_id(meta: dict[str, Any]) -> Any:
 
 
 def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.PathLike], *, episodes: int = 12,
-                      seed: int = 50_000, max_steps: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                      seed: int = 50_000, max_steps: int | None = None, device: str = "cpu",
+                      done_bias: float = 0.0) -> dict[str, Any]:
     """:func:`controller_probe` for each controller file (``episodes`` real episodes each, seeds
     ``seed``, ``seed + 1``, ...; the same for every controller) on the run's world model; writes
     ``RUN/fidelity_controllers.json`` (keyed by each controller's path as given) and returns it.
@@ -395,12 +408,13 @@ def controller_probes(run_dir: str | os.PathLike, controllers: list[str | os.Pat
         if cfg.input_size != wm.obs_size:
             raise ValueError(f"{path} reads {cfg.input_size} inputs, this world model gives {wm.obs_size}; "
                              f"pass a controller evolved on {run}")
-    old = controllers_probed(run, controllers, ensemble_id(wm.mdrnn.meta), episodes, seed, max_steps)
+    old = controllers_probed(run, controllers, ensemble_id(wm.mdrnn.meta), episodes, seed, max_steps, done_bias)
     if old is not None:
         return old
     seeds = list(range(seed, seed + episodes))
-    rows = {path: controller_probe(wm, params, cfg, seeds, max_steps) for path, (cfg, params, _) in loaded.items()}
-    report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm.mdrnn.meta), seeds, max_steps),
+    rows = {path: controller_probe(wm, params, cfg, seeds, max_steps, done_bias)
+            for path, (cfg, params, _) in loaded.items()}
+    report = {"task": wm.task, **probed_settings(controllers, ensemble_id(wm.mdrnn.meta), seeds, max_steps, done_bias),
               "end_window": END_WINDOW, "controllers": rows}
     kept = keep_aside(run.fidelity_controllers_json)
     if kept is not None:
@@ -435,6 +449,13 @@ def controller_table(report: dict[str, Any]) -> str:
         each = ", ".join(f(x, ".2f") for x in m["ends_expected_members"])
         return f" (members {each}; their most likely end {f(m['ends_expected_max'], '.2f')})"
 
+    def biased(m: dict[str, Any]) -> str:  # dream.done_bias: the ends the run's dream expects
+        if m.get("ends_expected_biased") is None:
+            return ""
+        mx = m.get("ends_expected_max_biased")
+        return (f"; the dream, done logit {report.get('done_bias', 0.0):+g}: {f(m['ends_expected_biased'], '.2f')}"
+                + (f", their most likely end {f(mx, '.2f')}" if mx is not None else ""))
+
     lines = [f"| controller | steps | real return | M's return (teacher-forced) | ends: real / M expects | "
              f"M's done probability: last {report['end_window']} steps / before | action: mean ± std within an "
              f"episode |", "|---|---|---|---|---|---|---|"]
@@ -444,6 +465,6 @@ def controller_table(report: dict[str, Any]) -> str:
                                                                   strict=True)) or "-"
         lines.append(f"| {path} | {f(m['steps'], '.0f')} | {f(m['real_return'], '.1f')} | "
                      f"{f(m['predicted_return'], '.1f')} | {f(m['ended'], '.2f')} / {f(m['ends_expected'], '.2f')}"
-                     f"{ens_ends(m)} | "
+                     f"{ens_ends(m)}{biased(m)} | "
                      f"{f(m['p_end_last'], '.4f')} / {f(m['p_end_before'], '.4f')} | {acts} |")
     return "\n".join(lines)

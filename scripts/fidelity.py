@@ -19,6 +19,16 @@ from worldlab.fidelity import fidelity_report
 from worldlab.rundir import RunDir
 
 
+def run_done_bias(run: str) -> float:
+    """The run's ``dream.done_bias`` (0 without a readable config.json)."""
+    from agents.world_models.config import RunConfig
+
+    try:
+        return float(RunConfig.load(run).dream.done_bias)
+    except (FileNotFoundError, ValueError):
+        return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run", help="run folder with data/ and checkpoints/{vae,mdrnn}.pt")
@@ -38,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(RUN/fidelity_controllers.json; an earlier file of other probes is kept beside it as "
                         "fidelity_controllers.HASH.json)")
     p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
+    p.add_argument("--done-bias", type=float, default=None, metavar="B",
+                   help="also the ends a dream with M's done logit + B expects on the controllers' episodes "
+                        "(default: the run's dream.done_bias)")
     p.add_argument("--held-dreams", type=int, default=0, metavar="N",
                    help="also hold each bound and the middle of the action space on every step in N dreams and "
                         "in --held-episodes real episodes: what the dream pays a constant controller against the "
@@ -85,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         from agents.probes import controller_probes, controller_table
 
         try:
-            report = controller_probes(a.run, a.controllers, episodes=a.controller_episodes, device=a.device)
+            report = controller_probes(a.run, a.controllers, episodes=a.controller_episodes, device=a.device,
+                                       done_bias=run_done_bias(a.run) if a.done_bias is None else a.done_bias)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -90,10 +90,11 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     assert np.isclose(ep["real_return"], arrays["rewards"].sum(dtype=np.float64))
     with torch.inference_mode():
         z = wm.encode(torch.from_numpy(arrays["obs"]))[0]
-        state, paid, ends = None, 0.0, 0.0
+        state, paid, ends, ends_b = None, 0.0, 0.0, 0.0
         for t in range(30):
             p, state = wm.mdrnn.step(z[t:t + 1], torch.from_numpy(arrays["actions"][t:t + 1]), state)
             paid, ends = paid + float(p.reward[0]), ends + float(torch.sigmoid(p.done_logit[0]))
+            ends_b += float(torch.sigmoid(p.done_logit[0] + 1.5))  # a dream with dream.done_bias=1.5
     assert np.isclose(ep["predicted_return"], paid, atol=1e-4) and np.isclose(ep["ends_expected"], ends, atol=1e-5)
     assert np.isclose(row["mean"]["real_return"], np.mean([e["real_return"] for e in row["episodes"]]))
     acts = np.asarray(arrays["actions"], dtype=np.float64)  # what C pressed: per dimension, within the episode
@@ -113,6 +114,17 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     other = tmp_path / "other.npz"
     save_controller(other, cfg, params * 0.5)
     assert controllers_probed(RunDir(run), [other], rep["mdrnn_id"], 2, seed=7, max_steps=30) is None
+    assert "ends_expected_biased" not in ep
+    # a run whose dream shifts M's done logit (dream.done_bias): probed again, with the ends that dream expects
+    assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 2, seed=7, max_steps=30, done_bias=1.5) is None
+    rep_b = controller_probes(run, [ctrl], episodes=2, seed=7, max_steps=30, done_bias=1.5)
+    ep_b = rep_b["controllers"][str(ctrl)]["episodes"][0]
+    assert np.isclose(ep_b["ends_expected"], ends, atol=1e-5) and np.isclose(ep_b["ends_expected_biased"], ends_b,
+                                                                              atol=1e-5)
+    assert ends_b > 2 * ends and rep_b["done_bias"] == 1.5 and "the dream, done logit +1.5" in controller_table(rep_b)
+    assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 2, seed=7, max_steps=30, done_bias=1.5) == rep_b
+    assert controllers_probed(RunDir(run), [ctrl], rep["mdrnn_id"], 2, seed=7, max_steps=30) is None
+    assert controller_probes(run, [ctrl], episodes=2, seed=7, max_steps=30) == rep  # back to the unbiased probes
     # other probes (a user's fidelity.py --controllers, or the pipeline's stage after them) keep the earlier ones aside
     before = (run / "fidelity_controllers.json").read_bytes()
     rep2 = controller_probes(run, [other], episodes=1, seed=7, max_steps=30)

@@ -333,7 +333,7 @@ def _controller_probed(run: RunDir, found: _Found, cfg: RunConfig) -> bool:
     from agents.probes import controllers_probed, ensemble_id
 
     return controllers_probed(run, [run.controller()], ensemble_id(found.mdrnn), cfg.eval.controller_episodes,
-                              max_steps=cfg.eval.max_steps) is not None
+                              max_steps=cfg.eval.max_steps, done_bias=cfg.dream.done_bias) is not None
 
 
 def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
