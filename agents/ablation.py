@@ -2,7 +2,8 @@
 
 For every variant of the dream (the plain dream of one M from real first frames; a fresh dropout
 mask per dream; mid-episode starts; the ensemble of Ms; the members' disagreement penalty; a
-pessimistic dream that ends with the members' largest done probability; and their combinations,
+pessimistic dream that ends with the members' largest done probability; one whose M's done logit
+is biased up; and their combinations,
 ``"dropout+mid"``), CMA-ES evolves a controller from the same start with the same seeds, then
 the controller is scored in fresh dreams of its variant and in the same real episodes as every
 other variant. The world model (V, M and its members, the mid-episode bank)
@@ -29,17 +30,19 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "step": {"members": None, "member_mode": "step"},
     "penalty": {"members": None, "disagreement_penalty": 1.0},
     "pessimistic": {"members": None, "done_mode": "max"},
+    "biased": {"done_bias": 1.6},
 }
 """The dream's mechanisms, as :class:`agents.fitness.DreamFitness` options: ``dropout`` is
 Dropout's Dream Land's 0.1; ``ensemble`` dreams with every member (one per dream), ``step`` a
 fresh member each step, ``penalty`` subtracts the members' disagreement (weight 1),
-``pessimistic`` ends each dream with the members' largest done probability."""
+``pessimistic`` ends each dream with the members' largest done probability, ``biased`` adds 1.6
+to M's done logit (``dream.done_bias``: 5x the odds of an end, pessimistic everywhere alike)."""
 
 
 def variant_options(name: str) -> dict[str, Any]:
     """``DreamFitness`` options of a variant name: components joined by ``+`` (``"dropout+mid"``)."""
     opts: dict[str, Any] = {"members": 1, "member_mode": "episode", "dropout": 0.0, "disagreement_penalty": 0.0,
-                            "start": "first", "done_mode": "member"}
+                            "start": "first", "done_mode": "member", "done_bias": 0.0}
     parts = name.split("+")
     unknown = [p for p in parts if p not in COMPONENTS]
     if unknown or not name:

@@ -63,6 +63,8 @@ class DreamFitness:
             single M without dropout: the plain dream).
         start: ``"first"`` (real first frames) or ``"mid"`` (real mid-episode states).
         precision: the dream step's number format, "fp32" or "bf16" (a Transformer or Mamba M).
+        done_bias: added to every M's done logit in these dreams (``dream.done_bias``;
+            :meth:`WorldModel.with_done_bias`, a copy): ``ln k`` multiplies the odds of an end by k.
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
@@ -70,11 +72,13 @@ class DreamFitness:
                  seed: int = 0, reward_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  term_scale: float = 1.0, compile: bool = False, members: int | None = None,
                  member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
-                 start: str = "first", precision: str = "fp32", done_mode: str = "member") -> None:
+                 start: str = "first", precision: str = "fp32", done_mode: str = "member",
+                 done_bias: float = 0.0) -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
         self.device = torch.device(device)
+        world_model = world_model.with_done_bias(done_bias)
         self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
                                   temperature=temperature, device=self.device, max_episode_steps=max_steps,
                                   compile=compile, members=members, member_mode=member_mode, dropout=dropout,

@@ -445,6 +445,10 @@ def test_a_done_bias_multiplies_the_odds_of_an_end_in_a_copy() -> None:
         ended[name] = float(te.float().mean())
     assert 0.08 < ended["plain"] < 0.12 and 0.22 < ended["biased"] < 0.28
     assert torch.equal(paid["plain"], paid["biased"])  # the same dreams otherwise: the same draws, the same rewards
+    from agents.ablation import variant_options
+
+    # the dream ablation's variant: DreamFitness(done_bias=1.6)
+    assert variant_options("biased+mid")["done_bias"] == 1.6 and variant_options("mid")["done_bias"] == 0.0
 
 
 def test_evolution_dreams_with_the_done_bias(ens_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,18 +459,20 @@ def test_evolution_dreams_with_the_done_bias(ens_run: Path, tmp_path: Path, monk
     cfg = override(tiny_cfg(), ["eval.gap_every=0", "cma.popsize=4", "cma.rollouts=2", "cma.generations=1",
                                 "dream.compile=false", "dream.done_bias=1.5", "dream.max_steps=8"])
     wm = WorldModel.load(run)
+    before = [float(m.head.bias.detach()[-1]) for m in wm.ensemble]
     seen = []
 
-    def fitness(world_model: WorldModel, *args: object, **kw: object) -> DreamFitness:
-        seen.append(world_model)
-        return DreamFitness(world_model, *args, **kw)  # type: ignore[arg-type]
+    def fitness(*args: object, **kw: object) -> DreamFitness:
+        seen.append(DreamFitness(*args, **kw))  # type: ignore[arg-type]
+        return seen[-1]
 
     monkeypatch.setattr(stages, "DreamFitness", fitness)
     evolve_controller(run, cfg, 0, wm, lambda: None, progress=False)  # type: ignore[arg-type,return-value]
-    assert seen and all(w is not wm for w in seen)
-    for w in seen:  # every member's done logit shifted in the dream; the run's world model as it was
-        for b, m in zip(w.ensemble, wm.ensemble, strict=True):
-            assert float(b.head.bias.detach()[-1]) == pytest.approx(float(m.head.bias.detach()[-1]) + 1.5)
+    assert seen
+    for fit in seen:  # every member's done logit shifted in the dream; the run's world model as it was
+        dreamt = fit.env._core.wm
+        assert dreamt is not wm and [float(m.head.bias.detach()[-1]) for m in wm.ensemble] == before
+        assert [float(b.head.bias.detach()[-1]) for b in dreamt.ensemble] == pytest.approx([x + 1.5 for x in before])
 
 
 # -- training an ensemble on real data -------------------------------------------------------------

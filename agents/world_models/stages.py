@@ -631,9 +631,9 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                         # compiled on the CPU only: the inductor graph is not exercised on CUDA by the tests
                         compile=cfg.dream.compile and device.type == "cpu", members=e.members,
                         member_mode=e.member_mode, dropout=e.dropout, disagreement_penalty=e.disagreement_penalty,
-                        start=cfg.dream.start, precision=cfg.dream.precision, done_mode=e.done_mode)
-        dream_wm = wm.with_done_bias(cfg.dream.done_bias)  # the Ms' done logits shifted in the dream only
-        fitness: Any = DreamFitness(dream_wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
+                        start=cfg.dream.start, precision=cfg.dream.precision, done_mode=e.done_mode,
+                        done_bias=cfg.dream.done_bias)  # the Ms' done logits shifted in the dream only
+        fitness: Any = DreamFitness(wm, ccfg, cma_cfg.popsize, cma_cfg.rollouts, seed=cma_cfg.seed, **dream_kw)
         where = f"the dream (tau={cfg.dream.temperature}, {cma_cfg.popsize * cma_cfg.rollouts} dreams at once"
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
@@ -664,7 +664,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                 bests.append(extra.get("best_fitness"))
                 continue
         if j:
-            fitness = DreamFitness(dream_wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
+            fitness = DreamFitness(wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
             say(f"round {k}: search {j + 1} of {restarts} (CMA-ES seed {cj.seed})")
         with RunLogger(run, f"evolve_r{k}" if not j else f"evolve_r{k}_s{j}") as logger:
             gap = None
@@ -679,7 +679,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         bests.append(state.best_fitness)
     pick, extra_info = 0, {}
     if restarts > 1:
-        judge = DreamFitness(dream_wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
+        judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
         with torch.inference_mode():
             means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).cpu().double().numpy()
         info: dict[str, Any] = {"dream_means": [float(x) for x in means], "seeds": [cma_cfg.seed + j for j in range(restarts)],
