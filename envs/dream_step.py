@@ -648,10 +648,11 @@ class EnsembleDreamStep(DreamStep):
             # every member's head output only where the disagreement reads every member's mixture; else
             # the driving member's head alone per row, and with done_mode="max" every member's done logit
             self.out = torch.empty(M, N, Op, device=dev) if self.penalty > 0 else None
-            d = 3 * G * Z + 1  # the done logit's row of the head
-            self.done_w = self.head_w[:, d:d + 1, :].transpose(1, 2).contiguous()  # (M, H, 1)
-            self.done_b = self.head_b[:, None, d:d + 1].contiguous()              # (M, 1, 1)
-            self.done_logits = torch.empty(M, N, 1, device=dev)
+            if self.out is None and done_mode == "max":
+                d = 3 * G * Z + 1  # the done logit's row of the head
+                self.done_w = self.head_w[:, d:d + 1, :].transpose(1, 2).contiguous()  # (M, H, 1)
+                self.done_b = self.head_b[:, None, d:d + 1].contiguous()              # (M, 1, 1)
+                self.done_logits = torch.empty(M, N, 1, device=dev)
             self.sel = torch.empty(1, N, Op, device=dev)   # the driving member's head output per row
             self.pick = torch.empty(N, device=dev)         # step mode: the member uniforms
             self.znext = torch.empty(N, Z, device=dev)

@@ -174,6 +174,12 @@ class DreamConfig:
             raise ValueError(f"dream.horizon ({self.horizon}) applies to mid-episode starts only; pass "
                              f"--set dream.start=mid, or limit first-frame dreams with dream.max_steps")
 
+    def done_bias_text(self) -> str:
+        """``done_bias`` in words (the evolve line and the report's world-model line): "" when 0."""
+        if not self.done_bias:
+            return ""
+        return f"M's done logit {self.done_bias:+g} in the dream ({math.exp(self.done_bias):.2f}x the odds of an end)"
+
     @property
     def steps(self) -> int | None:
         """The dream's episode limit: ``horizon`` for mid-episode starts when set, else ``max_steps``

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -338,8 +337,7 @@ def world_model_line(config: dict[str, Any]) -> str:
     if cfg.ensemble.dropout > 0:
         extra.append(f"dropout {cfg.ensemble.dropout:g} per dream")
     if dream.done_bias:
-        extra.append(f"M's done logit {dream.done_bias:+g} in the dream ({math.exp(dream.done_bias):.2f}x the odds of "
-                     f"an end)")
+        extra.append(dream.done_bias_text())
     return (f"World model: V (ConvVAE z={cfg.vae.z_size}) and M ({describe_m_config(cfg.m_family, cfg.m_config())}, "
             f"{cfg.mdrnn.gaussians} Gaussians){''.join(', ' + e for e in extra)}; dreams of "
             f"{'up to ' + str(limit) + ' steps' if limit else 'the task episode limit'} from {starts}, tau "

@@ -25,7 +25,6 @@ a single-process run.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -639,7 +638,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
                       f"{e.disagreement_penalty}" + ("; the end the members find likeliest" if e.done_mode == "max" else ""))
         if cfg.dream.done_bias:
-            where += f"; M's done logit {cfg.dream.done_bias:+g}: {math.exp(cfg.dream.done_bias):.2f}x the odds of an end"
+            where += f"; {cfg.dream.done_bias_text()}"
         where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'}"
         where += f"; M in {cfg.dream.precision})" if cfg.dream.precision != "fp32" else ")"
     else:
