@@ -146,7 +146,7 @@ def replay(dim: int, cfg: CMAConfig, state: EvolutionState, x0: np.ndarray | Non
 def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | None = None,
            logger: RunLogger | None = None, progress: bool = True, desc: str = "evolve",
            on_generation: Callable[[int, np.ndarray, float], None] | None = None,
-           x0: np.ndarray | None = None) -> EvolutionState:
+           x0: np.ndarray | None = None, hook_before_save: bool = False) -> EvolutionState:
     """Run CMA-ES up to ``cfg.generations`` generations, resuming from ``state_path`` if present.
 
     ``x0`` is the initial mean (zeros by default; a previous round's controller to warm-start);
@@ -155,7 +155,10 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
     Logs ``evolve/best``, ``evolve/mean``, ``evolve/worst`` (returns of the generation's
     candidates), ``evolve/sigma`` and ``evolve/seconds`` per generation. ``on_generation(g, best,
     best_fitness)`` is called after each generation with its best candidate (D,) and that
-    candidate's fitness (e.g. to play it in the real game and log the dream-vs-real gap).
+    candidate's fitness (e.g. to play it in the real game and log the dream-vs-real gap): after
+    the generation's state is saved (a hook that fails loses no generation), or, with
+    ``hook_before_save``, before it (a hook that changes the fitness of the generations after it,
+    like the dream's calibration: a kill before the save plays the generation and its hook again).
     """
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.exists():
@@ -186,9 +189,11 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
         if logger is not None:  # logged before the state is saved: a kill in between logs it again on resume
             logger.scalars({f"{desc}/{k}": v for k, v in stats.items()}, g)
             logger.flush()
+        if on_generation is not None and hook_before_save:
+            on_generation(g, X[i].copy(), float(fit[i]))
         if state_path is not None:
             state.save(state_path, cfg)
-        if on_generation is not None:  # after the state is saved: a hook that fails loses no generation
+        if on_generation is not None and not hook_before_save:  # after the state is saved: a hook that fails loses no generation
             on_generation(g, X[i].copy(), float(fit[i]))
         g += 1
         bar.update(1)

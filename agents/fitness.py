@@ -78,17 +78,30 @@ class DreamFitness:
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
         self.device = torch.device(device)
-        world_model = world_model.with_done_bias(done_bias)
-        self.env = DreamVectorEnv(num_envs=popsize * rollouts, world_model=world_model.to(self.device),
-                                  temperature=temperature, device=self.device, max_episode_steps=max_steps,
-                                  compile=compile, members=members, member_mode=member_mode, dropout=dropout,
-                                  disagreement_penalty=disagreement_penalty, start=start, precision=precision,
-                                  done_mode=done_mode)
+        self.world_model = world_model
+        self._env_kw = dict(num_envs=popsize * rollouts, temperature=temperature, device=self.device,
+                            max_episode_steps=max_steps, compile=compile, members=members, member_mode=member_mode,
+                            dropout=dropout, disagreement_penalty=disagreement_penalty, start=start,
+                            precision=precision, done_mode=done_mode)
+        self.done_bias = float(done_bias)
+        self.env = DreamVectorEnv(world_model=world_model.with_done_bias(done_bias).to(self.device), **self._env_kw)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
         self.z_size = world_model.z_size
         self.last_base_returns: torch.Tensor | None = None
         """(P, R) returns of M's reward alone in the last call (equal to the fitness without a term)."""
+
+    def set_done_bias(self, bias: float) -> None:
+        """Dream from now on with ``bias`` added to every M's done logit (instead of the bias so
+        far; the calibration, :mod:`agents.calibrate`): the dream is built again (and compiled
+        again when it was). The same bias: nothing changes."""
+        from envs.dream import DreamVectorEnv
+
+        if float(bias) == self.done_bias:
+            return
+        self.env.close()
+        self.done_bias = float(bias)
+        self.env = DreamVectorEnv(world_model=self.world_model.with_done_bias(bias).to(self.device), **self._env_kw)
 
     @torch.inference_mode()
     def returns(self, params: np.ndarray, generation: int) -> torch.Tensor:
@@ -173,17 +186,21 @@ class RealEvalWorker:
         return self.wm
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
-             world_model_ref: list[Any] | None = None) -> list[dict[str, Any]]:
+             world_model_ref: list[Any] | None = None, trace: bool = False) -> list[dict[str, Any]]:
+        """Each (params, seed) episode: ``return``, ``length``, ``seed``, ``terminated`` (the game
+        ended it); ``frames`` with ``record``; ``done_logits`` (K, T) with ``trace``: every M's
+        done logit along the episode (:class:`agents.policies.ControllerPolicy`'s ``trace``)."""
         from agents.policies import ControllerPolicy
         from agents.rollout import run_episode
 
         wm = self._world_model(world_model_ref)
         out = []
         for params, seed in jobs:
-            policy = ControllerPolicy(wm, self.cfg, params)
+            policy = ControllerPolicy(wm, self.cfg, params, trace=trace)
             ep = run_episode(self.env, policy, int(seed), record=record)
-            out.append({"return": ep["return"], "length": ep["length"], "seed": ep["seed"],
-                        **({"frames": ep["arrays"]["obs"]} if record else {})})
+            out.append({"return": ep["return"], "length": ep["length"], "seed": ep["seed"], "terminated": ep["terminated"],
+                        **({"frames": ep["arrays"]["obs"]} if record else {}),
+                        **({"done_logits": policy.done_logits} if trace else {})})
         return out
 
     @torch.inference_mode()
@@ -251,17 +268,18 @@ class RealPool:
         self.wm_ref = self.workers.put(world_model.cpu())
 
     def play(self, jobs: list[tuple[np.ndarray, int]], record: bool = False,
-             progress: str | None = None) -> list[dict[str, Any]]:
+             progress: str | None = None, trace: bool = False) -> list[dict[str, Any]]:
         """Play every job, in batches of a few episodes (~8 per worker) that each worker takes as
         it finishes the last (:meth:`agents.pool.WorkerPool.imap`: episodes of uneven length do
-        not leave a worker idle at the end); the results in the order of ``jobs``. ``progress``: a
-        bar of that name counts the finished episodes."""
+        not leave a worker idle at the end); the results in the order of ``jobs``
+        (:meth:`RealEvalWorker.play`'s, ``done_logits`` with ``trace``). ``progress``: a bar of
+        that name counts the finished episodes."""
         if not jobs:
             return []
         per = max(1, math.ceil(len(jobs) / (self.workers.size * 8)))
         batches = [jobs[i:i + per] for i in range(0, len(jobs), per)]
         done: dict[int, list[dict[str, Any]]] = {}
-        calls = [(b, record, self.wm_ref) for b in batches]
+        calls = [(b, record, self.wm_ref, trace) for b in batches]
         if not progress:
             done.update(self.workers.imap("play", calls))
         else:

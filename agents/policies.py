@@ -373,10 +373,13 @@ class ControllerPolicy:
         burst_prob: probability per step of starting a burst of uniformly random actions (0: none);
             shows M where C's states lead when it is pushed off its own path.
         burst_steps: length of a burst.
+        trace: keep every step's done logit of every M (member 0, the one whose ``h`` C reads, and an
+            ensemble's others, each stepped on the same latents and actions): :attr:`done_logits`,
+            what the dream's done head says along the real path (:mod:`agents.calibrate`).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, params: np.ndarray | None,
-                 noise_std: float = 0.0, burst_prob: float = 0.0, burst_steps: int = 20) -> None:
+                 noise_std: float = 0.0, burst_prob: float = 0.0, burst_steps: int = 20, trace: bool = False) -> None:
         if not 0.0 <= burst_prob <= 1.0 or burst_steps < 1:
             raise ValueError(f"burst_prob must be in [0, 1] and burst_steps >= 1, got {burst_prob}, {burst_steps}")
         self.wm = world_model.eval()
@@ -389,6 +392,18 @@ class ControllerPolicy:
         self.low, self.high = np.asarray(cfg.action_low), np.asarray(cfg.action_high)
         self.rng = np.random.default_rng(0)
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.trace = bool(trace)
+        self.others: list[Any] = []
+        """with ``trace``: the LSTM states of an ensemble's members 1..K-1."""
+        self.logits: list[torch.Tensor] = []
+
+    @property
+    def done_logits(self) -> np.ndarray:
+        """With ``trace``: (K, T) float32, every M's done logit at each step of the episode since
+        :meth:`reset` (the logit of the step's transition ending the episode); K = 1 for one M."""
+        if not self.logits:
+            return np.zeros((len(self.others) + 1, 0), dtype=np.float32)
+        return torch.stack(self.logits, dim=1).numpy().astype(np.float32)
 
     @classmethod
     def from_spec(cls, spec: PolicySpec, action_space: spaces.Space, task: str) -> ControllerPolicy:
@@ -419,6 +434,8 @@ class ControllerPolicy:
         if self.random:
             self.ctrl = BatchedController(self.cfg, init_params(self.cfg, self.rng))
         self.state = self.wm.mdrnn.initial_state(1, self.wm.device)
+        self.others = [m.initial_state(1, self.wm.device) for m in self.wm.ensemble[1:]] if self.trace else []
+        self.logits = []
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -436,7 +453,14 @@ class ControllerPolicy:
                 self.bursting = True
                 self.burst_left -= 1
                 a = self.burst_rng.uniform(self.low, self.high).astype(np.float64)
-        _, self.state = self.wm.mdrnn.step(z, torch.as_tensor(a, dtype=torch.float32)[None], self.state)
+        a_t = torch.as_tensor(a, dtype=torch.float32)[None]
+        pred, self.state = self.wm.mdrnn.step(z, a_t, self.state)
+        if self.trace:
+            logit = [pred.done_logit.reshape(())]
+            for k, m in enumerate(self.wm.ensemble[1:]):
+                p_k, self.others[k] = m.step(z, a_t, self.others[k])
+                logit.append(p_k.done_logit.reshape(()))
+            self.logits.append(torch.stack(logit).float())
         return a.astype(np.float32)
 
 

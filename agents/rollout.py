@@ -20,7 +20,8 @@ def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = True,
     """Play one episode from ``env.reset(seed=seed)`` with ``policy`` (reset with the same seed).
 
     Returns a shard dict (see ``worldlab.storage``) when ``record`` is set, else only the
-    summary: ``{"return", "length", "seed"}`` (evaluation does not keep frames). A recorded
+    summary: ``{"return", "length", "seed", "terminated"}`` (evaluation does not keep frames;
+    ``terminated``: the game ended the episode, not a time limit). A recorded
     episode also keeps the :data:`SIGNALS` found in every step's ``info``. A policy with a
     ``bind(env)`` method (one that reads the env's state, like the scripted driver) is bound to
     ``env`` first.
@@ -53,7 +54,7 @@ def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = True,
                 truncs[-1] = True
         if terminated or truncated:
             break
-    out: dict[str, Any] = {"return": total, "length": t, "seed": seed}
+    out: dict[str, Any] = {"return": total, "length": t, "seed": seed, "terminated": bool(terminated)}
     if record:
         out["arrays"] = {
             "obs": np.stack(frames).astype(np.uint8),

@@ -322,6 +322,10 @@ class RunDir:
         """Round ``k``'s resumable CMA-ES state (of search ``restart`` > 0 with ``cma.restarts``)."""
         return self.checkpoints / (f"cma_r{int(k)}.npz" if not restart else f"cma_r{int(k)}_s{int(restart)}.npz")
 
+    def done_calibration(self, k: int, restart: int = 0) -> Path:
+        """Round ``k``'s calibrated done biases (``dream.done_calibrate``; of search ``restart`` > 0)."""
+        return self.checkpoints / (f"done_bias_r{int(k)}.json" if not restart else f"done_bias_r{int(k)}_s{int(restart)}.json")
+
     def restart_controller(self, k: int, restart: int) -> Path:
         """The final mean of round ``k``'s search ``restart`` (``cma.restarts``), before the pick."""
         return self.checkpoints / f"controller_r{int(k)}_s{int(restart)}.npz"

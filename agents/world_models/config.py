@@ -151,8 +151,19 @@ class DreamConfig:
     the odds of an end by k (for rare ends about the death rate), a dream pessimistic about the
     deaths everywhere alike, at one M's cost (an ensemble's ``done_mode="max"`` is pessimistic where
     its members disagree). 0: M's own ends. The controller probes report M's own expectation."""
+    done_calibrate: float = 0.0
+    """0: off. c > 0: the dream's done bias is measured on C's own real episodes (``agents/calibrate.py``):
+    before a round's search (on its starting controller) and at every gap measurement (``eval.gap_every``,
+    on the best candidate's ``eval.gap_episodes`` episodes, while every M steps along), the bias
+    becomes the smallest at which the dream expects ``c`` ends per end the game dealt there, if that
+    is more than the bias in force (``done_bias`` is the floor; it never falls within a round).
+    Recorded in ``checkpoints/done_bias_r{k}.json``, the metrics (``calibrate/*``) and the controller."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.done_calibrate, bool) or not isinstance(self.done_calibrate, int | float) or \
+                not math.isfinite(self.done_calibrate) or self.done_calibrate < 0:
+            raise ValueError(f"dream.done_calibrate must be a number >= 0 (0: off), got {self.done_calibrate!r}; pass "
+                             f"e.g. --set dream.done_calibrate=2 (the dream expects two ends per real one)")
         if isinstance(self.done_bias, bool) or not isinstance(self.done_bias, int | float) or \
                 not math.isfinite(self.done_bias):
             raise ValueError(f"dream.done_bias must be a finite number, got {self.done_bias!r}; pass e.g. "
@@ -175,10 +186,16 @@ class DreamConfig:
                              f"--set dream.start=mid, or limit first-frame dreams with dream.max_steps")
 
     def done_bias_text(self) -> str:
-        """``done_bias`` in words (the evolve line and the report's world-model line): "" when 0."""
-        if not self.done_bias:
-            return ""
-        return f"M's done logit {self.done_bias:+g} in the dream ({math.exp(self.done_bias):.2f}x the odds of an end)"
+        """``done_bias`` and ``done_calibrate`` in words (the evolve line and the report's world-model
+        line): "" when both are 0."""
+        parts = []
+        if self.done_bias:
+            parts.append(f"M's done logit {self.done_bias:+g} in the dream ({math.exp(self.done_bias):.2f}x the odds "
+                         f"of an end)")
+        if self.done_calibrate:
+            parts.append(f"the dream's done bias calibrated on C's real episodes to expect {self.done_calibrate:g} "
+                         f"ends per real end" + (f" (at least {self.done_bias:+g})" if self.done_bias else ""))
+        return "; ".join(parts)
 
     @property
     def steps(self) -> int | None:
@@ -466,6 +483,10 @@ class RunConfig:
         if self.dream.precision != "fp32" and self.m.family == "mdrnn":
             raise ValueError(f"dream.precision={self.dream.precision} is built for a Transformer or Mamba M, not the "
                              f"MDN-RNN; pass --set m.family=gpt or mamba, or --set dream.precision=fp32")
+        if self.dream.done_calibrate and (self.train_in != "dream" or not self.eval.gap_every):
+            raise ValueError("dream.done_calibrate measures the dream on the gap measurements' real episodes: it needs "
+                             "--train-in dream and eval.gap_every > 0; pass --set eval.gap_every=10, or "
+                             "--set dream.done_calibrate=0")
         self.m_config()  # a Transformer's width must split into its heads: refused here, before any work
         _at_least("run", self, 1, "later_generations", "later_restarts", optional=True)
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")

@@ -336,7 +336,7 @@ def world_model_line(config: dict[str, Any]) -> str:
                         else ")"))
     if cfg.ensemble.dropout > 0:
         extra.append(f"dropout {cfg.ensemble.dropout:g} per dream")
-    if dream.done_bias:
+    if dream.done_bias_text():
         extra.append(dream.done_bias_text())
     return (f"World model: V (ConvVAE z={cfg.vae.z_size}) and M ({describe_m_config(cfg.m_family, cfg.m_config())}, "
             f"{cfg.mdrnn.gaussians} Gaussians){''.join(', ' + e for e in extra)}; dreams of "

@@ -50,6 +50,10 @@ RESUMABLE: dict[str, str] = {
 }
 """Settings a resumed run may change, with the reason each is safe."""
 
+CALIBRATING = ("eval.gap_every", "eval.gap_episodes")
+"""Resumable settings that a run with ``dream.done_calibrate`` may not change: its gap measurements
+set the dream's done bias, so they shape the evolution rather than only watch it."""
+
 def resumable_settings() -> str:
     """The resumable settings as the command line spells them, for messages and help."""
     return ", ".join(FLAG_OF.get(k, f"--set {k}=...") for k in RESUMABLE)
@@ -85,7 +89,7 @@ def check_resumable(run: RunDir, cfg: RunConfig, *, resume: bool = True) -> bool
     if not resume:
         raise ValueError(f"{run} already holds a run with other settings (differs in {', '.join(diff[:6])}); "
                          f"pass --resume to continue it or choose another --out")
-    fixed = [k for k in diff if k not in RESUMABLE]
+    fixed = [k for k in diff if k not in RESUMABLE or (k in CALIBRATING and cfg.dream.done_calibrate)]
     if fixed:
         raise ValueError(f"{run} was started with another config (differs in {', '.join(fixed[:6])}); resume it "
                          f"without changing settings ({resumable_settings()} may change), or choose another --out")

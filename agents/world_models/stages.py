@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from agents.calibrate import calibrated_bias, expected_ends
 from agents.cmaes import RESTART_DREAMS, CMAConfig, evolve
 from agents.controller import ControllerConfig, load_controller, save_controller
 from agents.evaluate import summarize_returns
@@ -637,7 +638,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         if e.members > 1 or e.dropout > 0:
             where += (f"; {e.members} Ms by {e.member_mode}, dropout {e.dropout}, disagreement penalty "
                       f"{e.disagreement_penalty}" + ("; the end the members find likeliest" if e.done_mode == "max" else ""))
-        if cfg.dream.done_bias:
+        if cfg.dream.done_bias_text():
             where += f"; {cfg.dream.done_bias_text()}"
         where += f"; starting {'mid-episode' if cfg.dream.start == 'mid' else 'at first frames'}"
         where += f"; M in {cfg.dream.precision})" if cfg.dream.precision != "fp32" else ")"
@@ -652,7 +653,8 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
     say(f"round {k}: evolving C ({ccfg.num_params} parameters) in {where}, "
         f"{cma_cfg.generations} generations of {cma_cfg.popsize} x {cma_cfg.rollouts}"
         + (f", {restarts} searches ({judged_by})" if restarts > 1 else ""))
-    finals, bests = [], []
+    finals, bests, biases = [], [], []
+    calibrating = cfg.train_in == "dream" and bool(cfg.dream.done_calibrate)
     for j in range(restarts):  # search j: seed cma.seed + 1000 k + j (search 0 is the run without restarts)
         cj = replace(cma_cfg, seed=cma_cfg.seed + j)
         done = run.restart_controller(k, j)
@@ -661,24 +663,34 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
             if saved_cfg == ccfg and extra.get("generations") == cma_cfg.generations and extra.get("mdrnn_id") == m_id:
                 finals.append(params)
                 bests.append(extra.get("best_fitness"))
+                biases.append(extra.get("done_bias", cfg.dream.done_bias))
                 continue
         if j:
             fitness = DreamFitness(wm, ccfg, cj.popsize, cj.rollouts, seed=cj.seed, **dream_kw)
             say(f"round {k}: search {j + 1} of {restarts} (CMA-ES seed {cj.seed})")
         with RunLogger(run, f"evolve_r{k}" if not j else f"evolve_r{k}_s{j}") as logger:
-            gap = None
+            gap, calib = None, None
+            if calibrating:
+                calib = DoneCalibration(cfg, run, k, j, fitness, pool, m_id, cj.seed)
+                calib.start(np.zeros(ccfg.num_params) if x0 is None else x0, done_generations(run.cma_state(k, j)))
             if cfg.train_in == "dream" and cfg.eval.gap_every > 0:
-                gap = partial(_log_gap, cfg, pool, logger, cj.seed, cj.generations)
+                gap = partial(_log_gap, cfg, pool, logger, cj.seed, cj.generations, calib)
             state = evolve(fitness, ccfg.num_params, cj, run.cma_state(k, j), logger=logger, progress=progress,
-                           desc="evolve" if not j else f"evolve {j + 1}/{restarts}", x0=x0, on_generation=gap)
+                           desc="evolve" if not j else f"evolve {j + 1}/{restarts}", x0=x0, on_generation=gap,
+                           hook_before_save=calib is not None)  # the calibrated bias is in force when the state is
+        bias = calib.bias if calib is not None else cfg.dream.done_bias
         if restarts > 1:
             save_controller(done, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
-                            best_fitness=state.best_fitness, train_in=cfg.train_in, mdrnn_id=m_id, search=j)
+                            best_fitness=state.best_fitness, train_in=cfg.train_in, mdrnn_id=m_id, search=j,
+                            **({"done_bias": bias} if calibrating else {}))
         finals.append(state.mean_params)
         bests.append(state.best_fitness)
+        biases.append(bias)
     pick, extra_info = 0, {}
     if restarts > 1:
-        judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7, **dream_kw)
+        # calibrated searches ended at their own biases: they are judged in the most pessimistic of those dreams
+        judge = DreamFitness(wm, ccfg, restarts, RESTART_DREAMS, seed=cma_cfg.seed + 7,
+                             **(dream_kw | {"done_bias": max(biases)} if calibrating else dream_kw))
         with torch.inference_mode():
             means = judge.returns(np.stack(finals), EVAL_GENERATION).mean(dim=1).cpu().double().numpy()
         info: dict[str, Any] = {"dream_means": [float(x) for x in means], "seeds": [cma_cfg.seed + j for j in range(restarts)],
@@ -699,19 +711,102 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
         info["picked"] = pick
         extra_info = {"restarts": info}
         say(f"round {k}: keeping search {pick + 1}")
+    if calibrating:
+        extra_info["done_bias"] = biases[pick]
     save_controller(out, ccfg, finals[pick], generations=cma_cfg.generations, round=k,
                     best_fitness=bests[pick], train_in=cfg.train_in, mdrnn_id=m_id, **extra_info)
     return finals[pick]
 
 
+def done_generations(state_path: Path) -> int:
+    """The generations a CMA-ES state file holds (0 without a readable one)."""
+    try:
+        with np.load(state_path, allow_pickle=False) as npz:
+            return int(npz["fitness"].shape[0])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+class DoneCalibration:
+    """``dream.done_calibrate`` for one search of round ``k``: measures the dream's done bias on the
+    controller's real episodes (:mod:`agents.calibrate`) and sets it on ``fitness``.
+
+    Measurement g (-1: the search's starting controller, before generation 0; g >= 0: generation
+    g's best candidate, at its gap measurement) plays the gap's ``eval.gap_episodes`` real episodes
+    (seeds of generation ``GAP_GENERATION + g``) with every M stepping along, and raises the bias to
+    where the dream expects ``done_calibrate`` ends per end the game dealt. Each measurement is kept
+    in ``checkpoints/done_bias_r{k}.json`` (written before the generation's CMA-ES state, so a
+    resumed search dreams with the bias that was in force: measurements of generations the state
+    does not hold are played again, on the same seeds)."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, k: int, j: int, fitness: DreamFitness,
+                 pool: Callable[[], RealPool], m_id: str | None, seed: int) -> None:
+        self.cfg, self.k, self.fitness, self.pool, self.seed = cfg, k, fitness, pool, seed
+        self.path = run.done_calibration(k, j)
+        self.target, self.floor = float(cfg.dream.done_calibrate), float(cfg.dream.done_bias)
+        e = cfg.ensemble
+        self.members = max(1, e.members)
+        self.done_mode = e.done_mode if self.members > 1 else "member"
+        self.settings = {"mdrnn_id": m_id, "target": self.target, "floor": self.floor, "seed": seed,
+                         "episodes": cfg.eval.gap_episodes, "members": self.members, "done_mode": self.done_mode}
+        saved = read_json(self.path) if self.path.exists() else None
+        same = saved is not None and all(saved.get(key) == v for key, v in self.settings.items())
+        self.entries: list[dict[str, Any]] = list(saved["entries"]) if same else []
+
+    @property
+    def bias(self) -> float:
+        """The done bias in force: the last measurement's (``dream.done_bias`` before any)."""
+        return float(self.entries[-1]["bias"]) if self.entries else self.floor
+
+    def start(self, x0: np.ndarray, generations_done: int) -> None:
+        """Forget measurements after the generations the CMA-ES state holds, measure the starting
+        controller ``x0`` unless done, and dream with the bias in force."""
+        self.entries = [en for en in self.entries if en["generation"] < generations_done]
+        if not self.entries:
+            self.measure(-1, x0)
+        self.fitness.set_done_bias(self.bias)
+
+    def measure(self, g: int, params: np.ndarray) -> float:
+        """Measurement ``g`` (see the class); returns the episodes' mean real return."""
+        seeds = generation_seeds(self.seed, GAP_GENERATION + g, self.cfg.eval.gap_episodes)
+        eps = self.pool().play([(params, s) for s in seeds], trace=True)
+        logits = [np.asarray(ep["done_logits"])[:self.members] for ep in eps]
+        ended = sum(bool(ep["terminated"]) for ep in eps)
+        before = self.bias
+        r = calibrated_bias(logits, ended, self.target, floor=before, done_mode=self.done_mode)
+        real = float(np.mean([ep["return"] for ep in eps]))
+        self.entries.append({"generation": g, "bias": r["bias"], "bias_before": before, "ended": ended,
+                             "episodes": len(eps), "expected_m": expected_ends(logits, 0.0, self.done_mode),
+                             "expected_before": r["expected_at_floor"], "expected": r["expected"],
+                             "capped": r["capped"], "real_mean": real,
+                             "lengths": [int(ep["length"]) for ep in eps]})
+        atomic_write_json(self.path, {**self.settings, "entries": self.entries})
+        at = "the starting controller" if g < 0 else f"generation {g + 1}'s best"
+        if r["bias"] != before:
+            say(f"round {self.k}: calibrating the dream's ends on {at}: the game ended {ended} of {len(eps)} "
+                f"episodes, the dream expected {r['expected_at_floor']:.2f} (M alone "
+                f"{self.entries[-1]['expected_m']:.2f}): done bias {before:+.2f} -> {r['bias']:+.2f}"
+                + (" (capped)" if r["capped"] else ""))
+        self.fitness.set_done_bias(r["bias"])
+        return real
+
+
 def _log_gap(cfg: RunConfig, pool: Callable[[], RealPool], logger: RunLogger, seed: int, generations: int,
-             g: int, best: np.ndarray, dream_score: float) -> None:
+             calib: DoneCalibration | None, g: int, best: np.ndarray, dream_score: float) -> None:
     """Every ``eval.gap_every``-th generation (and the last): its best candidate in
-    ``eval.gap_episodes`` real episodes, logged beside the dream score it was selected on."""
+    ``eval.gap_episodes`` real episodes, logged beside the dream score it was selected on (with
+    ``calib``, the same episodes calibrate the dream: ``calibrate/*``)."""
     if (g + 1) % cfg.eval.gap_every and g + 1 != generations:
         return
-    seeds = generation_seeds(seed, GAP_GENERATION + g, cfg.eval.gap_episodes)
-    real = float(np.mean([r["return"] for r in pool().play([(best, s) for s in seeds])]))
+    if calib is not None:
+        real = calib.measure(g, best)
+        last = calib.entries[-1]
+        logger.scalars({"calibrate/done_bias": last["bias"], "calibrate/ends_real": last["ended"],
+                        "calibrate/ends_expected_m": last["expected_m"],
+                        "calibrate/ends_expected_before": last["expected_before"]}, g)
+    else:
+        seeds = generation_seeds(seed, GAP_GENERATION + g, cfg.eval.gap_episodes)
+        real = float(np.mean([r["return"] for r in pool().play([(best, s) for s in seeds])]))
     logger.scalars({"gap/dream": dream_score, "gap/real": real, "gap/dream_minus_real": dream_score - real}, g)
     logger.flush()
 
@@ -1034,7 +1129,10 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
     if not real.exists():
         save_video(real, real_frames(cfg.task, wm, ccfg, params, seed=cfg.seed, max_steps=episode_steps), fps=30)
     if not dream.exists():
-        frames = dream_frames(wm.with_done_bias(cfg.dream.done_bias), ccfg, params, seed=cfg.seed,
+        bias = cfg.dream.done_bias  # a calibrated run's final controller records the bias it was evolved with
+        if cfg.dream.done_calibrate and run.controller().exists():
+            bias = float(load_controller(run.controller())[2].get("done_bias", bias))
+        frames = dream_frames(wm.with_done_bias(bias), ccfg, params, seed=cfg.seed,
                               temperature=cfg.dream.temperature, max_steps=episode_steps)
         save_video(dream, frames, fps=30)
 
