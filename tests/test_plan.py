@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agents.world_models import RunConfig, override, preset
-from agents.world_models.plan import RunPlan, stage_times
+from agents.world_models.plan import MEMBER_STEP_COST, RunPlan, stage_times
 from worldlab.rundir import RunDir
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "old_run"
@@ -45,7 +45,17 @@ def test_an_ensemble_s_estimate_counts_its_members(tmp_path: Path) -> None:
     one, episode, pessimistic = est(), est("ensemble.members=3"), est("ensemble.members=3", "ensemble.done_mode=max")
     assert episode["memory_r0"] == pytest.approx(3 * one["memory_r0"])  # three Ms to train
     assert episode["evolve_r0"] == pytest.approx(one["evolve_r0"])  # one member steps each dream
-    assert pessimistic["evolve_r0"] == pytest.approx(3 * one["evolve_r0"])  # every member steps every dream
+    # every member steps every dream: the others their LSTM cell and done logit, a penalty every member's whole head
+    assert pessimistic["evolve_r0"] == pytest.approx((1 + 2 * MEMBER_STEP_COST) * one["evolve_r0"])
+    penalised = est("ensemble.members=3", "ensemble.done_mode=max", "ensemble.disagreement_penalty=0.5")
+    assert penalised["evolve_r0"] == pytest.approx(3 * one["evolve_r0"])
+    # the calibration measures the round's starting controller too: one more gap measurement's episodes
+    gaps = override(base, ["eval.gap_every=10"])
+    plain = RunPlan(RunDir(tmp_path / "fresh"), gaps).stages
+    calib = RunPlan(RunDir(tmp_path / "fresh"), override(gaps, ["dream.done_calibrate=2"])).stages
+    d = {s.key: s.estimate_s for s in calib}["evolve_r0"] - {s.key: s.estimate_s for s in plain}["evolve_r0"]
+    g = {s.key: s.estimate_s for s in plain}["evolve_r0"] - one["evolve_r0"]  # six measurements (10, ..., 50, last)
+    assert d == pytest.approx(g / 6)
 
 
 def test_a_plan_with_the_rounds_patience_says_its_estimate_counts_every_round(tmp_path: Path) -> None:

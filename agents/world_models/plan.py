@@ -48,6 +48,9 @@ DREAM_STEPS_S = 70_000.0
 """dream steps per second of CMA-ES's batched dream with an LSTM of 256 (scaled by size)."""
 CUDA_SPEEDUP = 10.0
 """how much faster training and the dream run on a GPU (the real game does not)."""
+MEMBER_STEP_COST = 0.67
+"""an ensemble member's share of one M's dream step when it adds only its LSTM cell and done logit
+(``done_mode="max"`` or a fresh member each step, no disagreement penalty; benchmarks/dream.py)."""
 TYPICAL_LENGTH = {"doom_take_cover": 400}
 """a typical episode's length where it is far below the task's limit (Doom: the agent dies)."""
 
@@ -266,9 +269,12 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
             e = cfg.ensemble
             if steps_every_member(e.members, e.member_mode, e.disagreement_penalty, e.done_mode):
-                cost *= e.members
-            if cfg.eval.gap_every:
-                cost += (g // cfg.eval.gap_every + 1) * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
+                # every member's whole head only with a penalty; else the others' LSTM cell and done logit
+                # (benchmarks/dream.py, Doom sizes, 3 members, done_mode=max: 2.34x one M's step)
+                cost *= e.members if e.disagreement_penalty > 0 else 1 + MEMBER_STEP_COST * (e.members - 1)
+            if cfg.eval.gap_every:  # and the calibration's measurement of the round's starting controller
+                measures = g // cfg.eval.gap_every + 1 + (1 if cfg.dream.done_calibrate else 0)
+                cost += measures * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
             searches = cfg.round_restarts(k)
             cost *= searches  # every search costs the same
             if cfg.round_picks_by_real(k):
