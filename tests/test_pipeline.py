@@ -402,6 +402,11 @@ def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
     assert any(e["ended"] for k in (0, 1) for e in json.loads((ckpt / f"done_bias_r{k}.json").read_text())["entries"])
     assert "calibrating the dream's ends on the starting controller" in r.stdout or \
         all(e["bias"] == 0.0 for e in json.loads((ckpt / "done_bias_r0.json").read_text())["entries"])
+    report = (out / "report.md").read_text()
+    first = json.loads((ckpt / "done_bias_r1.json").read_text())["entries"][0]
+    assert "## The dream's ends, calibrated on C's own episodes" in report
+    assert (f"| 1 | 1 | its starting controller | {first['ended']} / 2 | {first['expected_m']:.2f} | "
+            f"{first['expected_before']:.2f} | +0.00") in report
     gaps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {(g["stage"], g["step"]) for g in gaps if g["name"] == "calibrate/done_bias"} == \
         {("evolve_r0", 1), ("evolve_r0", 2), ("evolve_r1", 1), ("evolve_r1", 2)}

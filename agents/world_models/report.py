@@ -202,6 +202,30 @@ def _under(run_dir: RunDir, path: str) -> str:
         return path
 
 
+def calibration_table(run_dir: RunDir) -> str:
+    """The calibrated done biases of every round's searches (``checkpoints/done_bias_r*.json``) as a
+    markdown table; "" when the run did not calibrate."""
+    import re
+
+    files = sorted(run_dir.checkpoints.glob("done_bias_r*.json"),
+                   key=lambda p: tuple(int(x) for x in re.findall(r"\d+", p.stem))) \
+        if run_dir.checkpoints.exists() else []
+    if not files:
+        return ""
+    rows = ["| round | search | measured on | real ends / episodes | M expected | the dream expected | done bias |",
+            "|---|---|---|---|---|---|---|"]
+    for path in files:
+        nums = [int(x) for x in re.findall(r"\d+", path.stem)]
+        k, j = nums[0], (nums[1] if len(nums) > 1 else 0)
+        cal = json.loads(path.read_text())
+        for e in cal["entries"]:
+            on = "its starting controller" if e["generation"] < 0 else f"generation {e['generation'] + 1}'s best"
+            bias = f"{e['bias_before']:+.2f}" + (f" -> **{e['bias']:+.2f}**" if e["bias"] != e["bias_before"] else "")
+            rows.append(f"| {k} | {j + 1} | {on} | {e['ended']} / {e['episodes']} | {e['expected_m']:.2f} | "
+                        f"{e['expected_before']:.2f} | {bias}{' (capped)' if e['capped'] else ''} |")
+    return "\n".join(rows)
+
+
 def gap_rows(run_dir: RunDir) -> list[dict[str, Any]]:
     """The dream-vs-real gap measurements of every evolution stage: stage, generation, dream, real."""
     recs = read_metrics(run_dir)
@@ -514,6 +538,14 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
         lines += [f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
                   f"{r['dream'] - r['real']:.1f} |" for r in gap]
         lines += [""]
+    calib = calibration_table(run_dir)
+    if calib:
+        lines += ["## The dream's ends, calibrated on C's own episodes (`dream.done_calibrate`)", "",
+                  "Before each round's search (its starting controller) and at every gap measurement (the best "
+                  "candidate), the real episodes were played with M stepping along: the ends the game dealt, the "
+                  "ends M expected (its done probabilities summed), and those the dream expected at the bias in "
+                  "force; the bias then rose to where the dream expects the target number of ends per real end "
+                  "(`checkpoints/done_bias_r*.json`; `agents/calibrate.py`).", "", calib, ""]
     videos = sorted(p.relative_to(run_dir.root) for p in run_dir.videos.glob("*.mp4")) \
         if run_dir.videos.exists() else []
     if videos:
