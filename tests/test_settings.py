@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,12 @@ def test_watch_and_evaluate_refuse_bad_counts(flags: list[str]) -> None:
         assert out.stderr.strip().count("\n") == 0 and "must be >= 1" in out.stderr, (script, out.stderr)
 
 
-def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> None:
+@pytest.mark.parametrize("members", [1, 2])
+def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, members: int) -> None:
     """freeze_v + finetune_m: round 1 encodes its frames with round 0's V and continues M from
     round 0's weights (its training log goes on from the saved step), so round 1's controller
-    warm-starts on the same latent space."""
+    warm-starts on the same latent space. An ensemble's members each go on from their own weights,
+    though round 1's episodes resample them anew."""
     import json
 
     from agents.world_models import DreamTrainer, RunConfig
@@ -109,17 +112,29 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path) -> No
     from worldlab.vae import ConvVAE
 
     cfg = override(RunConfig.load(OLD_RUN), ["freeze_v=true", "finetune_m=true", "backend=processes", "workers=1",
-                                             "eval.videos=false", "eval.gap_every=0", "later_generations=1"])
+                                             "eval.videos=false", "eval.gap_every=0", "later_generations=1",
+                                             f"ensemble.members={members}"])
     run = RunDir(tmp_path / "run")
-    DreamTrainer(cfg, run, progress=False, threads=1).learn()
+    assert cfg.rounds == 2
+    DreamTrainer(override(cfg, ["rounds=1"]), run, progress=False, threads=1).learn()
+    between = time.time()
+    DreamTrainer(cfg, run, progress=False, threads=1).learn()  # the second round, resumed
     # round 0 ran cma.generations, round 1 later_generations
     assert cfg.cma.generations == 2 and [load_controller(run.controller(k))[2]["generations"] for k in (0, 1)] == [2, 1]
     assert [len(np.load(run.cma_state(k))["hashes"]) for k in (0, 1)] == [2, 1]
     vae, m = ConvVAE.load(run.vae), MDRNN.load(run.mdrnn)
     assert vae.meta["steps"] == cfg.vae_train.steps  # not retrained in round 1
     assert m.meta["steps"] == 2 * cfg.mdrnn_train.steps and m.meta["vae_id"] == vae.meta["id"]
-    steps = [r["step"] for r in read_metrics(run, "mdrnn", "mdrnn/loss")]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run of steps: continued, not restarted
+    for k in range(members):
+        stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
+        recs = read_metrics(run, stage, f"{stage}/loss")
+        steps = [r["step"] for r in recs]
+        assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run of steps: continued, not restarted
+        assert steps[-1] >= 2 * cfg.mdrnn_train.steps - cfg.mdrnn_train.log_every
+        # round 0's steps were logged by round 0 (a restart would have logged them again in round 1)
+        assert all((r["time"] < between) == (r["step"] <= cfg.mdrnn_train.steps) for r in recs)
+        member = MDRNN.load(run.mdrnn_member(k))
+        assert member.meta["steps"] == 2 * cfg.mdrnn_train.steps
     lat = json.loads(run.latents_manifest.read_text())
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):

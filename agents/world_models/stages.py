@@ -461,7 +461,8 @@ def train_memories(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str 
     initialisation shared by all (seeded by ``cfg.seed``) with its own training seed, and writes
     ``mdrnn_m{k}.pt`` (``RunDir.mdrnn_member``) and its own resumable state; member 0 is written
     last, as ``mdrnn.pt``, listing the others' ids. A finished member is kept, so a killed
-    training resumes at the member it stopped in. With ``dream.start = "mid"`` the bank of
+    training resumes at the member it stopped in; with ``finetune_m`` a later round's member goes on
+    from its previous round's weights on its resample of the new round's episodes. With ``dream.start = "mid"`` the bank of
     mid-episode states (:func:`mid_episode_bank`, ``dream.start_bank`` of them) is computed from
     the trained members and saved in ``mdrnn.pt``'s meta (added to a finished M that lacks it).
     """
@@ -535,8 +536,10 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
     train_cfg = cfg.mdrnn_train
     if state_path.exists():
         state = torch_load(state_path)
-        if state.get("vae_id") != vae_id or state.get("episodes") != resample:
-            state_path.unlink()  # trained on latents of an older V (or another resample): start over
+        # latents of an older V: start over. Another resample: a later round's data (new episodes resample
+        # differently), which finetune_m continues from the member's previous weights; else start over
+        if state.get("vae_id") != vae_id or (state.get("episodes") != resample and not cfg.finetune_m):
+            state_path.unlink()
     _check_train_state(state_path, config_record, "M")
     stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
     # one initialisation for every member (comparable LSTM features), seeded by the run's seed
