@@ -137,6 +137,17 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
         assert member.meta["steps"] == 2 * cfg.mdrnn_train.steps
     lat = json.loads(run.latents_manifest.read_text())
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
+    # a resume asks for round 0's M again after a third round's episodes came in (which resample every member
+    # anew): the members are finished, kept as they are
+    from agents.world_models.stages import collect_rollouts, encode_latents, train_memories
+
+    third = override(cfg, ["rounds=3"])
+    collect_rollouts(run, third, 2, progress=False)
+    encode_latents(run, third, vae, progress=False)
+    stamps = [run.mdrnn_member(k).stat().st_mtime_ns for k in range(members)]
+    again = train_memories(run, third, vae.meta["id"], 0, progress=False, tensorboard=False)
+    assert [m.meta["id"] for m in again] == [MDRNN.load(run.mdrnn_member(k)).meta["id"] for k in range(members)]
+    assert [run.mdrnn_member(k).stat().st_mtime_ns for k in range(members)] == stamps
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):

@@ -425,14 +425,17 @@ def _bank_sequence_m(m: SequenceM, x: torch.Tensor, at_t: dict[int, list[int]], 
 
 def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None) -> MDRNN | None:
     """Ensemble member ``k`` as a finished training left it (``episodes``: the resample it must have
-    been trained on; None for a single M), or None."""
+    been trained on; None for a single M), or None. With ``finetune_m`` a member trained to the
+    steps asked for is finished whatever it resampled: the rounds' targets grow, and an earlier
+    round's target asked again on resume (after a later round's episodes came in, which resample
+    every member anew) is met by the member the later rounds go on from."""
     path = run.mdrnn_member(k)
     if not path.exists():
         return None
     done = load_m(path, cfg.device)
     m = done.meta
     if (m.get("steps", 0) >= cfg.mdrnn_train.steps and m.get("vae_id") == vae_id and done.FAMILY == cfg.m_family
-            and asdict(done.config) == asdict(cfg.m_config()) and m.get("episodes") == episodes):
+            and asdict(done.config) == asdict(cfg.m_config()) and (cfg.finetune_m or m.get("episodes") == episodes)):
         return done
     return None
 
