@@ -148,6 +148,12 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     again = train_memories(run, third, vae.meta["id"], 0, progress=False, tensorboard=False)
     assert [m.meta["id"] for m in again] == [MDRNN.load(run.mdrnn_member(k)).meta["id"] for k in range(members)]
     assert [run.mdrnn_member(k).stat().st_mtime_ns for k in range(members)] == stamps
+    # without finetune_m (V frozen, so its id does not change) M starts over on the grown data: not kept as finished
+    before = again[0].meta["data"]
+    fresh = train_memories(run, override(third, ["finetune_m=false"]), vae.meta["id"], 2, progress=False,
+                           tensorboard=False)
+    assert len(fresh) == members and fresh[0].meta["data"] != before
+    assert [m.meta["steps"] for m in fresh] == [cfg.mdrnn_train.steps] * members  # trained anew (it had twice that)
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):

@@ -423,19 +423,32 @@ def _bank_sequence_m(m: SequenceM, x: torch.Tensor, at_t: dict[int, list[int]], 
                 out[key][0, now] = v[src].cpu()
 
 
-def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None) -> MDRNN | None:
+def episodes_key(episodes: list[int]) -> str:
+    """A short digest of the training episodes an M was trained on (its meta's ``data``)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(int(e) for e in episodes)).encode()).hexdigest()[:16]
+
+
+def _memory_done(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int] | None, data: str | None = None
+                 ) -> MDRNN | None:
     """Ensemble member ``k`` as a finished training left it (``episodes``: the resample it must have
-    been trained on; None for a single M), or None. With ``finetune_m`` a member trained to the
-    steps asked for is finished whatever it resampled: the rounds' targets grow, and an earlier
-    round's target asked again on resume (after a later round's episodes came in, which resample
-    every member anew) is met by the member the later rounds go on from."""
+    been trained on, None for a single M; ``data``: :func:`episodes_key` of the training episodes,
+    unchecked for an M saved before it was recorded), or None. With ``finetune_m`` a member
+    trained to the steps asked for is finished whatever it was trained on: the rounds' targets
+    grow, and an earlier round's target asked again on resume (after a later round's episodes came
+    in, which resample every member anew) is met by the member the later rounds go on from.
+    Without it, an M of other training episodes is not finished: it starts over on these (a frozen
+    V keeps its id, so the V alone does not say that the data grew)."""
     path = run.mdrnn_member(k)
     if not path.exists():
         return None
     done = load_m(path, cfg.device)
     m = done.meta
     if (m.get("steps", 0) >= cfg.mdrnn_train.steps and m.get("vae_id") == vae_id and done.FAMILY == cfg.m_family
-            and asdict(done.config) == asdict(cfg.m_config()) and (cfg.finetune_m or m.get("episodes") == episodes)):
+            and asdict(done.config) == asdict(cfg.m_config())
+            and (cfg.finetune_m or (m.get("episodes") == episodes and m.get("data") in (None, data)))):
         return done
     return None
 
@@ -489,23 +502,24 @@ def train_memories(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str 
     K = cfg.ensemble.members
     train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
     resample = {k: bootstrap_episodes(train_eps, cfg.seed, k) if K > 1 else None for k in range(K)}
-    members = _finished_memories(run, cfg, vae_id, resample)
+    data = episodes_key(train_eps)
+    members = _finished_memories(run, cfg, vae_id, resample, data)
     if members is None:
         if cfg.train_workers > 1:
             _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
         trained: dict[int, MDRNN] = {}
         for k in [*range(1, K), 0]:  # member 0 last: mdrnn.pt, which lists the others, is the ensemble's commit
-            trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], train_eps, held,
+            trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], data, train_eps, held,
                                        [trained[j].meta["id"] for j in range(1, K)] if k == 0 else [],
                                        lat, space, address, progress, tensorboard)
         members = [trained[k] for k in range(K)]
     return _with_mid_bank(run, cfg, members, lat, train_eps)
 
 
-def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[int, list[int] | None]
+def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[int, list[int] | None], data: str
                        ) -> list[MDRNN] | None:
     """The whole ensemble when every member is finished for the current V and mdrnn.pt lists them, else None."""
-    first = _memory_done(run, cfg, 0, vae_id, resample[0])
+    first = _memory_done(run, cfg, 0, vae_id, resample[0], data)
     if first is None:
         return None
     ids = first.meta.get("members", [])
@@ -513,7 +527,7 @@ def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[
         return None
     out = [first]
     for k in range(1, len(resample)):
-        m = _memory_done(run, cfg, k, vae_id, resample[k])
+        m = _memory_done(run, cfg, k, vae_id, resample[k], data)
         if m is None or m.meta.get("id") != ids[k - 1]:
             return None
         out.append(m)
@@ -521,7 +535,8 @@ def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[
 
 
 def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: list[int],
-                  resample: list[int] | None, train_eps: list[int], held: list[int], member_ids: list[str], lat: Manifest,
+                  resample: list[int] | None, data: str, train_eps: list[int], held: list[int], member_ids: list[str],
+                  lat: Manifest,
                   space: dict[str, Any], address: str | None, progress: bool, tensorboard: bool) -> MDRNN:
     """Train (or keep, when finished) ensemble member ``k`` on ``episodes`` and write its checkpoint.
 
@@ -533,15 +548,16 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
     # Mamba's configs have the same fields); an MDN-RNN's is as it always was
     config_record = asdict(model_cfg) if cfg.m_family == "mdrnn" else {"family": cfg.m_family, **asdict(model_cfg)}
     if k > 0:
-        done = _memory_done(run, cfg, k, vae_id, resample)
+        done = _memory_done(run, cfg, k, vae_id, resample, data)
         if done is not None:
             return done
     train_cfg = cfg.mdrnn_train
     if state_path.exists():
         state = torch_load(state_path)
-        # latents of an older V: start over. Another resample: a later round's data (new episodes resample
-        # differently), which finetune_m continues from the member's previous weights; else start over
-        if state.get("vae_id") != vae_id or (state.get("episodes") != resample and not cfg.finetune_m):
+        # latents of an older V: start over. Other training episodes (or another resample of them): a later
+        # round's data, which finetune_m continues from the member's previous weights; else M starts over
+        other_data = state.get("episodes") != resample or state.get("data") not in (None, data)
+        if state.get("vae_id") != vae_id or (other_data and not cfg.finetune_m):
             state_path.unlink()
     _check_train_state(state_path, config_record, "M")
     stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
@@ -554,7 +570,7 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
         what = f" member {k} of {cfg.ensemble.members} ({len(set(episodes))} distinct of {len(episodes)} episodes)"
     say(f"M{what} ({describe_m(model)}, {model_cfg.gaussians} Gaussians) to {train_cfg.steps} steps"
         f"{_on_workers(cfg)}")
-    extra_state = {"config": config_record, "vae_id": vae_id}
+    extra_state = {"config": config_record, "vae_id": vae_id, "data": data}
     if resample is not None:
         extra_state["episodes"] = resample
     extra = _fit(model, partial(mdrnn_batches, run.latents, episodes, cfg.mdrnn_batch, cfg.seq_len, train_cfg.seed,
@@ -565,7 +581,7 @@ def _train_member(run: RunDir, cfg: RunConfig, k: int, vae_id: str, episodes: li
     if k == 0:
         bank_mu, bank_logvar = start_bank(lat, train_eps)
         meta.update({"start_mu": bank_mu, "start_logvar": bank_logvar})
-    meta.update({"steps": train_cfg.steps, "heldout": held, "seq_len": cfg.seq_len,
+    meta.update({"steps": train_cfg.steps, "heldout": held, "seq_len": cfg.seq_len, "data": data,
                  "train_config": asdict(train_cfg), **extra})
     meta["id"] = weights_id(model.checkpoint_weights(), "M", vae_id, k, train_cfg.steps, resample)
     if resample is not None:
