@@ -20,11 +20,13 @@ from worldlab.rundir import RunDir
 
 
 def run_done_bias(run: str) -> float:
-    """The run's ``dream.done_bias`` (0 without a readable config.json)."""
+    """The done bias of the run's dream: ``dream.done_bias``, or the calibrated bias its final
+    controller records (``dream.done_calibrate``); 0 without a readable config.json."""
     from agents.world_models.config import RunConfig
+    from agents.world_models.stages import dream_done_bias
 
     try:
-        return float(RunConfig.load(run).dream.done_bias)
+        return dream_done_bias(run, RunConfig.load(run))
     except (FileNotFoundError, ValueError):
         return 0.0
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller-episodes", type=int, default=12, help="real episodes per controller")
     p.add_argument("--done-bias", type=float, default=None, metavar="B",
                    help="also the ends a dream with M's done logit + B expects on the controllers' episodes "
-                        "(default: the run's dream.done_bias)")
+                        "(default: the run's dream.done_bias, or the calibrated bias of its final controller)")
     p.add_argument("--held-dreams", type=int, default=0, metavar="N",
                    help="also hold each bound and the middle of the action space on every step in N dreams and "
                         "in --held-episodes real episodes: what the dream pays a constant controller against the "

@@ -402,6 +402,9 @@ def test_doom_smoke_end_to_end_two_rounds(tmp_path: Path) -> None:
     assert any(e["ended"] for k in (0, 1) for e in json.loads((ckpt / f"done_bias_r{k}.json").read_text())["entries"])
     assert "calibrating the dream's ends on the starting controller" in r.stdout or \
         all(e["bias"] == 0.0 for e in json.loads((ckpt / "done_bias_r0.json").read_text())["entries"])
+    # the final controller's probes report the ends of the dream it was evolved in, at its calibrated bias
+    final_bias = load_controller(ckpt / "controller.npz")[2]["done_bias"]
+    assert json.loads((out / "fidelity_controllers.json").read_text()).get("done_bias", 0.0) == final_bias
     report = (out / "report.md").read_text()
     first = json.loads((ckpt / "done_bias_r1.json").read_text())["entries"][0]
     assert "## The dream's ends, calibrated on C's own episodes" in report

@@ -337,9 +337,10 @@ def _controller_probed(run: RunDir, found: _Found, cfg: RunConfig) -> bool:
     """Whether ``fidelity_controllers.json`` holds the final controller's probes on this M (what the
     probes stage checks before playing them)."""
     from agents.probes import controllers_probed, ensemble_id
+    from agents.world_models.stages import dream_done_bias
 
     return controllers_probed(run, [run.controller()], ensemble_id(found.mdrnn), cfg.eval.controller_episodes,
-                              max_steps=cfg.eval.max_steps, done_bias=cfg.dream.done_bias) is not None
+                              max_steps=cfg.eval.max_steps, done_bias=dream_done_bias(run, cfg)) is not None
 
 
 def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:

@@ -1143,6 +1143,16 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     return out
 
 
+def dream_done_bias(run: RunDir | str | os.PathLike, cfg: RunConfig) -> float:
+    """The done bias of the dream the final controller was evolved in: ``dream.done_bias``, or with
+    ``dream.done_calibrate`` the calibrated bias the controller records (the configured one before
+    there is a controller)."""
+    run = RunDir(run)
+    if cfg.dream.done_calibrate and run.controller().exists():
+        return float(load_controller(run.controller())[2].get("done_bias", cfg.dream.done_bias))
+    return float(cfg.dream.done_bias)
+
+
 def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldModel, params: np.ndarray, episode_steps: int) -> None:
     """``videos/real.mp4`` and ``videos/dream.mp4``: one episode of the controller in each."""
     run = RunDir(run)
@@ -1151,10 +1161,7 @@ def record_videos(run: RunDir | str | os.PathLike, cfg: RunConfig, wm: WorldMode
     if not real.exists():
         save_video(real, real_frames(cfg.task, wm, ccfg, params, seed=cfg.seed, max_steps=episode_steps), fps=30)
     if not dream.exists():
-        bias = cfg.dream.done_bias  # a calibrated run's final controller records the bias it was evolved with
-        if cfg.dream.done_calibrate and run.controller().exists():
-            bias = float(load_controller(run.controller())[2].get("done_bias", bias))
-        frames = dream_frames(wm.with_done_bias(bias), ccfg, params, seed=cfg.seed,
+        frames = dream_frames(wm.with_done_bias(dream_done_bias(run, cfg)), ccfg, params, seed=cfg.seed,
                               temperature=cfg.dream.temperature, max_steps=episode_steps)
         save_video(dream, frames, fps=30)
 

@@ -195,7 +195,7 @@ class DreamTrainer:
                     probe_fidelity(run, steps=c.eval.probe_steps)
                     if c.eval.controller_episodes:  # the final C's own episodes, M teacher-forced over them
                         controller_probes(run, [run.controller()], episodes=c.eval.controller_episodes,
-                                          max_steps=c.eval.max_steps, done_bias=c.dream.done_bias)
+                                          max_steps=c.eval.max_steps, done_bias=stages.dream_done_bias(run, c))
             if c.eval.videos:
                 steps = c.eval.max_steps or wm.max_episode_steps
                 with plan.stage("videos"):
