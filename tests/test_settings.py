@@ -98,12 +98,13 @@ def test_watch_and_evaluate_refuse_bad_counts(flags: list[str]) -> None:
         assert out.stderr.strip().count("\n") == 0 and "must be >= 1" in out.stderr, (script, out.stderr)
 
 
-@pytest.mark.parametrize("members", [1, 2])
-def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, members: int) -> None:
+@pytest.mark.parametrize("members, later_m_steps", [(1, None), (2, 3)])
+def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, members: int, later_m_steps: int | None
+                                                           ) -> None:
     """freeze_v + finetune_m: round 1 encodes its frames with round 0's V and continues M from
     round 0's weights (its training log goes on from the saved step), so round 1's controller
     warm-starts on the same latent space. An ensemble's members each go on from their own weights,
-    though round 1's episodes resample them anew."""
+    though round 1's episodes resample them anew, for ``later_m_steps`` more steps when given."""
     import json
 
     from agents.world_models import DreamTrainer, RunConfig
@@ -113,7 +114,7 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
 
     cfg = override(RunConfig.load(OLD_RUN), ["freeze_v=true", "finetune_m=true", "backend=processes", "workers=1",
                                              "eval.videos=false", "eval.gap_every=0", "later_generations=1",
-                                             f"ensemble.members={members}"])
+                                             f"ensemble.members={members}", f"later_m_steps={later_m_steps}"])
     run = RunDir(tmp_path / "run")
     assert cfg.rounds == 2
     DreamTrainer(override(cfg, ["rounds=1"]), run, progress=False, threads=1).learn()
@@ -124,17 +125,18 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     assert [len(np.load(run.cma_state(k))["hashes"]) for k in (0, 1)] == [2, 1]
     vae, m = ConvVAE.load(run.vae), MDRNN.load(run.mdrnn)
     assert vae.meta["steps"] == cfg.vae_train.steps  # not retrained in round 1
-    assert m.meta["steps"] == 2 * cfg.mdrnn_train.steps and m.meta["vae_id"] == vae.meta["id"]
+    target = cfg.mdrnn_train.steps + (later_m_steps or cfg.mdrnn_train.steps)  # round 1's
+    assert m.meta["steps"] == target and m.meta["vae_id"] == vae.meta["id"]
     for k in range(members):
         stage = "mdrnn" if k == 0 else f"mdrnn_m{k}"
         recs = read_metrics(run, stage, f"{stage}/loss")
         steps = [r["step"] for r in recs]
         assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run of steps: continued, not restarted
-        assert steps[-1] >= 2 * cfg.mdrnn_train.steps - cfg.mdrnn_train.log_every
+        assert steps[-1] >= target - cfg.mdrnn_train.log_every
         # round 0's steps were logged by round 0 (a restart would have logged them again in round 1)
         assert all((r["time"] < between) == (r["step"] <= cfg.mdrnn_train.steps) for r in recs)
         member = MDRNN.load(run.mdrnn_member(k))
-        assert member.meta["steps"] == 2 * cfg.mdrnn_train.steps
+        assert member.meta["steps"] == target
     lat = json.loads(run.latents_manifest.read_text())
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
     # a resume asks for round 0's M again after a third round's episodes came in (which resample every member
@@ -150,14 +152,17 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     assert [run.mdrnn_member(k).stat().st_mtime_ns for k in range(members)] == stamps
     # without finetune_m (V frozen, so its id does not change) M starts over on the grown data: not kept as finished
     before = again[0].meta["data"]
-    fresh = train_memories(run, override(third, ["finetune_m=false"]), vae.meta["id"], 2, progress=False,
+    fresh = train_memories(run, override(third, ["finetune_m=false", "later_m_steps=none"]), vae.meta["id"], 2,
+                           progress=False,
                            tensorboard=False)
     assert len(fresh) == members and fresh[0].meta["data"] != before
-    assert [m.meta["steps"] for m in fresh] == [cfg.mdrnn_train.steps] * members  # trained anew (it had twice that)
+    assert [m.meta["steps"] for m in fresh] == [cfg.mdrnn_train.steps] * members  # trained anew (it had more)
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):
         override(cfg, ["later_generations=0"])
+    with pytest.raises(ValueError, match="later_m_steps=3 is how far M goes on in later rounds: it needs"):
+        override(cfg, ["finetune_m=false", "later_m_steps=3"])
 
 
 def test_the_rounds_patience_needs_the_selections_episodes() -> None:

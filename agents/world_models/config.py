@@ -434,6 +434,10 @@ class RunConfig:
     """later rounds continue M from the previous round's weights for ``mdrnn_train.steps`` more
     steps on all the data (needs ``freeze_v``: a retrained V makes M's latents stale), so C's warm
     start still reads the h it was evolved on. False: M trains ``mdrnn_train.steps`` from scratch."""
+    later_m_steps: int | None = None
+    """with ``finetune_m``: the steps M (each member of an ensemble) goes on for in every round after
+    the first (None: ``mdrnn_train.steps``). M's training is most of a later round's time, and an
+    ensemble of K multiplies it by K: ``mdrnn_train.steps / K`` keeps a later round at one M's cost."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     vae_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3, amp="auto"))
@@ -488,7 +492,10 @@ class RunConfig:
                              "--train-in dream and eval.gap_every > 0; pass --set eval.gap_every=10, or "
                              "--set dream.done_calibrate=0")
         self.m_config()  # a Transformer's width must split into its heads: refused here, before any work
-        _at_least("run", self, 1, "later_generations", "later_restarts", optional=True)
+        _at_least("run", self, 1, "later_generations", "later_restarts", "later_m_steps", optional=True)
+        if self.later_m_steps is not None and not self.finetune_m:
+            raise ValueError(f"later_m_steps={self.later_m_steps} is how far M goes on in later rounds: it needs "
+                             f"--set finetune_m=true (and freeze_v=true), or drop later_m_steps")
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:

@@ -224,8 +224,11 @@ def vision_steps(cfg: RunConfig, k: int) -> int:
 
 def memory_steps(cfg: RunConfig, k: int) -> int:
     """M's total training steps after round ``k``: with ``finetune_m`` M goes on from the previous
-    round's weights; otherwise it starts over each time V changed."""
-    return cfg.mdrnn_train.steps * (k + 1 if cfg.finetune_m else 1)
+    round's weights (``later_m_steps`` more each round, or ``mdrnn_train.steps``); otherwise it
+    starts over each time V changed."""
+    if not cfg.finetune_m:
+        return cfg.mdrnn_train.steps
+    return cfg.mdrnn_train.steps + k * (cfg.later_m_steps or cfg.mdrnn_train.steps)
 
 
 def train_vision(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int = 0, *, address: str | None = None, progress: bool = True,
