@@ -702,7 +702,7 @@ def evolve_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, w
                 gap = partial(_log_gap, cfg, pool, logger, cj.seed, cj.generations, calib)
             state = evolve(fitness, ccfg.num_params, cj, run.cma_state(k, j), logger=logger, progress=progress,
                            desc="evolve" if not j else f"evolve {j + 1}/{restarts}", x0=x0, on_generation=gap,
-                           hook_before_save=calib is not None)  # the calibrated bias is in force when the state is
+                           hook_before_save=calib is not None)  # a measurement is kept before its generation is
         bias = calib.bias if calib is not None else cfg.dream.done_bias
         if restarts > 1:
             save_controller(done, ccfg, state.mean_params, generations=cma_cfg.generations, round=k,
