@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.calibrate import expected_ends
 from worldlab.io import atomic_write_json, read_json
 from worldlab.rundir import RunDir
 from worldlab.world_model import WorldModel
@@ -313,15 +314,14 @@ def controller_probe(wm: WorldModel, params: np.ndarray, cfg: Any, seeds: list[i
             p_end = torch.sigmoid(logit).cpu().numpy()
             ens = {}
             if done_bias:
-                ens["ends_expected_biased"] = float(torch.sigmoid(logit + done_bias).sum())
+                ens["ends_expected_biased"] = expected_ends([logit.cpu().numpy()], done_bias)
             if wm.num_members > 1:  # every member over the same real latents: (K, T) done logits
                 logits = torch.stack([logit] + [m(mu[None, :-1], actions[None])[0].done_logit[0].double()
-                                                for m in wm.ensemble[1:]])
-                p_all = torch.sigmoid(logits).cpu().numpy()
-                ens |= {"ends_expected_members": p_all.sum(axis=1).tolist(),
-                        "ends_expected_max": float(p_all.max(axis=0).sum())}
+                                                for m in wm.ensemble[1:]]).cpu().numpy()
+                ens |= {"ends_expected_members": [expected_ends([row], 0.0) for row in logits],
+                        "ends_expected_max": expected_ends([logits], 0.0, "max")}
                 if done_bias:
-                    ens["ends_expected_max_biased"] = float(torch.sigmoid(logits.amax(dim=0) + done_bias).sum())
+                    ens["ends_expected_max_biased"] = expected_ends([logits], done_bias, "max")
             ended = bool(arrays["terminated"].any())
             acts = np.asarray(arrays["actions"], dtype=np.float64).reshape(T, -1)
             episodes.append({
