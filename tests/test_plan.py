@@ -245,3 +245,28 @@ def test_a_fine_tuned_m_under_way_is_found_in_its_round_only(old_run: RunDir) ->
     torch.save({"step": 2 * steps + 1}, old_run.mdrnn_train)  # round 2's training under way
     line = RunPlan(old_run, cfg).resume_line()
     assert line.count("M's training") == 1 and f"M's training at step {2 * steps + 1} of {3 * steps}" in line
+
+
+def test_a_frozen_v_round_whose_data_grew_plans_m_again(old_run: RunDir) -> None:
+    """Without finetune_m an M of fewer episodes is trained again though its V (frozen) and steps fit."""
+    import torch
+
+    from agents.world_models.plan import _round_data
+
+    cfg = override(RunConfig.load(old_run), ["rounds=3", "freeze_v=true"])  # rounds 0, 1 done; round 2 not begun
+    state = torch.load(old_run.mdrnn, weights_only=True)
+
+    def memory_r2(data: str | None) -> bool:
+        if data is None:
+            state["meta"].pop("data", None)
+        else:
+            state["meta"]["data"] = data
+        torch.save(state, old_run.mdrnn)
+        return {s.key: s for s in RunPlan(old_run, cfg).stages}["memory_r2"].done
+
+    assert _round_data(cfg, 1) != _round_data(cfg, 2)  # round 2's episodes join the training split
+    assert not memory_r2(_round_data(cfg, 1))  # round 1's M: trained again on round 2's data
+    assert memory_r2(_round_data(cfg, 2))
+    assert memory_r2(None)  # an M saved before its data was recorded is kept, as the stage keeps it
+    # with finetune_m the steps say it: round 2's target is past round 1's M
+    assert not {s.key: s for s in RunPlan(old_run, override(cfg, ["finetune_m=true"])).stages}["memory_r2"].done

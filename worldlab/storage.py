@@ -192,7 +192,12 @@ class Manifest:
 
 def split_episodes(manifest: Manifest, holdout: float = 0.0, seed: int = 0) -> tuple[list[int], list[int]]:
     """Deterministic split of a manifest's episode indices into (train, held-out)."""
-    idx = sorted(manifest.episodes)
+    return split_indices(manifest.episodes, holdout, seed)
+
+
+def split_indices(episodes: Iterable[int], holdout: float = 0.0, seed: int = 0) -> tuple[list[int], list[int]]:
+    """:func:`split_episodes` of the episode indices ``episodes`` (a manifest's, or the ones it will hold)."""
+    idx = sorted(int(e) for e in episodes)
     rng = random.Random(seed)
     rng.shuffle(idx)
     n_hold = int(round(len(idx) * holdout))

@@ -446,7 +446,8 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
     if finished:
         return Stage(f"memory_r{k}", title, estimate, None, True)
     vae, meta = found.vae, found.mdrnn
-    if vae.get("id") and meta.get("vae_id") == vae.get("id") and meta.get("steps", 0) >= target:
+    if (vae.get("id") and meta.get("vae_id") == vae.get("id") and meta.get("steps", 0) >= target
+            and (cfg.finetune_m or meta.get("data") in (None, _round_data(cfg, k)))):
         return Stage(f"memory_r{k}", title, estimate, f"M trained ({target} steps)", True)
     start = memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0  # a fine-tuned M goes on from there
     step = _train_step(run.mdrnn_train)
@@ -454,6 +455,17 @@ def _memory(run: RunDir, found: _Found, cfg: RunConfig, k: int, estimate: float,
         return Stage(f"memory_r{k}", title, estimate * (target - step) / (target - start),
                      f"M's training at step {step} of {target}", full_s=estimate)
     return Stage(f"memory_r{k}", title, estimate)
+
+
+def _round_data(cfg: RunConfig, k: int) -> str:
+    """:func:`~agents.world_models.stages.episodes_key` of the episodes round ``k``'s M trains on (its
+    meta's ``data``): a frozen V keeps its id when the data grows, and without ``finetune_m`` an M of
+    fewer episodes is trained again, so its steps alone do not say it is done."""
+    from agents.world_models.stages import HOLDOUT, episodes_key
+    from worldlab.storage import split_indices
+
+    eps = [e for j in range(k + 1) for e in cfg.collect.round_episodes(j)]
+    return episodes_key(split_indices(eps, HOLDOUT, cfg.seed)[0])
 
 
 def rounds_final(run: RunDir, cfg: RunConfig) -> bool:
