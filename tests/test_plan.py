@@ -270,3 +270,12 @@ def test_a_frozen_v_round_whose_data_grew_plans_m_again(old_run: RunDir) -> None
     assert memory_r2(None)  # an M saved before its data was recorded is kept, as the stage keeps it
     # with finetune_m the steps say it: round 2's target is past round 1's M
     assert not {s.key: s for s in RunPlan(old_run, override(cfg, ["finetune_m=true"])).stages}["memory_r2"].done
+
+
+def test_a_round_not_collected_yet_is_not_encoded(old_run: RunDir) -> None:
+    """The latents holding every episode collected so far do not make a later round's encoding done."""
+    cfg = override(RunConfig.load(old_run), ["rounds=4"])  # rounds 0, 1 done: episodes 0-4 collected and encoded
+    plan = RunPlan(old_run, cfg)
+    status = {s.key: s for s in plan.stages}
+    assert status["encode_r1"].done and not status["collect_r2"].done
+    assert not status["encode_r2"].done and not status["encode_r3"].done

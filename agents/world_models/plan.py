@@ -259,7 +259,8 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
             steps = vision_steps(cfg, k) - (vision_steps(cfg, k - 1) if k > 0 else 0)
             out.append(_vision(run, found, cfg, k, steps * cfg.vae_batch / V_FRAMES_S * gpu ** -1, finished))
         out.append(Stage(f"encode_r{k}", f"round {k}: encode the frames to latents",
-                         frames / ENCODE_FRAMES_S / gpu, None, final or finished or _encoded(found, manifest)))
+                         frames / ENCODE_FRAMES_S / gpu, None,
+                         final or finished or (found_eps == len(eps) and _encoded(found, manifest))))
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
         out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
