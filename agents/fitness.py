@@ -19,6 +19,9 @@ from agents.pool import WorkerPool, fetch_if_new
 from worldlab.sequence_m import put_rows, state_h, take_rows
 from worldlab.world_model import WorldModel
 
+SHRINK_MIN = 8
+"""The smallest batch ``DreamFitness`` shrinks a population's dreams to (the dream step's ``min_rows``)."""
+
 GAP_GENERATION = 2 * 10**6
 """The generation numbers ``GAP_GENERATION + g`` seed the real episodes that measure generation
 g's dream-vs-real gap: disjoint from training and evaluation seeds."""
@@ -65,6 +68,12 @@ class DreamFitness:
         precision: the dream step's number format, "fp32" or "bf16" (a Transformer or Mamba M).
         done_bias: added to every M's done logit in these dreams (``dream.done_bias``;
             :meth:`WorldModel.with_done_bias`, a copy): ``ln k`` multiplies the odds of an end by k.
+        shrink: when half the dreams still running have ended, go on with the rest in a batch half
+            as large or smaller (``DreamVectorEnv.shrink_torch``, for the MDN-RNN and its ensembles): a
+            generation then costs about the dreams' summed lengths instead of the longest dream's
+            length times the population (Doom's dreams end at very different times). The same
+            returns in deterministic dreams (up to float rounding); a stochastic dream draws its
+            noise for the rows left, so other draws than without (the same for the same seed).
     """
 
     def __init__(self, world_model: WorldModel, cfg: ControllerConfig, popsize: int, rollouts: int,
@@ -73,7 +82,7 @@ class DreamFitness:
                  term_scale: float = 1.0, compile: bool = False, members: int | None = None,
                  member_mode: str = "episode", dropout: float = 0.0, disagreement_penalty: float = 0.0,
                  start: str = "first", precision: str = "fp32", done_mode: str = "member",
-                 done_bias: float = 0.0) -> None:
+                 done_bias: float = 0.0, shrink: bool = True) -> None:
         from envs.dream import DreamVectorEnv
 
         self.cfg, self.popsize, self.rollouts, self.seed = cfg, popsize, rollouts, seed
@@ -84,6 +93,7 @@ class DreamFitness:
                             dropout=dropout, disagreement_penalty=disagreement_penalty, start=start,
                             precision=precision, done_mode=done_mode)
         self.done_bias = float(done_bias)
+        self.shrink = bool(shrink)
         self.env = DreamVectorEnv(world_model=world_model.with_done_bias(done_bias).to(self.device), **self._env_kw)
         self.max_steps = self.env.max_episode_steps
         self.reward_term, self.term_scale = reward_term, float(term_scale)
@@ -107,24 +117,43 @@ class DreamFitness:
     def returns(self, params: np.ndarray, generation: int) -> torch.Tensor:
         """(P, R) returns of every candidate's rollouts."""
         P, R = params.shape[0], self.rollouts
-        if P * R != self.env.num_envs:
-            raise ValueError(f"DreamFitness was built for {self.env.num_envs // R} candidates, got {P}")
-        ctrl = BatchedController(self.cfg, params).to(self.device).repeat_interleave(R)
+        if P * R != self.popsize * R:
+            raise ValueError(f"DreamFitness was built for {self.popsize} candidates, got {P}")
+        each = BatchedController(self.cfg, params).to(self.device)  # one per candidate
+        ctrl = each.repeat_interleave(R)
         seeds = generation_seeds(self.seed, generation, R)
-        obs = self.env.reset_torch(seed=[seeds[i % R] for i in range(P * R)])
+        env = self.env
+        obs = env.reset_torch(seed=[seeds[i % R] for i in range(P * R)])
         total = torch.zeros(P * R, device=self.device)
         base = total.clone() if self.reward_term is not None else total
-        alive = torch.ones(P * R, dtype=torch.bool, device=self.device)
+        alive = torch.ones(P * R, dtype=torch.bool, device=self.device)  # per sub-env: a dream still counted
+        dream = torch.arange(P * R, device=self.device)  # per sub-env: the population's dream it holds
+        shrink = self.shrink and env.can_shrink
         for _ in range(self.max_steps):
-            obs, reward, terminated, truncated = self.env.step_torch(ctrl.act(obs))
+            obs, reward, terminated, truncated = env.step_torch(ctrl.act(obs))
             if self.reward_term is not None:
-                base += reward * alive
+                base.index_add_(0, dream, reward * alive)
                 term = self.reward_term(obs[:, :self.z_size]).reshape(-1).to(reward)
                 reward = reward + self.term_scale * term
-            total += reward * alive
+            total.index_add_(0, dream, reward * alive)
             alive &= ~(terminated | truncated)
-            if not bool(alive.any()):
+            left = int(alive.sum())
+            if not left:
                 break
+            if shrink and left <= env.num_envs // 2 and env.num_envs > SHRINK_MIN:
+                # the ended dreams stop costing a row: go on with the rest in a batch of N / 2^k
+                # (sizes from a short ladder, so each smaller step is built once), padded with copies
+                size = P * R
+                while size // 2 >= max(left, SHRINK_MIN):
+                    size //= 2
+                if size >= env.num_envs:
+                    continue
+                keep = alive.nonzero().flatten()
+                rows = torch.cat([keep, keep[torch.arange(size - left, device=self.device) % left]])
+                obs = env.shrink_torch(rows)
+                dream = dream.index_select(0, rows)
+                ctrl = each.select(torch.div(dream, R, rounding_mode="floor"))  # each row's candidate
+                alive = torch.arange(size, device=self.device) < left  # the copies are not counted
         self.last_base_returns = base.view(P, R)
         return total.view(P, R)
 

@@ -241,6 +241,15 @@ class _DreamCore:
         self.dream_step.reset_rows(idx, z0, state0, rngs=[self.rngs[r] for r in rows])
         self.t[idx] = 0
 
+    def adopt(self, step: DreamStep, rows: torch.Tensor) -> None:
+        """Go on with dreams ``rows`` only, in ``step`` (``len(rows)`` rollouts, built like the current
+        one): their state, generators and time moved there, in the order of ``rows``."""
+        step.copy_rows_from(self.dream_step, rows)
+        at = rows.tolist()
+        self.rngs = [self.rngs[r] for r in at]
+        self.t = self.t.index_select(0, rows.to(self.device))
+        self.dream_step, self.n = step, len(at)
+
     def step(self, actions: torch.Tensor, clip: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors.
@@ -426,9 +435,11 @@ class DreamVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.renderer = renderer = resolve_renderer(renderer, self.world_model, self.device)
-        step = build_dream_step(self.world_model, self.num_envs, self.device, compile=compile, members=members,
-                                member_mode=member_mode, dropout=dropout, disagreement_penalty=disagreement_penalty,
-                                precision=precision, done_mode=done_mode)
+        self._step_options = dict(members=members, member_mode=member_mode, dropout=dropout,
+                                  disagreement_penalty=disagreement_penalty, precision=precision, done_mode=done_mode)
+        step = build_dream_step(self.world_model, self.num_envs, self.device, compile=compile, **self._step_options)
+        self._full: tuple[int, DreamStep, list[np.random.Generator]] | None = None  # while shrunk: what to restore
+        self._shrunk_steps: dict[int, DreamStep] = {}  # eager steps by size, built on first use
         self._core = _DreamCore(self.world_model, step, temperature, deterministic, self.device, max_episode_steps,
                                 start)
         self.single_action_space = action_space_from(self.world_model.action_space)
@@ -472,6 +483,13 @@ class DreamVectorEnv(VectorEnv):
     def reset_torch(self, seed: int | Sequence[int] | None = None, z0: torch.Tensor | None = None,
                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """Reset all sub-envs (or the bool mask ``rows``) and return the observations (torch)."""
+        if rows is None and self._full is not None:  # every sub-env again: the full batch back
+            n, step, rngs = self._full
+            self._full = None
+            core = self._core
+            core.dream_step, core.n, core.rngs = step, n, rngs
+            core.t = torch.zeros(n, dtype=torch.int64, device=self.device)
+            self._set_size(n)
         if seed is not None:
             seeds = [int(seed) + i for i in range(self.num_envs)] if np.isscalar(seed) else [int(s) for s in seed]
             if len(seeds) != self.num_envs:
@@ -491,6 +509,48 @@ class DreamVectorEnv(VectorEnv):
         self._core.reset_rows(idx, z0)
         self._needs_reset[torch.as_tensor(idx, dtype=torch.long, device=self.device)] = False
         return self.observe_torch()
+
+    @property
+    def can_shrink(self) -> bool:
+        """Whether :meth:`shrink_torch` works with this env's M (the MDN-RNN and its ensembles)."""
+        return bool(self._core.dream_step.can_copy_rows)
+
+    @torch.inference_mode()
+    def shrink_torch(self, rows: torch.Tensor) -> torch.Tensor:
+        """Go on with sub-envs ``rows`` only (a 1-D int tensor, repeats allowed), renumbered
+        ``0..len(rows)-1`` in that order, and return their observations: each keeps its whole state
+        (latent, M's state, an ensemble's member and dropout mask, its time limit, its generator),
+        so a population whose dreams have mostly ended steps only the rest (``DreamFitness``).
+        ``num_envs`` and the spaces follow; a reset of all sub-envs (``reset_torch`` without
+        ``rows``) brings back the full batch. The smaller steps run eagerly (one per size, built
+        on first use and kept). The per-step noise is drawn for the rows there are, so a stochastic
+        dream continues with other draws than the full batch would have made (the same ones for the
+        same seed and the same shrinks)."""
+        core = self._core
+        if not self.can_shrink:
+            raise ValueError(f"this dream's M ({type(core.dream_step).__name__}) cannot shrink its batch")
+        rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1).to(self.device)
+        n = int(rows.numel())
+        if n < 1 or bool(((rows < 0) | (rows >= self.num_envs)).any()):
+            raise ValueError(f"rows must be 1 or more sub-env indices in [0, {self.num_envs}), got {rows.tolist()}")
+        if self._full is None:
+            self._full = (self.num_envs, core.dream_step, core.rngs)
+        step = self._shrunk_steps.get(n)
+        if step is None or step is core.dream_step:
+            step = build_dream_step(self.world_model, n, self.device, compile=False, **self._step_options)
+            if self._shrunk_steps.get(n) is None:
+                self._shrunk_steps[n] = step
+        core.adopt(step, rows)
+        self._needs_reset = self._needs_reset.index_select(0, rows)
+        self._set_size(n)
+        return self.observe_torch()
+
+    def _set_size(self, n: int) -> None:
+        self.num_envs = n
+        self.action_space = batch_space(self.single_action_space, n)
+        self.observation_space = batch_space(self.single_observation_space, n)
+        if self._needs_reset.numel() != n:
+            self._needs_reset = torch.zeros(n, dtype=torch.bool, device=self.device)
 
     @torch.inference_mode()
     def step_torch(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -36,6 +36,11 @@ The interface (:class:`DreamStep`):
   step's buffers (valid until the next step or reset; take them afresh after each step).
 - ``take_obs() -> (n, Z + H)``: the observations ``[z, h]`` as a tensor nothing else holds or
   writes to (the caller may keep or modify it).
+- ``copy_rows_from(src, rows)`` (optional; ``can_copy_rows``): rollouts ``0..len(rows)-1`` of this
+  step (``num_envs == len(rows)``) go on from rollouts ``rows`` of ``src``, a step of the same class
+  and Ms: their whole state (latent, recurrent state, an ensemble's member and dropout mask). A
+  population's dreams that have not ended move to a smaller step this way (the dead ones stop
+  costing a GEMM row each; :meth:`envs.dream.DreamVectorEnv.shrink_torch`).
 - ``num_envs`` (n), ``obs_size`` (Z + H), ``compiled`` (whether steps run compiled: False when
   built eagerly, and after a failed compilation fell back to eager steps), ``num_members`` (the
   Ms dreamed with: 1 for a single M).
@@ -110,6 +115,22 @@ class DreamStep(abc.ABC):
     @abc.abstractmethod
     def take_obs(self) -> torch.Tensor:
         """The observations ``[z, h]`` (n, Z + H) as a tensor nothing else holds or writes to."""
+
+    can_copy_rows = False
+    """Whether :meth:`copy_rows_from` is implemented."""
+
+    def copy_rows_from(self, src: DreamStep, rows: torch.Tensor) -> None:
+        """Rollouts ``0..len(rows)-1`` go on from rollouts ``rows`` of ``src`` (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take over another step's rollouts")
+
+    def _check_copy(self, src: DreamStep, rows: torch.Tensor) -> torch.Tensor:
+        if type(src) is not type(self) or getattr(src, "num_members", 1) != getattr(self, "num_members", 1):
+            raise ValueError(f"a {type(self).__name__} takes rollouts from a step of its own kind, "
+                             f"got a {type(src).__name__}")
+        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.device).reshape(-1)
+        if rows.numel() != self.num_envs:
+            raise ValueError(f"this step holds {self.num_envs} rollouts; got {rows.numel()} rows to take over")
+        return rows
 
 
 MEMBER_MODES = ("episode", "step")
@@ -457,6 +478,15 @@ class MDRNNDreamStep(DreamStep):
         if self.fresh_obs is not None:
             self.fresh_obs[rows] = self.x[rows, :self.Z + self.H]
 
+    can_copy_rows = True
+
+    def copy_rows_from(self, src: DreamStep, rows: torch.Tensor) -> None:
+        rows = self._check_copy(src, rows)
+        n = self.num_envs
+        self.x[:n] = src.x.index_select(0, rows)  # z, h, the last actions and the bias column
+        self.c[:n] = src.c.index_select(0, rows)
+        self.fresh_obs = None
+
     def take_obs(self) -> torch.Tensor:
         """The observations ``[z, h]`` (n, Z + H) as a tensor nothing else holds or writes to.
 
@@ -750,6 +780,31 @@ class EnsembleDreamStep(DreamStep):
     def members_of_rows(self) -> torch.Tensor:
         """(n,) each dream's episode member (a copy)."""
         return self.member.clone()
+
+    can_copy_rows = True
+
+    def copy_rows_from(self, src: DreamStep, rows: torch.Tensor) -> None:
+        rows = self._check_copy(src, rows)
+        if (src.full, src.dropout) != (self.full, self.dropout):
+            raise ValueError("the two ensemble steps must step their members alike (member_mode, penalty, "
+                             "done_mode and dropout)")
+        self.member.copy_(src.member.index_select(0, rows))
+        if self.keep is not None:
+            self.keep.copy_(src.keep.index_select(0, rows))
+        n = self.num_envs
+        if self.full:
+            self.x[:, :n] = src.x.index_select(1, rows)
+            self.c[:, :n] = src.c.index_select(1, rows)
+            self.driver[:n] = src.driver.index_select(0, rows)
+            return
+        x = src.xs[:src.S].index_select(0, src.slot_of_row.index_select(0, rows))  # (n, D + 1) in row order
+        c = src.cs[:src.S].index_select(0, src.slot_of_row.index_select(0, rows))
+        self._layout()
+        S = self.S
+        torch.index_select(x, 0, self.row_of_slot, out=self.xs[:S])
+        torch.index_select(c, 0, self.row_of_slot, out=self.cs[:S])
+        if self.keep is not None:
+            torch.index_select(self.keep, 0, self.row_of_slot, out=self.keep_s[:S])
 
     def _draw(self, count: int, rngs: Sequence[np.random.Generator] | None, members: Any
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
