@@ -752,3 +752,67 @@ def test_the_dream_benchmark_runs_on_a_runs_ensemble_with_more_members(ens_run: 
                           "--threads", "1", "--car-steps", "0"], cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ensemble of 3 Ms (episode, dropout 0.0, penalty 0.0, done max) vs one M" in out.stdout
+
+
+# -- a population's dreams go on in a smaller batch as they end ------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{"members": 1}, {}, {"dropout": 0.2}, {"done_mode": "max"},
+                                {"member_mode": "step", "disagreement_penalty": 0.5}])
+def test_a_shrunk_batch_goes_on_as_its_rows_would(kw: dict) -> None:
+    wm = ensemble_wm(3, done_bias=-20.0)  # no dream ends: every row is compared all along
+    full, shrunk = (DreamVectorEnv(10, world_model=wm, deterministic=True, **kw) for _ in range(2))
+    g = torch.Generator().manual_seed(5)
+    acts = torch.rand(7, 10, 3, generator=g) * 2 - 1
+    for env in (full, shrunk):
+        env.reset_torch(seed=5)
+    for t in range(3):
+        want = full.step_torch(acts[t])
+        got = shrunk.step_torch(acts[t])
+        assert torch.equal(want[0], got[0])
+    rows = torch.tensor([7, 2, 2, 9])
+    before = full.observe_torch()[rows]
+    assert shrunk.can_shrink and torch.equal(shrunk.shrink_torch(rows), before)
+    assert shrunk.num_envs == 4 and shrunk.action_space.shape == (4, 3) and shrunk.observation_space.shape[0] == 4
+    step, ref = shrunk._core.dream_step, full._core.dream_step
+    if isinstance(step, EnsembleDreamStep):
+        assert torch.equal(step.members_of_rows, ref.members_of_rows[rows])
+        if step.keep is not None:
+            assert torch.equal(step.keep, ref.keep[rows])
+    assert torch.equal(shrunk._core.t, full._core.t[rows])
+    for t in range(3, 7):
+        o, r, te, tr = full.step_torch(acts[t])
+        o2, r2, te2, tr2 = shrunk.step_torch(acts[t][rows])
+        torch.testing.assert_close(o2, o[rows], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r2, r[rows], atol=1e-5, rtol=1e-5)
+        assert torch.equal(te2, te[rows]) and torch.equal(tr2, tr[rows])
+    # a reset of every sub-env brings the full batch back, as it started
+    assert torch.equal(shrunk.reset_torch(seed=5), full.reset_torch(seed=5))
+    assert shrunk.num_envs == 10 and shrunk.action_space.shape == (10, 3)
+    assert torch.equal(shrunk.step_torch(acts[0])[0], full.step_torch(acts[0])[0])
+    with pytest.raises(ValueError, match=r"rows must be 1 or more sub-env indices in \[0, 10\)"):
+        shrunk.shrink_torch(torch.tensor([3, 10]))
+
+
+@pytest.mark.parametrize(("kw", "bias"), [({"members": 1}, 0.0), ({"done_mode": "max"}, -0.1)])
+def test_fitness_shrinks_as_dreams_end_with_the_same_returns(wm: WorldModel, kw: dict, bias: float) -> None:
+    cfg = ControllerConfig.for_task(wm.action_space, wm.obs_size, wm.task)
+    params = np.random.default_rng(0).standard_normal((8, cfg.num_params))
+
+    def fitness(shrink: bool, deterministic: bool, model: WorldModel = wm) -> DreamFitness:
+        fit = DreamFitness(model, cfg, 8, 4, max_steps=LIMIT, seed=1, shrink=shrink, **kw)
+        fit.env._core.deterministic = deterministic
+        return fit
+
+    fit = fitness(True, False)
+    a = fit.returns(params, 0)
+    assert fit.env.num_envs < 32  # the dreams ended at different times: the batch shrank
+    assert torch.equal(a, fit.returns(params, 0))  # the full batch back, the same draws: the same returns
+    assert torch.equal(a, fitness(True, False).returns(params, 0))
+    # no draws (deterministic dreams, done where the logit is positive; the bias puts some ends within
+    # the limit): the same dreams with and without shrinking
+    near = ensemble_wm(3, done_bias=bias)
+    plain, shrunk = fitness(False, True, near), fitness(True, True, near)
+    want, got = plain.returns(params, 3), shrunk.returns(params, 3)
+    assert shrunk.env.num_envs < 32 and plain.env.num_envs == 32
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
