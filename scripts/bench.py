@@ -33,6 +33,9 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "cma": (["--steps", "1000", "--real-episodes", "8"], ["--steps", "100", "--real-episodes", "2"]),
     "real_pool": (["--run", "pretrained/doom_take_cover", "--episodes", "40", "--repeats", "3"],
                   ["--episodes", "4", "--repeats", "1"]),
+    "dream_shrink": (["--run", "pretrained/doom_take_cover", "--rounds", "3"],
+                     ["--run", "pretrained/doom_take_cover", "--popsize", "4", "--rollouts", "2", "--steps", "100",
+                      "--rounds", "1"]),
     "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16", "--dreams", "64",
                                       "--dream-steps", "5"]),
 }
@@ -129,6 +132,16 @@ def render(results: dict[str, dict]) -> str:
               + ", ".join(fmt(x, 1) for x in r["seconds"]["split"]) + "; fed "
               + ", ".join(fmt(x, 1) for x in r["seconds"]["fed"])
               + " (a ratio inside their spread is no difference).", ""]
+    r = results.get("dream_shrink")
+    if r:
+        L += ["## A CMA-ES generation in the dream: shrinking the batch as dreams end", "", f"Command: `{r['_command']}`",
+              "",
+              f"- {r['dreams']} dreams of at most {r['step_limit']} steps ({r['world_model']}; {r['members']} M"
+              f"{'s, done = their max' if r['done_mode'] == 'max' else ''}; mean length "
+              f"{fmt(r['mean_dream_length'], 0)}, longest {r['longest_dream']}): the full batch until the last dream "
+              f"ends {fmt(r['seconds_full_batch'], 1)} s, shrunk as they end (`DreamFitness(shrink=True)`, the "
+              f"default) {fmt(r['seconds_shrink'], 1)} s: **{fmt(r['speedup'], 2)}x** (rounds: "
+              + ", ".join(f"{x:.2f}x" for x in r["speedup_rounds"]) + f"; {r['machine']}).", ""]
     r = results.get("sequence")
     if r:
         ms, tok = r["train_step_ms"], r["sample_tokens_per_s"]
