@@ -816,3 +816,22 @@ def test_fitness_shrinks_as_dreams_end_with_the_same_returns(wm: WorldModel, kw:
     want, got = plain.returns(params, 3), shrunk.returns(params, 3)
     assert shrunk.env.num_envs < 32 and plain.env.num_envs == 32
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_the_shrink_benchmark_times_both_batches_on_a_runs_ensemble(ens_run: Path, tmp_path: Path) -> None:
+    """benchmarks/dream_shrink.py: both variants on the run's members, the figures in its JSON."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/dream_shrink.py", "--run", str(ens_run), "--members", "2",
+                          "--done-mode", "max", "--popsize", "4", "--rollouts", "4", "--steps", "40", "--rounds", "1",
+                          "--threads", "1", "--json", str(tmp_path / "shrink.json")],
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "shrink.json").read_text())
+    assert res["members"] == 2 and res["done_mode"] == "max" and res["dreams"] == 16
+    assert res["seconds_full_batch"] > 0 and res["seconds_shrink"] > 0 and 1 <= res["longest_dream"] <= 40
+    assert "one generation: full batch" in out.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/dream_shrink.py", "--done-prob", "1.5"], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--done-prob must be in (0, 1), got 1.5" in bad.stderr
