@@ -740,6 +740,16 @@ class EnsembleDreamStep(DreamStep):
         for m, a, b in groups:  # each slot's head bias, copied into the head's output before its GEMMs
             self.bias_s[a:b] = self.head_b[m]
 
+    def _fill_slots(self, x: torch.Tensor, c: torch.Tensor) -> None:
+        """Lay the slots out for the rows' members (``self.member``) and fill them from the rows'
+        packed inputs ``x`` (n, D + 1) and cell states ``c`` (n, H) in row order (and the masks)."""
+        self._layout()
+        S = self.S
+        torch.index_select(x, 0, self.row_of_slot, out=self.xs[:S])
+        torch.index_select(c, 0, self.row_of_slot, out=self.cs[:S])
+        if self.keep is not None:
+            torch.index_select(self.keep, 0, self.row_of_slot, out=self.keep_s[:S])
+
     # -- the interface ---------------------------------------------------------------------------
 
     @property
@@ -799,12 +809,7 @@ class EnsembleDreamStep(DreamStep):
             return
         x = src.xs[:src.S].index_select(0, src.slot_of_row.index_select(0, rows))  # (n, D + 1) in row order
         c = src.cs[:src.S].index_select(0, src.slot_of_row.index_select(0, rows))
-        self._layout()
-        S = self.S
-        torch.index_select(x, 0, self.row_of_slot, out=self.xs[:S])
-        torch.index_select(c, 0, self.row_of_slot, out=self.cs[:S])
-        if self.keep is not None:
-            torch.index_select(self.keep, 0, self.row_of_slot, out=self.keep_s[:S])
+        self._fill_slots(x, c)
 
     def _draw(self, count: int, rngs: Sequence[np.random.Generator] | None, members: Any
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -862,12 +867,7 @@ class EnsembleDreamStep(DreamStep):
             pick = torch.arange(L, device=self.device)
             x[rows, Z:Z + H] = h0[mem, pick]
             c[rows] = c0[mem, pick]
-        self._layout()
-        S = self.S
-        torch.index_select(x, 0, self.row_of_slot, out=self.xs[:S])
-        torch.index_select(c, 0, self.row_of_slot, out=self.cs[:S])
-        if self.keep is not None:
-            torch.index_select(self.keep, 0, self.row_of_slot, out=self.keep_s[:S])
+        self._fill_slots(x, c)
 
     def set_actions(self, actions: torch.Tensor, low: torch.Tensor | None = None,
                     high: torch.Tensor | None = None) -> None:
