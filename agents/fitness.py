@@ -117,7 +117,7 @@ class DreamFitness:
     def returns(self, params: np.ndarray, generation: int) -> torch.Tensor:
         """(P, R) returns of every candidate's rollouts."""
         P, R = params.shape[0], self.rollouts
-        if P * R != self.popsize * R:
+        if P != self.popsize:
             raise ValueError(f"DreamFitness was built for {self.popsize} candidates, got {P}")
         each = BatchedController(self.cfg, params).to(self.device)  # one per candidate
         ctrl = each.repeat_interleave(R)

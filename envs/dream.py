@@ -538,8 +538,7 @@ class DreamVectorEnv(VectorEnv):
         step = self._shrunk_steps.get(n)
         if step is None or step is core.dream_step:
             step = build_dream_step(self.world_model, n, self.device, compile=False, **self._step_options)
-            if self._shrunk_steps.get(n) is None:
-                self._shrunk_steps[n] = step
+            self._shrunk_steps.setdefault(n, step)
         core.adopt(step, rows)
         self._needs_reset = self._needs_reset.index_select(0, rows)
         self._set_size(n)
