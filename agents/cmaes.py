@@ -168,8 +168,8 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
         state = EvolutionState(np.zeros((0, cfg.popsize)), [], np.zeros(dim), -np.inf, np.zeros(dim))
         es = new_strategy(dim, cfg, x0)
     g = len(state.fitness)
-    if logger is not None and g > 0:  # a generation logged after its state was saved is not logged twice
-        logger.resume_after(g - 1)
+    if logger is not None:  # what was logged for generations the state does not hold (a kill between a
+        logger.resume_after(g - 1)  # generation's log and its save, even the first's) is not logged twice
     bar = tqdm(total=cfg.generations, initial=g, desc=desc, unit="gen", disable=not progress, dynamic_ncols=True)
     while g < cfg.generations:
         t0 = time.perf_counter()

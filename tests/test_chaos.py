@@ -76,3 +76,30 @@ def test_a_resumed_stage_forgets_what_it_logged_after_its_checkpoint(tmp_path: P
     assert [(r["step"], r["value"]) for r in read_metrics(tmp_path, "vae")] == \
         [(s, float(s)) for s in range(1, 7)] + [(7, 70.0)]
     assert [r["step"] for r in read_metrics(tmp_path, "mdrnn")] == [7]  # another stage's steps stay
+
+
+@pytest.mark.parametrize("killed_in", [0, 2])
+def test_evolution_killed_between_a_generations_log_and_its_save_logs_it_once(tmp_path: Path, killed_in: int) -> None:
+    # the first generation too: a kill there left no state file, and its metrics were logged again on resume
+    import numpy as np
+
+    from agents.cmaes import CMAConfig, evolve
+    from worldlab.logging import read_metrics
+
+    cfg = CMAConfig(popsize=6, generations=4, sigma0=0.5, seed=3)
+
+    def fitness(X: np.ndarray, g: int) -> np.ndarray:
+        return -np.sum(X ** 2, axis=1)
+
+    def kill(g: int, best: np.ndarray, fit: float) -> None:  # runs after the log, before the save
+        if g == killed_in:
+            raise KeyboardInterrupt
+
+    with RunLogger(tmp_path, "evolve_r0", tensorboard=False) as log, pytest.raises(KeyboardInterrupt):
+        evolve(fitness, 5, cfg, tmp_path / "cma.npz", logger=log, progress=False, on_generation=kill,
+               hook_before_save=True)
+    assert len({r["step"] for r in read_metrics(tmp_path, "evolve_r0")}) == killed_in + 1  # logged, not saved
+    with RunLogger(tmp_path, "evolve_r0", tensorboard=False) as log:
+        evolve(fitness, 5, cfg, tmp_path / "cma.npz", logger=log, progress=False)
+    steps = [r["step"] for r in read_metrics(tmp_path, "evolve_r0", "evolve/best")]
+    assert steps == [0, 1, 2, 3]

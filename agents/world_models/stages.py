@@ -973,6 +973,7 @@ def judge_round(run: RunDir | str | os.PathLike, cfg: RunConfig, k: int, pool: C
         got = _play_round(run, j, seeds, pool, progress)
         rows.append(_rows(got[None], [file_digest(run.controller(j))], m_id)[0] | {"round": j})
         with RunLogger(run, "rounds") as logger:  # TensorBoard: the rounds' real means as they come
+            logger.resume_after(j - 1)  # a kill between this log and rounds.json's save logged round j already
             logger.scalars({"rounds/real_mean": rows[-1]["mean"], "rounds/real_se": rows[-1]["se"] or 0.0}, j)
         atomic_write_json(run.rounds_json, {"episodes": len(seeds), "max_steps": cfg.eval.max_steps, "seeds": seeds,
                                             "patience": cfg.rounds_patience,
