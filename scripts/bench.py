@@ -36,6 +36,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "dream_shrink": (["--run", "pretrained/doom_take_cover", "--rounds", "3"],
                      ["--run", "pretrained/doom_take_cover", "--popsize", "4", "--rollouts", "2", "--steps", "100",
                       "--rounds", "1"]),
+    "m_train": (["--rounds", "3"], ["--episodes", "20", "--mean-length", "100", "--hidden", "64", "--batches", "10",
+                                     "--steps", "3", "--rounds", "1"]),
     "sequence": (["--repeats", "5"], ["--repeats", "1", "--batch", "2", "--block", "16", "--dreams", "64",
                                       "--dream-steps", "5"]),
 }
@@ -142,6 +144,17 @@ def render(results: dict[str, dict]) -> str:
               f"ends {fmt(r['seconds_full_batch'], 1)} s, shrunk as they end (`DreamFitness(shrink=True)`, the "
               f"default) {fmt(r['seconds_shrink'], 1)} s: **{fmt(r['speedup'], 2)}x** (rounds: "
               + ", ".join(f"{x:.2f}x" for x in r["speedup_rounds"]) + f"; {r['machine']}).", ""]
+    r = results.get("m_train")
+    if r:
+        b, st = r["batch_ms"], r["step_ms"]
+        L += ["## M's training: latent episodes kept in memory", "", f"Command: `{r['_command']}`", "",
+              f"- {r['episodes']} episodes of random latents (z {r['z']}, mean length {r['mean_length']}, "
+              f"{fmt(r['cached_mb'], 0)} MB in memory), batches of {r['batch']} windows of {r['seq_len']} "
+              f"(`mdrnn_batches`): from disk each pass {fmt(b['disk'], 1)} ms a batch, kept in memory after the first "
+              f"(`M_CACHE_BYTES`, the pipeline's default) {fmt(b['cached'], 1)} ms: **{fmt(r['batch_speedup'], 1)}x**.",
+              f"- Whole training steps of an MDN-RNN with an LSTM of {r['hidden']} ({r['threads']} threads): "
+              f"{fmt(st['disk'], 0)} ms vs {fmt(st['cached'], 0)} ms: **{fmt(r['step_speedup'], 3)}x** (the LSTM's "
+              "matrix products are the rest of the step).", ""]
     r = results.get("sequence")
     if r:
         ms, tok = r["train_step_ms"], r["sample_tokens_per_s"]

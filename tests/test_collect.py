@@ -48,6 +48,31 @@ def test_stream_reader(tiny_data: Path) -> None:
     assert sum(b.shape[0] for b in loader) == m.num_steps + m.num_episodes
 
 
+def test_cached_sequences_are_the_same_windows_and_keep_to_their_budget(tiny_data: Path) -> None:
+    keys = ("actions", "rewards", "terminated")
+
+    def passes(stream: ShardStream, n: int = 3) -> list[list[dict[str, torch.Tensor]]]:
+        out = []
+        for epoch in range(n):
+            stream.set_epoch(epoch)
+            out.append(list(stream))
+        return out
+
+    plain = passes(ShardStream(tiny_data, mode="sequences", seq_len=32, seed=2, keys=keys))
+    cached_stream = ShardStream(tiny_data, mode="sequences", seq_len=32, seed=2, keys=keys, cache_bytes=1 << 30)
+    tight = ShardStream(tiny_data, mode="sequences", seq_len=32, seed=2, keys=keys, cache_bytes=5_000)  # room for 2 of the 6 episodes
+    for other in (passes(cached_stream), passes(tight)):
+        assert len(other) == len(plain) and plain[0] != [] and plain[0][0].keys() == other[0][0].keys()
+        for a, b in zip(plain, other, strict=True):
+            assert len(a) == len(b)
+            assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+    assert len(cached_stream._cache) == Manifest.open(tiny_data).num_episodes  # every episode, only its keys
+    assert all(set(ep) == set(keys) for ep in cached_stream._cache.values())
+    assert 0 < tight._cached <= 5_000 and len(tight._cache) < len(cached_stream._cache)
+    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+        ShardStream(tiny_data, mode="sequences", cache_bytes=-1)
+
+
 def test_same_seed_same_data_any_worker_count(tmp_path: Path, ray_session) -> None:
     a = collect("car_racing", tmp_path / "a", 3, workers=0, seed=5, env_kwargs=SHORT, progress=False)
     b = collect("car_racing", tmp_path / "b", 3, workers=2, seed=5, env_kwargs=SHORT, progress=False)
@@ -192,3 +217,24 @@ def test_a_missing_or_damaged_shard_is_collected_again(tmp_path: Path) -> None:
     assert sorted(m.episodes) == [0, 1, 2]
     # the same seeds play the same episodes: the very bytes come back
     assert all((out / m.episodes[i]["file"]).read_bytes() == original[i] for i in range(3))
+
+
+def test_the_m_training_benchmark_times_both_streams(tmp_path: Path) -> None:
+    """benchmarks/m_train.py: batches and training steps from disk and cached, the figures in its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/m_train.py", "--episodes", "12", "--mean-length", "80", "--hidden",
+                          "16", "--z", "8", "--batch", "4", "--seq-len", "16", "--batches", "5", "--steps", "2",
+                          "--rounds", "1", "--threads", "1", "--json", str(tmp_path / "m.json")],
+                         cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert set(res["batch_ms"]) == set(res["step_ms"]) == {"disk", "cached"}
+    assert all(v > 0 for v in (*res["batch_ms"].values(), *res["step_ms"].values()))
+    assert 0 < res["cached_mb"] < 1 and res["batch_speedup"] > 0 and "M's batches" in out.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/m_train.py", "--episodes", "0"], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "every size must be >= 1" in bad.stderr

@@ -204,6 +204,10 @@ def vae_batches(data_dir: Path, episodes: list[int], batch_size: int, shuffle_sh
     return DataLoader(stream, batch_size=batch_size // world_size, drop_last=True, num_workers=num_workers)
 
 
+M_CACHE_BYTES = 1 << 30
+"""the latent episodes M's batches keep in memory after their first pass (1 GiB: every default run's)."""
+
+
 def mdrnn_batches(latents_dir: Path, episodes: list[int], batch_size: int, seq_len: int, seed: int,
                   num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
     """M's training batches: latent windows of ``seq_len`` steps streamed from the latent shards.
@@ -212,7 +216,8 @@ def mdrnn_batches(latents_dir: Path, episodes: list[int], batch_size: int, seq_l
     batches of ``batch_size // world_size``.
     """
     stream = ShardStream(latents_dir, mode="sequences", episodes=episodes[rank::world_size],
-                         seq_len=seq_len, seed=seed, keys=("mu", "logvar", "actions", "rewards", "terminated"))
+                         seq_len=seq_len, seed=seed, keys=("mu", "logvar", "actions", "rewards", "terminated"),
+                         cache_bytes=M_CACHE_BYTES)
     return DataLoader(stream, batch_size=batch_size // world_size, num_workers=num_workers)
 
 
