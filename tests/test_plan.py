@@ -93,7 +93,7 @@ def test_resume_line_says_what_was_found_and_what_is_left(old_run: RunDir) -> No
 
 def test_a_resumed_run_s_eta_starts_from_the_pace_its_stages_json_recorded(old_run: RunDir) -> None:
     # a population this large makes the finished rounds' evolutions minutes of the cost model
-    cfg = override(RunConfig.load(old_run), ["cma.popsize=512", "cma.rollouts=64", "cma.generations=40"])
+    cfg = override(RunConfig.load(old_run), ["cma.popsize=4096", "cma.rollouts=256", "cma.generations=40"])
     guess = RunPlan(old_run, cfg)
     done = [s for s in guess.stages if s.done]
     assert guess.remaining_s() > 0 and sum(s.whole_s for s in done) > 60  # the probe episodes are left
@@ -105,6 +105,28 @@ def test_a_resumed_run_s_eta_starts_from_the_pace_its_stages_json_recorded(old_r
     paced = RunPlan(old_run, cfg)
     assert paced.remaining_s() == pytest.approx(10 * guess.remaining_s(), rel=1e-6)
     assert "about 10 min of work" in paced.resume_line()  # the probes' 60 s, at the recorded pace
+
+
+def test_each_kind_of_stage_keeps_its_own_pace(old_run: RunDir) -> None:
+    from agents.world_models.plan import stage_kind
+
+    assert [stage_kind(k) for k in ("memory_r3", "evolve_r12", "judge_r0", "probes", "evaluate_finetuned")] == \
+        ["memory", "evolve", "judge", "probes", "evaluate_finetuned"]
+    cfg = override(RunConfig.load(old_run), ["cma.popsize=4096", "cma.rollouts=256", "cma.generations=40"])
+    guess = RunPlan(old_run, cfg)
+    done = {s.key: s for s in guess.stages if s.done}
+    assert done["evolve_r0"].whole_s > 30 and "probes" not in done
+    slow = {"evolve": 5.0}  # the dream ran 5x slower than its base rate, every other stage 2x
+    rows = [{"key": k, "title": s.title, "seconds": slow.get(stage_kind(k), 2.0) * s.whole_s,
+             "finished": "2026-12-06 00:00:00"} for k, s in done.items() if 2 * s.whole_s > 5]
+    old_run.stages_json.write_text(json.dumps({"stages": rows}))
+    paced = RunPlan(old_run, cfg)
+    assert paced.pace("evolve_r1") == pytest.approx(5.0) and paced.pace("evolve_r0") == pytest.approx(5.0)
+    actual = sum(r["seconds"] for r in rows)
+    est = sum(done[r["key"]].whole_s for r in rows)
+    assert paced.pace("probes") == pytest.approx(actual / est)  # no probes run yet: the pace of every stage so far
+    left = [s for s in paced.stages if not s.done]
+    assert paced.remaining_s() == pytest.approx(sum(paced.pace(s.key) * s.estimate_s for s in left))
 
 
 def test_each_stage_says_its_number_and_records_its_wall_time(tmp_path: Path) -> None:
@@ -279,3 +301,17 @@ def test_a_round_not_collected_yet_is_not_encoded(old_run: RunDir) -> None:
     status = {s.key: s for s in plan.stages}
     assert status["encode_r1"].done and not status["collect_r2"].done
     assert not status["encode_r2"].done and not status["encode_r3"].done
+
+
+def test_a_kind_of_stage_learns_its_pace_apart_from_the_others(tmp_path: Path) -> None:
+    cfg = preset("default", "doom_take_cover")
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    plan = RunPlan(run, cfg, say=lambda _: None)
+    est = {s.key: s.estimate_s for s in plan.stages}
+    before = plan.remaining_s()
+    plan._learn("memory_r0", 2 * est["memory_r0"], est["memory_r0"])  # M ran 2x its base rate, the dream 5x
+    plan._learn("evolve_r0", 5 * est["evolve_r0"], est["evolve_r0"])
+    assert plan.pace("memory_r3") == pytest.approx(2.0) and plan.pace("evolve_r6") == pytest.approx(5.0)
+    assert 2.0 < plan.pace("judge_r2") < 5.0  # a kind not run yet: the pace of every stage so far
+    assert plan.remaining_s() > 2 * before

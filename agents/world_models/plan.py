@@ -42,10 +42,15 @@ CONTROLLER_STEPS_S = {"car_racing": 70.0, "doom_take_cover": 300.0}
 V_FRAMES_S = 400.0
 """V's training frames per second (fp32 ConvVAE)."""
 ENCODE_FRAMES_S = 2500.0
-M_LATENT_STEPS_S = 30_000.0
-"""M's training latent steps (batch x window) per second with an LSTM of 256 (scaled by size)."""
-DREAM_STEPS_S = 70_000.0
-"""dream steps per second of CMA-ES's batched dream with an LSTM of 256 (scaled by size)."""
+M_LATENT_STEPS_S = {"car_racing": 30_000.0, "doom_take_cover": 11_500.0}
+"""M's training latent steps (batch x window) per second at the task's LSTM size (CarRacing 256,
+Doom 512: 3,000 steps of 32 x 64 in ~9 min, session 36); another size scales it by the square of
+the size ratio (an LSTM's and its head's work grow about so), an unknown task is CarRacing's."""
+DREAM_STEPS_S = {"car_racing": 70_000.0, "doom_take_cover": 7_000.0}
+"""dream steps per second of CMA-ES's batched dream at the task's LSTM size, counted as the
+population's dreams times their typical length: for Doom an effective rate (the round-0 search of
+the default, 50 generations of 32 x 8, took 12.7 min on the 2 cores in session 36: an LSTM 512, and
+dreams that grow far past the data's typical 400 steps as C learns to survive them)."""
 CUDA_SPEEDUP = 10.0
 """how much faster training and the dream run on a GPU (the real game does not)."""
 MEMBER_STEP_COST = 0.67
@@ -91,13 +96,15 @@ class RunPlan:
                                    else None)
         """with ``rounds_patience``, the rounds the estimates count while the rounds may still stop
         early (their lines say "if all N rounds run"); None once that is settled."""
-        self._actual = 0.0  # seconds of the stages that worked (here, or before a resume, stages.json) ...
-        self._estimated = 0.0  # ... and what the model said they would take
+        # seconds of the stages that worked (here, or before a resume, stages.json) and what the model said
+        # they would take, per kind of stage (collect, vision, encode, memory, evolve, judge, evaluate, ...):
+        # each kind keeps its own pace (a dream 5x slower than the base rate says nothing about M's training)
+        self._actual: dict[str, float] = {}
+        self._estimated: dict[str, float] = {}
         for t in stage_times(run):  # a resumed run's pace starts from its earlier processes' finished stages
             i = self.index.get(t.get("key"))
             if i is not None and self.stages[i].done and t.get("finished") and float(t["seconds"]) > 5:
-                self._actual += float(t["seconds"])
-                self._estimated += self.stages[i].whole_s
+                self._learn(self.stages[i].key, float(t["seconds"]), self.stages[i].whole_s)
 
     def stop_after(self, k: int) -> None:
         """The rounds stopped after round ``k`` (``rounds_patience``): later rounds' stages are dropped."""
@@ -118,11 +125,25 @@ class RunPlan:
     def __len__(self) -> int:
         return len(self.stages)
 
+    def _learn(self, key: str, actual_s: float, estimated_s: float) -> None:
+        kind = stage_kind(key)
+        self._actual[kind] = self._actual.get(kind, 0.0) + actual_s
+        self._estimated[kind] = self._estimated.get(kind, 0.0) + estimated_s
+
+    def pace(self, key: str) -> float:
+        """How much longer than the model's estimate stage ``key`` should take: the pace its kind of
+        stage has run at (once 30 s of that kind's estimates have run), else the pace of every stage
+        so far (once a minute has run), else 1."""
+        kind = stage_kind(key)
+        if self._estimated.get(kind, 0.0) > 30:
+            return self._actual[kind] / self._estimated[kind]
+        est = sum(self._estimated.values())
+        return sum(self._actual.values()) / est if est > 60 else 1.0
+
     def remaining_s(self, after: int = -1) -> float:
-        """Estimated seconds of the unfinished stages after index ``after``, scaled by the pace so far
-        (once more than a minute of the model's estimates has run)."""
-        pace = self._actual / self._estimated if self._estimated > 60 else 1.0
-        return pace * sum(s.estimate_s for s in self.stages[after + 1:] if not s.done)
+        """Estimated seconds of the unfinished stages after index ``after``, each scaled by its pace
+        (:meth:`pace`)."""
+        return sum(self.pace(s.key) * s.estimate_s for s in self.stages[after + 1:] if not s.done)
 
     def resume_line(self) -> str | None:
         """What an earlier run left, or None for a fresh run folder."""
@@ -174,9 +195,21 @@ class RunPlan:
             self.say(f"stage {i + 1}/{len(self)} done in {_minutes(dt)}")
             _record(self.run, s, dt)
         if dt > 5:  # the pace learns from stages that worked, not from ones found finished
-            self._actual += dt
-            self._estimated += s.estimate_s
+            self._learn(s.key, dt, s.estimate_s)
         s.done = True
+
+
+def _size_cost(task: str, hidden: int, task_hidden: int) -> float:
+    """How much dearer M's step is at LSTM size ``hidden`` than at the size its rates were measured
+    at (the task's own; CarRacing's 256 for a task without rates): the square of the ratio."""
+    ref = task_hidden if task in M_LATENT_STEPS_S else 256
+    return (hidden / ref) ** 2
+
+
+def stage_kind(key: str) -> str:
+    """A stage key's kind: ``memory_r3`` -> ``memory``; keys without a round are their own kind."""
+    head, _, tail = key.rpartition("_r")
+    return head if head and tail.isdigit() else key
 
 
 def _clock(seconds_from_now: float) -> str:
@@ -223,7 +256,7 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     spec = get_task(cfg.task)
     c = cfg.collect
     gpu = CUDA_SPEEDUP if cfg.device.startswith("cuda") else 1.0
-    size = cfg.mdrnn.hidden / 256
+    size = _size_cost(cfg.task, cfg.mdrnn.hidden, spec.rnn_hidden)
     typical = TYPICAL_LENGTH.get(cfg.task, spec.max_episode_steps)
     collect_len = min(c.max_steps or spec.max_episode_steps, typical)
     eval_len = min(cfg.eval.max_steps or spec.max_episode_steps, typical)
@@ -264,10 +297,11 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
         out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
-                           / M_LATENT_STEPS_S / gpu, finished))
+                           / M_LATENT_STEPS_S.get(cfg.task, M_LATENT_STEPS_S["car_racing"]) / gpu, finished))
         g = cfg.round_generations(k)
         if cfg.train_in == "dream":
-            cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / DREAM_STEPS_S / gpu
+            cost = (g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size
+                    / DREAM_STEPS_S.get(cfg.task, DREAM_STEPS_S["car_racing"]) / gpu)
             e = cfg.ensemble
             if steps_every_member(e.members, e.member_mode, e.disagreement_penalty, e.done_mode):
                 # every member's whole head only with a penalty; else the others' LSTM cell and done logit
