@@ -69,6 +69,10 @@ def test_cached_sequences_are_the_same_windows_and_keep_to_their_budget(tiny_dat
     assert len(cached_stream._cache) == Manifest.open(tiny_data).num_episodes  # every episode, only its keys
     assert all(set(ep) == set(keys) for ep in cached_stream._cache.values())
     assert 0 < tight._cached <= 5_000 and len(tight._cache) < len(cached_stream._cache)
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(cached_stream))  # what a spawned loader worker gets: no cache to ship
+    assert copy._cache == {} and copy._cached == 0 and copy.cache_bytes == cached_stream.cache_bytes
     with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
         ShardStream(tiny_data, mode="sequences", cache_bytes=-1)
 

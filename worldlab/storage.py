@@ -247,6 +247,9 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __getstate__(self) -> dict[str, Any]:  # a copy sent to a loader worker starts with an empty cache
+        return {**self.__dict__, "_cache": {}, "_cached": 0}
+
     def __len__(self) -> int:
         if self.mode == "frames":
             return sum(n + 1 for n in self.lengths)
