@@ -294,7 +294,6 @@ class ShardStream(IterableDataset):
             for t0 in starts:
                 yield _window(ep, t0, L, self.keys)
 
-
     def _episode(self, path: Path, sha256: str) -> dict[str, np.ndarray]:
         """One episode's arrays (``keys`` and the rewards that give its length), from the cache
         when it holds them; kept there while the cache has room."""

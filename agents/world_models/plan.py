@@ -257,6 +257,8 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     c = cfg.collect
     gpu = CUDA_SPEEDUP if cfg.device.startswith("cuda") else 1.0
     size = _size_cost(cfg.task, cfg.mdrnn.hidden, spec.rnn_hidden)
+    m_rate = M_LATENT_STEPS_S.get(cfg.task, M_LATENT_STEPS_S["car_racing"])
+    dream_rate = DREAM_STEPS_S.get(cfg.task, DREAM_STEPS_S["car_racing"])
     typical = TYPICAL_LENGTH.get(cfg.task, spec.max_episode_steps)
     collect_len = min(c.max_steps or spec.max_episode_steps, typical)
     eval_len = min(cfg.eval.max_steps or spec.max_episode_steps, typical)
@@ -297,11 +299,10 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
         m_steps = memory_steps(cfg, k) - (memory_steps(cfg, k - 1) if k > 0 and cfg.finetune_m else 0)
         members = cfg.ensemble.members
         out.append(_memory(run, found, cfg, k, m_steps * cfg.mdrnn_batch * cfg.seq_len * members * size
-                           / M_LATENT_STEPS_S.get(cfg.task, M_LATENT_STEPS_S["car_racing"]) / gpu, finished))
+                           / m_rate / gpu, finished))
         g = cfg.round_generations(k)
         if cfg.train_in == "dream":
-            cost = (g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size
-                    / DREAM_STEPS_S.get(cfg.task, DREAM_STEPS_S["car_racing"]) / gpu)
+            cost = g * cfg.cma.popsize * cfg.cma.rollouts * dream_len * size / dream_rate / gpu
             e = cfg.ensemble
             if steps_every_member(e.members, e.member_mode, e.disagreement_penalty, e.done_mode):
                 # every member's whole head only with a penalty; else the others' LSTM cell and done logit
