@@ -145,7 +145,7 @@ def replay(dim: int, cfg: CMAConfig, state: EvolutionState, x0: np.ndarray | Non
 
 def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | None = None,
            logger: RunLogger | None = None, progress: bool = True, desc: str = "evolve",
-           on_generation: Callable[[int, np.ndarray, float], None] | None = None,
+           on_generation: Callable[[int, np.ndarray, float, np.ndarray], None] | None = None,
            x0: np.ndarray | None = None, hook_before_save: bool = False) -> EvolutionState:
     """Run CMA-ES up to ``cfg.generations`` generations, resuming from ``state_path`` if present.
 
@@ -154,8 +154,9 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
 
     Logs ``evolve/best``, ``evolve/mean``, ``evolve/worst`` (returns of the generation's
     candidates), ``evolve/sigma`` and ``evolve/seconds`` per generation. ``on_generation(g, best,
-    best_fitness)`` is called after each generation with its best candidate (D,) and that
-    candidate's fitness (e.g. to play it in the real game and log the dream-vs-real gap): after
+    best_fitness, mean)`` is called after each generation with its best candidate (D,), that
+    candidate's fitness and the search's mean after the generation (D,: what the search would hand
+    back if it stopped there; e.g. to play both in the real game and log the dream-vs-real gap): after
     the generation's state is saved (a hook that fails loses no generation), or, with
     ``hook_before_save``, before it (a hook that changes the fitness of the generations after it,
     like the dream's calibration: a kill before the save plays the generation and its hook again).
@@ -190,11 +191,11 @@ def evolve(fitness: Fitness, dim: int, cfg: CMAConfig, state_path: str | Path | 
             logger.scalars({f"{desc}/{k}": v for k, v in stats.items()}, g)
             logger.flush()
         if on_generation is not None and hook_before_save:
-            on_generation(g, X[i].copy(), float(fit[i]))
+            on_generation(g, X[i].copy(), float(fit[i]), state.mean_params.copy())
         if state_path is not None:
             state.save(state_path, cfg)
         if on_generation is not None and not hook_before_save:  # after the state is saved: a hook that fails loses no generation
-            on_generation(g, X[i].copy(), float(fit[i]))
+            on_generation(g, X[i].copy(), float(fit[i]), state.mean_params.copy())
         g += 1
         bar.update(1)
         bar.set_postfix(best=f"{stats['best']:.1f}", mean=f"{stats['mean']:.1f}", sigma=f"{es.sigma:.3g}")

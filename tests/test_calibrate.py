@@ -119,7 +119,7 @@ def test_a_hook_before_the_save_is_played_again_after_a_kill(tmp_path: Path) -> 
     def fitness(x: np.ndarray, g: int) -> np.ndarray:
         return -np.square(x).sum(axis=1)
 
-    def killed_at_1(g: int, best: np.ndarray, fit: float) -> None:
+    def killed_at_1(g: int, best: np.ndarray, fit: float, mean: np.ndarray) -> None:
         if g == 1:
             raise KeyboardInterrupt
 
@@ -130,7 +130,7 @@ def test_a_hook_before_the_save_is_played_again_after_a_kill(tmp_path: Path) -> 
         assert len(EvolutionState.load(path, cfg, 5).fitness) == held
     seen: list[int] = []
     done = evolve(fitness, 5, cfg, tmp_path / "cma_True.npz", progress=False, hook_before_save=True,
-                  on_generation=lambda g, b, f: seen.append(g))
+                  on_generation=lambda g, b, f, m: seen.append(g))
     assert seen == [1, 2] and len(done.fitness) == 3
     whole = evolve(fitness, 5, cfg, None, progress=False)
     assert np.array_equal(done.mean_params, whole.mean_params)

@@ -91,7 +91,7 @@ def test_evolution_killed_between_a_generations_log_and_its_save_logs_it_once(tm
     def fitness(X: np.ndarray, g: int) -> np.ndarray:
         return -np.sum(X ** 2, axis=1)
 
-    def kill(g: int, best: np.ndarray, fit: float) -> None:  # runs after the log, before the save
+    def kill(g: int, best: np.ndarray, fit: float, mean: np.ndarray) -> None:  # runs after the log, before the save
         if g == killed_in:
             raise KeyboardInterrupt
 

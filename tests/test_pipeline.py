@@ -86,6 +86,30 @@ def test_car_racing_smoke_end_to_end(smoke_run: tuple[Path, subprocess.Completed
     assert "## Environment" in report and "- worldlab commit " in report
 
 
+def test_the_gap_plays_the_search_s_mean_which_the_round_keeps(
+        smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """The last gap measurement's ``gap/real_mean`` is the final controller (the search's mean
+    after its last generation) played on the gap's episodes."""
+    from agents.fitness import GAP_GENERATION, RealPool, generation_seeds
+    from agents.world_models.runs import load_run
+
+    out, _ = smoke_run
+    cfg, wm, ccfg, params = load_run(out)
+    last = cfg.cma.generations - 1
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [m["value"] for m in metrics if m["name"] == "gap/real_mean" and m["step"] == last]
+    pool = RealPool(cfg.task, wm, ccfg, 1, {"max_episode_steps": cfg.eval.max_steps} if cfg.eval.max_steps else {},
+                    backend="processes")
+    try:
+        seeds = generation_seeds(cfg.cma.seed, GAP_GENERATION + last, cfg.eval.gap_episodes)
+        real = float(np.mean([r["return"] for r in pool.play([(params, s) for s in seeds])]))
+    finally:
+        pool.close()
+    assert logged and np.isclose(logged[-1], real)
+    report = (out / "report.md").read_text()
+    assert "| the mean, real |" in report and f"| {real:.1f} |" in report
+
+
 def test_rerun_resumes_without_redoing_work(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}

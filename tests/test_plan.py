@@ -54,8 +54,9 @@ def test_an_ensemble_s_estimate_counts_its_members(tmp_path: Path) -> None:
     plain = RunPlan(RunDir(tmp_path / "fresh"), gaps).stages
     calib = RunPlan(RunDir(tmp_path / "fresh"), override(gaps, ["dream.done_calibrate=2"])).stages
     d = {s.key: s.estimate_s for s in calib}["evolve_r0"] - {s.key: s.estimate_s for s in plain}["evolve_r0"]
-    g = {s.key: s.estimate_s for s in plain}["evolve_r0"] - one["evolve_r0"]  # six measurements (10, ..., 50, last)
-    assert d == pytest.approx(g / 6)
+    # six measurements (10, ..., 50, last), each the best candidate's and the search's mean's episodes
+    g = {s.key: s.estimate_s for s in plain}["evolve_r0"] - one["evolve_r0"]
+    assert d == pytest.approx(g / 12)
 
 
 def test_a_plan_with_the_rounds_patience_says_its_estimate_counts_every_round(tmp_path: Path) -> None:

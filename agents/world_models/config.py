@@ -312,7 +312,9 @@ class EvalConfig:
     gap_every: int = 10
     """while C evolves in the dream, play each ``gap_every``-th generation's best candidate (and
     the last generation's) in ``gap_episodes`` real episodes and log its real score beside its
-    dream score (``gap/dream``, ``gap/real``): the exploitation gap, made visible. 0: off."""
+    dream score (``gap/dream``, ``gap/real``): the exploitation gap, made visible; the search's
+    mean after that generation (the controller the round keeps) plays the same episodes
+    (``gap/real_mean``). 0: off."""
     gap_episodes: int = 4
     """real episodes per gap measurement."""
     probes: bool = True

@@ -308,8 +308,8 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
                 # every member's whole head only with a penalty; else the others' LSTM cell and done logit
                 # (benchmarks/dream.py, Doom sizes, 3 members, done_mode=max: 2.34x one M's step)
                 cost *= e.members if e.disagreement_penalty > 0 else 1 + MEMBER_STEP_COST * (e.members - 1)
-            if cfg.eval.gap_every:  # and the calibration's measurement of the round's starting controller
-                measures = g // cfg.eval.gap_every + 1 + (1 if cfg.dream.done_calibrate else 0)
+            if cfg.eval.gap_every:  # the best and the mean, and the calibration's measurement of the
+                measures = 2 * (g // cfg.eval.gap_every + 1) + (1 if cfg.dream.done_calibrate else 0)  # start
                 cost += measures * cfg.eval.gap_episodes * eval_len / (ctrl_rate * workers)
             searches = cfg.round_restarts(k)
             cost *= searches  # every search costs the same

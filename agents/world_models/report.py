@@ -127,6 +127,10 @@ def plot_cma(run_dir: RunDir, out: Path, train_in: str = "dream") -> Path | None
         if real:
             ax.plot([r["generation"] + 1 for r in real], [r["real"] for r in real], "ks", ms=5,
                     label="best, in the real game")
+            means = [r for r in real if "real_mean" in r]
+            if means:
+                ax.plot([r["generation"] + 1 for r in means], [r["real_mean"] for r in means], "rD", ms=5,
+                        label="the search's mean, in the real game")
         real_game = stage == "finetune_real" or train_in == "real"
         ax.set_title(f"{stage}: CMA-ES in the {'real game' if real_game else 'dream'}", fontsize=10)
         ax.set_xlabel("generation")
@@ -227,18 +231,21 @@ def calibration_table(run_dir: RunDir) -> str:
 
 
 def gap_rows(run_dir: RunDir) -> list[dict[str, Any]]:
-    """The dream-vs-real gap measurements of every evolution stage: stage, generation, dream, real."""
+    """The dream-vs-real gap measurements of every evolution stage: stage, generation, dream, real
+    (the generation's best candidate) and, where it was measured, real_mean (the search's mean on
+    the same episodes)."""
     recs = read_metrics(run_dir)
     by: dict[tuple[str, int], dict[str, Any]] = {}
     for r in recs:
-        if r["name"] in ("gap/dream", "gap/real"):  # a resumed stage may log a generation twice: keep the last
+        if r["name"] in ("gap/dream", "gap/real", "gap/real_mean"):  # a resumed stage may log a generation twice: keep the last
             by.setdefault((r["stage"], r["step"]), {"stage": r["stage"], "generation": r["step"]})[
                 r["name"].split("/")[1]] = r["value"]
     return [v for _, v in sorted(by.items()) if "dream" in v and "real" in v]
 
 
 def plot_gap(run_dir: RunDir, out: Path) -> Path | None:
-    """Dream score vs real score of the best candidate, per measured generation and evolution stage."""
+    """Dream score vs real score of the best candidate, and the search's mean in the real game,
+    per measured generation and evolution stage."""
     rows = gap_rows(run_dir)
     if not rows:
         return None
@@ -255,7 +262,10 @@ def plot_gap(run_dir: RunDir, out: Path) -> Path | None:
         gens = [r["generation"] + 1 for r in rs]
         ax.plot(gens, [r["dream"] for r in rs], "o-", label="in the dream")
         ax.plot(gens, [r["real"] for r in rs], "s-", label="in the real game")
-        ax.set_title(f"{stage}: the best candidate")
+        means = [(g, r["real_mean"]) for g, r in zip(gens, rs, strict=True) if "real_mean" in r]
+        if means:
+            ax.plot(*zip(*means, strict=True), "D--", label="the search's mean, in the real game")
+        ax.set_title(f"{stage}: the best candidate" + (" and the mean" if means else ""))
         ax.set_xlabel("generation")
         ax.set_ylabel("return")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -533,10 +543,14 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
     if gap and plot_gap(run_dir, figs / "gap.png"):
         lines += ["## Dream vs real", "", "Every few generations the best candidate (selected on its dream score) "
                   "also played a few real episodes: where the dream score runs ahead of the real one, the controller "
-                  "is learning M's mistakes.", "", f"![gap]({figs.name}/gap.png)", "",
-                  "| stage | generation | dream | real | dream - real |", "|---|---|---|---|---|"]
+                  "is learning M's mistakes. The search's mean after that generation (what the round keeps if it "
+                  "ends there) played the same episodes.", "", f"![gap]({figs.name}/gap.png)", "",
+                  "| stage | generation | best, dream | best, real | dream - real | the mean, real |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
-                  f"{r['dream'] - r['real']:.1f} |" for r in gap]
+                  f"{r['dream'] - r['real']:.1f} | {r['real_mean']:.1f} |" if "real_mean" in r else
+                  f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
+                  f"{r['dream'] - r['real']:.1f} | |" for r in gap]
         lines += [""]
     calib = calibration_table(run_dir)
     if calib:

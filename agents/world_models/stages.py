@@ -822,22 +822,29 @@ class DoneCalibration:
 
 
 def _log_gap(cfg: RunConfig, pool: Callable[[], RealPool], logger: RunLogger, seed: int, generations: int,
-             calib: DoneCalibration | None, g: int, best: np.ndarray, dream_score: float) -> None:
+             calib: DoneCalibration | None, g: int, best: np.ndarray, dream_score: float, mean: np.ndarray) -> None:
     """Every ``eval.gap_every``-th generation (and the last): its best candidate in
-    ``eval.gap_episodes`` real episodes, logged beside the dream score it was selected on (with
-    ``calib``, the same episodes calibrate the dream: ``calibrate/*``)."""
+    ``eval.gap_episodes`` real episodes, logged beside the dream score it was selected on
+    (``gap/dream``, ``gap/real``), and the search's mean after it, the controller the round keeps,
+    on the same episodes (``gap/real_mean``: the best candidate is what the dream overpays most,
+    the mean is what the pipeline ships). With ``calib``, the best's episodes calibrate the dream
+    (``calibrate/*``)."""
     if (g + 1) % cfg.eval.gap_every and g + 1 != generations:
         return
+    seeds = generation_seeds(seed, GAP_GENERATION + g, cfg.eval.gap_episodes)
     if calib is not None:
         real = calib.measure(g, best)
         last = calib.entries[-1]
         logger.scalars({"calibrate/done_bias": last["bias"], "calibrate/ends_real": last["ended"],
                         "calibrate/ends_expected_m": last["expected_m"],
                         "calibrate/ends_expected_before": last["expected_before"]}, g)
-    else:
-        seeds = generation_seeds(seed, GAP_GENERATION + g, cfg.eval.gap_episodes)
-        real = float(np.mean([r["return"] for r in pool().play([(best, s) for s in seeds])]))
-    logger.scalars({"gap/dream": dream_score, "gap/real": real, "gap/dream_minus_real": dream_score - real}, g)
+        real_mean = float(np.mean([r["return"] for r in pool().play([(mean, s) for s in seeds])]))
+    else:  # both controllers' episodes in one call: the workers play them side by side
+        eps = pool().play([(best, s) for s in seeds] + [(mean, s) for s in seeds])
+        rets = [r["return"] for r in eps]
+        real, real_mean = float(np.mean(rets[:len(seeds)])), float(np.mean(rets[len(seeds):]))
+    logger.scalars({"gap/dream": dream_score, "gap/real": real, "gap/dream_minus_real": dream_score - real,
+                    "gap/real_mean": real_mean}, g)
     logger.flush()
 
 
