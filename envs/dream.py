@@ -250,6 +250,12 @@ class _DreamCore:
         self.t = self.t.index_select(0, rows.to(self.device))
         self.dream_step, self.n = step, len(at)
 
+    def restore(self, step: DreamStep, rngs: list[np.random.Generator]) -> None:
+        """Go back to ``step``'s whole batch (the one :meth:`adopt` left) with its generators, the
+        time of every dream at 0: all of them restart next."""
+        self.dream_step, self.n, self.rngs = step, int(step.num_envs), rngs
+        self.t = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+
     def step(self, actions: torch.Tensor, clip: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of every dream: (reward (N,), terminated (N,), truncated (N,)) as torch tensors.
@@ -486,9 +492,7 @@ class DreamVectorEnv(VectorEnv):
         if rows is None and self._full is not None:  # every sub-env again: the full batch back
             n, step, rngs = self._full
             self._full = None
-            core = self._core
-            core.dream_step, core.n, core.rngs = step, n, rngs
-            core.t = torch.zeros(n, dtype=torch.int64, device=self.device)
+            self._core.restore(step, rngs)
             self._set_size(n)
         if seed is not None:
             seeds = [int(seed) + i for i in range(self.num_envs)] if np.isscalar(seed) else [int(s) for s in seed]
