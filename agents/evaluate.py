@@ -38,14 +38,15 @@ def episode_limit(task: str, max_steps: int | None = None) -> int | None:
 
 def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, episodes: int = 100,
              workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
-             backend: str = "ray", progress: bool = False) -> dict[str, Any]:
+             backend: str = "ray", progress: bool = False, seeds: list[int] | None = None) -> dict[str, Any]:
     """Play ``episodes`` real episodes of ``task`` with the controller ``params`` acting on [z, h]
-    through ``wm``; returns :func:`summarize_returns` plus the seeds and episode lengths.
+    through ``wm`` (or the episodes ``seeds``, whatever ``episodes`` and ``seed`` say: e.g. another
+    evaluation's, to pair with it); returns :func:`summarize_returns` plus the seeds and episode lengths.
     ``progress``: a bar counts the finished episodes."""
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
     pool = RealPool(task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:
-        seeds = generation_seeds(seed, EVAL_GENERATION, episodes)
+        seeds = [int(s) for s in seeds] if seeds is not None else generation_seeds(seed, EVAL_GENERATION, episodes)
         res = pool.play([(params, s) for s in seeds], progress="evaluate" if progress else None)
     finally:
         pool.close()

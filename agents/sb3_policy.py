@@ -154,16 +154,17 @@ class SB3EvalWorker:
 
 def evaluate_sb3(task: str, wm: WorldModel, policy: str | Path, algo: str = "auto", episodes: int = 100,
                  workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
-                 backend: str = "ray") -> dict[str, Any]:
+                 backend: str = "ray", seeds: list[int] | None = None) -> dict[str, Any]:
     """Play ``episodes`` real episodes of ``task`` with the SB3 policy saved at ``policy``, acting on
-    ``[z, h]`` through ``wm``, on the seeds :func:`agents.evaluate.evaluate` scores a controller on;
+    ``[z, h]`` through ``wm``, on the seeds :func:`agents.evaluate.evaluate` scores a controller on
+    (or the episodes ``seeds``, whatever ``episodes`` and ``seed`` say);
     ``workers=0`` plays them in this process. Returns :func:`summarize_returns` plus the seeds,
     episode lengths, the policy's path and its algorithm."""
     model = load_sb3(policy, algo)
     check_fits(model, wm, str(policy))
     algo = type(model).__name__
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
-    seeds = generation_seeds(seed, EVAL_GENERATION, episodes)
+    seeds = [int(s) for s in seeds] if seeds is not None else generation_seeds(seed, EVAL_GENERATION, episodes)
     with WorkerPool(SB3EvalWorker, (task, env_kwargs), workers=workers, backend=backend, address=address,
                     ray_options={"num_cpus": 1, "max_restarts": -1, "max_task_retries": -1}) as pool:
         wm_ref = pool.put(wm.cpu())

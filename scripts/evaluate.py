@@ -3,6 +3,8 @@ in its dream (it plays on [z, h]: V encodes each frame, M's LSTM carries h).
 
     python scripts/evaluate.py runs/car_racing --episodes 100 --workers 2
     python scripts/evaluate.py runs/car_racing --sb3 ppo_dream.zip          # algorithm read from the zip
+    python scripts/evaluate.py RUN --controller C.npz --episodes-of RUN/selection.json --json C.json
+        # the episodes another file played (its seeds and limit): compare_evals.py pairs the two
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller", default=None,
                    help="score this controller file instead of RUN/checkpoints/controller.npz "
                         "(e.g. RUN/tau_sweep/tau_1.3/controller.npz)")
+    p.add_argument("--episodes-of", default=None, metavar="JSON",
+                   help="play the episodes this evaluation JSON, selection.json or rounds.json played (its seeds and "
+                        "episode limit; --episodes and --seed are then ignored)")
     add_sb3_arguments(p, "score")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate_run(args.run, args.episodes, args.workers, seed=args.seed, max_steps=args.max_steps,
                                address=args.address, backend=args.backend,
                                controller=args.controller, sb3=args.sb3, sb3_algo=args.sb3_algo,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, episodes_of=args.episodes_of)
         except (ValueError, FileNotFoundError, ConnectionError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

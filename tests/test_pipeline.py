@@ -152,6 +152,16 @@ def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess
     r = run("evaluate.py", str(out), "--episodes", "1", "--workers", "1", "--max-steps", "20",
             "--controller", str(out / "checkpoints" / "controller_r0.npz"))
     assert "over 1 episodes" in r.stdout.strip().splitlines()[-1]
+    # the episodes the pipeline's evaluation played, again: the same returns, episode by episode
+    run("evaluate.py", str(out), "--episodes-of", str(out / "eval.json"), "--json", str(tmp_path / "again.json"),
+        "--no-progress")
+    again, ev = (json.loads(p.read_text()) for p in (tmp_path / "again.json", out / "eval.json"))
+    assert again["seeds"] == ev["seeds"] and again["returns"] == ev["returns"] and again["max_steps"] == 120
+    r = run("evaluate.py", str(out), "--episodes-of", str(out / "eval.json"), "--max-steps", "50", check=False)
+    assert r.returncode == 2 and "differs from the episodes' limit" in r.stderr
+    (tmp_path / "no_seeds.json").write_text(json.dumps({"mean": 3.0}))
+    r = run("evaluate.py", str(out), "--episodes-of", str(tmp_path / "no_seeds.json"), check=False)
+    assert r.returncode == 2 and "no list of episode seeds in it" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("evaluate.py", str(out), "--controller", str(out / "nothing.npz"), check=False)
     assert r.returncode == 2 and "nothing.npz does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -372,6 +382,8 @@ def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.Completed
     ("dream_train.py", ["car_racing", "--set", "cma.popsiz=3"], "error: unknown config key 'cma.popsiz'"),
     ("watch.py", ["/nonexistent/run", "--record", "x.mp4"], "error: run folder /nonexistent/run does not exist"),
     ("evaluate.py", ["/nonexistent/run"], "error: run folder /nonexistent/run does not exist"),
+    ("evaluate.py", ["/nonexistent/run", "--episodes-of", "/nonexistent/e.json"],
+     "error: --episodes-of /nonexistent/e.json: cannot read it as JSON"),
 ])
 def test_bad_input_gives_one_line(script: str, args: list[str], message: str) -> None:
     r = run(script, *args, check=False)

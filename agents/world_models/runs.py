@@ -47,8 +47,11 @@ def load_run(run_dir: str | Path | RunDir, controller: str | Path | None = None
 def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int = 2, seed: int = 12345,
                  max_steps: int | None = None, address: str | None = None, backend: str = "ray",
                  controller: str | Path | None = None, sb3: str | Path | None = None,
-                 sb3_algo: str = "auto", sound: bool = False, progress: bool = False) -> dict[str, Any]:
+                 sb3_algo: str = "auto", sound: bool = False, progress: bool = False,
+                 episodes_of: str | Path | None = None) -> dict[str, Any]:
     """Score a run's controller in ``episodes`` real episodes (see :func:`agents.evaluate.evaluate`),
+    or in the episodes of ``episodes_of`` (an evaluation's JSON, ``selection.json`` or
+    ``rounds.json``: the same seeds and episode limit, so the two pair episode by episode),
     or, with ``sb3``, a Stable-Baselines3 policy trained in its dream on ``[z, h]`` (saved zip of
     algorithm ``sb3_algo``; see :func:`agents.sb3_policy.evaluate_sb3`). The result also holds
     ``max_steps``, the episode limit used. ``progress``: a bar counts the controller's finished episodes."""
@@ -56,18 +59,45 @@ def evaluate_run(run_dir: str | Path | RunDir, episodes: int = 100, workers: int
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
+    seeds = None
+    if episodes_of is not None:
+        seeds, limit = episodes_of_json(episodes_of)
+        if max_steps is not None and max_steps != limit:
+            raise ValueError(f"--max-steps {max_steps} differs from the episodes' limit in {episodes_of} ({limit}); "
+                             f"leave --max-steps out to play them as they were played")
+        max_steps = limit
     if sb3 is not None:
         if controller is not None:
             raise ValueError("pass --controller or --sb3, not both")
         from agents.sb3_policy import evaluate_sb3
 
         cfg, wm = load_world_model(run_dir)
-        res = evaluate_sb3(cfg.task, wm, sb3, sb3_algo, episodes, workers, seed, max_steps, address, backend)
+        res = evaluate_sb3(cfg.task, wm, sb3, sb3_algo, episodes, workers, seed, max_steps, address, backend,
+                           seeds=seeds)
     else:
         cfg, wm, ccfg, params = load_run(run_dir, controller)
         res = evaluate(cfg.task, wm, ccfg, params, episodes, workers, seed, max_steps, address, backend,
-                       progress=progress)
+                       progress=progress, seeds=seeds)
     return {**res, "max_steps": episode_limit(cfg.task, max_steps)}
+
+
+def episodes_of_json(path: str | Path) -> tuple[list[int], int | None]:
+    """The episode seeds and the episode limit (``max_steps``, None: the task's) an evaluation JSON
+    (``scripts/evaluate.py --json``, a run's ``eval.json``), ``selection.json`` or ``rounds.json``
+    played, with a one-line error for a file that holds none."""
+    import json
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--episodes-of {path}: cannot read it as JSON ({type(e).__name__})") from None
+    seeds = d.get("seeds") if isinstance(d, dict) else None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"--episodes-of {path}: no list of episode seeds in it; give an eval.json, selection.json "
+                         f"or rounds.json, or a file written by scripts/evaluate.py --json")
+    limit = d.get("max_steps")
+    return seeds, (int(limit) if limit is not None else None)
 
 
 def watch_run(run_dir: str | Path | RunDir, mode: str = "both", episodes: int = 1, seed: int = 0,
