@@ -100,6 +100,8 @@ class DreamFitness:
         self.z_size = world_model.z_size
         self.last_base_returns: torch.Tensor | None = None
         """(P, R) returns of M's reward alone in the last call (equal to the fitness without a term)."""
+        self.last_lengths: torch.Tensor | None = None
+        """(P, R) int64: each dream's length in steps in the last call (shrunk or not)."""
 
     def set_done_bias(self, bias: float) -> None:
         """Dream from now on with ``bias`` added to every M's done logit (instead of the bias so
@@ -127,6 +129,7 @@ class DreamFitness:
         total = torch.zeros(P * R, device=self.device)
         base = total.clone() if self.reward_term is not None else total
         alive = torch.ones(P * R, dtype=torch.bool, device=self.device)  # per sub-env: a dream still counted
+        length = torch.zeros(P * R, dtype=torch.int64, device=self.device)  # per dream of the population
         dream = torch.arange(P * R, device=self.device)  # per sub-env: the population's dream it holds
         shrink = self.shrink and env.can_shrink
         for _ in range(self.max_steps):
@@ -136,6 +139,7 @@ class DreamFitness:
                 term = self.reward_term(obs[:, :self.z_size]).reshape(-1).to(reward)
                 reward = reward + self.term_scale * term
             total.index_add_(0, dream, reward * alive)
+            length.index_add_(0, dream, alive.long())
             alive &= ~(terminated | truncated)
             left = int(alive.sum())
             if not left:
@@ -155,6 +159,7 @@ class DreamFitness:
                 ctrl = each.select(torch.div(dream, R, rounding_mode="floor"))  # each row's candidate
                 alive = torch.arange(size, device=self.device) < left  # the copies are not counted
         self.last_base_returns = base.view(P, R)
+        self.last_lengths = length.view(P, R)
         return total.view(P, R)
 
     def __call__(self, params: np.ndarray, generation: int) -> np.ndarray:

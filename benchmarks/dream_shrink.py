@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
             t = time.perf_counter()
             fit.returns(params, r)
             seconds[name].append(time.perf_counter() - t)
-        # the dreams' lengths this round, counted apart from the timing (a third pass, full batch)
-        lens = dream_lengths(fits["full batch"], params, r)
+        # the dreams' lengths this round, as the full batch dreamt them
+        lens = fits["full batch"].last_lengths.cpu().numpy()
         lengths.append(float(lens.mean()))
         longest = max(longest, int(lens.max()))
     ratios = [f / s for f, s in zip(seconds["full batch"], seconds["shrink"], strict=True)]
@@ -102,28 +102,6 @@ def main(argv: list[str] | None = None) -> dict:
 
         atomic_write_json(a.json, out)
     return out
-
-
-@torch.inference_mode()
-def dream_lengths(fit: object, params: np.ndarray, generation: int) -> np.ndarray:
-    """Each dream's length in ``fit``'s dreams of generation ``generation`` (a full-batch pass)."""
-    from agents.controller import BatchedController
-    from agents.fitness import generation_seeds
-
-    P, R = params.shape[0], fit.rollouts
-    env = fit.env
-    ctrl = BatchedController(fit.cfg, params).repeat_interleave(R)
-    seeds = generation_seeds(fit.seed, generation, R)
-    obs = env.reset_torch(seed=[seeds[i % R] for i in range(P * R)])
-    alive = torch.ones(P * R, dtype=torch.bool)
-    length = torch.zeros(P * R, dtype=torch.int64)
-    for _ in range(fit.max_steps):
-        obs, _, term, trunc = env.step_torch(ctrl.act(obs))
-        length += alive
-        alive &= ~(term | trunc)
-        if not bool(alive.any()):
-            break
-    return length.numpy()
 
 
 if __name__ == "__main__":

@@ -816,6 +816,9 @@ def test_fitness_shrinks_as_dreams_end_with_the_same_returns(wm: WorldModel, kw:
     want, got = plain.returns(params, 3), shrunk.returns(params, 3)
     assert shrunk.env.num_envs < 32 and plain.env.num_envs == 32
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    # each dream's length, counted in either batch: the same, and where the returns say the dreams ended
+    assert torch.equal(shrunk.last_lengths, plain.last_lengths) and int(plain.last_lengths.max()) <= LIMIT
+    assert int(plain.last_lengths.min()) < LIMIT  # some ended before the limit
 
 
 def test_the_shrink_benchmark_times_both_batches_on_a_runs_ensemble(ens_run: Path, tmp_path: Path) -> None:
