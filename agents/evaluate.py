@@ -36,6 +36,12 @@ def episode_limit(task: str, max_steps: int | None = None) -> int | None:
         return None
 
 
+def episode_seeds(seed: int, episodes: int, seeds: list[int] | None = None) -> list[int]:
+    """The evaluation episodes' seeds: ``seeds`` when given (e.g. another evaluation's, to pair
+    with it), else ``episodes`` seeds of :data:`EVAL_GENERATION` from ``seed``."""
+    return [int(s) for s in seeds] if seeds is not None else generation_seeds(seed, EVAL_GENERATION, episodes)
+
+
 def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarray, episodes: int = 100,
              workers: int = 2, seed: int = 12345, max_steps: int | None = None, address: str | None = None,
              backend: str = "ray", progress: bool = False, seeds: list[int] | None = None) -> dict[str, Any]:
@@ -46,7 +52,7 @@ def evaluate(task: str, wm: WorldModel, ccfg: ControllerConfig, params: np.ndarr
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
     pool = RealPool(task, wm, ccfg, workers, env_kwargs, address, backend=backend)
     try:
-        seeds = [int(s) for s in seeds] if seeds is not None else generation_seeds(seed, EVAL_GENERATION, episodes)
+        seeds = episode_seeds(seed, episodes, seeds)
         res = pool.play([(params, s) for s in seeds], progress="evaluate" if progress else None)
     finally:
         pool.close()

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluate import summarize_returns
-from agents.fitness import EVAL_GENERATION, generation_seeds
+from agents.evaluate import episode_seeds, summarize_returns
 from agents.pool import WorkerPool, fetch_if_new
 from worldlab.world_model import WorldModel
 
@@ -164,7 +163,7 @@ def evaluate_sb3(task: str, wm: WorldModel, policy: str | Path, algo: str = "aut
     check_fits(model, wm, str(policy))
     algo = type(model).__name__
     env_kwargs = {"max_episode_steps": max_steps} if max_steps else {}
-    seeds = [int(s) for s in seeds] if seeds is not None else generation_seeds(seed, EVAL_GENERATION, episodes)
+    seeds = episode_seeds(seed, episodes, seeds)
     with WorkerPool(SB3EvalWorker, (task, env_kwargs), workers=workers, backend=backend, address=address,
                     ray_options={"num_cpus": 1, "max_restarts": -1, "max_task_retries": -1}) as pool:
         wm_ref = pool.put(wm.cpu())

@@ -21,8 +21,9 @@ import numpy as np
 from agents.controller import ControllerConfig, load_controller, save_controller
 
 
-def average(paths: list[Path], weights: list[float] | None = None) -> tuple[ControllerConfig, np.ndarray]:
-    """The config the controllers share and their (weighted) parameter average."""
+def average(paths: list[Path], weights: list[float] | None = None) -> tuple[ControllerConfig, np.ndarray, str]:
+    """The config the controllers share, their (weighted) parameter average and where they were
+    trained (``train_in`` of their files: one place, or "mixed")."""
     if not paths:
         raise ValueError("give at least one controller file")
     if weights is not None and (len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0):
@@ -35,13 +36,8 @@ def average(paths: list[Path], weights: list[float] | None = None) -> tuple[Cont
                              "average controllers of one run only")
     params = np.stack([x for _, x, _ in loaded])
     w = np.full(len(paths), 1.0 / len(paths)) if weights is None else np.asarray(weights, float) / sum(weights)
-    return cfg, np.tensordot(w, params, axes=1)
-
-
-def trained_in(paths: list[Path]) -> str:
-    """Where the controllers were trained (``train_in`` of their files): one place, or "mixed"."""
-    places = {load_controller(p)[2].get("train_in", "dream") for p in paths}
-    return places.pop() if len(places) == 1 else "mixed"
+    places = {extra.get("train_in", "dream") for _, _, extra in loaded}
+    return cfg, np.tensordot(w, params, axes=1), places.pop() if len(places) == 1 else "mixed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=float, nargs="+", help="one weight per controller (default: equal)")
     args = ap.parse_args(argv)
     try:
-        cfg, params = average(args.controllers, args.weights)
+        cfg, params, train_in = average(args.controllers, args.weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"average_controllers.py: error: {e}", file=sys.stderr)
         return 2
     save_controller(args.out, cfg, params, averaged=[str(p) for p in args.controllers],
-                    weights=args.weights or [1.0] * len(args.controllers), train_in=trained_in(args.controllers))
+                    weights=args.weights or [1.0] * len(args.controllers), train_in=train_in)
     print(f"wrote {args.out}: the average of {len(args.controllers)} controllers ({cfg.num_params} parameters)")
     return 0
 

@@ -548,9 +548,8 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   "| stage | generation | best, dream | best, real | dream - real | the mean, real |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
-                  f"{r['dream'] - r['real']:.1f} | {r['real_mean']:.1f} |" if "real_mean" in r else
-                  f"| {r['stage']} | {r['generation'] + 1} | {r['dream']:.1f} | {r['real']:.1f} | "
-                  f"{r['dream'] - r['real']:.1f} | |" for r in gap]
+                  f"{r['dream'] - r['real']:.1f} | {format(r['real_mean'], '.1f') if 'real_mean' in r else ''} |"
+                  for r in gap]
         lines += [""]
     calib = calibration_table(run_dir)
     if calib:

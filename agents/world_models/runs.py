@@ -87,9 +87,11 @@ def episodes_of_json(path: str | Path) -> tuple[list[int], int | None]:
     played, with a one-line error for a file that holds none."""
     import json
 
+    from worldlab.io import read_json
+
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"--episodes-of {path}: cannot read it as JSON ({type(e).__name__})") from None
     seeds = d.get("seeds") if isinstance(d, dict) else None
