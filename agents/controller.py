@@ -182,6 +182,26 @@ def save_controller(path: str | Path, cfg: ControllerConfig, params: np.ndarray,
                         extra=np.array(json.dumps(extra, default=float)))
 
 
+def average_controllers(paths: list[str | Path], weights: list[float] | None = None
+                        ) -> tuple[ControllerConfig, np.ndarray, list[dict[str, Any]]]:
+    """The config the controllers share, their (weighted) parameter average and each file's extra
+    fields. Controllers of another config (shape, actions) are refused: each is a linear map (or
+    small MLP) of one world model's [z, h], so only those of one run average into one."""
+    if not paths:
+        raise ValueError("give at least one controller file")
+    if weights is not None and (len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"--weights needs {len(paths)} numbers >= 0 with a positive sum, got {weights}")
+    loaded = [load_controller(p) for p in paths]
+    cfg = loaded[0][0]
+    for p, (c, _, _) in zip(paths, loaded, strict=True):
+        if c != cfg:
+            raise ValueError(f"{p} has another controller config than {paths[0]} ({c} vs {cfg}); "
+                             "average controllers of one run only")
+    params = np.stack([x for _, x, _ in loaded])
+    w = np.full(len(paths), 1.0 / len(paths)) if weights is None else np.asarray(weights, float) / sum(weights)
+    return cfg, np.tensordot(w, params, axes=1), [extra for _, _, extra in loaded]
+
+
 def load_controller(path: str | Path) -> tuple[ControllerConfig, np.ndarray, dict[str, Any]]:
     import json
     import zipfile

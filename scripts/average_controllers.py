@@ -18,26 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.controller import ControllerConfig, load_controller, save_controller
+from agents.controller import ControllerConfig, average_controllers, save_controller
 
 
 def average(paths: list[Path], weights: list[float] | None = None) -> tuple[ControllerConfig, np.ndarray, str]:
     """The config the controllers share, their (weighted) parameter average and where they were
     trained (``train_in`` of their files: one place, or "mixed")."""
-    if not paths:
-        raise ValueError("give at least one controller file")
-    if weights is not None and (len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0):
-        raise ValueError(f"--weights needs {len(paths)} numbers >= 0 with a positive sum, got {weights}")
-    loaded = [load_controller(p) for p in paths]
-    cfg = loaded[0][0]
-    for p, (c, _, _) in zip(paths, loaded, strict=True):
-        if c != cfg:
-            raise ValueError(f"{p} has another controller config than {paths[0]} ({c} vs {cfg}); "
-                             "average controllers of one run only")
-    params = np.stack([x for _, x, _ in loaded])
-    w = np.full(len(paths), 1.0 / len(paths)) if weights is None else np.asarray(weights, float) / sum(weights)
-    places = {extra.get("train_in", "dream") for _, _, extra in loaded}
-    return cfg, np.tensordot(w, params, axes=1), places.pop() if len(places) == 1 else "mixed"
+    cfg, params, extras = average_controllers(paths, weights)
+    places = {extra.get("train_in", "dream") for extra in extras}
+    return cfg, params, places.pop() if len(places) == 1 else "mixed"
 
 
 def main(argv: list[str] | None = None) -> int:

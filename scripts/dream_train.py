@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                  f"{res['last_round']['std']:.1f} on the same episodes" if "last_round" in res else
                  "; it is the last round's, so this is also the dream-only result"
                  if sel["round"] == sel["of_rounds"] - 1 else ""))
+    if "averaged" in res:
+        r = res["averaged"]["rounds"]
+        print(f"{cfg.task}: that controller is rounds {r[0]}-{r[-1]}'s controllers averaged (average_rounds "
+              f"{len(r)}; a dream-only result)"
+              + (f"; the last round's scores {res['last_round']['mean']:.1f} ± {res['last_round']['std']:.1f} on "
+                 f"the same episodes" if "last_round" in res else ""))
     if "finetuned" in res:
         f = res["finetuned"]
         print(f"{cfg.task}: fine-tuned in the real game for {cfg.finetune.generations} generations: real score "

@@ -123,6 +123,57 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert sel["episodes"] == 2 and sel["rounds"][0]["returns"] == sel["rounds"][1]["returns"] and sel["picked"] == 1
 
 
+def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_round_scored_beside(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    ck = run / "checkpoints"
+    _, p0, _ = load_controller(ck / "controller_r0.npz")
+    _, p1, e1 = load_controller(ck / "controller_r1.npz")
+    digests = [file_digest(ck / "controller_r0.npz"), file_digest(ck / "controller_r1.npz")]
+
+    r = _resume(run, "average_rounds=2")
+    assert "the final controller: the parameter mean of rounds 0-1's controllers" in r.stdout
+    _, pa, extra = load_controller(ck / "controller.npz")
+    np.testing.assert_allclose(pa, (p0 + p1) / 2, rtol=0, atol=1e-15)
+    assert extra["rounds"] == [0, 1] and extra["averaged"] == digests and extra.get("mdrnn_id") == e1.get("mdrnn_id")
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_avg.npz").read_bytes()
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["averaged"] == {"rounds": [0, 1], "of_rounds": 2, "by": "parameter mean"} and "selected" not in ev
+    assert ev["controller"] == file_digest(ck / "controller_avg.npz")
+    assert ev["train_in"] == "dream (every round), the final controller averaged from rounds 0-1's"
+    last = json.loads((run / "eval_last.json").read_text())  # the last round's, on the same episodes
+    assert last["controller"] == digests[1] and last["seeds"] == ev["seeds"] and last["train_in"] == "dream"
+    assert "that controller is rounds 0-1's controllers averaged (average_rounds 2; a dream-only result); the last " \
+           f"round's scores {last['mean']:.1f}" in r.stdout
+    report = (run / "report.md").read_text()
+    d = np.subtract(ev["returns"], last["returns"])
+    assert "**The rounds' average:** the final controller is the parameter mean of rounds 0-1's" in report
+    assert f"the average minus it, episode by episode: {d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}." in report
+
+    cfg = RunConfig.load(run)
+    assert cfg.average_rounds == 2
+    assert {s.key: s.done for s in RunPlan(RunDir(run), cfg, say=lambda *_: None).stages}["evaluate"]
+    files = [ck / "controller_avg.npz", run / "eval.json", run / "eval_last.json"]
+    before = {p.name: p.stat().st_mtime_ns for p in files}
+    again = _resume(run, "average_rounds=2")  # nothing to redo
+    assert "the final controller: the parameter mean" not in again.stdout and "evaluating" not in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in files} == before
+
+    ccfg, _, _ = load_controller(ck / "controller_r0.npz")
+    save_controller(ck / "controller_r0.npz", ccfg, p0 + 1.0, **load_controller(ck / "controller_r0.npz")[2])
+    assert not {s.key: s.done for s in RunPlan(RunDir(run), cfg, say=lambda *_: None).stages}["evaluate"]
+    r = _resume(run, "average_rounds=2")  # a changed round: averaged again and played again
+    np.testing.assert_allclose(load_controller(ck / "controller.npz")[1], (p0 + 1.0 + p1) / 2, rtol=0, atol=1e-15)
+    assert "the final controller: the parameter mean of rounds 0-1's" in r.stdout and "evaluating the controller" in r.stdout
+    assert json.loads((run / "eval.json").read_text())["controller"] == file_digest(ck / "controller_avg.npz")
+
+    _resume(run, "average_rounds=0")  # off: the last round's controller is the final one again
+    assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
+    ev = json.loads((run / "eval.json").read_text())
+    assert "averaged" not in ev and ev["train_in"] == "dream" and ev["controller"] == digests[1]
+    assert "The rounds' average" not in (run / "report.md").read_text()
+
+
 def test_a_negative_selection_is_refused_before_any_work(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)

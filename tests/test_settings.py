@@ -179,3 +179,17 @@ def test_the_rounds_patience_needs_the_selections_episodes() -> None:
     with pytest.raises(ValueError, match="rounds_min must be >= 1, got 0"):
         override(cfg, ["rounds_min=0"])
     assert override(cfg, ["rounds_patience=2", "eval.select_episodes=4", "rounds=12", "rounds_min=7"]).rounds_min == 7
+
+
+def test_the_rounds_average_is_refused_beside_the_selection_or_beyond_the_rounds() -> None:
+    cfg = preset("smoke", "doom_take_cover")
+    with pytest.raises(ValueError, match="average_rounds=3 and eval.select_episodes=4 both choose the final controller: "
+                                         "pass --set average_rounds=0 or --set eval.select_episodes=0"):
+        override(cfg, ["rounds=7", "average_rounds=3", "eval.select_episodes=4"])
+    with pytest.raises(ValueError, match=r"average_rounds=8 averages more rounds than rounds=7: pass --rounds 8 or "
+                                         r"more, or a smaller average_rounds"):
+        override(cfg, ["rounds=7", "average_rounds=8"])
+    with pytest.raises(ValueError, match="average_rounds must be >= 0, got -1"):
+        override(cfg, ["average_rounds=-1"])
+    assert override(cfg, ["rounds=7", "average_rounds=3"]).average_rounds == 3
+    assert override(cfg, ["rounds=7", "average_rounds=1", "eval.select_episodes=4"]).average_rounds == 1  # one round: no average

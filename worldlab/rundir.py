@@ -14,6 +14,8 @@ spelling paths, so the layout below is written down once::
         cma_r{k}.npz             round k's CMA-ES state                 .cma_state(k)
         cma_r{k}_s{j}.npz        search j's state (cma.restarts)        .cma_state(k, j)
         controller_r{k}_s{j}.npz search j's final mean, before the pick .restart_controller(k, j)
+        controller_avg.npz       the last rounds' controllers averaged  .controller_avg
+                                 (average_rounds)
         controller.npz           the final controller                   .controller()
         controller_finetuned.npz it, fine-tuned in the real game        .controller_finetuned
         cma_finetune_{d}.npz     the fine-tune's CMA-ES state (from d)  .cma_finetune(d)
@@ -28,7 +30,7 @@ spelling paths, so the layout below is written down once::
     RUN/rounds.json              each round's C in those episodes as    .rounds_json
                                  soon as it is evolved (rounds_patience)
     RUN/eval_last.json           the last round's C when another was    .eval_last_json
-                                 kept: the dream-only result, same episodes
+                                 kept or the rounds averaged: same episodes
     RUN/videos/                  real.mp4, dream.mp4                    .videos
     RUN/figures/                 the report's plots                     .figures
     RUN/report.md                the report                             .report
@@ -329,6 +331,11 @@ class RunDir:
     def restart_controller(self, k: int, restart: int) -> Path:
         """The final mean of round ``k``'s search ``restart`` (``cma.restarts``), before the pick."""
         return self.checkpoints / f"controller_r{int(k)}_s{int(restart)}.npz"
+
+    @property
+    def controller_avg(self) -> Path:
+        """The parameter mean of the last rounds' controllers (``average_rounds``)."""
+        return self.checkpoints / "controller_avg.npz"
 
     @property
     def controller_finetuned(self) -> Path:

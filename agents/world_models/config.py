@@ -417,6 +417,13 @@ class RunConfig:
     rounds_min: int = 1
     """with ``rounds_patience``: the rounds never stop before this many have run (a weak world
     model's early rounds can dip before they climb: docs/RESULTS.md, session 28)."""
+    average_rounds: int = 0
+    """0 or 1: the final controller is the last round's. K > 1: the parameter mean of the last K
+    rounds' controllers (``checkpoints/controller_avg.npz``), a Polyak-style average of the rounds'
+    CMA-ES means, which scatter round to round around a plateau. No real episode chooses it, so it
+    is still a dream-only result; the last round's controller plays the evaluation's episodes too
+    (``eval_last.json``). Rounds 4-6 of a Doom run: +76.4 ± 53.6 over its last round on the same
+    100 episodes (one world model; docs/RESULTS.md, session 37)."""
     later_generations: int | None = None
     """CMA-ES generations of every round after the first (None: ``cma.generations``). A later round
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
@@ -477,6 +484,14 @@ class RunConfig:
         if self.rounds_patience and self.rounds_min > self.rounds:
             raise ValueError(f"rounds_min={self.rounds_min} is more rounds than rounds={self.rounds}: pass "
                              f"--rounds {self.rounds_min} or more, or a smaller rounds_min")
+        _at_least("run", self, 0, "average_rounds")
+        if self.average_rounds > self.rounds:
+            raise ValueError(f"average_rounds={self.average_rounds} averages more rounds than rounds={self.rounds}: "
+                             f"pass --rounds {self.average_rounds} or more, or a smaller average_rounds")
+        if self.average_rounds > 1 and self.eval.select_episodes:
+            raise ValueError(f"average_rounds={self.average_rounds} and eval.select_episodes="
+                             f"{self.eval.select_episodes} both choose the final controller: pass "
+                             f"--set average_rounds=0 or --set eval.select_episodes=0")
         if self.rounds_patience and not self.eval.select_episodes:
             raise ValueError(f"rounds_patience={self.rounds_patience} judges each round by the selection's real "
                              f"episodes: pass --set eval.select_episodes=100 too, or --set rounds_patience=0")

@@ -333,14 +333,20 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
                          f"real episodes each", cfg.rounds * cfg.eval.select_episodes * eval_len
                          / (ctrl_rate * workers), "the rounds' selection" if picked else None, picked))
     scored = _scored(run.eval_json, run.controller(), cfg)
-    # another round kept by the selection: the last round's C is evaluated too (eval_last.json)
+    # another round kept by the selection, or the rounds averaged: the last round's C is evaluated too (eval_last.json)
     last = run.controller(cfg.rounds - 1)
-    last_too = bool(cfg.eval.select_episodes) and cfg.rounds > 1 and not (
+    from agents.world_models.stages import average_current, averaged_rounds
+
+    averaging = bool(averaged_rounds(cfg))
+    if averaging and scored:  # the final C must be the average of these rounds' controllers as they are now
+        scored = average_current(run, cfg) and _same_file(run.controller(), run.controller_avg)
+    last_too = averaging or bool(cfg.eval.select_episodes) and cfg.rounds > 1 and not (
         run.controller().exists() and last.exists() and _same_file(run.controller(), last))
     if last_too and scored:
         scored = _scored(run.eval_last_json, last, cfg)
     out.append(Stage("evaluate", f"evaluate C in {cfg.eval.episodes} real episodes"
-                     + (" (and the last round's C, when another round was kept)" if last_too else ""),
+                     + (" (and the last round's C, when another round was kept or the rounds averaged)"
+                        if last_too else ""),
                      eval_cost * (2 if last_too else 1), "C evaluated" if scored else None, scored))
     f = cfg.finetune
     if f.generations:

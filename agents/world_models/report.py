@@ -427,6 +427,31 @@ def selection_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
     return out
 
 
+def average_lines(run_dir: RunDir, e: dict[str, Any]) -> list[str]:
+    """The report's lines on a final controller that is the last rounds' controllers averaged
+    (``average_rounds``): which rounds, and the last round's controller on the same episodes with
+    the paired difference. None when the final controller is one round's."""
+    avg = e.get("averaged")
+    if not avg:
+        return []
+    rounds = avg["rounds"]
+    out = [f"**The rounds' average:** the final controller is the parameter mean of rounds {rounds[0]}-{rounds[-1]}'s "
+           f"controllers (`average_rounds` {len(rounds)}; each evolved in the dream, no real episode chose it: a "
+           f"dream-only result).", ""]
+    if run_dir.eval_last_json.exists():
+        import numpy as np
+
+        last = json.loads(run_dir.eval_last_json.read_text())
+        line = (f"The last round's controller (round {avg['of_rounds'] - 1}) on the same {last['episodes']} episodes: "
+                f"**{last['mean']:.1f} ± {last['std']:.1f}**")
+        a, b = np.asarray(e.get("returns", []), float), np.asarray(last.get("returns", []), float)
+        if last.get("seeds") == e.get("seeds") and len(a) == len(b) > 1:
+            d = a - b
+            line += f"; the average minus it, episode by episode: {d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}"
+        out += [line + ".", ""]
+    return out
+
+
 def patience_lines(run_dir: RunDir, config: dict[str, Any]) -> list[str]:
     """The report's lines on the rounds' patience (``rounds_patience``): each round's controller on
     the selection's real episodes as soon as it was evolved, through its own round's M
@@ -474,6 +499,7 @@ def write_report(run_dir: str | Path | RunDir, config: dict[str, Any]) -> Path:
                   + (" (**a selection by real returns, not a dream-only result**)" if e.get("searches_picked") else "")
                   + ".", ""]
         lines += selection_lines(run_dir, e)
+        lines += average_lines(run_dir, e)
         lines += patience_lines(run_dir, config)
         if (e.get("selected") or run_dir.rounds_json.exists()) and plot_rounds(run_dir, figs / "rounds.png"):
             lines += [f"![each round's controller in the real game]({figs.name}/rounds.png)", ""]

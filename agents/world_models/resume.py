@@ -26,6 +26,8 @@ RESUMABLE: dict[str, str] = {
     "rounds_patience": "each round's real returns are kept in rounds.json: a change decides again where the rounds "
                        "stop (a stopped run goes on when it is raised)",
     "rounds_min": "likewise",
+    "average_rounds": "the average is made after the rounds from their finished controllers: a change averages "
+                      "again (or keeps the last round's) and plays the evaluation again",
     "workers": "collection and evaluation do not depend on the number of workers",
     "backend": "nor on where the workers run",
     "train_workers": "V's and M's resumable checkpoints are the same whatever the number of workers that wrote them",

@@ -40,7 +40,12 @@ from tqdm.auto import tqdm
 
 from agents.calibrate import calibrated_bias, expected_ends
 from agents.cmaes import RESTART_DREAMS, CMAConfig, evolve
-from agents.controller import ControllerConfig, load_controller, save_controller
+from agents.controller import (
+    ControllerConfig,
+    average_controllers,
+    load_controller,
+    save_controller,
+)
 from agents.evaluate import summarize_returns
 from agents.fitness import (
     EVAL_GENERATION,
@@ -923,6 +928,48 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
     return picked
 
 
+def averaged_rounds(cfg: RunConfig) -> list[int]:
+    """The rounds whose controllers ``average_rounds`` averages into the final one: the last K of
+    those that ran (``cfg.rounds``); [] when the final controller is one round's."""
+    k = min(cfg.average_rounds, cfg.rounds)
+    return list(range(cfg.rounds - k, cfg.rounds)) if k > 1 else []
+
+
+def average_current(run: RunDir | str | os.PathLike, cfg: RunConfig) -> bool:
+    """Whether ``checkpoints/controller_avg.npz`` averages the controllers :func:`averaged_rounds`
+    names, as they are on disk now."""
+    run = RunDir(run)
+    rounds = averaged_rounds(cfg)
+    if not rounds or not run.controller_avg.exists() or not all(run.controller(k).exists() for k in rounds):
+        return False
+    try:
+        averaged = load_controller(run.controller_avg)[2].get("averaged")
+    except ValueError:
+        return False
+    return averaged == [file_digest(run.controller(k)) for k in rounds]
+
+
+def average_rounds(run: RunDir | str | os.PathLike, cfg: RunConfig) -> Path | None:
+    """With ``average_rounds`` K > 1 (and more than one round): the parameter mean of the last K
+    rounds' controllers, written to ``checkpoints/controller_avg.npz`` (again only when those
+    controllers changed) and returned; None otherwise. It keeps the last round's extra fields (its
+    M, a calibrated done bias) and records which rounds' controllers (by digest) it averages."""
+    run = RunDir(run)
+    rounds = averaged_rounds(cfg)
+    if not rounds:
+        return None
+    out = run.controller_avg
+    if average_current(run, cfg):
+        return out
+    digests = [file_digest(run.controller(k)) for k in rounds]
+    ccfg, params, extras = average_controllers([run.controller(k) for k in rounds])
+    keep = {k: v for k, v in extras[-1].items() if k not in ("best_fitness", "restarts", "round", "search")}
+    save_controller(out, ccfg, params, **keep, rounds=rounds, averaged=digests)
+    say(f"the final controller: the parameter mean of rounds {rounds[0]}-{rounds[-1]}'s controllers "
+        f"(average_rounds {cfg.average_rounds}; no real episode chooses it, a dream-only result)")
+    return out
+
+
 def _play_round(run: RunDir, k: int, seeds: list[int], pool: Callable[[], RealPool], progress: bool) -> np.ndarray:
     """Round ``k``'s controller's returns over the episodes ``seeds`` (a line of progress)."""
     params = load_controller(run.controller(k))[1]
@@ -1090,7 +1137,7 @@ def pick_round(returns: np.ndarray, margin: float) -> int:
 
 EVALUATED = {
     "final": "the controller",
-    "last_round": "the last round's controller (the dream-only result)",
+    "last_round": "the last round's controller (beside the kept or averaged one)",
     "finetuned": "the fine-tuned controller",
 }
 """what :func:`evaluate_controller` can score, with its words in the log line."""
@@ -1141,7 +1188,7 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     """``eval.json``'s content with ``selected`` (the kept round, the rounds' means) and its
     ``train_in`` saying so when the final controller was picked by real episodes; without them
     when it is the last round's."""
-    out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked")}
+    out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked", "averaged")}
     picks = []
     if cfg.picked_by_real:
         rounds = [k for k in range(cfg.rounds) if cfg.round_picks_by_real(k)]
@@ -1155,7 +1202,12 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
         out["selected"] = {"round": sel["picked"], "of_rounds": cfg.rounds, "by": "real returns",
                            "episodes": sel["episodes"], "means": [r["mean"] for r in sel["rounds"]]}
         picks.append(f"the final controller picked among the rounds by {sel['episodes']} real episodes each")
-    out["train_in"] = f"{cfg.train_in}{' (every round)' if selection else ''}" + "".join(f", {p}" for p in picks)
+    averaged = averaged_rounds(cfg)
+    if averaged:
+        out["averaged"] = {"rounds": averaged, "of_rounds": cfg.rounds, "by": "parameter mean"}
+        picks.append(f"the final controller averaged from rounds {averaged[0]}-{averaged[-1]}'s")
+    out["train_in"] = (f"{cfg.train_in}{' (every round)' if selection or averaged else ''}"
+                       + "".join(f", {p}" for p in picks))
     return out
 
 

@@ -12,6 +12,7 @@ complete, so a killed run resumes where it stopped::
         evolve_controller  CMA-ES on C in the dream (or the game) -> checkpoints/controller_r{k}.npz
     select_round           the last round's C, or (eval.select_episodes) the rounds' best by real
                            episodes                               -> selection.json, checkpoints/controller.npz
+    average_rounds         or (average_rounds K) the last K rounds' Cs averaged -> checkpoints/controller_avg.npz
     evaluate_controller    the final C in the real game           -> eval.json (+ eval_last.json)
     record_videos, write_report                                   -> videos/, report.md
 """
@@ -171,9 +172,10 @@ class DreamTrainer:
             with plan.stage("select"):
                 k = stages.select_round(run, c, partial(self.pool, wm), m_id=wm.mdrnn.meta.get("id"),
                                         progress=self.progress)
-            kept = run.controller(k)
+            kept = stages.average_rounds(run, c) or run.controller(k)  # average_rounds: the last rounds' mean
             last_params = params
-            if k != c.rounds - 1:
+            not_last = kept != run.controller(c.rounds - 1)
+            if not_last:
                 from agents.controller import load_controller
 
                 params = load_controller(kept)[1]
@@ -181,7 +183,7 @@ class DreamTrainer:
                 atomic_write_bytes(run.controller(), kept.read_bytes())
             with plan.stage("evaluate"):
                 result = stages.evaluate_controller(run, c, params, partial(self.pool, wm), progress=self.progress)
-                if k != c.rounds - 1:  # the dream-only figure beside the picked one, on the same episodes
+                if not_last:  # the last round's controller beside the kept one, on the same episodes
                     result = {**result, "last_round": stages.evaluate_controller(
                         run, c, last_params, partial(self.pool, wm), which="last_round", progress=self.progress)}
             with plan.stage("finetune"):
