@@ -143,6 +143,10 @@ def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_roun
     assert ev["train_in"] == "dream (every round), the final controller averaged from rounds 0-1's"
     last = json.loads((run / "eval_last.json").read_text())  # the last round's, on the same episodes
     assert last["controller"] == digests[1] and last["seeds"] == ev["seeds"] and last["train_in"] == "dream"
+    old = json.loads((OLD_RUN / "eval.json").read_text())  # which scored it as the final controller: not played again
+    assert old["controller"] == digests[1] and last["returns"] == old["returns"] and last["seeds"] == old["seeds"]
+    assert "the last round's controller (beside the kept or averaged one): its 2 episodes are eval.json's" in r.stdout
+    assert "evaluating the last round's controller" not in r.stdout
     assert "that controller is rounds 0-1's controllers averaged (average_rounds 2; a dream-only result); the last " \
            f"round's scores {last['mean']:.1f}" in r.stdout
     report = (run / "report.md").read_text()

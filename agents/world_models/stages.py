@@ -1170,6 +1170,15 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
             if labelled != old:
                 atomic_write_json(out_json, labelled)
             return labelled
+    if which == "last_round" and run.eval_json.exists():  # scored as the final controller before: not played again
+        old = read_json(run.eval_json)
+        if (old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes
+                and old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps):
+            out = {k: v for k, v in old.items() if k not in ("selected", "searches_picked", "averaged")}
+            out = {**out, "train_in": cfg.train_in, "max_steps": cfg.eval.max_steps}
+            atomic_write_json(out_json, out)
+            say(f"{EVALUATED[which]}: its {cfg.eval.episodes} episodes are eval.json's, where it was the final one")
+            return out
     n = cfg.eval.episodes
     say(f"evaluating {EVALUATED[which]} in the real {cfg.task}: {n} episodes on {cfg.workers} workers")
     seeds = generation_seeds(cfg.seed, EVAL_GENERATION, n)

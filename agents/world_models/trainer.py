@@ -182,10 +182,13 @@ class DreamTrainer:
             if not run.controller().exists() or stages.file_digest(run.controller()) != stages.file_digest(kept):
                 atomic_write_bytes(run.controller(), kept.read_bytes())
             with plan.stage("evaluate"):
+                # the last round's controller beside the kept one, on the same episodes; first, so that an
+                # eval.json that scored it (the run before a selection or an average) is reused
+                last = stages.evaluate_controller(run, c, last_params, partial(self.pool, wm), which="last_round",
+                                                  progress=self.progress) if not_last else None
                 result = stages.evaluate_controller(run, c, params, partial(self.pool, wm), progress=self.progress)
-                if not_last:  # the last round's controller beside the kept one, on the same episodes
-                    result = {**result, "last_round": stages.evaluate_controller(
-                        run, c, last_params, partial(self.pool, wm), which="last_round", progress=self.progress)}
+                if last is not None:
+                    result = {**result, "last_round": last}
             with plan.stage("finetune"):
                 tuned = stages.finetune_real(run, c, wm, params, partial(self.pool, wm), progress=self.progress)
             if tuned is not None:
