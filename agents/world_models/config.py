@@ -422,8 +422,8 @@ class RunConfig:
     rounds' controllers (``checkpoints/controller_avg.npz``), a Polyak-style average of the rounds'
     CMA-ES means, which scatter round to round around a plateau. No real episode chooses it, so it
     is still a dream-only result; the last round's controller plays the evaluation's episodes too
-    (``eval_last.json``). Rounds 4-6 of a Doom run: +76.4 ± 53.6 over its last round on the same
-    100 episodes (one world model; docs/RESULTS.md, session 37)."""
+    (``eval_last.json``). Rounds 4-6 averaged on two Doom world models: +76.4 ± 53.6 and +46.8 ±
+    26.7 over their last rounds on the same 100 episodes (docs/RESULTS.md, sessions 37-38)."""
     later_generations: int | None = None
     """CMA-ES generations of every round after the first (None: ``cma.generations``). A later round
     starts from the previous round's controller in an M fine-tuned on that controller's episodes;
