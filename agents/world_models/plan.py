@@ -390,11 +390,9 @@ def _scored(eval_json: Any, controller: Any, cfg: RunConfig) -> bool:
     if not (eval_json.exists() and controller.exists()):
         return False
     try:
-        from agents.world_models.stages import file_digest
+        from agents.world_models.stages import file_digest, scores
 
-        e = read_json(eval_json)
-        return (e.get("controller") == file_digest(controller) and e.get("episodes") == cfg.eval.episodes
-                and e.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps)
+        return scores(read_json(eval_json), file_digest(controller), cfg)
     except (OSError, ValueError):
         return False
 

@@ -1142,6 +1142,17 @@ EVALUATED = {
 }
 """what :func:`evaluate_controller` can score, with its words in the log line."""
 
+FINAL_LABELS = ("selected", "searches_picked", "averaged")
+"""``eval.json``'s fields that say how the final controller was chosen (:func:`_label_selection`)."""
+
+
+def scores(result: dict[str, Any], digest: str, cfg: RunConfig) -> bool:
+    """Whether an evaluation's ``result`` scored the controller with ``digest`` over the episodes
+    and episode limit ``cfg.eval`` asks for (files written before the limit was recorded were
+    played with the config's)."""
+    return (result.get("controller") == digest and result.get("episodes") == cfg.eval.episodes
+            and result.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps)
+
 
 def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params: np.ndarray, pool: Callable[[], RealPool],
                         which: str = "final", *, progress: bool = True) -> dict[str, Any]:
@@ -1161,9 +1172,7 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
     digest = file_digest(path)
     if out_json.exists():
         old = read_json(out_json)
-        # eval.json files written before the episode limit was recorded were played with the saved one
-        same_limit = old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps
-        if old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes and same_limit:
+        if scores(old, digest, cfg):
             if which != "final":
                 return old
             labelled = _label_selection(run, cfg, old)  # the same controller on the same episodes, picked anew
@@ -1172,10 +1181,9 @@ def evaluate_controller(run: RunDir | str | os.PathLike, cfg: RunConfig, params:
             return labelled
     if which == "last_round" and run.eval_json.exists():  # scored as the final controller before: not played again
         old = read_json(run.eval_json)
-        if (old.get("controller") == digest and old.get("episodes") == cfg.eval.episodes
-                and old.get("max_steps", cfg.eval.max_steps) == cfg.eval.max_steps):
-            out = {k: v for k, v in old.items() if k not in ("selected", "searches_picked", "averaged")}
-            out = {**out, "train_in": cfg.train_in, "max_steps": cfg.eval.max_steps}
+        if scores(old, digest, cfg):
+            out = {**{k: v for k, v in old.items() if k not in FINAL_LABELS}, "train_in": cfg.train_in,
+                   "max_steps": cfg.eval.max_steps}
             atomic_write_json(out_json, out)
             say(f"{EVALUATED[which]}: its {cfg.eval.episodes} episodes are eval.json's, where it was the final one")
             return out
@@ -1197,7 +1205,7 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
     """``eval.json``'s content with ``selected`` (the kept round, the rounds' means) and its
     ``train_in`` saying so when the final controller was picked by real episodes; without them
     when it is the last round's."""
-    out = {k: v for k, v in result.items() if k not in ("selected", "searches_picked", "averaged")}
+    out = {k: v for k, v in result.items() if k not in FINAL_LABELS}
     picks = []
     if cfg.picked_by_real:
         rounds = [k for k in range(cfg.rounds) if cfg.round_picks_by_real(k)]
