@@ -58,3 +58,25 @@ def test_across_world_models_gives_their_mean_and_its_standard_error(
     assert "over 3 world models: 400.0 ± 115.5" in capsys.readouterr().out
     assert ce.main([str(a), "--across"]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_across_pairs_gives_each_world_models_paired_difference_and_their_mean(
+        script: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ce = script("compare_evals")
+    a0 = _eval(tmp_path / "a0.json", [1, 2, 3], [100.0, 200.0, 300.0])
+    b0 = _eval(tmp_path / "b0.json", [3, 1, 2], [330.0, 110.0, 230.0])  # +10, +30, +30 by seed: +23.3
+    a1 = _eval(tmp_path / "a1.json", [7, 8], [500.0, 600.0])           # another world model, other episodes
+    b1 = _eval(tmp_path / "b1.json", [7, 8], [480.0, 560.0])           # -20, -40: -30
+    res = ce.across_pairs([a0, b0, a1, b1])
+    assert [p["diff"] for p in res["pairs"]] == pytest.approx([70.0 / 3, -30.0])
+    assert res["mean"] == pytest.approx((70.0 / 3 - 30.0) / 2) and res["positive"] == 1 and res["n"] == 2
+    assert res["se"] == pytest.approx(np.std([70.0 / 3, -30.0], ddof=1) / np.sqrt(2))
+    assert ce.main([str(a0), str(b0), str(a1), str(b1), "--across-pairs"]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 world models: -3.3 ± 26.7" in out and "higher on 1 of 2" in out
+    assert ce.main([str(a0), str(b0), str(a1), "--across-pairs"]) == 2         # an odd count
+    assert "pairs of files" in capsys.readouterr().err
+    assert ce.main([str(a0), str(b1), str(a1), str(b0), "--across-pairs"]) == 2  # a pair on other episodes
+    assert "seeds differ" in capsys.readouterr().err
+    assert ce.main([str(a0), str(b0), str(a1), str(b1), "--across", "--across-pairs"]) == 2
+    assert "pass one of them" in capsys.readouterr().err

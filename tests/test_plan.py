@@ -60,7 +60,8 @@ def test_an_ensemble_s_estimate_counts_its_members(tmp_path: Path) -> None:
 
 
 def test_a_plan_with_the_rounds_patience_says_its_estimate_counts_every_round(tmp_path: Path) -> None:
-    cfg = override(preset("default", "doom_take_cover"), ["rounds=12", "rounds_patience=2", "eval.select_episodes=100"])
+    cfg = override(preset("default", "doom_take_cover"), ["rounds=12", "rounds_patience=2", "eval.select_episodes=100",
+                                                       "average_rounds=0"])
     plan = RunPlan(RunDir(tmp_path / "fresh"), cfg, say=(said := []).append)
     keys = [s.key for s in plan.stages]
     assert [k for k in keys if k.startswith("judge")] == [f"judge_r{k}" for k in range(11)]  # not the last round

@@ -181,15 +181,20 @@ def test_the_rounds_patience_needs_the_selections_episodes() -> None:
     assert override(cfg, ["rounds_patience=2", "eval.select_episodes=4", "rounds=12", "rounds_min=7"]).rounds_min == 7
 
 
-def test_the_rounds_average_is_refused_beside_the_selection_or_beyond_the_rounds() -> None:
+def test_the_rounds_average_is_refused_beside_the_selection_and_covers_the_rounds_that_run() -> None:
     cfg = preset("smoke", "doom_take_cover")
     with pytest.raises(ValueError, match="average_rounds=3 and eval.select_episodes=4 both choose the final controller: "
                                          "pass --set average_rounds=0 or --set eval.select_episodes=0"):
         override(cfg, ["rounds=7", "average_rounds=3", "eval.select_episodes=4"])
-    with pytest.raises(ValueError, match=r"average_rounds=8 averages more rounds than rounds=7: pass --rounds 8 or "
-                                         r"more, or a smaller average_rounds"):
-        override(cfg, ["rounds=7", "average_rounds=8"])
     with pytest.raises(ValueError, match="average_rounds must be >= 0, got -1"):
         override(cfg, ["average_rounds=-1"])
-    assert override(cfg, ["rounds=7", "average_rounds=3"]).average_rounds == 3
-    assert override(cfg, ["rounds=7", "average_rounds=1", "eval.select_episodes=4"]).average_rounds == 1  # one round: no average
+    assert override(cfg, ["rounds=7", "average_rounds=3"]).averaged_rounds == [4, 5, 6]
+    assert override(cfg, ["rounds=2", "average_rounds=3"]).averaged_rounds == [0, 1]  # fewer ran: all of them
+    assert override(cfg, ["rounds=1", "average_rounds=3"]).averaged_rounds == []      # one round: no average
+    assert override(cfg, ["rounds=7", "average_rounds=1", "eval.select_episodes=4"]).averaged_rounds == []
+    doom = preset("default", "doom_take_cover")  # the Doom default averages its last three rounds
+    assert doom.averaged_rounds == [4, 5, 6] and preset("default", "car_racing").average_rounds == 0
+    assert override(doom, ["rounds=1"]).averaged_rounds == []  # --rounds 1 on it is not refused
+    with pytest.raises(ValueError, match="pass --set average_rounds=0 or --set eval.select_episodes=0"):
+        override(doom, ["eval.select_episodes=100"])
+    assert override(doom, ["average_rounds=0", "eval.select_episodes=100"]).eval.select_episodes == 100

@@ -335,9 +335,9 @@ def _stages(run: RunDir, cfg: RunConfig) -> list[Stage]:
     scored = _scored(run.eval_json, run.controller(), cfg)
     # another round kept by the selection, or the rounds averaged: the last round's C is evaluated too (eval_last.json)
     last = run.controller(cfg.rounds - 1)
-    from agents.world_models.stages import average_current, averaged_rounds
+    from agents.world_models.stages import average_current
 
-    averaging = bool(averaged_rounds(cfg))
+    averaging = bool(cfg.averaged_rounds)
     if averaging and scored:  # the final C must be the average of these rounds' controllers as they are now
         scored = average_current(run, cfg) and _same_file(run.controller(), run.controller_avg)
     last_too = averaging or bool(cfg.eval.select_episodes) and cfg.rounds > 1 and not (

@@ -928,18 +928,11 @@ def select_round(run: RunDir | str | os.PathLike, cfg: RunConfig, pool: Callable
     return picked
 
 
-def averaged_rounds(cfg: RunConfig) -> list[int]:
-    """The rounds whose controllers ``average_rounds`` averages into the final one: the last K of
-    those that ran (``cfg.rounds``); [] when the final controller is one round's."""
-    k = min(cfg.average_rounds, cfg.rounds)
-    return list(range(cfg.rounds - k, cfg.rounds)) if k > 1 else []
-
-
 def average_current(run: RunDir | str | os.PathLike, cfg: RunConfig) -> bool:
-    """Whether ``checkpoints/controller_avg.npz`` averages the controllers :func:`averaged_rounds`
+    """Whether ``checkpoints/controller_avg.npz`` averages the controllers ``cfg.averaged_rounds``
     names, as they are on disk now."""
     run = RunDir(run)
-    rounds = averaged_rounds(cfg)
+    rounds = cfg.averaged_rounds
     if not rounds or not run.controller_avg.exists() or not all(run.controller(k).exists() for k in rounds):
         return False
     try:
@@ -955,7 +948,7 @@ def average_rounds(run: RunDir | str | os.PathLike, cfg: RunConfig) -> Path | No
     controllers changed) and returned; None otherwise. It keeps the last round's extra fields (its
     M, a calibrated done bias) and records which rounds' controllers (by digest) it averages."""
     run = RunDir(run)
-    rounds = averaged_rounds(cfg)
+    rounds = cfg.averaged_rounds
     if not rounds:
         return None
     out = run.controller_avg
@@ -1219,7 +1212,7 @@ def _label_selection(run: RunDir, cfg: RunConfig, result: dict[str, Any]) -> dic
         out["selected"] = {"round": sel["picked"], "of_rounds": cfg.rounds, "by": "real returns",
                            "episodes": sel["episodes"], "means": [r["mean"] for r in sel["rounds"]]}
         picks.append(f"the final controller picked among the rounds by {sel['episodes']} real episodes each")
-    averaged = averaged_rounds(cfg)
+    averaged = cfg.averaged_rounds
     if averaged:
         out["averaged"] = {"rounds": averaged, "of_rounds": cfg.rounds, "by": "parameter mean"}
         picks.append(f"the final controller averaged from rounds {averaged[0]}-{averaged[-1]}'s")
