@@ -157,12 +157,36 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
                            tensorboard=False)
     assert len(fresh) == members and fresh[0].meta["data"] != before
     assert [m.meta["steps"] for m in fresh] == [cfg.mdrnn_train.steps] * members  # trained anew (it had more)
+    if members == 1:  # round 2's episodes counted three times: other data, the key the plan expects of round 2
+        from agents.world_models.plan import _round_data
+
+        leaning = override(third, ["finetune_m=false", "later_m_steps=none", "m_newest_repeat=3"])
+        m3 = train_memories(run, leaning, vae.meta["id"], 2, progress=False, tensorboard=False)[0]
+        assert m3.meta["data"] not in (before, fresh[0].meta["data"]) and m3.meta["data"] == _round_data(leaning, 2)
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):
         override(cfg, ["later_generations=0"])
     with pytest.raises(ValueError, match="later_m_steps=3 is how far M goes on in later rounds: it needs"):
         override(cfg, ["finetune_m=false", "later_m_steps=3"])
+
+
+def test_m_leans_toward_the_newest_rounds_episodes_when_asked() -> None:
+    from collections import Counter
+
+    from agents.world_models.stages import m_training_episodes
+
+    cfg = override(preset("default", "doom_take_cover"), ["m_newest_repeat=3"])
+    split = [e for e in range(600) if e % 10]  # rounds 0-3's training split (300 episodes, then 100 a round)
+    newest = [e for e in split if e >= 500]
+    assert Counter(m_training_episodes(cfg, split, 3)) == Counter(split) + Counter(newest * 2)
+    assert Counter(m_training_episodes(cfg, split, 1)) == Counter(split) + Counter([e for e in split if 300 <= e < 400] * 2)
+    assert m_training_episodes(cfg, split, 0) == split  # round 0 has no newer round
+    assert m_training_episodes(override(cfg, ["m_newest_repeat=1"]), split, 3) == split
+    assert preset("default", "doom_take_cover").m_newest_repeat == 1
+    with pytest.raises(ValueError, match="m_newest_repeat must be >= 1, got 0; pass --set m_newest_repeat=... with a "
+                                         "value >= 1"):
+        override(cfg, ["m_newest_repeat=0"])
 
 
 def test_the_rounds_patience_needs_the_selections_episodes() -> None:

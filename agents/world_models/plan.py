@@ -501,11 +501,11 @@ def _round_data(cfg: RunConfig, k: int) -> str:
     """:func:`~agents.world_models.stages.episodes_key` of the episodes round ``k``'s M trains on (its
     meta's ``data``): a frozen V keeps its id when the data grows, and without ``finetune_m`` an M of
     fewer episodes is trained again, so its steps alone do not say it is done."""
-    from agents.world_models.stages import HOLDOUT, episodes_key
+    from agents.world_models.stages import HOLDOUT, episodes_key, m_training_episodes
     from worldlab.storage import split_indices
 
     eps = [e for j in range(k + 1) for e in cfg.collect.round_episodes(j)]
-    return episodes_key(split_indices(eps, HOLDOUT, cfg.seed)[0])
+    return episodes_key(m_training_episodes(cfg, split_indices(eps, HOLDOUT, cfg.seed)[0], k))
 
 
 def rounds_final(run: RunDir, cfg: RunConfig) -> bool:

@@ -359,6 +359,16 @@ def bootstrap_episodes(episodes: list[int], seed: int, k: int) -> list[int]:
     return sorted(int(e) for e in rng.choice(np.asarray(episodes, dtype=np.int64), size=len(episodes), replace=True))
 
 
+def m_training_episodes(cfg: RunConfig, train_eps: list[int], k: int) -> list[int]:
+    """The episodes round ``k``'s M trains on (repeats are streamed repeatedly): the training split
+    ``train_eps`` as it is, then, when ``k`` >= 1, the ones round ``k`` collected
+    ``cfg.m_newest_repeat`` - 1 more times."""
+    if k == 0 or cfg.m_newest_repeat <= 1:
+        return list(train_eps)
+    newest = set(cfg.collect.round_episodes(k))
+    return [*train_eps, *(e for _ in range(cfg.m_newest_repeat - 1) for e in train_eps if e in newest)]
+
+
 def _member_seed(seed: int, k: int, what: int) -> int:
     """A seed of ensemble member ``k`` (``what``: its initialisation, or its training)."""
     return int(np.random.SeedSequence([int(seed), int(k), int(what)]).generate_state(1)[0])
@@ -513,20 +523,24 @@ def train_memories(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str 
         raise WorldModelError(f"MDRNNConfig(z_size={model_cfg.z_size}, action_dim={model_cfg.action_dim}) does not fit "
                               f"the latents (z_size={meta['z_size']}) and action space {space}")
     K = cfg.ensemble.members
-    train_eps, held = split_episodes(lat, HOLDOUT, cfg.seed)
+    split, held = split_episodes(lat, HOLDOUT, cfg.seed)
+    train_eps = m_training_episodes(cfg, split, round_k)  # the newest round's repeated with m_newest_repeat
     resample = {k: bootstrap_episodes(train_eps, cfg.seed, k) if K > 1 else None for k in range(K)}
     data = episodes_key(train_eps)
     members = _finished_memories(run, cfg, vae_id, resample, data)
     if members is None:
         if cfg.train_workers > 1:
             _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
+        if len(train_eps) > len(split):
+            say(f"M's training episodes: round {round_k}'s {(len(train_eps) - len(split)) // (cfg.m_newest_repeat - 1)} "
+                f"count {cfg.m_newest_repeat} times (m_newest_repeat), {len(train_eps)} in all")
         trained: dict[int, MDRNN] = {}
         for k in [*range(1, K), 0]:  # member 0 last: mdrnn.pt, which lists the others, is the ensemble's commit
-            trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], data, train_eps, held,
+            trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], data, split, held,
                                        [trained[j].meta["id"] for j in range(1, K)] if k == 0 else [],
                                        lat, space, address, progress, tensorboard)
         members = [trained[k] for k in range(K)]
-    return _with_mid_bank(run, cfg, members, lat, train_eps)
+    return _with_mid_bank(run, cfg, members, lat, split)
 
 
 def _finished_memories(run: RunDir, cfg: RunConfig, vae_id: str, resample: dict[int, list[int] | None], data: str
