@@ -141,7 +141,7 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
     # a resume asks for round 0's M again after a third round's episodes came in (which resample every member
     # anew): the members are finished, kept as they are
-    from agents.world_models.stages import collect_rollouts, encode_latents, train_memories
+    from agents.world_models.stages import collect_rollouts, encode_latents, memory_steps, train_memories
 
     third = override(cfg, ["rounds=3"])
     collect_rollouts(run, third, 2, progress=False)
@@ -160,9 +160,14 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     if members == 1:  # round 2's episodes counted three times: other data, the key the plan expects of round 2
         from agents.world_models.plan import _round_data
 
-        leaning = override(third, ["finetune_m=false", "later_m_steps=none", "m_newest_repeat=3"])
+        leaning = override(third, ["m_newest_repeat=3"])  # goes on from the fresh M's state to round 2's steps
+        assert check_resumable(run, leaning)  # a run (or a copy of it) goes on with the later rounds' M leaning
         m3 = train_memories(run, leaning, vae.meta["id"], 2, progress=False, tensorboard=False)[0]
         assert m3.meta["data"] not in (before, fresh[0].meta["data"]) and m3.meta["data"] == _round_data(leaning, 2)
+        assert m3.meta["steps"] == memory_steps(leaning, 2)
+        with pytest.raises(ValueError, match="m_newest_repeat=3 weights a later round's fine-tuning of M: it needs "
+                                             "--set finetune_m=true"):
+            override(leaning, ["finetune_m=false", "later_m_steps=none"])
     with pytest.raises(ValueError, match="finetune_m needs freeze_v"):
         override(cfg, ["freeze_v=false"])
     with pytest.raises(ValueError, match="later_generations must be >= 1 or None"):

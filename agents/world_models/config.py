@@ -451,8 +451,8 @@ class RunConfig:
     the first (None: ``mdrnn_train.steps``). M's training is most of a later round's time, and an
     ensemble of K multiplies it by K: ``mdrnn_train.steps / K`` keeps a later round at one M's cost."""
     m_newest_repeat: int = 1
-    """1: M trains on every round's episodes alike. R > 1: in each round after the first, the
-    episodes that round collected (the previous round's controller + noise) appear R times in M's
+    """1: M trains on every round's episodes alike. R > 1 (with ``finetune_m``): in each round after
+    the first, the episodes that round collected (the previous round's controller + noise) appear R times in M's
     training episodes, as a bootstrap's repeats do, so M's training leans toward the states the
     newest controller visits: by round 6 of Doom's default they are 11-13% of the steps M sees,
     28-31% with R = 3. Built for the weak draws, whose dream still paid twice the real return in
@@ -521,6 +521,9 @@ class RunConfig:
             raise ValueError(f"later_m_steps={self.later_m_steps} is how far M goes on in later rounds: it needs "
                              f"--set finetune_m=true (and freeze_v=true), or drop later_m_steps")
         _at_least("run", self, 1, "m_newest_repeat")
+        if self.m_newest_repeat > 1 and not self.finetune_m:
+            raise ValueError(f"m_newest_repeat={self.m_newest_repeat} weights a later round's fine-tuning of M: it "
+                             f"needs --set finetune_m=true (and freeze_v=true), or drop m_newest_repeat")
         _at_least("run", self, 1, "vae_batch", "mdrnn_batch")
         _at_least("run", self, 2, "seq_len")
         if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:

@@ -23,6 +23,9 @@ RESUMABLE: dict[str, str] = {
     "later_generations": "likewise, for the rounds after the first",
     "later_restarts": "the rounds after the first that have not run yet search that many times; a finished round's "
                       "controller is kept",
+    "m_newest_repeat": "it weights the episodes of M's training in the rounds after the first: a finished round's "
+                       "fine-tuned M is kept, the rounds still to train lean as asked (so a run stopped after "
+                       "round 0 can be copied and each copy go on with its own weighting, a paired comparison)",
     "rounds_patience": "each round's real returns are kept in rounds.json: a change decides again where the rounds "
                        "stop (a stopped run goes on when it is raised)",
     "rounds_min": "likewise",
