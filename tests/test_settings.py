@@ -141,7 +141,12 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     assert lat["meta"]["vae_id"] == vae.meta["id"] and len(lat["episodes"]) == 5
     # a resume asks for round 0's M again after a third round's episodes came in (which resample every member
     # anew): the members are finished, kept as they are
-    from agents.world_models.stages import collect_rollouts, encode_latents, memory_steps, train_memories
+    from agents.world_models.stages import (
+        collect_rollouts,
+        encode_latents,
+        memory_steps,
+        train_memories,
+    )
 
     third = override(cfg, ["rounds=3"])
     collect_rollouts(run, third, 2, progress=False)
