@@ -454,8 +454,8 @@ class RunConfig:
     """1: M trains on every round's episodes alike. R > 1 (with ``finetune_m``): in each round after
     the first, the episodes that round collected (the previous round's controller + noise) appear R times in M's
     training episodes, as a bootstrap's repeats do, so M's training leans toward the states the
-    newest controller visits: by round 6 of Doom's default they are 11-13% of the steps M sees,
-    28-31% with R = 3. Built for the weak draws, whose dream still paid twice the real return in
+    newest controller visits: in round 6 of Doom's default they are 100 of the 900 episodes
+    collected (300 + 6 x 100), counted as 300 of 1,100 with R = 3. Built for the weak draws, whose dream still paid twice the real return in
     rounds 4-6 (docs/RESULTS.md, session 38); not yet measured."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)

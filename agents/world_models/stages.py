@@ -532,8 +532,8 @@ def train_memories(run: RunDir | str | os.PathLike, cfg: RunConfig, vae_id: str 
         if cfg.train_workers > 1:
             _check_shares(cfg.train_workers, cfg.mdrnn_batch, train_eps, "M")
         if len(train_eps) > len(split):
-            say(f"M's training episodes: round {round_k}'s {(len(train_eps) - len(split)) // (cfg.m_newest_repeat - 1)} "
-                f"count {cfg.m_newest_repeat} times (m_newest_repeat), {len(train_eps)} in all")
+            say(f"M's training episodes: round {round_k}'s {len(set(train_eps[len(split):]))} count "
+                f"{cfg.m_newest_repeat} times (m_newest_repeat), {len(train_eps)} in all")
         trained: dict[int, MDRNN] = {}
         for k in [*range(1, K), 0]:  # member 0 last: mdrnn.pt, which lists the others, is the ensemble's commit
             trained[k] = _train_member(run, cfg, k, vae_id, resample[k] or train_eps, resample[k], data, split, held,
