@@ -137,13 +137,18 @@ def test_real_pool_refuses_address_without_ray() -> None:
 
 def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       script: Callable[[str], ModuleType]) -> None:
+    """The whole job on ``processes``, two rounds; a resume with more generations extends the last round
+    only (round 0's controller played round 1's data, so re-evolving it would break round 1's replay);
+    any other change needs another folder; a run trained on a GPU box goes on with --device cpu.
+    One run serves every check: a Doom smoke on spawned workers is the suite's costliest kind of test."""
     dream_train = script("dream_train")
     out = tmp_path / "doom"
+    ck = out / "checkpoints"
     threads = torch.get_num_threads()
     ray_before = "ray" in sys.modules
     try:
-        rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--out", str(out),
-                               "--no-progress", "--set", "eval.videos=false"])
+        rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--rounds", "2",
+                               "--out", str(out), "--no-progress", "--set", "eval.videos=false"])
         r = capsys.readouterr()
         assert rc == 0, r.out[-3000:] + r.err[-3000:]
         assert r.out.strip().splitlines()[-1].startswith("doom_take_cover: real score ")
@@ -151,33 +156,36 @@ def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: p
         assert cfg["backend"] == "processes" and cfg["cma"]["generations"] == 3
         ev = json.loads((out / "eval.json").read_text())
         assert ev["episodes"] == 4 and len(ev["returns"]) == 4 and all(np.isfinite(ev["returns"]))
-        assert sorted(Manifest.open(out / "data").episodes) == list(range(6))
-        _, _, extra = load_controller(out / "checkpoints" / "controller.npz")
-        assert extra["generations"] == 3
-        with np.load(out / "checkpoints" / "cma_r0.npz") as z:
+        assert sorted(Manifest.open(out / "data").episodes) == list(range(8))  # 6 + round 1's 2
+        assert load_controller(ck / "controller.npz")[2]["generations"] == 3
+        with np.load(ck / "cma_r1.npz") as z:
             fit3 = z["fitness"].copy()
         assert fit3.shape == (3, 8)
-        vae_mtime = (out / "checkpoints" / "vae.pt").stat().st_mtime_ns
+        r0 = (ck / "controller_r0.npz").read_bytes()
+        vae_mtime = (ck / "vae.pt").stat().st_mtime_ns
 
-        # a resumed run may go on for more generations: evolution continues from the saved CMA state
+        # a resumed run may go on for more generations: the last round's search continues from its saved state
         rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--generations", "4",
                                "--no-progress"])
         r = capsys.readouterr()
         assert rc == 0, r.out[-3000:] + r.err[-3000:]
-        assert "collecting" not in r.out and "evolving" in r.out and "evaluating" in r.out
-        assert (out / "checkpoints" / "vae.pt").stat().st_mtime_ns == vae_mtime  # V and M not retrained
+        assert "collecting" not in r.out and "evaluating" in r.out
+        assert "round 1: evolving" in r.out and "round 0: evolving" not in r.out
+        assert (ck / "controller_r0.npz").read_bytes() == r0
+        assert (ck / "vae.pt").stat().st_mtime_ns == vae_mtime  # V and M not retrained
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["cma"]["generations"] == 4 and cfg["backend"] == "processes"
-        with np.load(out / "checkpoints" / "cma_r0.npz") as z:
+        with np.load(ck / "cma_r1.npz") as z:
             fit4 = z["fitness"].copy()
         assert fit4.shape == (4, 8) and np.array_equal(fit4[:3], fit3)  # generations 0-2 kept, one more played
-        for name in ("controller_r0.npz", "controller.npz"):
-            _, _, extra = load_controller(out / "checkpoints" / name)
-            assert extra["generations"] == 4, name
+        for name in ("controller_r1.npz", "controller.npz"):
+            assert load_controller(ck / name)[2]["generations"] == 4, name
         ev4 = json.loads((out / "eval.json").read_text())
         assert ev4["controller"] != ev["controller"] and len(ev4["returns"]) == 4  # the new C was evaluated
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert sorted({m["step"] for m in metrics if m["name"] == "evolve/best"}) == [0, 1, 2, 3]
+        best = [m for m in metrics if m["name"] == "evolve/best"]
+        assert sorted({m["step"] for m in best if m["stage"] == "evolve_r0"}) == [0, 1, 2]
+        assert sorted({m["step"] for m in best if m["stage"] == "evolve_r1"}) == [0, 1, 2, 3]
 
         # any other change still needs another folder
         saved = (out / "config.json").read_text()
@@ -186,37 +194,8 @@ def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: p
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "differs in dream.temperature" in err and len(err.splitlines()) == 1, err
         assert (out / "config.json").read_text() == saved
-        if not ray_before:  # run alone: the whole job never even imported Ray
-            assert "ray" not in sys.modules
-    finally:
-        torch.set_num_threads(threads)  # the run sets this process's torch threads
-
-
-def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             script: Callable[[str], ModuleType]) -> None:
-    """With two rounds, --generations on resume extends the last round only: round 0's controller
-    played round 1's data, so it stays as it was (re-evolving it would break round 1's replay)."""
-    dream_train = script("dream_train")
-    out = tmp_path / "doom2"
-    threads = torch.get_num_threads()
-    try:
-        rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--rounds", "2",
-                               "--out", str(out), "--no-progress", "--set", "eval.videos=false"])
-        r = capsys.readouterr()
-        assert rc == 0, r.out[-3000:] + r.err[-3000:]
-        ck = out / "checkpoints"
-        r0 = (ck / "controller_r0.npz").read_bytes()
-        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--generations", "4", "--no-progress"])
-        r = capsys.readouterr()
-        assert rc == 0, r.out[-3000:] + r.err[-3000:]
-        assert "round 1: evolving" in r.out and "round 0: evolving" not in r.out
-        assert (ck / "controller_r0.npz").read_bytes() == r0
-        with np.load(ck / "cma_r1.npz") as z:
-            assert z["fitness"].shape == (4, 8)
-        assert load_controller(ck / "controller.npz")[2]["generations"] == 4
 
         # a run trained on a GPU box goes on (here: every stage is done) with --device cpu elsewhere
-        cfg = json.loads((out / "config.json").read_text())
         (out / "config.json").write_text(json.dumps({**cfg, "device": "cuda"}))
         before = {p.name: p.stat().st_mtime_ns for p in ck.iterdir()}
         rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--device", "cpu", "--no-progress"])
@@ -225,5 +204,7 @@ def test_more_generations_keep_earlier_rounds(tmp_path: Path, capsys: pytest.Cap
         assert "evolving" not in r.out and "collecting" not in r.out
         assert {p.name: p.stat().st_mtime_ns for p in ck.iterdir()} == before
         assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+        if not ray_before:  # run alone: the whole job never even imported Ray
+            assert "ray" not in sys.modules
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the run sets this process's torch threads
