@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cma
 import numpy as np
 from tqdm.auto import tqdm
 
 from worldlab.io import atomic_savez
 from worldlab.logging import RunLogger
+
+if TYPE_CHECKING:  # cma imports scipy.stats and matplotlib (~1.5 s): only the processes that evolve pay it
+    import cma
 
 # fitness(params (P, D), generation) -> mean return per candidate (P,), higher is better
 Fitness = Callable[[np.ndarray, int], np.ndarray]
@@ -86,6 +89,8 @@ def new_strategy(dim: int, cfg: CMAConfig, x0: np.ndarray | None = None) -> cma.
         "verb_filenameprefix": "",
     }
     x0 = np.zeros(dim) if x0 is None else np.asarray(x0, dtype=np.float64)
+    import cma
+
     return cma.CMAEvolutionStrategy(x0, cfg.sigma0, opts)
 
 
