@@ -178,7 +178,7 @@ def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path, script: Ca
 
     music_report = script("music_report")
     doc, out = tmp_path / "MUSIC.md", tmp_path / "g.json"
-    assert music_report.main(["--model", "musegan", "--steps", "4", "--chorales", "8", "--preset", "tiny",
+    assert music_report.main(["--model", "musegan", "--steps", "2", "--chorales", "8", "--preset", "tiny",
                               "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
                               "--no-progress"]) == 0
     r = json.loads(out.read_text())
@@ -188,13 +188,13 @@ def test_the_musegan_report_measures_rates_and_noises(tmp_path: Path, script: Ca
     assert "<!-- musegan:begin -->" in doc.read_text() and (tmp_path / "music" / "musegan.mid").is_file()
     assert sorted((tmp_path / "run" / "samples").glob("*.mid"))  # MIDI samples written while training
     assert r["critic"] == "streams"
-    assert music_report.main(["--model", "musegan", "--steps", "6", "--chorales", "8", "--preset", "tiny",
+    assert music_report.main(["--model", "musegan", "--steps", "3", "--chorales", "8", "--preset", "tiny",
                               "--out", str(tmp_path / "run"), "--doc", str(doc), "--json", str(out),
                               "--no-progress"]) == 0  # more steps continue the run: its time counts both
     longer = json.loads(out.read_text())
-    assert longer["steps"] == 6 and longer["train_seconds"] > r["train_seconds"]
+    assert longer["steps"] == 3 and longer["train_seconds"] > r["train_seconds"]
     book = tmp_path / "book.json"
-    assert music_report.main(["--model", "musegan", "--steps", "2", "--chorales", "8", "--preset", "tiny",
+    assert music_report.main(["--model", "musegan", "--steps", "1", "--chorales", "8", "--preset", "tiny",
                               "--book-critic", "--out", str(tmp_path / "book"), "--doc", str(doc), "--json", str(book),
                               "--no-progress"]) == 0
     b = json.loads(book.read_text())
