@@ -304,9 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-vae", default=None, metavar="V",
                    help="also measure the Fréchet distance in another V's latents (a vae.pt or a run folder): "
                         "a yardstick that does not change with the V the renderer draws for")
+    p.add_argument("--speed-latents", type=int, default=30, metavar="N",
+                   help="held-out latents each drawer renders one at a time (three rounds) for its frames per "
+                        "second on one core (fewer: a quicker, noisier figure)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
+    if args.speed_latents < 1:
+        print(f"error: --speed-latents must be >= 1, got {args.speed_latents}", file=sys.stderr)
+        return 2
     run = RunDir(args.run)
     if not run.vae.exists() or not run.data_manifest.exists():
         print(f"error: {run} is not a run folder with data/ and checkpoints/vae.pt; "
@@ -424,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         renderers["sharpened"] = sharp.eval()
     t_measure = time.time()
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test, judge)
-    zs = torch.cat([vae.encode(test.x[i:i + 1])[0] for i in range(0, len(test), max(1, len(test) // 30))])[:30]
+    n_speed = args.speed_latents
+    zs = torch.cat([vae.encode(test.x[i:i + 1])[0]
+                    for i in range(0, len(test), max(1, len(test) // n_speed))])[:n_speed]
     amount = res["unsharp_v"]["amount"]
     fps = frames_per_s({"v_decoder": vae.decode, "unsharp_v": lambda z: unsharp(vae.decode(z), amount),
                         **{k: m.render for k, m in renderers.items()}}, zs)
@@ -465,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += " --set " + " ".join(args.overrides)
     if args.judge_vae:
         cmd += f" --judge-vae {args.judge_vae}"
+    if args.speed_latents != 30:
+        cmd += f" --speed-latents {args.speed_latents}"
     if args.out:
         cmd += f" --out {args.out}"
     res.update(run=str(run), task=train.name, family=args.family, train_frames=len(train), steps=args.steps,
@@ -478,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                drawers=list(renderers), shown=shown, final=final_name, temperature_pick=pick,
                temperatures={k: float(getattr(m.config, "temperature", 1.0)) for k, m in renderers.items()},
                machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}", command=cmd,
-               judge_vae=args.judge_vae)
+               judge_vae=args.judge_vae, speed_latents=len(zs))
     atomic_write_json(out.root / "report.json", res)
     print(json.dumps({k_: v for k_, v in res.items() if k_ in ("v_decoder", "unsharp_v", *renderers, "real_sharpness")},
                      indent=2))
@@ -685,7 +695,7 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
         f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "
         "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
-        "rounds of 30 frames, in one process." + pick_words(r.get("temperature_pick")), "",
+        f"rounds of {r.get('speed_latents', 30)} frames, in one process." + pick_words(r.get("temperature_pick")), "",
         "| drawn by | network evaluations | L1 to the real frame | MSE | sharpness / real frames' | Fréchet distance "
         "in V's latent space | " + (f"Fréchet distance in the judge V's (`{r['judge_vae']}`) | " if judged else "")
         + "V's latent error per frame | detail, own frame / another | frames/s, 1 core |",

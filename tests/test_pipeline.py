@@ -171,7 +171,7 @@ def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, sub
     out, _ = smoke_run
     rend = tmp_path / "renderer"
     run("renderer_report.py", str(out), "--steps", "4", "--batch-size", "8", "--max-frames", "200",
-        "--out", str(rend), "--no-progress")
+        "--speed-latents", "3", "--out", str(rend), "--no-progress")
     res = json.loads((rend / "report.json").read_text())
     for who in ("v_decoder", "renderer"):
         assert 0 < res[who]["l1"] < 1 and res[who]["sharpness_vs_real"] > 0 and np.isfinite(res[who]["frechet_v_latent"])
@@ -195,7 +195,7 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     out, _ = smoke_run
     rend, doc = tmp_path / "drend", tmp_path / "R.md"
     run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
-        "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+        "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
         "--distill-steps", "2", "--sharpen-steps", "2", "--temperature", "0.5", "--temperatures", "1",
         "--judge-vae", str(out), "--out", str(rend), "--doc", str(doc), "--no-progress")
     res = json.loads((rend / "report.json").read_text())
@@ -217,8 +217,11 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     assert "| diffusion renderer, distilled, start noise x0.5 | 1 |" in text
     assert "| diffusion renderer, distilled, sharpened (2 steps with D) (saved: the dream draws with it) | 1 |" in text
     assert "sharpening" in text and "adversarial diffusion distillation" in text
+    assert res["speed_latents"] == 4 and "median of 3 rounds of 4 frames" in text and "--speed-latents 4" in res["command"]
     r = run("renderer_report.py", str(out), "--sharpen-steps", "3", check=False)
     assert r.returncode == 2 and "needs --family diffusion_renderer" in r.stderr
+    r = run("renderer_report.py", str(out), "--speed-latents", "0", check=False)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --speed-latents must be >= 1, got 0"
     r = run("renderer_report.py", str(out), "--judge-vae", str(tmp_path / "nowhere"), check=False)
     assert r.returncode == 2 and "--judge-vae" in r.stderr and "no V checkpoint at" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -231,7 +234,7 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     # the ablation: the same folder fine-tuned again without D (the distilled model kept, the fine-tune redone)
     sharp_before, distilled_before = (rend / "sharpened.pt").read_bytes(), (rend / "distilled.pt").read_bytes()
     run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
-        "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+        "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
         "--distill-steps", "2", "--sharpen-steps", "2", "--sharpen-adv-weight", "0", "--temperature", "0.5",
         "--out", str(rend), "--doc", str(doc), "--no-progress")
     l1_only = json.loads((rend / "report.json").read_text())
@@ -244,7 +247,7 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     # more --steps continue the teacher's training and distil the longer-trained teacher again; the same
     # command once more only measures (the distilled model kept)
     again = ["renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "6",
-             "--batch-size", "8", "--max-frames", "200", "--teacher-steps", "4", "--distill-rounds", "2",
+             "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
              "--distill-steps", "2", "--temperature", "0.5", "--out", str(rend), "--no-progress"]
     before = (rend / "distilled.pt").read_bytes()
     run(*again)
