@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from worldlab.io import atomic_savez
 from worldlab.logging import RunLogger
 
-if TYPE_CHECKING:  # cma imports scipy.stats and matplotlib (~1.5 s): only the processes that evolve pay it
+if TYPE_CHECKING:  # cma imports scipy.stats and matplotlib.pyplot: only the processes that evolve pay for them
     import cma
 
 # fitness(params (P, D), generation) -> mean return per candidate (P,), higher is better

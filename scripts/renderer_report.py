@@ -224,6 +224,10 @@ def pick_temperature(model: DiffusionRenderer, vae: ConvVAE, frames: GenData, ta
     return grid[-1], curve
 
 
+SPEED_LATENTS = 30
+"""held-out latents each drawer renders for its frames/s (``--speed-latents``; reports before it used 30)."""
+
+
 def frames_per_s(fns: dict[str, Any], z: torch.Tensor, repeats: int = 3) -> dict[str, float]:
     """Frames per second of each of ``fns`` drawing the latents ``z`` (N, Z) one at a time on one
     torch thread (as a watched dream draws), alternating in ``repeats`` rounds, median per drawer."""
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-vae", default=None, metavar="V",
                    help="also measure the Fréchet distance in another V's latents (a vae.pt or a run folder): "
                         "a yardstick that does not change with the V the renderer draws for")
-    p.add_argument("--speed-latents", type=int, default=30, metavar="N",
+    p.add_argument("--speed-latents", type=int, default=SPEED_LATENTS, metavar="N",
                    help="held-out latents each drawer renders one at a time (three rounds) for its frames per "
                         "second on one core (fewer: a quicker, noisier figure)")
     p.add_argument("--threads", type=int, default=None)
@@ -430,9 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         renderers["sharpened"] = sharp.eval()
     t_measure = time.time()
     res, x01, drawn = measure({k: m.render for k, m in renderers.items()}, vae, test, judge)
-    n_speed = args.speed_latents
     zs = torch.cat([vae.encode(test.x[i:i + 1])[0]
-                    for i in range(0, len(test), max(1, len(test) // n_speed))])[:n_speed]
+                    for i in range(0, len(test), max(1, len(test) // args.speed_latents))])[:args.speed_latents]
     amount = res["unsharp_v"]["amount"]
     fps = frames_per_s({"v_decoder": vae.decode, "unsharp_v": lambda z: unsharp(vae.decode(z), amount),
                         **{k: m.render for k, m in renderers.items()}}, zs)
@@ -473,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += " --set " + " ".join(args.overrides)
     if args.judge_vae:
         cmd += f" --judge-vae {args.judge_vae}"
-    if args.speed_latents != 30:
+    if args.speed_latents != SPEED_LATENTS:
         cmd += f" --speed-latents {args.speed_latents}"
     if args.out:
         cmd += f" --out {args.out}"
@@ -695,7 +698,7 @@ def diffusion_doc(r: dict[str, Any], tag: str, doc: Path) -> list[str]:
         f"({r['task']}); trained on {r['train_frames']:,} frames of 9 in 10 episodes, {r['steps']} steps of batch "
         f"{r['batch_size']}; measured on {r['frames']:,} frames of the held-out episodes (every tenth), each drawn "
         "from its posterior mean `z = mu(x)`. Frames/s: one frame at a time on one torch thread, median of 3 "
-        f"rounds of {r.get('speed_latents', 30)} frames, in one process." + pick_words(r.get("temperature_pick")), "",
+        f"rounds of {r.get('speed_latents', SPEED_LATENTS)} frames, in one process." + pick_words(r.get("temperature_pick")), "",
         "| drawn by | network evaluations | L1 to the real frame | MSE | sharpness / real frames' | Fréchet distance "
         "in V's latent space | " + (f"Fréchet distance in the judge V's (`{r['judge_vae']}`) | " if judged else "")
         + "V's latent error per frame | detail, own frame / another | frames/s, 1 core |",
