@@ -40,7 +40,8 @@ def test_finetune_real_is_kept_apart_and_labelled(tmp_path: Path) -> None:
     shutil.copytree(OLD_RUN, run)
     eval_before = (run / "eval.json").read_text()
     out = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(run),
-                          "--finetune-real", "2", "--no-progress", "--backend", "processes", "--workers", "1"],
+                          "--finetune-real", "2", "--no-progress", "--backend", "processes", "--workers", "1",
+                          "--set", "eval.probes=false"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     # the finetune's defaults: 16 x 2 per generation

@@ -137,10 +137,18 @@ def test_real_pool_refuses_address_without_ray() -> None:
 
 def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       script: Callable[[str], ModuleType]) -> None:
-    """The whole job on ``processes``, two rounds; a resume with more generations extends the last round
-    only (round 0's controller played round 1's data, so re-evolving it would break round 1's replay);
-    any other change needs another folder; a run trained on a GPU box goes on with --device cpu.
-    One run serves every check: a Doom smoke on spawned workers is the suite's costliest kind of test."""
+    """The whole job on ``processes``, two rounds (the evolved controller collects round 1's data), the
+    dream's ends calibrated on the controllers' real episodes (``dream.done_calibrate``; real episodes of
+    up to 400 steps, so that the game ends some); a search resumed where a kill would have left it ends
+    where the whole search did; a resume with more generations extends the last round only (round 0's
+    controller played round 1's data, so re-evolving it would break round 1's replay); any other change
+    needs another folder; a run trained on a GPU box goes on with --device cpu. One run serves every
+    check: a Doom smoke is the suite's costliest kind of test."""
+    from dataclasses import replace
+
+    from agents.cmaes import EvolutionState
+    from agents.world_models.config import RunConfig
+
     dream_train = script("dream_train")
     out = tmp_path / "doom"
     ck = out / "checkpoints"
@@ -148,19 +156,75 @@ def test_doom_smoke_on_processes_then_more_generations(tmp_path: Path, capsys: p
     ray_before = "ray" in sys.modules
     try:
         rc = dream_train.main(["doom_take_cover", "--preset", "smoke", "--backend", "processes", "--rounds", "2",
-                               "--out", str(out), "--no-progress", "--set", "eval.videos=false"])
+                               "--out", str(out), "--no-progress", "--set", "eval.videos=false",
+                               "--set", "dream.done_calibrate=2", "--set", "eval.max_steps=400"])
         r = capsys.readouterr()
         assert rc == 0, r.out[-3000:] + r.err[-3000:]
         assert r.out.strip().splitlines()[-1].startswith("doom_take_cover: real score ")
+        assert "round 1: collecting 2 real episodes (controller)" in r.out
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["backend"] == "processes" and cfg["cma"]["generations"] == 3
+        assert cfg["vae"]["z_size"] == 64 and cfg["dream"]["temperature"] == 1.15
         ev = json.loads((out / "eval.json").read_text())
         assert ev["episodes"] == 4 and len(ev["returns"]) == 4 and all(np.isfinite(ev["returns"]))
-        assert sorted(Manifest.open(out / "data").episodes) == list(range(8))  # 6 + round 1's 2
+        # living reward 1 per tic: a return equals the episode length, capped by the limit of 400
+        assert ev["returns"] == [float(n) for n in ev["lengths"]] and max(ev["lengths"]) <= 400
+        m = Manifest.open(out / "data")
+        assert sorted(m.episodes) == list(range(8))  # 6 + round 1's 2
+        rets = [m.episodes[i]["return"] for i in (6, 7)]  # round 1's episodes, played by round 0's controller
+        report = (out / "report.md").read_text()
+        assert (f"| 1 | round 0's controller + noise {cfg['collect']['noise_std']} | 2 (from 6) | "
+                f"{np.mean(rets):.1f} ± {np.std(rets):.1f} |") in report
         assert load_controller(ck / "controller.npz")[2]["generations"] == 3
+
+        # the calibration: each round measures its starting controller, then the gap measurements' candidates
+        for k in (0, 1):
+            cal = json.loads((ck / f"done_bias_r{k}.json").read_text())
+            entries = cal["entries"]
+            assert [e["generation"] for e in entries] == [-1, 1, 2] and cal["target"] == 2.0 and cal["floor"] == 0.0
+            biases = [e["bias"] for e in entries]
+            assert biases == sorted(biases) and biases[0] >= 0.0  # never less pessimistic within a round
+            for e in entries:  # the dream expects two ends per end the game dealt, or more
+                assert e["expected"] >= 2 * e["ended"] - 1e-6 or e["capped"]
+                assert e["bias_before"] == 0.0 or e["expected_before"] >= e["expected_m"]
+            assert load_controller(ck / f"controller_r{k}.npz")[2]["done_bias"] == biases[-1]
+        assert any(e["ended"] for k in (0, 1) for e in json.loads((ck / f"done_bias_r{k}.json").read_text())["entries"])
+        assert "calibrating the dream's ends on the starting controller" in r.out or \
+            all(e["bias"] == 0.0 for e in json.loads((ck / "done_bias_r0.json").read_text())["entries"])
+        # the final controller's probes report the ends of the dream it was evolved in, at its calibrated bias
+        final_bias = load_controller(ck / "controller.npz")[2]["done_bias"]
+        assert json.loads((out / "fidelity_controllers.json").read_text()).get("done_bias", 0.0) == final_bias
+        first = json.loads((ck / "done_bias_r1.json").read_text())["entries"][0]
+        assert "## The dream's ends, calibrated on C's own episodes" in report
+        assert (f"| 1 | 1 | its starting controller | {first['ended']} / 2 | {first['expected_m']:.2f} | "
+                f"{first['expected_before']:.2f} | +0.00") in report
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert {(g["stage"], g["step"]) for g in metrics if g["name"] == "calibrate/done_bias"} == \
+            {("evolve_r0", 1), ("evolve_r0", 2), ("evolve_r1", 1), ("evolve_r1", 2)}
+
+        # a kill after generation 2's measurement, before its CMA-ES state was saved: the search resumes at
+        # generation 2 with the bias of the measurements before it, and ends where the whole search did
+        _, params, extra = load_controller(ck / "controller_r1.npz")
+        cal = (ck / "done_bias_r1.json").read_text()
         with np.load(ck / "cma_r1.npz") as z:
             fit3 = z["fitness"].copy()
         assert fit3.shape == (3, 8)
+        saved_cma = RunConfig.load(out).cma
+        cma = replace(saved_cma, seed=saved_cma.seed + 1000)  # round 1's, as evolve_controller builds it
+        st = EvolutionState.load(ck / "cma_r1.npz", cma, params.shape[0])
+        EvolutionState(st.fitness[:2], st.hashes[:2], st.best_params, st.best_fitness, st.mean_params).save(
+            ck / "cma_r1.npz", cma)
+        for f in ("controller_r1.npz", "controller.npz"):
+            (ck / f).unlink()
+        rc = dream_train.main(["doom_take_cover", "--resume", "--out", str(out), "--no-progress"])
+        r = capsys.readouterr()
+        assert rc == 0, r.out[-3000:] + r.err[-3000:]
+        again = load_controller(ck / "controller_r1.npz")
+        assert np.array_equal(again[1], params) and again[2] == extra
+        assert json.loads((ck / "done_bias_r1.json").read_text()) == json.loads(cal)
+        with np.load(ck / "cma_r1.npz") as z:
+            assert np.array_equal(z["fitness"], fit3)
+        ev = json.loads((out / "eval.json").read_text())
         r0 = (ck / "controller_r0.npz").read_bytes()
         vae_mtime = (ck / "vae.pt").stat().st_mtime_ns
 

@@ -81,7 +81,7 @@ def test_a_bad_eval_flag_never_leaves_a_run_stuck(tmp_path: Path, capsys: pytest
     rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "-4"], capsys)
     assert rc == 2 and len(lines) == 1
     rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "3", "--no-progress",
-                              "--backend", "processes", "--workers", "1"], capsys)
+                              "--backend", "processes", "--workers", "1", "--set", "eval.probes=false"], capsys)
     assert rc == 0, lines
     import json
 
@@ -113,7 +113,7 @@ def test_rounds_compound_with_a_frozen_v_and_a_finetuned_m(tmp_path: Path, membe
     from worldlab.vae import ConvVAE
 
     cfg = override(RunConfig.load(OLD_RUN), ["freeze_v=true", "finetune_m=true", "backend=processes", "workers=1",
-                                             "eval.videos=false", "eval.gap_every=0", "later_generations=1",
+                                             "eval.videos=false", "eval.gap_every=0", "eval.probes=false", "later_generations=1",
                                              f"ensemble.members={members}", f"later_m_steps={later_m_steps}"])
     run = RunDir(tmp_path / "run")
     assert cfg.rounds == 2
