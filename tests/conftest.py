@@ -9,7 +9,10 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
+import io  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,6 +51,27 @@ def script() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def cli(script: Callable[[str], ModuleType]) -> Callable[..., subprocess.CompletedProcess]:
+    """``cli("NAME.py", *args)``: ``scripts/NAME.py`` run as its command line would run it, in this process
+    (what a refusal says costs no interpreter start: a subprocess imports torch again, ~4 s); the exit
+    status, standard output and error as ``subprocess.run`` gives them. For commands that stop before
+    any work; a whole job runs in a subprocess (or through ``script``'s ``main``)."""
+
+    def call(name: str, *args: str) -> subprocess.CompletedProcess:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = script(name.removesuffix(".py")).main([str(a) for a in args])
+            except SystemExit as e:  # argparse's refusals, as the interpreter would report them
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return subprocess.CompletedProcess([name, *args], rc or 0, out.getvalue(), err.getvalue())
+
+    return call
 
 
 TINY_EPISODES = 6

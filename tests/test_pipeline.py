@@ -125,10 +125,10 @@ def test_rerun_resumes_without_redoing_work(smoke_run: tuple[Path, subprocess.Co
     assert (out / "eval.json").read_text() == eval_before
 
 
-def test_resume_may_change_rounds_and_workers_only(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+def test_resume_may_change_rounds_and_workers_only(smoke_run: tuple[Path, subprocess.CompletedProcess],
+                                                  cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--temperature", "0.5", "--no-progress",
-            check=False)
+    r = cli("dream_train.py", "car_racing", "--resume", "--out", str(out), "--temperature", "0.5", "--no-progress")
     assert r.returncode == 2 and "differs in dream.temperature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     before = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     r = run("dream_train.py", "car_racing", "--resume", "--out", str(out), "--workers", "1", "--no-progress",
@@ -141,7 +141,7 @@ def test_resume_may_change_rounds_and_workers_only(smoke_run: tuple[Path, subpro
 
 
 def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess.CompletedProcess],
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     r = run("watch.py", str(out), "--record", str(tmp_path / "w.mp4"), "--max-steps", "30")
     assert (tmp_path / "w.mp4").stat().st_size > 0 and "real:" in r.stdout and "dream:" in r.stdout
@@ -159,17 +159,18 @@ def test_watch_records_both_panes_and_evaluate(smoke_run: tuple[Path, subprocess
         "--no-progress")
     again, ev = (json.loads(p.read_text()) for p in (tmp_path / "again.json", out / "eval.json"))
     assert again["seeds"] == ev["seeds"] and again["returns"] == ev["returns"] and again["max_steps"] == 120
-    r = run("evaluate.py", str(out), "--episodes-of", str(out / "eval.json"), "--max-steps", "50", check=False)
+    r = cli("evaluate.py", str(out), "--episodes-of", str(out / "eval.json"), "--max-steps", "50")
     assert r.returncode == 2 and "differs from the episodes' limit" in r.stderr
     (tmp_path / "no_seeds.json").write_text(json.dumps({"mean": 3.0}))
-    r = run("evaluate.py", str(out), "--episodes-of", str(tmp_path / "no_seeds.json"), check=False)
+    r = cli("evaluate.py", str(out), "--episodes-of", str(tmp_path / "no_seeds.json"))
     assert r.returncode == 2 and "no list of episode seeds in it" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run("evaluate.py", str(out), "--controller", str(out / "nothing.npz"), check=False)
+    r = cli("evaluate.py", str(out), "--controller", str(out / "nothing.npz"))
     assert r.returncode == 2 and "nothing.npz does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, subprocess.CompletedProcess],
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path,
+                                                       cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     rend = tmp_path / "renderer"
     run("renderer_report.py", str(out), "--steps", "4", "--batch-size", "8", "--max-frames", "200",
@@ -181,14 +182,13 @@ def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, sub
     r = run("watch.py", str(out), "--dream", "--record", str(tmp_path / "d.mp4"), "--max-steps", "20",
             "--renderer", str(rend / "generator.pt"))
     assert "dream:" in r.stdout and (tmp_path / "d.mp4").stat().st_size > 0
-    r = run("watch.py", str(out), "--record", str(tmp_path / "x.mp4"), "--renderer", str(tmp_path / "no.pt"),
-            check=False)
+    r = cli("watch.py", str(out), "--record", str(tmp_path / "x.mp4"), "--renderer", str(tmp_path / "no.pt"))
     assert r.returncode == 2 and "no renderer checkpoint at" in r.stderr
 
 
 def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
         smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path,
-        script: Callable[[str], ModuleType]) -> None:
+        script: Callable[[str], ModuleType], cli: Callable[..., subprocess.CompletedProcess]) -> None:
     import cv2
 
     import generators
@@ -220,11 +220,11 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     assert "| diffusion renderer, distilled, sharpened (2 steps with D) (saved: the dream draws with it) | 1 |" in text
     assert "sharpening" in text and "adversarial diffusion distillation" in text
     assert res["speed_latents"] == 4 and "median of 3 rounds of 4 frames" in text and "--speed-latents 4" in res["command"]
-    r = run("renderer_report.py", str(out), "--sharpen-steps", "3", check=False)
+    r = cli("renderer_report.py", str(out), "--sharpen-steps", "3")
     assert r.returncode == 2 and "needs --family diffusion_renderer" in r.stderr
-    r = run("renderer_report.py", str(out), "--speed-latents", "0", check=False)
+    r = cli("renderer_report.py", str(out), "--speed-latents", "0")
     assert r.returncode == 2 and r.stderr.strip() == "error: --speed-latents must be >= 1, got 0"
-    r = run("renderer_report.py", str(out), "--judge-vae", str(tmp_path / "nowhere"), check=False)
+    r = cli("renderer_report.py", str(out), "--judge-vae", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "--judge-vae" in r.stderr and "no V checkpoint at" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     video = tmp_path / "d.mp4"
@@ -244,7 +244,7 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     assert (rend / "distilled.pt").read_bytes() == distilled_before and (rend / "sharpened.pt").read_bytes() != sharp_before
     assert "| diffusion renderer, distilled, sharpened (2 steps of L1 only, no D) (saved: the dream draws with it) |" \
         in doc.read_text()
-    r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--sharpen-adv-weight", "0", check=False)
+    r = cli("renderer_report.py", str(out), "--family", "diffusion_renderer", "--sharpen-adv-weight", "0")
     assert r.returncode == 2 and "need --sharpen-steps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # more --steps continue the teacher's training and distil the longer-trained teacher again; the same
     # command once more only measures (the distilled model kept)
@@ -274,10 +274,10 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     t, curve = rr.pick_temperature(model, vae, frames, 100.0)  # out of reach: the largest scale, all tried
     assert t == 1.5 and list(curve) == [f"{g:g}" for g in rr.TEMPERATURE_GRID] and model.config.temperature == 0.5
     assert all(v > 0 for v in curve.values())
-    r = run(*again, "--target-sharpness", "0.8", check=False)
+    r = cli(*again, "--target-sharpness", "0.8")
     assert r.returncode == 2 and "no --temperature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--teacher-steps", "6",
-            "--distill-rounds", "2", check=False)
+    r = cli("renderer_report.py", str(out), "--family", "diffusion_renderer", "--teacher-steps", "6",
+            "--distill-rounds", "2")
     assert r.returncode == 2 and "divisible by 2**--distill-rounds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -302,10 +302,10 @@ def test_temperature_sweep_with_ray_tune(smoke_run: tuple[Path, subprocess.Compl
     assert "| 1.3 |" in (out / "tau_sweep.md").read_text() and "1.3" in r.stdout
 
 
-def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.CompletedProcess],
+                                             cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
-    r = run("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--temperature", "1.3",
-            check=False)
+    r = cli("dream_train.py", "car_racing", "--preset", "smoke", "--out", str(out), "--temperature", "1.3")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {out} already holds a run with other settings (differs in ")
@@ -313,7 +313,7 @@ def test_changed_settings_need_another_folder(smoke_run: tuple[Path, subprocess.
 
 
 def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.CompletedProcess],
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     import shutil
 
     from agents.controller import ControllerConfig, save_controller
@@ -324,12 +324,13 @@ def test_incompatible_controller_is_refused(smoke_run: tuple[Path, subprocess.Co
     cfg = ControllerConfig.for_task({"type": "box", "shape": [3], "low": [-1, 0, 0], "high": [1, 1, 1]}, 288,
                                     "car_racing")
     save_controller(bad / "checkpoints" / "controller.npz", cfg, np.zeros(cfg.num_params))
-    r = run("evaluate.py", str(bad), "--episodes", "1", check=False)
+    r = cli("evaluate.py", str(bad), "--episodes", "1")
     assert r.returncode == 2 and "belongs to another world model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path,
+                                     cli: Callable[..., subprocess.CompletedProcess]) -> None:
     """m_compare trains a Transformer M (m.family=gpt) on the smoke run's data and V at the MDN-RNN's
     training time, through the pipeline from M on, dreaming from mid-episode states (--set)."""
     import shutil
@@ -373,15 +374,14 @@ def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.Completed
     again = run("m_compare.py", *args)  # finished: nothing trained again
     assert "training M" not in again.stdout and "gpt: finished in" in again.stdout and "training M" in r.stdout
     run("evaluate.py", str(gpt), "--episodes", "1", "--max-steps", "20")  # the run's M loads without being told
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", "--set", "m.family=mamba",
-            check=False)
+    r = cli("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", "--set", "m.family=mamba")
     assert r.returncode == 2 and "differs in m.family" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     shutil.copy(out / "checkpoints" / "mdrnn.pt", gpt / "checkpoints" / "mdrnn.pt")  # an MDN-RNN copied over it
-    r = run("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress", check=False)
+    r = cli("dream_train.py", "car_racing", "--resume", "--out", str(gpt), "--no-progress")
     assert r.returncode == 2 and "holds a mdrnn M, but this run's is a transformer_m (m.family=gpt)" in r.stderr
 
 
-@pytest.mark.parametrize(("script", "args", "message"), [
+@pytest.mark.parametrize(("name", "args", "message"), [
     ("dream_train.py", ["car_racin", "--preset", "smoke"], "error: unknown task 'car_racin'; known tasks:"),
     ("dream_train.py", ["car_racing", "--resume", "--out", "/nonexistent/run"], "error: nothing to resume"),
     ("dream_train.py", ["car_racing", "--set", "cma.popsiz=3"], "error: unknown config key 'cma.popsiz'"),
@@ -390,10 +390,19 @@ def test_m_as_a_choice_and_m_compare(smoke_run: tuple[Path, subprocess.Completed
     ("evaluate.py", ["/nonexistent/run", "--episodes-of", "/nonexistent/e.json"],
      "error: --episodes-of /nonexistent/e.json: cannot read it as JSON"),
 ])
-def test_bad_input_gives_one_line(script: str, args: list[str], message: str) -> None:
-    r = run(script, *args, check=False)
+def test_bad_input_gives_one_line(name: str, args: list[str], message: str,
+                                  cli: Callable[..., subprocess.CompletedProcess]) -> None:
+    r = cli(name, *args)
     assert r.returncode == 2
     assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_input_gives_one_line_from_the_shell_too() -> None:
+    """The refusals above, called in this process, are what a shell sees: one line, status 2, nothing
+    else on the interpreter's way out."""
+    r = run("dream_train.py", "car_racin", "--preset", "smoke", check=False)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: unknown task 'car_racin'; known tasks:") and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_renderer_doc_reads_a_failed_renderer_as_failed(script: Callable[[str], ModuleType]) -> None:
