@@ -56,12 +56,14 @@ def script() -> Callable[[str], ModuleType]:
 @pytest.fixture(scope="session")
 def cli(script: Callable[[str], ModuleType]) -> Callable[..., subprocess.CompletedProcess]:
     """``cli("NAME.py", *args)``: ``scripts/NAME.py`` run as its command line would run it, in this process
-    (what a refusal says costs no interpreter start: a subprocess imports torch again, ~4 s); the exit
-    status, standard output and error as ``subprocess.run`` gives them. For commands that stop before
-    any work; a whole job runs in a subprocess (or through ``script``'s ``main``)."""
+    (no second interpreter: a subprocess imports torch again, ~4 s a call); the exit status, standard
+    output and error as ``subprocess.run`` gives them, torch's thread count put back as it was. For
+    refusals, and for whole jobs on the ``processes`` backend; a job on Ray runs in a subprocess (this
+    process's shared Ray session is not the job's)."""
 
     def call(name: str, *args: str) -> subprocess.CompletedProcess:
         out, err = io.StringIO(), io.StringIO()
+        threads = torch.get_num_threads()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 rc = script(name.removesuffix(".py")).main([str(a) for a in args])
@@ -69,6 +71,8 @@ def cli(script: Callable[[str], ModuleType]) -> Callable[..., subprocess.Complet
                 if isinstance(e.code, str):
                     print(e.code, file=sys.stderr)
                 rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            finally:
+                torch.set_num_threads(threads)  # a job sets this process's torch threads
         return subprocess.CompletedProcess([name, *args], rc or 0, out.getvalue(), err.getvalue())
 
     return call

@@ -604,7 +604,8 @@ def test_longer_training_keeps_improving(name: str) -> None:
             else generators.data.load("digits"))
     model = tiny(name, data)
     steps, lr = FALLING.get(name, (30, 2e-3))
-    hist = generators.fit(model, data, FitConfig(steps=steps * 5, batch_size=64, lr=lr, log_every=1),
+    # five times the fast test's steps, at its batch size: longer, not wider
+    hist = generators.fit(model, data, FitConfig(steps=steps * 5, batch_size=32, lr=lr, log_every=1),
                           progress=False)
     if name == "ebm":
         # contrastive divergence is a game between the energy and its Langevin sampler, not a loss

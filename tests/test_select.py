@@ -7,10 +7,10 @@ it off restores the last round's controller."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,13 @@ from worldlab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"  # car_racing, 2 rounds, eval 2 episodes of 25 steps
-ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
 
 
-def _resume(run: Path, *sets: str, check: bool = True) -> subprocess.CompletedProcess:
+def _resume(cli: Callable[..., subprocess.CompletedProcess], run: Path, *sets: str,
+            check: bool = True) -> subprocess.CompletedProcess:
     args = [a for s in sets for a in ("--set", s)]
-    r = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(run),
-                        "--no-progress", "--backend", "processes", "--workers", "1", "--set", "eval.probes=false",
-                        *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    r = cli("dream_train.py", "car_racing", "--resume", "--out", str(run), "--no-progress", "--backend", "processes",
+            "--workers", "1", "--set", "eval.probes=false", *args)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
@@ -57,10 +56,11 @@ def _bad_last_round(tmp_path: Path) -> tuple[Path, Path, tuple]:
     return run, ck, (ccfg, params, extra)
 
 
-def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) -> None:
+def test_the_best_round_by_real_episodes_is_kept_and_labelled(
+        tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run, ck, (ccfg, params, extra) = _bad_last_round(tmp_path)
 
-    r = _resume(run, "eval.select_episodes=3")
+    r = _resume(cli, run, "eval.select_episodes=3")
     sel = json.loads((run / "selection.json").read_text())
     assert sel["episodes"] == 3 and len(sel["seeds"]) == 3 and [row["round"] for row in sel["rounds"]] == [0, 1]
     means = [row["mean"] for row in sel["rounds"]]
@@ -91,12 +91,12 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
     assert evaluated and not {s.key: s.done for s in RunPlan(RunDir(run), cfg3, say=lambda *_: None).stages}["evaluate"]
     shutil.copyfile(tmp_path / "eval_last.json", run / "eval_last.json")
     before = {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json", run / "eval_last.json"]}
-    again = _resume(run, "eval.select_episodes=3")
+    again = _resume(cli, run, "eval.select_episodes=3")
     assert "picking" not in again.stdout and "evaluating" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in [run / "selection.json", run / "eval.json",
                                                    run / "eval_last.json"]} == before
 
-    r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # the pick made again from the returns
+    r = _resume(cli, run, "eval.select_episodes=3", "eval.select_margin=1000")  # the pick made again from the returns
     assert "picking" not in r.stdout and "no round beat the last by more than the margin" in r.stdout
     sel = json.loads((run / "selection.json").read_text())
     assert "it is the last round's, so this is also the dream-only result" in r.stdout
@@ -107,23 +107,24 @@ def test_the_best_round_by_real_episodes_is_kept_and_labelled(tmp_path: Path) ->
 
     r0_returns = sel["rounds"][0]["returns"]
     save_controller(ck / "controller_r1.npz", ccfg, 2 * np.random.default_rng(1).standard_normal(params.shape), **extra)
-    r = _resume(run, "eval.select_episodes=3", "eval.select_margin=1000")  # a new round 1: only it is played
+    r = _resume(cli, run, "eval.select_episodes=3", "eval.select_margin=1000")  # a new round 1: only it is played
     assert "round 0's controller:" not in r.stdout and "round 1's controller:" in r.stdout
     sel = json.loads((run / "selection.json").read_text())
     assert sel["rounds"][0]["returns"] == r0_returns and sel["rounds"][1]["controller"] == file_digest(ck / "controller_r1.npz")
 
-    _resume(run, "eval.select_episodes=0")  # off again: the last round's controller is the final one
+    _resume(cli, run, "eval.select_episodes=0")  # off again: the last round's controller is the final one
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     ev = json.loads((run / "eval.json").read_text())
     assert "selected" not in ev and ev["train_in"] == "dream" and ev["controller"] == file_digest(ck / "controller_r1.npz")
 
     shutil.copyfile(ck / "controller_r0.npz", ck / "controller_r1.npz")  # equal controllers: the later round is kept
-    _resume(run, "eval.select_episodes=2")
+    _resume(cli, run, "eval.select_episodes=2")
     sel = json.loads((run / "selection.json").read_text())
     assert sel["episodes"] == 2 and sel["rounds"][0]["returns"] == sel["rounds"][1]["returns"] and sel["picked"] == 1
 
 
-def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_round_scored_beside(tmp_path: Path) -> None:
+def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_round_scored_beside(
+        tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     ck = run / "checkpoints"
@@ -131,7 +132,7 @@ def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_roun
     _, p1, e1 = load_controller(ck / "controller_r1.npz")
     digests = [file_digest(ck / "controller_r0.npz"), file_digest(ck / "controller_r1.npz")]
 
-    r = _resume(run, "average_rounds=2")
+    r = _resume(cli, run, "average_rounds=2")
     assert "the final controller: the parameter mean of rounds 0-1's controllers" in r.stdout
     _, pa, extra = load_controller(ck / "controller.npz")
     np.testing.assert_allclose(pa, (p0 + p1) / 2, rtol=0, atol=1e-15)
@@ -159,29 +160,30 @@ def test_the_last_rounds_averaged_become_the_final_controller_with_the_last_roun
     assert {s.key: s.done for s in RunPlan(RunDir(run), cfg, say=lambda *_: None).stages}["evaluate"]
     files = [ck / "controller_avg.npz", run / "eval.json", run / "eval_last.json"]
     before = {p.name: p.stat().st_mtime_ns for p in files}
-    again = _resume(run, "average_rounds=2")  # nothing to redo
+    again = _resume(cli, run, "average_rounds=2")  # nothing to redo
     assert "the final controller: the parameter mean" not in again.stdout and "evaluating" not in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in files} == before
 
     ccfg, _, _ = load_controller(ck / "controller_r0.npz")
     save_controller(ck / "controller_r0.npz", ccfg, p0 + 1.0, **load_controller(ck / "controller_r0.npz")[2])
     assert not {s.key: s.done for s in RunPlan(RunDir(run), cfg, say=lambda *_: None).stages}["evaluate"]
-    r = _resume(run, "average_rounds=2")  # a changed round: averaged again and played again
+    r = _resume(cli, run, "average_rounds=2")  # a changed round: averaged again and played again
     np.testing.assert_allclose(load_controller(ck / "controller.npz")[1], (p0 + 1.0 + p1) / 2, rtol=0, atol=1e-15)
     assert "the final controller: the parameter mean of rounds 0-1's" in r.stdout and "evaluating the controller" in r.stdout
     assert json.loads((run / "eval.json").read_text())["controller"] == file_digest(ck / "controller_avg.npz")
 
-    _resume(run, "average_rounds=0")  # off: the last round's controller is the final one again
+    _resume(cli, run, "average_rounds=0")  # off: the last round's controller is the final one again
     assert (ck / "controller.npz").read_bytes() == (ck / "controller_r1.npz").read_bytes()
     ev = json.loads((run / "eval.json").read_text())
     assert "averaged" not in ev and ev["train_in"] == "dream" and ev["controller"] == digests[1]
     assert "The rounds' average" not in (run / "report.md").read_text()
 
 
-def test_a_negative_selection_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_a_negative_selection_is_refused_before_any_work(
+        tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
-    r = _resume(run, "eval.select_episodes=-1", check=False)
+    r = _resume(cli, run, "eval.select_episodes=-1", check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "eval.select_episodes must be >= 0, got -1" in r.stderr
     assert not (run / "selection.json").exists()
@@ -259,10 +261,11 @@ def test_rounds_stop_after_patience_rounds_without_a_new_best() -> None:
     assert not rounds_stop([3.0, 1.0, 2.0, 3.5], 2, least=4) and rounds_stop([3.0, 1.0, 2.0], 2, least=3)
 
 
-def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(tmp_path: Path) -> None:
+def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(
+        tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run, ck, _ = _bad_last_round(tmp_path)
 
-    r = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # round 1 (bad) does not beat round 0
+    r = _resume(cli, run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # round 1 (bad) does not beat round 0
     assert "the rounds stop after round 1: none of the last 1 beat round 0's" in r.stdout
     assert "of work if all 4 rounds run" in r.stdout  # the estimate says what it counts while they may stop
     assert not (ck / "controller_r2.npz").exists() and not (ck / "cma_r2.npz").exists()
@@ -279,13 +282,13 @@ def test_the_rounds_patience_stops_the_rounds_and_a_resume_goes_on_when_raised(t
     assert len(sel["rounds"]) == 2 and sel["rounds"][1]["returns"] == judged["rounds"][1]["returns"]  # same M: kept
     assert "They stopped after round 1: none of the last 1 beat round 0's" in (run / "report.md").read_text()
 
-    again = _resume(run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # nothing left to do
+    again = _resume(cli, run, "rounds=4", "rounds_patience=1", "eval.select_episodes=3")  # nothing left to do
     assert "controller:" not in again.stdout and "picking" not in again.stdout and "stop after" in again.stdout
     assert "if all" not in again.stdout  # stopped: the plan counts the rounds that ran
     assert not (ck / "controller_r2.npz").exists()
 
     before = judged["rounds"]
-    _resume(run, "rounds=4", "rounds_patience=2", "eval.select_episodes=3")  # more patience: round 2 runs
+    _resume(cli, run, "rounds=4", "rounds_patience=2", "eval.select_episodes=3")  # more patience: round 2 runs
     assert (ck / "controller_r2.npz").exists()
     judged = json.loads((run / "rounds.json").read_text())
     means = [row["mean"] for row in judged["rounds"]]
