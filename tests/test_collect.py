@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,16 +191,14 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     (["--episodes", "0", "--out", "{tmp}/x"], "--episodes must be >= 1"),
     (["--episodes", "2", "--out", "{tmp}/missing/x"], "the parent of the output folder does not exist"),
 ])
-def test_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
-    cmd = [sys.executable, str(ROOT / "scripts" / "collect.py"), "car_racing"] + [a.format(tmp=tmp_path) for a in args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def test_bad_arguments(tmp_path: Path, args: list[str], message: str, cli: Callable[..., subprocess.CompletedProcess]) -> None:
+    r = cli("collect.py", "car_racing", *[a.format(tmp=tmp_path) for a in args])
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_unknown_task_cli(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), "car_racin", "--episodes", "1",
-                        "--out", str(tmp_path / "x")], capture_output=True, text=True)
+def test_unknown_task_cli(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
+    r = cli("collect.py", "car_racin", "--episodes", "1", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown task 'car_racin'" in r.stderr
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_scripted_driver_drives_further_than_brownian_and_leaves_the_road() -> N
     assert wild["tiles"][-1] > brown["tiles"][-1]
 
 
-def test_scripted_driver_only_drives_car_racing(tmp_path: Path) -> None:
+def test_scripted_driver_only_drives_car_racing(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     with pytest.raises(ValueError, match="drives CarRacing only"):
         make_policy(PolicySpec("scripted"), DOOM, "doom_take_cover")
     with pytest.raises(ValueError, match="drives CarRacing only"):
@@ -154,9 +155,8 @@ def test_scripted_driver_only_drives_car_racing(tmp_path: Path) -> None:
             ScriptedDriver(CAR).bind(env)
     finally:
         env.close()
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), GYM_PIXELS, "--episodes", "1",
-                        "--policy", "scripted", "--workers", "0", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    r = cli("collect.py", GYM_PIXELS, "--episodes", "1", "--policy", "scripted", "--workers", "0",
+            "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "drives CarRacing only" in r.stderr and not (tmp_path / "x").exists()
 

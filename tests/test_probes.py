@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_controller_probes_read_m_on_the_controllers_own_episodes(tmp_path: Path
     assert (run / "fidelity_controllers.json").is_file() and not (run / "fidelity.json").exists()
 
 
-def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path) -> None:
+def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     with pytest.raises(FileNotFoundError, match="no controller at"):
@@ -153,13 +154,12 @@ def test_controller_probes_refuse_bad_controllers_before_playing(tmp_path: Path)
     for args, message in ((["--controllers", str(tmp_path / "none.npz")], "no controller at"),
                           (["--controllers", str(other), "--controller-episodes", "0"], "must be >= 1"),
                           (["--no-report"], "--no-report leaves nothing to do")):
-        out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+        out = cli("fidelity.py", str(run), *args)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert not (run / "fidelity.json").exists()  # refused before the fidelity report's work
 
 
-def test_held_dreams_pay_a_constant_controller_beside_the_game(tmp_path: Path) -> None:
+def test_held_dreams_pay_a_constant_controller_beside_the_game(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     """Each bound and the middle of the action space held in dreams and in real episodes of the same
     length: the dream's returns are seeded (the same call, the same returns), the real ones are the
     game's own for that held action; too few dreams are refused, by the function and the script."""
@@ -184,6 +184,5 @@ def test_held_dreams_pay_a_constant_controller_beside_the_game(tmp_path: Path) -
     assert again["held"]["low"]["real_mean"] is None and "| high [1.0, 1.0, 1.0] |" in held_table(again)
     with pytest.raises(ValueError, match="--held-dreams must be >= 2"):
         held_dreams(run, dreams=1)
-    out = subprocess.run([sys.executable, "scripts/fidelity.py", str(run), "--no-report", "--held-dreams", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = cli("fidelity.py", str(run), "--no-report", "--held-dreams", "1")
     assert out.returncode == 2 and "--held-dreams must be 0 (off) or >= 2" in out.stderr

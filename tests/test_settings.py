@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,9 @@ def test_a_bad_eval_flag_never_leaves_a_run_stuck(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize("flags", [["--episodes", "0"], ["--episodes", "-1"], ["--max-steps", "0"]])
-def test_watch_and_evaluate_refuse_bad_counts(flags: list[str]) -> None:
+def test_watch_and_evaluate_refuse_bad_counts(flags: list[str], cli: Callable[..., subprocess.CompletedProcess]) -> None:
     for script, extra in (("watch.py", ["--record", "x.mp4"]), ("evaluate.py", [])):
-        out = subprocess.run([sys.executable, f"scripts/{script}", str(OLD_RUN), *flags, *extra], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+        out = cli(script, str(OLD_RUN), *flags, *extra)
         assert out.returncode == 2, (script, out.stderr)
         assert out.stderr.strip().count("\n") == 0 and "must be >= 1" in out.stderr, (script, out.stderr)
 
