@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,12 @@ def test_lockstep_episodes_match_one_at_a_time_and_stall_early() -> None:
     assert all(r["length"] <= 60 for r in stalled) and any(r["length"] < 60 for r in stalled)
 
 
-def test_finetune_real_is_kept_apart_and_labelled(tmp_path: Path) -> None:
+def test_finetune_real_is_kept_apart_and_labelled(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
     eval_before = (run / "eval.json").read_text()
-    out = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(run),
-                          "--finetune-real", "2", "--no-progress", "--backend", "processes", "--workers", "1",
-                          "--set", "eval.probes=false"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = cli("dream_train.py", "car_racing", "--resume", "--out", str(run), "--finetune-real", "2", "--no-progress",
+              "--backend", "processes", "--workers", "1", "--set", "eval.probes=false")
     assert out.returncode == 0, out.stderr[-3000:]
     # the finetune's defaults: 16 x 2 per generation
     assert "fine-tuned in the real game for 2 generations: real score" in out.stdout.splitlines()[-1]
@@ -56,7 +54,6 @@ def test_finetune_real_is_kept_apart_and_labelled(tmp_path: Path) -> None:
                    if r["name"] == "finetune/best"})
     assert gens == [0, 1]
     assert "## Fine-tuned in the real game (not a dream-only result)" in (run / "report.md").read_text()
-    again = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(run),
-                            "--no-progress", "--backend", "processes", "--workers", "1"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+    again = cli("dream_train.py", "car_racing", "--resume", "--out", str(run), "--no-progress", "--backend",
+                "processes", "--workers", "1")
     assert again.returncode == 0 and "fine-tuning" not in again.stdout and "evaluating" not in again.stdout

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,17 +56,15 @@ def test_an_old_run_folder_evaluates_to_the_same_returns(old_run: Path) -> None:
     assert f"{old['mean']:.1f} ± {old['std']:.1f} over 2 episodes" in out.stdout
 
 
-def test_an_old_run_folder_goes_on_for_another_round(old_run: Path) -> None:
+def test_an_old_run_folder_goes_on_for_another_round(old_run: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
     """The resume rules are the old ones: --rounds may grow; the new round builds on the old ones."""
-    out = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out", str(old_run),
-                          "--rounds", "3", "--no-progress", "--backend", "processes", "--set", "eval.probes=false"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    out = cli("dream_train.py", "car_racing", "--resume", "--out", str(old_run), "--rounds", "3", "--no-progress",
+              "--backend", "processes", "--set", "eval.probes=false")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (old_run / "checkpoints" / "controller_r2.npz").is_file()
     assert json.loads((old_run / "config.json").read_text())["rounds"] == 3
-    refused = subprocess.run([sys.executable, "scripts/dream_train.py", "car_racing", "--resume", "--out",
-                              str(old_run), "--set", "cma.popsize=6", "--no-progress"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+    refused = cli("dream_train.py", "car_racing", "--resume", "--out", str(old_run), "--set", "cma.popsize=6",
+                  "--no-progress")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "differs in cma.popsize" in refused.stderr and "--generations" in refused.stderr
 
