@@ -27,6 +27,11 @@ def run(script: str, *args: str, check: bool = True, env: dict | None = None,
     return r
 
 
+def passed(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     # as the README's main command: no --out, in a folder that has no runs/ yet (a fresh clone)
@@ -175,8 +180,8 @@ def test_renderer_report_then_watch_the_dream_with_it(smoke_run: tuple[Path, sub
                                                        cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out, _ = smoke_run
     rend = tmp_path / "renderer"
-    run("renderer_report.py", str(out), "--steps", "4", "--batch-size", "8", "--max-frames", "200",
-        "--speed-latents", "3", "--out", str(rend), "--no-progress")
+    passed(cli("renderer_report.py", str(out), "--steps", "4", "--batch-size", "8", "--max-frames", "200",
+        "--speed-latents", "3", "--out", str(rend), "--no-progress"))
     res = json.loads((rend / "report.json").read_text())
     for who in ("v_decoder", "renderer"):
         assert 0 < res[who]["l1"] < 1 and res[who]["sharpness_vs_real"] > 0 and np.isfinite(res[who]["frechet_v_latent"])
@@ -198,10 +203,10 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
 
     out, _ = smoke_run
     rend, doc = tmp_path / "drend", tmp_path / "R.md"
-    run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
+    passed(cli("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
         "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
         "--distill-steps", "2", "--sharpen-steps", "2", "--temperature", "0.5", "--temperatures", "1",
-        "--judge-vae", str(out), "--out", str(rend), "--doc", str(doc), "--no-progress")
+        "--judge-vae", str(out), "--out", str(rend), "--doc", str(doc), "--no-progress"))
     res = json.loads((rend / "report.json").read_text())
     # the judge is the run's own V here: its Fréchet distances are the V-latent ones, bit for bit
     assert all(res[w]["frechet_judge"] == res[w]["frechet_v_latent"] for w in ("v_decoder", "unsharp_v", *res["drawers"]))
@@ -237,10 +242,10 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
     assert ok and frame.shape[1] == 3 * frame.shape[0]  # real | dream drawn by V | the same dream by the renderer
     # the ablation: the same folder fine-tuned again without D (the distilled model kept, the fine-tune redone)
     sharp_before, distilled_before = (rend / "sharpened.pt").read_bytes(), (rend / "distilled.pt").read_bytes()
-    run("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
+    passed(cli("renderer_report.py", str(out), "--family", "diffusion_renderer", "--preset", "tiny", "--steps", "4",
         "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
         "--distill-steps", "2", "--sharpen-steps", "2", "--sharpen-adv-weight", "0", "--temperature", "0.5",
-        "--out", str(rend), "--doc", str(doc), "--no-progress")
+        "--out", str(rend), "--doc", str(doc), "--no-progress"))
     l1_only = json.loads((rend / "report.json").read_text())
     assert l1_only["sharpen_adv_weight"] == 0 and "--sharpen-adv-weight 0" in l1_only["command"]
     assert (rend / "distilled.pt").read_bytes() == distilled_before and (rend / "sharpened.pt").read_bytes() != sharp_before
@@ -254,17 +259,18 @@ def test_diffusion_renderer_report_distils_then_watch_shows_it_beside_v(
              "--batch-size", "8", "--max-frames", "200", "--speed-latents", "4", "--teacher-steps", "4", "--distill-rounds", "2",
              "--distill-steps", "2", "--temperature", "0.5", "--out", str(rend), "--no-progress"]
     before = (rend / "distilled.pt").read_bytes()
-    run(*again)
+    passed(cli(*again))
     longer = json.loads((rend / "report.json").read_text())
     assert longer["steps"] == 6 and longer["extended_from"] == 4 and not longer["resumed"]
     assert longer["train_seconds"] > res["train_seconds"] and (rend / "distilled.pt").read_bytes() != before
     stamp = (rend / "distilled.pt").stat().st_mtime_ns
-    run(*again)
+    passed(cli(*again))
     same = json.loads((rend / "report.json").read_text())
     assert same["resumed"] and same["distill_seconds"] == longer["distill_seconds"]
     assert (rend / "distilled.pt").stat().st_mtime_ns == stamp
     # --target-sharpness picks the start noise on training frames: the smallest scale that reaches it
-    run(*[a for a in again if a not in ("--temperature", "0.5")], "--target-sharpness", "0.001", "--doc", str(doc))
+    passed(cli(*[a for a in again if a not in ("--temperature", "0.5")], "--target-sharpness", "0.001", "--doc",
+           str(doc)))
     picked = json.loads((rend / "report.json").read_text())
     assert picked["temperature_pick"]["picked"] == 0.5 and picked["temperatures"]["distilled"] == 0.5
     assert list(picked["temperature_pick"]["sharpness"]) == ["0.5"] and "--target-sharpness 0.001" in picked["command"]
