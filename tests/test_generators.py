@@ -9,6 +9,7 @@ import itertools
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -554,14 +555,10 @@ def test_train_generator_refuses_a_mismatched_resume(tmp_path: Path) -> None:
         generators.train_generator("dcgan", "mnist", settings, out=tmp_path, progress=False)
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train_generator.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def test_cli_trains_writes_files_and_resumes(tmp_path: Path) -> None:
+def test_cli_trains_writes_files_and_resumes(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+                                             ) -> None:
     out = tmp_path / "run"
-    r = _cli("cgan", "--data", "digits", "--steps", "3", "--preset", "tiny", "--batch-size", "16",
+    r = cli("train_generator.py", "cgan", "--data", "digits", "--steps", "3", "--preset", "tiny", "--batch-size", "16",
              "--out", str(out), "--no-progress", "--threads", "1")
     assert r.returncode == 0, r.stderr
     for f in ("config.json", "generator.pt", "checkpoints/generator.pt", "samples.png", "metrics.jsonl",
@@ -570,7 +567,7 @@ def test_cli_trains_writes_files_and_resumes(tmp_path: Path) -> None:
     assert list((out / "tb").rglob("events.out.tfevents*"))
     m = generators.load(out / "generator.pt")
     assert m.family == "cgan" and m.sample(2, cond=torch.tensor([3, 4]), generator=0).shape == (2, 1, 8, 8)
-    r = _cli("cgan", "--data", "digits", "--steps", "5", "--preset", "tiny", "--batch-size", "16",
+    r = cli("train_generator.py", "cgan", "--data", "digits", "--steps", "5", "--preset", "tiny", "--batch-size", "16",
              "--out", str(out), "--no-progress", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert torch.load(out / "checkpoints" / "generator.pt", weights_only=True)["step"] == 5
