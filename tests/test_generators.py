@@ -580,14 +580,11 @@ def test_cli_trains_writes_files_and_resumes(tmp_path: Path, cli: Callable[..., 
     (["pixelcnn", "--data", "moons"], "pixelcnn models images"),
     (["dcgan", "--data", "digits", "--preset", "huge"], "dcgan has no preset 'huge'"),
 ])
-def test_cli_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import train_generator
-    finally:
-        sys.path.pop(0)
-    assert train_generator.main([*args, "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
+def test_cli_errors_are_one_line(args: list[str], message: str, cli: Callable[..., subprocess.CompletedProcess]
+                                 ) -> None:
+    r = cli("train_generator.py", *args, "--no-progress")
+    assert r.returncode == 2
+    err = r.stderr.strip()
     assert message in err and len(err.splitlines()) == 1
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,14 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = ROOT / "tests" / "fixtures" / "old_run"
 
 
-def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import dream_train
-    finally:
-        sys.path.pop(0)
-    rc = dream_train.main(argv)
-    return rc, capsys.readouterr().err.strip().splitlines()
+def _dream_train(cli: Callable[..., subprocess.CompletedProcess], argv: list[str]) -> tuple[int, list[str]]:
+    r = cli("dream_train.py", *argv)
+    return r.returncode, r.stderr.strip().splitlines()
 
 
 @pytest.mark.parametrize(("flags", "says"), [
@@ -52,9 +46,9 @@ def _dream_train(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
     (["--set", "dream.precision=bf16"], "dream.precision=bf16 is built for a Transformer or Mamba M"),
 ])
 def test_bad_settings_are_refused_before_any_work(flags: list[str], says: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                  cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out = tmp_path / "run"
-    rc, lines = _dream_train(["car_racing", "--preset", "smoke", "--out", str(out), "--no-progress", *flags], capsys)
+    rc, lines = _dream_train(cli, ["car_racing", "--preset", "smoke", "--out", str(out), "--no-progress", *flags])
     assert rc == 2 and len(lines) == 1 and says in lines[0], lines
     assert not out.exists()
 
@@ -74,15 +68,16 @@ def test_eval_settings_may_change_on_resume(tmp_path: Path) -> None:
     assert not check_resumable(run, cfg)  # the same config: nothing to rewrite
 
 
-def test_a_bad_eval_flag_never_leaves_a_run_stuck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_eval_flag_never_leaves_a_run_stuck(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+                                                   ) -> None:
     """The fixed flag is accepted on --resume (the old run folder: every stage done, so only the
     evaluation runs again, with the new episode count)."""
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
-    rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "-4"], capsys)
+    rc, lines = _dream_train(cli, ["car_racing", "--resume", "--out", str(run), "--eval-episodes", "-4"])
     assert rc == 2 and len(lines) == 1
-    rc, lines = _dream_train(["car_racing", "--resume", "--out", str(run), "--eval-episodes", "3", "--no-progress",
-                              "--backend", "processes", "--workers", "1", "--set", "eval.probes=false"], capsys)
+    rc, lines = _dream_train(cli, ["car_racing", "--resume", "--out", str(run), "--eval-episodes", "3", "--no-progress",
+                              "--backend", "processes", "--workers", "1", "--set", "eval.probes=false"])
     assert rc == 0, lines
     import json
 
